@@ -1,0 +1,452 @@
+"""Typed, frozen configs for every stage. Ranges are checked in `__post_init__`, so a bad value stops the
+job at load time, before any Ray work, with a message naming the field and the accepted values.
+
+Sections (`DataConfig`, `ModelConfig`, ...) are shared; each job's config composes the sections it needs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mrl.configio import ConfigError
+from mrl.nesting import NestingError, log_sizes, uniform_sizes, validate_sizes, validate_weights
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+ENCODERS = ("cnn", "resnet18", "resnet50", "vit", "bert")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _positive(name: str, value: int | float | None, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    _check(value is not None and value > 0, f"{name} must be > 0, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class NestingConfig:
+    """Which prefix sizes are trained and how much each counts."""
+
+    schedule: Literal["log", "uniform", "list"] = "log"
+    """log: powers of two from min_size up to d (d included); uniform: `count` evenly spaced sizes;
+    list: exactly `sizes`."""
+    min_size: int = 8
+    """Smallest size for log/uniform schedules, in [1, d]."""
+    count: int = 8
+    """Number of sizes for the uniform schedule."""
+    sizes: tuple[int, ...] | None = None
+    """Explicit sorted list of sizes in [1, d] (schedule: list)."""
+    weights: tuple[float, ...] | None = None
+    """Relative importance c_m per size (default all 1); one per size."""
+
+    def resolve(self, dim: int) -> list[int]:
+        """The nesting list for representation size `dim`."""
+        try:
+            if self.schedule == "log":
+                return log_sizes(dim, self.min_size)
+            if self.schedule == "uniform":
+                return uniform_sizes(dim, self.min_size, self.count)
+            if self.sizes is None:
+                raise NestingError("schedule 'list' needs nesting.sizes, e.g. [8, 16, 32, 64]")
+            return validate_sizes(self.sizes, dim)
+        except NestingError as exc:
+            raise ConfigError(f"model.nesting: {exc}") from None
+
+    def resolve_weights(self, dim: int) -> list[float]:
+        try:
+            return validate_weights(self.weights, self.resolve(dim))
+        except NestingError as exc:
+            raise ConfigError(f"model.nesting.weights: {exc}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The encoder, its representation size d and the MRL heads."""
+
+    encoder: Literal["cnn", "resnet18", "resnet50", "vit", "bert"] = "cnn"
+    """cnn: compact CPU-friendly CNN; resnet18/resnet50/vit/bert: `transformers` models built from config."""
+    dim: int = 512
+    """Representation size d; a projection maps the backbone's width to d when they differ."""
+    head: Literal["mrl", "mrl_e"] = "mrl"
+    """mrl: an independent linear head per size; mrl_e: one shared head sliced per size."""
+    num_classes: int = 10
+    in_channels: int = 1
+    """Image channels (1 for Fashion-MNIST, 3 for RGB)."""
+    image_size: int = 28
+    """Input images are square of this side."""
+    nesting: NestingConfig = field(default_factory=NestingConfig)
+    pretrained_path: str | None = None
+    """Local directory with `transformers` weights (config.json + weights); never downloaded."""
+    backbone: dict[str, Any] = field(default_factory=dict)
+    """Extra `transformers` config fields (e.g. hidden_size, num_hidden_layers) or cnn widths."""
+
+    def __post_init__(self) -> None:
+        _positive("model.dim", self.dim)
+        _check(self.num_classes >= 2, f"model.num_classes must be >= 2, got {self.num_classes}")
+        _check(self.in_channels in (1, 3), f"model.in_channels must be 1 or 3, got {self.in_channels}")
+        _positive("model.image_size", self.image_size)
+        self.nesting.resolve_weights(self.dim)  # raises on a bad list or weights
+        if self.pretrained_path is not None:
+            _check(self.encoder != "cnn", "model.pretrained_path is only for transformers encoders, not 'cnn'")
+            _check(Path(self.pretrained_path).is_dir(),
+                   f"model.pretrained_path {self.pretrained_path!r} is not a directory; weights load only "
+                   "from a local path (a directory saved with save_pretrained)")
+
+    @property
+    def sizes(self) -> list[int]:
+        return self.nesting.resolve(self.dim)
+
+    @property
+    def weights(self) -> list[float]:
+        return self.nesting.resolve_weights(self.dim)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Where the labelled data comes from."""
+
+    source: Literal["fashion_mnist", "image_folder", "parquet"] = "fashion_mnist"
+    """fashion_mnist: IDX files; image_folder: <path>/<split>/<class>/*.png; parquet: <path>/<split>.parquet
+    with columns `image` (flattened pixels) and `label`."""
+    path: str | None = None
+    """Data directory; fashion_mnist defaults to the Debian package's /usr/share/datasets/fashion-mnist."""
+    val_fraction: float = 0.05
+    """Share of the train split held out for per-epoch validation, in [0, 0.5)."""
+    train_limit: int | None = None
+    """Use only the first N training rows (quick runs, tests)."""
+    test_limit: int | None = None
+    """Use only the first N test rows."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.val_fraction < 0.5, f"data.val_fraction must be in [0, 0.5), got {self.val_fraction}")
+        _positive("data.train_limit", self.train_limit, allow_none=True)
+        _positive("data.test_limit", self.test_limit, allow_none=True)
+        root = Path(self.root)
+        if not root.exists():
+            hint = ("install it with `apt-get install -y dataset-fashion-mnist` or set data.path to a directory "
+                    "holding the four IDX files" if self.source == "fashion_mnist"
+                    else "set data.path to an existing directory")
+            raise ConfigError(f"data.path {str(root)!r} does not exist ({self.source} data); {hint}")
+
+    @property
+    def root(self) -> str:
+        if self.path is not None:
+            return self.path
+        if self.source == "fashion_mnist":
+            return FASHION_MNIST_DIR
+        raise ConfigError(f"data.path is required for data.source={self.source!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Optimisation; the same hyper-parameters serve FF, MRL and MRL-E (MRL is a drop-in loss)."""
+
+    epochs: int = 3
+    batch_size: int = 128
+    """Per-worker batch size."""
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    schedule: Literal["cosine", "constant"] = "cosine"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive("train.epochs", self.epochs)
+        _positive("train.batch_size", self.batch_size)
+        _check(0 < self.lr < 10, f"train.lr must be in (0, 10), got {self.lr}")
+        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResourcesConfig:
+    """How Ray Train places the work."""
+
+    num_workers: int = 2
+    """Ray Train workers (data parallel). 0 runs in the driver process."""
+    use_gpu: bool | Literal["auto"] = "auto"
+    """auto: GPUs when the Ray cluster has any (NCCL), else CPU workers with gloo."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: bf16 autocast on CUDA, fp32 on CPU."""
+    cpus_per_worker: int = 1
+    threads_per_worker: int | None = None
+    """torch intra-op threads per worker; default = cpus_per_worker."""
+    max_failures: int = 0
+    """Worker/node failures tolerated; training restarts from the latest checkpoint."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_workers >= 0, f"resources.num_workers must be >= 0, got {self.num_workers}")
+        _positive("resources.cpus_per_worker", self.cpus_per_worker)
+        _positive("resources.threads_per_worker", self.threads_per_worker, allow_none=True)
+        _check(self.max_failures >= -1, f"resources.max_failures must be >= -1, got {self.max_failures}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RayConfig:
+    """Which Ray cluster to use."""
+
+    address: str | None = None
+    """None: the cluster in RAY_ADDRESS (as under `ray job submit`) or a new local one; else e.g. 'auto'."""
+    num_cpus: int | None = 8
+    """Logical CPUs of a new local cluster. More than the cores, so Train workers never starve Ray Data."""
+
+    def __post_init__(self) -> None:
+        _positive("ray.num_cpus", self.num_cpus, allow_none=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MlflowConfig:
+    """Where runs, models and artifacts are recorded."""
+
+    tracking_uri: str | None = None
+    """None: MLflow's embedded sqlite store at <output_dir>/mlflow.db (artifacts in <output_dir>/mlartifacts)."""
+    experiment: str = "mrl"
+    registered_model: str = "mrl-fashion-mnist"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbedConfig:
+    """Batch embedding with Ray Data."""
+
+    splits: tuple[Literal["train", "test"], ...] = ("train", "test")
+    batch_size: int = 512
+    num_actors: int = 2
+    """Size of the Ray Data actor pool; each actor loads the model once."""
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    rows_per_file: int = 20000
+    """Rows per Parquet shard (at most)."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.splits) > 0, "embed.splits must name at least one of ['train', 'test']")
+        _positive("embed.batch_size", self.batch_size)
+        _positive("embed.num_actors", self.num_actors)
+        _positive("embed.cpus_per_actor", self.cpus_per_actor)
+        _check(self.gpus_per_actor >= 0, f"embed.gpus_per_actor must be >= 0, got {self.gpus_per_actor}")
+        _positive("embed.rows_per_file", self.rows_per_file)
+
+
+@dataclass(frozen=True, kw_only=True)
+class IndexConfig:
+    """FAISS indexes over the database split, one per prefix size, each prefix L2-normalised."""
+
+    sizes: tuple[int, ...] | None = None
+    """Prefix sizes to index; None: the model's nesting list."""
+    kind: Literal["flat", "hnsw"] = "flat"
+    hnsw_m: int = 32
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    """auto: faiss-gpu when it is installed and sees a GPU."""
+
+    def __post_init__(self) -> None:
+        if self.sizes is not None:
+            try:
+                validate_sizes(self.sizes, dim=10**9)
+            except NestingError as exc:
+                raise ConfigError(f"index.sizes: {exc}") from None
+        _positive("index.hnsw_m", self.hnsw_m)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """Per-size evaluation: linear top-1 from the model's heads, 1-NN and mAP@k by retrieval."""
+
+    k: int = 10
+    max_queries: int | None = None
+    """Evaluate on the first N test rows only (quick runs)."""
+
+    def __post_init__(self) -> None:
+        _positive("evaluate.k", self.k)
+        _positive("evaluate.max_queries", self.max_queries, allow_none=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeConfig:
+    """The adaptive-retrieval HTTP service."""
+
+    shortlist_size: int = 16
+    """D_s: prefix size used to shortlist."""
+    shortlist_k: int = 200
+    """K: shortlist length, reranked exactly with the rerank size."""
+    rerank_size: int | None = None
+    """D_r: prefix size used to rerank; None: the full d."""
+    default_k: int = 10
+    num_replicas: int = 1
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    def __post_init__(self) -> None:
+        _positive("serve.shortlist_size", self.shortlist_size)
+        _positive("serve.shortlist_k", self.shortlist_k)
+        _positive("serve.rerank_size", self.rerank_size, allow_none=True)
+        _positive("serve.default_k", self.default_k)
+        _check(self.default_k <= self.shortlist_k,
+               f"serve.default_k ({self.default_k}) must be <= serve.shortlist_k ({self.shortlist_k})")
+        _positive("serve.num_replicas", self.num_replicas)
+        _check(0 < self.port < 65536, f"serve.port must be in [1, 65535], got {self.port}")
+
+
+def _output_dir_ok(output_dir: str) -> None:
+    _check(bool(output_dir), "output_dir must be a non-empty path")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainJobConfig:
+    """jobs/train.py"""
+
+    output_dir: str = "outputs"
+    run_name: str = "mrl-train"
+    """Ray Train run name; rerunning with the same name and output_dir resumes from its latest checkpoint."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+    def __post_init__(self) -> None:
+        _output_dir_ok(self.output_dir)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbedJobConfig:
+    """jobs/embed.py"""
+
+    output_dir: str = "outputs"
+    model_uri: str = "models:/mrl-fashion-mnist/latest"
+    """An MLflow model URI (models:/name/version, models:/name@alias, runs:/id/model)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+    def __post_init__(self) -> None:
+        _output_dir_ok(self.output_dir)
+
+
+@dataclass(frozen=True, kw_only=True)
+class IndexJobConfig:
+    """jobs/build_index.py"""
+
+    output_dir: str = "outputs"
+    embeddings: str = "outputs/embeddings/latest"
+    """Directory written by the embed stage (holds manifest.json and <split>/*.parquet)."""
+    index: IndexConfig = field(default_factory=IndexConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+    def __post_init__(self) -> None:
+        _output_dir_ok(self.output_dir)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateJobConfig:
+    """jobs/evaluate.py"""
+
+    output_dir: str = "outputs"
+    embeddings: str = "outputs/embeddings/latest"
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+    def __post_init__(self) -> None:
+        _output_dir_ok(self.output_dir)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeJobConfig:
+    """serving/app.py"""
+
+    output_dir: str = "outputs"
+    index_dir: str = "outputs/index/latest"
+    """Directory written by the build_index stage (holds manifest.json)."""
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    block: bool = True
+    """Keep serving until interrupted (False: deploy and return)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TuneSpace:
+    """The search space: each trial is one training run."""
+
+    schedules: tuple[Literal["log", "uniform"], ...] = ("log", "uniform")
+    min_sizes: tuple[int, ...] = (8,)
+    smallest_weight: tuple[float, ...] = (1.0, 2.0)
+    """Candidate c_m for the smallest size (the others stay 1), as in the paper's boosting ablation."""
+    lr: tuple[float, ...] = ()
+    """Candidate learning rates; empty keeps train.lr."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.schedules) > 0, "space.schedules must list at least one of ['log', 'uniform']")
+        _check(len(self.min_sizes) > 0 and all(m >= 1 for m in self.min_sizes),
+               f"space.min_sizes must be a non-empty list of sizes >= 1, got {list(self.min_sizes)}")
+        _check(len(self.smallest_weight) > 0 and all(math.isfinite(w) and w > 0 for w in self.smallest_weight),
+               f"space.smallest_weight must be a non-empty list of numbers > 0, got {list(self.smallest_weight)}")
+        _check(all(0 < x < 10 for x in self.lr), f"space.lr values must be in (0, 10), got {list(self.lr)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TuneJobConfig:
+    """tuning/tune.py"""
+
+    output_dir: str = "outputs"
+    base: TrainJobConfig = field(default_factory=TrainJobConfig)
+    """The training run every trial starts from."""
+    space: TuneSpace = field(default_factory=TuneSpace)
+    num_samples: int = 1
+    """Repeats of the grid (grid search) per combination."""
+    max_concurrent_trials: int = 1
+    metric: str = "val_top1_min"
+    """What the best trial maximises: val_top1_min (accuracy at the smallest size), val_top1_full or
+    val_top1_mean (mean over sizes)."""
+
+    def __post_init__(self) -> None:
+        _positive("num_samples", self.num_samples)
+        _positive("max_concurrent_trials", self.max_concurrent_trials)
+        _check(self.metric in ("val_top1_min", "val_top1_full", "val_top1_mean"),
+               f"metric {self.metric!r} is not accepted; choose one of ['val_top1_min', 'val_top1_full', "
+               "'val_top1_mean']")
+        for schedule in self.space.schedules:  # every combination must be a valid nesting list
+            for min_size in self.space.min_sizes:
+                NestingConfig(schedule=schedule, min_size=min_size,
+                              count=self.base.model.nesting.count).resolve(self.base.model.dim)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineConfig:
+    """jobs/pipeline.py: train -> embed -> build_index -> evaluate -> serve, on one Ray cluster."""
+
+    output_dir: str = "outputs"
+    run_name: str = "mrl-train"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    keep_serving: bool = False
+    """After the example query, keep the service up until Ctrl-C."""
+
+    def __post_init__(self) -> None:
+        _output_dir_ok(self.output_dir)
+        sizes = self.index.sizes or self.model.sizes
+        _check(self.serve.shortlist_size in sizes,
+               f"serve.shortlist_size {self.serve.shortlist_size} must be one of the indexed sizes {list(sizes)}")
+        rerank = self.serve.rerank_size or self.model.dim
+        _check(rerank <= self.model.dim, f"serve.rerank_size {rerank} must be <= model.dim {self.model.dim}")
+        if self.index.sizes is not None:
+            _check(max(self.index.sizes) <= self.model.dim,
+                   f"index.sizes {list(self.index.sizes)} go above model.dim {self.model.dim}")
+
+    def train_job(self) -> TrainJobConfig:
+        return TrainJobConfig(output_dir=self.output_dir, run_name=self.run_name, data=self.data, model=self.model,
+                              train=self.train, resources=self.resources, ray=self.ray, mlflow=self.mlflow)

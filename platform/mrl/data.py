@@ -1,0 +1,136 @@
+"""Labelled data as arrays: Fashion-MNIST IDX files, image folders and Parquet tables.
+
+Every source yields `images` (N, C, H, W) uint8 and `labels` (N,) int64 for a split ("train" or "test").
+Row ids are the row positions in the split, stable across stages (embeddings keep them beside vectors).
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# Fashion-MNIST pixel statistics (train split), used to standardise inputs.
+MEAN, STD = 0.2860, 0.3530
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
+
+
+class DataError(FileNotFoundError):
+    """Data is missing or malformed; the message names the path and how to get the data."""
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (optionally gzip-compressed) into a numpy array of its declared shape."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise DataError(f"{path} is not an unsigned-byte IDX file")
+    shape = struct.unpack(f">{ndim}I", raw[4: 4 + 4 * ndim])
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find(root: Path, stem: str) -> Path:
+    for candidate in (root / stem, root / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise DataError(
+        f"{root / stem}[.gz] not found: Fashion-MNIST is expected there; install it with "
+        "`apt-get install -y dataset-fashion-mnist` (files go to /usr/share/datasets/fashion-mnist) "
+        "or set data.path to a directory holding the four IDX files"
+    )
+
+
+def load_fashion_mnist(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST `split` from IDX files under `root`: images (N, 1, 28, 28) uint8, labels (N,) int64."""
+    root = Path(root)
+    images_file, labels_file = IDX_FILES[split]
+    images = read_idx(_find(root, images_file))[:, None]  # (N, 1, 28, 28)
+    labels = read_idx(_find(root, labels_file)).astype(np.int64)
+    if len(images) != len(labels):
+        raise DataError(f"{root}: {len(images)} images but {len(labels)} labels in the {split} split")
+    return images, labels
+
+
+def load_image_folder(root: str | Path, split: str, image_size: int, in_channels: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Images under root/split/<class>/*; classes are the sorted sub-directory names."""
+    from PIL import Image
+
+    base = Path(root) / split
+    if not base.is_dir():
+        raise DataError(f"image folder {base} does not exist; expected <data.path>/{split}/<class>/<image>")
+    classes = sorted(p.name for p in base.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"image folder {base} has no class sub-directories")
+    mode = "L" if in_channels == 1 else "RGB"
+    images, labels = [], []
+    for label, name in enumerate(classes):
+        for file in sorted((base / name).iterdir()):
+            if file.suffix.lower() in IMAGE_SUFFIXES:
+                img = Image.open(file).convert(mode).resize((image_size, image_size))
+                arr = np.asarray(img, dtype=np.uint8)
+                images.append(arr[None] if in_channels == 1 else arr.transpose(2, 0, 1))
+                labels.append(label)
+    if not images:
+        raise DataError(f"image folder {base} holds no images ({sorted(IMAGE_SUFFIXES)})")
+    return np.stack(images), np.asarray(labels, dtype=np.int64)
+
+
+def load_parquet(root: str | Path, split: str, image_size: int, in_channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """root/split.parquet with columns `image` (C*H*W uint8 values per row) and `label` (int)."""
+    import pyarrow.parquet as pq
+
+    path = Path(root) / f"{split}.parquet"
+    if not path.exists():
+        raise DataError(f"Parquet table {path} does not exist; expected <data.path>/{split}.parquet "
+                        "with columns image (flattened pixels) and label")
+    table = pq.read_table(path, columns=["image", "label"])
+    pixels = np.asarray(table.column("image").combine_chunks().flatten(), dtype=np.uint8)
+    n = table.num_rows
+    shape = (n, in_channels, image_size, image_size)
+    if pixels.size != int(np.prod(shape)):
+        raise DataError(f"{path}: column image holds {pixels.size} values, expected {n} rows x "
+                        f"{in_channels}x{image_size}x{image_size}")
+    return pixels.reshape(shape), np.asarray(table.column("label"), dtype=np.int64)
+
+
+def load_split(data, model, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Load `split` ("train"/"test") as configured by a `DataConfig` and a `ModelConfig`, with limits applied.
+
+    Returns:
+        images (N, C, H, W) uint8 and labels (N,) int64.
+    """
+    if data.source == "fashion_mnist":
+        images, labels = load_fashion_mnist(data.root, split)
+    elif data.source == "image_folder":
+        images, labels = load_image_folder(data.root, split, model.image_size, model.in_channels)
+    else:
+        images, labels = load_parquet(data.root, split, model.image_size, model.in_channels)
+    if images.shape[1:] != (model.in_channels, model.image_size, model.image_size):
+        raise DataError(f"{data.source} images have shape {images.shape[1:]}, but the model expects "
+                        f"({model.in_channels}, {model.image_size}, {model.image_size}); set model.in_channels "
+                        "and model.image_size")
+    limit = data.train_limit if split == "train" else data.test_limit
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    return images, labels
+
+
+def train_val_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded random split of range(n) into train and validation row indices."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * val_fraction))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, C, H, W) -> standardised float32, the model's input."""
+    return ((images.astype(np.float32) / 255.0) - MEAN) / STD
