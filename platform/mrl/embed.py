@@ -1,0 +1,165 @@
+"""The embed stage: Ray Data batch inference with an actor pool, writing sharded Parquet.
+
+Output layout (one directory per embed run, `latest` pointing at the newest):
+
+    <output_dir>/embeddings/<mlflow run id>/
+        manifest.json             model URI/version, d, sizes, rows per split, producing run ids
+        <split>/*.parquet         columns id (int64), label (int64), embedding (fixed_size_list<float32>[d])
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MANIFEST = "manifest.json"
+
+
+class Embedder:
+    """Ray Data callable class: loads the model once per actor, maps image batches to embeddings."""
+
+    def __init__(self, model_uri: str, tracking_uri: str, image_shape: tuple[int, ...], threads: int = 1):
+        import mlflow
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        mlflow.set_tracking_uri(tracking_uri)
+        from mrl.tracking import load_model
+
+        self.image_shape = tuple(image_shape)  # (C, H, W): Parquet/Arrow carries flattened pixels
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = load_model(model_uri).to(self.device)
+
+    def __call__(self, batch):
+        """batch: a pyarrow Table with id, label, image (flattened uint8 pixels) -> id, label, embedding."""
+        import pyarrow as pa
+        import torch
+
+        from mrl.data import to_float
+
+        flat = batch.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        pixels = flat.reshape((-1, *self.image_shape))
+        x = torch.from_numpy(to_float(pixels))  # (B, C, H, W)
+        with torch.no_grad():
+            z = self.model.embed(x.to(self.device)).float().cpu().numpy()  # (B, d)
+        vectors = pa.FixedSizeListArray.from_arrays(pa.array(z.ravel(), pa.float32()), z.shape[1])
+        return pa.table({"id": batch.column("id"), "label": batch.column("label"), "embedding": vectors})
+
+
+def _split_table(images: np.ndarray, labels: np.ndarray):
+    import pyarrow as pa
+    import pyarrow.compute  # noqa: F401  (registers compute kernels Ray Data uses)
+
+    flat = images.reshape(len(images), -1)  # (N, C*H*W) uint8
+    pixels = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel(), pa.uint8()), flat.shape[1])
+    return pa.table({"id": pa.array(np.arange(len(labels)), pa.int64()), "label": pa.array(labels, pa.int64()),
+                     "image": pixels})
+
+
+def read_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read one split's Parquet shards: ids (N,), labels (N,), vectors (N, d) float32, sorted by id.
+
+    float16 and float32 embedding columns are both accepted.
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"embeddings {path} do not exist; run the embed stage first (jobs/embed.py)")
+    table = pq.read_table(path, columns=["id", "label", "embedding"])
+    column = table.column("embedding").combine_chunks()
+    dim = column.type.list_size
+    vectors = np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+    ids = table.column("id").to_numpy()
+    labels = table.column("label").to_numpy()
+    order = np.argsort(ids, kind="stable")
+    return ids[order], labels[order], vectors[order]
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest.json of an embed or index directory, with a clear error when it is missing."""
+    file = Path(path) / MANIFEST
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} does not exist: {path} is not a directory written by the platform")
+    return json.loads(file.read_text())
+
+
+def point_latest(target: Path) -> None:
+    """Make <parent>/latest a symlink to `target` (atomic replace)."""
+    link = target.parent / "latest"
+    tmp = target.parent / f".latest-{time.time_ns()}"
+    tmp.symlink_to(target.name)
+    tmp.replace(link)
+
+
+def run_embed(job, model_uri: str | None = None) -> dict[str, Any]:
+    """The embed stage for an `EmbedJobConfig`.
+
+    Args:
+        job: the validated config.
+        model_uri: overrides job.model_uri (the pipeline passes the version it just registered).
+
+    Returns:
+        {"run_id", "path", "rows": {split: n}, "model_uri", "dim", "seconds"}.
+    """
+    import mlflow
+    import ray
+
+    from mrl import tracking
+    from mrl.configio import to_dict
+    from mrl.data import load_split
+    from mrl.runtime import ensure_ray
+
+    ensure_ray(job.ray)
+    uri = tracking.setup(job.mlflow, job.output_dir)
+    model_info = tracking.describe_model(model_uri or job.model_uri)
+    model = tracking.load_model(model_info["model_uri"])  # validates the URI before any Ray work
+    model_spec = model.spec
+    started = time.time()
+    with mlflow.start_run(run_name="embed", tags={"mrl.stage": "embed",
+                                                  "mrl.input_uri": model_info["model_uri"],
+                                                  "mrl.input_run_id": model_info.get("model_run_id", "")}) as run:
+        tracking.log_params({"model_uri": model_info["model_uri"], "data": to_dict(job.data),
+                             "embed": to_dict(job.embed)})
+        out = Path(job.output_dir).resolve() / "embeddings" / run.info.run_id
+        rows = {}
+        for split in job.embed.splits:
+            images, labels = load_split(job.data, _model_cfg(model_spec), split)
+            table = _split_table(images, labels)
+            # Several blocks so every actor of the pool gets work: about 4 batches per block.
+            step = 4 * job.embed.batch_size
+            ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
+            ds = ds.map_batches(
+                Embedder, fn_constructor_kwargs={"model_uri": model_info["model_uri"], "tracking_uri": uri,
+                                                 "image_shape": images.shape[1:],
+                                                 "threads": int(job.embed.cpus_per_actor)},
+                compute=ray.data.ActorPoolStrategy(size=job.embed.num_actors), batch_size=job.embed.batch_size,
+                batch_format="pyarrow", num_cpus=job.embed.cpus_per_actor, num_gpus=job.embed.gpus_per_actor)
+            ds.write_parquet(str(out / split), min_rows_per_file=min(job.embed.rows_per_file, len(labels)),
+                             max_rows_per_file=job.embed.rows_per_file)
+            rows[split] = len(labels)
+            print(f"[embed] {split}: {len(labels)} rows embedded to {out / split} "
+                  f"({time.time() - started:.0f}s so far)", flush=True)
+        manifest = {"stage": "embed", "embed_run_id": run.info.run_id, **model_info, "dim": model.dim,
+                    "sizes": model.sizes, "model_spec": model_spec, "rows": rows,
+                    "data": {"source": job.data.source, "path": job.data.root}}
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        point_latest(out)
+        mlflow.log_artifact(str(out / MANIFEST))
+        mlflow.log_metrics({f"rows_{s}": n for s, n in rows.items()})
+        mlflow.set_tag("mrl.output_path", str(out))
+        seconds = time.time() - started
+        mlflow.log_metric("embed_wall_seconds", seconds)
+    return {"run_id": run.info.run_id, "path": str(out), "rows": rows, "model_uri": model_info["model_uri"],
+            "dim": model.dim, "seconds": seconds}
+
+
+def _model_cfg(spec: dict[str, Any]):
+    from mrl.config import ModelConfig
+    from mrl.configio import from_dict
+
+    return from_dict(ModelConfig, spec, prefix="model.")
