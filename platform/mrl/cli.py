@@ -1,0 +1,82 @@
+"""Command line: `mrl STAGE --config FILE [key=value ...]` (also what jobs/*.py call).
+
+Stages: train, tune, embed, build-index, evaluate, serve, pipeline. The config is loaded and validated
+before any Ray work starts; a bad value exits with status 2 and a message naming the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Callable
+
+from mrl import config as C
+from mrl.configio import ConfigError, load_config
+
+
+def _train(cfg: C.TrainJobConfig) -> Any:
+    from mrl.train import run_train
+    return run_train(cfg)
+
+
+def _tune(cfg: C.TuneJobConfig) -> Any:
+    from mrl.tune import run_tune
+    return run_tune(cfg)
+
+
+def _embed(cfg: C.EmbedJobConfig) -> Any:
+    from mrl.embed import run_embed
+    return run_embed(cfg)
+
+
+def _index(cfg: C.IndexJobConfig) -> Any:
+    from mrl.index import run_build_index
+    return run_build_index(cfg)
+
+
+def _evaluate(cfg: C.EvaluateJobConfig) -> Any:
+    from mrl.evaluate import run_evaluate
+    return run_evaluate(cfg)
+
+
+def _serve(cfg: C.ServeJobConfig) -> Any:
+    from mrl.runtime import ensure_ray
+    from mrl.serve import run_serve
+    ensure_ray(cfg.ray)
+    return run_serve(cfg.index_dir, cfg.serve, cfg.mlflow, cfg.output_dir, blocking=cfg.block)
+
+
+def _pipeline(cfg: C.PipelineConfig) -> Any:
+    from mrl.pipeline import run_pipeline
+    return run_pipeline(cfg)
+
+
+STAGES: dict[str, tuple[type, Callable[[Any], Any]]] = {
+    "train": (C.TrainJobConfig, _train),
+    "tune": (C.TuneJobConfig, _tune),
+    "embed": (C.EmbedJobConfig, _embed),
+    "build-index": (C.IndexJobConfig, _index),
+    "evaluate": (C.EvaluateJobConfig, _evaluate),
+    "serve": (C.ServeJobConfig, _serve),
+    "pipeline": (C.PipelineConfig, _pipeline),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mrl", description="Matryoshka Representation Learning on Ray")
+    parser.add_argument("stage", choices=sorted(STAGES))
+    parser.add_argument("--config", help="YAML config file (defaults apply without one)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=2 model.dim=256")
+    args = parser.parse_args(argv)
+    cls, run = STAGES[args.stage]
+    try:
+        cfg = load_config(cls, args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"mrl {args.stage}: config error: {exc}", file=sys.stderr)
+        return 2
+    run(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
