@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("stage", choices=sorted(STAGES))
     parser.add_argument("--config", help="YAML config file (defaults apply without one)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=2 model.dim=256")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     cls, run = STAGES[args.stage]
     try:
         cfg = load_config(cls, args.config, args.overrides)

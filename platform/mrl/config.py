@@ -56,13 +56,13 @@ class NestingConfig:
                 raise NestingError("schedule 'list' needs nesting.sizes, e.g. [8, 16, 32, 64]")
             return validate_sizes(self.sizes, dim)
         except NestingError as exc:
-            raise ConfigError(f"model.nesting: {exc}") from None
+            raise ConfigError(f"nesting: {exc}") from None
 
     def resolve_weights(self, dim: int) -> list[float]:
         try:
             return validate_weights(self.weights, self.resolve(dim))
         except NestingError as exc:
-            raise ConfigError(f"model.nesting.weights: {exc}") from None
+            raise ConfigError(f"nesting.weights: {exc}") from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,15 +87,15 @@ class ModelConfig:
     """Extra `transformers` config fields (e.g. hidden_size, num_hidden_layers) or cnn widths."""
 
     def __post_init__(self) -> None:
-        _positive("model.dim", self.dim)
-        _check(self.num_classes >= 2, f"model.num_classes must be >= 2, got {self.num_classes}")
-        _check(self.in_channels in (1, 3), f"model.in_channels must be 1 or 3, got {self.in_channels}")
-        _positive("model.image_size", self.image_size)
+        _positive("dim", self.dim)
+        _check(self.num_classes >= 2, f"num_classes must be >= 2, got {self.num_classes}")
+        _check(self.in_channels in (1, 3), f"in_channels must be 1 or 3, got {self.in_channels}")
+        _positive("image_size", self.image_size)
         self.nesting.resolve_weights(self.dim)  # raises on a bad list or weights
         if self.pretrained_path is not None:
-            _check(self.encoder != "cnn", "model.pretrained_path is only for transformers encoders, not 'cnn'")
+            _check(self.encoder != "cnn", "pretrained_path is only for transformers encoders, not 'cnn'")
             _check(Path(self.pretrained_path).is_dir(),
-                   f"model.pretrained_path {self.pretrained_path!r} is not a directory; weights load only "
+                   f"pretrained_path {self.pretrained_path!r} is not a directory; weights load only "
                    "from a local path (a directory saved with save_pretrained)")
 
     @property
@@ -125,15 +125,15 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(0 <= self.val_fraction < 0.5, f"data.val_fraction must be in [0, 0.5), got {self.val_fraction}")
-        _positive("data.train_limit", self.train_limit, allow_none=True)
-        _positive("data.test_limit", self.test_limit, allow_none=True)
+        _check(0 <= self.val_fraction < 0.5, f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
+        _positive("train_limit", self.train_limit, allow_none=True)
+        _positive("test_limit", self.test_limit, allow_none=True)
         root = Path(self.root)
         if not root.exists():
             hint = ("install it with `apt-get install -y dataset-fashion-mnist` or set data.path to a directory "
                     "holding the four IDX files" if self.source == "fashion_mnist"
                     else "set data.path to an existing directory")
-            raise ConfigError(f"data.path {str(root)!r} does not exist ({self.source} data); {hint}")
+            raise ConfigError(f"path {str(root)!r} does not exist ({self.source} data); {hint}")
 
     @property
     def root(self) -> str:
@@ -141,7 +141,7 @@ class DataConfig:
             return self.path
         if self.source == "fashion_mnist":
             return FASHION_MNIST_DIR
-        raise ConfigError(f"data.path is required for data.source={self.source!r}")
+        raise ConfigError(f"path is required for data.source={self.source!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,10 +158,10 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _positive("train.epochs", self.epochs)
-        _positive("train.batch_size", self.batch_size)
-        _check(0 < self.lr < 10, f"train.lr must be in (0, 10), got {self.lr}")
-        _check(self.weight_decay >= 0, f"train.weight_decay must be >= 0, got {self.weight_decay}")
+        _positive("epochs", self.epochs)
+        _positive("batch_size", self.batch_size)
+        _check(0 < self.lr < 10, f"lr must be in (0, 10), got {self.lr}")
+        _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,10 +181,10 @@ class ResourcesConfig:
     """Worker/node failures tolerated; training restarts from the latest checkpoint."""
 
     def __post_init__(self) -> None:
-        _check(self.num_workers >= 0, f"resources.num_workers must be >= 0, got {self.num_workers}")
-        _positive("resources.cpus_per_worker", self.cpus_per_worker)
-        _positive("resources.threads_per_worker", self.threads_per_worker, allow_none=True)
-        _check(self.max_failures >= -1, f"resources.max_failures must be >= -1, got {self.max_failures}")
+        _check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        _positive("cpus_per_worker", self.cpus_per_worker)
+        _positive("threads_per_worker", self.threads_per_worker, allow_none=True)
+        _check(self.max_failures >= -1, f"max_failures must be >= -1, got {self.max_failures}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -197,7 +197,7 @@ class RayConfig:
     """Logical CPUs of a new local cluster. More than the cores, so Train workers never starve Ray Data."""
 
     def __post_init__(self) -> None:
-        _positive("ray.num_cpus", self.num_cpus, allow_none=True)
+        _positive("num_cpus", self.num_cpus, allow_none=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -224,12 +224,12 @@ class EmbedConfig:
     """Rows per Parquet shard (at most)."""
 
     def __post_init__(self) -> None:
-        _check(len(self.splits) > 0, "embed.splits must name at least one of ['train', 'test']")
-        _positive("embed.batch_size", self.batch_size)
-        _positive("embed.num_actors", self.num_actors)
-        _positive("embed.cpus_per_actor", self.cpus_per_actor)
-        _check(self.gpus_per_actor >= 0, f"embed.gpus_per_actor must be >= 0, got {self.gpus_per_actor}")
-        _positive("embed.rows_per_file", self.rows_per_file)
+        _check(len(self.splits) > 0, "splits must name at least one of ['train', 'test']")
+        _positive("batch_size", self.batch_size)
+        _positive("num_actors", self.num_actors)
+        _positive("cpus_per_actor", self.cpus_per_actor)
+        _check(self.gpus_per_actor >= 0, f"gpus_per_actor must be >= 0, got {self.gpus_per_actor}")
+        _positive("rows_per_file", self.rows_per_file)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -248,8 +248,8 @@ class IndexConfig:
             try:
                 validate_sizes(self.sizes, dim=10**9)
             except NestingError as exc:
-                raise ConfigError(f"index.sizes: {exc}") from None
-        _positive("index.hnsw_m", self.hnsw_m)
+                raise ConfigError(f"sizes: {exc}") from None
+        _positive("hnsw_m", self.hnsw_m)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -261,8 +261,8 @@ class EvalConfig:
     """Evaluate on the first N test rows only (quick runs)."""
 
     def __post_init__(self) -> None:
-        _positive("evaluate.k", self.k)
-        _positive("evaluate.max_queries", self.max_queries, allow_none=True)
+        _positive("k", self.k)
+        _positive("max_queries", self.max_queries, allow_none=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -281,14 +281,14 @@ class ServeConfig:
     port: int = 8000
 
     def __post_init__(self) -> None:
-        _positive("serve.shortlist_size", self.shortlist_size)
-        _positive("serve.shortlist_k", self.shortlist_k)
-        _positive("serve.rerank_size", self.rerank_size, allow_none=True)
-        _positive("serve.default_k", self.default_k)
+        _positive("shortlist_size", self.shortlist_size)
+        _positive("shortlist_k", self.shortlist_k)
+        _positive("rerank_size", self.rerank_size, allow_none=True)
+        _positive("default_k", self.default_k)
         _check(self.default_k <= self.shortlist_k,
-               f"serve.default_k ({self.default_k}) must be <= serve.shortlist_k ({self.shortlist_k})")
-        _positive("serve.num_replicas", self.num_replicas)
-        _check(0 < self.port < 65536, f"serve.port must be in [1, 65535], got {self.port}")
+               f"default_k ({self.default_k}) must be <= shortlist_k ({self.shortlist_k})")
+        _positive("num_replicas", self.num_replicas)
+        _check(0 < self.port < 65536, f"port must be in [1, 65535], got {self.port}")
 
 
 def _output_dir_ok(output_dir: str) -> None:
@@ -382,12 +382,12 @@ class TuneSpace:
     """Candidate learning rates; empty keeps train.lr."""
 
     def __post_init__(self) -> None:
-        _check(len(self.schedules) > 0, "space.schedules must list at least one of ['log', 'uniform']")
+        _check(len(self.schedules) > 0, "schedules must list at least one of ['log', 'uniform']")
         _check(len(self.min_sizes) > 0 and all(m >= 1 for m in self.min_sizes),
-               f"space.min_sizes must be a non-empty list of sizes >= 1, got {list(self.min_sizes)}")
+               f"min_sizes must be a non-empty list of sizes >= 1, got {list(self.min_sizes)}")
         _check(len(self.smallest_weight) > 0 and all(math.isfinite(w) and w > 0 for w in self.smallest_weight),
-               f"space.smallest_weight must be a non-empty list of numbers > 0, got {list(self.smallest_weight)}")
-        _check(all(0 < x < 10 for x in self.lr), f"space.lr values must be in (0, 10), got {list(self.lr)}")
+               f"smallest_weight must be a non-empty list of numbers > 0, got {list(self.smallest_weight)}")
+        _check(all(0 < x < 10 for x in self.lr), f"lr values must be in (0, 10), got {list(self.lr)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -413,8 +413,12 @@ class TuneJobConfig:
                "'val_top1_mean']")
         for schedule in self.space.schedules:  # every combination must be a valid nesting list
             for min_size in self.space.min_sizes:
-                NestingConfig(schedule=schedule, min_size=min_size,
-                              count=self.base.model.nesting.count).resolve(self.base.model.dim)
+                try:
+                    NestingConfig(schedule=schedule, min_size=min_size,
+                                  count=self.base.model.nesting.count).resolve(self.base.model.dim)
+                except ConfigError as exc:
+                    raise ConfigError(f"space (schedule {schedule!r}, min_size {min_size}) with base.model: "
+                                      f"{exc}") from None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -58,7 +58,15 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _type_name(tp: Any) -> str:
+def _describe(tp: Any) -> str:
+    """How a type reads in an error message: `true/false`, `one of ['auto']`, `null`, `a number`."""
+    if typing.get_origin(tp) is typing.Literal:
+        return f"one of {list(typing.get_args(tp))}"
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    if tp in names:
+        return names[tp]
+    if typing.get_origin(tp) in (list, tuple):
+        return "a list"
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
@@ -71,15 +79,15 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         args = typing.get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own message, which names the bad element
+            return _coerce(value, options[0], name)
+        for arg in options:
             try:
                 return _coerce(value, arg, name)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(f"{name}: {value!r} is not one of {' | '.join(_type_name(a) for a in args)}")
+            except ConfigError:
+                pass
+        raise ConfigError(f"{name}: {value!r} is not accepted; expected {' or '.join(_describe(a) for a in args)}")
     if origin is typing.Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
@@ -103,6 +111,11 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             raise ConfigError(f"{name}: expected a mapping of {tp.__name__} fields, got {value!r}")
         return from_dict(tp, value, prefix=f"{name}.")
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name}: expected a number, got {value!r}")
         return float(value)
@@ -143,6 +156,8 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     try:
         return cls(**kwargs)
     except ConfigError as exc:
+        # __post_init__ messages name fields relative to `cls`; add where `cls` sits in the whole config.
+        # Errors already raised by a nested from_dict carry their full path (they start with `prefix`).
         if prefix and not str(exc).startswith(prefix):
             raise ConfigError(f"{prefix}{exc}") from None
         raise

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 
@@ -75,7 +76,7 @@ def validate_sizes(sizes: Sequence[int], dim: int) -> list[int]:
     if not sizes:
         raise NestingError("the nesting list is empty; give at least one size in [1, dim]")
     for i, m in enumerate(sizes):
-        if isinstance(m, bool) or not isinstance(m, int):
+        if isinstance(m, bool) or not isinstance(m, numbers.Integral):
             raise NestingError(f"nesting size #{i} is {m!r}, not an integer")
         if not 1 <= m <= dim:
             raise NestingError(f"nesting size #{i} is {m}, outside the accepted range [1, dim={dim}]")
@@ -84,7 +85,7 @@ def validate_sizes(sizes: Sequence[int], dim: int) -> list[int]:
         raise NestingError(f"nesting list {sizes} has duplicate sizes {dup}")
     if sizes != sorted(sizes):
         raise NestingError(f"nesting list {sizes} is not sorted in increasing order")
-    return sizes
+    return [int(m) for m in sizes]
 
 
 def validate_weights(weights: Sequence[float] | None, sizes: Sequence[int]) -> list[float]:

@@ -27,8 +27,12 @@ def example_query(url: str, embeddings_dir: str, k: int = 5) -> dict[str, Any]:
     return {"query_id": int(ids[0]), "query_label": int(labels[0]), "request": body, "reply": reply.json()}
 
 
-def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+def run_pipeline(cfg: PipelineConfig, shutdown: bool = True) -> dict[str, Any]:
     """Run every stage; print the per-size table, the MLflow store and an answered example query.
+
+    Args:
+        cfg: the validated pipeline config.
+        shutdown: stop the Serve app at the end (unless cfg.keep_serving, which blocks until Ctrl-C first).
 
     Returns:
         A summary dict (also written to <output_dir>/pipeline_summary.json).
@@ -98,5 +102,6 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
-    serve.shutdown()
+    if shutdown or cfg.keep_serving:
+        serve.shutdown()
     return summary

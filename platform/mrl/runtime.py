@@ -20,4 +20,6 @@ def ensure_ray(ray_cfg) -> None:
     if address:
         ray.init(address=address)
     else:
-        ray.init(num_cpus=ray_cfg.num_cpus, include_dashboard=False)
+        # address="local": always a new cluster, never one left by `ray start` on this machine. The
+        # dashboard stays on: Ray Train's placement-group cleaner polls the State API it serves.
+        ray.init(address="local", num_cpus=ray_cfg.num_cpus)

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Fresh machine -> trained MRL model, embeddings, FAISS index, evaluation table and a running
+# adaptive-retrieval service answering an example query, all on local Ray with MLflow's sqlite store.
+# Extra arguments are config overrides, e.g. ./quickstart.sh keep_serving=true train.epochs=3
+set -euo pipefail
+cd "$(dirname "$0")"
+./setup.sh
+export RAY_DATA_DISABLE_PROGRESS_BARS=${RAY_DATA_DISABLE_PROGRESS_BARS:-1}
+exec "${PYTHON:-python3}" jobs/pipeline.py --config jobs/pipeline.yaml "$@"

@@ -1,0 +1,190 @@
+"""End to end on a small slice of Fashion-MNIST: the pipeline through real Ray Train, Ray Data, FAISS,
+Ray Serve over HTTP and MLflow in a temp dir, then probes of every artifact and of the HTTP API."""
+
+import shutil
+
+import mlflow
+import numpy as np
+import pytest
+import requests
+from mlflow import MlflowClient
+
+from conftest import REPO, free_port
+from mrl.config import PipelineConfig
+from mrl.configio import load_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    import ray
+    from ray import serve
+
+    from mrl.pipeline import run_pipeline
+
+    out = tmp_path_factory.mktemp("pipeline")
+    port = free_port()
+    cfg = load_config(PipelineConfig, REPO / "jobs" / "pipeline.yaml", [
+        f"output_dir={out}", "run_name=e2e", "data.train_limit=3000", "data.test_limit=600", "train.epochs=2",
+        "model.dim=64", f"serve.port={port}", "embed.rows_per_file=1000", "ray.num_cpus=8"])
+    summary = run_pipeline(cfg, shutdown=False)
+    yield cfg, summary
+    serve.shutdown()
+    ray.shutdown()
+
+
+def runs_by_stage(cfg):
+    client = MlflowClient(f"sqlite:///{cfg.output_dir}/mlflow.db")
+    exp = client.get_experiment_by_name(cfg.mlflow.experiment)
+    runs = client.search_runs([exp.experiment_id])
+    return client, {r.data.tags.get("mrl.stage"): r for r in runs}
+
+
+def test_per_size_quality_beats_chance_at_every_size(pipeline):
+    _, summary = pipeline
+    rows = summary["per_size"]
+    assert [r["size"] for r in rows] == [8, 16, 32, 64]
+    for row in rows:  # 10 classes: chance is 0.1; 2 epochs on 2,850 images gets well above it
+        assert row["top1"] > 0.5 and row["nn1"] > 0.5 and row["map@10"] > 0.4, row
+
+
+def test_lineage_chain_in_mlflow(pipeline):
+    cfg, summary = pipeline
+    client, runs = runs_by_stage(cfg)
+    assert {"train", "embed", "index", "evaluate", "deploy"} <= set(runs)
+    train, embed, index = runs["train"], runs["embed"], runs["index"]
+    assert embed.data.tags["mrl.input_run_id"] == train.info.run_id
+    assert embed.data.tags["mrl.input_uri"] == summary["model_uri"]
+    assert index.data.tags["mrl.input_run_id"] == embed.info.run_id
+    assert runs["evaluate"].data.tags["mrl.input_run_id"] == embed.info.run_id
+    assert runs["deploy"].data.tags["mrl.input_run_id"] == index.info.run_id
+    # per-epoch validation accuracy per size was logged by rank 0 during training
+    history = client.get_metric_history(train.info.run_id, "val_top1_d8")
+    assert [m.step for m in history] == [1, 2]
+    assert runs["evaluate"].data.metrics["top1_d64"] == pytest.approx(summary["per_size"][-1]["top1"])
+
+
+def test_registered_model_carries_dim_and_sizes(pipeline):
+    cfg, summary = pipeline
+    from mrl import tracking
+
+    tracking.setup(cfg.mlflow, cfg.output_dir)
+    name, version = summary["model_uri"].split("/")[1:]
+    mv = MlflowClient().get_model_version(name, version)
+    info = mlflow.models.get_model_info(summary["model_uri"])
+    assert info.metadata["dim"] == 64 and info.metadata["sizes"] == [8, 16, 32, 64]
+    assert mv.run_id == summary["train_run_id"]
+    model = tracking.load_model(summary["model_uri"])
+    assert model.dim == 64 and model.sizes == [8, 16, 32, 64]
+
+
+def test_embeddings_are_the_models_embeddings(pipeline):
+    import torch
+
+    from mrl import tracking
+    from mrl.data import load_split, to_float
+    from mrl.embed import read_embeddings, read_manifest
+
+    cfg, summary = pipeline
+    emb_dir = f"{cfg.output_dir}/embeddings/{summary['embed_run_id']}"
+    manifest = read_manifest(emb_dir)
+    assert manifest["rows"] == {"train": 3000, "test": 600} and manifest["model_uri"] == summary["model_uri"]
+    ids, labels, vectors = read_embeddings(f"{emb_dir}/train")
+    assert np.array_equal(ids, np.arange(3000)) and vectors.shape == (3000, 64)
+    images, true_labels = load_split(cfg.data, cfg.model, "train")
+    assert np.array_equal(labels, true_labels)
+    tracking.setup(cfg.mlflow, cfg.output_dir)
+    model = tracking.load_model(summary["model_uri"])
+    with torch.no_grad():
+        direct = model.embed(torch.from_numpy(to_float(images[:64]))).numpy()
+    np.testing.assert_allclose(vectors[:64], direct, rtol=1e-4, atol=1e-4)
+    assert len(list((tmp := __import__("pathlib").Path(emb_dir) / "train").glob("*.parquet"))) >= 3, tmp
+
+
+def test_index_refuses_corruption_and_wrong_dim(pipeline, tmp_path):
+    from mrl.index import IndexMismatchError, load_index
+
+    cfg, summary = pipeline
+    path = f"{cfg.output_dir}/index/{summary['index_run_id']}"
+    artifact = load_index(path, expect_dim=64, expect_model_uri=summary["model_uri"])
+    assert artifact.manifest["rows"] == 3000 and sorted(artifact.indexes) == [8, 16, 32, 64]
+    with pytest.raises(IndexMismatchError, match="d=64 vectors, not d=128"):
+        load_index(path, expect_dim=128)
+    with pytest.raises(IndexMismatchError, match="built for model"):
+        load_index(path, expect_model_uri="models:/other/1")
+    broken = tmp_path / "broken"
+    shutil.copytree(path, broken)
+    labels = np.load(broken / "labels.npy")
+    labels[0] += 1
+    np.save(broken / "labels.npy", labels)
+    with pytest.raises(IndexMismatchError, match="labels.npy does not match its manifest checksum"):
+        load_index(broken)
+
+
+def test_search_by_id_and_by_vector(pipeline):
+    from mrl.index import load_index
+    from mrl.search import exact_search
+
+    cfg, summary = pipeline
+    url = summary["url"]
+    reply = requests.post(f"{url}/search", json={"id": 7, "k": 5}, timeout=30).json()
+    assert reply["ids"][0] == 7 and reply["scores"][0] == pytest.approx(1.0, abs=1e-5)
+    assert reply["model"]["uri"] == summary["model_uri"]
+    assert reply["index"]["version"] == summary["index_run_id"]
+    assert reply["search"] == {"shortlist_size": 16, "shortlist_k": 200, "rerank_size": 64, "k": 5}
+
+    artifact = load_index(f"{cfg.output_dir}/index/{summary['index_run_id']}")
+    query = np.random.default_rng(0).normal(size=(1, 64)).astype(np.float32)
+    reply = requests.post(f"{url}/search", json={"vector": query[0].tolist(), "k": 10,
+                                                 "shortlist_k": 3000}, timeout=30).json()
+    scores, positions = exact_search(np.asarray(artifact.vectors), query, 10)
+    assert reply["ids"] == artifact.ids[positions[0]].tolist()  # K = N: adaptive equals exact search
+    np.testing.assert_allclose(reply["scores"], scores[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"vector": [0.1] * 3}, 422, "length 3; this index expects d=64"),
+    ({"id": 10**9}, 404, "not in the corpus"),
+    ({"id": 1, "k": 0}, 422, "k=0 is outside the accepted range"),
+    ({"id": 1, "k": 3001}, 422, "k=3001 is outside the accepted range"),
+    ({}, 422, "exactly one of 'vector'"),
+    ({"id": 1, "vector": [0.1] * 64}, 422, "exactly one of 'vector'"),
+    ({"vector": [0.0] * 64}, 422, "vector is zero"),
+    ({"id": "seven"}, 422, "valid integer"),
+    ({"id": 1, "colour": "red"}, 422, "Extra inputs"),
+])
+def test_bad_requests_get_4xx_and_the_service_keeps_answering(pipeline, body, status, message):
+    url = pipeline[1]["url"]
+    resp = requests.post(f"{url}/search", json=body, timeout=30)
+    assert resp.status_code == status and message in resp.text, resp.text
+    assert requests.post(f"{url}/search", json={"id": 1, "k": 3}, timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("raw", ['{"vector": [NaN' + ", 0.1" * 63 + "]}", '{"id": 1,', "not json"])
+def test_nan_and_malformed_json_get_422(pipeline, raw):
+    url = pipeline[1]["url"]
+    resp = requests.post(f"{url}/search", data=raw, headers={"content-type": "application/json"}, timeout=30)
+    assert resp.status_code == 422, resp.text
+    assert requests.get(f"{url}/healthz", timeout=30).json()["status"] == "ok"
+
+
+def test_tune_sweep_records_trials_and_best(pipeline):
+    from mrl.config import TuneJobConfig
+    from mrl.tune import run_tune
+
+    cfg, _ = pipeline
+    job = load_config(TuneJobConfig, REPO / "tuning" / "search_space.yaml", [
+        f"output_dir={cfg.output_dir}", "base.data.train_limit=1500", "base.model.dim=32",
+        "space.schedules=[log, uniform]", "space.smallest_weight=[2.0]", "base.model.nesting.count=3",
+        "base.resources.num_workers=1"])
+    result = run_tune(job)
+    assert len(result["trials"]) == 2 and all(t["error"] is None for t in result["trials"])
+    assert {t["params"]["schedule"] for t in result["trials"]} == {"log", "uniform"}
+    assert 0.1 < result["best_metric"] <= 1.0
+    client, runs = runs_by_stage(cfg)
+    parent = runs["tune"]
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 2
+    assert parent.data.params["best.schedule"] == result["best_params"]["schedule"]
