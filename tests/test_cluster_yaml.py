@@ -175,7 +175,7 @@ def test_header_explains_how_to_launch():
         line for line in CLUSTER_YAML.read_text().splitlines(keepends=True) if line.startswith("#")
     )
     for text in ("ray up cluster.yaml", "RAY_AUTH_MODE=token", "ray job submit",
-                 "--working-dir .", "--config jobs/train.yaml", "output_dir", "storage_path",
+                 "--working-dir .", "--config jobs/train.yaml", "output_dir", "NFS",
                  "sandbox"):
         assert text in header, text
 

@@ -3,10 +3,11 @@
 import pytest
 
 from mrl.config import (
-    DataConfig, EmbedConfig, EvalConfig, IndexConfig, ModelConfig, NestingConfig, PipelineConfig, ResourcesConfig,
-    ServeConfig, TrainConfig, TrainJobConfig, TuneJobConfig,
+    DataConfig, EmbedConfig, EmbedJobConfig, EvalConfig, EvaluateJobConfig, IndexConfig, IndexJobConfig, ModelConfig,
+    NestingConfig, PipelineConfig, RayConfig, ResourcesConfig, ServeConfig, ServeJobConfig, TrainConfig,
+    TrainJobConfig, TuneJobConfig, TuneSpace,
 )
-from mrl.configio import ConfigError, from_dict, load_config
+from mrl.configio import ConfigError, from_dict, load_config, to_dict
 
 
 def _list(*sizes, weights=None):
@@ -28,21 +29,32 @@ def test_model_schedules():
     assert cfg.sizes == [4, 32] and cfg.weights == [2.0, 1.0]
 
 
-@pytest.mark.parametrize("nesting, match", [
-    (_list(16, 8, 64), r"model\.nesting: nesting list \[16, 8, 64\] is not sorted"),
-    (_list(8, 8, 64), r"model\.nesting: nesting list \[8, 8, 64\] has duplicate sizes \[8\]"),
-    (_list(8, 128), r"model\.nesting: nesting size #1 is 128, outside the accepted range \[1, dim=64\]"),
-    (_list(0, 8), r"model\.nesting: nesting size #0 is 0"),
-    (NestingConfig(schedule="list"), r"model\.nesting: schedule 'list' needs nesting\.sizes"),
-    (NestingConfig(min_size=65), r"model\.nesting: min_size must be in \[1, dim=64\]"),
-    (NestingConfig(schedule="uniform", count=100), r"model\.nesting: count=100 is more than"),
-    (_list(8, 64, weights=(1.0,)), r"model\.nesting\.weights: 1 loss weights given for 2 nesting sizes"),
-    (_list(8, 64, weights=(1.0, -1.0)), r"model\.nesting\.weights: loss weight #1 \(size 64\) is -1\.0"),
-    (_list(8, 64, weights=(0.0, 0.0)), r"model\.nesting\.weights: all loss weights are 0"),
-])
+# Messages relative to ModelConfig; loading a job config prefixes them with "model.".
+BAD_NESTING = [
+    (_list(16, 8, 64), r"nesting: nesting list \[16, 8, 64\] is not sorted"),
+    (_list(8, 8, 64), r"nesting: nesting list \[8, 8, 64\] has duplicate sizes \[8\]"),
+    (_list(8, 128), r"nesting: nesting size #1 is 128, outside the accepted range \[1, dim=64\]"),
+    (_list(0, 8), r"nesting: nesting size #0 is 0"),
+    (NestingConfig(schedule="list"), r"nesting: schedule 'list' needs nesting\.sizes"),
+    (NestingConfig(min_size=65), r"nesting: min_size must be in \[1, dim=64\]"),
+    (NestingConfig(schedule="uniform", count=100), r"nesting: count=100 is more than"),
+    (_list(8, 64, weights=(1.0,)), r"nesting\.weights: 1 loss weights given for 2 nesting sizes"),
+    (_list(8, 64, weights=(1.0, -1.0)), r"nesting\.weights: loss weight #1 \(size 64\) is -1\.0"),
+    (_list(8, 64, weights=(0.0, 0.0)), r"nesting\.weights: all loss weights are 0"),
+]
+
+
+@pytest.mark.parametrize("nesting, match", BAD_NESTING)
 def test_model_rejects_bad_nesting(nesting, match):
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(ConfigError, match="^" + match):
         ModelConfig(dim=64, nesting=nesting)
+
+
+@pytest.mark.parametrize("nesting, match", BAD_NESTING)
+def test_bad_nesting_in_a_job_config_names_the_full_path(tmp_path, nesting, match):
+    data = {"data": {"path": str(tmp_path)}, "model": {"dim": 64, "nesting": to_dict(nesting)}}
+    with pytest.raises(ConfigError, match=r"^model\." + match):
+        from_dict(TrainJobConfig, data)
 
 
 def test_nesting_errors_through_from_dict_name_the_field():
@@ -56,32 +68,45 @@ def test_nesting_error_in_a_job_config_is_not_double_prefixed(tmp_path):
                                                "model.nesting.sizes=[8, 1024]"])
 
 
-@pytest.mark.xfail(strict=True, reason="bug: ModelConfig messages hard-code 'model.', and from_dict prepends its "
-                                       "own prefix, so under TuneJobConfig they read 'base.model.model.dim'")
 def test_nested_model_error_names_its_real_dotted_path(tmp_path):
     with pytest.raises(ConfigError) as info:
         from_dict(TuneJobConfig, {"base": {"data": {"path": str(tmp_path)}, "model": {"dim": 0}}})
     assert "base.model.model" not in str(info.value)
-    assert "base.model.dim" in str(info.value)
+    assert str(info.value) == "base.model.dim must be > 0, got 0"
+
+
+def test_nested_section_error_under_tune_base_names_its_real_dotted_path(tmp_path):
+    with pytest.raises(ConfigError, match=r"^base\.resources\.threads_per_worker must be > 0, got 0$"):
+        load_config(TuneJobConfig, overrides=[f"base.data.path={tmp_path}", "base.resources.threads_per_worker=0"])
+    with pytest.raises(ConfigError, match=r"^base\.model\.nesting: nesting list \[32, 16\] is not sorted"):
+        load_config(TuneJobConfig, overrides=[f"base.data.path={tmp_path}", "base.model.nesting.schedule=list",
+                                              "base.model.nesting.sizes=[32, 16]"])
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"dim": 0}, r"model\.dim must be > 0, got 0"),
-    ({"num_classes": 1}, r"model\.num_classes must be >= 2, got 1"),
-    ({"in_channels": 2}, r"model\.in_channels must be 1 or 3, got 2"),
-    ({"image_size": 0}, r"model\.image_size must be > 0"),
+    ({"dim": 0}, r"dim must be > 0, got 0"),
+    ({"num_classes": 1}, r"num_classes must be >= 2, got 1"),
+    ({"in_channels": 2}, r"in_channels must be 1 or 3, got 2"),
+    ({"image_size": 0}, r"image_size must be > 0, got 0"),
 ])
-def test_model_ranges(kwargs, match):
-    with pytest.raises(ConfigError, match=match):
+def test_model_ranges(tmp_path, kwargs, match):
+    with pytest.raises(ConfigError, match="^" + match + "$"):
         ModelConfig(**{"dim": 64, **kwargs})
+    with pytest.raises(ConfigError, match=r"^model\." + match + "$"):
+        from_dict(TrainJobConfig, {"data": {"path": str(tmp_path)}, "model": {"dim": 64, **kwargs}})
 
 
 def test_model_pretrained_path(tmp_path):
     assert ModelConfig(encoder="vit", pretrained_path=str(tmp_path)).pretrained_path == str(tmp_path)
-    with pytest.raises(ConfigError, match=r"model\.pretrained_path .*missing.* is not a directory"):
+    with pytest.raises(ConfigError, match=r"^pretrained_path .*missing.* is not a directory"):
         ModelConfig(encoder="vit", pretrained_path=str(tmp_path / "missing"))
-    with pytest.raises(ConfigError, match=r"model\.pretrained_path is only for transformers encoders"):
+    with pytest.raises(ConfigError, match=r"^pretrained_path is only for transformers encoders"):
         ModelConfig(encoder="cnn", pretrained_path=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"^model\.pretrained_path .*missing.* is not a directory"):
+        load_config(TrainJobConfig, overrides=[f"data.path={tmp_path}", "model.encoder=vit",
+                                               f"model.pretrained_path={tmp_path / 'missing'}"])
+    with pytest.raises(ConfigError, match=r"^model\.pretrained_path is only for transformers encoders"):
+        load_config(TrainJobConfig, overrides=[f"data.path={tmp_path}", f"model.pretrained_path={tmp_path}"])
 
 
 # ---------------------------------------------------------------- DataConfig
@@ -91,21 +116,27 @@ def test_data_missing_fashion_mnist_path_names_path_and_package(tmp_path):
     with pytest.raises(ConfigError) as info:
         DataConfig(path=str(missing))
     msg = str(info.value)
-    assert str(missing) in msg
+    assert msg.startswith(f"path {str(missing)!r} does not exist (fashion_mnist data)")
     assert "apt-get install -y dataset-fashion-mnist" in msg
-    assert "data.path" in msg
+    assert "or give a directory holding the four IDX files" in msg
+    with pytest.raises(ConfigError, match=r"^data\.path .*no-fmnist.* does not exist \(fashion_mnist data\)"):
+        load_config(TrainJobConfig, overrides=[f"data.path={missing}"])
 
 
 def test_data_missing_path_for_other_sources(tmp_path):
     missing = tmp_path / "no-images"
-    with pytest.raises(ConfigError, match=r"data\.path .*no-images.* does not exist \(image_folder data\)") as info:
+    with pytest.raises(ConfigError, match=r"^path .*no-images.* does not exist \(image_folder data\)") as info:
         DataConfig(source="image_folder", path=str(missing))
     assert "apt-get" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"^data\.path .*no-images.* does not exist \(image_folder data\)"):
+        load_config(TrainJobConfig, overrides=["data.source=image_folder", f"data.path={missing}"])
 
 
 def test_data_path_required_for_non_default_sources():
-    with pytest.raises(ConfigError, match=r"data\.path is required for data\.source='parquet'"):
+    with pytest.raises(ConfigError, match=r"^path is required when source is 'parquet'"):
         DataConfig(source="parquet")
+    with pytest.raises(ConfigError, match=r"^data\.path is required when source is 'parquet'"):
+        load_config(TrainJobConfig, overrides=["data.source=parquet"])
 
 
 def test_data_existing_path(tmp_path):
@@ -114,40 +145,64 @@ def test_data_existing_path(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"val_fraction": 0.5}, r"data\.val_fraction must be in \[0, 0\.5\), got 0\.5"),
-    ({"val_fraction": -0.1}, r"data\.val_fraction must be in \[0, 0\.5\)"),
-    ({"train_limit": 0}, r"data\.train_limit must be > 0, got 0"),
-    ({"test_limit": -3}, r"data\.test_limit must be > 0, got -3"),
+    ({"val_fraction": 0.5}, r"val_fraction must be in \[0, 0\.5\), got 0\.5"),
+    ({"val_fraction": -0.1}, r"val_fraction must be in \[0, 0\.5\), got -0\.1"),
+    ({"train_limit": 0}, r"train_limit must be > 0, got 0"),
+    ({"test_limit": -3}, r"test_limit must be > 0, got -3"),
 ])
 def test_data_ranges(tmp_path, kwargs, match):
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(ConfigError, match="^" + match + "$"):
         DataConfig(path=str(tmp_path), **kwargs)
+    with pytest.raises(ConfigError, match=r"^data\." + match + "$"):
+        from_dict(TrainJobConfig, {"data": {"path": str(tmp_path), **kwargs}})
 
 
 # ---------------------------------------------------------------- other sections
 
-@pytest.mark.parametrize("cls, kwargs, match", [
-    (TrainConfig, {"epochs": 0}, r"train\.epochs must be > 0"),
-    (TrainConfig, {"batch_size": -1}, r"train\.batch_size must be > 0"),
-    (TrainConfig, {"lr": 0.0}, r"train\.lr must be in \(0, 10\)"),
-    (TrainConfig, {"weight_decay": -1e-4}, r"train\.weight_decay must be >= 0"),
-    (ResourcesConfig, {"num_workers": -1}, r"resources\.num_workers must be >= 0"),
-    (ResourcesConfig, {"threads_per_worker": 0}, r"resources\.threads_per_worker must be > 0"),
-    (EmbedConfig, {"splits": ()}, r"embed\.splits must name at least one"),
-    (EvalConfig, {"k": 0}, r"evaluate\.k must be > 0"),
-    (IndexConfig, {"sizes": (16, 8)}, r"index\.sizes: nesting list \[16, 8\] is not sorted"),
-    (IndexConfig, {"hnsw_m": 0}, r"index\.hnsw_m must be > 0"),
-    (ServeConfig, {"port": 0}, r"serve\.port must be in \[1, 65535\]"),
-])
-def test_section_ranges(cls, kwargs, match):
-    with pytest.raises(ConfigError, match=match):
+# (section class, job config holding it, its key there, bad values, message relative to the section)
+SECTION_RANGES = [
+    (TrainConfig, TrainJobConfig, "train", {"epochs": 0}, r"epochs must be > 0, got 0"),
+    (TrainConfig, TrainJobConfig, "train", {"batch_size": -1}, r"batch_size must be > 0, got -1"),
+    (TrainConfig, TrainJobConfig, "train", {"lr": 0.0}, r"lr must be in \(0, 10\), got 0\.0"),
+    (TrainConfig, TrainJobConfig, "train", {"weight_decay": -1e-4}, r"weight_decay must be >= 0, got -0\.0001"),
+    (ResourcesConfig, TrainJobConfig, "resources", {"num_workers": -1}, r"num_workers must be >= 0, got -1"),
+    (ResourcesConfig, TrainJobConfig, "resources", {"threads_per_worker": 0},
+     r"threads_per_worker must be > 0, got 0"),
+    (RayConfig, TrainJobConfig, "ray", {"num_cpus": 0}, r"num_cpus must be > 0, got 0"),
+    (EmbedConfig, EmbedJobConfig, "embed", {"splits": ()},
+     r"splits must name at least one of \['train', 'test'\]"),
+    (EvalConfig, EvaluateJobConfig, "evaluate", {"k": 0}, r"k must be > 0, got 0"),
+    (IndexConfig, IndexJobConfig, "index", {"sizes": (16, 8)}, r"sizes: nesting list \[16, 8\] is not sorted"),
+    (IndexConfig, IndexJobConfig, "index", {"hnsw_m": 0}, r"hnsw_m must be > 0, got 0"),
+    (ServeConfig, ServeJobConfig, "serve", {"port": 0}, r"port must be in \[1, 65535\], got 0"),
+    (TuneSpace, TuneJobConfig, "space", {"schedules": ()},
+     r"schedules must list at least one of \['log', 'uniform'\]"),
+]
+
+
+@pytest.mark.parametrize("cls, job_cls, key, kwargs, match", SECTION_RANGES)
+def test_section_ranges(cls, job_cls, key, kwargs, match):
+    with pytest.raises(ConfigError, match="^" + match):
         cls(**kwargs)
 
 
+@pytest.mark.parametrize("cls, job_cls, key, kwargs, match", SECTION_RANGES)
+def test_section_ranges_in_a_job_config_name_the_full_path(tmp_path, cls, job_cls, key, kwargs, match):
+    data = {key: kwargs}
+    if job_cls in (TrainJobConfig, EmbedJobConfig):
+        data["data"] = {"path": str(tmp_path)}
+    if job_cls is TuneJobConfig:
+        data["base"] = {"data": {"path": str(tmp_path)}}
+    with pytest.raises(ConfigError, match=rf"^{key}\." + match):
+        from_dict(job_cls, data)
+
+
 def test_serve_default_k_above_shortlist_k_rejected():
-    with pytest.raises(ConfigError, match=r"serve\.default_k \(300\) must be <= serve\.shortlist_k \(200\)"):
+    with pytest.raises(ConfigError, match=r"^default_k \(300\) must be <= shortlist_k \(200\)$"):
         ServeConfig(default_k=300, shortlist_k=200)
     assert ServeConfig(default_k=200, shortlist_k=200).default_k == 200
+    with pytest.raises(ConfigError, match=r"^serve\.default_k \(300\) must be <= shortlist_k \(200\)$"):
+        load_config(ServeJobConfig, overrides=["serve.default_k=300", "serve.shortlist_k=200"])
 
 
 def test_configs_are_frozen():
@@ -187,7 +242,8 @@ def test_pipeline_train_job(tmp_path):
 
 def test_tune_job_checks_every_schedule_combination(tmp_path):
     base = {"data": {"path": str(tmp_path)}, "model": {"dim": 16}}
-    with pytest.raises(ConfigError, match=r"model\.nesting: count=8 is more than the 1 sizes in \[16, 16\]"):
+    with pytest.raises(ConfigError, match=r"^space \(schedule 'uniform', min_size 16\) with base\.model: "
+                                          r"nesting: count=8 is more than the 1 sizes in \[16, 16\]"):
         from_dict(TuneJobConfig, {"base": base, "space": {"min_sizes": [16]}})
     cfg = from_dict(TuneJobConfig, {"base": base, "space": {"schedules": ["log"], "min_sizes": [4, 8]}})
     assert cfg.space.min_sizes == (4, 8)

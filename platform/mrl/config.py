@@ -130,9 +130,8 @@ class DataConfig:
         _positive("test_limit", self.test_limit, allow_none=True)
         root = Path(self.root)
         if not root.exists():
-            hint = ("install it with `apt-get install -y dataset-fashion-mnist` or set data.path to a directory "
-                    "holding the four IDX files" if self.source == "fashion_mnist"
-                    else "set data.path to an existing directory")
+            hint = ("install it with `apt-get install -y dataset-fashion-mnist`, or give a directory holding "
+                    "the four IDX files" if self.source == "fashion_mnist" else "give an existing directory")
             raise ConfigError(f"path {str(root)!r} does not exist ({self.source} data); {hint}")
 
     @property
@@ -141,7 +140,7 @@ class DataConfig:
             return self.path
         if self.source == "fashion_mnist":
             return FASHION_MNIST_DIR
-        raise ConfigError(f"path is required for data.source={self.source!r}")
+        raise ConfigError(f"path is required when source is {self.source!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

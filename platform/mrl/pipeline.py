@@ -81,12 +81,13 @@ def run_pipeline(cfg: PipelineConfig, shutdown: bool = True) -> dict[str, Any]:
     print(f"full size d={full['size']}: linear top-1 {100 * full['top1']:.2f}%, 1-NN {100 * full['nn1']:.2f}%",
           flush=True)
     print(f"MLflow store: {uri}\n  open the UI with: {tracking.ui_hint(uri)}", flush=True)
-    print(f"example query (test image {example['query_id']}, label {example['query_label']}):\n"
-          f"  curl -s -X POST {served['url']}/search -H 'content-type: application/json' "
-          f"-d '{{\"id\": {reply['ids'][0]}, \"k\": 5}}'\n"
+    print(f"example query: POST {served['url']}/search with the embedding of test image {example['query_id']} "
+          f"(label {example['query_label']}), k=5\n"
           f"  answered ids {reply['ids']} labels {reply['labels']} "
           f"scores {[round(s, 4) for s in reply['scores']]}\n"
-          f"  by model {reply['model']['uri']} and index {reply['index']['version']}", flush=True)
+          f"  by model {reply['model']['uri']} and index {reply['index']['version']} in {reply['took_ms']:.1f} ms\n"
+          f"  the same by corpus id: curl -s -X POST {served['url']}/search -H 'content-type: application/json' "
+          f"-d '{{\"id\": 0, \"k\": 5}}'", flush=True)
     print(f"stage seconds {timings}; wall time {wall:.0f}s", flush=True)
 
     summary = {"wall_seconds": round(wall, 1), "stage_seconds": timings, "model_uri": trained["model_uri"],

@@ -46,5 +46,5 @@ def test_train_job_submitted_to_a_cluster(head_node, tmp_path):
     assert status == JobStatus.SUCCEEDED, logs[-3000:]
     assert "registered models:/mrl-fashion-mnist/1" in logs
     versions = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").search_model_versions("name='mrl-fashion-mnist'")
-    assert [v.version for v in versions] == ["1"]
+    assert [str(v.version) for v in versions] == ["1"]
     assert (tmp_path / "ray" / "submitted").is_dir()  # checkpoints under the run's storage path
