@@ -5,5 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 ./setup.sh
-export RAY_DATA_DISABLE_PROGRESS_BARS=${RAY_DATA_DISABLE_PROGRESS_BARS:-1}
 exec "${PYTHON:-python3}" jobs/pipeline.py --config jobs/pipeline.yaml "$@"

@@ -23,7 +23,7 @@ RESULTS = REPO / "docs" / "results"
 def main() -> int:
     out = Path(tempfile.mkdtemp(prefix="mrl-quickstart-"))
     cmd = [sys.executable, "jobs/pipeline.py", "--config", "jobs/pipeline.yaml", f"output_dir={out}", *sys.argv[1:]]
-    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    env = dict(os.environ)
     started = time.time()
     proc = subprocess.run(cmd, cwd=REPO, env=env)
     wall = time.time() - started

@@ -165,7 +165,7 @@ SECTION_RANGES = [
     (TrainConfig, TrainJobConfig, "train", {"batch_size": -1}, r"batch_size must be > 0, got -1"),
     (TrainConfig, TrainJobConfig, "train", {"lr": 0.0}, r"lr must be in \(0, 10\), got 0\.0"),
     (TrainConfig, TrainJobConfig, "train", {"weight_decay": -1e-4}, r"weight_decay must be >= 0, got -0\.0001"),
-    (ResourcesConfig, TrainJobConfig, "resources", {"num_workers": -1}, r"num_workers must be >= 0, got -1"),
+    (ResourcesConfig, TrainJobConfig, "resources", {"num_workers": 0}, r"num_workers must be >= 1, got 0"),
     (ResourcesConfig, TrainJobConfig, "resources", {"threads_per_worker": 0},
      r"threads_per_worker must be > 0, got 0"),
     (RayConfig, TrainJobConfig, "ray", {"num_cpus": 0}, r"num_cpus must be > 0, got 0"),

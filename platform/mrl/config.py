@@ -168,7 +168,7 @@ class ResourcesConfig:
     """How Ray Train places the work."""
 
     num_workers: int = 2
-    """Ray Train workers (data parallel). 0 runs in the driver process."""
+    """Ray Train workers (data parallel), >= 1."""
     use_gpu: bool | Literal["auto"] = "auto"
     """auto: GPUs when the Ray cluster has any (NCCL), else CPU workers with gloo."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -180,7 +180,7 @@ class ResourcesConfig:
     """Worker/node failures tolerated; training restarts from the latest checkpoint."""
 
     def __post_init__(self) -> None:
-        _check(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        _check(self.num_workers >= 1, f"num_workers must be >= 1, got {self.num_workers}")
         _positive("cpus_per_worker", self.cpus_per_worker)
         _positive("threads_per_worker", self.threads_per_worker, allow_none=True)
         _check(self.max_failures >= -1, f"max_failures must be >= -1, got {self.max_failures}")
@@ -290,15 +290,23 @@ class ServeConfig:
         _check(0 < self.port < 65536, f"port must be in [1, 65535], got {self.port}")
 
 
-def _output_dir_ok(output_dir: str) -> None:
-    _check(bool(output_dir), "output_dir must be a non-empty path")
+@dataclass(frozen=True, kw_only=True)
+class JobConfig:
+    """What every job config has: where its outputs go and where MLflow records them."""
+
+    output_dir: str = "outputs"
+    """Root of every artifact (Ray Train storage, embeddings, indexes, the sqlite MLflow store). On a
+    multi-node cluster: a path every node sees (NFS)."""
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.output_dir), "output_dir must be a non-empty path")
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainJobConfig:
+class TrainJobConfig(JobConfig):
     """jobs/train.py"""
 
-    output_dir: str = "outputs"
     run_name: str = "mrl-train"
     """Ray Train run name; rerunning with the same name and output_dir resumes from its latest checkpoint."""
     data: DataConfig = field(default_factory=DataConfig)
@@ -306,65 +314,44 @@ class TrainJobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     ray: RayConfig = field(default_factory=RayConfig)
-    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
-
-    def __post_init__(self) -> None:
-        _output_dir_ok(self.output_dir)
 
 
 @dataclass(frozen=True, kw_only=True)
-class EmbedJobConfig:
+class EmbedJobConfig(JobConfig):
     """jobs/embed.py"""
 
-    output_dir: str = "outputs"
     model_uri: str = "models:/mrl-fashion-mnist/latest"
     """An MLflow model URI (models:/name/version, models:/name@alias, runs:/id/model)."""
     data: DataConfig = field(default_factory=DataConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     ray: RayConfig = field(default_factory=RayConfig)
-    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
-
-    def __post_init__(self) -> None:
-        _output_dir_ok(self.output_dir)
 
 
 @dataclass(frozen=True, kw_only=True)
-class IndexJobConfig:
+class IndexJobConfig(JobConfig):
     """jobs/build_index.py"""
 
-    output_dir: str = "outputs"
     embeddings: str = "outputs/embeddings/latest"
     """Directory written by the embed stage (holds manifest.json and <split>/*.parquet)."""
     index: IndexConfig = field(default_factory=IndexConfig)
-    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
-
-    def __post_init__(self) -> None:
-        _output_dir_ok(self.output_dir)
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvaluateJobConfig:
+class EvaluateJobConfig(JobConfig):
     """jobs/evaluate.py"""
 
-    output_dir: str = "outputs"
     embeddings: str = "outputs/embeddings/latest"
     evaluate: EvalConfig = field(default_factory=EvalConfig)
-    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
-
-    def __post_init__(self) -> None:
-        _output_dir_ok(self.output_dir)
 
 
 @dataclass(frozen=True, kw_only=True)
-class ServeJobConfig:
+class ServeJobConfig(JobConfig):
     """serving/app.py"""
 
-    output_dir: str = "outputs"
     index_dir: str = "outputs/index/latest"
     """Directory written by the build_index stage (holds manifest.json)."""
     serve: ServeConfig = field(default_factory=ServeConfig)
     ray: RayConfig = field(default_factory=RayConfig)
-    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     block: bool = True
     """Keep serving until interrupted (False: deploy and return)."""
 
@@ -390,12 +377,11 @@ class TuneSpace:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TuneJobConfig:
+class TuneJobConfig(JobConfig):
     """tuning/tune.py"""
 
-    output_dir: str = "outputs"
     base: TrainJobConfig = field(default_factory=TrainJobConfig)
-    """The training run every trial starts from."""
+    """The training run every trial starts from (its output_dir and mlflow are replaced by the sweep's)."""
     space: TuneSpace = field(default_factory=TuneSpace)
     num_samples: int = 1
     """Repeats of the grid (grid search) per combination."""
@@ -405,6 +391,7 @@ class TuneJobConfig:
     val_top1_mean (mean over sizes)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _positive("num_samples", self.num_samples)
         _positive("max_concurrent_trials", self.max_concurrent_trials)
         _check(self.metric in ("val_top1_min", "val_top1_full", "val_top1_mean"),
@@ -421,10 +408,9 @@ class TuneJobConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PipelineConfig:
+class PipelineConfig(JobConfig):
     """jobs/pipeline.py: train -> embed -> build_index -> evaluate -> serve, on one Ray cluster."""
 
-    output_dir: str = "outputs"
     run_name: str = "mrl-train"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -435,12 +421,11 @@ class PipelineConfig:
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     ray: RayConfig = field(default_factory=RayConfig)
-    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     keep_serving: bool = False
     """After the example query, keep the service up until Ctrl-C."""
 
     def __post_init__(self) -> None:
-        _output_dir_ok(self.output_dir)
+        super().__post_init__()
         sizes = self.index.sizes or self.model.sizes
         _check(self.serve.shortlist_size in sizes,
                f"serve.shortlist_size {self.serve.shortlist_size} must be one of the indexed sizes {list(sizes)}")

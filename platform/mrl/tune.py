@@ -64,13 +64,14 @@ def run_tune(job: TuneJobConfig) -> dict[str, Any]:
     from mrl.runtime import ensure_ray
 
     ensure_ray(job.base.ray)
-    tracking.setup(job.base.mlflow, job.output_dir)
+    tracking.setup(job.mlflow, job.output_dir)
+    base = dataclasses.replace(job.base, output_dir=job.output_dir, mlflow=job.mlflow)
     combos = grid(job)
     print(f"[tune] {len(combos)} combinations x {job.num_samples} sample(s), metric {job.metric} (max)", flush=True)
     started = time.time()
     tuner = tune.Tuner(
         _trial,
-        param_space={"base": to_dict(job.base), "params": tune.grid_search(combos)},
+        param_space={"base": to_dict(base), "params": tune.grid_search(combos)},
         tune_config=tune.TuneConfig(metric=job.metric, mode="max", num_samples=job.num_samples,
                                     max_concurrent_trials=job.max_concurrent_trials),
         run_config=tune.RunConfig(name=f"tune-{int(started)}",
@@ -89,7 +90,7 @@ def run_tune(job: TuneJobConfig) -> dict[str, Any]:
     best = max(done, key=lambda t: t["metrics"][job.metric])
     seconds = time.time() - started
     with mlflow.start_run(run_name="tune", tags={"mrl.stage": "tune"}) as parent:
-        tracking.log_params({"base": to_dict(job.base), "space": to_dict(job.space), "metric": job.metric})
+        tracking.log_params({"base": to_dict(base), "space": to_dict(job.space), "metric": job.metric})
         for i, trial in enumerate(trials):
             with mlflow.start_run(run_name=f"trial-{i}", nested=True, tags={"mrl.stage": "tune-trial"}):
                 mlflow.log_params(trial["params"])

@@ -1,0 +1,27 @@
+"""The wheel holds only the `mrl` package (never jobs/, serving/, tuning/, tests/ or a `platform` package)
+and declares the `mrl` console script."""
+
+import subprocess
+import sys
+import zipfile
+
+from conftest import REPO
+
+
+def test_wheel_contains_only_mrl(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(REPO)], check=True, capture_output=True, timeout=300)
+    wheel = next(tmp_path.glob("mrl_platform-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {name.split("/")[0] for name in names}
+    assert top == {"mrl", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}, top
+    assert "mrl/models/heads.py" in names and "mrl/serve.py" in names
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "mrl = mrl.cli:main" in entry_points
+
+
+def test_platform_is_a_source_root_not_a_package():
+    import platform
+
+    assert not (REPO / "platform" / "__init__.py").exists()
+    assert hasattr(platform, "python_version")  # the standard library's module, not our folder
