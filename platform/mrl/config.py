@@ -307,8 +307,9 @@ class JobConfig:
 class TrainJobConfig(JobConfig):
     """jobs/train.py"""
 
-    run_name: str = "mrl-train"
-    """Ray Train run name; rerunning with the same name and output_dir resumes from its latest checkpoint."""
+    run_name: str | None = None
+    """Ray Train run name. None: a new name per invocation (train-<time>). Naming a run that exists under
+    output_dir resumes it from its latest checkpoint (e.g. after a crash, or with more train.epochs)."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -411,7 +412,8 @@ class TuneJobConfig(JobConfig):
 class PipelineConfig(JobConfig):
     """jobs/pipeline.py: train -> embed -> build_index -> evaluate -> serve, on one Ray cluster."""
 
-    run_name: str = "mrl-train"
+    run_name: str | None = None
+    """The training run's name (see TrainJobConfig.run_name)."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

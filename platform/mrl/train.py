@@ -7,6 +7,7 @@ attaches a checkpoint. Rerunning with the same run name and output_dir resumes f
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import tempfile
@@ -110,12 +111,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if checkpoint is not None:  # resume (same run name) or restart after a failure
         with checkpoint.as_directory() as ckpt_dir:
             state = torch.load(Path(ckpt_dir) / CHECKPOINT_FILE, map_location=device, weights_only=False)
+        if state["model_spec"] != to_dict(job.model):
+            raise ValueError(f"run {job.run_name!r} under {job.output_dir} holds a checkpoint of another model "
+                             f"config ({state['model_spec']}); pick another run_name to start a new run")
         _unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch = state["epoch"] + 1
         if rank == 0:
-            print(f"[train] resumed from checkpoint after epoch {state['epoch'] + 1}", flush=True)
+            left = max(0, job.train.epochs - start_epoch)
+            print(f"[train] run {job.run_name!r} resumed from its checkpoint after epoch {start_epoch}; "
+                  f"{left} epoch(s) left of train.epochs={job.train.epochs}", flush=True)
 
     client = None
     if rank == 0 and loop_config.get("mlflow_run_id"):
@@ -199,8 +205,8 @@ def fit(job: TrainJobConfig, *, mlflow_run_id: str | None = None, tracking_uri: 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    if job.resources.num_workers < 1:
-        raise ValueError("resources.num_workers must be >= 1 for Ray Train")
+    if job.run_name is None:
+        raise ValueError("fit() needs a run_name; run_train() picks one per invocation")
     storage = storage_path or str(Path(job.output_dir).resolve() / "ray")
     use_gpu = resolve_use_gpu(job.resources.use_gpu)
     trainer = TorchTrainer(
@@ -241,6 +247,8 @@ def run_train(job: TrainJobConfig) -> dict[str, Any]:
 
     ensure_ray(job.ray)
     uri = tracking.setup(job.mlflow, job.output_dir)
+    if job.run_name is None:
+        job = dataclasses.replace(job, run_name=time.strftime("train-%Y%m%d-%H%M%S"))
     started = time.time()
     with mlflow.start_run(run_name=job.run_name, tags={"mrl.stage": "train"}) as run:
         tracking.log_params(to_dict(job))

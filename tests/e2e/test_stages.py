@@ -188,3 +188,18 @@ def test_tune_sweep_records_trials_and_best(pipeline):
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 2
     assert parent.data.params["best.schedule"] == result["best_params"]["schedule"]
+
+
+def test_training_resumes_a_named_run_and_refuses_another_model(pipeline, tmp_path):
+    from mrl.config import TrainJobConfig
+    from mrl.train import run_train
+
+    common = [f"output_dir={tmp_path}", "run_name=resumable", "data.train_limit=800", "model.dim=16",
+              "resources.num_workers=1"]
+    first = run_train(load_config(TrainJobConfig, overrides=[*common, "train.epochs=1"]))
+    second = run_train(load_config(TrainJobConfig, overrides=[*common, "train.epochs=2"]))
+    assert first["metrics"]["epoch"] == 1 and second["metrics"]["epoch"] == 2
+    history = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_metric_history(second["run_id"], "epoch")
+    assert [m.value for m in history] == [2.0]  # only the second epoch ran in the resumed run
+    with pytest.raises(Exception, match="holds a checkpoint of another model config"):
+        run_train(load_config(TrainJobConfig, overrides=[*common, "train.epochs=3", "model.dim=32"]))
