@@ -239,8 +239,6 @@ class IndexConfig:
     """Prefix sizes to index; None: the model's nesting list."""
     kind: Literal["flat", "hnsw"] = "flat"
     hnsw_m: int = 32
-    device: Literal["auto", "cpu", "gpu"] = "auto"
-    """auto: faiss-gpu when it is installed and sees a GPU."""
 
     def __post_init__(self) -> None:
         if self.sizes is not None:
@@ -276,6 +274,10 @@ class ServeConfig:
     """D_r: prefix size used to rerank; None: the full d."""
     default_k: int = 10
     num_replicas: int = 1
+    gpus_per_replica: float = 0.0
+    """GPUs reserved per replica (Ray Serve `num_gpus`)."""
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    """Where replicas search: auto = the GPU(s) when faiss-gpu is installed and sees one, else the CPU."""
     host: str = "127.0.0.1"
     port: int = 8000
 
@@ -287,6 +289,7 @@ class ServeConfig:
         _check(self.default_k <= self.shortlist_k,
                f"default_k ({self.default_k}) must be <= shortlist_k ({self.shortlist_k})")
         _positive("num_replicas", self.num_replicas)
+        _check(self.gpus_per_replica >= 0, f"gpus_per_replica must be >= 0, got {self.gpus_per_replica}")
         _check(0 < self.port < 65536, f"port must be in [1, 65535], got {self.port}")
 
 

@@ -130,8 +130,8 @@ def run_embed(job, model_uri: str | None = None) -> dict[str, Any]:
         for split in job.embed.splits:
             images, labels = load_split(job.data, _model_cfg(model_spec), split)
             table = _split_table(images, labels)
-            # Several blocks so every actor of the pool gets work: about 4 batches per block.
-            step = 4 * job.embed.batch_size
+            # Several blocks so every actor of the pool gets work: up to 4 batches per block.
+            step = max(1, min(4 * job.embed.batch_size, -(-len(labels) // job.embed.num_actors)))
             ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
             ds = ds.map_batches(
                 Embedder, fn_constructor_kwargs={"model_uri": model_info["model_uri"], "tracking_uri": uri,

@@ -30,13 +30,13 @@ def evaluate_sizes(model, db_vectors: np.ndarray, db_labels: np.ndarray, q_vecto
     """
     import torch
 
-    from mrl.search import build_flat_index, faiss_search
+    from mrl.search import build_flat_index, faiss_search, to_device
 
     with torch.no_grad():
         logits = [t.numpy() for t in model.classify(torch.from_numpy(np.asarray(q_vectors, dtype=np.float32)))]
     rows = []
     for m, size_logits in zip(model.sizes, logits):
-        index = build_flat_index(db_vectors, m)
+        index = to_device(build_flat_index(db_vectors, m), "auto")  # exact search; on GPUs with faiss-gpu
         _, positions = faiss_search(index, q_vectors, m, k)
         retrieved = np.where(positions >= 0, db_labels[np.maximum(positions, 0)], -1)
         rows.append({"size": m, "top1": top1_accuracy(size_logits, q_labels),

@@ -56,7 +56,8 @@ def build_retriever(index_dir: str, serve_cfg: dict[str, Any]):
                   for err in exc.errors()]
         return JSONResponse(status_code=422, content={"detail": detail})
 
-    @serve.deployment(name="Retriever", num_replicas=cfg.num_replicas, ray_actor_options={"num_cpus": 1},
+    @serve.deployment(name="Retriever", num_replicas=cfg.num_replicas,
+                      ray_actor_options={"num_cpus": 1, "num_gpus": cfg.gpus_per_replica},
                       max_ongoing_requests=16, health_check_period_s=10)
     @serve.ingress(app)
     class Retriever:
@@ -67,7 +68,7 @@ def build_retriever(index_dir: str, serve_cfg: dict[str, Any]):
 
             faiss.omp_set_num_threads(1)  # one CPU per replica
             self.cfg = cfg
-            self.artifact = load_index(index_dir)
+            self.artifact = load_index(index_dir, device=cfg.device)
             self.rerank_size = cfg.rerank_size or self.artifact.dim
             if cfg.shortlist_size not in self.artifact.indexes:
                 raise ValueError(f"serve.shortlist_size {cfg.shortlist_size} is not an indexed size "
