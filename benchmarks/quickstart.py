@@ -39,12 +39,16 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     text = [
         "# Quickstart pipeline: measured", "",
-        f"Command: `python benchmarks/quickstart.py {' '.join(sys.argv[1:])}`".rstrip() + " (runs "
+        f"Command: `{' '.join(['python benchmarks/quickstart.py', *sys.argv[1:]])}` (runs "
         "`jobs/pipeline.py --config jobs/pipeline.yaml`, setup not included)", "",
         f"Machine: {machine}. Date: {time.strftime('%Y-%m-%d')}.", "",
         f"Wall time of the pipeline process: {wall:.0f} s (stages, s: {summary['stage_seconds']}).", "",
         "Fashion-MNIST test split (10,000 queries) against the train split (60,000) as database; linear top-1",
         "from the model's own head at each size; all figures in %.", "", *table, "",
+        f"Example query answered by the running service (embedding of test image "
+        f"{summary['example']['query_id']}, label {summary['example']['query_label']}): ids "
+        f"{summary['example']['reply']['ids']}, labels {summary['example']['reply']['labels']}, "
+        f"in {summary['example']['reply']['took_ms']:.1f} ms inside the replica.", "",
     ]
     (RESULTS / "quickstart.md").write_text("\n".join(text))
     (RESULTS / "quickstart.json").write_text(json.dumps({"wall_seconds": round(wall, 1), "machine": machine,
