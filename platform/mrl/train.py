@@ -8,6 +8,7 @@ attaches a checkpoint. Rerunning with the same run name and output_dir resumes f
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import tempfile
@@ -22,6 +23,9 @@ from mrl.config import TrainJobConfig
 from mrl.configio import from_dict, to_dict
 
 CHECKPOINT_FILE = "checkpoint.pt"
+# Inside workers, progress goes through logging: Ray Train tees bare print() to stdout and its logger,
+# which shows every line twice.
+logger = logging.getLogger("mrl.train")
 
 
 def lr_factor(step: int, total_steps: int, warmup_fraction: float = 0.1, schedule: str = "cosine") -> float:
@@ -120,8 +124,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         start_epoch = state["epoch"] + 1
         if rank == 0:
             left = max(0, job.train.epochs - start_epoch)
-            print(f"[train] run {job.run_name!r} resumed from its checkpoint after epoch {start_epoch}; "
-                  f"{left} epoch(s) left of train.epochs={job.train.epochs}", flush=True)
+            logger.info(f"[train] run {job.run_name!r} resumed from its checkpoint after epoch {start_epoch}; "
+                  f"{left} epoch(s) left of train.epochs={job.train.epochs}")
 
     client = None
     if rank == 0 and loop_config.get("mlflow_run_id"):
@@ -143,8 +147,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             scheduler.step()
             loss_sum += loss.detach()
             if rank == 0 and (step + 1) % max(1, len(batches) // 4) == 0:
-                print(f"[train] epoch {epoch + 1}/{job.train.epochs} step {step + 1}/{len(batches)} "
-                      f"loss {loss.item():.4f} ({time.time() - started:.0f}s)", flush=True)
+                logger.info(f"[train] epoch {epoch + 1}/{job.train.epochs} step {step + 1}/{len(batches)} "
+                      f"loss {loss.item():.4f} ({time.time() - started:.0f}s)")
 
         model.eval()
         correct = count_correct(model, x_all[val_mine], y_all[val_mine], 1024, device, autocast)
@@ -169,8 +173,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                            Path(tmp) / CHECKPOINT_FILE)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
                 shown = " ".join(f"{m}:{metrics.get(f'val_top1_d{m}', float('nan')) * 100:.2f}" for m in sizes)
-                print(f"[train] epoch {epoch + 1}/{job.train.epochs} done in {metrics['epoch_seconds']:.0f}s, "
-                      f"loss {metrics['train_loss']:.4f}, val top-1 % by size {shown}", flush=True)
+                logger.info(f"[train] epoch {epoch + 1}/{job.train.epochs} done in {metrics['epoch_seconds']:.0f}s, "
+                      f"loss {metrics['train_loss']:.4f}, val top-1 % by size {shown}")
                 if client is not None:
                     now = int(time.time() * 1000)
                     from mlflow.entities import Metric
