@@ -14,7 +14,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -71,34 +71,43 @@ def _autocast_factory(precision: str, device: torch.device):
     return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train worker function. loop_config: {"job": TrainJobConfig dict, "mlflow_run_id", "tracking_uri"}."""
-    import ray.train
-    import ray.train.torch
+def run_loop(job: TrainJobConfig, *, rank: int = 0, world: int = 1, device=None,
+             prepare: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+             restore: dict[str, Any] | None = None,
+             on_epoch: Callable[[dict[str, float], dict[str, Any] | None], None] | None = None):
+    """The training loop shared by Ray Train workers and in-process training.
+
+    Args:
+        job: the validated config.
+        rank, world: this process's place among data-parallel workers (all-reduce only when world > 1).
+        device: torch device (default CPU).
+        prepare: wraps the model for distribution (Ray Train's prepare_model -> DDP).
+        restore: a checkpoint state to resume from (model, optimizer, scheduler, epoch, model_spec).
+        on_epoch: called every epoch on every rank with the metrics and, on rank 0, the checkpoint state.
+
+    Returns:
+        The trained `MRLModel` (unwrapped), in eval mode.
+    """
     import torch.distributed as dist
 
     from mrl.data import load_split, to_float, train_val_indices
     from mrl.losses import MatryoshkaLoss
     from mrl.models import build_model
 
-    job = from_dict(TrainJobConfig, loop_config["job"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(job.resources.threads_per_worker or job.resources.cpus_per_worker)
+    device = device or torch.device("cpu")
     torch.manual_seed(job.train.seed)
-    device = ray.train.torch.get_device()
     autocast = _autocast_factory(job.resources.precision, device)
-
     images, labels = load_split(job.data, job.model, "train")
     train_idx, val_idx = train_val_indices(len(labels), job.data.val_fraction, job.data.seed)
     x_all = torch.from_numpy(to_float(images))  # (N, C, H, W)
     y_all = torch.from_numpy(labels)
     val_mine = val_idx[rank::world]
 
-    model = build_model(to_dict(job.model))
+    model = build_model(to_dict(job.model)).to(device)
     sizes = model.sizes
     criterion = MatryoshkaLoss(job.model.weights).to(device)
-    model = ray.train.torch.prepare_model(model)
+    if prepare is not None:
+        model = prepare(model)
     params = model.parameters()
     if job.train.optimizer == "adamw":
         optimizer = torch.optim.AdamW(params, lr=job.train.lr, weight_decay=job.train.weight_decay)
@@ -111,26 +120,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         optimizer, lambda s: lr_factor(s, total_steps, schedule=job.train.schedule))
 
     start_epoch = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:  # resume (same run name) or restart after a failure
-        with checkpoint.as_directory() as ckpt_dir:
-            state = torch.load(Path(ckpt_dir) / CHECKPOINT_FILE, map_location=device, weights_only=False)
-        if state["model_spec"] != to_dict(job.model):
+    if restore is not None:  # resume (same run name) or restart after a failure
+        if restore["model_spec"] != to_dict(job.model):
             raise ValueError(f"run {job.run_name!r} under {job.output_dir} holds a checkpoint of another model "
-                             f"config ({state['model_spec']}); pick another run_name to start a new run")
-        _unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch = state["epoch"] + 1
+                             f"config ({restore['model_spec']}); pick another run_name to start a new run")
+        _unwrap(model).load_state_dict(restore["model"])
+        optimizer.load_state_dict(restore["optimizer"])
+        scheduler.load_state_dict(restore["scheduler"])
+        start_epoch = restore["epoch"] + 1
         if rank == 0:
             left = max(0, job.train.epochs - start_epoch)
             logger.info(f"[train] run {job.run_name!r} resumed from its checkpoint after epoch {start_epoch}; "
-                  f"{left} epoch(s) left of train.epochs={job.train.epochs}")
-
-    client = None
-    if rank == 0 and loop_config.get("mlflow_run_id"):
-        from mlflow import MlflowClient
-        client = MlflowClient(loop_config["tracking_uri"])
+                        f"{left} epoch(s) left of train.epochs={job.train.epochs}")
 
     for epoch in range(start_epoch, job.train.epochs):
         model.train()
@@ -140,7 +141,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         for step, batch in enumerate(batches):
             xb, yb = x_all[batch].to(device), y_all[batch].to(device)
             with autocast():
-                loss, per_size = criterion(model(xb), yb)
+                loss, _ = criterion(model(xb), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -148,7 +149,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             loss_sum += loss.detach()
             if rank == 0 and (step + 1) % max(1, len(batches) // 4) == 0:
                 logger.info(f"[train] epoch {epoch + 1}/{job.train.epochs} step {step + 1}/{len(batches)} "
-                      f"loss {loss.item():.4f} ({time.time() - started:.0f}s)")
+                            f"loss {loss.item():.4f} ({time.time() - started:.0f}s)")
 
         model.eval()
         correct = count_correct(model, x_all[val_mine], y_all[val_mine], 1024, device, autocast)
@@ -164,23 +165,66 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             accs = (correct.double() / n_val).tolist()
             metrics.update({f"val_top1_d{m}": a for m, a in zip(sizes, accs)})
             metrics.update(val_top1_min=accs[0], val_top1_full=accs[-1], val_top1_mean=float(np.mean(accs)))
+        state = None
+        if rank == 0:
+            state = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "epoch": epoch, "model_spec": to_dict(job.model)}
+            shown = " ".join(f"{m}:{metrics.get(f'val_top1_d{m}', float('nan')) * 100:.2f}" for m in sizes)
+            logger.info(f"[train] epoch {epoch + 1}/{job.train.epochs} done in {metrics['epoch_seconds']:.0f}s, "
+                        f"loss {metrics['train_loss']:.4f}, val top-1 % by size {shown}")
+        if on_epoch is not None:
+            on_epoch(metrics, state)
+    return _unwrap(model).eval()
 
+
+def train_local(job: TrainJobConfig, threads: int | None = None):
+    """Train in this process (no Ray Train): the same loop, one worker, CPU. Used where many small models
+    are trained side by side (the reproduction benchmark runs them as Ray tasks).
+
+    Returns:
+        The trained `MRLModel` in eval mode.
+    """
+    torch.set_num_threads(threads or job.resources.threads_per_worker or job.resources.cpus_per_worker)
+    return run_loop(job)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker function. loop_config: {"job": TrainJobConfig dict, "mlflow_run_id", "tracking_uri"}."""
+    import ray.train
+    import ray.train.torch
+
+    job = from_dict(TrainJobConfig, loop_config["job"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(job.resources.threads_per_worker or job.resources.cpus_per_worker)
+    device = ray.train.torch.get_device()
+
+    restore = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            restore = torch.load(Path(ckpt_dir) / CHECKPOINT_FILE, map_location=device, weights_only=False)
+
+    client = None
+    if rank == 0 and loop_config.get("mlflow_run_id"):
+        from mlflow import MlflowClient
+        client = MlflowClient(loop_config["tracking_uri"])
+
+    def on_epoch(metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = None
-            if rank == 0:
-                torch.save({"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "epoch": epoch, "model_spec": to_dict(job.model)},
-                           Path(tmp) / CHECKPOINT_FILE)
+            if state is not None:  # rank 0
+                torch.save(state, Path(tmp) / CHECKPOINT_FILE)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
-                shown = " ".join(f"{m}:{metrics.get(f'val_top1_d{m}', float('nan')) * 100:.2f}" for m in sizes)
-                logger.info(f"[train] epoch {epoch + 1}/{job.train.epochs} done in {metrics['epoch_seconds']:.0f}s, "
-                      f"loss {metrics['train_loss']:.4f}, val top-1 % by size {shown}")
                 if client is not None:
-                    now = int(time.time() * 1000)
                     from mlflow.entities import Metric
+                    now = int(time.time() * 1000)
                     client.log_batch(loop_config["mlflow_run_id"], metrics=[
-                        Metric(k, float(v), now, epoch + 1) for k, v in metrics.items()])
+                        Metric(k, float(v), now, int(metrics["epoch"])) for k, v in metrics.items()])
             ray.train.report(metrics, checkpoint=ckpt)  # a barrier: every rank reports every epoch
+
+    run_loop(job, rank=rank, world=world, device=device, prepare=ray.train.torch.prepare_model, restore=restore,
+             on_epoch=on_epoch)
 
 
 def _unwrap(model):
