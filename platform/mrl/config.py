@@ -443,3 +443,41 @@ class PipelineConfig(JobConfig):
     def train_job(self) -> TrainJobConfig:
         return TrainJobConfig(output_dir=self.output_dir, run_name=self.run_name, data=self.data, model=self.model,
                               train=self.train, resources=self.resources, ray=self.ray, mlflow=self.mlflow)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReproduceConfig(JobConfig):
+    """benchmarks/reproduce.py: MRL and MRL-E against FF-m and reductions of FF-d at every size (the paper's
+    Table 1 / Figure 2 protocol) plus adaptive classification. Every model shares backbone, data, epochs and
+    optimiser; only the head and representation size differ."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The MRL model; FF-m models are the same encoder with dim=m and a single head."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Every method is trained once per seed; tables give mean and spread (std) over seeds."""
+    parallel: int = 2
+    """Models trained at once (Ray tasks, one CPU thread each)."""
+    k: int = 10
+    max_queries: int | None = None
+    """Evaluate on the first N test rows only."""
+    probe_epochs: int = 10
+    """Epochs of the linear probe fitted on each reduced FF-d representation."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    results_name: str = "reproduce"
+    """Files under docs/results/ are named <results_name>.{md,csv,json} and <results_name>_*.png."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds),
+               f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}")
+        _positive("parallel", self.parallel)
+        _positive("k", self.k)
+        _positive("max_queries", self.max_queries, allow_none=True)
+        _positive("probe_epochs", self.probe_epochs)
+        _check(self.model.head == "mrl", "model.head must be 'mrl': MRL-E is trained alongside it")
+        _check(self.data.val_fraction > 0, "data.val_fraction must be > 0: adaptive classification searches "
+                                           "its thresholds on the held-out rows")
+        _check(bool(self.results_name) and "/" not in self.results_name,
+               f"results_name must be a plain file stem, got {self.results_name!r}")

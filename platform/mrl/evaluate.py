@@ -30,18 +30,22 @@ def evaluate_sizes(model, db_vectors: np.ndarray, db_labels: np.ndarray, q_vecto
     """
     import torch
 
-    from mrl.search import build_flat_index, faiss_search, to_device
-
     with torch.no_grad():
         logits = [t.numpy() for t in model.classify(torch.from_numpy(np.asarray(q_vectors, dtype=np.float32)))]
-    rows = []
-    for m, size_logits in zip(model.sizes, logits):
-        index = to_device(build_flat_index(db_vectors, m), "auto")  # exact search; on GPUs with faiss-gpu
-        _, positions = faiss_search(index, q_vectors, m, k)
-        retrieved = np.where(positions >= 0, db_labels[np.maximum(positions, 0)], -1)
-        rows.append({"size": m, "top1": top1_accuracy(size_logits, q_labels),
-                     **retrieval_metrics(retrieved, q_labels, db_labels, k)})
-    return rows
+    return [{"size": m, "top1": top1_accuracy(size_logits, q_labels),
+             **retrieval_at(db_vectors, db_labels, q_vectors, q_labels, m, k)}
+            for m, size_logits in zip(model.sizes, logits)]
+
+
+def retrieval_at(db_vectors: np.ndarray, db_labels: np.ndarray, q_vectors: np.ndarray, q_labels: np.ndarray,
+                 size: int, k: int = 10) -> dict[str, float]:
+    """1-NN, mAP@k, P@k, R@k of exact cosine search on the normalised prefix `size` (FAISS flat)."""
+    from mrl.search import build_flat_index, faiss_search, to_device
+
+    index = to_device(build_flat_index(db_vectors, size), "auto")  # exact search; on GPUs with faiss-gpu
+    _, positions = faiss_search(index, q_vectors, size, k)
+    retrieved = np.where(positions >= 0, db_labels[np.maximum(positions, 0)], -1)
+    return retrieval_metrics(retrieved, q_labels, db_labels, k)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
