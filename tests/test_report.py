@@ -306,9 +306,6 @@ def test_write_tables_without_backbone(tmp_path):
     assert first.endswith("d = 128")
 
 
-@pytest.mark.xfail(strict=True, reason="write_tables: with no backbone the title reads 'encoder mlp , d = 128' "
-                                       "(stray space before the comma; the .rstrip() is applied to the whole "
-                                       "line, not to the encoder/backbone part)")
 def test_write_tables_without_backbone_no_stray_space(tmp_path):
     files, *_ = _write(tmp_path, meta=make_meta(backbone=None))
     assert files[0].read_text().splitlines()[0] == "# MRL reproduction: synthetic, encoder mlp, d = 128"

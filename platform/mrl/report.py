@@ -83,8 +83,9 @@ def write_tables(out: Path, name: str, summary: list[dict[str, Any]], rows: list
     cfg = meta["config"]
     seeds = cfg["seeds"]
     lines = [
-        f"# MRL reproduction: {cfg['data']['source']}, encoder {cfg['model']['encoder']} "
-        f"{cfg['model'].get('backbone') or ''}, d = {sizes[-1]}".rstrip(), "",
+        f"# MRL reproduction: {cfg['data']['source']}, encoder "
+        f"{' '.join(str(x) for x in (cfg['model']['encoder'], cfg['model'].get('backbone')) if x)}, "
+        f"d = {sizes[-1]}", "",
         f"Command: `{meta.get('command', 'python benchmarks/reproduce.py')}`. Machine: {platform.machine()}, "
         f"{os.cpu_count()} CPUs. Date: {time.strftime('%Y-%m-%d')}. Wall time {meta['seconds']:.0f} s "
         f"(training {meta['train_seconds']:.0f} s). MLflow run {meta['mlflow_run_id']}.", "",
