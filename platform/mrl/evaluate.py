@@ -59,21 +59,14 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def plot_sizes(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """Accuracy vs representation size (log2 axis), one line per metric."""
-    import matplotlib
+    from mrl.plots import pyplot, size_axis
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     sizes = [r["size"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
     for key in [key for key in rows[0] if key in ("top1", "nn1") or key.startswith("map@")]:
         ax.plot(sizes, [100 * r[key] for r in rows], marker="o", label=key)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(sizes, [str(s) for s in sizes])
-    ax.set_xlabel("representation size m (prefix of z)")
-    ax.set_ylabel("%")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
+    size_axis(ax, sizes, title, "representation size m (prefix of z)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

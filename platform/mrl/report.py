@@ -123,17 +123,11 @@ def write_tables(out: Path, name: str, summary: list[dict[str, Any]], rows: list
     return [md, csv, per_seed, js]
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot_sizes_by_method(summary: list[dict[str, Any]], path: Path) -> Path:
     """Three panels (linear top-1, 1-NN, mAP@10) vs size on a log axis; one line per method, std as bars."""
-    plt = _plt()
+    from mrl.plots import pyplot, size_axis
+
+    plt = pyplot()
     sizes = sorted({r["size"] for r in summary})
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     for ax, (metric, title) in zip(axes, METRIC_NAMES.items()):
@@ -142,12 +136,7 @@ def plot_sizes_by_method(summary: list[dict[str, Any]], path: Path) -> Path:
             if pts:
                 ax.errorbar([p["size"] for p in pts], [100 * p[metric] for p in pts],
                             yerr=[100 * p[f"{metric}_std"] for p in pts], marker="o", ms=3, capsize=2, label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sizes, [str(s) for s in sizes])
-        ax.set_xlabel("representation size m")
-        ax.set_ylabel("%")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
+        size_axis(ax, sizes, title)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -157,7 +146,9 @@ def plot_sizes_by_method(summary: list[dict[str, Any]], path: Path) -> Path:
 
 def plot_adaptive(summary: list[dict[str, Any]], curves: list[dict[str, Any]], path: Path) -> Path:
     """Adaptive classification: test accuracy vs expected size, beside MRL and FF-m at fixed sizes."""
-    plt = _plt()
+    from mrl.plots import pyplot
+
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.4))
     for method in ("mrl", "ff"):
         pts = sorted((r for r in summary if r["method"] == method), key=lambda r: r["size"])
