@@ -146,7 +146,7 @@ def plot_sizes_by_method(summary: list[dict[str, Any]], path: Path) -> Path:
 
 def plot_adaptive(summary: list[dict[str, Any]], curves: list[dict[str, Any]], path: Path) -> Path:
     """Adaptive classification: test accuracy vs expected size, beside MRL and FF-m at fixed sizes."""
-    from mrl.plots import pyplot
+    from mrl.plots import pyplot, size_axis
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.4))
@@ -157,11 +157,8 @@ def plot_adaptive(summary: list[dict[str, Any]], curves: list[dict[str, Any]], p
     xs = [np.mean([p["expected_size"] for p in curves if p["max_drop"] == d]) for d in drops]
     ys = [100 * np.mean([p["accuracy"] for p in curves if p["max_drop"] == d]) for d in drops]
     ax.plot(xs, ys, marker="s", color="black", label="MRL adaptive (expected size)")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("(expected) representation size")
+    size_axis(ax, sorted({r["size"] for r in summary}), "Adaptive classification", "(expected) representation size")
     ax.set_ylabel("test top-1 %")
-    ax.set_title("Adaptive classification")
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
