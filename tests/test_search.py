@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mrl.search import adaptive_search, build_flat_index, exact_search, faiss_search, normalize_prefix, rerank, top_k
+from mrl.search import adaptive_search, build_prefix_index, exact_search, faiss_search, normalize_prefix, rerank, top_k
 
 faiss = pytest.importorskip("faiss")
 
@@ -132,7 +132,7 @@ def test_exact_search_identical_rows_rank_by_position():
 @pytest.mark.parametrize("size", [4, 8, 16])
 def test_faiss_flat_matches_exact_search_at_prefix(size):
     db, q = random_data(2, n=80, q=9, d=16)
-    index = build_flat_index(db, size)
+    index = build_prefix_index(db, size)
     assert index.ntotal == 80 and index.d == size
     scores, pos = faiss_search(index, q, size, 7)
     ex_scores, ex_pos = exact_search(db, q, 7, size=size)
@@ -142,15 +142,15 @@ def test_faiss_flat_matches_exact_search_at_prefix(size):
 
 def test_faiss_search_clips_k_to_database_size():
     db, q = random_data(3, n=5, q=2, d=8)
-    scores, pos = faiss_search(build_flat_index(db, 8), q, 8, 50)
+    scores, pos = faiss_search(build_prefix_index(db, 8), q, 8, 50)
     assert pos.shape == (2, 5)
     assert sorted(pos[0].tolist()) == [0, 1, 2, 3, 4]
 
 
-def test_build_flat_index_rejects_unknown_kind():
+def test_build_prefix_index_rejects_unknown_kind():
     db, _ = random_data(4, n=4, q=1, d=4)
-    with pytest.raises(ValueError, match=r"index kind 'ivf' is not accepted"):
-        build_flat_index(db, 4, kind="ivf")
+    with pytest.raises(ValueError, match=r"index kind 'annoy' is not accepted"):
+        build_prefix_index(db, 4, kind="annoy")
 
 
 # ---------------------------------------------------------------- rerank
@@ -201,7 +201,7 @@ def test_rerank_reads_rerank_size_prefix():
 @pytest.mark.parametrize("shortlist_size, rerank_size", [(4, 16), (2, 8), (16, 16)])
 def test_adaptive_search_with_full_shortlist_equals_exact_search(shortlist_size, rerank_size):
     db, q = random_data(6, n=50, q=8, d=16)
-    index = build_flat_index(db, shortlist_size)
+    index = build_prefix_index(db, shortlist_size)
     scores, pos = adaptive_search(index, db, q, shortlist_size, shortlist_k=50, rerank_size=rerank_size, k=10)
     ex_scores, ex_pos = exact_search(db, q, 10, size=rerank_size)
     assert np.array_equal(pos, ex_pos)
@@ -210,7 +210,7 @@ def test_adaptive_search_with_full_shortlist_equals_exact_search(shortlist_size,
 
 def test_adaptive_search_results_come_from_the_shortlist():
     db, q = random_data(7, n=50, q=5, d=16)
-    index = build_flat_index(db, 4)
+    index = build_prefix_index(db, 4)
     _, short = faiss_search(index, q, 4, 6)
     _, pos = adaptive_search(index, db, q, 4, shortlist_k=6, rerank_size=16, k=3)
     assert pos.shape == (5, 3)

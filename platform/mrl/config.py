@@ -237,8 +237,17 @@ class IndexConfig:
 
     sizes: tuple[int, ...] | None = None
     """Prefix sizes to index; None: the model's nesting list."""
-    kind: Literal["flat", "hnsw"] = "flat"
+    kind: Literal["flat", "hnsw", "ivf", "ivfpq"] = "flat"
+    """flat: exact; hnsw: graph; ivf: k-means cells with exact vectors; ivfpq: cells with PQ codes."""
     hnsw_m: int = 32
+    ef_search: int = 128
+    nlist: int = 1024
+    """IVF cells (capped at rows / 39)."""
+    nprobe: int = 16
+    pq_m: int = 16
+    """IVF-PQ sub-quantisers; must divide every indexed size."""
+    vector_dtype: Literal["float32", "float16"] = "float32"
+    """Storage of the full-size rerank vectors (float16 halves memory; scores are computed in float32)."""
 
     def __post_init__(self) -> None:
         if self.sizes is not None:
@@ -246,7 +255,16 @@ class IndexConfig:
                 validate_sizes(self.sizes, dim=10**9)
             except NestingError as exc:
                 raise ConfigError(f"sizes: {exc}") from None
-        _positive("hnsw_m", self.hnsw_m)
+        for name in ("hnsw_m", "ef_search", "nlist", "nprobe", "pq_m"):
+            _positive(name, getattr(self, name))
+        if self.kind == "ivfpq" and self.sizes is not None:
+            bad = [m for m in self.sizes if m % self.pq_m]
+            _check(not bad, f"pq_m={self.pq_m} must divide every indexed size; it does not divide {bad}")
+
+    def params(self) -> dict[str, int]:
+        """Keyword arguments of `mrl.search.build_prefix_index`."""
+        return {"hnsw_m": self.hnsw_m, "ef_search": self.ef_search, "nlist": self.nlist, "nprobe": self.nprobe,
+                "pq_m": self.pq_m}
 
 
 @dataclass(frozen=True, kw_only=True)

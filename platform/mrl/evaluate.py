@@ -40,9 +40,9 @@ def evaluate_sizes(model, db_vectors: np.ndarray, db_labels: np.ndarray, q_vecto
 def retrieval_at(db_vectors: np.ndarray, db_labels: np.ndarray, q_vectors: np.ndarray, q_labels: np.ndarray,
                  size: int, k: int = 10) -> dict[str, float]:
     """1-NN, mAP@k, P@k, R@k of exact cosine search on the normalised prefix `size` (FAISS flat)."""
-    from mrl.search import build_flat_index, faiss_search, to_device
+    from mrl.search import build_prefix_index, faiss_search, to_device
 
-    index = to_device(build_flat_index(db_vectors, size), "auto")  # exact search; on GPUs with faiss-gpu
+    index = to_device(build_prefix_index(db_vectors, size), "auto")  # exact search; on GPUs with faiss-gpu
     _, positions = faiss_search(index, q_vectors, size, k)
     retrieved = np.where(positions >= 0, db_labels[np.maximum(positions, 0)], -1)
     return retrieval_metrics(retrieved, q_labels, db_labels, k)

@@ -41,25 +41,31 @@ def sha256(path: Path) -> str:
 
 
 def write_index(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndarray, sizes: list[int],
-                kind: str, hnsw_m: int, extra: dict[str, Any]) -> dict[str, Any]:
-    """Build one FAISS index per prefix size and write the artifact; returns the manifest."""
+                kind: str, extra: dict[str, Any], params: dict[str, int] | None = None,
+                vector_dtype: str = "float32") -> dict[str, Any]:
+    """Build one FAISS index per prefix size and write the artifact; returns the manifest.
+
+    Args:
+        params: `build_prefix_index` keyword arguments (graph degree, IVF cells, PQ codes).
+        vector_dtype: float32 or float16 storage of the full-size rerank vectors.
+    """
     import faiss
 
-    from mrl.search import build_flat_index
+    from mrl.search import build_prefix_index
 
     out.mkdir(parents=True, exist_ok=True)
     dim = vectors.shape[1]
     bad = [m for m in sizes if not 1 <= m <= dim]
     if bad:
         raise IndexMismatchError(f"index sizes {bad} are outside [1, d={dim}] of these embeddings")
-    np.save(out / "vectors.npy", np.ascontiguousarray(vectors, dtype=np.float32))
+    np.save(out / "vectors.npy", np.ascontiguousarray(vectors, dtype=np.dtype(vector_dtype)))
     np.save(out / "ids.npy", ids.astype(np.int64))
     np.save(out / "labels.npy", labels.astype(np.int64))
     for m in sizes:
-        faiss.write_index(build_flat_index(vectors, m, kind, hnsw_m), str(out / f"size_{m}.faiss"))
+        faiss.write_index(build_prefix_index(vectors, m, kind, **(params or {})), str(out / f"size_{m}.faiss"))
     files = sorted(p.name for p in out.iterdir() if p.name != MANIFEST)
     manifest = {"format_version": FORMAT_VERSION, "stage": "index", "dim": dim, "sizes": list(sizes), "kind": kind,
-                "metric": METRIC, "dtype": "float32", "rows": int(len(ids)),
+                "metric": METRIC, "dtype": np.dtype(vector_dtype).name, "params": params or {}, "rows": int(len(ids)),
                 "checksums": {name: sha256(out / name) for name in files}, **extra}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
@@ -124,6 +130,9 @@ def load_index(path: str | Path, expect_dim: int | None = None, expect_model_uri
                                          "(modified or corrupt); rebuild the index")
     vectors = np.load(path / "vectors.npy", mmap_mode="r")
     ids, labels = np.load(path / "ids.npy"), np.load(path / "labels.npy")
+    if vectors.dtype.name != manifest.get("dtype", "float32"):
+        raise IndexMismatchError(f"index {path}: vectors.npy holds {vectors.dtype.name}, the manifest says "
+                                 f"{manifest.get('dtype')}")
     if vectors.shape != (manifest["rows"], manifest["dim"]) or len(ids) != manifest["rows"]:
         raise IndexMismatchError(f"index {path}: vectors {vectors.shape} / ids {len(ids)} do not match the "
                                  f"manifest's {manifest['rows']} rows x d={manifest['dim']}")
@@ -153,6 +162,9 @@ def run_build_index(job, embeddings: str | None = None) -> dict[str, Any]:
     sizes = list(job.index.sizes or emb["sizes"])
     if max(sizes) > emb["dim"]:
         raise IndexMismatchError(f"index.sizes {sizes} go above the embeddings' d={emb['dim']}")
+    if job.index.kind == "ivfpq" and any(m % job.index.pq_m for m in sizes):
+        raise IndexMismatchError(f"index.pq_m={job.index.pq_m} must divide every indexed size; it does not divide "
+                                 f"{[m for m in sizes if m % job.index.pq_m]} (set index.sizes or index.pq_m)")
     tracking.setup(job.mlflow, job.output_dir)
     started = time.time()
     with mlflow.start_run(run_name="build_index", tags={"mrl.stage": "index", "mrl.input_run_id": emb["embed_run_id"],
@@ -163,7 +175,8 @@ def run_build_index(job, embeddings: str | None = None) -> dict[str, Any]:
         extra = {"index_run_id": run.info.run_id, "embed_run_id": emb["embed_run_id"],
                  "model_uri": emb.get("model_uri"), "model_name": emb.get("model_name"),
                  "model_version": emb.get("model_version"), "embeddings": str(emb_dir)}
-        manifest = write_index(out, ids, labels, vectors, sizes, job.index.kind, job.index.hnsw_m, extra)
+        manifest = write_index(out, ids, labels, vectors, sizes, job.index.kind, extra, job.index.params(),
+                               job.index.vector_dtype)
         point_latest(out)
         mlflow.log_artifacts(str(out), artifact_path="index")
         mlflow.set_tag("mrl.output_path", str(out))

@@ -65,23 +65,84 @@ def rerank(candidates: np.ndarray, database: np.ndarray, queries: np.ndarray, si
     return best_scores, np.where(np.isfinite(best_scores), positions, -1)
 
 
-def build_flat_index(database: np.ndarray, size: int, kind: str = "flat", hnsw_m: int = 32):
+INDEX_KINDS = ("flat", "hnsw", "ivf", "ivfpq")
+
+
+def build_prefix_index(database: np.ndarray, size: int, kind: str = "flat", *, hnsw_m: int = 32,
+                       ef_search: int = 128, nlist: int = 1024, nprobe: int = 16, pq_m: int = 16,
+                       pq_bits: int = 8, seed: int = 0):
     """A FAISS inner-product index over the normalised prefix `size` of `database` (N, d).
 
     Args:
-        kind: flat (exact) or hnsw.
+        kind: flat (exact), hnsw (graph), ivf (inverted lists over k-means cells, exact vectors) or ivfpq
+            (inverted lists with product-quantised vectors).
+        hnsw_m, ef_search: HNSW graph degree and search breadth.
+        nlist, nprobe: IVF cells (capped at N / 39, FAISS's minimum points per centroid) and cells searched.
+        pq_m, pq_bits: IVF-PQ sub-quantisers (must divide `size`) and bits per code.
     """
     import faiss
 
+    if kind not in INDEX_KINDS:
+        raise ValueError(f"index kind {kind!r} is not accepted; choose one of {list(INDEX_KINDS)}")
     vectors = normalize_prefix(database, size)
     if kind == "flat":
         index = faiss.IndexFlatIP(size)
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(size, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = ef_search
     else:
-        raise ValueError(f"index kind {kind!r} is not accepted; choose one of ['flat', 'hnsw']")
+        cells = max(1, min(nlist, len(vectors) // 39))
+        quantizer = faiss.IndexFlatIP(size)
+        if kind == "ivf":
+            index = faiss.IndexIVFFlat(quantizer, size, cells, faiss.METRIC_INNER_PRODUCT)
+        else:
+            if size % pq_m:
+                raise ValueError(f"ivfpq needs pq_m dividing the prefix size: {pq_m} does not divide {size}")
+            index = faiss.IndexIVFPQ(quantizer, size, cells, pq_m, pq_bits, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        index.train(vectors)
+        index.nprobe = min(nprobe, cells)
     index.add(vectors)
     return index
+
+
+def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k merge of per-shard results (each (scores (Q, k_i), global ids (Q, k_i)), -1 = empty).
+
+    Ties are broken by the lower id, as in every exact search here.
+
+    Returns:
+        (scores (Q, k'), ids (Q, k')), k' = min(k, sum of k_i); empty slots last with id -1.
+    """
+    scores = np.concatenate([np.where(ids >= 0, s, -np.inf) for s, ids in parts], axis=1).astype(np.float32)
+    ids = np.concatenate([ids for _, ids in parts], axis=1)
+    tie = np.where(ids >= 0, ids, np.iinfo(np.int64).max)
+    best, order = top_k(scores, k, ids=tie)
+    merged = np.take_along_axis(ids, order, axis=1)
+    return best, np.where(np.isfinite(best), merged, -1)
+
+
+def funnel_search(first_index, database: np.ndarray, queries: np.ndarray,
+                  stages: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """MRL funnel: the first (size, K) stage searches `first_index` (built on that prefix size); every later
+    (size, K) stage reranks the previous candidates exactly with that prefix and keeps K.
+
+    Args:
+        stages: e.g. [(16, 200), (32, 100), (64, 50), (128, 25), (256, 10), (512, 10)]; sizes increasing,
+            shortlist lengths non-increasing.
+
+    Returns:
+        (scores (Q, K_last), positions (Q, K_last)).
+    """
+    if not stages:
+        raise ValueError("funnel needs at least one (size, shortlist) stage")
+    sizes, lengths = [s for s, _ in stages], [k for _, k in stages]
+    if sizes != sorted(sizes) or lengths != sorted(lengths, reverse=True):
+        raise ValueError(f"funnel stages {stages}: sizes must increase and shortlists must not grow")
+    scores, candidates = faiss_search(first_index, queries, sizes[0], lengths[0])
+    for size, keep in stages[1:]:
+        scores, candidates = rerank(candidates, database, queries, size, keep)
+    return scores, candidates
 
 
 def to_device(index, device: str = "auto"):
