@@ -40,6 +40,9 @@ def exact_search(database: np.ndarray, queries: np.ndarray, k: int, size: int | 
     return top_k(scores, k)
 
 
+RERANK_BLOCK_FLOATS = 1 << 25  # ~128 MiB of float32 candidate vectors gathered at once
+
+
 def rerank(candidates: np.ndarray, database: np.ndarray, queries: np.ndarray, size: int, k: int
            ) -> tuple[np.ndarray, np.ndarray]:
     """Rescore shortlisted database positions exactly with prefix `size` and keep the best k.
@@ -56,8 +59,13 @@ def rerank(candidates: np.ndarray, database: np.ndarray, queries: np.ndarray, si
     """
     q, kk = candidates.shape
     safe = np.where(candidates >= 0, candidates, 0)
-    cand = normalize_prefix(np.asarray(database[safe.ravel()]), size).reshape(q, kk, size)  # (Q, K, D_r)
-    scores = np.einsum("qkd,qd->qk", cand, normalize_prefix(queries, size))  # (Q, K)
+    q_norm = normalize_prefix(queries, size)
+    scores = np.empty((q, kk), dtype=np.float32)
+    step = max(1, RERANK_BLOCK_FLOATS // max(1, kk * size))  # query rows per block: bounded memory
+    for lo in range(0, q, step):  # blocks of many queries each, vectorised within a block
+        rows = safe[lo:lo + step]
+        cand = normalize_prefix(np.asarray(database[rows.ravel()]), size).reshape(len(rows), kk, size)  # (B, K, D_r)
+        scores[lo:lo + step] = np.einsum("qkd,qd->qk", cand, q_norm[lo:lo + step])
     scores = np.where(candidates >= 0, scores, -np.inf).astype(np.float32)
     tie = np.where(candidates >= 0, candidates, np.iinfo(np.int64).max)
     best_scores, order = top_k(scores, k, ids=tie)
