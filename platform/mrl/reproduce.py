@@ -131,13 +131,10 @@ def evaluate_seed(cfg: ReproduceConfig, paths: dict[tuple[str, int], str], seed:
             val_probs = [softmax(x) for x in _head_logits(model, z_db[val_idx])]
             test_probs = [softmax(x) for x in _head_logits(model, z_q)]
             curve = adaptive_curve(val_probs, y_db[val_idx], test_probs, y_q, sizes)
-    for m in sizes:
+    for m in sizes:  # the loop ends holding FF-d (the largest size), whose reductions come next
         model, z_db, z_q = _load(paths[(f"ff_{m}", seed)])
         z_q = z_q[:cfg.max_queries]
         add("ff", m, top1_accuracy(_head_logits(model, z_q)[0], y_q), z_db, z_q)
-    # reductions of the full-size fixed-feature representation FF-d
-    _, z_db, z_q = _load(paths[(f"ff_{sizes[-1]}", seed)])
-    z_q = z_q[:cfg.max_queries]
     pca = PCA.fit(z_db)
     for m in sizes:
         proj = gaussian_projection(z_db.shape[1], m, seed)
