@@ -64,8 +64,11 @@ def rerank(candidates: np.ndarray, database: np.ndarray, queries: np.ndarray, si
     step = max(1, RERANK_BLOCK_FLOATS // max(1, kk * size))  # query rows per block: bounded memory
     for lo in range(0, q, step):  # blocks of many queries each, vectorised within a block
         rows = safe[lo:lo + step]
-        cand = normalize_prefix(np.asarray(database[rows.ravel()]), size).reshape(len(rows), kk, size)  # (B, K, D_r)
-        scores[lo:lo + step] = np.einsum("qkd,qd->qk", cand, q_norm[lo:lo + step])
+        # gather only the prefix columns; score raw, then divide by the candidates' prefix norms
+        cand = np.asarray(database[rows.ravel(), :size], dtype=np.float32).reshape(len(rows), kk, size)
+        raw = np.einsum("qkd,qd->qk", cand, q_norm[lo:lo + step])  # (B, K)
+        norms = np.sqrt(np.einsum("qkd,qkd->qk", cand, cand))
+        scores[lo:lo + step] = np.where(norms > 0, raw / np.where(norms > 0, norms, 1.0), 0.0)
     scores = np.where(candidates >= 0, scores, -np.inf).astype(np.float32)
     tie = np.where(candidates >= 0, candidates, np.iinfo(np.int64).max)
     best_scores, order = top_k(scores, k, ids=tie)
