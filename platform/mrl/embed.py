@@ -19,6 +19,16 @@ import numpy as np
 MANIFEST = "manifest.json"
 
 
+def embed_images(model, images: np.ndarray, device: str = "cpu") -> np.ndarray:
+    """Representations of uint8 images (B, C, H, W) under `model` (an `MRLModel`): (B, d) float32."""
+    import torch
+
+    from mrl.data import to_float
+
+    with torch.no_grad():
+        return model.embed(torch.from_numpy(to_float(images)).to(device)).float().cpu().numpy()
+
+
 class Embedder:
     """Ray Data callable class: loads the model once per actor, maps image batches to embeddings."""
 
@@ -37,15 +47,9 @@ class Embedder:
     def __call__(self, batch):
         """batch: a pyarrow Table with id, label, image (flattened uint8 pixels) -> id, label, embedding."""
         import pyarrow as pa
-        import torch
-
-        from mrl.data import to_float
 
         flat = batch.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        pixels = flat.reshape((-1, *self.image_shape))
-        x = torch.from_numpy(to_float(pixels))  # (B, C, H, W)
-        with torch.no_grad():
-            z = self.model.embed(x.to(self.device)).float().cpu().numpy()  # (B, d)
+        z = embed_images(self.model, flat.reshape((-1, *self.image_shape)), self.device)  # (B, d)
         vectors = pa.FixedSizeListArray.from_arrays(pa.array(z.ravel(), pa.float32()), z.shape[1])
         return pa.table({"id": batch.column("id"), "label": batch.column("label"), "embedding": vectors})
 

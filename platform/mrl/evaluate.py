@@ -18,6 +18,14 @@ from mrl.embed import read_embeddings, read_manifest
 from mrl.metrics import retrieval_metrics, top1_accuracy
 
 
+def head_logits(model, z: np.ndarray) -> list[np.ndarray]:
+    """The model's per-size logits for representations z (N, d): one (N, C) array per nesting size."""
+    import torch
+
+    with torch.no_grad():
+        return [t.numpy() for t in model.classify(torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32)))]
+
+
 def evaluate_sizes(model, db_vectors: np.ndarray, db_labels: np.ndarray, q_vectors: np.ndarray,
                    q_labels: np.ndarray, k: int = 10) -> list[dict[str, Any]]:
     """One row of metrics (fractions) per nesting size of `model`.
@@ -28,10 +36,7 @@ def evaluate_sizes(model, db_vectors: np.ndarray, db_labels: np.ndarray, q_vecto
         q_vectors, q_labels: queries (Q, d), (Q,).
         k: retrieval cut-off for mAP/precision/recall.
     """
-    import torch
-
-    with torch.no_grad():
-        logits = [t.numpy() for t in model.classify(torch.from_numpy(np.asarray(q_vectors, dtype=np.float32)))]
+    logits = head_logits(model, q_vectors)
     return [{"size": m, "top1": top1_accuracy(size_logits, q_labels),
              **retrieval_at(db_vectors, db_labels, q_vectors, q_labels, m, k)}
             for m, size_logits in zip(model.sizes, logits)]

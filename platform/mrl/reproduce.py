@@ -17,7 +17,6 @@ split (never the test split).
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -46,18 +45,17 @@ def train_and_embed(job_dict: dict[str, Any], out: str) -> dict[str, Any]:
     import torch
 
     from mrl.configio import from_dict
-    from mrl.data import load_split, to_float
+    from mrl.data import load_split
+    from mrl.embed import embed_images
     from mrl.train import train_local
 
     job = from_dict(TrainJobConfig, job_dict)
     started = time.time()
     model = train_local(job, threads=1)
     arrays = {}
-    with torch.no_grad():
-        for split in ("train", "test"):
-            images, _ = load_split(job.data, job.model, split)
-            arrays[split] = np.concatenate([model.embed(torch.from_numpy(to_float(images[i:i + 1024]))).numpy()
-                                            for i in range(0, len(images), 1024)])
+    for split in ("train", "test"):
+        images, _ = load_split(job.data, job.model, split)
+        arrays[split] = np.concatenate([embed_images(model, images[i:i + 1024]) for i in range(0, len(images), 1024)])
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, z_train=arrays["train"], z_test=arrays["test"])
     torch.save(model, f"{out}.model.pt")
@@ -96,20 +94,13 @@ def _load(path: str):
     return torch.load(f"{path}.model.pt", weights_only=False).eval(), arrays["z_train"], arrays["z_test"]
 
 
-def _head_logits(model, z: np.ndarray) -> list[np.ndarray]:
-    import torch
-
-    with torch.no_grad():
-        return [t.numpy() for t in model.classify(torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32)))]
-
-
 def evaluate_seed(cfg: ReproduceConfig, paths: dict[tuple[str, int], str], seed: int, labels: dict[str, np.ndarray]
                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Rows {method, seed, size, top1, nn1, map} for every method and size, and the adaptive curve of MRL."""
     from mrl.adaptive import adaptive_curve, softmax
     from mrl.baselines import PCA, first_m, gaussian_projection, linear_probe_accuracy
     from mrl.data import train_val_indices
-    from mrl.evaluate import retrieval_at
+    from mrl.evaluate import head_logits, retrieval_at
     from mrl.metrics import top1_accuracy
 
     sizes, k = cfg.model.sizes, cfg.k
@@ -124,17 +115,17 @@ def evaluate_seed(cfg: ReproduceConfig, paths: dict[tuple[str, int], str], seed:
     for method in ("mrl", "mrl_e"):
         model, z_db, z_q = _load(paths[(method, seed)])
         z_q = z_q[:cfg.max_queries]
-        for m, logits in zip(sizes, _head_logits(model, z_q)):
+        for m, logits in zip(sizes, head_logits(model, z_q)):
             add(method, m, top1_accuracy(logits, y_q), z_db, z_q)
         if method == "mrl":
             _, val_idx = train_val_indices(len(y_db), cfg.data.val_fraction, cfg.data.seed)
-            val_probs = [softmax(x) for x in _head_logits(model, z_db[val_idx])]
-            test_probs = [softmax(x) for x in _head_logits(model, z_q)]
+            val_probs = [softmax(x) for x in head_logits(model, z_db[val_idx])]
+            test_probs = [softmax(x) for x in head_logits(model, z_q)]
             curve = adaptive_curve(val_probs, y_db[val_idx], test_probs, y_q, sizes)
     for m in sizes:  # the loop ends holding FF-d (the largest size), whose reductions come next
         model, z_db, z_q = _load(paths[(f"ff_{m}", seed)])
         z_q = z_q[:cfg.max_queries]
-        add("ff", m, top1_accuracy(_head_logits(model, z_q)[0], y_q), z_db, z_q)
+        add("ff", m, top1_accuracy(head_logits(model, z_q)[0], y_q), z_db, z_q)
     pca = PCA.fit(z_db)
     for m in sizes:
         proj = gaussian_projection(z_db.shape[1], m, seed)
