@@ -221,9 +221,16 @@ class EmbedConfig:
     gpus_per_actor: float = 0.0
     rows_per_file: int = 20000
     """Rows per Parquet shard (at most)."""
+    dtype: Literal["float32", "float16"] = "float32"
+    """Stored vector type; float16 halves the shards (1M x 2048: 4 GB instead of 8)."""
+    augment_rows: int | None = None
+    """Grow the train split to this many rows with deterministic augmented copies (shift, flip, contrast,
+    erasing; see mrl.augment) to build a large retrieval database; ids below the split's size are originals."""
+    augment_seed: int = 0
 
     def __post_init__(self) -> None:
         _check(len(self.splits) > 0, "splits must name at least one of ['train', 'test']")
+        _positive("augment_rows", self.augment_rows, allow_none=True)
         _positive("batch_size", self.batch_size)
         _positive("num_actors", self.num_actors)
         _positive("cpus_per_actor", self.cpus_per_actor)

@@ -32,7 +32,8 @@ def embed_images(model, images: np.ndarray, device: str = "cpu") -> np.ndarray:
 class Embedder:
     """Ray Data callable class: loads the model once per actor, maps image batches to embeddings."""
 
-    def __init__(self, model_uri: str, tracking_uri: str, image_shape: tuple[int, ...], threads: int = 1):
+    def __init__(self, model_uri: str, tracking_uri: str, image_shape: tuple[int, ...], threads: int = 1,
+                 dtype: str = "float32"):
         import mlflow
         import torch
 
@@ -41,6 +42,7 @@ class Embedder:
         from mrl.tracking import load_model
 
         self.image_shape = tuple(image_shape)  # (C, H, W): Parquet/Arrow carries flattened pixels
+        self.dtype = dtype
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = load_model(model_uri).to(self.device)
 
@@ -50,24 +52,45 @@ class Embedder:
 
         flat = batch.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         z = embed_images(self.model, flat.reshape((-1, *self.image_shape)), self.device)  # (B, d)
-        vectors = pa.FixedSizeListArray.from_arrays(pa.array(z.ravel(), pa.float32()), z.shape[1])
+        values = pa.array(z.ravel().astype(self.dtype), pa.float16() if self.dtype == "float16" else pa.float32())
+        vectors = pa.FixedSizeListArray.from_arrays(values, z.shape[1])
         return pa.table({"id": batch.column("id"), "label": batch.column("label"), "embedding": vectors})
 
 
-def _split_table(images: np.ndarray, labels: np.ndarray):
+def augment_batch(batch, n_base: int, target_rows: int, seed: int, image_shape: tuple[int, ...]):
+    """Ray Data function: base rows (id, label, image) -> the originals plus their augmented copies.
+
+    Base row i is emitted as ids i, i + n_base, i + 2 n_base, ... below `target_rows`; see `mrl.augment`.
+    """
+    from mrl.augment import augment
+
+    base_ids = batch.column("id").to_numpy()
+    labels = batch.column("label").to_numpy()
+    images = batch.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    images = images.reshape((-1, *image_shape))
+    copies = -(-target_rows // n_base)
+    ids = (base_ids[None, :] + n_base * np.arange(copies)[:, None]).ravel()  # copy-major
+    src = np.tile(np.arange(len(base_ids)), copies)
+    keep = ids < target_rows
+    ids, src = ids[keep], src[keep]
+    return _split_table(augment(images[src], ids, seed, n_base), labels[src], ids)
+
+
+def _split_table(images: np.ndarray, labels: np.ndarray, ids: np.ndarray | None = None):
     import pyarrow as pa
     import pyarrow.compute  # noqa: F401  (registers compute kernels Ray Data uses)
 
     flat = images.reshape(len(images), -1)  # (N, C*H*W) uint8
     pixels = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel(), pa.uint8()), flat.shape[1])
-    return pa.table({"id": pa.array(np.arange(len(labels)), pa.int64()), "label": pa.array(labels, pa.int64()),
+    ids = np.arange(len(labels)) if ids is None else ids
+    return pa.table({"id": pa.array(ids, pa.int64()), "label": pa.array(labels, pa.int64()),
                      "image": pixels})
 
 
-def read_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Read one split's Parquet shards: ids (N,), labels (N,), vectors (N, d) float32, sorted by id.
+def read_embeddings(path: str | Path, dtype: str = "float32") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read one split's Parquet shards: ids (N,), labels (N,), vectors (N, d) of `dtype`, sorted by id.
 
-    float16 and float32 embedding columns are both accepted.
+    float16 and float32 embedding columns are both accepted; dtype="float16" keeps a 1M x 2048 split at 4 GB.
     """
     import pyarrow.parquet as pq
 
@@ -77,7 +100,8 @@ def read_embeddings(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
     table = pq.read_table(path, columns=["id", "label", "embedding"])
     column = table.column("embedding").combine_chunks()
     dim = column.type.list_size
-    vectors = np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+    vectors = np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=dtype).reshape(-1, dim)
+    del column
     ids = table.column("id").to_numpy()
     labels = table.column("label").to_numpy()
     order = np.argsort(ids, kind="stable")
@@ -114,6 +138,7 @@ def run_embed(job, model_uri: str | None = None) -> dict[str, Any]:
     import ray
 
     from mrl import tracking
+    from mrl.augment import expand_ids
     from mrl.configio import to_dict
     from mrl.data import load_split
     from mrl.runtime import ensure_ray
@@ -134,22 +159,35 @@ def run_embed(job, model_uri: str | None = None) -> dict[str, Any]:
         for split in job.embed.splits:
             images, labels = load_split(job.data, _model_cfg(model_spec), split)
             table = _split_table(images, labels)
-            # Several blocks so every actor of the pool gets work: up to 4 batches per block.
-            step = max(1, min(4 * job.embed.batch_size, -(-len(labels) // job.embed.num_actors)))
+            n_rows = len(labels)
+            grow = split == "train" and job.embed.augment_rows is not None
+            if grow:
+                n_rows = job.embed.augment_rows
+                expand_ids(len(labels), n_rows)  # raises when the target is below the split's size
+            # Several blocks so every actor of the pool gets work: up to 4 output batches per block.
+            per_row = n_rows / len(labels)
+            step = max(1, min(int(4 * job.embed.batch_size / per_row) or 1, -(-len(labels) // job.embed.num_actors)))
             ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
+            if grow:
+                ds = ds.map_batches(augment_batch, fn_kwargs={
+                    "n_base": len(labels), "target_rows": n_rows, "seed": job.embed.augment_seed,
+                    "image_shape": images.shape[1:]}, batch_size=None, batch_format="pyarrow", num_cpus=0.5)
             ds = ds.map_batches(
                 Embedder, fn_constructor_kwargs={"model_uri": model_info["model_uri"], "tracking_uri": uri,
                                                  "image_shape": images.shape[1:],
-                                                 "threads": int(job.embed.cpus_per_actor)},
+                                                 "threads": int(job.embed.cpus_per_actor),
+                                                 "dtype": job.embed.dtype},
                 compute=ray.data.ActorPoolStrategy(size=job.embed.num_actors), batch_size=job.embed.batch_size,
                 batch_format="pyarrow", num_cpus=job.embed.cpus_per_actor, num_gpus=job.embed.gpus_per_actor)
-            ds.write_parquet(str(out / split), min_rows_per_file=min(job.embed.rows_per_file, len(labels)),
+            ds.write_parquet(str(out / split), min_rows_per_file=min(job.embed.rows_per_file, n_rows),
                              max_rows_per_file=job.embed.rows_per_file)
-            rows[split] = len(labels)
-            print(f"[embed] {split}: {len(labels)} rows embedded to {out / split} "
+            rows[split] = n_rows
+            print(f"[embed] {split}: {n_rows} rows embedded to {out / split} "
                   f"({time.time() - started:.0f}s so far)", flush=True)
         manifest = {"stage": "embed", "embed_run_id": run.info.run_id, **model_info, "dim": model.dim,
-                    "sizes": model.sizes, "model_spec": model_spec, "rows": rows,
+                    "sizes": model.sizes, "model_spec": model_spec, "rows": rows, "dtype": job.embed.dtype,
+                    "augment": ({"rows": job.embed.augment_rows, "seed": job.embed.augment_seed}
+                                if job.embed.augment_rows is not None else None),
                     "data": {"source": job.data.source, "path": job.data.root}}
         (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
         point_latest(out)

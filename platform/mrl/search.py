@@ -43,13 +43,84 @@ def exact_search(database: np.ndarray, queries: np.ndarray, k: int, size: int | 
 RERANK_BLOCK_FLOATS = 1 << 25  # ~128 MiB of float32 candidate vectors gathered at once
 
 
-def rerank(candidates: np.ndarray, database: np.ndarray, queries: np.ndarray, size: int, k: int
+class PrefixStore:
+    """Full-size vectors kept for exact rescoring, with the inverse norm of each listed prefix precomputed.
+
+    `vectors` (N, d) may be float16 or float32 and may be a read-only memory map: only candidate rows are
+    read. Scoring prefix m of candidates is one gathered dot product with the unit query prefix times the
+    stored 1/||x[:m]||; a size without stored norms computes them from the gathered rows. Gathers and products
+    run in PyTorch (strided `index_select` copies only the prefix columns, much faster than numpy's fancy
+    indexing; float16 rows are widened to float32 before the product).
+    """
+
+    def __init__(self, vectors: np.ndarray, sizes: tuple[int, ...] = (), inv_norms: np.ndarray | None = None):
+        import warnings
+
+        import torch
+
+        vectors = np.asarray(vectors) if not isinstance(vectors, np.memmap) else vectors
+        if vectors.dtype not in (np.float16, np.float32):
+            vectors = vectors.astype(np.float32)
+        if not vectors.flags["C_CONTIGUOUS"]:
+            vectors = np.ascontiguousarray(vectors)
+        self.vectors, self.sizes = vectors, tuple(int(m) for m in sizes)
+        if inv_norms is None and self.sizes:
+            inv_norms = prefix_inv_norms(vectors, self.sizes)
+        self.inv_norms = inv_norms
+        if inv_norms is not None and inv_norms.shape != (len(vectors), len(self.sizes)):
+            raise ValueError(f"inv_norms has shape {inv_norms.shape}, expected ({len(vectors)}, {len(self.sizes)})")
+        with warnings.catch_warnings():  # read-only memory maps: torch warns, but nothing here writes
+            warnings.simplefilter("ignore", UserWarning)
+            self._rows = torch.from_numpy(vectors)
+            self._inv = None if inv_norms is None else torch.from_numpy(np.ascontiguousarray(inv_norms, np.float32))
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    @property
+    def dim(self) -> int:
+        return self.vectors.shape[1]
+
+    def score(self, positions: np.ndarray, unit_queries: np.ndarray, size: int) -> np.ndarray:
+        """Cosine at prefix `size` between each query (Q, size), already unit-norm, and its rows (Q, K): (Q, K)."""
+        import torch
+
+        q, kk = positions.shape
+        rows = torch.from_numpy(np.ascontiguousarray(positions, dtype=np.int64).reshape(-1))
+        cand = self._rows[:, :size].index_select(0, rows).view(q, kk, size).float()
+        raw = torch.bmm(cand, torch.from_numpy(np.ascontiguousarray(unit_queries, np.float32))[:, :, None])[..., 0]
+        if size in self.sizes and self._inv is not None:
+            inv = self._inv[:, self.sizes.index(size)].index_select(0, rows).view(q, kk)
+        else:
+            norms = cand.square().sum(-1).sqrt()
+            inv = torch.where(norms > 0, 1.0 / norms.clamp_min(1e-30), torch.zeros_like(norms))
+        return (raw * inv).numpy()
+
+
+def prefix_inv_norms(vectors: np.ndarray, sizes: tuple[int, ...], block: int = 1 << 15) -> np.ndarray:
+    """1 / ||vectors[:, :m]|| for every m in sizes (0 for an all-zero prefix), in row blocks: (N, len(sizes))."""
+    out = np.empty((len(vectors), len(sizes)), dtype=np.float32)
+    top = max(sizes)
+    for lo in range(0, len(vectors), block):
+        x = np.asarray(vectors[lo:lo + block, :top], dtype=np.float32)
+        cum = np.cumsum(x * x, axis=1)  # (B, top) running sums of squares
+        norms = np.sqrt(cum[:, [m - 1 for m in sizes]])
+        out[lo:lo + block] = np.where(norms > 0, 1.0 / np.where(norms > 0, norms, 1.0), 0.0)
+    return out
+
+
+def as_store(database) -> PrefixStore:
+    """A `PrefixStore` as is; an array wrapped without precomputed norms."""
+    return database if isinstance(database, PrefixStore) else PrefixStore(database)
+
+
+def rerank(candidates: np.ndarray, database, queries: np.ndarray, size: int, k: int
            ) -> tuple[np.ndarray, np.ndarray]:
     """Rescore shortlisted database positions exactly with prefix `size` and keep the best k.
 
     Args:
         candidates: (Q, K) database positions, -1 for an empty slot.
-        database: (N, >= size) raw vectors (may be a memory map; only candidate rows are read).
+        database: a `PrefixStore`, or (N, >= size) raw vectors (may be a memory map; only candidate rows are read).
         queries: (Q, >= size) raw query vectors.
         size: rerank prefix size D_r.
         k: results kept.
@@ -57,18 +128,14 @@ def rerank(candidates: np.ndarray, database: np.ndarray, queries: np.ndarray, si
     Returns:
         (scores (Q, k'), positions (Q, k')), k' = min(k, K); empty slots come last with score -inf, id -1.
     """
+    store = as_store(database)
     q, kk = candidates.shape
     safe = np.where(candidates >= 0, candidates, 0)
     q_norm = normalize_prefix(queries, size)
     scores = np.empty((q, kk), dtype=np.float32)
     step = max(1, RERANK_BLOCK_FLOATS // max(1, kk * size))  # query rows per block: bounded memory
     for lo in range(0, q, step):  # blocks of many queries each, vectorised within a block
-        rows = safe[lo:lo + step]
-        # gather only the prefix columns; score raw, then divide by the candidates' prefix norms
-        cand = np.asarray(database[rows.ravel(), :size], dtype=np.float32).reshape(len(rows), kk, size)
-        raw = np.einsum("qkd,qd->qk", cand, q_norm[lo:lo + step])  # (B, K)
-        norms = np.sqrt(np.einsum("qkd,qkd->qk", cand, cand))
-        scores[lo:lo + step] = np.where(norms > 0, raw / np.where(norms > 0, norms, 1.0), 0.0)
+        scores[lo:lo + step] = store.score(safe[lo:lo + step], q_norm[lo:lo + step], size)
     scores = np.where(candidates >= 0, scores, -np.inf).astype(np.float32)
     tie = np.where(candidates >= 0, candidates, np.iinfo(np.int64).max)
     best_scores, order = top_k(scores, k, ids=tie)
