@@ -6,7 +6,11 @@ Ties are broken by the lower database position, in the numpy reference and in th
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+
+log = logging.getLogger("mrl.search")
 
 
 def normalize_prefix(x: np.ndarray, m: int) -> np.ndarray:
@@ -146,15 +150,22 @@ def rerank(candidates: np.ndarray, database, queries: np.ndarray, size: int, k: 
 INDEX_KINDS = ("flat", "hnsw", "ivf", "ivfpq")
 
 
+ADD_BLOCK_ROWS = 1 << 16  # rows normalised and added at a time: a 1M x 2048 build never holds two float32 copies
+
+
 def build_prefix_index(database: np.ndarray, size: int, kind: str = "flat", *, hnsw_m: int = 32,
-                       ef_search: int = 128, nlist: int = 1024, nprobe: int = 16, pq_m: int = 16,
-                       pq_bits: int = 8, seed: int = 0):
+                       ef_search: int = 128, ef_construction: int = 40, nlist: int = 1024, nprobe: int = 16,
+                       pq_m: int = 16, pq_bits: int = 8, seed: int = 0):
     """A FAISS inner-product index over the normalised prefix `size` of `database` (N, d).
+
+    Rows are normalised and added in blocks of `ADD_BLOCK_ROWS`, so `database` may be float16 or a memory map
+    and the build holds only the index plus one block. IVF k-means trains on a seeded sample of at most 256
+    rows per cell (FAISS's own cap).
 
     Args:
         kind: flat (exact), hnsw (graph), ivf (inverted lists over k-means cells, exact vectors) or ivfpq
             (inverted lists with product-quantised vectors).
-        hnsw_m, ef_search: HNSW graph degree and search breadth.
+        hnsw_m, ef_search, ef_construction: HNSW graph degree, search breadth and build breadth.
         nlist, nprobe: IVF cells (capped at N / 39, FAISS's minimum points per centroid) and cells searched.
         pq_m, pq_bits: IVF-PQ sub-quantisers (must divide `size`) and bits per code.
     """
@@ -162,14 +173,15 @@ def build_prefix_index(database: np.ndarray, size: int, kind: str = "flat", *, h
 
     if kind not in INDEX_KINDS:
         raise ValueError(f"index kind {kind!r} is not accepted; choose one of {list(INDEX_KINDS)}")
-    vectors = normalize_prefix(database, size)
+    n = len(database)
     if kind == "flat":
         index = faiss.IndexFlatIP(size)
     elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(size, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efSearch = ef_search
+        index.hnsw.efConstruction = ef_construction
     else:
-        cells = max(1, min(nlist, len(vectors) // 39))
+        cells = max(1, min(nlist, n // 39))
         quantizer = faiss.IndexFlatIP(size)
         if kind == "ivf":
             index = faiss.IndexIVFFlat(quantizer, size, cells, faiss.METRIC_INNER_PRODUCT)
@@ -178,9 +190,13 @@ def build_prefix_index(database: np.ndarray, size: int, kind: str = "flat", *, h
                 raise ValueError(f"ivfpq needs pq_m dividing the prefix size: {pq_m} does not divide {size}")
             index = faiss.IndexIVFPQ(quantizer, size, cells, pq_m, pq_bits, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
-        index.train(vectors)
+        sample = np.sort(np.random.default_rng(seed).permutation(n)[:256 * cells]) if n > 256 * cells else slice(None)
+        index.train(normalize_prefix(database[sample], size))
         index.nprobe = min(nprobe, cells)
-    index.add(vectors)
+    for lo in range(0, n, ADD_BLOCK_ROWS):
+        index.add(normalize_prefix(database[lo:lo + ADD_BLOCK_ROWS], size))
+        if n > 4 * ADD_BLOCK_ROWS:
+            log.info("%s index at %d dims: %d / %d rows added", kind, size, min(n, lo + ADD_BLOCK_ROWS), n)
     return index
 
 
