@@ -73,3 +73,32 @@ def test_parquet_shards_of_either_dtype_read_back_sorted_by_id(tmp_path, dtype):
     assert ids.tolist() == list(range(30)) and labels.tolist() == [i % 3 for i in range(30)]
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, vectors, rtol=1e-3 if dtype == pa.float16() else 0, atol=1e-3 if dtype == pa.float16() else 0)
+
+
+def test_index_stores_prefix_norms_and_adanns_cells(tmp_path):
+    from mrl.search import prefix_inv_norms, rerank
+
+    ids, labels, vectors = corpus(n=400, d=32)
+    manifest = write_index(tmp_path, ids, labels, vectors, [8, 16], "flat", {}, vector_dtype="float16",
+                           adanns=(8, 10))
+    assert manifest["norm_sizes"] == [8, 16, 32] and manifest["adanns"] == {"size": 8, "nlist": 10}
+    assert {"inv_norms.npy", "adanns.npz"} <= set(manifest["checksums"])
+    art = load_index(tmp_path)
+    np.testing.assert_allclose(art.store.inv_norms, prefix_inv_norms(vectors.astype(np.float16), (8, 16, 32)),
+                               rtol=1e-6)
+    assert art.adanns.cluster_size == 8 and art.adanns.nlist == 10
+    assert sorted(art.adanns.members.tolist()) == list(range(400))  # every row in exactly one cell
+    q = np.random.default_rng(2).normal(size=(5, 32)).astype(np.float32)
+    cand = art.adanns.candidates(q, nprobe=10)  # all cells: every row is a candidate
+    _, pos = rerank(cand, art.store, q, 32, 10)
+    _, exact = exact_search(vectors.astype(np.float16).astype(np.float32), q, 10)
+    assert pos.tolist() == exact.tolist()
+    np.save(tmp_path / "inv_norms.npy", np.ones((400, 3), dtype=np.float32))
+    with pytest.raises(IndexMismatchError, match="inv_norms.npy does not match its manifest checksum"):
+        load_index(tmp_path)
+
+
+def test_adanns_cells_outside_d_are_refused(tmp_path):
+    ids, labels, vectors = corpus(n=100, d=16)
+    with pytest.raises(IndexMismatchError, match="adanns_size 32 is outside"):
+        write_index(tmp_path, ids, labels, vectors, [8], "flat", {}, adanns=(32, 4))

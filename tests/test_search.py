@@ -216,3 +216,68 @@ def test_adaptive_search_results_come_from_the_shortlist():
     assert pos.shape == (5, 3)
     for row, allowed in zip(pos, short):
         assert set(row.tolist()) <= set(allowed.tolist())
+
+
+# ---------------------------------------------------------------- prefix store, funnel stages
+
+def test_prefix_store_with_stored_norms_scores_like_exact_search(tmp_path):
+    from mrl.search import PrefixStore, prefix_inv_norms
+
+    rng = np.random.default_rng(5)
+    db = rng.normal(size=(300, 32)).astype(np.float32)
+    db[7] = 0.0  # a zero row scores 0, never NaN
+    q = rng.normal(size=(4, 32)).astype(np.float32)
+    np.save(tmp_path / "v.npy", db)
+    stored = PrefixStore(np.load(tmp_path / "v.npy", mmap_mode="r"), (8, 32))  # memory-mapped rows
+    plain = PrefixStore(db)
+    inv = prefix_inv_norms(db, (8, 32))
+    np.testing.assert_allclose(inv[:, 0], 1 / np.linalg.norm(db[:, :8], axis=1).clip(1e-30) * (np.arange(300) != 7),
+                               rtol=1e-5)
+    cand = np.tile(np.arange(300), (4, 1))
+    for size in (8, 16, 32):  # 16 has no stored norms: computed from the gathered rows
+        ref = normalize_prefix(q, size) @ normalize_prefix(db, size).T
+        for store in (stored, plain):
+            got = store.score(cand, normalize_prefix(q, size), size)
+            np.testing.assert_allclose(got, ref, atol=1e-5)
+            assert np.all(got[:, 7] == 0)
+        s, p = rerank(cand, stored, q, size, 10)
+        es, ep = exact_search(db, q, 10, size=size)
+        assert np.array_equal(p, ep)
+
+
+def test_prefix_store_float16_is_close_to_float32_and_checks_norm_shape():
+    from mrl.search import PrefixStore
+
+    rng = np.random.default_rng(6)
+    db = rng.normal(size=(200, 16)).astype(np.float32)
+    q = rng.normal(size=(3, 16)).astype(np.float32)
+    half = PrefixStore(db.astype(np.float16), (16,))
+    cand = np.tile(np.arange(200), (3, 1))
+    ref = normalize_prefix(q, 16) @ normalize_prefix(db, 16).T
+    np.testing.assert_allclose(half.score(cand, normalize_prefix(q, 16), 16), ref, atol=2e-3)
+    with pytest.raises(ValueError, match=r"inv_norms has shape \(5, 1\), expected \(200, 1\)"):
+        PrefixStore(db, (16,), np.ones((5, 1), dtype=np.float32))
+
+
+def test_default_funnel_doubles_sizes_and_halves_keeps():
+    from mrl.search import default_funnel
+
+    assert default_funnel(16, 200, 2048, 10) == [(32, 100), (64, 50), (128, 25), (256, 12), (512, 10),
+                                                 (1024, 10), (2048, 10)]
+    assert default_funnel(16, 200, 64, 5) == [(32, 100), (64, 5)]
+    assert default_funnel(16, 40, 16, 5) == [(16, 5)]
+
+
+def test_rerank_stages_equals_chained_reranks():
+    from mrl.search import rerank_stages
+
+    rng = np.random.default_rng(7)
+    db = rng.normal(size=(400, 32)).astype(np.float32)
+    q = rng.normal(size=(6, 32)).astype(np.float32)
+    cand = np.tile(np.arange(400), (6, 1))
+    s, p = rerank_stages(cand, db, q, [(8, 100), (32, 10)])
+    _, c1 = rerank(cand, db, q, 8, 100)
+    s2, p2 = rerank(c1, db, q, 32, 10)
+    assert np.array_equal(p, p2) and np.array_equal(s, s2)
+    with pytest.raises(ValueError, match="at least one"):
+        rerank_stages(cand, db, q, [])

@@ -49,6 +49,16 @@ class AdannsIVF:
         centroids = normalize_prefix(kmeans.centroids, cluster_size)
         return cls(cluster_size, centroids, offsets, members)
 
+    def save(self, path) -> None:
+        """One .npz file: the cells' prefix size, centres and CSR members."""
+        np.savez(path, cluster_size=np.int64(self.cluster_size), centroids=self.centroids, offsets=self.offsets,
+                 members=self.members)
+
+    @classmethod
+    def load(cls, path) -> "AdannsIVF":
+        with np.load(path) as f:
+            return cls(int(f["cluster_size"]), f["centroids"], f["offsets"], f["members"])
+
     @property
     def nlist(self) -> int:
         return len(self.centroids)

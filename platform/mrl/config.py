@@ -255,6 +255,10 @@ class IndexConfig:
     """IVF-PQ sub-quantisers; must divide every indexed size."""
     vector_dtype: Literal["float32", "float16"] = "float32"
     """Storage of the full-size rerank vectors (float16 halves memory; scores are computed in float32)."""
+    adanns_size: int | None = None
+    """Also build AdANNS cells (k-means on this prefix size, `adanns_nlist` cells) for the service's adanns
+    mode; None: none."""
+    adanns_nlist: int = 1024
 
     def __post_init__(self) -> None:
         if self.sizes is not None:
@@ -262,8 +266,9 @@ class IndexConfig:
                 validate_sizes(self.sizes, dim=10**9)
             except NestingError as exc:
                 raise ConfigError(f"sizes: {exc}") from None
-        for name in ("hnsw_m", "ef_search", "nlist", "nprobe", "pq_m"):
+        for name in ("hnsw_m", "ef_search", "nlist", "nprobe", "pq_m", "adanns_nlist"):
             _positive(name, getattr(self, name))
+        _positive("adanns_size", self.adanns_size, allow_none=True)
         if self.kind == "ivfpq" and self.sizes is not None:
             bad = [m for m in self.sizes if m % self.pq_m]
             _check(not bad, f"pq_m={self.pq_m} must divide every indexed size; it does not divide {bad}")
@@ -291,12 +296,23 @@ class EvalConfig:
 class ServeConfig:
     """The adaptive-retrieval HTTP service."""
 
+    mode: Literal["adaptive", "funnel", "adanns", "full"] = "adaptive"
+    """Default search mode (a request may name another): adaptive = shortlist K with D_s, rerank with D_r;
+    funnel = shortlist, then rerank through `funnel` stages; adanns = members of the `nprobe` nearest AdANNS
+    cells scored with D_s, then the funnel (needs index.adanns_size); full = one search of the size-d index."""
     shortlist_size: int = 16
     """D_s: prefix size used to shortlist."""
     shortlist_k: int = 200
     """K: shortlist length, reranked exactly with the rerank size."""
     rerank_size: int | None = None
     """D_r: prefix size used to rerank; None: the full d."""
+    funnel: tuple[tuple[int | None, int], ...] | None = None
+    """Funnel rerank stages (size, keep) after the shortlist, size null = d; None: sizes double from 2 D_s to d
+    while keeps halve from K/2 (never below k), e.g. 16/200 -> 32/100 -> 64/50 -> 128/25 -> 256/12 -> ... -> d/k."""
+    nprobe: int | None = None
+    """IVF cells / AdANNS cells probed per query; None: the index's own setting (AdANNS: 8)."""
+    ef_search: int | None = None
+    """HNSW search breadth; None: the index's own setting."""
     default_k: int = 10
     num_replicas: int = 1
     gpus_per_replica: float = 0.0
@@ -311,6 +327,18 @@ class ServeConfig:
         _positive("shortlist_k", self.shortlist_k)
         _positive("rerank_size", self.rerank_size, allow_none=True)
         _positive("default_k", self.default_k)
+        _positive("nprobe", self.nprobe, allow_none=True)
+        _positive("ef_search", self.ef_search, allow_none=True)
+        if self.funnel is not None:
+            keeps = [k for _, k in self.funnel]
+            _check(len(self.funnel) > 0 and all(k > 0 for k in keeps) and keeps == sorted(keeps, reverse=True)
+                   and keeps[0] <= self.shortlist_k,
+                   f"funnel must list (size, keep) stages with keeps > 0, not growing and <= shortlist_k "
+                   f"({self.shortlist_k}); got {[list(st) for st in self.funnel]}")
+            sizes = [m for m, _ in self.funnel if m is not None]
+            _check(all(m > 0 for m in sizes) and sizes == sorted(sizes) and (not sizes or sizes[0] > self.shortlist_size),
+                   f"funnel sizes must grow from above shortlist_size ({self.shortlist_size}), null (= d) last; "
+                   f"got {[list(st) for st in self.funnel]}")
         _check(self.default_k <= self.shortlist_k,
                f"default_k ({self.default_k}) must be <= shortlist_k ({self.shortlist_k})")
         _positive("num_replicas", self.num_replicas)

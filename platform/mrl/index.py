@@ -4,7 +4,10 @@ An index directory holds, for the database split of one embed run:
 
     manifest.json       model URI/version, d, sizes, kind, metric, rows, sha256 of every file, run ids
     size_<m>.faiss      a FAISS index over the L2-normalised prefix z[:m], one per indexed size
-    vectors.npy         raw full-size vectors (N, d) float32, memory-mapped at load for exact reranking
+    vectors.npy         raw full-size vectors (N, d) float32 or float16, memory-mapped at load for exact reranking
+    inv_norms.npy       1 / ||z[:m]|| per row for every indexed size and d (N, sizes + 1) float32: reranking a
+                        prefix is one gathered dot product
+    adanns.npz          optional AdANNS cells (k-means on one prefix size) for the service's adanns mode
     ids.npy, labels.npy row ids and labels, aligned with the FAISS positions
 
 `load_index` verifies checksums and shapes and refuses a directory that does not match what the caller
@@ -42,16 +45,18 @@ def sha256(path: Path) -> str:
 
 def write_index(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndarray, sizes: list[int],
                 kind: str, extra: dict[str, Any], params: dict[str, int] | None = None,
-                vector_dtype: str = "float32") -> dict[str, Any]:
+                vector_dtype: str = "float32", adanns: tuple[int, int] | None = None) -> dict[str, Any]:
     """Build one FAISS index per prefix size and write the artifact; returns the manifest.
 
     Args:
         params: `build_prefix_index` keyword arguments (graph degree, IVF cells, PQ codes).
         vector_dtype: float32 or float16 storage of the full-size rerank vectors.
+        adanns: (cell prefix size, cells) to also build AdANNS cells, or None.
     """
     import faiss
 
-    from mrl.search import build_prefix_index
+    from mrl.ann import AdannsIVF
+    from mrl.search import build_prefix_index, prefix_inv_norms
 
     out.mkdir(parents=True, exist_ok=True)
     dim = vectors.shape[1]
@@ -61,11 +66,19 @@ def write_index(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndar
     np.save(out / "vectors.npy", np.ascontiguousarray(vectors, dtype=np.dtype(vector_dtype)))
     np.save(out / "ids.npy", ids.astype(np.int64))
     np.save(out / "labels.npy", labels.astype(np.int64))
+    stored = np.load(out / "vectors.npy", mmap_mode="r")  # norms of the vectors as stored (float16 included)
+    norm_sizes = sorted(set(sizes) | {dim})
+    np.save(out / "inv_norms.npy", prefix_inv_norms(stored, tuple(norm_sizes)))
     for m in sizes:
         faiss.write_index(build_prefix_index(vectors, m, kind, **(params or {})), str(out / f"size_{m}.faiss"))
+    if adanns is not None:
+        if not 1 <= adanns[0] <= dim:
+            raise IndexMismatchError(f"index.adanns_size {adanns[0]} is outside [1, d={dim}]")
+        AdannsIVF.build(vectors, cluster_size=adanns[0], nlist=adanns[1]).save(out / "adanns.npz")
     files = sorted(p.name for p in out.iterdir() if p.name != MANIFEST)
     manifest = {"format_version": FORMAT_VERSION, "stage": "index", "dim": dim, "sizes": list(sizes), "kind": kind,
                 "metric": METRIC, "dtype": np.dtype(vector_dtype).name, "params": params or {}, "rows": int(len(ids)),
+                "norm_sizes": norm_sizes, "adanns": None if adanns is None else {"size": adanns[0], "nlist": adanns[1]},
                 "checksums": {name: sha256(out / name) for name in files}, **extra}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
@@ -81,6 +94,8 @@ class IndexArtifact:
     labels: np.ndarray
     vectors: np.ndarray  # (N, d) raw vectors, memory-mapped
     indexes: dict[int, Any] = field(default_factory=dict)
+    store: Any = None  # PrefixStore over `vectors` with the stored prefix norms
+    adanns: Any = None  # AdannsIVF, when the index was built with index.adanns_size
 
     @property
     def dim(self) -> int:
@@ -136,6 +151,16 @@ def load_index(path: str | Path, expect_dim: int | None = None, expect_model_uri
     if vectors.shape != (manifest["rows"], manifest["dim"]) or len(ids) != manifest["rows"]:
         raise IndexMismatchError(f"index {path}: vectors {vectors.shape} / ids {len(ids)} do not match the "
                                  f"manifest's {manifest['rows']} rows x d={manifest['dim']}")
+    from mrl.ann import AdannsIVF
+    from mrl.search import PrefixStore
+
+    norm_sizes = tuple(manifest.get("norm_sizes", ()))
+    inv_norms = np.load(path / "inv_norms.npy", mmap_mode="r") if norm_sizes else None
+    if inv_norms is not None and inv_norms.shape != (manifest["rows"], len(norm_sizes)):
+        raise IndexMismatchError(f"index {path}: inv_norms.npy has shape {inv_norms.shape}, the manifest says "
+                                 f"{manifest['rows']} rows x {len(norm_sizes)} sizes")
+    store = PrefixStore(vectors, norm_sizes, None if inv_norms is None else np.asarray(inv_norms))
+    adanns = AdannsIVF.load(path / "adanns.npz") if manifest.get("adanns") else None
     indexes = {}
     for m in manifest["sizes"]:
         index = faiss.read_index(str(path / f"size_{m}.faiss"), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
@@ -143,7 +168,7 @@ def load_index(path: str | Path, expect_dim: int | None = None, expect_model_uri
             raise IndexMismatchError(f"{path / f'size_{m}.faiss'} has d={index.d}, rows={index.ntotal}; "
                                      f"the manifest says d={m}, rows={manifest['rows']}")
         indexes[m] = to_device(index, device)
-    return IndexArtifact(path, manifest, ids, labels, vectors, indexes)
+    return IndexArtifact(path, manifest, ids, labels, vectors, indexes, store, adanns)
 
 
 def run_build_index(job, embeddings: str | None = None) -> dict[str, Any]:
@@ -170,13 +195,14 @@ def run_build_index(job, embeddings: str | None = None) -> dict[str, Any]:
     with mlflow.start_run(run_name="build_index", tags={"mrl.stage": "index", "mrl.input_run_id": emb["embed_run_id"],
                                                         "mrl.input_uri": str(emb_dir)}) as run:
         tracking.log_params({"index": to_dict(job.index), "embeddings": str(emb_dir), "sizes": sizes})
-        ids, labels, vectors = read_embeddings(emb_dir / "train")
+        ids, labels, vectors = read_embeddings(emb_dir / "train", job.index.vector_dtype)
         out = Path(job.output_dir).resolve() / "index" / run.info.run_id
         extra = {"index_run_id": run.info.run_id, "embed_run_id": emb["embed_run_id"],
                  "model_uri": emb.get("model_uri"), "model_name": emb.get("model_name"),
                  "model_version": emb.get("model_version"), "embeddings": str(emb_dir)}
+        adanns = None if job.index.adanns_size is None else (job.index.adanns_size, job.index.adanns_nlist)
         manifest = write_index(out, ids, labels, vectors, sizes, job.index.kind, extra, job.index.params(),
-                               job.index.vector_dtype)
+                               job.index.vector_dtype, adanns)
         point_latest(out)
         mlflow.log_artifacts(str(out), artifact_path="index")
         mlflow.set_tag("mrl.output_path", str(out))

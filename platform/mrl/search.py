@@ -234,8 +234,34 @@ def funnel_search(first_index, database: np.ndarray, queries: np.ndarray,
     if sizes != sorted(sizes) or lengths != sorted(lengths, reverse=True):
         raise ValueError(f"funnel stages {stages}: sizes must increase and shortlists must not grow")
     scores, candidates = faiss_search(first_index, queries, sizes[0], lengths[0])
-    for size, keep in stages[1:]:
-        scores, candidates = rerank(candidates, database, queries, size, keep)
+    if len(stages) == 1:
+        return scores, candidates
+    return rerank_stages(candidates, database, queries, stages[1:])
+
+
+def default_funnel(shortlist_size: int, shortlist_k: int, dim: int, k: int) -> list[tuple[int, int]]:
+    """Rerank stages after a (shortlist_size, shortlist_k) shortlist: sizes double up to d, keeps halve to k.
+
+    E.g. (16, 200, d=2048, k=10): 32/100, 64/50, 128/25, 256/12, 512/10, 1024/10, 2048/10.
+    """
+    stages, size, keep = [], 2 * shortlist_size, shortlist_k
+    while size < dim:
+        keep = max(k, keep // 2)
+        stages.append((size, keep))
+        size *= 2
+    stages.append((dim, k))
+    return stages
+
+
+def rerank_stages(candidates: np.ndarray, database, queries: np.ndarray, stages: list[tuple[int, int]]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Rerank `candidates` (Q, K) through (size, keep) stages in turn; returns the last stage's (scores, positions)."""
+    if not stages:
+        raise ValueError("rerank_stages needs at least one (size, keep) stage")
+    store = as_store(database)
+    scores = None
+    for size, keep in stages:
+        scores, candidates = rerank(candidates, store, queries, size, keep)
     return scores, candidates
 
 

@@ -1,12 +1,17 @@
 """The serve stage: adaptive retrieval behind HTTP with Ray Serve (FastAPI ingress).
 
-    POST /search  {"vector": [d floats]} or {"id": corpus id}, optional "k", "shortlist_k"
+    POST /search  {"vector": [d floats]} or {"id": corpus id}, optional "k", "shortlist_k", "mode"
                   -> {"ids", "scores", "labels", "model": {...}, "index": {...}, "search": {...}}
-    GET  /healthz -> {"status": "ok", "rows", "dim", "model", "index"}
+    GET  /healthz -> {"status": "ok", "rows", "dim", "model", "index", "modes"}
 
-A query's prefix z[:D_s] shortlists K candidates through the FAISS index of size D_s; the candidates are
-reranked exactly with the normalised prefix z[:D_r] (D_r = d by default). Bad requests get a 4xx naming
-the problem; the replica keeps serving.
+Modes (`serve.mode` is the default; a request may name another the index supports):
+- adaptive: the prefix z[:D_s] shortlists K candidates through the FAISS index of size D_s; they are reranked
+  exactly with the normalised prefix z[:D_r] (D_r = d by default);
+- funnel: the same shortlist, then exact reranks through growing prefixes and shrinking shortlists;
+- adanns: the members of the query's nearest AdANNS cells are scored with D_s, then the funnel;
+- full: one search of the size-d index (exact when the index kind is flat).
+Reranking reads the index's stored vectors (float16 or float32, memory-mapped) with precomputed prefix norms.
+Bad requests get a 4xx naming the problem; the replica keeps serving.
 
 `app_builder` is the import path for `serve run` / Serve config files: `mrl.serve:app_builder`.
 """
@@ -18,7 +23,7 @@ from typing import Any
 
 
 def _request_models():
-    from typing import Annotated
+    from typing import Annotated, Literal
 
     from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,6 +35,8 @@ def _request_models():
         id: int | None = Field(None, description="id of a corpus item to use as the query")
         k: int | None = Field(None, description="results to return, in [1, corpus rows]")
         shortlist_k: int | None = Field(None, description="shortlist length K (>= k)")
+        mode: Literal["adaptive", "funnel", "adanns", "full"] | None = Field(
+            None, description="search mode; default: the service's serve.mode")
 
     return SearchRequest
 
@@ -66,15 +73,32 @@ def build_retriever(index_dir: str, serve_cfg: dict[str, Any]):
 
             from mrl.index import load_index
 
+            import torch
+
             faiss.omp_set_num_threads(1)  # one CPU per replica
+            torch.set_num_threads(1)
             self.cfg = cfg
             self.artifact = load_index(index_dir, device=cfg.device)
-            self.rerank_size = cfg.rerank_size or self.artifact.dim
+            dim = self.artifact.dim
+            self.rerank_size = cfg.rerank_size or dim
             if cfg.shortlist_size not in self.artifact.indexes:
                 raise ValueError(f"serve.shortlist_size {cfg.shortlist_size} is not an indexed size "
                                  f"{sorted(self.artifact.indexes)} of {index_dir}")
-            if self.rerank_size > self.artifact.dim:
-                raise ValueError(f"serve.rerank_size {self.rerank_size} is above d={self.artifact.dim}")
+            if self.rerank_size > dim:
+                raise ValueError(f"serve.rerank_size {self.rerank_size} is above d={dim}")
+            too_big = [m for m, _ in cfg.funnel or () if m is not None and m > dim]
+            if too_big:
+                raise ValueError(f"serve.funnel sizes {too_big} are above d={dim}")
+            self.modes = ["adaptive", "funnel"] + (["adanns"] if self.artifact.adanns is not None else []) \
+                + (["full"] if dim in self.artifact.indexes else [])
+            if cfg.mode not in self.modes:
+                raise ValueError(f"serve.mode {cfg.mode!r} is not available for {index_dir}: it supports "
+                                 f"{self.modes} (adanns needs index.adanns_size; full needs an index at d={dim})")
+            for index in self.artifact.indexes.values():  # search-time knobs of IVF / HNSW indexes
+                if cfg.nprobe is not None and hasattr(index, "nprobe"):
+                    index.nprobe = cfg.nprobe
+                if cfg.ef_search is not None and hasattr(index, "hnsw"):
+                    index.hnsw.efSearch = cfg.ef_search
             manifest = self.artifact.manifest
             self.model_info = {"uri": manifest.get("model_uri"), "name": manifest.get("model_name"),
                                "version": manifest.get("model_version")}
@@ -93,14 +117,48 @@ def build_retriever(index_dir: str, serve_cfg: dict[str, Any]):
         @app.get("/healthz")
         def healthz(self) -> dict[str, Any]:
             return {"status": "ok", "rows": int(len(self.artifact.ids)), "dim": self.artifact.dim,
-                    "model": self.model_info, "index": self.index_info}
+                    "model": self.model_info, "index": self.index_info, "modes": self.modes}
+
+        def _stages(self, k: int, shortlist_k: int) -> list[tuple[int, int]]:
+            """The funnel's rerank stages for this request: configured or default, keeps never below k."""
+            from mrl.search import default_funnel
+
+            dim = self.artifact.dim
+            if self.cfg.funnel is None:
+                return default_funnel(self.cfg.shortlist_size, shortlist_k, dim, k)
+            return [(m or dim, max(k, keep)) for m, keep in self.cfg.funnel]
+
+        def _run(self, mode: str, query, k: int, shortlist_k: int):
+            """(scores, positions, description) of one query under `mode`."""
+            from mrl.search import adaptive_search, faiss_search, funnel_search, rerank_stages
+
+            art, d_s = self.artifact, self.cfg.shortlist_size
+            if mode == "full":
+                scores, positions = faiss_search(art.indexes[art.dim], query, art.dim, k)
+                return scores, positions, {"size": art.dim}
+            if mode == "adaptive":
+                scores, positions = adaptive_search(art.indexes[d_s], art.store, query, d_s, shortlist_k,
+                                                    self.rerank_size, k)
+                return scores, positions, {"shortlist_size": d_s, "shortlist_k": shortlist_k,
+                                           "rerank_size": self.rerank_size}
+            stages = self._stages(k, shortlist_k)
+            if mode == "funnel":
+                scores, positions = funnel_search(art.indexes[d_s], art.store, query, [(d_s, shortlist_k), *stages])
+            else:  # adanns: cells on their own prefix, members scored with D_s, then the funnel
+                candidates = art.adanns.candidates(query, self.cfg.nprobe or 8)
+                scores, positions = rerank_stages(candidates, art.store, query, [(d_s, shortlist_k), *stages])
+            scores, positions = scores[:, :k], positions[:, :k]
+            return scores, positions, {"shortlist_size": d_s, "shortlist_k": shortlist_k,
+                                       "stages": [list(st) for st in stages]}
 
         @app.post("/search")
         def search(self, request: SearchRequest) -> dict[str, Any]:
-            from mrl.search import adaptive_search
-
             started = time.perf_counter()
             rows, dim = len(self.artifact.ids), self.artifact.dim
+            mode = request.mode or self.cfg.mode
+            if mode not in self.modes:
+                raise HTTPException(status_code=422, detail=f"mode {mode!r} is not available on this index; "
+                                                            f"choose one of {self.modes}")
             if (request.vector is None) == (request.id is None):
                 raise HTTPException(status_code=422, detail="give exactly one of 'vector' (length d="
                                                             f"{dim}) or 'id' (a corpus id)")
@@ -121,16 +179,12 @@ def build_retriever(index_dir: str, serve_cfg: dict[str, Any]):
                                                                 "it has no direction to search with")
             else:
                 query = np.asarray(self.artifact.vectors[self._position(request.id)], dtype=np.float32)[None]
-            scores, positions = adaptive_search(
-                self.artifact.indexes[self.cfg.shortlist_size], self.artifact.vectors, query,
-                self.cfg.shortlist_size, shortlist_k, self.rerank_size, k)
+            scores, positions, described = self._run(mode, query, k, shortlist_k)
             keep = positions[0] >= 0
             pos = positions[0][keep]
             return {"ids": self.artifact.ids[pos].tolist(), "scores": scores[0][keep].tolist(),
                     "labels": self.artifact.labels[pos].tolist(), "model": self.model_info,
-                    "index": self.index_info,
-                    "search": {"shortlist_size": self.cfg.shortlist_size, "shortlist_k": shortlist_k,
-                               "rerank_size": self.rerank_size, "k": k},
+                    "index": self.index_info, "search": {"mode": mode, **described, "k": k},
                     "took_ms": 1000 * (time.perf_counter() - started)}
 
         def check_health(self) -> None:
@@ -171,7 +225,7 @@ def run_serve(index_dir: str, serve_cfg, mlflow_cfg, output_dir: str, blocking: 
                                                    "mrl.url": url}) as run:
         tracking.log_params({"serve": to_dict(serve_cfg), "index_dir": str(Path(index_dir).resolve()),
                              "model_uri": manifest.get("model_uri")})
-    print(f"[serve] adaptive retrieval at {url}/search (D_s={serve_cfg.shortlist_size}, "
+    print(f"[serve] retrieval at {url}/search (default mode {serve_cfg.mode}; D_s={serve_cfg.shortlist_size}, "
           f"K={serve_cfg.shortlist_k}, D_r={serve_cfg.rerank_size or manifest['dim']})", flush=True)
     if blocking:
         print("[serve] serving until Ctrl-C", flush=True)

@@ -132,7 +132,8 @@ def test_search_by_id_and_by_vector(pipeline):
     assert reply["ids"][0] == 7 and reply["scores"][0] == pytest.approx(1.0, abs=1e-5)
     assert reply["model"]["uri"] == summary["model_uri"]
     assert reply["index"]["version"] == summary["index_run_id"]
-    assert reply["search"] == {"shortlist_size": 16, "shortlist_k": 200, "rerank_size": 64, "k": 5}
+    assert reply["search"] == {"mode": "adaptive", "shortlist_size": 16, "shortlist_k": 200, "rerank_size": 64,
+                               "k": 5}
 
     artifact = load_index(f"{cfg.output_dir}/index/{summary['index_run_id']}")
     query = np.random.default_rng(0).normal(size=(1, 64)).astype(np.float32)
@@ -143,7 +144,33 @@ def test_search_by_id_and_by_vector(pipeline):
     np.testing.assert_allclose(reply["scores"], scores[0], atol=1e-5)
 
 
+def test_every_search_mode_answers_over_http(pipeline):
+    from mrl.index import load_index
+    from mrl.search import exact_search
+
+    cfg, summary = pipeline
+    url = summary["url"]
+    health = requests.get(f"{url}/healthz", timeout=30).json()
+    assert health["modes"] == ["adaptive", "funnel", "adanns", "full"]
+    artifact = load_index(f"{cfg.output_dir}/index/{summary['index_run_id']}")
+    assert artifact.manifest["adanns"] == {"size": 16, "nlist": 256} and artifact.manifest["norm_sizes"][-1] == 64
+    query = np.random.default_rng(1).normal(size=(1, 64)).astype(np.float32)
+    _, truth = exact_search(np.asarray(artifact.vectors), query, 10)
+    full = requests.post(f"{url}/search", json={"vector": query[0].tolist(), "mode": "full"}, timeout=30).json()
+    assert full["ids"] == artifact.ids[truth[0]].tolist() and full["search"] == {"mode": "full", "size": 64, "k": 10}
+    for mode in ("funnel", "adanns"):
+        reply = requests.post(f"{url}/search", json={"id": 11, "k": 5, "mode": mode}, timeout=30).json()
+        assert reply["search"]["mode"] == mode and reply["search"]["stages"] == [[32, 100], [64, 5]]
+        assert reply["ids"][0] == 11 and len(reply["ids"]) == 5
+        assert reply["scores"] == sorted(reply["scores"], reverse=True)
+    # a funnel whose first cut keeps half of the corpus finds the exact top-10 at d
+    reply = requests.post(f"{url}/search", json={"vector": query[0].tolist(), "mode": "funnel",
+                                                 "shortlist_k": 3000}, timeout=30).json()
+    assert reply["search"]["stages"] == [[32, 1500], [64, 10]] and reply["ids"] == full["ids"]
+
+
 @pytest.mark.parametrize("body, status, message", [
+    ({"id": 1, "mode": "fastest"}, 422, "adaptive"),
     ({"vector": [0.1] * 3}, 422, "length 3; this index expects d=64"),
     ({"id": 10**9}, 404, "not in the corpus"),
     ({"id": 1, "k": 0}, 422, "k=0 is outside the accepted range"),
