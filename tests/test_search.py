@@ -64,6 +64,28 @@ def test_top_k_descending_with_ties_by_lower_column():
     assert s.tolist() == [[0.9, 0.9, 0.5], [1.0, 1.0, 1.0]]
 
 
+def test_top_k_matches_a_full_lexicographic_sort_with_ties_and_empty_slots():
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        q, n, k = rng.integers(1, 5), rng.integers(1, 40), rng.integers(1, 50)
+        scores = np.round(rng.normal(size=(q, n)), 1).astype(np.float32)  # many ties, -0.0 and 0.0 among them
+        scores[rng.random((q, n)) < 0.2] = -np.inf
+        ids = np.stack([rng.permutation(60)[:n] for _ in range(q)])
+        ids[rng.random((q, n)) < 0.1] = np.iinfo(np.int64).max  # the "empty slot" marker
+        for tie in (None, ids):
+            key = np.broadcast_to(np.arange(n), scores.shape) if tie is None else tie
+            ref = np.lexsort((key, -scores), axis=1)[:, :k]
+            s, cols = top_k(scores, k, ids=tie)
+            assert np.array_equal(np.take_along_axis(key, cols, 1), np.take_along_axis(key, ref, 1))
+            assert np.array_equal(s, np.take_along_axis(scores, ref, 1))
+
+
+def test_top_k_with_ids_beyond_32_bits_falls_back_exactly():
+    scores = np.array([[0.5, 0.5, 0.7]], dtype=np.float32)
+    _, cols = top_k(scores, 3, ids=np.array([[2**40 + 1, 2**40, 5]]))
+    assert cols.tolist() == [[2, 1, 0]]
+
+
 def test_top_k_clips_k_to_n():
     s, cols = top_k(np.array([[0.2, 0.3]]), 5)
     assert cols.tolist() == [[1, 0]] and s.shape == (1, 2)

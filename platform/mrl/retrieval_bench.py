@@ -306,7 +306,7 @@ def run_benchmark(cfg: RetrievalBenchConfig) -> dict[str, Any]:
             positions = positions[:, :k]
             if reference is None:
                 reference = positions
-            batch_s, single_s, _ = time_search(lambda x: run_search(built, search, store, x, dim), queries,
+            batch_s, single_s, _ = time_search(lambda x, b=built, s=search: run_search(b, s, store, x, dim), queries,
                                                search.repeats, search.single)
             retrieved = np.where(positions >= 0, db_labels[np.maximum(positions, 0)], -1)
             metrics = retrieval_metrics(retrieved, q_labels, db_labels, k)

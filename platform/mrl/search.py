@@ -23,12 +23,25 @@ def normalize_prefix(x: np.ndarray, m: int) -> np.ndarray:
 def top_k(scores: np.ndarray, k: int, ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Best k per row of scores (Q, N), descending, ties by lower column (or lower `ids` value, (Q, N)).
 
+    Scores and tie ids are packed into one int64 key per entry (order-preserving float bits, then the id),
+    so a partial selection plus a sort of the k survivors is exact, tie order included. Ids outside
+    [0, 2^32) other than the int64-max "empty" marker fall back to a full lexicographic sort.
+
     Returns:
         (scores (Q, k'), columns (Q, k')) with k' = min(k, N).
     """
-    k = min(k, scores.shape[1])
-    tie = np.broadcast_to(np.arange(scores.shape[1]), scores.shape) if ids is None else ids
-    order = np.lexsort((tie, -scores), axis=1)[:, :k]  # primary key: -score, secondary: tie
+    q, n = scores.shape
+    k = min(k, n)
+    tie = np.broadcast_to(np.arange(n), scores.shape) if ids is None else np.asarray(ids)
+    empty = tie == np.iinfo(np.int64).max
+    if n and (tie[~empty].min(initial=0) < 0 or tie[~empty].max(initial=0) >= 0xFFFFFFFF):
+        order = np.lexsort((tie, -scores), axis=1)[:, :k]  # primary key: -score, secondary: tie
+        return np.take_along_axis(scores, order, axis=1), order
+    bits = (np.asarray(-scores, dtype=np.float32) + np.float32(0.0)).view(np.int32).astype(np.int64)  # -0.0 -> 0.0
+    bits ^= (bits >> 31) & 0x7FFFFFFF  # float order -> signed integer order
+    key = (bits << 32) | np.where(empty, 0xFFFFFFFF, tie).astype(np.int64)
+    part = np.argpartition(key, k - 1, axis=1)[:, :k] if 0 < k < n else np.broadcast_to(np.arange(k), (q, k))
+    order = np.take_along_axis(part, np.argsort(np.take_along_axis(key, part, axis=1), axis=1, kind="stable"), axis=1)
     return np.take_along_axis(scores, order, axis=1), order
 
 
