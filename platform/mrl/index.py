@@ -152,14 +152,15 @@ def load_index(path: str | Path, expect_dim: int | None = None, expect_model_uri
         raise IndexMismatchError(f"index {path}: vectors {vectors.shape} / ids {len(ids)} do not match the "
                                  f"manifest's {manifest['rows']} rows x d={manifest['dim']}")
     from mrl.ann import AdannsIVF
-    from mrl.search import PrefixStore
+    from mrl.search import PrefixStore, torch_device
 
     norm_sizes = tuple(manifest.get("norm_sizes", ()))
     inv_norms = np.load(path / "inv_norms.npy", mmap_mode="r") if norm_sizes else None
     if inv_norms is not None and inv_norms.shape != (manifest["rows"], len(norm_sizes)):
         raise IndexMismatchError(f"index {path}: inv_norms.npy has shape {inv_norms.shape}, the manifest says "
                                  f"{manifest['rows']} rows x {len(norm_sizes)} sizes")
-    store = PrefixStore(vectors, norm_sizes, None if inv_norms is None else np.asarray(inv_norms))
+    store = PrefixStore(vectors, norm_sizes, None if inv_norms is None else np.asarray(inv_norms),
+                        device=torch_device(device))
     adanns = AdannsIVF.load(path / "adanns.npz") if manifest.get("adanns") else None
     indexes = {}
     for m in manifest["sizes"]:

@@ -96,6 +96,8 @@ class RetrievalBenchConfig(JobConfig):
     """FAISS and PyTorch threads; None: all cores."""
     vector_dtype: Literal["float32", "float16"] = "float32"
     """How the database is held in memory for reranking."""
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    """auto: flat and IVF indexes and the rerank store on the GPU when faiss-gpu and CUDA see one, else CPU."""
     seed: int = 0
     title: str = "Retrieval"
     results: str = "docs/results/retrieval"
@@ -159,7 +161,10 @@ def machine_description(threads: int) -> str:
     except (OSError, StopIteration):
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else float("nan")
-    return (f"{cpu}, {os.cpu_count()} CPUs, {mem:.0f} GiB RAM; {threads} threads; FAISS {faiss.__version__}, "
+    from mrl.search import gpu_count
+
+    gpus = f"{gpu_count()} FAISS GPUs, {torch.cuda.device_count()} CUDA devices"
+    return (f"{cpu}, {os.cpu_count()} CPUs, {mem:.0f} GiB RAM, {gpus}; {threads} threads; FAISS {faiss.__version__}, "
             f"PyTorch {torch.__version__}, numpy {np.__version__}")
 
 
@@ -174,10 +179,10 @@ class BuiltIndex:
     seconds: float
 
 
-def build(spec: BenchIndex, store, dim: int, seed: int) -> BuiltIndex:
-    """Build one benchmark index over the store's vectors."""
+def build(spec: BenchIndex, store, dim: int, seed: int, device: str = "cpu") -> BuiltIndex:
+    """Build one benchmark index over the store's vectors (moved to the GPU when `device` asks for it)."""
     from mrl.ann import AdannsIVF
-    from mrl.search import build_prefix_index
+    from mrl.search import build_prefix_index, to_device
 
     size = spec.size or dim
     if size > dim:
@@ -188,6 +193,7 @@ def build(spec: BenchIndex, store, dim: int, seed: int) -> BuiltIndex:
     else:
         index = build_prefix_index(store.vectors, size, spec.kind, hnsw_m=spec.hnsw_m,
                                    ef_construction=spec.ef_construction, nlist=spec.nlist, pq_m=spec.pq_m, seed=seed)
+        index = to_device(index, device)
     return BuiltIndex(spec, size, index, time.perf_counter() - t0)
 
 
@@ -261,7 +267,7 @@ def time_search(fn, queries: np.ndarray, repeats: int, single: int) -> tuple[flo
 def load_data(cfg: RetrievalBenchConfig):
     """Database store, database labels, queries, query labels, d, manifest."""
     from mrl.embed import read_embeddings, read_manifest
-    from mrl.search import PrefixStore
+    from mrl.search import PrefixStore, torch_device
 
     emb = Path(cfg.embeddings).resolve()
     manifest = read_manifest(emb)
@@ -273,7 +279,7 @@ def load_data(cfg: RetrievalBenchConfig):
     dim = db.shape[1]
     sizes = sorted({s or dim for search in cfg.searches for s, _ in search.rerank})
     t0 = time.perf_counter()
-    store = PrefixStore(db, tuple(sizes))
+    store = PrefixStore(db, tuple(sizes), device=torch_device(cfg.device))
     log.info("database %d x %d %s, %d queries; prefix norms for %s in %.0fs", len(db), dim, db.dtype,
              len(queries), sizes, time.perf_counter() - t0)
     return store, db_labels, queries, q_labels, dim, manifest
@@ -299,7 +305,7 @@ def run_benchmark(cfg: RetrievalBenchConfig) -> dict[str, Any]:
     order = list(dict.fromkeys(s.index for s in cfg.searches))  # indexes in first-use order
     for name in order:
         reset_peak_rss()
-        built = build(cfg.indexes[name], store, dim, cfg.seed)
+        built = build(cfg.indexes[name], store, dim, cfg.seed, cfg.device)
         log.info("index %s (%s @ %d) built in %.1fs", name, built.spec.kind, built.size, built.seconds)
         for search in (s for s in cfg.searches if s.index == name):
             positions, shortlist, madds = run_search(built, search, store, queries, dim)

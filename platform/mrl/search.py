@@ -70,7 +70,10 @@ class PrefixStore:
     indexing; float16 rows are widened to float32 before the product).
     """
 
-    def __init__(self, vectors: np.ndarray, sizes: tuple[int, ...] = (), inv_norms: np.ndarray | None = None):
+    def __init__(self, vectors: np.ndarray, sizes: tuple[int, ...] = (), inv_norms: np.ndarray | None = None,
+                 device: str = "cpu"):
+        """`device` "cuda" copies the rows and norms to the GPU (gathers and products run there); "cpu" keeps
+        them where they are (a memory map stays a memory map)."""
         import warnings
 
         import torch
@@ -90,6 +93,10 @@ class PrefixStore:
             warnings.simplefilter("ignore", UserWarning)
             self._rows = torch.from_numpy(vectors)
             self._inv = None if inv_norms is None else torch.from_numpy(np.ascontiguousarray(inv_norms, np.float32))
+        self.device = torch.device(device)
+        if self.device.type != "cpu":
+            self._rows = self._rows.to(self.device)
+            self._inv = None if self._inv is None else self._inv.to(self.device)
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -103,15 +110,16 @@ class PrefixStore:
         import torch
 
         q, kk = positions.shape
-        rows = torch.from_numpy(np.ascontiguousarray(positions, dtype=np.int64).reshape(-1))
+        rows = torch.from_numpy(np.ascontiguousarray(positions, dtype=np.int64).reshape(-1)).to(self.device)
         cand = self._rows[:, :size].index_select(0, rows).view(q, kk, size).float()
-        raw = torch.bmm(cand, torch.from_numpy(np.ascontiguousarray(unit_queries, np.float32))[:, :, None])[..., 0]
+        unit = torch.from_numpy(np.ascontiguousarray(unit_queries, np.float32)).to(self.device)
+        raw = torch.bmm(cand, unit[:, :, None])[..., 0]
         if size in self.sizes and self._inv is not None:
             inv = self._inv[:, self.sizes.index(size)].index_select(0, rows).view(q, kk)
         else:
             norms = cand.square().sum(-1).sqrt()
             inv = torch.where(norms > 0, 1.0 / norms.clamp_min(1e-30), torch.zeros_like(norms))
-        return (raw * inv).numpy()
+        return (raw * inv).cpu().numpy()
 
 
 def prefix_inv_norms(vectors: np.ndarray, sizes: tuple[int, ...], block: int = 1 << 15) -> np.ndarray:
@@ -278,14 +286,33 @@ def rerank_stages(candidates: np.ndarray, database, queries: np.ndarray, stages:
     return scores, candidates
 
 
-def to_device(index, device: str = "auto"):
-    """Move a FAISS index to all GPUs when asked (or when `auto` and faiss-gpu sees one); else unchanged."""
+def gpu_count() -> int:
+    """GPUs FAISS can use (0 with faiss-cpu)."""
     import faiss
 
-    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+def torch_device(device: str) -> str:
+    """The rerank store's PyTorch device for a cpu | gpu | auto setting (auto: CUDA when PyTorch sees it)."""
+    import torch
+
+    if device == "gpu" and not torch.cuda.is_available():
+        raise RuntimeError("device is 'gpu' but PyTorch sees no CUDA device")
+    return "cuda" if device in ("gpu", "auto") and torch.cuda.is_available() else "cpu"
+
+
+def to_device(index, device: str = "auto"):
+    """Move a FAISS index to all GPUs when asked (or when `auto` and faiss-gpu sees one); else unchanged.
+
+    Flat and IVF indexes move; HNSW stays on the CPU (faiss-gpu has no HNSW).
+    """
+    import faiss
+
+    gpus = gpu_count()
     if device == "gpu" and gpus == 0:
         raise RuntimeError("index.device is 'gpu' but FAISS sees no GPU (is faiss-gpu installed?)")
-    if device in ("gpu", "auto") and gpus > 0:
+    if device in ("gpu", "auto") and gpus > 0 and not isinstance(index, faiss.IndexHNSW):
         return faiss.index_cpu_to_all_gpus(index)
     return index
 
