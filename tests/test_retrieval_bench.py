@@ -83,11 +83,12 @@ def test_benchmark_rows_match_brute_force_and_write_results(embeddings, tmp_path
     assert rows["adaptive all"]["madds_per_query"] == 1500 * 8 + 1500 * 64
     assert rows["funnel"]["madds_per_query"] < rows["exact"]["madds_per_query"]
     assert rows["exact"]["single_ms"] > 0 and rows["funnel"]["single_ms"] is None
+    assert [name for name, _ in rows["funnel"]["stage_ms"]] == ["ivf@8", "rerank@16", "rerank@64"]
     assert result["rows_database"] == 1500 and result["dtype"] == "float16" and "CPUs" in result["machine"]
 
     md = write_results(cfg, result, "python benchmarks/retrieval.py", tmp_path)
     text = md.read_text()
-    assert "| adaptive all |" in text and "1.0x" in text
+    assert "| adaptive all |" in text and "1.0x" in text and "- funnel: ivf@8 " in text
     assert (tmp_path / "results" / "bench_pareto.png").stat().st_size > 1000
     saved = json.loads((tmp_path / "results" / "bench.json").read_text())
     assert saved["rows"][0]["config"] == "exact"

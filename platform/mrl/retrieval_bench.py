@@ -197,9 +197,12 @@ def build(spec: BenchIndex, store, dim: int, seed: int, device: str = "cpu") -> 
     return BuiltIndex(spec, size, index, time.perf_counter() - t0)
 
 
-def run_search(built: BuiltIndex, search: BenchSearch, store, queries: np.ndarray, dim: int
-               ) -> tuple[np.ndarray, np.ndarray, float]:
+def run_search(built: BuiltIndex, search: BenchSearch, store, queries: np.ndarray, dim: int,
+               timings: list[tuple[str, float]] | None = None) -> tuple[np.ndarray, np.ndarray, float]:
     """One staged search over all `queries`.
+
+    Args:
+        timings: when given, (stage, seconds) pairs are appended: the index search, then each rerank.
 
     Returns:
         (positions (Q, k_last), shortlist positions (Q, K), multiply-adds per query).
@@ -209,6 +212,7 @@ def run_search(built: BuiltIndex, search: BenchSearch, store, queries: np.ndarra
     from mrl.search import faiss_search, rerank
 
     q = len(queries)
+    t0 = time.perf_counter()
     if built.spec.kind == "adanns":
         cand = built.index.candidates(queries, search.nprobe or 1)
         madds = built.index.nlist * built.size + float((cand >= 0).sum()) / q * (search.rerank[0][0] or dim)
@@ -229,13 +233,18 @@ def run_search(built: BuiltIndex, search: BenchSearch, store, queries: np.ndarra
         else:
             per_code = built.spec.pq_m if built.spec.kind == "ivfpq" else built.size
             madds = index.nlist * built.size + faiss.cvar.indexIVF_stats.ndis / q * per_code
+    if timings is not None:
+        timings.append((f"{built.spec.kind}@{built.size}", time.perf_counter() - t0))
     positions, kept = shortlist, shortlist.shape[1]
     for size, keep in search.rerank:
         size = size or dim
+        t0 = time.perf_counter()
         if built.spec.kind != "adanns" or positions is not shortlist:
             madds += kept * size
         _, positions = rerank(positions, store, queries, size, keep)
         kept = keep
+        if timings is not None:
+            timings.append((f"rerank@{size}", time.perf_counter() - t0))
     return positions, shortlist, madds
 
 
@@ -308,7 +317,8 @@ def run_benchmark(cfg: RetrievalBenchConfig) -> dict[str, Any]:
         built = build(cfg.indexes[name], store, dim, cfg.seed, cfg.device)
         log.info("index %s (%s @ %d) built in %.1fs", name, built.spec.kind, built.size, built.seconds)
         for search in (s for s in cfg.searches if s.index == name):
-            positions, shortlist, madds = run_search(built, search, store, queries, dim)
+            stages: list[tuple[str, float]] = []  # the first (untimed-for-q/s) pass doubles as the profile
+            positions, shortlist, madds = run_search(built, search, store, queries, dim, stages)
             positions = positions[:, :k]
             if reference is None:
                 reference = positions
@@ -325,6 +335,7 @@ def run_benchmark(cfg: RetrievalBenchConfig) -> dict[str, Any]:
                 "qps": len(queries) / batch_s, "batch_seconds": batch_s,
                 "single_ms": None if single_s is None else 1000 * single_s, "madds_per_query": madds,
                 "build_seconds": built.seconds, "peak_rss_gib": (peak_rss_bytes() or 0) / 2**30,
+                "stage_ms": [[name, 1000 * sec] for name, sec in stages],
             })
             r = rows[-1]
             log.info("%s: top-1 %.2f mAP@%d %.2f, %.0f q/s, single %s ms, %.3g mult-adds/query", search.name,
@@ -364,6 +375,10 @@ def render(result: dict[str, Any], command: str, title: str) -> str:
             f"{100 * r['shortlist_recall']:.1f}% | {100 * r['result_recall']:.1f}% | {r['qps']:,.0f} | "
             f"{r['qps'] / base['qps']:.1f}x | {single} | {r['madds_per_query']:,.0f} | {r['build_seconds']:.1f} | "
             f"{r['peak_rss_gib']:.1f} |")
+    lines += ["", f"Where the time goes (one pass over all {result['queries']:,} queries, milliseconds per stage):", ""]
+    for r in rows:
+        if len(r.get("stage_ms", [])) > 1:
+            lines.append(f"- {r['config']}: " + ", ".join(f"{name} {ms:.0f}" for name, ms in r["stage_ms"]))
     return "\n".join(lines) + "\n"
 
 
