@@ -75,17 +75,15 @@ def test_parquet_shards_of_either_dtype_read_back_sorted_by_id(tmp_path, dtype):
     np.testing.assert_allclose(got, vectors, rtol=1e-3 if dtype == pa.float16() else 0, atol=1e-3 if dtype == pa.float16() else 0)
 
 
-def test_index_stores_prefix_norms_and_adanns_cells(tmp_path):
-    from mrl.search import prefix_inv_norms, rerank
+def test_index_stores_adanns_cells(tmp_path):
+    from mrl.search import rerank
 
     ids, labels, vectors = corpus(n=400, d=32)
     manifest = write_index(tmp_path, ids, labels, vectors, [8, 16], "flat", {}, vector_dtype="float16",
                            adanns=(8, 10))
-    assert manifest["norm_sizes"] == [8, 16, 32] and manifest["adanns"] == {"size": 8, "nlist": 10}
-    assert {"inv_norms.npy", "adanns.npz"} <= set(manifest["checksums"])
+    assert manifest["adanns"] == {"size": 8, "nlist": 10} and "adanns.npz" in manifest["checksums"]
     art = load_index(tmp_path)
-    np.testing.assert_allclose(art.store.inv_norms, prefix_inv_norms(vectors.astype(np.float16), (8, 16, 32)),
-                               rtol=1e-6)
+    assert art.store.vectors.dtype == np.float16 and len(art.store) == 400
     assert art.adanns.cluster_size == 8 and art.adanns.nlist == 10
     assert sorted(art.adanns.members.tolist()) == list(range(400))  # every row in exactly one cell
     q = np.random.default_rng(2).normal(size=(5, 32)).astype(np.float32)
@@ -93,8 +91,9 @@ def test_index_stores_prefix_norms_and_adanns_cells(tmp_path):
     _, pos = rerank(cand, art.store, q, 32, 10)
     _, exact = exact_search(vectors.astype(np.float16).astype(np.float32), q, 10)
     assert pos.tolist() == exact.tolist()
-    np.save(tmp_path / "inv_norms.npy", np.ones((400, 3), dtype=np.float32))
-    with pytest.raises(IndexMismatchError, match="inv_norms.npy does not match its manifest checksum"):
+    np.savez(tmp_path / "adanns.npz", cluster_size=np.int64(8), centroids=np.zeros((10, 8)),
+             offsets=np.zeros(11, dtype=np.int64), members=np.zeros(0, dtype=np.int64))
+    with pytest.raises(IndexMismatchError, match="adanns.npz does not match its manifest checksum"):
         load_index(tmp_path)
 
 

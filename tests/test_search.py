@@ -242,43 +242,39 @@ def test_adaptive_search_results_come_from_the_shortlist():
 
 # ---------------------------------------------------------------- prefix store, funnel stages
 
-def test_prefix_store_with_stored_norms_scores_like_exact_search(tmp_path):
-    from mrl.search import PrefixStore, prefix_inv_norms
+def test_prefix_store_scores_like_exact_search_from_a_memory_map(tmp_path):
+    from mrl.search import PrefixStore
 
     rng = np.random.default_rng(5)
     db = rng.normal(size=(300, 32)).astype(np.float32)
     db[7] = 0.0  # a zero row scores 0, never NaN
     q = rng.normal(size=(4, 32)).astype(np.float32)
     np.save(tmp_path / "v.npy", db)
-    stored = PrefixStore(np.load(tmp_path / "v.npy", mmap_mode="r"), (8, 32))  # memory-mapped rows
-    plain = PrefixStore(db)
-    inv = prefix_inv_norms(db, (8, 32))
-    np.testing.assert_allclose(inv[:, 0], 1 / np.linalg.norm(db[:, :8], axis=1).clip(1e-30) * (np.arange(300) != 7),
-                               rtol=1e-5)
+    mapped = PrefixStore(np.load(tmp_path / "v.npy", mmap_mode="r"))
+    assert isinstance(mapped.vectors, np.memmap) and len(mapped) == 300 and mapped.dim == 32
     cand = np.tile(np.arange(300), (4, 1))
-    for size in (8, 16, 32):  # 16 has no stored norms: computed from the gathered rows
+    for size in (8, 16, 32):
         ref = normalize_prefix(q, size) @ normalize_prefix(db, size).T
-        for store in (stored, plain):
+        for store in (mapped, PrefixStore(db)):
             got = store.score(cand, normalize_prefix(q, size), size)
             np.testing.assert_allclose(got, ref, atol=1e-5)
             assert np.all(got[:, 7] == 0)
-        s, p = rerank(cand, stored, q, size, 10)
-        es, ep = exact_search(db, q, 10, size=size)
+        _, p = rerank(cand, mapped, q, size, 10)
+        _, ep = exact_search(db, q, 10, size=size)
         assert np.array_equal(p, ep)
 
 
-def test_prefix_store_float16_is_close_to_float32_and_checks_norm_shape():
+def test_prefix_store_float16_is_close_to_float32():
     from mrl.search import PrefixStore
 
     rng = np.random.default_rng(6)
     db = rng.normal(size=(200, 16)).astype(np.float32)
     q = rng.normal(size=(3, 16)).astype(np.float32)
-    half = PrefixStore(db.astype(np.float16), (16,))
+    half = PrefixStore(db.astype(np.float16))
     cand = np.tile(np.arange(200), (3, 1))
     ref = normalize_prefix(q, 16) @ normalize_prefix(db, 16).T
     np.testing.assert_allclose(half.score(cand, normalize_prefix(q, 16), 16), ref, atol=2e-3)
-    with pytest.raises(ValueError, match=r"inv_norms has shape \(5, 1\), expected \(200, 1\)"):
-        PrefixStore(db, (16,), np.ones((5, 1), dtype=np.float32))
+    assert PrefixStore(db.astype(np.float64)).vectors.dtype == np.float32  # other dtypes are widened once
 
 
 def test_default_funnel_doubles_sizes_and_halves_keeps():
@@ -303,3 +299,11 @@ def test_rerank_stages_equals_chained_reranks():
     assert np.array_equal(p, p2) and np.array_equal(s, s2)
     with pytest.raises(ValueError, match="at least one"):
         rerank_stages(cand, db, q, [])
+
+
+def test_top_k_unsorted_keeps_the_same_entries():
+    rng = np.random.default_rng(8)
+    scores = np.round(rng.normal(size=(50, 40)), 1).astype(np.float32)  # ties at the cut
+    (s_sorted, c_sorted), (s_any, c_any) = top_k(scores, 13), top_k(scores, 13, sort=False)
+    assert [set(a) for a in c_sorted.tolist()] == [set(b) for b in c_any.tolist()]
+    assert np.array_equal(np.sort(s_sorted, axis=1), np.sort(s_any, axis=1))

@@ -5,8 +5,6 @@ An index directory holds, for the database split of one embed run:
     manifest.json       model URI/version, d, sizes, kind, metric, rows, sha256 of every file, run ids
     size_<m>.faiss      a FAISS index over the L2-normalised prefix z[:m], one per indexed size
     vectors.npy         raw full-size vectors (N, d) float32 or float16, memory-mapped at load for exact reranking
-    inv_norms.npy       1 / ||z[:m]|| per row for every indexed size and d (N, sizes + 1) float32: reranking a
-                        prefix is one gathered dot product
     adanns.npz          optional AdANNS cells (k-means on one prefix size) for the service's adanns mode
     ids.npy, labels.npy row ids and labels, aligned with the FAISS positions
 
@@ -56,7 +54,7 @@ def write_index(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndar
     import faiss
 
     from mrl.ann import AdannsIVF
-    from mrl.search import build_prefix_index, prefix_inv_norms
+    from mrl.search import build_prefix_index
 
     out.mkdir(parents=True, exist_ok=True)
     dim = vectors.shape[1]
@@ -66,9 +64,6 @@ def write_index(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndar
     np.save(out / "vectors.npy", np.ascontiguousarray(vectors, dtype=np.dtype(vector_dtype)))
     np.save(out / "ids.npy", ids.astype(np.int64))
     np.save(out / "labels.npy", labels.astype(np.int64))
-    stored = np.load(out / "vectors.npy", mmap_mode="r")  # norms of the vectors as stored (float16 included)
-    norm_sizes = sorted(set(sizes) | {dim})
-    np.save(out / "inv_norms.npy", prefix_inv_norms(stored, tuple(norm_sizes)))
     for m in sizes:
         faiss.write_index(build_prefix_index(vectors, m, kind, **(params or {})), str(out / f"size_{m}.faiss"))
     if adanns is not None:
@@ -78,7 +73,7 @@ def write_index(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndar
     files = sorted(p.name for p in out.iterdir() if p.name != MANIFEST)
     manifest = {"format_version": FORMAT_VERSION, "stage": "index", "dim": dim, "sizes": list(sizes), "kind": kind,
                 "metric": METRIC, "dtype": np.dtype(vector_dtype).name, "params": params or {}, "rows": int(len(ids)),
-                "norm_sizes": norm_sizes, "adanns": None if adanns is None else {"size": adanns[0], "nlist": adanns[1]},
+                "adanns": None if adanns is None else {"size": adanns[0], "nlist": adanns[1]},
                 "checksums": {name: sha256(out / name) for name in files}, **extra}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return manifest
@@ -94,7 +89,7 @@ class IndexArtifact:
     labels: np.ndarray
     vectors: np.ndarray  # (N, d) raw vectors, memory-mapped
     indexes: dict[int, Any] = field(default_factory=dict)
-    store: Any = None  # PrefixStore over `vectors` with the stored prefix norms
+    store: Any = None  # PrefixStore over `vectors`: exact rescoring of any prefix
     adanns: Any = None  # AdannsIVF, when the index was built with index.adanns_size
 
     @property
@@ -154,13 +149,7 @@ def load_index(path: str | Path, expect_dim: int | None = None, expect_model_uri
     from mrl.ann import AdannsIVF
     from mrl.search import PrefixStore, torch_device
 
-    norm_sizes = tuple(manifest.get("norm_sizes", ()))
-    inv_norms = np.load(path / "inv_norms.npy", mmap_mode="r") if norm_sizes else None
-    if inv_norms is not None and inv_norms.shape != (manifest["rows"], len(norm_sizes)):
-        raise IndexMismatchError(f"index {path}: inv_norms.npy has shape {inv_norms.shape}, the manifest says "
-                                 f"{manifest['rows']} rows x {len(norm_sizes)} sizes")
-    store = PrefixStore(vectors, norm_sizes, None if inv_norms is None else np.asarray(inv_norms),
-                        device=torch_device(device))
+    store = PrefixStore(vectors, device=torch_device(device))
     adanns = AdannsIVF.load(path / "adanns.npz") if manifest.get("adanns") else None
     indexes = {}
     for m in manifest["sizes"]:

@@ -236,12 +236,12 @@ def run_search(built: BuiltIndex, search: BenchSearch, store, queries: np.ndarra
     if timings is not None:
         timings.append((f"{built.spec.kind}@{built.size}", time.perf_counter() - t0))
     positions, kept = shortlist, shortlist.shape[1]
-    for size, keep in search.rerank:
+    for i, (size, keep) in enumerate(search.rerank):
         size = size or dim
         t0 = time.perf_counter()
         if built.spec.kind != "adanns" or positions is not shortlist:
             madds += kept * size
-        _, positions = rerank(positions, store, queries, size, keep)
+        _, positions = rerank(positions, store, queries, size, keep, sort=i == len(search.rerank) - 1)
         kept = keep
         if timings is not None:
             timings.append((f"rerank@{size}", time.perf_counter() - t0))
@@ -286,11 +286,8 @@ def load_data(cfg: RetrievalBenchConfig):
         pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(queries))[:cfg.queries])
         queries, q_labels = queries[pick], q_labels[pick]
     dim = db.shape[1]
-    sizes = sorted({s or dim for search in cfg.searches for s, _ in search.rerank})
-    t0 = time.perf_counter()
-    store = PrefixStore(db, tuple(sizes), device=torch_device(cfg.device))
-    log.info("database %d x %d %s, %d queries; prefix norms for %s in %.0fs", len(db), dim, db.dtype,
-             len(queries), sizes, time.perf_counter() - t0)
+    store = PrefixStore(db, device=torch_device(cfg.device))
+    log.info("database %d x %d %s, %d queries", len(db), dim, db.dtype, len(queries))
     return store, db_labels, queries, q_labels, dim, manifest
 
 
