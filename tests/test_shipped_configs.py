@@ -6,6 +6,7 @@ import yaml
 from conftest import REPO
 from mrl import config as C
 from mrl.configio import load_config
+from mrl.retrieval_bench import RetrievalBenchConfig
 
 SHIPPED = {
     "jobs/train.yaml": C.TrainJobConfig,
@@ -17,6 +18,11 @@ SHIPPED = {
     "serving/serve.yaml": C.ServeJobConfig,
     "benchmarks/reproduce.yaml": C.ReproduceConfig,
     "benchmarks/reproduce_quick.yaml": C.ReproduceConfig,
+    "benchmarks/retrieval.yaml": RetrievalBenchConfig,
+    # the retrieval-at-scale chain keeps its outputs apart, under outputs/scale
+    "jobs/train_2048.yaml": C.TrainJobConfig,
+    "jobs/embed_augmented.yaml": C.EmbedJobConfig,
+    "benchmarks/retrieval_scale.yaml": RetrievalBenchConfig,
 }
 
 
@@ -36,7 +42,7 @@ def test_every_config_file_is_covered():
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_config_loads(name):
     cfg = load_config(SHIPPED[name], REPO / name)
-    assert cfg.output_dir == "outputs"
+    assert cfg.output_dir in ("outputs", "outputs/scale")
     text = (REPO / name).read_text()
     assert text.startswith("#") and "python " in text.split("\n\n")[0]  # header says how to launch
 
@@ -96,3 +102,14 @@ def test_resnet50_imagenet_config_runs_one_step_on_tiny_shapes(tmp_path):
     model = train_local(cfg, threads=2)
     assert model.dim == 2048 and model.encoder.width == 2048
     assert len(model.head.classifiers) == 9 and model.head.classifiers[-1].out_features == 1000
+
+
+def test_scale_chain_configs_fit_together():
+    train = load_config(C.TrainJobConfig, REPO / "jobs/train_2048.yaml")
+    embed = load_config(C.EmbedJobConfig, REPO / "jobs/embed_augmented.yaml")
+    bench = load_config(RetrievalBenchConfig, REPO / "benchmarks/retrieval_scale.yaml")
+    assert train.model.dim == 2048 and train.model.sizes[0] == 8 and train.model.sizes[-1] == 2048
+    assert embed.model_uri == f"models:/{train.mlflow.registered_model}/latest"
+    assert embed.embed.augment_rows == 1_000_000 and embed.embed.dtype == "float16"
+    assert train.output_dir == embed.output_dir == bench.output_dir
+    assert bench.embeddings == f"{embed.output_dir}/embeddings/latest" and bench.queries == 1000
