@@ -113,11 +113,16 @@ def test_recall_of_ignores_empty_slots():
 
 
 def test_peak_rss_is_read_and_reset():
-    reset_peak_rss()
+    import mmap
+
+    assert reset_peak_rss()
     before = peak_rss_bytes()
-    block = np.ones(64 * 2**20 // 8)  # 64 MiB touched
-    assert peak_rss_bytes() >= before + 60 * 2**20
-    del block
+    block = mmap.mmap(-1, 128 * 2**20)  # fresh anonymous pages: malloc cannot hand back memory already resident
+    np.frombuffer(block, dtype=np.uint8)[::4096] = 1  # touch every page
+    peak = peak_rss_bytes()
+    assert peak >= before + 120 * 2**20
+    block.close()
+    assert reset_peak_rss() and peak_rss_bytes() < peak  # the mark falls back to what is resident now
 
 
 @pytest.mark.parametrize("change, message", [
