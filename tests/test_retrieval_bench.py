@@ -100,12 +100,13 @@ def test_benchmark_rows_match_brute_force_and_write_results(embeddings, tmp_path
 
 def test_render_reports_speed_up_against_the_first_row():
     row = {"config": "a", "top1": 0.9, "map": 0.8, "precision": 0.8, "shortlist_recall": 1.0, "result_recall": 1.0,
-           "qps": 100.0, "single_ms": 1.0, "madds_per_query": 10, "build_seconds": 1.0, "peak_rss_gib": 1.0}
+           "qps": 100.0, "queries": 2, "single_ms": 1.0, "madds_per_query": 10, "build_seconds": 1.0, "peak_rss_gib": 1.0}
     result = {"rows": [row, {**row, "config": "b", "qps": 2500.0, "single_ms": None}], "k": 10, "dim": 8,
               "rows_database": 10, "queries": 2, "dtype": "float32", "machine": "m", "seconds": 60,
               "model_uri": "x", "augment": {"rows": 10, "seed": 0}}
     text = render(result, "cmd", "T")
     assert "| b | 90.00 | 80.00 |" in text and "| 25.0x |" in text and "augmentation to 10" in text
+    assert "| 20 | 100 | 1.0x |" in text  # 2 queries at 100 q/s: a 20 ms batch
 
 
 def test_recall_of_ignores_empty_slots():

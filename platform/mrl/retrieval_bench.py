@@ -329,7 +329,7 @@ def run_benchmark(cfg: RetrievalBenchConfig) -> dict[str, Any]:
                 "ef_search": search.ef_search, "nprobe": search.nprobe,
                 "top1": metrics["nn1"], "map": metrics[f"map@{k}"], "precision": metrics[f"precision@{k}"],
                 "shortlist_recall": recall_of(reference, shortlist), "result_recall": recall_of(reference, positions),
-                "qps": len(queries) / batch_s, "batch_seconds": batch_s,
+                "qps": len(queries) / batch_s, "batch_seconds": batch_s, "queries": len(queries),
                 "single_ms": None if single_s is None else 1000 * single_s, "madds_per_query": madds,
                 "build_seconds": built.seconds, "peak_rss_gib": (peak_rss_bytes() or 0) / 2**30,
                 "stage_ms": [[name, 1000 * sec] for name, sec in stages],
@@ -362,14 +362,15 @@ def render(result: dict[str, Any], command: str, title: str) -> str:
              f"from the test split, relevance = same label; vectors held as {result['dtype']}. Whole run "
              f"{result['seconds'] / 60:.1f} min. Speed-ups are queries/second over the first row's, measured "
              "in this run; q/s is the median of repeated passes over the whole query batch.", "",
-             f"| config | top-1 | mAP@{k} | P@{k} | exact top-{k} in shortlist | in results | q/s | speed-up | "
-             "median single (ms) | mult-adds / query | build (s) | peak RSS (GiB) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"| config | top-1 | mAP@{k} | P@{k} | exact top-{k} in shortlist | in results | batch (ms) | q/s | "
+             "speed-up | median single (ms) | mult-adds / query | build (s) | peak RSS (GiB) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         single = "-" if r["single_ms"] is None else f"{r['single_ms']:.2f}"
         lines.append(
             f"| {r['config']} | {100 * r['top1']:.2f} | {100 * r['map']:.2f} | {100 * r['precision']:.2f} | "
-            f"{100 * r['shortlist_recall']:.1f}% | {100 * r['result_recall']:.1f}% | {r['qps']:,.0f} | "
+            f"{100 * r['shortlist_recall']:.1f}% | {100 * r['result_recall']:.1f}% | "
+            f"{1000 * r['queries'] / r['qps']:,.0f} | {r['qps']:,.0f} | "
             f"{r['qps'] / base['qps']:.1f}x | {single} | {r['madds_per_query']:,.0f} | {r['build_seconds']:.1f} | "
             f"{r['peak_rss_gib']:.1f} |")
     lines += ["", f"Where the time goes (one pass over all {result['queries']:,} queries, milliseconds per stage):", ""]
