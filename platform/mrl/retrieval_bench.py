@@ -164,7 +164,8 @@ def machine_description(threads: int) -> str:
     from mrl.search import gpu_count
 
     gpus = f"{gpu_count()} FAISS GPUs, {torch.cuda.device_count()} CUDA devices"
-    return (f"{cpu}, {os.cpu_count()} CPUs, {mem:.0f} GiB RAM, {gpus}; {threads} threads; FAISS {faiss.__version__}, "
+    return (f"{cpu}, {os.cpu_count()} CPUs, {mem:.0f} GiB RAM, {gpus}; {threads} threads "
+            f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}); FAISS {faiss.__version__}, "
             f"PyTorch {torch.__version__}, numpy {np.__version__}")
 
 
