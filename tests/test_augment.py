@@ -68,3 +68,7 @@ def test_augment_batch_emits_originals_and_copies_below_the_target():
     assert sorted(out.column("id").to_pylist()) == [1, 2, 5, 6, 9]  # rows 1, 2 and their copies below 10
     labels = dict(zip(out.column("id").to_pylist(), out.column("label").to_pylist()))
     assert labels == {1: 1, 2: 2, 5: 1, 6: 2, 9: 1}
+    pixels = out.column("image").combine_chunks().flatten().to_numpy().reshape(-1, 1, 28, 28)
+    rows = dict(zip(out.column("id").to_pylist(), pixels))
+    assert np.array_equal(rows[1], base[1]) and np.array_equal(rows[2], base[2])  # originals untouched
+    assert np.array_equal(rows[9], augment(base[1:2], np.array([9]), 0, 4)[0])  # copy 9 is base row 1's

@@ -247,3 +247,27 @@ def test_tune_job_checks_every_schedule_combination(tmp_path):
         from_dict(TuneJobConfig, {"base": base, "space": {"min_sizes": [16]}})
     cfg = from_dict(TuneJobConfig, {"base": base, "space": {"schedules": ["log"], "min_sizes": [4, 8]}})
     assert cfg.space.min_sizes == (4, 8)
+
+
+@pytest.mark.parametrize("funnel, message", [
+    (((None, 50), (64, 10)), "null \\(= d\\) last"),
+    (((64, 10), (64, 10)), "sizes must grow"),
+    (((8, 10),), "above shortlist_size"),
+    (((32, 300),), "<= shortlist_k"),
+    (((32, 10), (64, 20)), "not growing"),
+])
+def test_serve_funnel_stages_are_validated(funnel, message):
+    from mrl.config import ServeConfig
+
+    with pytest.raises(ConfigError, match=message):
+        ServeConfig(funnel=funnel)
+
+
+def test_embed_augmentation_fields_are_validated():
+    from mrl.config import EmbedConfig
+
+    assert EmbedConfig(augment_rows=100, dtype="float16").augment_rows == 100
+    with pytest.raises(ConfigError, match="augment_rows must be > 0"):
+        EmbedConfig(augment_rows=0)
+    with pytest.raises(ConfigError, match="augment_seed must be >= 0"):
+        EmbedConfig(augment_seed=-1)

@@ -69,7 +69,6 @@ def test_benchmark_rows_match_brute_force_and_write_results(embeddings, tmp_path
     result = run_benchmark(cfg)
     rows = {r["config"]: r for r in result["rows"]}
     assert list(rows) == ["exact", "adaptive all", "funnel", "hnsw", "adanns all cells"]
-    _, truth = exact_search(db, queries, 5)
     # exact search and adaptive search with the whole database shortlisted are exact: all of the true top-5
     assert rows["exact"]["result_recall"] == 1.0 and rows["adaptive all"]["result_recall"] == pytest.approx(1.0)
     assert rows["adaptive all"]["shortlist_recall"] == 1.0 and rows["adanns all cells"]["shortlist_recall"] == 1.0
@@ -96,6 +95,29 @@ def test_benchmark_rows_match_brute_force_and_write_results(embeddings, tmp_path
 
     runs = mlflow.search_runs(experiment_names=["mrl"], filter_string="tags.`mrl.stage` = 'benchmark'")
     assert len(runs) == 1
+
+
+def test_staged_searches_match_brute_force_and_restore_index_knobs(embeddings, tmp_path):
+    from mrl.retrieval_bench import BenchIndex, BenchSearch, build, load_data, run_search
+
+    emb, db, queries, _ = embeddings
+    cfg = config(emb, tmp_path)
+    store, _, q, _, dim, _ = load_data(cfg)  # queries as stored: float16 values
+    _, truth = exact_search(db, q, 5)
+    exact = build(BenchIndex(kind="flat"), store, dim, seed=0)
+    positions, shortlist, madds = run_search(exact, BenchSearch(name="e", index="x", shortlist=5), store, q, dim)
+    assert np.array_equal(positions, truth) and madds == 1500 * 64
+    small = build(BenchIndex(kind="flat", size=8), store, dim, seed=0)
+    everything = BenchSearch(name="a", index="x", shortlist=1500, rerank=((16, 700), (None, 5)))
+    positions, shortlist, madds = run_search(small, everything, store, q, dim)
+    # a funnel whose 16-d cut keeps 700 of 1500 rows still finds the exact top-5 of these clustered vectors
+    assert shortlist.shape == (100, 1500) and np.array_equal(positions, truth)
+    assert madds == 1500 * 8 + 1500 * 16 + 700 * 64
+    ivf = build(BenchIndex(kind="ivf", size=8, nlist=16), store, dim, seed=0)
+    assert ivf.nprobe == 16  # build_prefix_index's default, capped at the cell count
+    run_search(ivf, BenchSearch(name="n", index="x", nprobe=1, shortlist=20, rerank=((None, 5),)), store, q, dim)
+    run_search(ivf, BenchSearch(name="d", index="x", shortlist=20, rerank=((None, 5),)), store, q, dim)
+    assert ivf.index.nprobe == 16  # a search without nprobe does not inherit the previous search's
 
 
 def test_render_reports_speed_up_against_the_first_row():
@@ -135,6 +157,12 @@ def test_peak_rss_is_read_and_reset():
     ({"searches": [{"name": "a", "index": "flat_d"}, {"name": "a", "index": "flat_d"}]}, "unique"),
     ({"searches": [{"name": "a", "index": "flat_d"}, {"name": "b", "index": "adanns_8"}]}, "needs a rerank"),
     ({"queries": 0}, "queries must be > 0"),
+    ({"searches": [{"name": "a", "index": "flat_d"}, {"name": "b", "index": "flat_8", "shortlist": 10,
+                                                       "rerank": [[None, 10], [16, 5]]}]}, "null"),
+    ({"searches": [{"name": "a", "index": "flat_d"}, {"name": "b", "index": "flat_8", "shortlist": 10,
+                                                       "rerank": [[32, 10], [16, 5]]}]}, "increase"),
+    ({"searches": [{"name": "a", "index": "flat_d"}, {"name": "b", "index": "adanns_8", "rerank": [[16, 3]]}]},
+     "fewer than k=5"),
 ])
 def test_bad_configs_are_refused_with_the_field(embeddings, tmp_path, change, message):
     emb = embeddings[0]

@@ -231,6 +231,7 @@ class EmbedConfig:
     def __post_init__(self) -> None:
         _check(len(self.splits) > 0, "splits must name at least one of ['train', 'test']")
         _positive("augment_rows", self.augment_rows, allow_none=True)
+        _check(self.augment_seed >= 0, f"augment_seed must be >= 0, got {self.augment_seed}")
         _positive("batch_size", self.batch_size)
         _positive("num_actors", self.num_actors)
         _positive("cpus_per_actor", self.cpus_per_actor)
@@ -336,7 +337,9 @@ class ServeConfig:
                    f"funnel must list (size, keep) stages with keeps > 0, not growing and <= shortlist_k "
                    f"({self.shortlist_k}); got {[list(st) for st in self.funnel]}")
             sizes = [m for m, _ in self.funnel if m is not None]
-            _check(all(m > 0 for m in sizes) and sizes == sorted(sizes) and (not sizes or sizes[0] > self.shortlist_size),
+            nulls = [i for i, (m, _) in enumerate(self.funnel) if m is None]
+            _check(nulls in ([], [len(self.funnel) - 1]) and all(m > 0 for m in sizes)
+                   and sizes == sorted(set(sizes)) and (not sizes or sizes[0] > self.shortlist_size),
                    f"funnel sizes must grow from above shortlist_size ({self.shortlist_size}), null (= d) last; "
                    f"got {[list(st) for st in self.funnel]}")
         _check(self.default_k <= self.shortlist_k,

@@ -98,6 +98,11 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{name}: expected a list, got {value!r}")
         args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:  # fixed length: tuple[X, Y]
+            if len(value) != len(args):
+                raise ConfigError(f"{name}: expected {len(args)} items ({', '.join(_describe(a) for a in args)}), "
+                                  f"got {list(value)!r}")
+            return tuple(_coerce(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
         item_tp = args[0] if args else Any
         items = [_coerce(v, item_tp, f"{name}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items

@@ -77,6 +77,10 @@ class BenchSearch:
         _positive("nprobe", self.nprobe, allow_none=True)
         _positive("repeats", self.repeats)
         _check(self.single >= 0, f"single must be >= 0, got {self.single}")
+        sizes = [m for m, _ in self.rerank if m is not None]
+        nulls = [i for i, (m, _) in enumerate(self.rerank) if m is None]
+        _check(nulls in ([], [len(self.rerank) - 1]) and all(m > 0 for m in sizes) and sizes == sorted(set(sizes)),
+               f"rerank sizes must be > 0 and increase, with null (= d) only last; got {[list(r) for r in self.rerank]}")
         keeps = [self.shortlist] + [k for _, k in self.rerank]
         _check(all(k > 0 for k in keeps), f"rerank keeps must be > 0, got {list(self.rerank)}")
         _check(keeps[1:] == sorted(keeps[1:], reverse=True),
@@ -114,8 +118,7 @@ class RetrievalBenchConfig(JobConfig):
         for i, s in enumerate(self.searches):
             _check(s.index in self.indexes, f"searches[{i}].index {s.index!r} is not one of {sorted(self.indexes)}")
             last = s.rerank[-1][1] if s.rerank else s.shortlist
-            _check(last >= self.k or self.indexes[s.index].kind == "adanns",
-                   f"searches[{i}] ({s.name}) keeps {last} results, fewer than k={self.k}")
+            _check(last >= self.k, f"searches[{i}] ({s.name}) keeps {last} results, fewer than k={self.k}")
             if self.indexes[s.index].kind == "adanns":
                 _check(len(s.rerank) > 0, f"searches[{i}] ({s.name}): an adanns index needs a rerank stage to "
                                           "score the probed cells' members")
@@ -178,6 +181,8 @@ class BuiltIndex:
     size: int
     index: Any  # a FAISS index or an AdannsIVF
     seconds: float
+    ef_search: int | None = None  # the index's own search knobs, restored when a search leaves them unset
+    nprobe: int | None = None
 
 
 def build(spec: BenchIndex, store, dim: int, seed: int, device: str = "cpu") -> BuiltIndex:
@@ -195,7 +200,9 @@ def build(spec: BenchIndex, store, dim: int, seed: int, device: str = "cpu") -> 
         index = build_prefix_index(store.vectors, size, spec.kind, hnsw_m=spec.hnsw_m,
                                    ef_construction=spec.ef_construction, nlist=spec.nlist, pq_m=spec.pq_m, seed=seed)
         index = to_device(index, device)
-    return BuiltIndex(spec, size, index, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    return BuiltIndex(spec, size, index, seconds, getattr(getattr(index, "hnsw", None), "efSearch", None),
+                      getattr(index, "nprobe", None))
 
 
 def run_search(built: BuiltIndex, search: BenchSearch, store, queries: np.ndarray, dim: int,
@@ -220,10 +227,10 @@ def run_search(built: BuiltIndex, search: BenchSearch, store, queries: np.ndarra
         shortlist = cand
     else:
         index = built.index
-        if search.ef_search is not None:
-            index.hnsw.efSearch = search.ef_search
-        if search.nprobe is not None:
-            index.nprobe = search.nprobe
+        if built.ef_search is not None:  # every search starts from the index's own knobs: no leaks between rows
+            index.hnsw.efSearch = search.ef_search or built.ef_search
+        if built.nprobe is not None:
+            index.nprobe = search.nprobe or built.nprobe
         faiss.cvar.hnsw_stats.reset()
         faiss.cvar.indexIVF_stats.reset()
         _, shortlist = faiss_search(index, queries, built.size, search.shortlist)
@@ -281,6 +288,10 @@ def load_data(cfg: RetrievalBenchConfig):
 
     emb = Path(cfg.embeddings).resolve()
     manifest = read_manifest(emb)
+    too_big = sorted({m for s in cfg.searches for m, _ in s.rerank if m is not None and m > manifest["dim"]}
+                     | {i.size for i in cfg.indexes.values() if i.size is not None and i.size > manifest["dim"]})
+    if too_big:
+        raise ConfigError(f"sizes {too_big} are above the embeddings' d={manifest['dim']} ({emb})")
     _, db_labels, db = read_embeddings(emb / "train", cfg.vector_dtype)
     _, q_labels, queries = read_embeddings(emb / "test")
     if cfg.queries is not None and cfg.queries < len(queries):

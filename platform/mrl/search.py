@@ -27,7 +27,8 @@ def top_k(scores: np.ndarray, k: int, ids: np.ndarray | None = None, sort: bool 
     sort=False returns the same k entries in no particular order (a funnel's intermediate cut needs the set,
     not its order).
 
-    Scores and tie ids are packed into one int64 key per entry (order-preserving float bits, then the id),
+    Scores are compared as float32 (every score here is float32; NaN must not occur). Scores and tie ids
+    are packed into one int64 key per entry (order-preserving float bits, then the id),
     so a partial selection plus a sort of the k survivors is exact, tie order included. Ids outside
     [0, 2^32) other than the int64-max "empty" marker fall back to a full lexicographic sort.
 
@@ -120,7 +121,7 @@ class PrefixStore:
 
 
 def as_store(database) -> PrefixStore:
-    """A `PrefixStore` as is; an array wrapped without precomputed norms."""
+    """A `PrefixStore` as is; an array wrapped in one."""
     return database if isinstance(database, PrefixStore) else PrefixStore(database)
 
 
@@ -168,7 +169,7 @@ def build_prefix_index(database: np.ndarray, size: int, kind: str = "flat", *, h
 
     Rows are normalised and added in blocks of `ADD_BLOCK_ROWS`, so `database` may be float16 or a memory map
     and the build holds only the index plus one block. IVF k-means trains on a seeded sample of at most 256
-    rows per cell (FAISS's own cap).
+    rows per cell (FAISS's own cap; IVF-PQ at least 256 per PQ centroid, for its codebooks).
 
     Args:
         kind: flat (exact), hnsw (graph), ivf (inverted lists over k-means cells, exact vectors) or ivfpq
@@ -198,7 +199,8 @@ def build_prefix_index(database: np.ndarray, size: int, kind: str = "flat", *, h
                 raise ValueError(f"ivfpq needs pq_m dividing the prefix size: {pq_m} does not divide {size}")
             index = faiss.IndexIVFPQ(quantizer, size, cells, pq_m, pq_bits, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
-        sample = np.sort(np.random.default_rng(seed).permutation(n)[:256 * cells]) if n > 256 * cells else slice(None)
+        cap = 256 * cells if kind == "ivf" else max(256 * cells, 256 * 2 ** pq_bits)  # PQ codebooks need their own
+        sample = np.sort(np.random.default_rng(seed).permutation(n)[:cap]) if n > cap else slice(None)
         index.train(normalize_prefix(database[sample], size))
         index.nprobe = min(nprobe, cells)
     for lo in range(0, n, ADD_BLOCK_ROWS):

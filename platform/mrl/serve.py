@@ -10,7 +10,7 @@ Modes (`serve.mode` is the default; a request may name another the index support
 - funnel: the same shortlist, then exact reranks through growing prefixes and shrinking shortlists;
 - adanns: the members of the query's nearest AdANNS cells are scored with D_s, then the funnel;
 - full: one search of the size-d index (exact when the index kind is flat).
-Reranking reads the index's stored vectors (float16 or float32, memory-mapped) with precomputed prefix norms.
+Reranking reads the index's stored vectors (float16 or float32, memory-mapped).
 Bad requests get a 4xx naming the problem; the replica keeps serving.
 
 `app_builder` is the import path for `serve run` / Serve config files: `mrl.serve:app_builder`.
@@ -126,7 +126,7 @@ def build_retriever(index_dir: str, serve_cfg: dict[str, Any]):
             dim = self.artifact.dim
             if self.cfg.funnel is None:
                 return default_funnel(self.cfg.shortlist_size, shortlist_k, dim, k)
-            return [(m or dim, max(k, keep)) for m, keep in self.cfg.funnel]
+            return [(m or dim, min(shortlist_k, max(k, keep))) for m, keep in self.cfg.funnel]
 
         def _run(self, mode: str, query, k: int, shortlist_k: int):
             """(scores, positions, description) of one query under `mode`."""
