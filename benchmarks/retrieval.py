@@ -10,14 +10,8 @@ _pareto.png (docs/results/ by default) and logs them to MLflow.
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
-
-# FAISS and PyTorch each keep an OpenMP thread pool. Their default spin-waiting after a parallel region steals
-# both cores from the other library's next call: a single query alternating between the two measured 8.0 ms
-# instead of 0.8 ms on 2 cores. Passive waiting must be set before either library loads.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from mrl.configio import ConfigError, load_config
 

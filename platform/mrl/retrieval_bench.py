@@ -167,9 +167,8 @@ def machine_description(threads: int) -> str:
     from mrl.search import gpu_count
 
     gpus = f"{gpu_count()} FAISS GPUs, {torch.cuda.device_count()} CUDA devices"
-    return (f"{cpu}, {os.cpu_count()} CPUs, {mem:.0f} GiB RAM, {gpus}; {threads} threads "
-            f"(OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}); FAISS {faiss.__version__}, "
-            f"PyTorch {torch.__version__}, numpy {np.__version__}")
+    return (f"{cpu}, {os.cpu_count()} CPUs, {mem:.0f} GiB RAM, {gpus}; {threads} threads for batches, 1 for "
+            f"single queries; FAISS {faiss.__version__}, PyTorch {torch.__version__}, numpy {np.__version__}")
 
 
 # ------------------------------------------------------------------------------------------ search
@@ -262,19 +261,34 @@ def recall_of(reference: np.ndarray, found: np.ndarray) -> float:
     return float(np.mean(hits))
 
 
-def time_search(fn, queries: np.ndarray, repeats: int, single: int) -> tuple[float, float | None, list[float]]:
-    """(median batch seconds, median single-query seconds or None, all batch times)."""
-    fn(queries[: min(8, len(queries))])  # warm-up: page in memory maps, JIT nothing
+def time_search(fn, queries: np.ndarray, repeats: int, single: int, threads: int = 1
+                ) -> tuple[float, float | None, list[float]]:
+    """(median batch seconds with `threads`, median single-query seconds on one thread or None, batch times).
+
+    Single queries run on one thread, as a Serve replica runs them. (With two threads, FAISS's and PyTorch's
+    OpenMP pools spin-wait against each other between a query's stages: 8.0 ms instead of 0.8 ms for one
+    adaptive query on 2 cores. Passive waiting cures that but slowed batched funnels by a third.)
+    """
+    import faiss
+    import torch
+
+    fn(queries[: min(8, len(queries))])  # warm-up: page in memory maps
     batch = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn(queries)
         batch.append(time.perf_counter() - t0)
     singles = []
-    for i in range(min(single, len(queries))):
-        t0 = time.perf_counter()
-        fn(queries[i:i + 1])
-        singles.append(time.perf_counter() - t0)
+    faiss.omp_set_num_threads(1)
+    torch.set_num_threads(1)
+    try:
+        for i in range(min(single, len(queries))):
+            t0 = time.perf_counter()
+            fn(queries[i:i + 1])
+            singles.append(time.perf_counter() - t0)
+    finally:
+        faiss.omp_set_num_threads(threads)
+        torch.set_num_threads(threads)
     return float(np.median(batch)), (float(np.median(singles)) if singles else None), batch
 
 
@@ -332,7 +346,7 @@ def run_benchmark(cfg: RetrievalBenchConfig) -> dict[str, Any]:
             if reference is None:
                 reference = positions
             batch_s, single_s, _ = time_search(lambda x, b=built, s=search: run_search(b, s, store, x, dim), queries,
-                                               search.repeats, search.single)
+                                               search.repeats, search.single, threads)
             retrieved = np.where(positions >= 0, db_labels[np.maximum(positions, 0)], -1)
             metrics = retrieval_metrics(retrieved, q_labels, db_labels, k)
             rows.append({
@@ -373,7 +387,8 @@ def render(result: dict[str, Any], command: str, title: str) -> str:
              f"Embeddings: {result['model_uri']} (d = {result['dim']}), {source}, {result['queries']:,} queries "
              f"from the test split, relevance = same label; vectors held as {result['dtype']}. Whole run "
              f"{result['seconds'] / 60:.1f} min. Speed-ups are queries/second over the first row's, measured "
-             "in this run; q/s is the median of repeated passes over the whole query batch.", "",
+             "in this run; q/s is the median of repeated passes over the whole query batch; single queries run on one "
+             "thread, as a Serve replica runs them.", "",
              f"| config | top-1 | mAP@{k} | P@{k} | exact top-{k} in shortlist | in results | batch (ms) | q/s | "
              "speed-up | median single (ms) | mult-adds / query | build (s) | peak RSS (GiB) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
