@@ -1,7 +1,7 @@
 """Retrieval benchmark: exact full-size search against adaptive, funnel, HNSW, IVF and AdANNS-style search,
 side by side in one run with the same threads (logic in mrl.retrieval_bench).
 
-    python benchmarks/retrieval.py --config benchmarks/retrieval.yaml [key=value ...]        # 60k x 512, ~4 min
+    python benchmarks/retrieval.py --config benchmarks/retrieval.yaml [key=value ...]        # 60k x 512, ~1.5 min
     python benchmarks/retrieval.py --config benchmarks/retrieval_scale.yaml [key=value ...]  # 1M x 2048
 
 Each config file says which embeddings it reads and how to produce them. Writes <results>.md, .json and

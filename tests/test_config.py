@@ -233,6 +233,20 @@ def test_pipeline_rerank_and_index_sizes_bounded_by_dim(tmp_path):
         PipelineConfig(data=data, model=model, index=IndexConfig(sizes=(16, 128)))
 
 
+@pytest.mark.parametrize("index, serve, message", [
+    (IndexConfig(adanns_size=128), ServeConfig(), r"index\.adanns_size 128 must be <= model\.dim 64"),
+    (IndexConfig(), ServeConfig(funnel=((32, 100), (128, 10))), r"serve\.funnel sizes \[128\] go above"),
+    (IndexConfig(), ServeConfig(mode="adanns"), r"serve\.mode 'adanns' needs AdANNS cells: set index\.adanns_size"),
+    (IndexConfig(sizes=(8, 16, 32)), ServeConfig(mode="full"), r"serve\.mode 'full' needs an index at model\.dim 64"),
+])
+def test_pipeline_serving_choices_checked_before_any_work(tmp_path, index, serve, message):
+    with pytest.raises(ConfigError, match=message):
+        PipelineConfig(data=DataConfig(path=str(tmp_path)), model=ModelConfig(dim=64), index=index, serve=serve)
+    ok = PipelineConfig(data=DataConfig(path=str(tmp_path)), model=ModelConfig(dim=64),
+                        index=IndexConfig(adanns_size=16), serve=ServeConfig(mode="adanns"))
+    assert ok.serve.mode == "adanns"
+
+
 def test_pipeline_train_job(tmp_path):
     p = PipelineConfig(data=DataConfig(path=str(tmp_path)), run_name="r1", train=TrainConfig(epochs=1))
     job = p.train_job()

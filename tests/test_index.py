@@ -101,3 +101,4 @@ def test_adanns_cells_outside_d_are_refused(tmp_path):
     ids, labels, vectors = corpus(n=100, d=16)
     with pytest.raises(IndexMismatchError, match="adanns_size 32 is outside"):
         write_index(tmp_path, ids, labels, vectors, [8], "flat", {}, adanns=(32, 4))
+    assert not (tmp_path / "size_8.faiss").exists()  # refused before any index was built

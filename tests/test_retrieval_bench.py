@@ -168,3 +168,16 @@ def test_bad_configs_are_refused_with_the_field(embeddings, tmp_path, change, me
     emb = embeddings[0]
     with pytest.raises(ConfigError, match=message):
         config(emb, tmp_path, **change)
+
+
+@pytest.mark.parametrize("index, message", [
+    ({"kind": "flat", "size": 4096}, r"sizes \[4096\] are above the embeddings' d="),
+    ({"kind": "ivfpq", "size": 8, "pq_m": 3, "nlist": 4}, r"pq_m must divide the index size \(extra: size 8\)"),
+])
+def test_indexes_that_cannot_be_built_are_refused_before_any_search(embeddings, tmp_path, index, message):
+    from mrl.retrieval_bench import load_data
+
+    cfg = config(embeddings[0], tmp_path, indexes={"flat_d": {"kind": "flat"}, "extra": index},
+                 searches=[{"name": "a", "index": "flat_d", "shortlist": 5}])
+    with pytest.raises(ConfigError, match=message):
+        load_data(cfg)

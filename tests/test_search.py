@@ -48,6 +48,13 @@ def test_normalize_prefix_zero_rows_stay_zero():
     assert np.array_equal(out, np.zeros((2, 4), dtype=np.float32))
 
 
+@pytest.mark.parametrize("scale", [1e20, 1e-30])
+def test_normalize_prefix_survives_float32_overflow_and_underflow(scale):
+    x = np.array([[3.0, 4.0, 1.0], [1.0, 0.0, 0.0]]) * scale  # squares overflow / underflow in float32
+    out = normalize_prefix(x, 2)
+    np.testing.assert_allclose(out, [[0.6, 0.8], [1.0, 0.0]], atol=1e-7)
+
+
 def test_normalize_prefix_does_not_modify_input():
     x = np.array([[3.0, 4.0]], dtype=np.float32)
     normalize_prefix(x, 2)
@@ -216,6 +223,24 @@ def test_rerank_reads_rerank_size_prefix():
     ex_scores, ex_pos = exact_search(db, q, 5, size=6)
     assert np.array_equal(pos, ex_pos)
     np.testing.assert_allclose(scores, ex_scores, atol=1e-5)
+
+
+def test_rerank_splits_a_shortlist_longer_than_one_block(monkeypatch):
+    import mrl.search
+
+    db, q = random_data(8, n=300, q=3, d=16)
+    cand = np.tile(np.arange(300), (3, 1))
+    cand[1, ::7] = -1
+    expected = rerank(cand, db, q, size=12, k=20)
+    monkeypatch.setattr(mrl.search, "RERANK_BLOCK_FLOATS", 12 * 32)  # 300 candidates: 10 pieces of 32 per query
+    calls = []
+    score = mrl.search.PrefixStore.score
+    monkeypatch.setattr(mrl.search.PrefixStore, "score",
+                        lambda self, pos, unit, size: calls.append(pos.shape) or score(self, pos, unit, size))
+    got = rerank(cand, db, q, size=12, k=20)
+    assert max(rows * width for rows, width in calls) * 12 <= 12 * 32 and len(calls) == 3 * 10
+    assert np.array_equal(got[1], expected[1])
+    np.testing.assert_allclose(got[0], expected[0], atol=1e-6)
 
 
 # ---------------------------------------------------------------- adaptive search

@@ -17,6 +17,9 @@ import numpy as np
 from mrl.search import faiss_search, merge_topk, normalize_prefix, rerank
 
 
+DEFAULT_NPROBE = 8  # AdANNS cells probed per query unless a search says otherwise
+
+
 @dataclass(frozen=True)
 class AdannsIVF:
     """Cells from k-means on the normalised prefix `cluster_size` of the database.
@@ -63,9 +66,10 @@ class AdannsIVF:
     def nlist(self) -> int:
         return len(self.centroids)
 
-    def candidates(self, queries: np.ndarray, nprobe: int) -> np.ndarray:
-        """Members of each query's `nprobe` nearest cells: (Q, L) positions, padded with -1."""
-        nprobe = max(1, min(nprobe, self.nlist))
+    def candidates(self, queries: np.ndarray, nprobe: int | None = None) -> np.ndarray:
+        """Members of each query's `nprobe` nearest cells (None: DEFAULT_NPROBE): (Q, L) positions, padded
+        with -1."""
+        nprobe = max(1, min(nprobe or DEFAULT_NPROBE, self.nlist))
         sims = normalize_prefix(queries, self.cluster_size) @ self.centroids.T  # (Q, nlist)
         top = np.argpartition(-sims, nprobe - 1, axis=1)[:, :nprobe]  # (Q, nprobe) cells
         counts = np.diff(self.offsets)[top]  # (Q, nprobe) members per chosen cell

@@ -495,6 +495,15 @@ class PipelineConfig(JobConfig):
         if self.index.sizes is not None:
             _check(max(self.index.sizes) <= self.model.dim,
                    f"index.sizes {list(self.index.sizes)} go above model.dim {self.model.dim}")
+        if self.index.adanns_size is not None:
+            _check(self.index.adanns_size <= self.model.dim,
+                   f"index.adanns_size {self.index.adanns_size} must be <= model.dim {self.model.dim}")
+        too_big = [m for m, _ in self.serve.funnel or () if m is not None and m > self.model.dim]
+        _check(not too_big, f"serve.funnel sizes {too_big} go above model.dim {self.model.dim}")
+        _check(self.serve.mode != "adanns" or self.index.adanns_size is not None,
+               "serve.mode 'adanns' needs AdANNS cells: set index.adanns_size")
+        _check(self.serve.mode != "full" or self.model.dim in sizes,
+               f"serve.mode 'full' needs an index at model.dim {self.model.dim}; index.sizes are {list(sizes)}")
 
     def train_job(self) -> TrainJobConfig:
         return TrainJobConfig(output_dir=self.output_dir, run_name=self.run_name, data=self.data, model=self.model,

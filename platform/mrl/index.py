@@ -61,14 +61,14 @@ def write_index(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndar
     bad = [m for m in sizes if not 1 <= m <= dim]
     if bad:
         raise IndexMismatchError(f"index sizes {bad} are outside [1, d={dim}] of these embeddings")
+    if adanns is not None and not 1 <= adanns[0] <= dim:  # before any index is built
+        raise IndexMismatchError(f"index.adanns_size {adanns[0]} is outside [1, d={dim}]")
     np.save(out / "vectors.npy", np.ascontiguousarray(vectors, dtype=np.dtype(vector_dtype)))
     np.save(out / "ids.npy", ids.astype(np.int64))
     np.save(out / "labels.npy", labels.astype(np.int64))
     for m in sizes:
         faiss.write_index(build_prefix_index(vectors, m, kind, **(params or {})), str(out / f"size_{m}.faiss"))
     if adanns is not None:
-        if not 1 <= adanns[0] <= dim:
-            raise IndexMismatchError(f"index.adanns_size {adanns[0]} is outside [1, d={dim}]")
         AdannsIVF.build(vectors, cluster_size=adanns[0], nlist=adanns[1]).save(out / "adanns.npz")
     files = sorted(p.name for p in out.iterdir() if p.name != MANIFEST)
     manifest = {"format_version": FORMAT_VERSION, "stage": "index", "dim": dim, "sizes": list(sizes), "kind": kind,
@@ -177,6 +177,9 @@ def run_build_index(job, embeddings: str | None = None) -> dict[str, Any]:
     sizes = list(job.index.sizes or emb["sizes"])
     if max(sizes) > emb["dim"]:
         raise IndexMismatchError(f"index.sizes {sizes} go above the embeddings' d={emb['dim']}")
+    if job.index.adanns_size is not None and job.index.adanns_size > emb["dim"]:
+        raise IndexMismatchError(f"index.adanns_size {job.index.adanns_size} goes above the embeddings' "
+                                 f"d={emb['dim']}")
     if job.index.kind == "ivfpq" and any(m % job.index.pq_m for m in sizes):
         raise IndexMismatchError(f"index.pq_m={job.index.pq_m} must divide every indexed size; it does not divide "
                                  f"{[m for m in sizes if m % job.index.pq_m]} (set index.sizes or index.pq_m)")

@@ -64,7 +64,9 @@ class BenchSearch:
     rerank: tuple[tuple[int | None, int], ...] = ()
     """(size, keep) stages, size None = full d; sizes increasing, keeps not growing."""
     ef_search: int | None = None
+    """HNSW search breadth; None: the index's own setting."""
     nprobe: int | None = None
+    """IVF cells probed; None: the index's own setting (AdANNS: mrl.ann.DEFAULT_NPROBE)."""
     repeats: int = 3
     """Timed passes over the whole query batch; the median is reported."""
     single: int = 100
@@ -221,7 +223,7 @@ def run_search(built: BuiltIndex, search: BenchSearch, store, queries: np.ndarra
     q = len(queries)
     t0 = time.perf_counter()
     if built.spec.kind == "adanns":
-        cand = built.index.candidates(queries, search.nprobe or 1)
+        cand = built.index.candidates(queries, search.nprobe)
         madds = built.index.nlist * built.size + float((cand >= 0).sum()) / q * (search.rerank[0][0] or dim)
         shortlist = cand
     else:
@@ -306,6 +308,11 @@ def load_data(cfg: RetrievalBenchConfig):
                      | {i.size for i in cfg.indexes.values() if i.size is not None and i.size > manifest["dim"]})
     if too_big:
         raise ConfigError(f"sizes {too_big} are above the embeddings' d={manifest['dim']} ({emb})")
+    bad_pq = {name: i.size or manifest["dim"] for name, i in cfg.indexes.items()
+              if i.kind == "ivfpq" and (i.size or manifest["dim"]) % i.pq_m}
+    if bad_pq:
+        raise ConfigError(f"ivfpq indexes {sorted(bad_pq)}: pq_m must divide the index size "
+                          f"({', '.join(f'{n}: size {m}' for n, m in sorted(bad_pq.items()))})")
     _, db_labels, db = read_embeddings(emb / "train", cfg.vector_dtype)
     _, q_labels, queries = read_embeddings(emb / "test")
     if cfg.queries is not None and cfg.queries < len(queries):

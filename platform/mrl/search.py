@@ -14,9 +14,20 @@ log = logging.getLogger("mrl.search")
 
 
 def normalize_prefix(x: np.ndarray, m: int) -> np.ndarray:
-    """x[:, :m] / ||x[:, :m]||, float32 (N, m); an all-zero prefix stays zero."""
+    """x[:, :m] / ||x[:, :m]||, float32 (N, m); an all-zero prefix stays zero.
+
+    Rows whose float32 norm overflows (values ~1e19 and up) or underflows (~1e-23 and down) get their norm
+    in float64, so every finite nonzero row comes out unit length.
+    """
     p = np.ascontiguousarray(np.asarray(x)[:, :m], dtype=np.float32)
-    norms = np.linalg.norm(p, axis=1, keepdims=True)
+    with np.errstate(over="ignore", under="ignore"):
+        norms = np.linalg.norm(p, axis=1, keepdims=True)
+    odd = np.flatnonzero(~(norms[:, 0] < np.inf) | (norms[:, 0] < 1e-18))  # inf/NaN, tiny or zero norms
+    if len(odd):
+        wide = p[odd].astype(np.float64)
+        wide_norms = np.linalg.norm(wide, axis=1, keepdims=True)
+        p[odd] = wide / np.where(wide_norms > 0, wide_norms, 1.0)
+        norms[odd] = 1.0
     return p / np.where(norms > 0, norms, 1.0)
 
 
@@ -147,8 +158,11 @@ def rerank(candidates: np.ndarray, database, queries: np.ndarray, size: int, k: 
     q_norm = normalize_prefix(queries, size)
     scores = np.empty((q, kk), dtype=np.float32)
     step = max(1, RERANK_BLOCK_FLOATS // max(1, kk * size))  # query rows per block: bounded memory
+    width = kk if kk * size <= RERANK_BLOCK_FLOATS else max(1, RERANK_BLOCK_FLOATS // size)  # long shortlists
     for lo in range(0, q, step):  # blocks of many queries each, vectorised within a block
-        scores[lo:lo + step] = store.score(safe[lo:lo + step], q_norm[lo:lo + step], size)
+        for c0 in range(0, kk, width):
+            scores[lo:lo + step, c0:c0 + width] = store.score(safe[lo:lo + step, c0:c0 + width],
+                                                              q_norm[lo:lo + step], size)
     scores = np.where(candidates >= 0, scores, -np.inf).astype(np.float32)
     tie = np.where(candidates >= 0, candidates, np.iinfo(np.int64).max)
     best_scores, order = top_k(scores, k, ids=tie, sort=sort)

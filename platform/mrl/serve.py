@@ -128,6 +128,15 @@ def build_retriever(index_dir: str, serve_cfg: dict[str, Any]):
                 return default_funnel(self.cfg.shortlist_size, shortlist_k, dim, k)
             return [(m or dim, min(shortlist_k, max(k, keep))) for m, keep in self.cfg.funnel]
 
+        def _smallest_prefix(self, mode: str) -> int:
+            """The smallest prefix a `mode` search reads (prefixes nest: a vector nonzero there is nonzero on
+            every larger one)."""
+            if mode == "full":
+                return self.artifact.dim
+            if mode == "adanns":
+                return min(self.cfg.shortlist_size, self.artifact.adanns.cluster_size)
+            return self.cfg.shortlist_size
+
         def _run(self, mode: str, query, k: int, shortlist_k: int):
             """(scores, positions, description) of one query under `mode`."""
             from mrl.search import adaptive_search, faiss_search, funnel_search, rerank_stages
@@ -145,7 +154,7 @@ def build_retriever(index_dir: str, serve_cfg: dict[str, Any]):
             if mode == "funnel":
                 scores, positions = funnel_search(art.indexes[d_s], art.store, query, [(d_s, shortlist_k), *stages])
             else:  # adanns: cells on their own prefix, members scored with D_s, then the funnel
-                candidates = art.adanns.candidates(query, self.cfg.nprobe or 8)
+                candidates = art.adanns.candidates(query, self.cfg.nprobe)
                 scores, positions = rerank_stages(candidates, art.store, query, [(d_s, shortlist_k), *stages])
             scores, positions = scores[:, :k], positions[:, :k]
             return scores, positions, {"shortlist_size": d_s, "shortlist_k": shortlist_k,
@@ -173,10 +182,16 @@ def build_retriever(index_dir: str, serve_cfg: dict[str, Any]):
                 if len(request.vector) != dim:
                     raise HTTPException(status_code=422, detail=f"vector has length {len(request.vector)}; "
                                                                 f"this index expects d={dim}")
-                query = np.asarray(request.vector, dtype=np.float32)[None]  # (1, d)
-                if not np.any(query[:, :self.cfg.shortlist_size]) or not np.any(query[:, :self.rerank_size]):
-                    raise HTTPException(status_code=422, detail="vector is zero on the searched prefix; "
-                                                                "it has no direction to search with")
+                with np.errstate(over="ignore"):
+                    query = np.asarray(request.vector, dtype=np.float32)[None]  # (1, d)
+                if not np.isfinite(query).all():
+                    raise HTTPException(status_code=422, detail="vector has values beyond float32's range "
+                                                                "(|x| > 3.4e38)")
+                smallest = self._smallest_prefix(mode)
+                if not np.any(query[:, :smallest]):
+                    raise HTTPException(status_code=422, detail=f"vector is zero on its first {smallest} "
+                                                                f"values, the prefix {mode!r} search starts "
+                                                                "from; it has no direction to search with")
             else:
                 query = np.asarray(self.artifact.vectors[self._position(request.id)], dtype=np.float32)[None]
             scores, positions, described = self._run(mode, query, k, shortlist_k)

@@ -178,6 +178,8 @@ def test_every_search_mode_answers_over_http(pipeline):
     ({}, 422, "exactly one of 'vector'"),
     ({"id": 1, "vector": [0.1] * 64}, 422, "exactly one of 'vector'"),
     ({"vector": [0.0] * 64}, 422, "vector is zero"),
+    ({"vector": [0.0] * 16 + [0.1] * 48}, 422, "vector is zero on its first 16 values"),
+    ({"vector": [1e39] + [0.1] * 63}, 422, "beyond float32's range"),
     ({"id": "seven"}, 422, "valid integer"),
     ({"id": 1, "colour": "red"}, 422, "Extra inputs"),
 ])
@@ -186,6 +188,22 @@ def test_bad_requests_get_4xx_and_the_service_keeps_answering(pipeline, body, st
     resp = requests.post(f"{url}/search", json=body, timeout=30)
     assert resp.status_code == status and message in resp.text, resp.text
     assert requests.post(f"{url}/search", json={"id": 1, "k": 3}, timeout=30).status_code == 200
+
+
+def test_extreme_but_finite_vectors_search_by_direction(pipeline):
+    url = pipeline[1]["url"]
+    direction = np.random.default_rng(3).standard_normal(64)
+
+    def ids(vector, **extra):
+        resp = requests.post(f"{url}/search", json={"vector": vector.tolist(), **extra}, timeout=30)
+        assert resp.status_code == 200, resp.text
+        return resp.json()["ids"]
+
+    plain = ids(direction)
+    assert ids(direction * 1e20) == plain and ids(direction * 1e-30) == plain  # float32 norms would overflow
+    # zero on the shortlist prefix: only a full-size search has a direction to follow
+    tail = np.concatenate([np.zeros(16), direction[16:]])
+    assert len(ids(tail, mode="full")) == 10
 
 
 @pytest.mark.parametrize("raw", ['{"vector": [NaN' + ", 0.1" * 63 + "]}", '{"id": 1,', "not json"])
