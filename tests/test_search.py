@@ -53,6 +53,11 @@ def test_normalize_prefix_survives_float32_overflow_and_underflow(scale):
     x = np.array([[3.0, 4.0, 1.0], [1.0, 0.0, 0.0]]) * scale  # squares overflow / underflow in float32
     out = normalize_prefix(x, 2)
     np.testing.assert_allclose(out, [[0.6, 0.8], [1.0, 0.0]], atol=1e-7)
+    x32 = np.array([[3.0, 4.0, 0.0, 0.0]], dtype=np.float32) * np.float32(scale)  # one contiguous row
+    before = x32.copy()
+    for m in (2, 4):  # a prefix of a single float32 row is a view, not a copy: it must stay untouched
+        np.testing.assert_allclose(normalize_prefix(x32, m)[0, :2], [0.6, 0.8], atol=1e-7)
+    assert np.array_equal(x32, before)
 
 
 def test_normalize_prefix_does_not_modify_input():

@@ -22,13 +22,13 @@ def normalize_prefix(x: np.ndarray, m: int) -> np.ndarray:
     p = np.ascontiguousarray(np.asarray(x)[:, :m], dtype=np.float32)
     with np.errstate(over="ignore", under="ignore"):
         norms = np.linalg.norm(p, axis=1, keepdims=True)
+    out = p / np.where(norms > 0, norms, 1.0)  # a new array: `p` may be a view of the caller's input
     odd = np.flatnonzero(~(norms[:, 0] < np.inf) | (norms[:, 0] < 1e-18))  # inf/NaN, tiny or zero norms
     if len(odd):
         wide = p[odd].astype(np.float64)
         wide_norms = np.linalg.norm(wide, axis=1, keepdims=True)
-        p[odd] = wide / np.where(wide_norms > 0, wide_norms, 1.0)
-        norms[odd] = 1.0
-    return p / np.where(norms > 0, norms, 1.0)
+        out[odd] = wide / np.where(wide_norms > 0, wide_norms, 1.0)
+    return out
 
 
 def top_k(scores: np.ndarray, k: int, ids: np.ndarray | None = None, sort: bool = True
