@@ -12,7 +12,7 @@ Writes docs/results/<results_name>.{md,csv,json} and plots, and logs them to MLf
 import sys
 from pathlib import Path
 
-from mrl.config import ReproduceConfig
+from mrl.experiments.reproduce import ReproduceConfig
 from mrl.configio import ConfigError, load_config
 
 HERE = Path(__file__).resolve().parent
@@ -27,7 +27,7 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"reproduce: config error: {exc}", file=sys.stderr)
         return 2
-    from mrl.reproduce import run_reproduce
+    from mrl.experiments.reproduce import run_reproduce
 
     run_reproduce(cfg, HERE.parent / "docs" / "results",
                   command=" ".join(["python benchmarks/reproduce.py", *argv]))

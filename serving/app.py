@@ -3,7 +3,7 @@
     python serving/app.py --config serving/serve.yaml [index_dir=outputs/index/<run id>]
     serve run serving/config.yaml            (the same app through a Ray Serve config file)
 
-All logic lives in `mrl.serve`; this file is only the entry point.
+All logic lives in `mrl.service` (the service) and `mrl.stages.serve` (deploy + MLflow record); this file is only the entry point.
 """
 
 import sys

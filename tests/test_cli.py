@@ -14,7 +14,7 @@ from conftest import REPO
     ("jobs/train.py", ["model.nesting.schedule=list", "model.nesting.sizes=[8,1024]"],
      "outside the accepted range [1, dim=512]"),
     ("jobs/train.py", ["data.path=/nonexistent/fmnist"], "data.path '/nonexistent/fmnist' does not exist"),
-    ("jobs/pipeline.py", ["serve.shortlist_size=12"], "serve.shortlist_size 12 must be one of the indexed sizes"),
+    ("jobs/pipeline.py", ["serve.shortlist_size=12"], "serve.mode 'adaptive' cannot run on this index"),
     ("jobs/embed.py", ["embed.num_actors=0"], "embed.num_actors must be > 0"),
     ("tuning/tune.py", ["metric=accuracy"], "metric 'accuracy' is not accepted"),
     ("serving/app.py", ["serve.port=70000"], "serve.port must be in [1, 65535]"),

@@ -5,7 +5,7 @@ import pytest
 from mrl.config import (
     DataConfig, EmbedConfig, EmbedJobConfig, EvalConfig, EvaluateJobConfig, IndexConfig, IndexJobConfig, ModelConfig,
     NestingConfig, PipelineConfig, RayConfig, ResourcesConfig, ServeConfig, ServeJobConfig, TrainConfig,
-    TrainJobConfig, TuneJobConfig, TuneSpace,
+    TrainJobConfig, TuneJobConfig, TuneSpace, check_paths,
 )
 from mrl.configio import ConfigError, from_dict, load_config, to_dict
 
@@ -98,38 +98,41 @@ def test_model_ranges(tmp_path, kwargs, match):
 
 def test_model_pretrained_path(tmp_path):
     assert ModelConfig(encoder="vit", pretrained_path=str(tmp_path)).pretrained_path == str(tmp_path)
-    with pytest.raises(ConfigError, match=r"^pretrained_path .*missing.* is not a directory"):
-        ModelConfig(encoder="vit", pretrained_path=str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match=r"^pretrained_path is only for transformers encoders"):
         ModelConfig(encoder="cnn", pretrained_path=str(tmp_path))
-    with pytest.raises(ConfigError, match=r"^model\.pretrained_path .*missing.* is not a directory"):
-        load_config(TrainJobConfig, overrides=[f"data.path={tmp_path}", "model.encoder=vit",
-                                               f"model.pretrained_path={tmp_path / 'missing'}"])
     with pytest.raises(ConfigError, match=r"^model\.pretrained_path is only for transformers encoders"):
         load_config(TrainJobConfig, overrides=[f"data.path={tmp_path}", f"model.pretrained_path={tmp_path}"])
+    # a missing directory is the job's problem, not the config's: it loads, and check_paths names it
+    cfg = load_config(TrainJobConfig, overrides=[f"data.path={tmp_path}", "model.encoder=vit",
+                                                 f"model.pretrained_path={tmp_path / 'missing'}"])
+    with pytest.raises(ConfigError, match=r"^model\.pretrained_path .*missing.* is not a directory"):
+        check_paths(cfg)
 
 
-# ---------------------------------------------------------------- DataConfig
+# ---------------------------------------------------------------- DataConfig and check_paths
 
-def test_data_missing_fashion_mnist_path_names_path_and_package(tmp_path):
+def test_configs_never_touch_the_filesystem(tmp_path):
+    """A cluster's config validates on a laptop: paths are checked by check_paths when the job starts."""
     missing = tmp_path / "no-fmnist"
+    cfg = load_config(TrainJobConfig, overrides=[f"data.path={missing}"])
+    assert DataConfig(path=str(missing)).root == str(missing)
     with pytest.raises(ConfigError) as info:
-        DataConfig(path=str(missing))
+        check_paths(cfg)
     msg = str(info.value)
-    assert msg.startswith(f"path {str(missing)!r} does not exist (fashion_mnist data)")
+    assert msg.startswith(f"data.path {str(missing)!r} does not exist (fashion_mnist data)")
     assert "apt-get install -y dataset-fashion-mnist" in msg
     assert "or give a directory holding the four IDX files" in msg
-    with pytest.raises(ConfigError, match=r"^data\.path .*no-fmnist.* does not exist \(fashion_mnist data\)"):
-        load_config(TrainJobConfig, overrides=[f"data.path={missing}"])
+    check_paths(load_config(TrainJobConfig, overrides=[f"data.path={tmp_path}"]))  # an existing path passes
 
 
-def test_data_missing_path_for_other_sources(tmp_path):
+def test_check_paths_names_nested_sections(tmp_path):
+    from mrl.config import TuneJobConfig
+
     missing = tmp_path / "no-images"
-    with pytest.raises(ConfigError, match=r"^path .*no-images.* does not exist \(image_folder data\)") as info:
-        DataConfig(source="image_folder", path=str(missing))
+    cfg = load_config(TuneJobConfig, overrides=["base.data.source=image_folder", f"base.data.path={missing}"])
+    with pytest.raises(ConfigError, match=r"^base\.data\.path .*no-images.* does not exist \(image_folder data\)") as info:
+        check_paths(cfg)
     assert "apt-get" not in str(info.value)
-    with pytest.raises(ConfigError, match=r"^data\.path .*no-images.* does not exist \(image_folder data\)"):
-        load_config(TrainJobConfig, overrides=["data.source=image_folder", f"data.path={missing}"])
 
 
 def test_data_path_required_for_non_default_sources():
@@ -215,10 +218,10 @@ def test_configs_are_frozen():
 
 def test_pipeline_shortlist_size_must_be_indexed(tmp_path):
     data = DataConfig(path=str(tmp_path))
-    with pytest.raises(ConfigError, match=r"serve\.shortlist_size 12 must be one of the indexed sizes "
-                                          r"\[8, 16, 32, 64, 128, 256, 512\]"):
+    with pytest.raises(ConfigError, match=r"serve\.mode 'adaptive' cannot run on this index: .*"
+                                          r"index\.sizes must include 12\. Modes it can serve: \['full'\]"):
         PipelineConfig(data=data, serve=ServeConfig(shortlist_size=12))
-    with pytest.raises(ConfigError, match=r"serve\.shortlist_size 16 must be one of the indexed sizes \[8, 32\]"):
+    with pytest.raises(ConfigError, match=r"index\.sizes must include 16"):
         PipelineConfig(data=data, index=IndexConfig(sizes=(8, 32)), serve=ServeConfig(shortlist_size=16))
     ok = PipelineConfig(data=data, index=IndexConfig(sizes=(8, 32)), serve=ServeConfig(shortlist_size=32))
     assert ok.serve.shortlist_size == 32
@@ -227,19 +230,21 @@ def test_pipeline_shortlist_size_must_be_indexed(tmp_path):
 def test_pipeline_rerank_and_index_sizes_bounded_by_dim(tmp_path):
     data = DataConfig(path=str(tmp_path))
     model = ModelConfig(dim=64)
-    with pytest.raises(ConfigError, match=r"serve\.rerank_size 128 must be <= model\.dim 64"):
+    with pytest.raises(ConfigError, match=r"serve\.rerank_size 128 is above d=64"):
         PipelineConfig(data=data, model=model, serve=ServeConfig(rerank_size=128))
-    with pytest.raises(ConfigError, match=r"index\.sizes \[16, 128\] go above model\.dim 64"):
+    with pytest.raises(ConfigError, match=r"index\.sizes \[16, 128\] go above d=64"):
         PipelineConfig(data=data, model=model, index=IndexConfig(sizes=(16, 128)))
 
 
 @pytest.mark.parametrize("index, serve, message", [
-    (IndexConfig(adanns_size=128), ServeConfig(), r"index\.adanns_size 128 must be <= model\.dim 64"),
-    (IndexConfig(), ServeConfig(funnel=((32, 100), (128, 10))), r"serve\.funnel sizes \[128\] go above"),
-    (IndexConfig(), ServeConfig(mode="adanns"), r"serve\.mode 'adanns' needs AdANNS cells: set index\.adanns_size"),
-    (IndexConfig(sizes=(8, 16, 32)), ServeConfig(mode="full"), r"serve\.mode 'full' needs an index at model\.dim 64"),
+    (IndexConfig(adanns_size=128), ServeConfig(), r"index\.adanns_size 128 goes above d=64"),
+    (IndexConfig(), ServeConfig(funnel=((32, 100), (128, 10))), r"serve\.funnel sizes \[128\] are above d=64"),
+    (IndexConfig(), ServeConfig(mode="adanns"), r"serve\.mode 'adanns' cannot run .*set index\.adanns_size"),
+    (IndexConfig(sizes=(8, 16, 32)), ServeConfig(mode="full"), r"serve\.mode 'full' cannot run .*must include 64"),
+    (IndexConfig(kind="ivfpq", pq_m=16), ServeConfig(), r"pq_m=16 does not divide 8"),
 ])
 def test_pipeline_serving_choices_checked_before_any_work(tmp_path, index, serve, message):
+    """The same rules build_index and the service apply to real artifacts, applied to the index to be built."""
     with pytest.raises(ConfigError, match=message):
         PipelineConfig(data=DataConfig(path=str(tmp_path)), model=ModelConfig(dim=64), index=index, serve=serve)
     ok = PipelineConfig(data=DataConfig(path=str(tmp_path)), model=ModelConfig(dim=64),
@@ -264,11 +269,12 @@ def test_tune_job_checks_every_schedule_combination(tmp_path):
 
 
 @pytest.mark.parametrize("funnel, message", [
-    (((None, 50), (64, 10)), "null \\(= d\\) last"),
-    (((64, 10), (64, 10)), "sizes must grow"),
-    (((8, 10),), "above shortlist_size"),
-    (((32, 300),), "<= shortlist_k"),
-    (((32, 10), (64, 20)), "not growing"),
+    (((None, 50), (64, 10)), "null \\(= d\\) only last"),
+    (((64, 10), (64, 10)), "sizes must be > 0 and increase"),
+    (((8, 10),), "grow from above the shortlist's size 16"),
+    (((32, 300),), "first rerank keeps 300, more than the shortlist's 200"),
+    (((32, 10), (64, 20)), "must not grow from stage to stage"),
+    ((), "at least one"),
 ])
 def test_serve_funnel_stages_are_validated(funnel, message):
     from mrl.config import ServeConfig
@@ -285,3 +291,16 @@ def test_embed_augmentation_fields_are_validated():
         EmbedConfig(augment_rows=0)
     with pytest.raises(ConfigError, match="augment_seed must be >= 0"):
         EmbedConfig(augment_seed=-1)
+
+
+def test_registry_names_are_the_accepted_values():
+    """Encoders, heads, losses and index kinds come from their registries; search modes are checked against
+    theirs at load (so a mode registered later is accepted too)."""
+    with pytest.raises(ConfigError, match=r"encoder: 'mlp' is not accepted; choose one of \['cnn', 'resnet18'"):
+        from_dict(ModelConfig, {"encoder": "mlp"})
+    with pytest.raises(ConfigError, match=r"loss: 'hinge' is not accepted; choose one of \['cross_entropy'"):
+        from_dict(TrainConfig, {"loss": "hinge"})
+    with pytest.raises(ConfigError, match=r"kind: 'annoy' is not accepted; choose one of \['flat', 'hnsw', 'ivf'"):
+        from_dict(IndexConfig, {"kind": "annoy"})
+    with pytest.raises(ConfigError, match=r"^mode 'fastest' is not accepted; choose one of \['adaptive', 'funnel'"):
+        ServeConfig(mode="fastest")

@@ -15,7 +15,9 @@ def test_wheel_contains_only_mrl(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {name.split("/")[0] for name in names}
     assert top == {"mrl", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}, top
-    assert "mrl/models/heads.py" in names and "mrl/serve.py" in names
+    for module in ("core/losses.py", "core/models/heads.py", "retrieval/engine.py", "service/retrieval.py",
+                   "stages/serve.py", "artifacts/mlflow_model.py"):
+        assert f"mrl/{module}" in names, module
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     assert "mrl = mrl.cli:main" in entry_points
 

@@ -2,7 +2,7 @@
 
     python tuning/tune.py --config tuning/search_space.yaml [key=value ...]
 
-All logic lives in `mrl.tune`; this file is only the entry point.
+All logic lives in `mrl.stages.tune`; this file is only the entry point.
 """
 
 import sys

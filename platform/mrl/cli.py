@@ -15,39 +15,39 @@ from mrl.configio import ConfigError, load_config
 
 
 def _train(cfg: C.TrainJobConfig) -> Any:
-    from mrl.train import run_train
+    from mrl.stages.train import run_train
     return run_train(cfg)
 
 
 def _tune(cfg: C.TuneJobConfig) -> Any:
-    from mrl.tune import run_tune
+    from mrl.stages.tune import run_tune
     return run_tune(cfg)
 
 
 def _embed(cfg: C.EmbedJobConfig) -> Any:
-    from mrl.embed import run_embed
+    from mrl.stages.embed import run_embed
     return run_embed(cfg)
 
 
 def _index(cfg: C.IndexJobConfig) -> Any:
-    from mrl.index import run_build_index
+    from mrl.stages.index import run_build_index
     return run_build_index(cfg)
 
 
 def _evaluate(cfg: C.EvaluateJobConfig) -> Any:
-    from mrl.evaluate import run_evaluate
+    from mrl.stages.evaluate import run_evaluate
     return run_evaluate(cfg)
 
 
 def _serve(cfg: C.ServeJobConfig) -> Any:
     from mrl.runtime import ensure_ray
-    from mrl.serve import run_serve
+    from mrl.stages.serve import run_serve
     ensure_ray(cfg.ray)
     return run_serve(cfg.index_dir, cfg.serve, cfg.mlflow, cfg.output_dir, blocking=cfg.block)
 
 
 def _pipeline(cfg: C.PipelineConfig) -> Any:
-    from mrl.pipeline import run_pipeline
+    from mrl.stages.pipeline import run_pipeline
     return run_pipeline(cfg)
 
 
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     cls, run = STAGES[args.stage]
     try:
         cfg = load_config(cls, args.config, args.overrides)
+        C.check_paths(cfg)  # the paths this job reads, on the machine it runs on
     except ConfigError as exc:
         print(f"mrl {args.stage}: config error: {exc}", file=sys.stderr)
         return 2

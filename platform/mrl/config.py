@@ -2,20 +2,33 @@
 job at load time, before any Ray work, with a message naming the field and the accepted values.
 
 Sections (`DataConfig`, `ModelConfig`, ...) are shared; each job's config composes the sections it needs.
+Configs check their own fields only, never the filesystem (a cluster config validates on a laptop):
+`check_paths` checks the paths a job reads when it starts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from mrl.configio import ConfigError
-from mrl.nesting import NestingError, log_sizes, uniform_sizes, validate_sizes, validate_weights
+from mrl.core.losses import LOSSES
+from mrl.core.models.encoders import ENCODERS
+from mrl.core.models.heads import HEADS
+from mrl.core.nesting import NestingError, log_sizes, uniform_sizes, validate_sizes, validate_weights
+from mrl.retrieval.indexes import INDEX_KINDS, IndexParams, check_index
+from mrl.retrieval.modes import SEARCH_MODES, SearchSettings
+from mrl.retrieval.plan import PlanError, check_stages
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-ENCODERS = ("cnn", "resnet18", "resnet50", "vit", "bert")
+# Accepted names come from the registries: registering an encoder, head, loss or index kind adds it here.
+EncoderName = ENCODERS.literal()
+HeadName = HEADS.literal()
+LossName = LOSSES.literal()
+IndexKind = INDEX_KINDS.literal()
 
 
 def _check(ok: bool, message: str) -> None:
@@ -69,11 +82,11 @@ class NestingConfig:
 class ModelConfig:
     """The encoder, its representation size d and the MRL heads."""
 
-    encoder: Literal["cnn", "resnet18", "resnet50", "vit", "bert"] = "cnn"
+    encoder: EncoderName = "cnn"
     """cnn: compact CPU-friendly CNN; resnet18/resnet50/vit/bert: `transformers` models built from config."""
     dim: int = 512
     """Representation size d; a projection maps the backbone's width to d when they differ."""
-    head: Literal["mrl", "mrl_e"] = "mrl"
+    head: HeadName = "mrl"
     """mrl: an independent linear head per size; mrl_e: one shared head sliced per size."""
     num_classes: int = 10
     in_channels: int = 1
@@ -94,9 +107,6 @@ class ModelConfig:
         self.nesting.resolve_weights(self.dim)  # raises on a bad list or weights
         if self.pretrained_path is not None:
             _check(self.encoder != "cnn", "pretrained_path is only for transformers encoders, not 'cnn'")
-            _check(Path(self.pretrained_path).is_dir(),
-                   f"pretrained_path {self.pretrained_path!r} is not a directory; weights load only "
-                   "from a local path (a directory saved with save_pretrained)")
 
     @property
     def sizes(self) -> list[int]:
@@ -128,11 +138,7 @@ class DataConfig:
         _check(0 <= self.val_fraction < 0.5, f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
         _positive("train_limit", self.train_limit, allow_none=True)
         _positive("test_limit", self.test_limit, allow_none=True)
-        root = Path(self.root)
-        if not root.exists():
-            hint = ("install it with `apt-get install -y dataset-fashion-mnist`, or give a directory holding "
-                    "the four IDX files" if self.source == "fashion_mnist" else "give an existing directory")
-            raise ConfigError(f"path {str(root)!r} does not exist ({self.source} data); {hint}")
+        self.root  # path is required for every source but fashion_mnist
 
     @property
     def root(self) -> str:
@@ -154,6 +160,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     optimizer: Literal["adamw", "sgd"] = "adamw"
     schedule: Literal["cosine", "constant"] = "cosine"
+    loss: LossName = "cross_entropy"
+    """Per-size classification loss (summed over the nesting sizes with their weights)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -225,7 +233,7 @@ class EmbedConfig:
     """Stored vector type; float16 halves the shards (1M x 2048: 4 GB instead of 8)."""
     augment_rows: int | None = None
     """Grow the train split to this many rows with deterministic augmented copies (shift, flip, contrast,
-    erasing; see mrl.augment) to build a large retrieval database; ids below the split's size are originals."""
+    erasing; see mrl.data.augment) to build a large retrieval database; ids below the split's size are originals."""
     augment_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -245,7 +253,7 @@ class IndexConfig:
 
     sizes: tuple[int, ...] | None = None
     """Prefix sizes to index; None: the model's nesting list."""
-    kind: Literal["flat", "hnsw", "ivf", "ivfpq"] = "flat"
+    kind: IndexKind = "flat"
     """flat: exact; hnsw: graph; ivf: k-means cells with exact vectors; ivfpq: cells with PQ codes."""
     hnsw_m: int = 32
     ef_search: int = 128
@@ -270,14 +278,16 @@ class IndexConfig:
         for name in ("hnsw_m", "ef_search", "nlist", "nprobe", "pq_m", "adanns_nlist"):
             _positive(name, getattr(self, name))
         _positive("adanns_size", self.adanns_size, allow_none=True)
-        if self.kind == "ivfpq" and self.sizes is not None:
-            bad = [m for m in self.sizes if m % self.pq_m]
-            _check(not bad, f"pq_m={self.pq_m} must divide every indexed size; it does not divide {bad}")
+        for m in self.sizes or ():
+            try:
+                check_index(self.kind, m, 10**9, self.params())
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
 
-    def params(self) -> dict[str, int]:
-        """Keyword arguments of `mrl.search.build_prefix_index`."""
-        return {"hnsw_m": self.hnsw_m, "ef_search": self.ef_search, "nlist": self.nlist, "nprobe": self.nprobe,
-                "pq_m": self.pq_m}
+    def params(self) -> IndexParams:
+        """Build and default search settings of every index (`mrl.retrieval.indexes.build_prefix_index`)."""
+        return IndexParams(hnsw_m=self.hnsw_m, ef_search=self.ef_search, nlist=self.nlist, nprobe=self.nprobe,
+                           pq_m=self.pq_m)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -297,8 +307,8 @@ class EvalConfig:
 class ServeConfig:
     """The adaptive-retrieval HTTP service."""
 
-    mode: Literal["adaptive", "funnel", "adanns", "full"] = "adaptive"
-    """Default search mode (a request may name another): adaptive = shortlist K with D_s, rerank with D_r;
+    mode: str = "adaptive"
+    """Default search mode, one of `mrl.retrieval.modes.SEARCH_MODES` (a request may name another): adaptive = shortlist K with D_s, rerank with D_r;
     funnel = shortlist, then rerank through `funnel` stages; adanns = members of the `nprobe` nearest AdANNS
     cells scored with D_s, then the funnel (needs index.adanns_size); full = one search of the size-d index."""
     shortlist_size: int = 16
@@ -330,23 +340,24 @@ class ServeConfig:
         _positive("default_k", self.default_k)
         _positive("nprobe", self.nprobe, allow_none=True)
         _positive("ef_search", self.ef_search, allow_none=True)
+        _check(self.mode in SEARCH_MODES, f"mode {self.mode!r} is not accepted; choose one of {list(SEARCH_MODES)}")
         if self.funnel is not None:
-            keeps = [k for _, k in self.funnel]
-            _check(len(self.funnel) > 0 and all(k > 0 for k in keeps) and keeps == sorted(keeps, reverse=True)
-                   and keeps[0] <= self.shortlist_k,
-                   f"funnel must list (size, keep) stages with keeps > 0, not growing and <= shortlist_k "
-                   f"({self.shortlist_k}); got {[list(st) for st in self.funnel]}")
-            sizes = [m for m, _ in self.funnel if m is not None]
-            nulls = [i for i, (m, _) in enumerate(self.funnel) if m is None]
-            _check(nulls in ([], [len(self.funnel) - 1]) and all(m > 0 for m in sizes)
-                   and sizes == sorted(set(sizes)) and (not sizes or sizes[0] > self.shortlist_size),
-                   f"funnel sizes must grow from above shortlist_size ({self.shortlist_size}), null (= d) last; "
-                   f"got {[list(st) for st in self.funnel]}")
+            _check(len(self.funnel) > 0, "funnel must list at least one (size, keep) stage, or be null")
+            try:
+                check_stages(self.funnel, after_size=self.shortlist_size, after_keep=self.shortlist_k)
+            except PlanError as exc:
+                raise ConfigError(f"funnel: {exc}") from None
         _check(self.default_k <= self.shortlist_k,
                f"default_k ({self.default_k}) must be <= shortlist_k ({self.shortlist_k})")
         _positive("num_replicas", self.num_replicas)
         _check(self.gpus_per_replica >= 0, f"gpus_per_replica must be >= 0, got {self.gpus_per_replica}")
         _check(0 < self.port < 65536, f"port must be in [1, 65535], got {self.port}")
+
+    def search_settings(self) -> SearchSettings:
+        """What the search modes read."""
+        return SearchSettings(shortlist_size=self.shortlist_size, shortlist_k=self.shortlist_k,
+                              rerank_size=self.rerank_size, funnel=self.funnel, nprobe=self.nprobe,
+                              ef_search=self.ef_search)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -487,62 +498,42 @@ class PipelineConfig(JobConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        sizes = self.index.sizes or self.model.sizes
-        _check(self.serve.shortlist_size in sizes,
-               f"serve.shortlist_size {self.serve.shortlist_size} must be one of the indexed sizes {list(sizes)}")
-        rerank = self.serve.rerank_size or self.model.dim
-        _check(rerank <= self.model.dim, f"serve.rerank_size {rerank} must be <= model.dim {self.model.dim}")
-        if self.index.sizes is not None:
-            _check(max(self.index.sizes) <= self.model.dim,
-                   f"index.sizes {list(self.index.sizes)} go above model.dim {self.model.dim}")
-        if self.index.adanns_size is not None:
-            _check(self.index.adanns_size <= self.model.dim,
-                   f"index.adanns_size {self.index.adanns_size} must be <= model.dim {self.model.dim}")
-        too_big = [m for m, _ in self.serve.funnel or () if m is not None and m > self.model.dim]
-        _check(not too_big, f"serve.funnel sizes {too_big} go above model.dim {self.model.dim}")
-        _check(self.serve.mode != "adanns" or self.index.adanns_size is not None,
-               "serve.mode 'adanns' needs AdANNS cells: set index.adanns_size")
-        _check(self.serve.mode != "full" or self.model.dim in sizes,
-               f"serve.mode 'full' needs an index at model.dim {self.model.dim}; index.sizes are {list(sizes)}")
+        # The same rules the build_index stage and the service apply to the real artifacts, applied to the
+        # index this pipeline will build (model.dim, its sizes and AdANNS cells).
+        from mrl.retrieval.artifact import check_index_config, planned_sources
+        from mrl.retrieval.modes import check_settings
+
+        try:
+            sizes = check_index_config(self.index, self.model.dim, self.model.sizes)
+            check_settings(self.serve.search_settings(), self.serve.mode,
+                           planned_sources(sizes, self.index.adanns_size), self.model.dim, self.serve.default_k)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     def train_job(self) -> TrainJobConfig:
         return TrainJobConfig(output_dir=self.output_dir, run_name=self.run_name, data=self.data, model=self.model,
                               train=self.train, resources=self.resources, ray=self.ray, mlflow=self.mlflow)
 
 
-@dataclass(frozen=True, kw_only=True)
-class ReproduceConfig(JobConfig):
-    """benchmarks/reproduce.py: MRL and MRL-E against FF-m and reductions of FF-d at every size (the paper's
-    Table 1 / Figure 2 protocol) plus adaptive classification. Every model shares backbone, data, epochs and
-    optimiser; only the head and representation size differ."""
+def check_paths(cfg: Any) -> None:
+    """Check the local paths a job config reads (data directories, pretrained weights), at the start of the job
+    that reads them: a config validates anywhere, its paths only where it runs.
 
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    """The MRL model; FF-m models are the same encoder with dim=m and a single head."""
-    train: TrainConfig = field(default_factory=TrainConfig)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    """Every method is trained once per seed; tables give mean and spread (std) over seeds."""
-    parallel: int = 2
-    """Models trained at once (Ray tasks, one CPU thread each)."""
-    k: int = 10
-    max_queries: int | None = None
-    """Evaluate on the first N test rows only."""
-    probe_epochs: int = 10
-    """Epochs of the linear probe fitted on each reduced FF-d representation."""
-    ray: RayConfig = field(default_factory=RayConfig)
-    results_name: str = "reproduce"
-    """Files under docs/results/ are named <results_name>.{md,csv,json} and <results_name>_*.png."""
+    Raises:
+        ConfigError: naming the field, the path and how to get the data.
+    """
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, DataConfig):
+            root = Path(node.root)
+            if not root.exists():
+                hint = ("install it with `apt-get install -y dataset-fashion-mnist`, or give a directory holding "
+                        "the four IDX files" if node.source == "fashion_mnist" else "give an existing directory")
+                raise ConfigError(f"{prefix}path {str(root)!r} does not exist ({node.source} data); {hint}")
+        if isinstance(node, ModelConfig) and node.pretrained_path is not None and not Path(node.pretrained_path).is_dir():
+            raise ConfigError(f"{prefix}pretrained_path {node.pretrained_path!r} is not a directory; weights load "
+                              "only from a local path (a directory saved with save_pretrained)")
+        if dataclasses.is_dataclass(node):
+            for f in dataclasses.fields(node):
+                walk(getattr(node, f.name), f"{prefix}{f.name}.")
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check(len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds),
-               f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}")
-        _positive("parallel", self.parallel)
-        _positive("k", self.k)
-        _positive("max_queries", self.max_queries, allow_none=True)
-        _positive("probe_epochs", self.probe_epochs)
-        _check(self.model.head == "mrl", "model.head must be 'mrl': MRL-E is trained alongside it")
-        _check(self.data.val_fraction > 0, "data.val_fraction must be > 0: adaptive classification searches "
-                                           "its thresholds on the held-out rows")
-        _check(bool(self.results_name) and "/" not in self.results_name,
-               f"results_name must be a plain file stem, got {self.results_name!r}")
+    walk(cfg, "")

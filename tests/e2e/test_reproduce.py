@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from conftest import REPO
-from mrl.config import ReproduceConfig
+from mrl.experiments.reproduce import ReproduceConfig
 from mrl.configio import load_config
 
 pytestmark = pytest.mark.slow
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def reproduced(tmp_path_factory):
     import ray
 
-    from mrl.reproduce import run_reproduce
+    from mrl.experiments.reproduce import run_reproduce
 
     out = tmp_path_factory.mktemp("reproduce")
     cfg = load_config(ReproduceConfig, REPO / "benchmarks" / "reproduce_quick.yaml", [

@@ -21,7 +21,7 @@ def pipeline(tmp_path_factory):
     import ray
     from ray import serve
 
-    from mrl.pipeline import run_pipeline
+    from mrl.stages.pipeline import run_pipeline
 
     out = tmp_path_factory.mktemp("pipeline")
     port = free_port()
@@ -67,7 +67,7 @@ def test_lineage_chain_in_mlflow(pipeline):
 
 def test_registered_model_carries_dim_and_sizes(pipeline):
     cfg, summary = pipeline
-    from mrl import tracking
+    from mrl.artifacts import tracking
 
     tracking.setup(cfg.mlflow, cfg.output_dir)
     name, version = summary["model_uri"].split("/")[1:]
@@ -82,9 +82,9 @@ def test_registered_model_carries_dim_and_sizes(pipeline):
 def test_embeddings_are_the_models_embeddings(pipeline):
     import torch
 
-    from mrl import tracking
-    from mrl.data import load_split, to_float
-    from mrl.embed import read_embeddings, read_manifest
+    from mrl.artifacts import tracking
+    from mrl.data.sources import load_split, to_float
+    from mrl.stages.embed import read_embeddings, read_manifest
 
     cfg, summary = pipeline
     emb_dir = f"{cfg.output_dir}/embeddings/{summary['embed_run_id']}"
@@ -216,7 +216,7 @@ def test_nan_and_malformed_json_get_422(pipeline, raw):
 
 def test_tune_sweep_records_trials_and_best(pipeline):
     from mrl.config import TuneJobConfig
-    from mrl.tune import run_tune
+    from mrl.stages.tune import run_tune
 
     cfg, _ = pipeline
     job = load_config(TuneJobConfig, REPO / "tuning" / "search_space.yaml", [
@@ -237,7 +237,7 @@ def test_tune_sweep_records_trials_and_best(pipeline):
 
 def test_training_resumes_a_named_run_and_refuses_another_model(pipeline, tmp_path):
     from mrl.config import TrainJobConfig
-    from mrl.train import run_train
+    from mrl.stages.train import run_train
 
     common = [f"output_dir={tmp_path}", "run_name=resumable", "data.train_limit=800", "model.dim=16",
               "resources.num_workers=1"]

@@ -1,0 +1,66 @@
+"""The MLflow "models from code" definition of a logged `MRLModel` (see `mrl.artifacts.tracking.log_model`).
+
+MLflow copies this file into the logged model and runs it when the model is loaded as a pyfunc; nothing is
+pickled. The weights travel as the `weights` artifact: a model directory of `mrl.artifacts.model_files`
+(model.safetensors + model_spec.json).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow
+import numpy as np
+from mlflow.pyfunc import PythonModel
+
+from mrl.artifacts.tracking import WEIGHTS_ARTIFACT
+
+
+def as_images(data: Any, image_shape: tuple[int, ...]) -> np.ndarray:
+    """Model input as an array (N, C, H, W): numpy arrays (N, C, H, W) or (N, C*H*W), or a DataFrame whose
+    rows are flattened pixels (one column per pixel, or a single column holding a pixel list per row).
+
+    Args:
+        data: the pyfunc input.
+        image_shape: (C, H, W) from the model spec.
+
+    Returns:
+        The images, dtype as given (uint8 or float).
+    """
+    if hasattr(data, "to_numpy"):  # pandas DataFrame
+        if data.shape[1] == 1 and data.dtypes.iloc[0] == object:  # one column of per-row pixel lists
+            data = np.stack([np.asarray(v) for v in data.iloc[:, 0]])
+        else:
+            data = data.to_numpy()
+    array = np.asarray(data)
+    return array.reshape((-1, *image_shape))
+
+
+class MRLPyfuncModel(PythonModel):
+    """pyfunc wrapper: `predict(images) -> embeddings (N, d) float32`.
+
+    uint8 images are standardised as in training (`mrl.data.sources.to_float`); float images are taken as
+    already-standardised model input.
+    """
+
+    def load_context(self, context) -> None:
+        from mrl.artifacts.model_files import load_model_dir
+
+        self.model = load_model_dir(context.artifacts[WEIGHTS_ARTIFACT], device="cpu")
+        spec = self.model.spec
+        self.image_shape = (spec.get("in_channels", 1), spec.get("image_size", 28), spec.get("image_size", 28))
+
+    def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
+        """Images (N, C, H, W) or (N, C*H*W), uint8 or standardised float (a DataFrame of flattened pixels
+        also works) -> embeddings z (N, d) float32."""
+        import torch
+
+        from mrl.data.sources import to_float
+
+        images = as_images(model_input, self.image_shape)  # (N, C, H, W)
+        x = to_float(images) if images.dtype == np.uint8 else images.astype(np.float32)
+        with torch.no_grad():
+            return self.model.embed(torch.from_numpy(np.ascontiguousarray(x))).float().numpy()  # (N, d)
+
+
+mlflow.models.set_model(MRLPyfuncModel())

@@ -1,0 +1,141 @@
+"""MLflow helpers: where the store is, experiments, lineage tags, and model logging.
+
+Lineage is kept with tags on every run: `mrl.stage` (train, tune, embed, index, evaluate, deploy) and
+`mrl.input_run_id` / `mrl.input_uri` naming what the stage consumed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+MODEL_PIP_REQUIREMENTS = ["torch", "mrl-platform"]
+MODEL_CODE = Path(__file__).with_name("mlflow_model.py")  # the pyfunc "model from code" of a logged model
+WEIGHTS_ARTIFACT = "weights"  # artifact key (and folder under <model>/artifacts/) of the model directory
+
+
+def resolve_tracking_uri(mlflow_cfg, output_dir: str) -> str:
+    """The configured URI, else MLflow's embedded sqlite store at <output_dir>/mlflow.db (absolute path)."""
+    if mlflow_cfg.tracking_uri:
+        return mlflow_cfg.tracking_uri
+    return f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
+
+
+def setup(mlflow_cfg, output_dir: str) -> str:
+    """Point MLflow at the store and make the experiment current; returns the tracking URI.
+
+    The experiment is created here, on the driver, before any worker writes (sqlite has one writer).
+    """
+    import mlflow
+
+    uri = resolve_tracking_uri(mlflow_cfg, output_dir)
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    os.environ["MLFLOW_TRACKING_URI"] = uri  # Ray workers and Tune trials inherit it
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(mlflow_cfg.experiment) is None:
+        artifacts = None
+        if uri.startswith("sqlite:"):
+            artifacts = (Path(output_dir).resolve() / "mlartifacts").as_uri()
+        mlflow.create_experiment(mlflow_cfg.experiment, artifact_location=artifacts)
+    mlflow.set_experiment(mlflow_cfg.experiment)
+    return uri
+
+
+def ui_hint(uri: str) -> str:
+    """How to open the MLflow UI on this store."""
+    return f"mlflow ui --backend-store-uri '{uri}' --port 5000   (then open http://127.0.0.1:5000)"
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Log flattened params; values are stringified and clipped to MLflow's 6000-character limit."""
+    import mlflow
+
+    from mrl.configio import flatten
+
+    flat = {k: str(v)[:6000] for k, v in flatten(params).items()}
+    items = list(flat.items())
+    for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+        mlflow.log_params(dict(items[i:i + 100]))
+
+
+def log_model(model, registered_model: str | None, metadata: dict[str, Any]):
+    """Log an `MRLModel` to the active MLflow run without pickle, and register it.
+
+    The model is an MLflow "models from code" pyfunc: `mrl/artifacts/mlflow_model.py` is the code, and the
+    `weights` artifact is a `mrl.artifacts.model_files` directory (model.safetensors + model_spec.json).
+    `load_model` reads that directory back; `mlflow.pyfunc.load_model` also works (predict -> embeddings).
+
+    Args:
+        model: the trained `MRLModel`.
+        registered_model: registry name to register a new version under (None: log only).
+        metadata: stored in the MLmodel file (`mlflow.models.get_model_info(uri).metadata`).
+
+    Returns:
+        The MLflow ModelInfo (has model_uri, registered_model_version).
+    """
+    import tempfile
+
+    import mlflow.pyfunc
+
+    from mrl.artifacts.model_files import save_model_dir
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = save_model_dir(model, Path(tmp) / WEIGHTS_ARTIFACT)  # copied into the run's artifacts
+        return mlflow.pyfunc.log_model(
+            name="model", python_model=str(MODEL_CODE), artifacts={WEIGHTS_ARTIFACT: str(weights)},
+            registered_model_name=registered_model, pip_requirements=MODEL_PIP_REQUIREMENTS, metadata=metadata,
+        )
+
+
+def describe_model(model_uri: str) -> dict[str, Any]:
+    """Name, version and producing run of a registered-model URI (models:/name/version|latest|@alias)."""
+    from mlflow import MlflowClient
+
+    info: dict[str, Any] = {"model_uri": model_uri}
+    if not model_uri.startswith("models:/"):
+        return info
+    client = MlflowClient()
+    rest = model_uri[len("models:/"):]
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        mv = client.get_model_version_by_alias(name, alias)
+    else:
+        name, _, version = rest.partition("/")
+        if version in ("", "latest"):
+            versions = client.search_model_versions(f"name='{name}'")
+            if not versions:
+                raise LookupError(f"registered model {name!r} has no versions; run the train stage first")
+            mv = max(versions, key=lambda v: int(v.version))
+        else:
+            mv = client.get_model_version(name, version)
+    info.update(model_name=mv.name, model_version=str(mv.version), model_run_id=mv.run_id,
+                model_uri=f"models:/{mv.name}/{mv.version}")
+    return info
+
+
+def load_model(model_uri: str):
+    """Load a logged `MRLModel` on the CPU, in eval mode, from its safetensors weights (never unpickled).
+
+    Args:
+        model_uri: models:/name/version (or @alias, or latest), runs:/..., any MLflow artifact URI of a model
+            logged by `log_model`, or a local model directory written by `model_files.save_model_dir`.
+
+    Returns:
+        The `MRLModel`.
+    """
+    import mlflow.artifacts
+
+    from mrl.artifacts.model_files import SPEC_FILE, ModelFileError, load_model_dir
+
+    local = Path(model_uri)
+    if (local / SPEC_FILE).is_file():  # a bare model directory
+        return load_model_dir(local, device="cpu")
+    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+    weights = root / "artifacts" / WEIGHTS_ARTIFACT
+    if not (weights / SPEC_FILE).is_file():
+        raise ModelFileError(f"{model_uri}: no {WEIGHTS_ARTIFACT}/{SPEC_FILE} in the logged model (found "
+                             f"{sorted(p.name for p in root.iterdir())}); it was not logged by "
+                             "mrl.artifacts.tracking.log_model (models pickled by mlflow.pytorch are not loaded: "
+                             "retrain or re-log them)")
+    return load_model_dir(weights, device="cpu")

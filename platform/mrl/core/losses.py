@@ -1,0 +1,88 @@
+"""The Matryoshka loss: a weighted sum of a per-prefix loss over the nesting list.
+
+    L = sum_m c_m * loss(output_m, target)
+
+For classification, output_m are the logits of the head on z[:m]; for embedding losses, the loss is
+computed on each L2-normalised prefix (`shrink`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mrl.registry import Registry
+
+# Per-size classification losses, by name (`train.loss`): each maps (logits (B, C), labels (B,)) to a scalar.
+LOSSES: Registry = Registry("loss")
+LOSSES.register("cross_entropy")(F.cross_entropy)
+
+
+def shrink(z: torch.Tensor, m: int) -> torch.Tensor:
+    """The L2-normalised prefix z[:, :m] of embeddings z (B, d)."""
+    return F.normalize(z[..., :m], dim=-1)
+
+
+def weighted_sum(losses: Sequence[torch.Tensor], weights: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """sum_i weights[i] * losses[i], with the weights on the losses' device and dtype."""
+    stacked = torch.stack(list(losses))  # (G,)
+    w = torch.as_tensor(weights, device=stacked.device, dtype=stacked.dtype)
+    if w.shape != stacked.shape:
+        raise ValueError(f"{w.numel()} weights for {stacked.numel()} losses")
+    return (w * stacked).sum()
+
+
+class MatryoshkaLoss(nn.Module):
+    """Sum of `loss_fn(output_m, target)` over sizes, weighted by c_m.
+
+    Args:
+        weights: c_m per size.
+        loss_fn: per-size loss, or the name of one in `LOSSES` (default cross-entropy).
+
+    Forward returns (total, per_size) where per_size is a detached (G,) tensor for logging.
+    """
+
+    def __init__(self, weights: Sequence[float],
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | str = "cross_entropy"):
+        super().__init__()
+        self.register_buffer("weights", torch.tensor(list(weights), dtype=torch.float32), persistent=False)
+        self.loss_fn = LOSSES.get(loss_fn) if isinstance(loss_fn, str) else loss_fn
+
+    def forward(self, outputs: Sequence[torch.Tensor], target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if len(outputs) != len(self.weights):
+            raise ValueError(f"{len(outputs)} outputs for {len(self.weights)} nesting sizes")
+        per_size = [self.loss_fn(out, target) for out in outputs]
+        return weighted_sum(per_size, self.weights), torch.stack(per_size).detach()
+
+
+class MatryoshkaEmbeddingLoss(nn.Module):
+    """An embedding loss over pairs (a, b) applied to every L2-normalised prefix and summed with weights.
+
+    Args:
+        sizes: the nesting list.
+        weights: c_m per size.
+        loss_fn: takes normalised (B, m) embeddings a, b and returns a scalar (e.g. `info_nce`).
+    """
+
+    def __init__(self, sizes: Sequence[int], weights: Sequence[float],
+                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+        super().__init__()
+        if len(sizes) != len(weights):
+            raise ValueError(f"{len(weights)} weights for {len(sizes)} sizes")
+        self.sizes = list(sizes)
+        self.register_buffer("weights", torch.tensor(list(weights), dtype=torch.float32), persistent=False)
+        self.loss_fn = loss_fn
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        per_size = [self.loss_fn(shrink(a, m), shrink(b, m)) for m in self.sizes]
+        return weighted_sum(per_size, self.weights), torch.stack(per_size).detach()
+
+
+def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+    """Symmetric InfoNCE over a batch of normalised pairs (a_i, b_i): (B, m), (B, m) -> scalar."""
+    logits = a @ b.T / temperature  # (B, B)
+    labels = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))

@@ -1,0 +1,60 @@
+"""The MRL model: encoder -> (projection to d) -> representation z (B, d) -> per-size heads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+import torch
+from torch import nn
+
+from mrl.core.models.encoders import build_encoder
+from mrl.core.models.heads import build_head
+
+
+class MRLModel(nn.Module):
+    """Encoder plus nested heads. `embed(x)` gives z (B, d); `forward(x)` gives one logit tensor per size.
+
+    Attributes:
+        dim: representation size d.
+        sizes: the nesting list.
+        spec: the plain-dict model config it was built from (kept for MLflow metadata and reloading).
+    """
+
+    def __init__(self, encoder: nn.Module, dim: int, sizes: list[int], head: nn.Module, spec: dict[str, Any]):
+        super().__init__()
+        self.encoder = encoder
+        self.projection = nn.Identity() if encoder.width == dim else nn.Linear(encoder.width, dim)
+        self.head = head
+        self.dim, self.sizes, self.spec = dim, list(sizes), spec
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.encoder(x))  # (B, d)
+
+    def classify(self, z: torch.Tensor) -> list[torch.Tensor]:
+        return self.head(z)  # [(B, C)] * len(sizes)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.classify(self.embed(x))
+
+
+def build_model(spec: dict[str, Any]) -> MRLModel:
+    """Build an `MRLModel` from a `ModelConfig` as a plain dict (see `mrl.configio.to_dict`).
+
+    Args:
+        spec: encoder, dim, head, num_classes, in_channels, image_size, nesting, pretrained_path, backbone.
+    """
+    from mrl.config import ModelConfig
+    from mrl.configio import from_dict
+
+    cfg = from_dict(ModelConfig, spec, prefix="model.")
+    encoder = build_encoder(cfg.encoder, cfg.in_channels, cfg.image_size, cfg.dim, cfg.pretrained_path, cfg.backbone)
+    head = build_head(cfg.head, cfg.sizes, cfg.num_classes, cfg.dim)
+    return MRLModel(encoder, cfg.dim, cfg.sizes, head, spec)
+
+
+def head_logits(model, z: np.ndarray) -> list[np.ndarray]:
+    """The model's per-size logits for representations z (N, d): one (N, C) array per nesting size."""
+    with torch.no_grad():
+        return [t.numpy() for t in model.classify(torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32)))]

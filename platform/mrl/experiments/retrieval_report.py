@@ -1,0 +1,94 @@
+"""The retrieval benchmark's outputs: the Markdown table, the Pareto plot, and the MLflow run."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mrl.experiments.retrieval_bench import RetrievalBenchConfig
+
+def render(result: dict[str, Any], command: str, title: str) -> str:
+    """The Markdown table: every config against the reference (first row), ratios from this one run."""
+    rows, k = result["rows"], result["k"]
+    base = rows[0]
+    aug = result.get("augment")
+    source = (f"{result['rows_database']:,} database rows" + (f" (train split grown by augmentation to "
+              f"{aug['rows']:,}, seed {aug['seed']})" if aug else " (train split)"))
+    lines = [f"# {title}", "",
+             f"Command: `{command}`. Date: {time.strftime('%Y-%m-%d')}. Machine: {result['machine']}.", "",
+             f"Embeddings: {result['model_uri']} (d = {result['dim']}), {source}, {result['queries']:,} queries "
+             f"from the test split, relevance = same label; vectors held as {result['dtype']}. Whole run "
+             f"{result['seconds'] / 60:.1f} min. Speed-ups are queries/second over the first row's, measured "
+             "in this run; q/s is the median of repeated passes over the whole query batch; single queries run on one "
+             "thread, as a Serve replica runs them.", "",
+             f"| config | top-1 | mAP@{k} | P@{k} | exact top-{k} in shortlist | in results | batch (ms) | q/s | "
+             "speed-up | median single (ms) | mult-adds / query | build (s) | peak RSS (GiB) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        single = "-" if r["single_ms"] is None else f"{r['single_ms']:.2f}"
+        lines.append(
+            f"| {r['config']} | {100 * r['top1']:.2f} | {100 * r['map']:.2f} | {100 * r['precision']:.2f} | "
+            f"{100 * r['shortlist_recall']:.1f}% | {100 * r['result_recall']:.1f}% | "
+            f"{1000 * r['queries'] / r['qps']:,.0f} | {r['qps']:,.0f} | "
+            f"{r['qps'] / base['qps']:.1f}x | {single} | {r['madds_per_query']:,.0f} | {r['build_seconds']:.1f} | "
+            f"{r['peak_rss_gib']:.1f} |")
+    lines += ["", f"Where the time goes (one pass over all {result['queries']:,} queries, milliseconds per stage):", ""]
+    for r in rows:
+        if len(r.get("stage_ms", [])) > 1:
+            lines.append(f"- {r['config']}: " + ", ".join(f"{name} {ms:.0f}" for name, ms in r["stage_ms"]))
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], path: Path, title: str) -> None:
+    """Pareto plot: mAP@k against queries/second, one numbered point per config (legend below), with the
+    exact search's mAP@k - 0.1 drawn as the accuracy bar."""
+    from mrl.plots import pyplot
+
+    plt = pyplot()
+    rows = result["rows"]
+    fig, ax = plt.subplots(figsize=(9, 5.5 + 0.17 * len(rows)))
+    bar = 100 * rows[0]["map"] - 0.1
+    ax.axhline(bar, color="grey", lw=0.8, ls="--")
+    ax.annotate("exact - 0.1", (rows[0]["qps"], bar), fontsize=7, color="grey", xytext=(2, -9),
+                textcoords="offset points")
+    colours = plt.get_cmap("tab20")
+    for i, r in enumerate(rows, 1):
+        ax.scatter(r["qps"], 100 * r["map"], s=28, color=colours((i - 1) % 20), label=f"{i}. {r['config']}")
+        ax.annotate(str(i), (r["qps"], 100 * r["map"]), fontsize=8, xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("queries / second (batch, log scale)")
+    ax.set_ylabel(f"mAP@{result['k']} (%)")
+    ax.set_title(f"{title}\naccuracy vs throughput", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_results(cfg: RetrievalBenchConfig, result: dict[str, Any], command: str, repo: Path) -> Path:
+    """<results>.md / .json / _pareto.png under `repo`, also logged to MLflow as a `retrieval-benchmark` run."""
+    import json
+
+    import mlflow
+
+    from mrl.artifacts import tracking
+    from mrl.configio import to_dict
+
+    stem = repo / cfg.results
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    md, js, png = stem.with_suffix(".md"), stem.with_suffix(".json"), stem.parent / f"{stem.name}_pareto.png"
+    md.write_text(render(result, command, cfg.title))
+    js.write_text(json.dumps({"command": command, "config": to_dict(cfg), **result}, indent=1))
+    plot(result, png, cfg.title)
+    tracking.setup(cfg.mlflow, cfg.output_dir)
+    with mlflow.start_run(run_name="retrieval-benchmark", tags={"mrl.stage": "benchmark",
+                                                                 "mrl.input_uri": result["embeddings"]}):
+        tracking.log_params({"benchmark": {k: v for k, v in to_dict(cfg).items() if k != "searches"}})
+        for i, r in enumerate(result["rows"]):
+            mlflow.log_metrics({f"map_{i}": r["map"], f"qps_{i}": r["qps"], f"top1_{i}": r["top1"]})
+        for file in (md, js, png):
+            mlflow.log_artifact(str(file))
+    return md

@@ -1,6 +1,0 @@
-"""Encoders, MRL heads and the assembled model."""
-
-from mrl.models.heads import MRLEHead, MRLHead, build_head
-from mrl.models.model import MRLModel, build_model
-
-__all__ = ["MRLHead", "MRLEHead", "build_head", "MRLModel", "build_model"]

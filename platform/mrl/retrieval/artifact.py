@@ -1,0 +1,198 @@
+"""The index artifact: what build_index writes and the service and benchmark load.
+
+An index directory holds, for the database split of one embed run:
+
+    manifest.json       format version, model URI/version, d, sizes, kind, rows, sha256 of every file, run ids
+    size_<m>.faiss      a FAISS index over the L2-normalised prefix z[:m], one per indexed size
+    vectors.npy         raw full-size vectors (N, d) float32 or float16, memory-mapped at load for exact reranking
+    adanns.npz          optional AdANNS cells (k-means on one prefix size) for the adanns search mode
+    ids.npy, labels.npy row ids and labels, aligned with the FAISS positions
+
+`check_index_config` holds the rules between an index config and the vectors' d (checked by the build stage,
+the pipeline's up-front check and the benchmark); `load_index` verifies checksums, shapes and the format
+version and refuses a directory that does not match what the caller expects (dimension, model), naming the
+mismatch; `IndexArtifact.engine` is the `SearchEngine` over it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mrl.artifacts.manifest import MANIFEST, ManifestError, read_manifest, sha256, write_manifest
+from mrl.retrieval.engine import CellSource, FaissSource, SearchEngine
+from mrl.retrieval.indexes import IndexParams, check_index
+from mrl.retrieval.modes import ADANNS_SOURCE, index_source
+
+METRIC = "inner product of separately L2-normalised prefixes (cosine)"
+
+
+class IndexMismatchError(ValueError):
+    """The index artifact does not match its files, the vectors or the model it is used with."""
+
+
+def check_index_config(index_cfg, dim: int, default_sizes: list[int]) -> list[int]:
+    """The rules between an `IndexConfig` and vectors of size d, before anything is built.
+
+    Args:
+        index_cfg: the `IndexConfig`.
+        dim: d of the vectors to index.
+        default_sizes: the sizes indexed when the config leaves them unset (the model's nesting list).
+
+    Returns:
+        The sizes it indexes.
+
+    Raises:
+        IndexMismatchError: a size or the AdANNS size outside [1, d], or pq_m not dividing a size.
+    """
+    sizes = list(index_cfg.sizes if index_cfg.sizes is not None else default_sizes)
+    if max(sizes) > dim:
+        raise IndexMismatchError(f"index.sizes {sizes} go above d={dim}")
+    if index_cfg.adanns_size is not None and index_cfg.adanns_size > dim:
+        raise IndexMismatchError(f"index.adanns_size {index_cfg.adanns_size} goes above d={dim}")
+    for m in sizes:
+        try:
+            check_index(index_cfg.kind, m, dim, index_cfg.params())
+        except ValueError as exc:
+            raise IndexMismatchError(f"index: {exc} (set index.sizes or index.pq_m)") from None
+    return sizes
+
+
+def planned_sources(sizes: list[int], adanns_size: int | None) -> dict[str, int]:
+    """Shortlist sources (name -> prefix size) of an index built with these sizes and AdANNS cells."""
+    sources = {index_source(m): m for m in sizes}
+    if adanns_size is not None:
+        sources[ADANNS_SOURCE] = adanns_size
+    return sources
+
+
+def write_index(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndarray, sizes: list[int],
+                kind: str, extra: dict[str, Any], params: IndexParams | None = None,
+                vector_dtype: str = "float32", adanns: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Build one FAISS index per prefix size and write the artifact; returns the manifest.
+
+    Args:
+        params: index build settings (graph degree, IVF cells, PQ codes).
+        vector_dtype: float32 or float16 storage of the full-size rerank vectors.
+        adanns: (cell prefix size, cells) to also build AdANNS cells, or None.
+    """
+    import dataclasses
+
+    import faiss
+
+    from mrl.retrieval.adanns import AdannsIVF
+    from mrl.retrieval.indexes import build_prefix_index
+
+    params = params or IndexParams()
+    dim = vectors.shape[1]
+    for m in sizes:  # every rule before any build
+        try:
+            check_index(kind, m, dim, params)
+        except ValueError as exc:
+            raise IndexMismatchError(str(exc)) from None
+    if adanns is not None and not 1 <= adanns[0] <= dim:
+        raise IndexMismatchError(f"index.adanns_size {adanns[0]} is outside [1, d={dim}]")
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "vectors.npy", np.ascontiguousarray(vectors, dtype=np.dtype(vector_dtype)))
+    np.save(out / "ids.npy", ids.astype(np.int64))
+    np.save(out / "labels.npy", labels.astype(np.int64))
+    for m in sizes:
+        faiss.write_index(build_prefix_index(vectors, m, kind, params), str(out / f"{index_source(m)}.faiss"))
+    if adanns is not None:
+        AdannsIVF.build(vectors, cluster_size=adanns[0], nlist=adanns[1]).save(out / "adanns.npz")
+    files = sorted(p.name for p in out.iterdir() if p.name != MANIFEST)
+    manifest = {"stage": "index", "dim": dim, "sizes": list(sizes), "kind": kind, "metric": METRIC,
+                "dtype": np.dtype(vector_dtype).name, "params": dataclasses.asdict(params), "rows": int(len(ids)),
+                "adanns": None if adanns is None else {"size": adanns[0], "nlist": adanns[1]},
+                "checksums": {name: sha256(out / name) for name in files}, **extra}
+    write_manifest(out, manifest)
+    return read_manifest(out)
+
+
+@dataclass
+class IndexArtifact:
+    """A loaded index directory: its manifest, row ids and labels, and the search engine over it."""
+
+    path: Path
+    manifest: dict[str, Any]
+    ids: np.ndarray
+    labels: np.ndarray
+    engine: SearchEngine
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """(N, d) raw vectors, memory-mapped."""
+        return self.engine.store.vectors
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def version(self) -> str:
+        """The index's identity: the MLflow run that built it."""
+        return str(self.manifest.get("index_run_id", self.path.name))
+
+
+def load_index(path: str | Path, expect_dim: int | None = None, expect_model_uri: str | None = None,
+               verify: bool = True, device: str = "cpu") -> IndexArtifact:
+    """Open an index directory, checking it against its manifest and the caller's expectations.
+
+    Args:
+        path: the directory.
+        expect_dim: refuse unless the index was built for vectors of this size.
+        expect_model_uri: refuse unless the index was built from this model version.
+        verify: check the sha256 of every file.
+        device: cpu, gpu or auto (faiss-gpu indexes, CUDA rerank store).
+
+    Raises:
+        FileNotFoundError: not an index directory.
+        IndexMismatchError: format version, checksum, shape, dimension or model mismatch.
+    """
+    import faiss
+
+    from mrl.retrieval.adanns import AdannsIVF
+    from mrl.retrieval.indexes import to_device
+    from mrl.retrieval.store import PrefixStore, torch_device
+
+    path = Path(path).resolve()
+    try:
+        manifest = read_manifest(path, stage="index")
+    except ManifestError as exc:
+        raise IndexMismatchError(str(exc)) from None
+    if expect_dim is not None and manifest["dim"] != expect_dim:
+        raise IndexMismatchError(f"index {path} was built for d={manifest['dim']} vectors, not d={expect_dim}")
+    if expect_model_uri is not None and manifest.get("model_uri") != expect_model_uri:
+        raise IndexMismatchError(f"index {path} was built for model {manifest.get('model_uri')!r}, "
+                                 f"not {expect_model_uri!r}")
+    if verify:
+        for name, digest in manifest["checksums"].items():
+            file = path / name
+            if not file.is_file():
+                raise IndexMismatchError(f"index file {file} listed in the manifest is missing")
+            if sha256(file) != digest:
+                raise IndexMismatchError(f"index file {file} does not match its manifest checksum "
+                                         "(modified or corrupt); rebuild the index")
+    vectors = np.load(path / "vectors.npy", mmap_mode="r")
+    ids, labels = np.load(path / "ids.npy"), np.load(path / "labels.npy")
+    if vectors.dtype.name != manifest.get("dtype", "float32"):
+        raise IndexMismatchError(f"index {path}: vectors.npy holds {vectors.dtype.name}, the manifest says "
+                                 f"{manifest.get('dtype')}")
+    if vectors.shape != (manifest["rows"], manifest["dim"]) or len(ids) != manifest["rows"]:
+        raise IndexMismatchError(f"index {path}: vectors {vectors.shape} / ids {len(ids)} do not match the "
+                                 f"manifest's {manifest['rows']} rows x d={manifest['dim']}")
+    sources: dict[str, Any] = {}
+    for m in manifest["sizes"]:
+        file = path / f"{index_source(m)}.faiss"
+        index = faiss.read_index(str(file), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        if index.d != m or index.ntotal != manifest["rows"]:
+            raise IndexMismatchError(f"{file} has d={index.d}, rows={index.ntotal}; "
+                                     f"the manifest says d={m}, rows={manifest['rows']}")
+        sources[index_source(m)] = FaissSource(to_device(index, device), m, manifest["kind"])
+    if manifest.get("adanns"):
+        sources[ADANNS_SOURCE] = CellSource(AdannsIVF.load(path / "adanns.npz"))
+    engine = SearchEngine(PrefixStore(vectors, device=torch_device(device)), sources)
+    return IndexArtifact(path, manifest, ids, labels, engine)

@@ -1,0 +1,170 @@
+"""FAISS indexes over one normalised prefix, one builder per index kind (the `INDEX_KINDS` registry).
+
+Every index scores by inner product of L2-normalised prefixes (cosine). Rows are normalised and added in
+blocks, so the database may be float16 or a memory map and a build never holds a second float32 copy.
+Search-time knobs (IVF `nprobe`, HNSW `efSearch`) are passed per call as FAISS search parameters, so
+concurrent searches with different settings never leak into each other.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from mrl.registry import Registry
+from mrl.retrieval.topk import normalize_prefix
+
+log = logging.getLogger("mrl.retrieval")
+
+ADD_BLOCK_ROWS = 1 << 16  # rows normalised and added at a time: a 1M x 2048 build never holds two float32 copies
+
+
+@dataclass(frozen=True, kw_only=True)
+class IndexParams:
+    """Build and default search settings of a prefix index (the fields a kind does not use are ignored).
+
+    Attributes:
+        hnsw_m, ef_construction, ef_search: HNSW graph degree, build breadth and default search breadth.
+        nlist, nprobe: IVF cells (capped at N / 39, FAISS's minimum points per centroid) and cells searched.
+        pq_m, pq_bits: IVF-PQ sub-quantisers (must divide the prefix size) and bits per code.
+        seed: k-means and sampling seed.
+    """
+
+    hnsw_m: int = 32
+    ef_construction: int = 40
+    ef_search: int = 128
+    nlist: int = 1024
+    nprobe: int = 16
+    pq_m: int = 16
+    pq_bits: int = 8
+    seed: int = 0
+
+
+INDEX_KINDS: Registry = Registry("index kind")
+
+
+def check_index(kind: str, size: int, dim: int, params: IndexParams) -> None:
+    """The rules between an index's kind, its prefix size and the vectors' d, checked before any build.
+
+    Raises:
+        ValueError: naming the problem (size outside [1, d], pq_m not dividing the size, unknown kind).
+    """
+    INDEX_KINDS.get(kind)
+    if not 1 <= size <= dim:
+        raise ValueError(f"index size {size} is outside [1, d={dim}] of these vectors")
+    if kind == "ivfpq" and size % params.pq_m:
+        raise ValueError(f"ivfpq needs pq_m dividing the prefix size: pq_m={params.pq_m} does not divide {size}")
+
+
+def build_prefix_index(database: np.ndarray, size: int, kind: str = "flat", params: IndexParams | None = None):
+    """A FAISS inner-product index of `kind` over the normalised prefix `size` of `database` (N, d)."""
+    params = params or IndexParams()
+    check_index(kind, size, database.shape[1], params)
+    index = INDEX_KINDS.get(kind)(database, size, params)
+    n = len(database)
+    for lo in range(0, n, ADD_BLOCK_ROWS):
+        index.add(normalize_prefix(database[lo:lo + ADD_BLOCK_ROWS], size))
+        if n > 4 * ADD_BLOCK_ROWS:
+            log.info("%s index at %d dims: %d / %d rows added", kind, size, min(n, lo + ADD_BLOCK_ROWS), n)
+    return index
+
+
+@INDEX_KINDS.register("flat")
+def _flat(database: np.ndarray, size: int, params: IndexParams):
+    """Exact search."""
+    import faiss
+
+    return faiss.IndexFlatIP(size)
+
+
+@INDEX_KINDS.register("hnsw")
+def _hnsw(database: np.ndarray, size: int, params: IndexParams):
+    """Graph search (HNSW)."""
+    import faiss
+
+    index = faiss.IndexHNSWFlat(size, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efSearch = params.ef_search
+    index.hnsw.efConstruction = params.ef_construction
+    return index
+
+
+def _trained_ivf(database: np.ndarray, size: int, params: IndexParams, pq: bool):
+    """IVF (exact vectors) or IVF-PQ (product-quantised vectors), k-means trained on a seeded sample of at most
+    256 rows per cell (FAISS's own cap; IVF-PQ at least 256 per PQ centroid, for its codebooks)."""
+    import faiss
+
+    n = len(database)
+    cells = max(1, min(params.nlist, n // 39))
+    quantizer = faiss.IndexFlatIP(size)
+    if pq:
+        index = faiss.IndexIVFPQ(quantizer, size, cells, params.pq_m, params.pq_bits, faiss.METRIC_INNER_PRODUCT)
+    else:
+        index = faiss.IndexIVFFlat(quantizer, size, cells, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed = params.seed
+    cap = max(256 * cells, 256 * 2 ** params.pq_bits) if pq else 256 * cells
+    sample = np.sort(np.random.default_rng(params.seed).permutation(n)[:cap]) if n > cap else slice(None)
+    index.train(normalize_prefix(database[sample], size))
+    index.nprobe = min(params.nprobe, cells)
+    return index
+
+
+@INDEX_KINDS.register("ivf")
+def _ivf(database: np.ndarray, size: int, params: IndexParams):
+    """Inverted lists over k-means cells, exact vectors."""
+    return _trained_ivf(database, size, params, pq=False)
+
+
+@INDEX_KINDS.register("ivfpq")
+def _ivfpq(database: np.ndarray, size: int, params: IndexParams):
+    """Inverted lists with product-quantised vectors."""
+    return _trained_ivf(database, size, params, pq=True)
+
+
+def search_params(index, nprobe: int | None = None, ef_search: int | None = None):
+    """FAISS per-call search parameters for `index` overriding nprobe (IVF) / efSearch (HNSW), or None."""
+    import faiss
+
+    if nprobe is not None and isinstance(index, faiss.IndexIVF):
+        return faiss.SearchParametersIVF(nprobe=nprobe)
+    if ef_search is not None and isinstance(index, faiss.IndexHNSW):
+        return faiss.SearchParametersHNSW(efSearch=ef_search)
+    return None
+
+
+def faiss_search(index, queries: np.ndarray, size: int, k: int, nprobe: int | None = None,
+                 ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Search `index` (built on prefix `size`) with normalised query prefixes: (scores, positions) (Q, k).
+
+    Args:
+        nprobe, ef_search: per-call overrides of the index's own IVF / HNSW settings (None: the index's).
+    """
+    k = min(k, index.ntotal)
+    unit = normalize_prefix(queries, size)
+    params = search_params(index, nprobe, ef_search)
+    if params is None and (nprobe is not None and hasattr(index, "nprobe")):  # GPU IVF: no per-call parameters
+        index.nprobe = nprobe
+    return index.search(unit, k) if params is None else index.search(unit, k, params=params)
+
+
+def gpu_count() -> int:
+    """GPUs FAISS can use (0 with faiss-cpu)."""
+    import faiss
+
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+def to_device(index, device: str = "auto"):
+    """Move a FAISS index to all GPUs when asked (or when `auto` and faiss-gpu sees one); else unchanged.
+
+    Flat and IVF indexes move; HNSW stays on the CPU (faiss-gpu has no HNSW).
+    """
+    import faiss
+
+    gpus = gpu_count()
+    if device == "gpu" and gpus == 0:
+        raise RuntimeError("device is 'gpu' but FAISS sees no GPU (is faiss-gpu installed?)")
+    if device in ("gpu", "auto") and gpus > 0 and not isinstance(index, faiss.IndexHNSW):
+        return faiss.index_cpu_to_all_gpus(index)
+    return index

@@ -1,0 +1,156 @@
+"""Search modes: each is a function (settings, d, k) -> `QueryPlan`, registered in `SEARCH_MODES`.
+
+Adding a mode is one function here (or anywhere, registered with `@SEARCH_MODES.register("name")`): the
+service offers it on every index that has the sources its plan names, requests may ask for it, and
+`serve.mode` accepts it as the default.
+
+Shortlist source names of an index artifact: `size_<m>` for the FAISS index on prefix m, `adanns` for the
+AdANNS cells.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from mrl.registry import Registry
+from mrl.retrieval.plan import PlanError, QueryPlan, Rerank, Shortlist, check_plan
+
+SEARCH_MODES: Registry = Registry("search mode")
+ADANNS_SOURCE = "adanns"
+
+
+def index_source(size: int) -> str:
+    """The artifact's name for its FAISS index on prefix `size`."""
+    return f"size_{size}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchSettings:
+    """What the modes read (the service's `serve` config supplies it; a request may override K).
+
+    Attributes:
+        shortlist_size: D_s, the prefix whose index shortlists.
+        shortlist_k: K, candidates shortlisted (never below k).
+        rerank_size: D_r of adaptive retrieval; None: d.
+        funnel: funnel stages (size, keep) after the shortlist, size None = d; None: `default_funnel`.
+        nprobe: IVF / AdANNS cells probed; None: the index's own.
+        ef_search: HNSW breadth; None: the index's own.
+    """
+
+    shortlist_size: int = 16
+    shortlist_k: int = 200
+    rerank_size: int | None = None
+    funnel: tuple[tuple[int | None, int], ...] | None = None
+    nprobe: int | None = None
+    ef_search: int | None = None
+
+
+def make_plan(mode: str, settings: SearchSettings, dim: int, k: int) -> QueryPlan:
+    """The plan of `mode` for these settings, vectors of size d and k results."""
+    return SEARCH_MODES.get(mode)(settings, dim, k)
+
+
+def default_funnel(shortlist_size: int, shortlist_k: int, dim: int, k: int) -> list[tuple[int, int]]:
+    """Rerank stages after a (shortlist_size, shortlist_k) shortlist: sizes double up to d, keeps halve to k.
+
+    E.g. (16, 200, d=2048, k=10): 32/100, 64/50, 128/25, 256/12, 512/10, 1024/10, 2048/10.
+    """
+    stages, size, keep = [], 2 * shortlist_size, shortlist_k
+    while size < dim:
+        keep = max(k, keep // 2)
+        stages.append((size, keep))
+        size *= 2
+    stages.append((dim, k))
+    return stages
+
+
+def funnel_stages(settings: SearchSettings, dim: int, k: int) -> tuple[Rerank, ...]:
+    """The funnel's rerank stages for k results: configured or default, keeps within [k, K]."""
+    shortlist_k = max(k, settings.shortlist_k)
+    if settings.funnel is None:
+        stages = default_funnel(settings.shortlist_size, shortlist_k, dim, k)
+    else:
+        stages = [(m or dim, min(shortlist_k, max(k, keep))) for m, keep in settings.funnel]
+    return tuple(Rerank(m, keep) for m, keep in stages)
+
+
+def _index_shortlist(settings: SearchSettings, size: int, k: int) -> Shortlist:
+    return Shortlist(source=index_source(size), k=k, nprobe=settings.nprobe, ef_search=settings.ef_search)
+
+
+@SEARCH_MODES.register("adaptive")
+def adaptive(settings: SearchSettings, dim: int, k: int) -> QueryPlan:
+    """MRL adaptive retrieval: shortlist K with the D_s-prefix index, rerank exactly at D_r (default d)."""
+    return QueryPlan(mode="adaptive", k=k,
+                     shortlist=_index_shortlist(settings, settings.shortlist_size, max(k, settings.shortlist_k)),
+                     reranks=(Rerank(settings.rerank_size or dim, k),))
+
+
+@SEARCH_MODES.register("funnel")
+def funnel(settings: SearchSettings, dim: int, k: int) -> QueryPlan:
+    """The same shortlist, then exact reranks through growing prefixes and shrinking shortlists."""
+    return QueryPlan(mode="funnel", k=k,
+                     shortlist=_index_shortlist(settings, settings.shortlist_size, max(k, settings.shortlist_k)),
+                     reranks=funnel_stages(settings, dim, k))
+
+
+@SEARCH_MODES.register("adanns")
+def adanns(settings: SearchSettings, dim: int, k: int) -> QueryPlan:
+    """The members of the query's nearest AdANNS cells, scored with D_s (keeping K), then the funnel."""
+    later = tuple(st for st in funnel_stages(settings, dim, k) if st.size > settings.shortlist_size)
+    first = Rerank(settings.shortlist_size, max(k, settings.shortlist_k) if later else k)  # D_s = d: one stage
+    return QueryPlan(mode="adanns", k=k, shortlist=Shortlist(source=ADANNS_SOURCE, nprobe=settings.nprobe),
+                     reranks=(first, *later))
+
+
+@SEARCH_MODES.register("full")
+def full(settings: SearchSettings, dim: int, k: int) -> QueryPlan:
+    """One search of the size-d index (exact when the index kind is flat)."""
+    return QueryPlan(mode="full", k=k, shortlist=_index_shortlist(settings, dim, k))
+
+
+def available_modes(settings: SearchSettings, sources: Mapping[str, int], dim: int, k: int) -> list[str]:
+    """The registered modes whose plans an index with these shortlist `sources` (name -> size) can run."""
+    out = []
+    for name in SEARCH_MODES:
+        try:
+            check_plan(make_plan(name, settings, dim, k), sources, dim)
+        except PlanError:
+            continue
+        out.append(name)
+    return out
+
+
+def check_settings(settings: SearchSettings, mode: str, sources: Mapping[str, int], dim: int, k: int) -> list[str]:
+    """The rules between the service's search settings and an index (its shortlist `sources` and d): sizes
+    within d, and the default `mode` runnable. The service checks them at start against the loaded index; the
+    pipeline checks them before any work against the index it is about to build.
+
+    Returns:
+        The modes available on that index.
+
+    Raises:
+        PlanError: naming the setting and what the index has.
+    """
+    if (settings.rerank_size or dim) > dim:
+        raise PlanError(f"serve.rerank_size {settings.rerank_size} is above d={dim}")
+    too_big = [m for m, _ in settings.funnel or () if m is not None and m > dim]
+    if too_big:
+        raise PlanError(f"serve.funnel sizes {too_big} are above d={dim}")
+    available = available_modes(settings, sources, dim, k)
+    plan = make_plan(mode, settings, dim, k)
+    try:
+        check_plan(plan, sources, dim)
+    except PlanError as exc:
+        missing = plan.shortlist.source if plan.shortlist.source not in sources else None
+        hint = ("; set index.adanns_size to build AdANNS cells" if missing == ADANNS_SOURCE else
+                f"; index.sizes must include {sources_size(missing)}" if missing else "")
+        raise PlanError(f"serve.mode {mode!r} cannot run on this index: {exc}{hint}. Modes it can serve: "
+                        f"{available}") from None
+    return available
+
+
+def sources_size(source: str) -> str:
+    """The prefix size named by an artifact's index source name (`size_16` -> "16")."""
+    return source.removeprefix("size_")

@@ -1,0 +1,110 @@
+"""The rerank store: full-size vectors kept for exact rescoring of any prefix, and the rerank step."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mrl.retrieval.topk import normalize_prefix, top_k
+
+RERANK_BLOCK_FLOATS = 1 << 20  # ~4 MiB of float32 candidate rows per block: stays in cache, 2-3x faster than 128 MiB
+
+
+class PrefixStore:
+    """Full-size vectors kept for exact rescoring of any prefix.
+
+    `vectors` (N, d) may be float16 or float32 and may be a read-only memory map: only candidate rows are
+    read. Scoring prefix m gathers the candidates' first m columns (a strided `index_select` in PyTorch, far
+    faster than numpy's fancy indexing), widens them to float32, and divides their dot product with the unit
+    query prefix by their own norm, computed from the gathered rows while they are in cache (as fast as
+    looking up stored norms, which cost a second random read per candidate).
+    """
+
+    def __init__(self, vectors: np.ndarray, device: str = "cpu"):
+        """`device` "cuda" copies the rows to the GPU (gathers and products run there); "cpu" keeps them where
+        they are (a memory map stays a memory map)."""
+        import warnings
+
+        import torch
+
+        vectors = np.asarray(vectors) if not isinstance(vectors, np.memmap) else vectors
+        if vectors.dtype not in (np.float16, np.float32):
+            vectors = vectors.astype(np.float32)
+        if not vectors.flags["C_CONTIGUOUS"]:
+            vectors = np.ascontiguousarray(vectors)
+        self.vectors = vectors
+        with warnings.catch_warnings():  # read-only memory maps: torch warns, but nothing here writes
+            warnings.simplefilter("ignore", UserWarning)
+            self._rows = torch.from_numpy(vectors)
+        self.device = torch.device(device)
+        if self.device.type != "cpu":
+            self._rows = self._rows.to(self.device)
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    @property
+    def dim(self) -> int:
+        return self.vectors.shape[1]
+
+    def score(self, positions: np.ndarray, unit_queries: np.ndarray, size: int) -> np.ndarray:
+        """Cosine at prefix `size` between each query (Q, size), already unit-norm, and its rows (Q, K): (Q, K).
+
+        A zero prefix scores 0.
+        """
+        import torch
+
+        q, kk = positions.shape
+        rows = torch.from_numpy(np.ascontiguousarray(positions, dtype=np.int64).reshape(-1)).to(self.device)
+        cand = self._rows[:, :size].index_select(0, rows).view(q, kk, size).float()
+        unit = torch.from_numpy(np.ascontiguousarray(unit_queries, np.float32)).to(self.device)
+        raw = (cand * unit[:, None, :]).sum(-1)  # faster than bmm for these thin batched products
+        norms = torch.linalg.vector_norm(cand, dim=-1)
+        return torch.where(norms > 0, raw / norms.clamp_min(1e-30), torch.zeros_like(raw)).cpu().numpy()
+
+
+def as_store(database) -> PrefixStore:
+    """A `PrefixStore` as is; an array wrapped in one."""
+    return database if isinstance(database, PrefixStore) else PrefixStore(database)
+
+
+def rerank(candidates: np.ndarray, database, queries: np.ndarray, size: int, k: int, sort: bool = True
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Rescore shortlisted database positions exactly with prefix `size` and keep the best k.
+
+    Args:
+        candidates: (Q, K) database positions, -1 for an empty slot.
+        database: a `PrefixStore`, or (N, >= size) raw vectors (may be a memory map; only candidate rows are read).
+        queries: (Q, >= size) raw query vectors.
+        size: rerank prefix size D_r.
+        k: results kept.
+        sort: False keeps the same k candidates unordered (cheaper, for a funnel's intermediate stages).
+
+    Returns:
+        (scores (Q, k'), positions (Q, k')), k' = min(k, K); empty slots come last with score -inf, id -1
+        (when sorted).
+    """
+    store = as_store(database)
+    q, kk = candidates.shape
+    safe = np.where(candidates >= 0, candidates, 0)
+    q_norm = normalize_prefix(queries, size)
+    scores = np.empty((q, kk), dtype=np.float32)
+    step = max(1, RERANK_BLOCK_FLOATS // max(1, kk * size))  # query rows per block: bounded memory
+    width = kk if kk * size <= RERANK_BLOCK_FLOATS else max(1, RERANK_BLOCK_FLOATS // size)  # long shortlists
+    for lo in range(0, q, step):  # blocks of many queries each, vectorised within a block
+        for c0 in range(0, kk, width):
+            scores[lo:lo + step, c0:c0 + width] = store.score(safe[lo:lo + step, c0:c0 + width],
+                                                              q_norm[lo:lo + step], size)
+    scores = np.where(candidates >= 0, scores, -np.inf).astype(np.float32)
+    tie = np.where(candidates >= 0, candidates, np.iinfo(np.int64).max)
+    best_scores, order = top_k(scores, k, ids=tie, sort=sort)
+    positions = np.take_along_axis(candidates, order, axis=1)
+    return best_scores, np.where(np.isfinite(best_scores), positions, -1)
+
+
+def torch_device(device: str) -> str:
+    """The rerank store's PyTorch device for a cpu | gpu | auto setting (auto: CUDA when PyTorch sees it)."""
+    import torch
+
+    if device == "gpu" and not torch.cuda.is_available():
+        raise RuntimeError("device is 'gpu' but PyTorch sees no CUDA device")
+    return "cuda" if device in ("gpu", "auto") and torch.cuda.is_available() else "cpu"

@@ -1,0 +1,33 @@
+"""The HTTP API's request model: the one place a search request's shape and types are declared.
+
+FastAPI reads it for validation and the OpenAPI page; `RetrievalService.search` validates raw dicts with it
+too, so the same checks run with or without HTTP. Range checks that depend on the loaded index (k against
+the corpus size, the vector's length against d, which modes it serves) are the service's.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class SearchRequest(BaseModel):
+    """POST /search: give exactly one of `vector` or `id`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vector: list[FiniteFloat] | None = Field(None, description="query embedding of length d (raw, any norm)")
+    id: int | None = Field(None, description="id of a corpus item to use as the query")
+    k: int | None = Field(None, description="results to return, in [1, corpus rows]; default serve.default_k")
+    shortlist_k: int | None = Field(None, description="shortlist length K, in [1, corpus rows] (raised to k)")
+    mode: str | None = Field(None, description="search mode (GET /healthz lists the index's); default serve.mode")
+
+
+def validation_detail(exc: ValidationError | Any) -> list[dict[str, Any]]:
+    """Pydantic / FastAPI validation errors as JSON-safe dicts (location, message, type), without echoing the
+    input back (it may hold NaN or infinity, which JSON cannot carry)."""
+    return [{"loc": list(err.get("loc", ())), "msg": err.get("msg", ""), "type": err.get("type", "")}
+            for err in exc.errors()]

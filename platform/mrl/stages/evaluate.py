@@ -1,0 +1,115 @@
+"""The evaluate stage: per-size quality of one embed run.
+
+For every size m of the model's nesting list:
+- linear top-1: the model's own head for m applied to the test embeddings' prefix z[:m];
+- 1-NN accuracy, mAP@k, precision@k, recall@k: exact cosine search of test queries (prefix m, normalised)
+  against the train split as database, relevance = same label (the MRL paper's protocol).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mrl.artifacts.embeddings import read_embeddings
+from mrl.artifacts.manifest import read_manifest
+from mrl.core.metrics import top1_accuracy
+from mrl.core.models.model import head_logits
+from mrl.retrieval.quality import retrieval_at
+
+
+def evaluate_sizes(model, db_vectors: np.ndarray, db_labels: np.ndarray, q_vectors: np.ndarray,
+                   q_labels: np.ndarray, k: int = 10) -> list[dict[str, Any]]:
+    """One row of metrics (fractions) per nesting size of `model`.
+
+    Args:
+        model: an `MRLModel` (its heads give linear top-1).
+        db_vectors, db_labels: database (N, d), (N,).
+        q_vectors, q_labels: queries (Q, d), (Q,).
+        k: retrieval cut-off for mAP/precision/recall.
+    """
+    logits = head_logits(model, q_vectors)
+    return [{"size": m, "top1": top1_accuracy(size_logits, q_labels),
+             **retrieval_at(db_vectors, db_labels, q_vectors, q_labels, m, k)}
+            for m, size_logits in zip(model.sizes, logits)]
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table of per-size metrics, in percent."""
+    keys = [key for key in rows[0] if key != "size"]
+    lines = ["| size | " + " | ".join(keys) + " |", "|---:|" + "---:|" * len(keys)]
+    for row in rows:
+        lines.append(f"| {row['size']} | " + " | ".join(f"{100 * row[key]:.2f}" for key in keys) + " |")
+    return "\n".join(lines)
+
+
+def plot_sizes(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Accuracy vs representation size (log2 axis), one line per metric."""
+    from mrl.plots import pyplot, size_axis
+
+    plt = pyplot()
+    sizes = [r["size"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in [key for key in rows[0] if key in ("top1", "nn1") or key.startswith("map@")]:
+        ax.plot(sizes, [100 * r[key] for r in rows], marker="o", label=key)
+    size_axis(ax, sizes, title, "representation size m (prefix of z)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_evaluate(job, embeddings: str | None = None) -> dict[str, Any]:
+    """The evaluate stage for an `EvaluateJobConfig`; prints and logs the per-size table.
+
+    Returns:
+        {"run_id", "rows", "table", "seconds"}.
+    """
+    import mlflow
+
+    from mrl.artifacts import tracking
+    from mrl.configio import to_dict
+
+    emb_dir = Path(embeddings or job.embeddings).resolve()
+    emb = read_manifest(emb_dir, stage="embed")
+    missing = [s for s in ("train", "test") if s not in emb["rows"]]
+    if missing:
+        raise FileNotFoundError(f"embeddings {emb_dir} lack split(s) {missing}; embed both train and test")
+    tracking.setup(job.mlflow, job.output_dir)
+    model = tracking.load_model(emb["model_uri"])
+    started = time.time()
+    with mlflow.start_run(run_name="evaluate", tags={"mrl.stage": "evaluate", "mrl.input_run_id": emb["embed_run_id"],
+                                                     "mrl.input_uri": str(emb_dir)}) as run:
+        tracking.log_params({"evaluate": to_dict(job.evaluate), "embeddings": str(emb_dir),
+                             "model_uri": emb["model_uri"]})
+        _, db_labels, db_vectors = read_embeddings(emb_dir / "train")
+        _, q_labels, q_vectors = read_embeddings(emb_dir / "test")
+        if job.evaluate.max_queries:
+            q_labels, q_vectors = q_labels[:job.evaluate.max_queries], q_vectors[:job.evaluate.max_queries]
+        rows = evaluate_sizes(model, db_vectors, db_labels, q_vectors, q_labels, job.evaluate.k)
+        for row in rows:
+            mlflow.log_metrics({key.replace("@", "_at_"): value for key, value in row.items() if key != "size"},
+                               step=row["size"])
+            mlflow.log_metrics({f"{key.replace('@', '_at_')}_d{row['size']}": value
+                                for key, value in row.items() if key != "size"})
+        table = format_table(rows)
+        out = Path(job.output_dir).resolve() / "eval" / run.info.run_id
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "per_size.md").write_text(table + "\n")
+        _write_csv(rows, out / "per_size.csv")
+        plot_sizes(rows, out / "accuracy_vs_size.png",
+                   f"{emb.get('model_uri')}: {len(q_labels)} queries vs {len(db_labels)} database")
+        mlflow.log_artifacts(str(out), artifact_path="evaluation")
+        seconds = time.time() - started
+    print(f"[evaluate] test queries {len(q_labels)}, database {len(db_labels)} (train split), "
+          f"model {emb['model_uri']} -- metrics in %:\n{table}", flush=True)
+    return {"run_id": run.info.run_id, "rows": rows, "table": table, "path": str(out), "seconds": seconds}
+
+
+def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    keys = list(rows[0])
+    lines = [",".join(keys)] + [",".join(str(row[key]) for key in keys) for row in rows]
+    path.write_text("\n".join(lines) + "\n")

@@ -1,0 +1,50 @@
+"""The build_index stage: FAISS indexes per prefix size over an embed run's database (train) split, written as
+an index artifact (`mrl.retrieval.artifact`) and recorded in MLflow."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from mrl.artifacts.embeddings import read_embeddings
+from mrl.artifacts.manifest import point_latest, read_manifest
+from mrl.retrieval.artifact import check_index_config, write_index
+
+
+def run_build_index(job, embeddings: str | None = None) -> dict[str, Any]:
+    """The build_index stage for an `IndexJobConfig` over the embed run's database (train) split.
+
+    Returns:
+        {"run_id", "path", "sizes", "rows", "seconds"}.
+    """
+    import mlflow
+
+    from mrl.artifacts import tracking
+    from mrl.configio import to_dict
+
+    emb_dir = Path(embeddings or job.embeddings).resolve()
+    emb = read_manifest(emb_dir, stage="embed")
+    sizes = check_index_config(job.index, emb["dim"], emb["sizes"])
+    tracking.setup(job.mlflow, job.output_dir)
+    started = time.time()
+    with mlflow.start_run(run_name="build_index", tags={"mrl.stage": "index", "mrl.input_run_id": emb["embed_run_id"],
+                                                        "mrl.input_uri": str(emb_dir)}) as run:
+        tracking.log_params({"index": to_dict(job.index), "embeddings": str(emb_dir), "sizes": sizes})
+        ids, labels, vectors = read_embeddings(emb_dir / "train", job.index.vector_dtype)
+        out = Path(job.output_dir).resolve() / "index" / run.info.run_id
+        extra = {"index_run_id": run.info.run_id, "embed_run_id": emb["embed_run_id"],
+                 "model_uri": emb.get("model_uri"), "model_name": emb.get("model_name"),
+                 "model_version": emb.get("model_version"), "embeddings": str(emb_dir)}
+        adanns = None if job.index.adanns_size is None else (job.index.adanns_size, job.index.adanns_nlist)
+        manifest = write_index(out, ids, labels, vectors, sizes, job.index.kind, extra, job.index.params(),
+                               job.index.vector_dtype, adanns)
+        point_latest(out)
+        mlflow.log_artifacts(str(out), artifact_path="index")
+        mlflow.set_tag("mrl.output_path", str(out))
+        seconds = time.time() - started
+        mlflow.log_metrics({"rows": manifest["rows"], "index_wall_seconds": seconds})
+    print(f"[build_index] {manifest['rows']} rows, sizes {sizes}, {job.index.kind} -> {out} ({seconds:.0f}s)",
+          flush=True)
+    return {"run_id": run.info.run_id, "path": str(out), "sizes": sizes, "rows": manifest["rows"],
+            "seconds": seconds}

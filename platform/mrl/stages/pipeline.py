@@ -1,0 +1,110 @@
+"""The whole pipeline on one Ray cluster: train -> embed -> build_index -> evaluate -> serve -> example query.
+
+Each stage is the same function the stand-alone job calls, and each meets the next through its artifact
+on disk (registered model, Parquet embeddings, index directory), recorded in MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from mrl.config import EmbedJobConfig, EvaluateJobConfig, IndexJobConfig, PipelineConfig
+
+
+def example_query(url: str, embeddings_dir: str, k: int = 5) -> dict[str, Any]:
+    """POST the embedding of the first test image to the running service and return the request and reply."""
+    import requests
+
+    from mrl.artifacts.embeddings import read_embeddings
+
+    ids, labels, vectors = read_embeddings(Path(embeddings_dir) / "test")
+    body = {"vector": [round(float(v), 6) for v in vectors[0]], "k": k}
+    reply = requests.post(f"{url}/search", json=body, timeout=30)
+    reply.raise_for_status()
+    return {"query_id": int(ids[0]), "query_label": int(labels[0]), "request": body, "reply": reply.json()}
+
+
+def run_pipeline(cfg: PipelineConfig, shutdown: bool = True) -> dict[str, Any]:
+    """Run every stage; print the per-size table, the MLflow store and an answered example query.
+
+    Args:
+        cfg: the validated pipeline config.
+        shutdown: stop the Serve app at the end (unless cfg.keep_serving, which blocks until Ctrl-C first).
+
+    Returns:
+        A summary dict (also written to <output_dir>/pipeline_summary.json).
+    """
+    from ray import serve
+
+    from mrl.artifacts import tracking
+    from mrl.stages.embed import run_embed
+    from mrl.stages.evaluate import run_evaluate
+    from mrl.stages.index import run_build_index
+    from mrl.config import check_paths
+    from mrl.runtime import ensure_ray
+    from mrl.stages.serve import run_serve
+    from mrl.stages.train import run_train
+
+    started = time.time()
+    check_paths(cfg)  # before any Ray work
+    ensure_ray(cfg.ray)
+    uri = tracking.setup(cfg.mlflow, cfg.output_dir)
+    timings: dict[str, float] = {}
+
+    def stage(name: str, fn, *args):
+        print(f"\n=== {name} ===", flush=True)
+        t0 = time.time()
+        out = fn(*args)
+        timings[name] = round(time.time() - t0, 1)
+        return out
+
+    trained = stage("train", run_train, cfg.train_job())
+    embed_job = EmbedJobConfig(output_dir=cfg.output_dir, model_uri=trained["model_uri"], data=cfg.data,
+                               embed=cfg.embed, ray=cfg.ray, mlflow=cfg.mlflow)
+    embedded = stage("embed", run_embed, embed_job)
+    index_job = IndexJobConfig(output_dir=cfg.output_dir, embeddings=embedded["path"], index=cfg.index,
+                               mlflow=cfg.mlflow)
+    indexed = stage("build_index", run_build_index, index_job)
+    eval_job = EvaluateJobConfig(output_dir=cfg.output_dir, embeddings=embedded["path"], evaluate=cfg.evaluate,
+                                 mlflow=cfg.mlflow)
+    evaluated = stage("evaluate", run_evaluate, eval_job)
+    served = stage("serve", run_serve, indexed["path"], cfg.serve, cfg.mlflow, cfg.output_dir)
+    example = example_query(served["url"], embedded["path"])
+    wall = time.time() - started
+
+    reply = example["reply"]
+    full = evaluated["rows"][-1]
+    print("\n=== summary ===", flush=True)
+    print(f"model {trained['model_uri']}, index {indexed['path']}", flush=True)
+    print(f"per-size metrics (%), test queries vs train database:\n{evaluated['table']}", flush=True)
+    print(f"full size d={full['size']}: linear top-1 {100 * full['top1']:.2f}%, 1-NN {100 * full['nn1']:.2f}%",
+          flush=True)
+    print(f"MLflow store: {uri}\n  open the UI with: {tracking.ui_hint(uri)}", flush=True)
+    print(f"example query: POST {served['url']}/search with the embedding of test image {example['query_id']} "
+          f"(label {example['query_label']}), k=5\n"
+          f"  answered ids {reply['ids']} labels {reply['labels']} "
+          f"scores {[round(s, 4) for s in reply['scores']]}\n"
+          f"  by model {reply['model']['uri']} and index {reply['index']['version']} in {reply['took_ms']:.1f} ms\n"
+          f"  the same by corpus id: curl -s -X POST {served['url']}/search -H 'content-type: application/json' "
+          f"-d '{{\"id\": 0, \"k\": 5}}'", flush=True)
+    print(f"stage seconds {timings}; wall time {wall:.0f}s", flush=True)
+
+    summary = {"wall_seconds": round(wall, 1), "stage_seconds": timings, "model_uri": trained["model_uri"],
+               "train_run_id": trained["run_id"], "embed_run_id": embedded["run_id"],
+               "index_run_id": indexed["run_id"], "evaluate_run_id": evaluated["run_id"],
+               "deploy_run_id": served["run_id"], "per_size": evaluated["rows"], "tracking_uri": uri,
+               "url": served["url"], "example": {k: v for k, v in example.items() if k != "request"}}
+    Path(cfg.output_dir, "pipeline_summary.json").write_text(json.dumps(summary, indent=2))
+    if cfg.keep_serving:
+        print(f"serving at {served['url']} until Ctrl-C", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+    if shutdown or cfg.keep_serving:
+        serve.shutdown()
+    return summary

@@ -1,0 +1,357 @@
+"""The train stage: MRL training with Ray Train's TorchTrainer (gloo CPU workers or NCCL GPU workers).
+
+Each worker reads the data itself (local files here, shared storage on a cluster), trains the DDP-wrapped
+model on its slice of every epoch, and every epoch all workers report per-size validation accuracy; rank 0
+attaches a checkpoint. Rerunning with the same run name and output_dir resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from mrl.config import TrainJobConfig
+from mrl.configio import from_dict, to_dict
+
+CHECKPOINT_FILE = "checkpoint.pt"
+# Inside workers, progress goes through logging: Ray Train tees bare print() to stdout and its logger,
+# which shows every line twice.
+logger = logging.getLogger("mrl.stages.train")
+
+
+def lr_factor(step: int, total_steps: int, warmup_fraction: float = 0.1, schedule: str = "cosine") -> float:
+    """Linear warm-up over the first `warmup_fraction` of steps, then cosine decay to 0 (or constant)."""
+    warmup = max(1, int(total_steps * warmup_fraction))
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def rank_batches(indices: np.ndarray, rank: int, world: int, batch_size: int, seed: int) -> list[np.ndarray]:
+    """This rank's batches of one epoch: a seeded shuffle split round-robin across ranks, cut so every rank
+    takes the same number of full batches (DDP's all-reduce needs equal step counts)."""
+    order = np.random.default_rng(seed).permutation(indices)
+    per_rank = len(order) // world
+    mine = order[rank::world][:per_rank]
+    steps = per_rank // batch_size
+    if steps == 0:
+        raise ValueError(f"{len(indices)} training rows give no full batch of {batch_size} on {world} workers; "
+                         "lower train.batch_size")
+    return [mine[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
+
+
+def count_correct(model, x: torch.Tensor, y: torch.Tensor, batch_size: int, device, autocast) -> torch.Tensor:
+    """Correct predictions per nesting size over (x, y): a (G,) int64 tensor."""
+    correct = None
+    with torch.no_grad(), autocast():
+        for i in range(0, len(x), batch_size):
+            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+            hits = torch.stack([(out.argmax(1) == yb).sum() for out in model(xb)])
+            correct = hits if correct is None else correct + hits
+    return correct if correct is not None else torch.zeros(0, dtype=torch.int64)
+
+
+def _autocast_factory(precision: str, device: torch.device):
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not use_bf16:
+        import contextlib
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def run_loop(job: TrainJobConfig, *, rank: int = 0, world: int = 1, device=None,
+             prepare: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+             restore: dict[str, Any] | None = None,
+             on_epoch: Callable[[dict[str, float], dict[str, Any] | None], None] | None = None):
+    """The training loop shared by Ray Train workers and in-process training.
+
+    Args:
+        job: the validated config.
+        rank, world: this process's place among data-parallel workers (all-reduce only when world > 1).
+        device: torch device (default CPU).
+        prepare: wraps the model for distribution (Ray Train's prepare_model -> DDP).
+        restore: a checkpoint state to resume from (model, optimizer, scheduler, epoch, model_spec).
+        on_epoch: called every epoch on every rank with the metrics and, on rank 0, the checkpoint state.
+
+    Returns:
+        The trained `MRLModel` (unwrapped), in eval mode.
+    """
+    import torch.distributed as dist
+
+    from mrl.data.sources import load_split, to_float, train_val_indices
+    from mrl.core.losses import MatryoshkaLoss
+    from mrl.core.models import build_model
+
+    device = device or torch.device("cpu")
+    torch.manual_seed(job.train.seed)
+    autocast = _autocast_factory(job.resources.precision, device)
+    images, labels = load_split(job.data, job.model, "train")
+    train_idx, val_idx = train_val_indices(len(labels), job.data.val_fraction, job.data.seed)
+    x_all = torch.from_numpy(to_float(images))  # (N, C, H, W)
+    y_all = torch.from_numpy(labels)
+    val_mine = val_idx[rank::world]
+
+    model = build_model(to_dict(job.model)).to(device)
+    sizes = model.sizes
+    criterion = MatryoshkaLoss(job.model.weights).to(device)
+    if prepare is not None:
+        model = prepare(model)
+    params = model.parameters()
+    if job.train.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=job.train.lr, weight_decay=job.train.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(params, lr=job.train.lr, momentum=0.9, weight_decay=job.train.weight_decay,
+                                    nesterov=True)
+    steps_per_epoch = len(rank_batches(train_idx, rank, world, job.train.batch_size, 0))
+    total_steps = steps_per_epoch * job.train.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, schedule=job.train.schedule))
+
+    start_epoch = 0
+    if restore is not None:  # resume (same run name) or restart after a failure
+        if restore["model_spec"] != to_dict(job.model):
+            raise ValueError(f"run {job.run_name!r} under {job.output_dir} holds a checkpoint of another model "
+                             f"config ({restore['model_spec']}); pick another run_name to start a new run")
+        _unwrap(model).load_state_dict(restore["model"])
+        optimizer.load_state_dict(restore["optimizer"])
+        scheduler.load_state_dict(restore["scheduler"])
+        start_epoch = restore["epoch"] + 1
+        if rank == 0:
+            left = max(0, job.train.epochs - start_epoch)
+            logger.info(f"[train] run {job.run_name!r} resumed from its checkpoint after epoch {start_epoch}; "
+                        f"{left} epoch(s) left of train.epochs={job.train.epochs}")
+
+    for epoch in range(start_epoch, job.train.epochs):
+        model.train()
+        started = time.time()
+        batches = rank_batches(train_idx, rank, world, job.train.batch_size, job.train.seed * 1000 + epoch)
+        loss_sum = torch.zeros((), device=device)
+        for step, batch in enumerate(batches):
+            xb, yb = x_all[batch].to(device), y_all[batch].to(device)
+            with autocast():
+                loss, _ = criterion(model(xb), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach()
+            if rank == 0 and (step + 1) % max(1, len(batches) // 4) == 0:
+                logger.info(f"[train] epoch {epoch + 1}/{job.train.epochs} step {step + 1}/{len(batches)} "
+                            f"loss {loss.item():.4f} ({time.time() - started:.0f}s)")
+
+        model.eval()
+        correct = count_correct(model, x_all[val_mine], y_all[val_mine], 1024, device, autocast)
+        totals = torch.tensor([float(len(val_mine)), loss_sum.item(), float(len(batches))], device=device)
+        if world > 1:
+            correct = correct.to(device)
+            dist.all_reduce(correct)
+            dist.all_reduce(totals)
+        n_val, loss_total, n_steps = totals.tolist()
+        metrics: dict[str, float] = {"epoch": epoch + 1, "train_loss": loss_total / max(1.0, n_steps),
+                                     "epoch_seconds": time.time() - started}
+        if n_val > 0:
+            accs = (correct.double() / n_val).tolist()
+            metrics.update({f"val_top1_d{m}": a for m, a in zip(sizes, accs)})
+            metrics.update(val_top1_min=accs[0], val_top1_full=accs[-1], val_top1_mean=float(np.mean(accs)))
+        state = None
+        if rank == 0:
+            state = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "epoch": epoch, "model_spec": to_dict(job.model)}
+            shown = " ".join(f"{m}:{metrics.get(f'val_top1_d{m}', float('nan')) * 100:.2f}" for m in sizes)
+            logger.info(f"[train] epoch {epoch + 1}/{job.train.epochs} done in {metrics['epoch_seconds']:.0f}s, "
+                        f"loss {metrics['train_loss']:.4f}, val top-1 % by size {shown}")
+        if on_epoch is not None:
+            on_epoch(metrics, state)
+    return _unwrap(model).eval()
+
+
+def train_local(job: TrainJobConfig, threads: int | None = None):
+    """Train in this process (no Ray Train): the same loop, one worker, CPU. Used where many small models
+    are trained side by side (the reproduction benchmark runs them as Ray tasks).
+
+    Returns:
+        The trained `MRLModel` in eval mode.
+    """
+    torch.set_num_threads(threads or job.resources.threads_per_worker or job.resources.cpus_per_worker)
+    return run_loop(job)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker function. loop_config: {"job": TrainJobConfig dict, "mlflow_run_id", "tracking_uri"}."""
+    import ray.train
+    import ray.train.torch
+
+    job = from_dict(TrainJobConfig, loop_config["job"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(job.resources.threads_per_worker or job.resources.cpus_per_worker)
+    device = ray.train.torch.get_device()
+
+    restore = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            restore = read_checkpoint(Path(ckpt_dir) / CHECKPOINT_FILE, map_location=device)
+
+    client = None
+    if rank == 0 and loop_config.get("mlflow_run_id"):
+        from mlflow import MlflowClient
+        client = MlflowClient(loop_config["tracking_uri"])
+
+    def on_epoch(metrics: dict[str, float], state: dict[str, Any] | None) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if state is not None:  # rank 0
+                torch.save(state, Path(tmp) / CHECKPOINT_FILE)
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+                if client is not None:
+                    from mlflow.entities import Metric
+                    now = int(time.time() * 1000)
+                    client.log_batch(loop_config["mlflow_run_id"], metrics=[
+                        Metric(k, float(v), now, int(metrics["epoch"])) for k, v in metrics.items()])
+            ray.train.report(metrics, checkpoint=ckpt)  # a barrier: every rank reports every epoch
+
+    run_loop(job, rank=rank, world=world, device=device, prepare=ray.train.torch.prepare_model, restore=restore,
+             on_epoch=on_epoch)
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def resolve_use_gpu(setting: bool | str) -> bool:
+    """`auto` -> whether the Ray cluster has GPUs; booleans pass through."""
+    if setting != "auto":
+        return bool(setting)
+    import ray
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def fit(job: TrainJobConfig, *, mlflow_run_id: str | None = None, tracking_uri: str | None = None,
+        storage_path: str | None = None, callbacks: list | None = None):
+    """Run `train_loop_per_worker` on a TorchTrainer and return the Ray Train Result.
+
+    Args:
+        job: the validated training config.
+        mlflow_run_id, tracking_uri: rank 0 logs per-epoch metrics to this run.
+        storage_path: where Ray Train keeps checkpoints (default <output_dir>/ray, absolute; on a multi-node
+            cluster it must be shared storage such as s3:// or NFS).
+        callbacks: Ray Train callbacks (e.g. Tune's TuneReportCallback).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if job.run_name is None:
+        raise ValueError("fit() needs a run_name; run_train() picks one per invocation")
+    storage = storage_path or str(Path(job.output_dir).resolve() / "ray")
+    use_gpu = resolve_use_gpu(job.resources.use_gpu)
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": to_dict(job), "mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri},
+        scaling_config=ScalingConfig(num_workers=job.resources.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": job.resources.cpus_per_worker,
+                                                           **({"GPU": 1} if use_gpu else {})}),
+        run_config=RunConfig(name=job.run_name, storage_path=storage,
+                             failure_config=FailureConfig(max_failures=job.resources.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             callbacks=callbacks or None),
+    )
+    return trainer.fit()
+
+
+def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a training checkpoint written by `run_loop`'s rank 0 (`torch.save` of the state dict).
+
+    Loaded with `weights_only=True`: the state holds only tensors, the optimizer/scheduler state dicts
+    (numbers, tuples, None; LambdaLR stores None for its lambda) and the plain-dict model spec, so a file
+    that would need arbitrary classes (or run code) to unpickle is refused.
+
+    Args:
+        path: the checkpoint file.
+        map_location: torch device for the tensors.
+
+    Returns:
+        {"model", "optimizer", "scheduler", "epoch", "model_spec"}.
+
+    Raises:
+        ModelFileError: the file is not a plain-data checkpoint.
+    """
+    import pickle
+
+    from mrl.artifacts.model_files import ModelFileError
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, EOFError) as exc:
+        raise ModelFileError(f"{path}: refused to load the checkpoint; it is not plain tensors and data "
+                             f"(checkpoints load with weights_only=True): {exc}") from exc
+
+
+def load_checkpoint_model(checkpoint):
+    """Rebuild the `MRLModel` saved in a Ray Train checkpoint (CPU, eval mode)."""
+    from mrl.core.models import build_model
+
+    with checkpoint.as_directory() as ckpt_dir:
+        state = read_checkpoint(Path(ckpt_dir) / CHECKPOINT_FILE)
+    model = build_model(state["model_spec"])
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def run_train(job: TrainJobConfig) -> dict[str, Any]:
+    """The whole train stage: Ray Train fit, then the model logged and registered in MLflow.
+
+    Returns:
+        {"run_id", "model_uri", "model_version", "metrics", "seconds"}.
+    """
+    import mlflow
+
+    from mrl.artifacts import tracking
+    from mrl.runtime import ensure_ray
+
+    ensure_ray(job.ray)
+    uri = tracking.setup(job.mlflow, job.output_dir)
+    if job.run_name is None:
+        job = dataclasses.replace(job, run_name=time.strftime("train-%Y%m%d-%H%M%S"))
+    started = time.time()
+    with mlflow.start_run(run_name=job.run_name, tags={"mrl.stage": "train"}) as run:
+        tracking.log_params(to_dict(job))
+        mlflow.log_params({"model.sizes": str(job.model.sizes), "model.weights": str(job.model.weights)})
+        mlflow.log_input(_dataset_input(job), context="training")
+        result = fit(job, mlflow_run_id=run.info.run_id, tracking_uri=uri)
+        if result.error is not None:
+            raise result.error
+        model = load_checkpoint_model(result.checkpoint)
+        metadata = {"dim": model.dim, "sizes": model.sizes, "head": job.model.head, "encoder": job.model.encoder,
+                    "model_spec": to_dict(job.model), "train_run_id": run.info.run_id,
+                    "checkpoint": result.checkpoint.path}
+        info = tracking.log_model(model, job.mlflow.registered_model, metadata)
+        mlflow.set_tag("mrl.checkpoint", result.checkpoint.path)
+        seconds = time.time() - started
+        mlflow.log_metric("train_wall_seconds", seconds)
+    version = str(info.registered_model_version) if info.registered_model_version is not None else None
+    model_uri = f"models:/{job.mlflow.registered_model}/{version}" if version else info.model_uri
+    print(f"[train] registered {model_uri} (run {run.info.run_id}) in {seconds:.0f}s", flush=True)
+    return {"run_id": run.info.run_id, "model_uri": model_uri, "model_version": version,
+            "metrics": dict(result.metrics or {}), "seconds": seconds}
+
+
+def _dataset_input(job: TrainJobConfig):
+    """An MLflow dataset record for the training data (name, source path, row count digest)."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    source = resolve_dataset_source(str(Path(job.data.root).resolve()))
+    return MetaDataset(source=source, name=f"{job.data.source}-train",
+                       digest=f"limit-{job.data.train_limit}-val-{job.data.val_fraction}-seed-{job.data.seed}")

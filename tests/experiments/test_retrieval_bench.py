@@ -1,0 +1,184 @@
+"""The retrieval benchmark on small real files: staged searches against brute force, metrics, result files."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mrl.configio import ConfigError, from_dict
+from mrl.experiments.measure import peak_rss_bytes, recall_of, reset_peak_rss
+from mrl.experiments.retrieval_bench import RetrievalBenchConfig, run_benchmark
+from mrl.experiments.retrieval_report import render, write_results
+from mrl.retrieval.topk import exact_search
+
+
+def write_split(path, vectors, labels, dtype=pa.float16()):
+    path.mkdir(parents=True)
+    d = vectors.shape[1]
+    for part, rows in enumerate(np.array_split(np.arange(len(vectors)), 2)):
+        flat = pa.array(vectors[rows].ravel().astype(dtype.to_pandas_dtype()), dtype)
+        pq.write_table(pa.table({"id": pa.array(rows, pa.int64()), "label": pa.array(labels[rows], pa.int64()),
+                                 "embedding": pa.FixedSizeListArray.from_arrays(flat, d)}),
+                       path / f"part-{part}.parquet")
+
+
+@pytest.fixture
+def embeddings(tmp_path):
+    """Clustered vectors whose first 8 dims carry the class, like an MRL embedding; float16 shards."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(5, 64)).astype(np.float32)
+    labels = rng.integers(0, 5, 1600)
+    x = centres[labels] + 0.6 * rng.normal(size=(1600, 64)).astype(np.float32)
+    x[:, :8] *= 3.0
+    emb = tmp_path / "emb"
+    write_split(emb / "train", x[:1500], labels[:1500])
+    write_split(emb / "test", x[1500:], labels[1500:])
+    (emb / "manifest.json").write_text(json.dumps({"stage": "embed", "embed_run_id": "r", "model_uri": "m",
+                                                   "dim": 64, "sizes": [8, 16, 32, 64]}))
+    db = x[:1500].astype(np.float16).astype(np.float32)
+    return emb, db, x[1500:], labels
+
+
+def config(emb, tmp_path, **extra):
+    base = {
+        "output_dir": str(tmp_path / "out"), "embeddings": str(emb), "k": 5, "threads": 1,
+        "vector_dtype": "float16", "results": "results/bench",
+        "indexes": {"flat_d": {"kind": "flat"}, "flat_8": {"kind": "flat", "size": 8},
+                    "ivf_8": {"kind": "ivf", "size": 8, "nlist": 16},
+                    "hnsw_8": {"kind": "hnsw", "size": 8, "hnsw_m": 8},
+                    "adanns_8": {"kind": "adanns", "size": 8, "nlist": 16}},
+        "searches": [
+            {"name": "exact", "index": "flat_d", "shortlist": 5, "repeats": 1, "single": 2},
+            {"name": "adaptive all", "index": "flat_8", "shortlist": 1500, "rerank": [[None, 5]], "repeats": 1},
+            {"name": "funnel", "index": "ivf_8", "nprobe": 4, "shortlist": 50, "rerank": [[16, 20], [None, 5]],
+             "repeats": 1, "single": 0},
+            {"name": "hnsw", "index": "hnsw_8", "ef_search": 64, "shortlist": 40, "rerank": [[None, 5]],
+             "repeats": 1},
+            {"name": "adanns all cells", "index": "adanns_8", "nprobe": 16, "rerank": [[32, 30], [None, 5]],
+             "repeats": 1},
+        ],
+    }
+    base.update(extra)
+    return from_dict(RetrievalBenchConfig, base)
+
+
+def test_benchmark_rows_match_brute_force_and_write_results(embeddings, tmp_path):
+    emb, db, queries, labels = embeddings
+    cfg = config(emb, tmp_path)
+    result = run_benchmark(cfg)
+    rows = {r["config"]: r for r in result["rows"]}
+    assert list(rows) == ["exact", "adaptive all", "funnel", "hnsw", "adanns all cells"]
+    # exact search and adaptive search with the whole database shortlisted are exact: all of the true top-5
+    assert rows["exact"]["result_recall"] == 1.0 and rows["adaptive all"]["result_recall"] == pytest.approx(1.0)
+    assert rows["adaptive all"]["shortlist_recall"] == 1.0 and rows["adanns all cells"]["shortlist_recall"] == 1.0
+    assert rows["adaptive all"]["map"] == pytest.approx(rows["exact"]["map"])
+    # every probed cell covers the whole database, so AdANNS's funnel sees every row
+    assert rows["adanns all cells"]["shortlist"] == 1500
+    for r in rows.values():
+        assert 0 <= r["map"] <= 1 and 0 <= r["top1"] <= 1 and r["qps"] > 0 and r["madds_per_query"] > 0
+        assert r["peak_rss_gib"] > 0
+    assert rows["exact"]["madds_per_query"] == 1500 * 64
+    assert rows["adaptive all"]["madds_per_query"] == 1500 * 8 + 1500 * 64
+    assert rows["funnel"]["madds_per_query"] < rows["exact"]["madds_per_query"]
+    assert rows["exact"]["single_ms"] > 0 and rows["funnel"]["single_ms"] is None
+    assert [name for name, _ in rows["funnel"]["stage_ms"]] == ["ivf@8", "rerank@16", "rerank@64"]
+    assert result["rows_database"] == 1500 and result["dtype"] == "float16" and "CPUs" in result["machine"]
+
+    md = write_results(cfg, result, "python benchmarks/retrieval.py", tmp_path)
+    text = md.read_text()
+    assert "| adaptive all |" in text and "1.0x" in text and "- funnel: ivf@8 " in text
+    assert (tmp_path / "results" / "bench_pareto.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "results" / "bench.json").read_text())
+    assert saved["rows"][0]["config"] == "exact"
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=["mrl"], filter_string="tags.`mrl.stage` = 'benchmark'")
+    assert len(runs) == 1
+
+
+def test_staged_searches_run_on_the_engine_and_match_brute_force(embeddings, tmp_path):
+    from mrl.experiments.retrieval_bench import BenchIndex, BenchSearch, build_source, load_data
+    from mrl.retrieval.engine import SearchEngine
+
+    emb, db, queries, _ = embeddings
+    cfg = config(emb, tmp_path)
+    store, _, q, _, dim, _ = load_data(cfg)  # queries as stored: float16 values
+    _, truth = exact_search(db, q, 5)
+
+    def run(spec, search):
+        source, _ = build_source(spec, store, dim, seed=0)
+        return SearchEngine(store, {"x": source}).run(search.plan(spec.kind == "adanns", dim, 5), q)
+
+    exact = run(BenchIndex(kind="flat"), BenchSearch(name="e", index="x", shortlist=5))
+    assert np.array_equal(exact.positions, truth) and exact.madds == 1500 * 64
+    everything = BenchSearch(name="a", index="x", shortlist=1500, rerank=((16, 700), (None, 5)))
+    found = run(BenchIndex(kind="flat", size=8), everything)
+    # a funnel whose 16-d cut keeps 700 of 1500 rows still finds the exact top-5 of these clustered vectors
+    assert found.shortlist.shape == (100, 1500) and np.array_equal(found.positions, truth)
+    assert found.madds == 1500 * 8 + 1500 * 16 + 700 * 64
+
+
+def test_render_reports_speed_up_against_the_first_row():
+    row = {"config": "a", "top1": 0.9, "map": 0.8, "precision": 0.8, "shortlist_recall": 1.0, "result_recall": 1.0,
+           "qps": 100.0, "queries": 2, "single_ms": 1.0, "madds_per_query": 10, "build_seconds": 1.0, "peak_rss_gib": 1.0}
+    result = {"rows": [row, {**row, "config": "b", "qps": 2500.0, "single_ms": None}], "k": 10, "dim": 8,
+              "rows_database": 10, "queries": 2, "dtype": "float32", "machine": "m", "seconds": 60,
+              "model_uri": "x", "augment": {"rows": 10, "seed": 0}}
+    text = render(result, "cmd", "T")
+    assert "| b | 90.00 | 80.00 |" in text and "| 25.0x |" in text and "augmentation to 10" in text
+    assert "| 20 | 100 | 1.0x |" in text  # 2 queries at 100 q/s: a 20 ms batch
+
+
+def test_recall_of_ignores_empty_slots():
+    assert recall_of(np.array([[1, 2], [3, 4]]), np.array([[2, -1, 9], [4, 3, -1]])) == 0.75
+
+
+def test_peak_rss_is_read_and_reset():
+    import mmap
+
+    assert reset_peak_rss()
+    before = peak_rss_bytes()
+    block = mmap.mmap(-1, 128 * 2**20)  # fresh anonymous pages: malloc cannot hand back memory already resident
+    np.frombuffer(block, dtype=np.uint8)[::4096] = 1  # touch every page
+    peak = peak_rss_bytes()
+    assert peak >= before + 120 * 2**20
+    block.close()
+    assert reset_peak_rss() and peak_rss_bytes() < peak  # the mark falls back to what is resident now
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"searches": [{"name": "a", "index": "flat_8"}]}, "must be the reference"),
+    ({"searches": [{"name": "a", "index": "missing"}]}, "is not one of"),
+    ({"searches": [{"name": "a", "index": "flat_d"}, {"name": "b", "index": "flat_8", "shortlist": 10,
+                                                       "rerank": [[16, 5], [None, 8]]}]}, "must not grow"),
+    ({"searches": [{"name": "a", "index": "flat_d", "shortlist": 3}]}, "fewer than k=5"),
+    ({"searches": [{"name": "a", "index": "flat_d"}, {"name": "a", "index": "flat_d"}]}, "unique"),
+    ({"searches": [{"name": "a", "index": "flat_d"}, {"name": "b", "index": "adanns_8"}]}, "needs a rerank"),
+    ({"queries": 0}, "queries must be > 0"),
+    ({"searches": [{"name": "a", "index": "flat_d"}, {"name": "b", "index": "flat_8", "shortlist": 10,
+                                                       "rerank": [[None, 10], [16, 5]]}]}, "null"),
+    ({"searches": [{"name": "a", "index": "flat_d"}, {"name": "b", "index": "flat_8", "shortlist": 10,
+                                                       "rerank": [[32, 10], [16, 5]]}]}, "increase"),
+    ({"searches": [{"name": "a", "index": "flat_d"}, {"name": "b", "index": "adanns_8", "rerank": [[16, 3]]}]},
+     "fewer than k=5"),
+])
+def test_bad_configs_are_refused_with_the_field(embeddings, tmp_path, change, message):
+    emb = embeddings[0]
+    with pytest.raises(ConfigError, match=message):
+        config(emb, tmp_path, **change)
+
+
+@pytest.mark.parametrize("index, message", [
+    ({"kind": "flat", "size": 4096}, r"indexes.extra: index size 4096 is outside \[1, d=64\]"),
+    ({"kind": "ivfpq", "size": 8, "pq_m": 3, "nlist": 4}, r"indexes.extra: .*pq_m=3 does not divide 8"),
+    ({"kind": "adanns", "size": 128}, r"indexes.extra: index size 128 is outside \[1, d=64\]"),
+])
+def test_indexes_that_cannot_be_built_are_refused_before_any_search(embeddings, tmp_path, index, message):
+    from mrl.experiments.retrieval_bench import load_data
+
+    cfg = config(embeddings[0], tmp_path, indexes={"flat_d": {"kind": "flat"}, "extra": index},
+                 searches=[{"name": "a", "index": "flat_d", "shortlist": 5}])
+    with pytest.raises(ConfigError, match=message):
+        load_data(cfg)

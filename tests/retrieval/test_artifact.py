@@ -1,0 +1,113 @@
+"""The index artifact (mrl.retrieval.artifact): float16 / float32 rerank vectors, manifest and format checks,
+AdANNS cells, and the engine over it."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mrl.artifacts.manifest import sha256
+from mrl.retrieval.artifact import IndexMismatchError, load_index, write_index
+from mrl.retrieval.modes import SearchSettings, make_plan
+from mrl.retrieval.topk import exact_search
+
+
+def corpus(n=500, d=32, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.arange(n) * 10, rng.integers(0, 5, n), rng.normal(size=(n, d)).astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_written_index_loads_and_searches_like_numpy(tmp_path, dtype):
+    ids, labels, vectors = corpus()
+    manifest = write_index(tmp_path, ids, labels, vectors, [8, 32], "flat", {"model_uri": "models:/m/1"},
+                           vector_dtype=dtype)
+    assert manifest["dtype"] == dtype and manifest["rows"] == 500 and set(manifest["checksums"]) >= {"vectors.npy"}
+    art = load_index(tmp_path, expect_dim=32, expect_model_uri="models:/m/1")
+    assert art.vectors.dtype == np.dtype(dtype) and art.engine.source_sizes() == {"size_8": 8, "size_32": 32}
+    q = np.random.default_rng(1).normal(size=(20, 32)).astype(np.float32)
+    pos = art.engine.run(make_plan("adaptive", SearchSettings(shortlist_size=8, shortlist_k=500), 32, 10), q).positions
+    _, exact = exact_search(vectors.astype(dtype).astype(np.float32), q, 10)
+    assert pos.tolist() == exact.tolist()  # a shortlist of everything reranked exactly = exact search
+
+
+def test_float16_halves_the_vector_file(tmp_path):
+    ids, labels, vectors = corpus(n=2000, d=64)
+    write_index(tmp_path / "a", ids, labels, vectors, [8], "flat", {}, vector_dtype="float32")
+    write_index(tmp_path / "b", ids, labels, vectors, [8], "flat", {}, vector_dtype="float16")
+    a, b = (tmp_path / "a" / "vectors.npy").stat().st_size, (tmp_path / "b" / "vectors.npy").stat().st_size
+    assert b < 0.51 * a
+
+
+def test_manifest_dtype_and_size_mismatches_are_refused(tmp_path):
+    ids, labels, vectors = corpus()
+    write_index(tmp_path, ids, labels, vectors, [8], "flat", {}, vector_dtype="float16")
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["dtype"] = "float32"
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexMismatchError, match="vectors.npy holds float16, the manifest says float32"):
+        load_index(tmp_path)
+    with pytest.raises(IndexMismatchError, match="outside \\[1, d=32\\]"):
+        write_index(tmp_path / "x", ids, labels, vectors, [8, 64], "flat", {})
+
+
+def test_sha256_matches_hashlib(tmp_path):
+    import hashlib
+
+    (tmp_path / "f").write_bytes(b"mrl" * 1000)
+    assert sha256(tmp_path / "f") == hashlib.sha256(b"mrl" * 1000).hexdigest()
+
+
+def test_index_stores_adanns_cells(tmp_path):
+    ids, labels, vectors = corpus(n=400, d=32)
+    manifest = write_index(tmp_path, ids, labels, vectors, [8, 16], "flat", {}, vector_dtype="float16",
+                           adanns=(8, 10))
+    assert manifest["adanns"] == {"size": 8, "nlist": 10} and "adanns.npz" in manifest["checksums"]
+    art = load_index(tmp_path)
+    assert art.engine.store.vectors.dtype == np.float16 and len(art.engine) == 400
+    cells = art.engine.sources["adanns"].cells
+    assert cells.cluster_size == 8 and cells.nlist == 10
+    assert sorted(cells.members.tolist()) == list(range(400))  # every row in exactly one cell
+    q = np.random.default_rng(2).normal(size=(5, 32)).astype(np.float32)
+    plan = make_plan("adanns", SearchSettings(shortlist_size=32, shortlist_k=400, nprobe=10), 32, 10)
+    pos = art.engine.run(plan, q).positions  # all cells probed: every row is scored at 32 dims
+    _, exact = exact_search(vectors.astype(np.float16).astype(np.float32), q, 10)
+    assert pos.tolist() == exact.tolist()
+    np.savez(tmp_path / "adanns.npz", cluster_size=np.int64(8), centroids=np.zeros((10, 8)),
+             offsets=np.zeros(11, dtype=np.int64), members=np.zeros(0, dtype=np.int64))
+    with pytest.raises(IndexMismatchError, match="adanns.npz does not match its manifest checksum"):
+        load_index(tmp_path)
+
+
+def test_adanns_cells_outside_d_are_refused(tmp_path):
+    ids, labels, vectors = corpus(n=100, d=16)
+    with pytest.raises(IndexMismatchError, match="adanns_size 32 is outside"):
+        write_index(tmp_path, ids, labels, vectors, [8], "flat", {}, adanns=(32, 4))
+    assert not (tmp_path / "size_8.faiss").exists()  # refused before any index was built
+
+
+def test_format_version_and_stage_are_checked(tmp_path):
+    ids, labels, vectors = corpus(n=100, d=16)
+    manifest = write_index(tmp_path, ids, labels, vectors, [8], "flat", {})
+    assert manifest["format_version"] == 1
+    manifest["format_version"] = 2
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexMismatchError, match="format version 2 index artifact; this platform reads version 1"):
+        load_index(tmp_path)
+    manifest.update(format_version=1, stage="embed")
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexMismatchError, match="holds a 'embed' manifest, not an 'index' one"):
+        load_index(tmp_path)
+
+
+def test_index_config_rules_are_checked_before_any_build(tmp_path):
+    from mrl.config import IndexConfig
+    from mrl.retrieval.artifact import check_index_config
+
+    assert check_index_config(IndexConfig(), 64, [8, 16, 64]) == [8, 16, 64]
+    with pytest.raises(IndexMismatchError, match=r"index.sizes \[8, 128\] go above d=64"):
+        check_index_config(IndexConfig(sizes=(8, 128)), 64, [8])
+    with pytest.raises(IndexMismatchError, match="pq_m=16 does not divide 24"):
+        check_index_config(IndexConfig(kind="ivfpq", pq_m=16), 64, [16, 24])
+    with pytest.raises(IndexMismatchError, match="adanns_size 128 goes above d=64"):
+        check_index_config(IndexConfig(adanns_size=128), 64, [8])

@@ -1,0 +1,97 @@
+"""The rerank store and the rerank step (mrl.retrieval.store)."""
+
+import numpy as np
+import pytest
+
+import mrl.retrieval.store
+from mrl.retrieval.store import PrefixStore, rerank
+from mrl.retrieval.topk import exact_search, normalize_prefix
+from retrieval_reference import random_data
+
+
+def test_rerank_with_empty_slots():
+    db = np.array([[1.0, 0.0, 9.0],      # 0: cos with q = 1
+                   [0.6, 0.8, -9.0],     # 1: 0.6
+                   [0.0, 1.0, 0.0],      # 2: 0
+                   [-1.0, 0.0, 0.0],     # 3: -1
+                   [0.8, 0.6, 0.0]],     # 4: 0.8
+                  dtype=np.float32)
+    q = np.array([[2.0, 0.0, 100.0], [0.0, 1.0, 0.0]], dtype=np.float32)
+    candidates = np.array([[3, -1, 1, -1, 4],
+                           [-1, -1, 2, -1, -1]])
+    scores, pos = rerank(candidates, db, q, size=2, k=4)
+    assert pos.tolist() == [[4, 1, 3, -1], [2, -1, -1, -1]]
+    np.testing.assert_allclose(scores[0, :3], [0.8, 0.6, -1.0], atol=1e-6)
+    assert scores[0, 3] == -np.inf
+    assert scores[1, 0] == pytest.approx(1.0)
+    assert np.all(scores[1, 1:] == -np.inf)
+    assert scores.dtype == np.float32
+
+
+def test_rerank_all_slots_empty():
+    db = np.eye(3, dtype=np.float32)
+    scores, pos = rerank(np.full((1, 3), -1), db, np.ones((1, 3), dtype=np.float32), size=3, k=2)
+    assert pos.tolist() == [[-1, -1]]
+    assert np.all(scores == -np.inf)
+
+
+def test_rerank_ties_by_lower_database_position():
+    db = np.array([[1.0, 0.0]] * 6, dtype=np.float32)
+    scores, pos = rerank(np.array([[5, 2, -1, 4, 0]]), db, np.array([[1.0, 0.0]], dtype=np.float32), 2, 5)
+    assert pos.tolist() == [[0, 2, 4, 5, -1]]
+
+
+def test_rerank_reads_rerank_size_prefix():
+    db, q = random_data(5, n=30, q=4, d=16)
+    cand = np.tile(np.arange(30), (4, 1))
+    scores, pos = rerank(cand, db, q, size=6, k=5)
+    ex_scores, ex_pos = exact_search(db, q, 5, size=6)
+    assert np.array_equal(pos, ex_pos)
+    np.testing.assert_allclose(scores, ex_scores, atol=1e-5)
+
+
+def test_rerank_splits_a_shortlist_longer_than_one_block(monkeypatch):
+    db, q = random_data(8, n=300, q=3, d=16)
+    cand = np.tile(np.arange(300), (3, 1))
+    cand[1, ::7] = -1
+    expected = rerank(cand, db, q, size=12, k=20)
+    monkeypatch.setattr(mrl.retrieval.store, "RERANK_BLOCK_FLOATS", 12 * 32)  # 300 candidates: 10 pieces of 32 per query
+    calls = []
+    score = mrl.retrieval.store.PrefixStore.score
+    monkeypatch.setattr(mrl.retrieval.store.PrefixStore, "score",
+                        lambda self, pos, unit, size: calls.append(pos.shape) or score(self, pos, unit, size))
+    got = rerank(cand, db, q, size=12, k=20)
+    assert max(rows * width for rows, width in calls) * 12 <= 12 * 32 and len(calls) == 3 * 10
+    assert np.array_equal(got[1], expected[1])
+    np.testing.assert_allclose(got[0], expected[0], atol=1e-6)
+
+
+def test_prefix_store_scores_like_exact_search_from_a_memory_map(tmp_path):
+    rng = np.random.default_rng(5)
+    db = rng.normal(size=(300, 32)).astype(np.float32)
+    db[7] = 0.0  # a zero row scores 0, never NaN
+    q = rng.normal(size=(4, 32)).astype(np.float32)
+    np.save(tmp_path / "v.npy", db)
+    mapped = PrefixStore(np.load(tmp_path / "v.npy", mmap_mode="r"))
+    assert isinstance(mapped.vectors, np.memmap) and len(mapped) == 300 and mapped.dim == 32
+    cand = np.tile(np.arange(300), (4, 1))
+    for size in (8, 16, 32):
+        ref = normalize_prefix(q, size) @ normalize_prefix(db, size).T
+        for store in (mapped, PrefixStore(db)):
+            got = store.score(cand, normalize_prefix(q, size), size)
+            np.testing.assert_allclose(got, ref, atol=1e-5)
+            assert np.all(got[:, 7] == 0)
+        _, p = rerank(cand, mapped, q, size, 10)
+        _, ep = exact_search(db, q, 10, size=size)
+        assert np.array_equal(p, ep)
+
+
+def test_prefix_store_float16_is_close_to_float32():
+    rng = np.random.default_rng(6)
+    db = rng.normal(size=(200, 16)).astype(np.float32)
+    q = rng.normal(size=(3, 16)).astype(np.float32)
+    half = PrefixStore(db.astype(np.float16))
+    cand = np.tile(np.arange(200), (3, 1))
+    ref = normalize_prefix(q, 16) @ normalize_prefix(db, 16).T
+    np.testing.assert_allclose(half.score(cand, normalize_prefix(q, 16), 16), ref, atol=2e-3)
+    assert PrefixStore(db.astype(np.float64)).vectors.dtype == np.float32  # other dtypes are widened once

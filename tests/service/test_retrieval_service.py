@@ -1,0 +1,108 @@
+"""`RetrievalService` without Ray or HTTP: every request check, every mode, replies and start-up refusals
+(mrl.service.retrieval). The same requests go over real HTTP in tests/e2e/test_stages.py."""
+
+import numpy as np
+import pytest
+
+from mrl.config import ServeConfig
+from mrl.retrieval.artifact import write_index
+from mrl.retrieval.plan import PlanError
+from mrl.retrieval.topk import exact_search
+from mrl.service.retrieval import RequestError, RetrievalService
+
+D, N = 64, 400
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(N, D)).astype(np.float32)
+    out = tmp_path_factory.mktemp("index")
+    write_index(out, np.arange(N) * 10, np.arange(N) % 5, vectors, [8, 16, 64], "flat",
+                {"model_uri": "models:/m/3", "model_name": "m", "model_version": "3", "index_run_id": "run-1"},
+                adanns=(16, 8))
+    return out, vectors
+
+
+@pytest.fixture(scope="module")
+def service(index_dir):
+    return RetrievalService.from_path(str(index_dir[0]), ServeConfig())
+
+
+def test_health_names_model_index_and_modes(service):
+    health = service.health()
+    assert health["status"] == "ok" and health["rows"] == N and health["dim"] == D
+    assert health["modes"] == ["adaptive", "funnel", "adanns", "full"]
+    assert health["model"] == {"uri": "models:/m/3", "name": "m", "version": "3"}
+    assert health["index"]["version"] == "run-1" and health["index"]["sizes"] == [8, 16, 64]
+
+
+def test_search_by_id_returns_the_item_first(service):
+    reply = service.search({"id": 70, "k": 5})
+    assert reply["ids"][0] == 70 and reply["scores"][0] == pytest.approx(1.0, abs=1e-5)
+    assert reply["labels"][0] == 7 % 5 and len(reply["ids"]) == 5
+    assert reply["search"] == {"mode": "adaptive", "shortlist": {"source": "size_16", "k": 200},
+                               "reranks": [[64, 5]], "k": 5}
+
+
+@pytest.mark.parametrize("mode", ["adaptive", "funnel", "adanns", "full"])
+def test_every_mode_with_a_shortlist_of_everything_is_exact(service, index_dir, mode):
+    _, vectors = index_dir
+    query = np.random.default_rng(1).normal(size=D).astype(np.float32)
+    reply = service.search({"vector": query.tolist(), "k": 10, "mode": mode, "shortlist_k": N})
+    _, exact = exact_search(vectors, query[None], 10)
+    assert reply["ids"] == (exact[0] * 10).tolist()
+    assert reply["scores"] == sorted(reply["scores"], reverse=True) and reply["search"]["mode"] == mode
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"id": 10, "mode": "fastest"}, 422, "mode 'fastest' is not available on this index; choose one of"),
+    ({"vector": [0.1] * 3}, 422, "length 3; this index expects d=64"),
+    ({"id": 7}, 404, "id 7 is not in the corpus (400 items)"),
+    ({"id": 10, "k": 0}, 422, "k=0 is outside the accepted range [1, 400]"),
+    ({"id": 10, "k": 401}, 422, "k=401 is outside the accepted range [1, 400]"),
+    ({"id": 10, "shortlist_k": 0}, 422, "shortlist_k=0 is outside the accepted range [1, 400]"),
+    ({}, 422, "give exactly one of 'vector'"),
+    ({"id": 10, "vector": [0.1] * 64}, 422, "give exactly one of 'vector'"),
+    ({"vector": [0.0] * 64}, 422, "vector is zero on its first 16 values, the prefix 'adaptive' search"),
+    ({"vector": [0.0] * 64, "mode": "full"}, 422, "vector is zero on its first 64 values"),
+    ({"vector": [1e39] + [0.1] * 63}, 422, "beyond float32's range"),
+])
+def test_bad_requests_raise_a_4xx_naming_the_problem(service, body, status, message):
+    with pytest.raises(RequestError) as err:
+        service.search(body)
+    assert err.value.status == status and message in str(err.value.detail)
+    assert service.search({"id": 10, "k": 3})["ids"][0] == 10  # and the service keeps answering
+
+
+@pytest.mark.parametrize("body, field, kind", [
+    ({"id": "seven"}, "id", "int_parsing"),
+    ({"id": 10, "colour": "red"}, "colour", "extra_forbidden"),
+    ({"vector": [float("nan")] * 64}, "vector", "finite_number"),
+    ({"id": 10, "k": 2.5}, "k", "int_from_float"),
+])
+def test_malformed_fields_are_named_by_the_request_model(service, body, field, kind):
+    with pytest.raises(RequestError) as err:
+        service.search(body)
+    detail = err.value.detail
+    assert err.value.status == 422 and detail[0]["loc"][0] == field and detail[0]["type"] == kind, detail
+
+
+def test_extreme_but_finite_vectors_search_by_direction(service):
+    direction = np.random.default_rng(3).standard_normal(D)
+    plain = service.search({"vector": direction.tolist()})["ids"]
+    assert service.search({"vector": (direction * 1e20).tolist()})["ids"] == plain  # float32 norms overflow
+    assert service.search({"vector": (direction * 1e-30).tolist()})["ids"] == plain  # ... and underflow
+    tail = np.concatenate([np.zeros(16), direction[16:]])  # zero on the shortlist prefix: only full search works
+    assert len(service.search({"vector": tail.tolist(), "mode": "full"})["ids"]) == 10
+
+
+def test_start_up_refuses_settings_the_index_cannot_serve(index_dir):
+    path = str(index_dir[0])
+    with pytest.raises(PlanError, match="serve.mode 'adaptive' cannot run on this index: .*index.sizes must include 32"):
+        RetrievalService.from_path(path, ServeConfig(shortlist_size=32))
+    with pytest.raises(PlanError, match="serve.rerank_size 128 is above d=64"):
+        RetrievalService.from_path(path, ServeConfig(rerank_size=128))
+    # a mode whose source is missing (no index at 32) is simply not offered
+    only_full = RetrievalService.from_path(path, ServeConfig(mode="full", shortlist_size=32))
+    assert only_full.health()["modes"] == ["adanns", "full"]  # adanns: cells at 16, members scored at 32
