@@ -12,8 +12,8 @@ Writes docs/results/<results_name>.{md,csv,json} and plots, and logs them to MLf
 import sys
 from pathlib import Path
 
-from mrl.experiments.reproduce import ReproduceConfig
 from mrl.configio import ConfigError, load_config
+from mrl.experiments.reproduce import ReproduceConfig
 
 HERE = Path(__file__).resolve().parent
 

@@ -27,3 +27,23 @@ def test_bad_config_exits_2_before_ray(script, args, message, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
     assert "Started a local Ray instance" not in proc.stderr + proc.stdout
+
+
+def test_search_queries_an_index_through_the_service_code(tmp_path):
+    """`mrl search` builds the mode's plan and runs the engine, with no Ray: the item itself comes first."""
+    import json
+
+    import numpy as np
+
+    from mrl.cli import main
+    from mrl.retrieval.artifact import write_index
+
+    vectors = np.random.default_rng(0).normal(size=(200, 32)).astype(np.float32)
+    write_index(tmp_path, np.arange(200) + 1000, np.zeros(200, dtype=np.int64), vectors, [8, 32], "flat", {})
+    out = subprocess.run([sys.executable, "-m", "mrl.cli", "search", f"index_dir={tmp_path}", "ids=[1007,1010]",
+                          "mode=funnel", "k=3", "serve.shortlist_size=8"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    replies = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["ids"][0] for r in replies] == [1007, 1010] and all(len(r["ids"]) == 3 for r in replies)
+    assert replies[0]["search"]["mode"] == "funnel" and replies[0]["search"]["reranks"] == [[16, 100], [32, 3]]
+    assert main(["search", f"index_dir={tmp_path}", "ids=[5]", "serve.shortlist_size=8"]) == 2  # not in the corpus

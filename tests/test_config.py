@@ -3,9 +3,25 @@
 import pytest
 
 from mrl.config import (
-    DataConfig, EmbedConfig, EmbedJobConfig, EvalConfig, EvaluateJobConfig, IndexConfig, IndexJobConfig, ModelConfig,
-    NestingConfig, PipelineConfig, RayConfig, ResourcesConfig, ServeConfig, ServeJobConfig, TrainConfig,
-    TrainJobConfig, TuneJobConfig, TuneSpace, check_paths,
+    DataConfig,
+    EmbedConfig,
+    EmbedJobConfig,
+    EvalConfig,
+    EvaluateJobConfig,
+    IndexConfig,
+    IndexJobConfig,
+    ModelConfig,
+    NestingConfig,
+    PipelineConfig,
+    RayConfig,
+    ResourcesConfig,
+    ServeConfig,
+    ServeJobConfig,
+    TrainConfig,
+    TrainJobConfig,
+    TuneJobConfig,
+    TuneSpace,
+    check_paths,
 )
 from mrl.configio import ConfigError, from_dict, load_config, to_dict
 

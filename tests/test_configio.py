@@ -8,7 +8,6 @@ import pytest
 from mrl.config import ModelConfig, ResourcesConfig, TrainConfig, TrainJobConfig
 from mrl.configio import ConfigError, deep_merge, flatten, from_dict, load_config, parse_overrides, to_dict
 
-
 # ---------------------------------------------------------------- parse_overrides
 
 def test_parse_overrides_nested_and_yaml_values():

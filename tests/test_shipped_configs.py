@@ -3,11 +3,12 @@
 import pytest
 import yaml
 
-from conftest import REPO
 from mrl import config as C
 from mrl.configio import ConfigError, load_config
 from mrl.experiments.reproduce import ReproduceConfig
 from mrl.experiments.retrieval_bench import RetrievalBenchConfig
+
+from conftest import REPO
 
 SHIPPED = {
     "jobs/train.yaml": C.TrainJobConfig,

@@ -1,7 +1,9 @@
 """Command line: `mrl STAGE --config FILE [key=value ...]` (also what jobs/*.py call).
 
-Stages: train, tune, embed, build-index, evaluate, serve, pipeline. The config is loaded and validated
-before any Ray work starts; a bad value exits with status 2 and a message naming the field.
+Stages: train, tune, embed, build-index, evaluate, serve, pipeline; and `search`, which queries an index
+through the service's code without Ray (`mrl search index_dir=outputs/index/latest ids=[7] mode=funnel`).
+The config is loaded and validated before any Ray work starts; a bad value exits with status 2 and a
+message naming the field.
 """
 
 from __future__ import annotations
@@ -46,6 +48,21 @@ def _serve(cfg: C.ServeJobConfig) -> Any:
     return run_serve(cfg.index_dir, cfg.serve, cfg.mlflow, cfg.output_dir, blocking=cfg.block)
 
 
+def _search(cfg: C.SearchJobConfig) -> int:
+    import json
+
+    from mrl.service.retrieval import RequestError, RetrievalService
+
+    service = RetrievalService.from_path(cfg.index_dir, cfg.serve)
+    for item in cfg.ids:
+        try:
+            print(json.dumps(service.search({"id": item, "k": cfg.k, "mode": cfg.mode})), flush=True)
+        except RequestError as exc:
+            print(f"mrl search: id {item}: {exc.detail}", file=sys.stderr)
+            return 2
+    return 0
+
+
 def _pipeline(cfg: C.PipelineConfig) -> Any:
     from mrl.stages.pipeline import run_pipeline
     return run_pipeline(cfg)
@@ -59,6 +76,7 @@ STAGES: dict[str, tuple[type, Callable[[Any], Any]]] = {
     "evaluate": (C.EvaluateJobConfig, _evaluate),
     "serve": (C.ServeJobConfig, _serve),
     "pipeline": (C.PipelineConfig, _pipeline),
+    "search": (C.SearchJobConfig, _search),
 }
 
 
@@ -75,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mrl {args.stage}: config error: {exc}", file=sys.stderr)
         return 2
-    run(cfg)
-    return 0
+    result = run(cfg)
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

@@ -428,6 +428,22 @@ class ServeJobConfig(JobConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SearchJobConfig:
+    """mrl search: query an index from the command line, through the service's own code (no Ray, no HTTP)."""
+
+    index_dir: str = "outputs/index/latest"
+    """Directory written by the build_index stage."""
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    """The search settings (only the search fields matter here)."""
+    ids: tuple[int, ...] = (0,)
+    """Corpus ids to use as queries (each query returns the item itself first)."""
+    mode: str | None = None
+    """Search mode; None: serve.mode."""
+    k: int | None = None
+    """Results per query; None: serve.default_k."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class TuneSpace:
     """The search space: each trial is one training run."""
 

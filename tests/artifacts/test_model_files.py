@@ -19,11 +19,20 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
-
-from mrl.artifacts.model_files import (FORMAT, FORMAT_VERSION, SPEC_FILE, WEIGHTS_FILE, ModelFileError,
-                                       load_model_dir, read_spec, save_model_dir, tensors_for_saving)
+from mrl.artifacts.model_files import (
+    FORMAT,
+    FORMAT_VERSION,
+    SPEC_FILE,
+    WEIGHTS_FILE,
+    ModelFileError,
+    load_model_dir,
+    read_spec,
+    save_model_dir,
+    tensors_for_saving,
+)
 from mrl.core.models import build_model
+
+from conftest import REPO
 
 SMALL_SPEC = {"encoder": "cnn", "dim": 16, "nesting": {"schedule": "list", "sizes": [4, 8, 16]},
               "backbone": {"channels": [4, 8]}}

@@ -160,3 +160,16 @@ def test_info_nce_mismatched_pairs_is_large():
 def test_info_nce_uniform_similarity_is_log_batch():
     a = torch.ones(5, 3) / math.sqrt(3)
     assert info_nce(a, a).item() == pytest.approx(math.log(5), rel=1e-5)
+
+
+def test_per_size_loss_by_registered_name():
+    from mrl.core.losses import LOSSES
+
+    torch.manual_seed(0)
+    outputs, target = [torch.randn(4, 3), torch.randn(4, 3)], torch.tensor([0, 1, 2, 0])
+    by_name, _ = MatryoshkaLoss([1.0, 2.0], "cross_entropy")(outputs, target)
+    expected = F.cross_entropy(outputs[0], target) + 2 * F.cross_entropy(outputs[1], target)
+    assert torch.allclose(by_name, expected)
+    assert "cross_entropy" in LOSSES
+    with pytest.raises(ValueError, match=r"loss 'hinge' is not accepted; choose one of \['cross_entropy'\]"):
+        MatryoshkaLoss([1.0], "hinge")

@@ -6,7 +6,6 @@ import pytest
 
 from mrl.core.nesting import NestingError, log_sizes, uniform_sizes, validate_sizes, validate_weights
 
-
 # ---------------------------------------------------------------- log_sizes
 
 @pytest.mark.parametrize("dim, min_size, expected", [

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from mrl.data.sources import (
-    DataError, load_fashion_mnist, load_image_folder, load_parquet, load_split, read_idx, to_float,
+    DataError,
+    load_fashion_mnist,
+    load_image_folder,
+    load_parquet,
+    load_split,
+    read_idx,
+    to_float,
     train_val_indices,
 )
 

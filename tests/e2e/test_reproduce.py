@@ -6,9 +6,10 @@ import json
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO
-from mrl.experiments.reproduce import ReproduceConfig
 from mrl.configio import load_config
+from mrl.experiments.reproduce import ReproduceConfig
+
+from conftest import REPO
 
 pytestmark = pytest.mark.slow
 

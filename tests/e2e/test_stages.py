@@ -9,9 +9,10 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from conftest import REPO, free_port
 from mrl.config import PipelineConfig
 from mrl.configio import load_config
+
+from conftest import REPO, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -83,8 +84,9 @@ def test_embeddings_are_the_models_embeddings(pipeline):
     import torch
 
     from mrl.artifacts import tracking
+    from mrl.artifacts.embeddings import read_embeddings
+    from mrl.artifacts.manifest import read_manifest
     from mrl.data.sources import load_split, to_float
-    from mrl.stages.embed import read_embeddings, read_manifest
 
     cfg, summary = pipeline
     emb_dir = f"{cfg.output_dir}/embeddings/{summary['embed_run_id']}"
@@ -103,12 +105,13 @@ def test_embeddings_are_the_models_embeddings(pipeline):
 
 
 def test_index_refuses_corruption_and_wrong_dim(pipeline, tmp_path):
-    from mrl.index import IndexMismatchError, load_index
+    from mrl.retrieval.artifact import IndexMismatchError, load_index
 
     cfg, summary = pipeline
     path = f"{cfg.output_dir}/index/{summary['index_run_id']}"
     artifact = load_index(path, expect_dim=64, expect_model_uri=summary["model_uri"])
-    assert artifact.manifest["rows"] == 3000 and sorted(artifact.indexes) == [8, 16, 32, 64]
+    assert artifact.manifest["rows"] == 3000 and sorted(artifact.manifest["sizes"]) == [8, 16, 32, 64]
+    assert set(artifact.engine.sources) == {"size_8", "size_16", "size_32", "size_64", "adanns"}
     with pytest.raises(IndexMismatchError, match="d=64 vectors, not d=128"):
         load_index(path, expect_dim=128)
     with pytest.raises(IndexMismatchError, match="built for model"):
@@ -123,8 +126,8 @@ def test_index_refuses_corruption_and_wrong_dim(pipeline, tmp_path):
 
 
 def test_search_by_id_and_by_vector(pipeline):
-    from mrl.index import load_index
-    from mrl.search import exact_search
+    from mrl.retrieval.artifact import load_index
+    from mrl.retrieval.topk import exact_search
 
     cfg, summary = pipeline
     url = summary["url"]
@@ -132,8 +135,8 @@ def test_search_by_id_and_by_vector(pipeline):
     assert reply["ids"][0] == 7 and reply["scores"][0] == pytest.approx(1.0, abs=1e-5)
     assert reply["model"]["uri"] == summary["model_uri"]
     assert reply["index"]["version"] == summary["index_run_id"]
-    assert reply["search"] == {"mode": "adaptive", "shortlist_size": 16, "shortlist_k": 200, "rerank_size": 64,
-                               "k": 5}
+    assert reply["search"] == {"mode": "adaptive", "shortlist": {"source": "size_16", "k": 200},
+                               "reranks": [[64, 5]], "k": 5}
 
     artifact = load_index(f"{cfg.output_dir}/index/{summary['index_run_id']}")
     query = np.random.default_rng(0).normal(size=(1, 64)).astype(np.float32)
@@ -145,8 +148,8 @@ def test_search_by_id_and_by_vector(pipeline):
 
 
 def test_every_search_mode_answers_over_http(pipeline):
-    from mrl.index import load_index
-    from mrl.search import exact_search
+    from mrl.retrieval.artifact import load_index
+    from mrl.retrieval.topk import exact_search
 
     cfg, summary = pipeline
     url = summary["url"]
@@ -157,20 +160,21 @@ def test_every_search_mode_answers_over_http(pipeline):
     query = np.random.default_rng(1).normal(size=(1, 64)).astype(np.float32)
     _, truth = exact_search(np.asarray(artifact.vectors), query, 10)
     full = requests.post(f"{url}/search", json={"vector": query[0].tolist(), "mode": "full"}, timeout=30).json()
-    assert full["ids"] == artifact.ids[truth[0]].tolist() and full["search"] == {"mode": "full", "size": 64, "k": 10}
-    for mode in ("funnel", "adanns"):
+    assert full["ids"] == artifact.ids[truth[0]].tolist()
+    assert full["search"] == {"mode": "full", "shortlist": {"source": "size_64", "k": 10}, "reranks": [], "k": 10}
+    for mode, first in (("funnel", []), ("adanns", [[16, 200]])):
         reply = requests.post(f"{url}/search", json={"id": 11, "k": 5, "mode": mode}, timeout=30).json()
-        assert reply["search"]["mode"] == mode and reply["search"]["stages"] == [[32, 100], [64, 5]]
+        assert reply["search"]["mode"] == mode and reply["search"]["reranks"] == first + [[32, 100], [64, 5]]
         assert reply["ids"][0] == 11 and len(reply["ids"]) == 5
         assert reply["scores"] == sorted(reply["scores"], reverse=True)
     # a funnel whose first cut keeps half of the corpus finds the exact top-10 at d
     reply = requests.post(f"{url}/search", json={"vector": query[0].tolist(), "mode": "funnel",
                                                  "shortlist_k": 3000}, timeout=30).json()
-    assert reply["search"]["stages"] == [[32, 1500], [64, 10]] and reply["ids"] == full["ids"]
+    assert reply["search"]["reranks"] == [[32, 1500], [64, 10]] and reply["ids"] == full["ids"]
 
 
 @pytest.mark.parametrize("body, status, message", [
-    ({"id": 1, "mode": "fastest"}, 422, "adaptive"),
+    ({"id": 1, "mode": "fastest"}, 422, "mode 'fastest' is not available on this index; choose one of"),
     ({"vector": [0.1] * 3}, 422, "length 3; this index expects d=64"),
     ({"id": 10**9}, 404, "not in the corpus"),
     ({"id": 1, "k": 0}, 422, "k=0 is outside the accepted range"),

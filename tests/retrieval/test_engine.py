@@ -10,6 +10,7 @@ from mrl.retrieval.indexes import IndexParams, build_prefix_index, faiss_search
 from mrl.retrieval.plan import PlanError, QueryPlan, Rerank, Shortlist
 from mrl.retrieval.store import rerank
 from mrl.retrieval.topk import exact_search, normalize_prefix
+
 from retrieval_reference import brute, data, random_data
 
 

@@ -5,6 +5,7 @@ import pytest
 
 from mrl.retrieval.indexes import INDEX_KINDS, IndexParams, build_prefix_index, faiss_search
 from mrl.retrieval.topk import exact_search
+
 from retrieval_reference import data, random_data
 
 

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from mrl.retrieval.modes import (SEARCH_MODES, SearchSettings, available_modes, check_settings, default_funnel,
-                                 make_plan)
+from mrl.retrieval.modes import SEARCH_MODES, SearchSettings, available_modes, check_settings, default_funnel, make_plan
 from mrl.retrieval.plan import PlanError, QueryPlan, Rerank, Shortlist
 
 SOURCES = {"size_8": 8, "size_16": 16, "size_64": 64}

@@ -4,6 +4,7 @@ import numpy as np
 
 from mrl.retrieval.indexes import build_prefix_index
 from mrl.retrieval.sharded import sharded_search
+
 from retrieval_reference import brute, data
 
 

@@ -6,6 +6,7 @@ import pytest
 import mrl.retrieval.store
 from mrl.retrieval.store import PrefixStore, rerank
 from mrl.retrieval.topk import exact_search, normalize_prefix
+
 from retrieval_reference import random_data
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from mrl.retrieval.topk import exact_search, merge_topk, normalize_prefix, top_k
+
 from retrieval_reference import brute_force, random_data
 
 

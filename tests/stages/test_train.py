@@ -7,7 +7,6 @@ import pytest
 
 from mrl.stages.train import lr_factor, rank_batches
 
-
 # ---------------------------------------------------------------- lr_factor
 
 def test_warmup_is_linear():

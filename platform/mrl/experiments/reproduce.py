@@ -24,8 +24,17 @@ from typing import Any
 
 import numpy as np
 
-from mrl.config import (DataConfig, JobConfig, ModelConfig, NestingConfig, RayConfig, TrainConfig, TrainJobConfig,
-                        _check, _positive)
+from mrl.config import (
+    DataConfig,
+    JobConfig,
+    ModelConfig,
+    NestingConfig,
+    RayConfig,
+    TrainConfig,
+    TrainJobConfig,
+    _check,
+    _positive,
+)
 
 METRICS = ("top1", "nn1", "map")
 
@@ -169,12 +178,12 @@ def _load(path: str):
 def evaluate_seed(cfg: ReproduceConfig, paths: dict[tuple[str, int], str], seed: int, labels: dict[str, np.ndarray]
                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Rows {method, seed, size, top1, nn1, map} for every method and size, and the adaptive curve of MRL."""
+    from mrl.core.metrics import top1_accuracy
+    from mrl.core.models.model import head_logits
+    from mrl.data.sources import train_val_indices
     from mrl.experiments.adaptive_classification import adaptive_curve, softmax
     from mrl.experiments.baselines import PCA, first_m, gaussian_projection, linear_probe_accuracy
-    from mrl.data.sources import train_val_indices
-    from mrl.core.models.model import head_logits
     from mrl.retrieval.quality import retrieval_at
-    from mrl.core.metrics import top1_accuracy
 
     sizes, k = cfg.model.sizes, cfg.k
     y_db, y_q = labels["train"], labels["test"][:cfg.max_queries]
@@ -233,10 +242,10 @@ def run_reproduce(cfg: ReproduceConfig, results_dir: str | Path, command: str = 
     import mlflow
 
     from mrl.artifacts import tracking
+    from mrl.config import check_paths
     from mrl.configio import to_dict
     from mrl.data.sources import load_split
     from mrl.experiments.report import check_targets, plot_adaptive, plot_sizes_by_method, write_tables
-    from mrl.config import check_paths
     from mrl.runtime import ensure_ray
 
     check_paths(cfg)  # before any Ray work

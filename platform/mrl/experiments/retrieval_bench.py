@@ -218,8 +218,7 @@ def run_benchmark(cfg: RetrievalBenchConfig) -> dict[str, Any]:
     import torch
 
     from mrl.core.metrics import retrieval_metrics
-    from mrl.experiments.measure import (machine_description, peak_rss_bytes, recall_of, reset_peak_rss,
-                                         time_search)
+    from mrl.experiments.measure import machine_description, peak_rss_bytes, recall_of, reset_peak_rss, time_search
     from mrl.retrieval.engine import SearchEngine
 
     threads = cfg.threads or os.cpu_count() or 1

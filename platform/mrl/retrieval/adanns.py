@@ -14,7 +14,6 @@ import numpy as np
 
 from mrl.retrieval.topk import normalize_prefix
 
-
 DEFAULT_NPROBE = 8  # AdANNS cells probed per query unless a search says otherwise
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+
 def normalize_prefix(x: np.ndarray, m: int) -> np.ndarray:
     """x[:, :m] / ||x[:, :m]||, float32 (N, m); an all-zero prefix stays zero.
 

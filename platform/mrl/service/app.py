@@ -6,9 +6,11 @@
 All request handling is the service's; this module maps its `RequestError` to HTTP statuses and keeps
 FastAPI from echoing unparsable input (NaN, infinity) back in a 500. `app_builder` is the import path for
 `serve run` / Serve config files: `mrl.service.app:app_builder`.
+
+(No `from __future__ import annotations` here: FastAPI must see the route's `SearchRequest` annotation as a
+class, not a string, inside Ray Serve's ingress wrapper, or it reads the body as a missing query field.)
 """
 
-from __future__ import annotations
 
 from pathlib import Path
 from typing import Any

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+
 def embed_images(model, images: np.ndarray, device: str = "cpu") -> np.ndarray:
     """Representations of uint8 images (B, C, H, W) under `model` (an `MRLModel`): (B, d) float32."""
     import torch
@@ -98,10 +99,10 @@ def run_embed(job, model_uri: str | None = None) -> dict[str, Any]:
 
     from mrl.artifacts import tracking
     from mrl.artifacts.manifest import MANIFEST, point_latest, write_manifest
-    from mrl.data.augment import expand_ids
-    from mrl.configio import to_dict
-    from mrl.data.sources import load_split
     from mrl.config import check_paths
+    from mrl.configio import to_dict
+    from mrl.data.augment import expand_ids
+    from mrl.data.sources import load_split
     from mrl.runtime import ensure_ray
 
     check_paths(job)  # before any Ray work

@@ -40,11 +40,11 @@ def run_pipeline(cfg: PipelineConfig, shutdown: bool = True) -> dict[str, Any]:
     from ray import serve
 
     from mrl.artifacts import tracking
+    from mrl.config import check_paths
+    from mrl.runtime import ensure_ray
     from mrl.stages.embed import run_embed
     from mrl.stages.evaluate import run_evaluate
     from mrl.stages.index import run_build_index
-    from mrl.config import check_paths
-    from mrl.runtime import ensure_ray
     from mrl.stages.serve import run_serve
     from mrl.stages.train import run_train
 

@@ -89,9 +89,9 @@ def run_loop(job: TrainJobConfig, *, rank: int = 0, world: int = 1, device=None,
     """
     import torch.distributed as dist
 
-    from mrl.data.sources import load_split, to_float, train_val_indices
     from mrl.core.losses import MatryoshkaLoss
     from mrl.core.models import build_model
+    from mrl.data.sources import load_split, to_float, train_val_indices
 
     device = device or torch.device("cpu")
     torch.manual_seed(job.train.seed)
@@ -104,7 +104,7 @@ def run_loop(job: TrainJobConfig, *, rank: int = 0, world: int = 1, device=None,
 
     model = build_model(to_dict(job.model)).to(device)
     sizes = model.sizes
-    criterion = MatryoshkaLoss(job.model.weights).to(device)
+    criterion = MatryoshkaLoss(job.model.weights, job.train.loss).to(device)
     if prepare is not None:
         model = prepare(model)
     params = model.parameters()
