@@ -9,7 +9,7 @@ from conftest import REPO
 
 
 @pytest.mark.parametrize("script, args, message", [
-    ("jobs/train.py", ["model.encoder=alexnet"], "model.encoder: 'alexnet' is not accepted; choose one of"),
+    ("jobs/train.py", ["model.encoder=alexnet"], "model.encoder 'alexnet' is not accepted; choose one of"),
     ("jobs/train.py", ["model.nesting.schedule=list", "model.nesting.sizes=[16,8]"], "is not sorted"),
     ("jobs/train.py", ["model.nesting.schedule=list", "model.nesting.sizes=[8,1024]"],
      "outside the accepted range [1, dim=512]"),
@@ -47,3 +47,5 @@ def test_search_queries_an_index_through_the_service_code(tmp_path):
     assert [r["ids"][0] for r in replies] == [1007, 1010] and all(len(r["ids"]) == 3 for r in replies)
     assert replies[0]["search"]["mode"] == "funnel" and replies[0]["search"]["reranks"] == [[16, 100], [32, 3]]
     assert main(["search", f"index_dir={tmp_path}", "ids=[5]", "serve.shortlist_size=8"]) == 2  # not in the corpus
+    assert main(["search", f"index_dir={tmp_path / 'nope'}"]) == 2  # no index there
+    assert main(["search", f"index_dir={tmp_path}", "serve.shortlist_size=16"]) == 2  # no index at 16

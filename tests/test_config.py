@@ -253,7 +253,7 @@ def test_pipeline_rerank_and_index_sizes_bounded_by_dim(tmp_path):
 
 
 @pytest.mark.parametrize("index, serve, message", [
-    (IndexConfig(adanns_size=128), ServeConfig(), r"index\.adanns_size 128 goes above d=64"),
+    (IndexConfig(adanns_size=128), ServeConfig(), r"index\.adanns_size 128 is outside \[1, d=64\]"),
     (IndexConfig(), ServeConfig(funnel=((32, 100), (128, 10))), r"serve\.funnel sizes \[128\] are above d=64"),
     (IndexConfig(), ServeConfig(mode="adanns"), r"serve\.mode 'adanns' cannot run .*set index\.adanns_size"),
     (IndexConfig(sizes=(8, 16, 32)), ServeConfig(mode="full"), r"serve\.mode 'full' cannot run .*must include 64"),
@@ -310,13 +310,28 @@ def test_embed_augmentation_fields_are_validated():
 
 
 def test_registry_names_are_the_accepted_values():
-    """Encoders, heads, losses and index kinds come from their registries; search modes are checked against
-    theirs at load (so a mode registered later is accepted too)."""
-    with pytest.raises(ConfigError, match=r"encoder: 'mlp' is not accepted; choose one of \['cnn', 'resnet18'"):
+    """Encoders, heads, losses, index kinds and search modes are checked against their registries when a config
+    is built, so an entry registered later (by any module) is accepted too."""
+    with pytest.raises(ConfigError, match=r"^encoder 'mlp' is not accepted; choose one of \['cnn', 'resnet18'"):
         from_dict(ModelConfig, {"encoder": "mlp"})
-    with pytest.raises(ConfigError, match=r"loss: 'hinge' is not accepted; choose one of \['cross_entropy'"):
+    with pytest.raises(ConfigError, match=r"^model\.head 'wide' is not accepted; choose one of \['mrl', 'mrl_e'\]"):
+        load_config(TrainJobConfig, overrides=["model.head=wide"])
+    with pytest.raises(ConfigError, match=r"^loss 'hinge' is not accepted; choose one of \['cross_entropy'"):
         from_dict(TrainConfig, {"loss": "hinge"})
-    with pytest.raises(ConfigError, match=r"kind: 'annoy' is not accepted; choose one of \['flat', 'hnsw', 'ivf'"):
+    with pytest.raises(ConfigError, match=r"^kind 'annoy' is not accepted; choose one of \['flat', 'hnsw', 'ivf'"):
         from_dict(IndexConfig, {"kind": "annoy"})
     with pytest.raises(ConfigError, match=r"^mode 'fastest' is not accepted; choose one of \['adaptive', 'funnel'"):
         ServeConfig(mode="fastest")
+
+
+def test_an_encoder_registered_after_import_is_accepted():
+    from mrl.core.models.encoders import ENCODERS, CompactCNN
+
+    @ENCODERS.register("toy")
+    def toy(*, in_channels, image_size, width, pretrained_path, backbone):
+        return CompactCNN(in_channels, image_size, (4, 8), width)
+
+    try:
+        assert from_dict(ModelConfig, {"encoder": "toy", "dim": 16}).encoder == "toy"
+    finally:
+        ENCODERS.unregister("toy")

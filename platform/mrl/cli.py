@@ -53,7 +53,11 @@ def _search(cfg: C.SearchJobConfig) -> int:
 
     from mrl.service.retrieval import RequestError, RetrievalService
 
-    service = RetrievalService.from_path(cfg.index_dir, cfg.serve)
+    try:
+        service = RetrievalService.from_path(cfg.index_dir, cfg.serve)
+    except (FileNotFoundError, ValueError) as exc:  # no index there, or settings it cannot serve
+        print(f"mrl search: {exc}", file=sys.stderr)
+        return 2
     for item in cfg.ids:
         try:
             print(json.dumps(service.search({"id": item, "k": cfg.k, "mode": cfg.mode})), flush=True)

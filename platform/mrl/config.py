@@ -15,25 +15,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mrl.configio import ConfigError
-from mrl.core.losses import LOSSES
-from mrl.core.models.encoders import ENCODERS
-from mrl.core.models.heads import HEADS
 from mrl.core.nesting import NestingError, log_sizes, uniform_sizes, validate_sizes, validate_weights
 from mrl.retrieval.indexes import INDEX_KINDS, IndexParams, check_index
 from mrl.retrieval.modes import SEARCH_MODES, SearchSettings
 from mrl.retrieval.plan import PlanError, check_stages
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-# Accepted names come from the registries: registering an encoder, head, loss or index kind adds it here.
-EncoderName = ENCODERS.literal()
-HeadName = HEADS.literal()
-LossName = LOSSES.literal()
-IndexKind = INDEX_KINDS.literal()
 
 
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
+
+
+def _registered(name: str, value: str, registry) -> None:
+    """Accepted names come from the registry, checked when the config is built: an encoder, head, loss, index
+    kind or search mode registered by any module (even after this one is imported) is accepted."""
+    _check(value in registry, f"{name} {value!r} is not accepted; choose one of {list(registry)}")
 
 
 def _positive(name: str, value: int | float | None, allow_none: bool = False) -> None:
@@ -82,12 +80,14 @@ class NestingConfig:
 class ModelConfig:
     """The encoder, its representation size d and the MRL heads."""
 
-    encoder: EncoderName = "cnn"
-    """cnn: compact CPU-friendly CNN; resnet18/resnet50/vit/bert: `transformers` models built from config."""
+    encoder: str = "cnn"
+    """A name in `mrl.core.models.encoders.ENCODERS`: cnn (compact CPU-friendly CNN); resnet18/resnet50/vit/bert
+    (`transformers` models built from config)."""
     dim: int = 512
     """Representation size d; a projection maps the backbone's width to d when they differ."""
-    head: HeadName = "mrl"
-    """mrl: an independent linear head per size; mrl_e: one shared head sliced per size."""
+    head: str = "mrl"
+    """A name in `mrl.core.models.heads.HEADS`: mrl (an independent linear head per size); mrl_e (one shared
+    head sliced per size)."""
     num_classes: int = 10
     in_channels: int = 1
     """Image channels (1 for Fashion-MNIST, 3 for RGB)."""
@@ -100,6 +100,11 @@ class ModelConfig:
     """Extra `transformers` config fields (e.g. hidden_size, num_hidden_layers) or cnn widths."""
 
     def __post_init__(self) -> None:
+        from mrl.core.models.encoders import ENCODERS  # torch: imported when a model config is built
+        from mrl.core.models.heads import HEADS
+
+        _registered("encoder", self.encoder, ENCODERS)
+        _registered("head", self.head, HEADS)
         _positive("dim", self.dim)
         _check(self.num_classes >= 2, f"num_classes must be >= 2, got {self.num_classes}")
         _check(self.in_channels in (1, 3), f"in_channels must be 1 or 3, got {self.in_channels}")
@@ -160,11 +165,15 @@ class TrainConfig:
     weight_decay: float = 1e-4
     optimizer: Literal["adamw", "sgd"] = "adamw"
     schedule: Literal["cosine", "constant"] = "cosine"
-    loss: LossName = "cross_entropy"
-    """Per-size classification loss (summed over the nesting sizes with their weights)."""
+    loss: str = "cross_entropy"
+    """Per-size classification loss, a name in `mrl.core.losses.LOSSES` (summed over the nesting sizes with
+    their weights)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
+        from mrl.core.losses import LOSSES
+
+        _registered("loss", self.loss, LOSSES)
         _positive("epochs", self.epochs)
         _positive("batch_size", self.batch_size)
         _check(0 < self.lr < 10, f"lr must be in (0, 10), got {self.lr}")
@@ -253,7 +262,7 @@ class IndexConfig:
 
     sizes: tuple[int, ...] | None = None
     """Prefix sizes to index; None: the model's nesting list."""
-    kind: IndexKind = "flat"
+    kind: str = "flat"
     """flat: exact; hnsw: graph; ivf: k-means cells with exact vectors; ivfpq: cells with PQ codes."""
     hnsw_m: int = 32
     ef_search: int = 128
@@ -270,6 +279,7 @@ class IndexConfig:
     adanns_nlist: int = 1024
 
     def __post_init__(self) -> None:
+        _registered("kind", self.kind, INDEX_KINDS)
         if self.sizes is not None:
             try:
                 validate_sizes(self.sizes, dim=10**9)
@@ -340,7 +350,7 @@ class ServeConfig:
         _positive("default_k", self.default_k)
         _positive("nprobe", self.nprobe, allow_none=True)
         _positive("ef_search", self.ef_search, allow_none=True)
-        _check(self.mode in SEARCH_MODES, f"mode {self.mode!r} is not accepted; choose one of {list(SEARCH_MODES)}")
+        _registered("mode", self.mode, SEARCH_MODES)
         if self.funnel is not None:
             _check(len(self.funnel) > 0, "funnel must list at least one (size, keep) stage, or be null")
             try:

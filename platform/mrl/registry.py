@@ -1,6 +1,6 @@
 """Named registries: the one place each kind of pluggable piece (encoder, head, loss, index kind, search mode)
-is declared. Config fields take their accepted values from them (`Registry.literal`), so adding an entry
-touches the module that registers it and nothing else.
+is declared. Config fields take their accepted values from them (checked when a config is built, so an entry
+registered later is accepted too): adding an entry touches the module that registers it and nothing else.
 
     ENCODERS = Registry("encoder")
 
@@ -13,7 +13,7 @@ touches the module that registers it and nothing else.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Generic, Literal, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -46,10 +46,6 @@ class Registry(Generic[T]):
 
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)
-
-    def literal(self):
-        """A `typing.Literal` of the names registered so far (for typed config fields)."""
-        return Literal[self.names()]
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

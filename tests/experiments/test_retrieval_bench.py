@@ -173,7 +173,7 @@ def test_bad_configs_are_refused_with_the_field(embeddings, tmp_path, change, me
 @pytest.mark.parametrize("index, message", [
     ({"kind": "flat", "size": 4096}, r"indexes.extra: index size 4096 is outside \[1, d=64\]"),
     ({"kind": "ivfpq", "size": 8, "pq_m": 3, "nlist": 4}, r"indexes.extra: .*pq_m=3 does not divide 8"),
-    ({"kind": "adanns", "size": 128}, r"indexes.extra: index size 128 is outside \[1, d=64\]"),
+    ({"kind": "adanns", "size": 128}, r"indexes.extra: AdANNS cell size 128 is outside \[1, d=64\]"),
 ])
 def test_indexes_that_cannot_be_built_are_refused_before_any_search(embeddings, tmp_path, index, message):
     from mrl.experiments.retrieval_bench import load_data

@@ -109,5 +109,5 @@ def test_index_config_rules_are_checked_before_any_build(tmp_path):
         check_index_config(IndexConfig(sizes=(8, 128)), 64, [8])
     with pytest.raises(IndexMismatchError, match="pq_m=16 does not divide 24"):
         check_index_config(IndexConfig(kind="ivfpq", pq_m=16), 64, [16, 24])
-    with pytest.raises(IndexMismatchError, match="adanns_size 128 goes above d=64"):
+    with pytest.raises(IndexMismatchError, match=r"index.adanns_size 128 is outside \[1, d=64\]"):
         check_index_config(IndexConfig(adanns_size=128), 64, [8])

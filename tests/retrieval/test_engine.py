@@ -103,7 +103,7 @@ def test_per_call_search_settings_do_not_leak_into_the_index():
 def test_plans_are_checked_against_what_the_engine_has():
     db, _ = random_data(1, n=20, d=16)
     engine = engine_over(db, size_8=8)
-    assert engine.can_run(plan("size_8", 10, [(16, 5)]))
+    engine.check(plan("size_8", 10, [(16, 5)]))
     with pytest.raises(PlanError, match=r"needs shortlist source 'size_4', which this index lacks \(it has \['size_8'\]\)"):
         engine.check(plan("size_4", 10))
     with pytest.raises(PlanError, match=r"reranks at sizes \[32\], above d=16"):

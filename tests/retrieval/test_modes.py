@@ -44,6 +44,9 @@ def test_available_modes_follow_the_index_sources():
     (SearchSettings(shortlist_size=32), "adaptive", "index.sizes must include 32"),
     (SearchSettings(rerank_size=128), "adaptive", "serve.rerank_size 128 is above d=64"),
     (SearchSettings(funnel=((32, 10), (128, 10))), "funnel", r"serve.funnel sizes \[128\] are above d=64"),
+    (SearchSettings(funnel=((64, 20), (None, 10))), "adaptive", r"serve.funnel at d=64: rerank sizes must .* "
+                                                                r"got \[\[64, 20\], \[64, 10\]\]"),
+    (SearchSettings(), "fastest", r"serve.mode 'fastest': search mode 'fastest' is not accepted"),
 ])
 def test_settings_that_do_not_fit_the_index_are_refused_by_name(settings, mode, message):
     with pytest.raises(PlanError, match=message):

@@ -39,8 +39,9 @@ log = logging.getLogger("mrl.bench")
 class BenchIndex:
     """One index over one prefix size of the database."""
 
-    kind: Literal["flat", "hnsw", "ivf", "ivfpq", "adanns"] = "flat"
-    """flat | hnsw | ivf | ivfpq (FAISS), or adanns: cells on this prefix, members scored on the next stage's."""
+    kind: str = "flat"
+    """A FAISS index kind of `mrl.retrieval.indexes.INDEX_KINDS` (flat | hnsw | ivf | ivfpq), or adanns: cells
+    on this prefix, members scored on the next stage's."""
     size: int | None = None
     """Prefix size the index is built on; None: the full d."""
     hnsw_m: int = 32
@@ -49,6 +50,10 @@ class BenchIndex:
     pq_m: int = 16
 
     def __post_init__(self) -> None:
+        from mrl.retrieval.indexes import INDEX_KINDS
+
+        kinds = [*INDEX_KINDS, "adanns"]
+        _check(self.kind in kinds, f"kind {self.kind!r} is not accepted; choose one of {kinds}")
         _positive("size", self.size, allow_none=True)
         for name in ("hnsw_m", "ef_construction", "nlist", "pq_m"):
             _positive(name, getattr(self, name))
@@ -148,7 +153,7 @@ def build_source(spec: BenchIndex, store, dim: int, seed: int, device: str = "cp
     asks for it); returns (source, build seconds)."""
     from mrl.retrieval.adanns import AdannsIVF
     from mrl.retrieval.engine import CellSource, FaissSource
-    from mrl.retrieval.indexes import build_prefix_index, to_device
+    from mrl.retrieval.indexes import build_prefix_index
 
     size = spec.size or dim
     t0 = time.perf_counter()
@@ -156,7 +161,7 @@ def build_source(spec: BenchIndex, store, dim: int, seed: int, device: str = "cp
         source = CellSource(AdannsIVF.build(store.vectors, cluster_size=size, nlist=spec.nlist, seed=seed))
     else:
         index = build_prefix_index(store.vectors, size, spec.kind, spec.params(seed))
-        source = FaissSource(to_device(index, device), size, spec.kind)
+        source = FaissSource(index, size, spec.kind, device)
     return source, time.perf_counter() - t0
 
 
@@ -167,7 +172,7 @@ def check_against(cfg: RetrievalBenchConfig, dim: int) -> None:
     Raises:
         ConfigError: naming the index or search and the rule.
     """
-    from mrl.retrieval.indexes import check_index
+    from mrl.retrieval.indexes import check_index, check_prefix_size
     from mrl.retrieval.plan import check_plan
 
     sources = {}
@@ -175,8 +180,7 @@ def check_against(cfg: RetrievalBenchConfig, dim: int) -> None:
         size = spec.size or dim
         try:
             if spec.kind == "adanns":
-                if not 1 <= size <= dim:
-                    raise ValueError(f"index size {size} is outside [1, d={dim}] of these vectors")
+                check_prefix_size("AdANNS cell size", size, dim)
             else:
                 check_index(spec.kind, size, dim, spec.params(cfg.seed))
         except ValueError as exc:
@@ -244,7 +248,7 @@ def run_benchmark(cfg: RetrievalBenchConfig) -> dict[str, Any]:
             positions = found.positions
             if reference is None:
                 reference = positions
-            batch_s, single_s, _ = time_search(lambda x, p=plan: engine.run(p, x), queries, search.repeats,
+            batch_s, single_s, _ = time_search(lambda x, p=plan, e=engine: e.run(p, x), queries, search.repeats,
                                                search.single, threads)
             retrieved = np.where(positions >= 0, db_labels[np.maximum(positions, 0)], -1)
             metrics = retrieval_metrics(retrieved, q_labels, db_labels, k)

@@ -8,8 +8,9 @@ An index directory holds, for the database split of one embed run:
     adanns.npz          optional AdANNS cells (k-means on one prefix size) for the adanns search mode
     ids.npy, labels.npy row ids and labels, aligned with the FAISS positions
 
-`check_index_config` holds the rules between an index config and the vectors' d (checked by the build stage,
-the pipeline's up-front check and the benchmark); `load_index` verifies checksums, shapes and the format
+`check_index_config` holds the rules between an index config and the vectors' d (checked by the build stage
+and the pipeline's up-front check; each rule is a function of `mrl.retrieval.indexes` that the benchmark
+calls too); `load_index` verifies checksums, shapes and the format
 version and refuses a directory that does not match what the caller expects (dimension, model), naming the
 mismatch; `IndexArtifact.engine` is the `SearchEngine` over it.
 """
@@ -24,7 +25,7 @@ import numpy as np
 
 from mrl.artifacts.manifest import MANIFEST, ManifestError, read_manifest, sha256, write_manifest
 from mrl.retrieval.engine import CellSource, FaissSource, SearchEngine
-from mrl.retrieval.indexes import IndexParams, check_index
+from mrl.retrieval.indexes import IndexParams, check_index, check_prefix_size
 from mrl.retrieval.modes import ADANNS_SOURCE, index_source
 
 METRIC = "inner product of separately L2-normalised prefixes (cosine)"
@@ -51,13 +52,13 @@ def check_index_config(index_cfg, dim: int, default_sizes: list[int]) -> list[in
     sizes = list(index_cfg.sizes if index_cfg.sizes is not None else default_sizes)
     if max(sizes) > dim:
         raise IndexMismatchError(f"index.sizes {sizes} go above d={dim}")
-    if index_cfg.adanns_size is not None and index_cfg.adanns_size > dim:
-        raise IndexMismatchError(f"index.adanns_size {index_cfg.adanns_size} goes above d={dim}")
-    for m in sizes:
-        try:
+    try:
+        if index_cfg.adanns_size is not None:
+            check_prefix_size("index.adanns_size", index_cfg.adanns_size, dim)
+        for m in sizes:
             check_index(index_cfg.kind, m, dim, index_cfg.params())
-        except ValueError as exc:
-            raise IndexMismatchError(f"index: {exc} (set index.sizes or index.pq_m)") from None
+    except ValueError as exc:
+        raise IndexMismatchError(f"{exc} (set index.sizes, index.adanns_size or index.pq_m)") from None
     return sizes
 
 
@@ -88,13 +89,13 @@ def write_index(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndar
 
     params = params or IndexParams()
     dim = vectors.shape[1]
-    for m in sizes:  # every rule before any build
-        try:
+    try:  # every rule before any build
+        for m in sizes:
             check_index(kind, m, dim, params)
-        except ValueError as exc:
-            raise IndexMismatchError(str(exc)) from None
-    if adanns is not None and not 1 <= adanns[0] <= dim:
-        raise IndexMismatchError(f"index.adanns_size {adanns[0]} is outside [1, d={dim}]")
+        if adanns is not None:
+            check_prefix_size("index.adanns_size", adanns[0], dim)
+    except ValueError as exc:
+        raise IndexMismatchError(str(exc)) from None
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "vectors.npy", np.ascontiguousarray(vectors, dtype=np.dtype(vector_dtype)))
     np.save(out / "ids.npy", ids.astype(np.int64))
@@ -155,7 +156,6 @@ def load_index(path: str | Path, expect_dim: int | None = None, expect_model_uri
     import faiss
 
     from mrl.retrieval.adanns import AdannsIVF
-    from mrl.retrieval.indexes import to_device
     from mrl.retrieval.store import PrefixStore, torch_device
 
     path = Path(path).resolve()
@@ -191,7 +191,7 @@ def load_index(path: str | Path, expect_dim: int | None = None, expect_model_uri
         if index.d != m or index.ntotal != manifest["rows"]:
             raise IndexMismatchError(f"{file} has d={index.d}, rows={index.ntotal}; "
                                      f"the manifest says d={m}, rows={manifest['rows']}")
-        sources[index_source(m)] = FaissSource(to_device(index, device), m, manifest["kind"])
+        sources[index_source(m)] = FaissSource(index, m, manifest["kind"], device)
     if manifest.get("adanns"):
         sources[ADANNS_SOURCE] = CellSource(AdannsIVF.load(path / "adanns.npz"))
     engine = SearchEngine(PrefixStore(vectors, device=torch_device(device)), sources)

@@ -2,8 +2,9 @@
 
 `SearchEngine` holds the rerank store (full-size vectors) and named shortlist sources (FAISS indexes on a
 prefix, AdANNS cells). `run(plan, queries)` shortlists, then reranks stage by stage; nothing else in the
-platform orchestrates stages: the service, the evaluation stage, the benchmark and the CLI all build plans
-and call `run`, so the benchmark times exactly what the service runs.
+platform orchestrates staged search (the library-only `mrl.retrieval.sharded` merges whole-index searches):
+the service, the evaluation stage, the benchmark and the CLI all build plans and call `run`, so the benchmark
+times exactly what the service runs.
 
 Every run also reports the multiply-adds per query (FAISS's own counters for graph and IVF indexes) and,
 when asked, the seconds each stage took.
@@ -18,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from mrl.retrieval.indexes import faiss_search
+from mrl.retrieval.indexes import faiss_search, search_params, to_device
 from mrl.retrieval.plan import QueryPlan, Shortlist, check_plan
 from mrl.retrieval.store import PrefixStore, as_store, rerank
 
@@ -44,27 +45,43 @@ class ShortlistSource(Protocol):
 
 
 class FaissSource:
-    """A FAISS index built on the normalised prefix `size` (any kind of `mrl.retrieval.indexes`)."""
+    """A FAISS index built on the normalised prefix `size` (any kind of `mrl.retrieval.indexes`).
 
-    def __init__(self, index, size: int, kind: str | None = None):
-        self.index, self.size = index, size
+    Args:
+        index: the CPU index as built or read.
+        size: the prefix it was built on.
+        kind: its index kind (default: read off the index).
+        device: cpu | gpu | auto: flat and IVF indexes move to faiss-gpu's GPUs (see `to_device`).
+    """
+
+    def __init__(self, index, size: int, kind: str | None = None, device: str = "cpu"):
+        self.size = size
         self.kind = kind or _kind_of(index)
         self.label = f"{self.kind}@{size}"
+        # what the multiply-add count needs, read off the CPU index (a multi-GPU replica has no such fields)
+        self._nlist = getattr(index, "nlist", 0)
+        self._per_code = index.pq.M if self.kind == "ivfpq" else size
+        self.index = to_device(index, device)
+        self.on_gpu = self.index is not index
 
     def candidates(self, queries: np.ndarray, spec: Shortlist) -> Candidates:
         import faiss
 
         if spec.k is None:
             raise ValueError(f"shortlist source {spec.source!r} is a FAISS index: the plan must give its k")
+        if spec.nprobe is not None and self._nlist and search_params(self.index, nprobe=spec.nprobe) is None:
+            # an IVF index replicated over several GPUs takes no per-call parameters, and setting nprobe on the
+            # shared index would leak into concurrent and later searches
+            raise ValueError(f"{type(self.index).__name__} takes no per-search nprobe; build the index with the "
+                             "nprobe you want (index.nprobe) or search it on one GPU")
         q = max(1, len(queries))
         faiss.cvar.hnsw_stats.reset()
         faiss.cvar.indexIVF_stats.reset()
         scores, positions = faiss_search(self.index, queries, self.size, spec.k, spec.nprobe, spec.ef_search)
         if self.kind == "hnsw":
             madds = faiss.cvar.hnsw_stats.ndis / q * self.size
-        elif self.kind in ("ivf", "ivfpq"):
-            per_code = self.index.pq.M if self.kind == "ivfpq" else self.size
-            madds = self.index.nlist * self.size + faiss.cvar.indexIVF_stats.ndis / q * per_code
+        elif self.kind in ("ivf", "ivfpq"):  # (faiss-gpu does not update these counters: GPU counts are low)
+            madds = self._nlist * self.size + faiss.cvar.indexIVF_stats.ndis / q * self._per_code
         else:
             madds = float(self.index.ntotal * self.size)
         return Candidates(positions, madds, positions.shape[1], scores)
@@ -76,6 +93,7 @@ class CellSource:
     def __init__(self, cells):
         self.cells, self.size = cells, cells.cluster_size
         self.label = f"adanns@{self.size}"
+        self.on_gpu = False
 
     def candidates(self, queries: np.ndarray, spec: Shortlist) -> Candidates:
         positions = self.cells.candidates(queries, spec.nprobe)
@@ -97,7 +115,8 @@ class SearchResult:
     """What a plan returned for a batch of Q queries.
 
     Attributes:
-        scores, positions: (Q, k) best first; empty slots score -inf with position -1.
+        scores, positions: (Q, k) best first; empty slots have position -1 (after a rerank their score is -inf;
+            a plan without rerank returns FAISS's own filler score).
         shortlist: (Q, L) the first stage's candidates (for recall measurements).
         madds: multiply-adds per query.
         stages: (label, seconds) per stage when profiled, else empty.
@@ -137,12 +156,10 @@ class SearchEngine:
         """Raise `PlanError` unless this engine can run `plan` (see `mrl.retrieval.plan.check_plan`)."""
         check_plan(plan, self.source_sizes(), self.dim)
 
-    def can_run(self, plan: QueryPlan) -> bool:
-        try:
-            self.check(plan)
-        except ValueError:
-            return False
-        return True
+    @property
+    def on_gpu(self) -> bool:
+        """Whether any part runs on a GPU (FAISS GPU indexes must not be searched from two threads at once)."""
+        return self.store.device.type != "cpu" or any(getattr(s, "on_gpu", False) for s in self.sources.values())
 
     def smallest_prefix(self, plan: QueryPlan) -> int:
         """The smallest prefix the plan reads: a query that is zero there has no direction to search with

@@ -45,6 +45,13 @@ class IndexParams:
 INDEX_KINDS: Registry = Registry("index kind")
 
 
+def check_prefix_size(what: str, size: int, dim: int) -> None:
+    """A structure built on prefix `size` (an index, AdANNS cells) needs 1 <= size <= d; raises ValueError
+    naming `what` (e.g. "index size", "index.adanns_size")."""
+    if not 1 <= size <= dim:
+        raise ValueError(f"{what} {size} is outside [1, d={dim}] of these vectors")
+
+
 def check_index(kind: str, size: int, dim: int, params: IndexParams) -> None:
     """The rules between an index's kind, its prefix size and the vectors' d, checked before any build.
 
@@ -52,8 +59,7 @@ def check_index(kind: str, size: int, dim: int, params: IndexParams) -> None:
         ValueError: naming the problem (size outside [1, d], pq_m not dividing the size, unknown kind).
     """
     INDEX_KINDS.get(kind)
-    if not 1 <= size <= dim:
-        raise ValueError(f"index size {size} is outside [1, d={dim}] of these vectors")
+    check_prefix_size("index size", size, dim)
     if kind == "ivfpq" and size % params.pq_m:
         raise ValueError(f"ivfpq needs pq_m dividing the prefix size: pq_m={params.pq_m} does not divide {size}")
 
@@ -123,10 +129,12 @@ def _ivfpq(database: np.ndarray, size: int, params: IndexParams):
 
 
 def search_params(index, nprobe: int | None = None, ef_search: int | None = None):
-    """FAISS per-call search parameters for `index` overriding nprobe (IVF) / efSearch (HNSW), or None."""
+    """FAISS per-call search parameters for `index` overriding nprobe (IVF, CPU or GPU) / efSearch (HNSW), or
+    None (no override asked, or a knob the index does not have, e.g. nprobe of a flat index)."""
     import faiss
 
-    if nprobe is not None and isinstance(index, faiss.IndexIVF):
+    ivf = (faiss.IndexIVF, faiss.GpuIndexIVF) if hasattr(faiss, "GpuIndexIVF") else (faiss.IndexIVF,)
+    if nprobe is not None and isinstance(index, ivf):
         return faiss.SearchParametersIVF(nprobe=nprobe)
     if ef_search is not None and isinstance(index, faiss.IndexHNSW):
         return faiss.SearchParametersHNSW(efSearch=ef_search)
@@ -143,8 +151,6 @@ def faiss_search(index, queries: np.ndarray, size: int, k: int, nprobe: int | No
     k = min(k, index.ntotal)
     unit = normalize_prefix(queries, size)
     params = search_params(index, nprobe, ef_search)
-    if params is None and (nprobe is not None and hasattr(index, "nprobe")):  # GPU IVF: no per-call parameters
-        index.nprobe = nprobe
     return index.search(unit, k) if params is None else index.search(unit, k, params=params)
 
 

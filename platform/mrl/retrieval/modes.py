@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from mrl.registry import Registry
-from mrl.retrieval.plan import PlanError, QueryPlan, Rerank, Shortlist, check_plan
+from mrl.retrieval.plan import PlanError, QueryPlan, Rerank, Shortlist, check_plan, check_stages
 
 SEARCH_MODES: Registry = Registry("search mode")
 ADANNS_SOURCE = "adanns"
@@ -138,11 +138,19 @@ def check_settings(settings: SearchSettings, mode: str, sources: Mapping[str, in
     too_big = [m for m, _ in settings.funnel or () if m is not None and m > dim]
     if too_big:
         raise PlanError(f"serve.funnel sizes {too_big} are above d={dim}")
+    if settings.funnel is not None:  # null = d, now that d is known: e.g. [[64, 20], [null, 10]] at d = 64 repeats 64
+        try:
+            check_stages([(m or dim, keep) for m, keep in settings.funnel], after_size=settings.shortlist_size)
+        except PlanError as exc:
+            raise PlanError(f"serve.funnel at d={dim}: {exc}") from None
     available = available_modes(settings, sources, dim, k)
-    plan = make_plan(mode, settings, dim, k)
+    plan = None
     try:
+        plan = make_plan(mode, settings, dim, k)
         check_plan(plan, sources, dim)
-    except PlanError as exc:
+    except ValueError as exc:  # an unknown mode, a plan that cannot be made, or one the index cannot run
+        if plan is None:
+            raise PlanError(f"serve.mode {mode!r}: {exc}") from None
         missing = plan.shortlist.source if plan.shortlist.source not in sources else None
         hint = ("; set index.adanns_size to build AdANNS cells" if missing == ADANNS_SOURCE else
                 f"; index.sizes must include {sources_size(missing)}" if missing else "")

@@ -119,8 +119,8 @@ class QueryPlan:
 def check_plan(plan: QueryPlan, sources: Mapping[str, int], dim: int) -> None:
     """Whether an index with shortlist `sources` (name -> prefix size) over d-dimensional vectors can run `plan`.
 
-    The single rule for "what an index can serve": the index artifact, the service, the benchmark and the
-    pipeline's up-front config check all call it.
+    The single rule for "what an index can serve": the engine (hence the service), the search modes'
+    `check_settings` (hence the pipeline's up-front config check) and the benchmark all call it.
 
     Raises:
         PlanError: naming the missing source or the stage whose size is above d.

@@ -19,10 +19,9 @@ def retrieval_at(db_vectors: np.ndarray, db_labels: np.ndarray, q_vectors: np.nd
                  size: int, k: int = 10) -> dict[str, float]:
     """1-NN, mAP@k, P@k, R@k of exact cosine search on the normalised prefix `size` (a FAISS flat index, on the
     GPUs when faiss-gpu sees any)."""
-    from mrl.retrieval.indexes import build_prefix_index, to_device
+    from mrl.retrieval.indexes import build_prefix_index
 
-    index = to_device(build_prefix_index(db_vectors, size), "auto")
-    engine = SearchEngine(db_vectors, {"flat": FaissSource(index, size, "flat")})
+    engine = SearchEngine(db_vectors, {"flat": FaissSource(build_prefix_index(db_vectors, size), size, "flat", "auto")})
     positions = engine.run(exact_plan("flat", k), q_vectors).positions
     retrieved = np.where(positions >= 0, db_labels[np.maximum(positions, 0)], -1)
     return retrieval_metrics(retrieved, q_labels, db_labels, k)

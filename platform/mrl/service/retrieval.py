@@ -9,14 +9,16 @@ the accepted range; nothing about the service changes, so it keeps answering.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
 import time
 from typing import Any
 
 import numpy as np
 
 from mrl.retrieval.artifact import IndexArtifact, load_index
-from mrl.retrieval.modes import SearchSettings, check_settings, make_plan
+from mrl.retrieval.modes import check_settings, make_plan
 from mrl.retrieval.plan import QueryPlan
 from mrl.service.api import SearchRequest, validation_detail
 
@@ -44,9 +46,9 @@ class RetrievalService:
     def __init__(self, artifact: IndexArtifact, cfg):
         self.artifact, self.cfg = artifact, cfg
         self.engine = artifact.engine
-        self.settings = SearchSettings(shortlist_size=cfg.shortlist_size, shortlist_k=cfg.shortlist_k,
-                                       rerank_size=cfg.rerank_size, funnel=cfg.funnel, nprobe=cfg.nprobe,
-                                       ef_search=cfg.ef_search)
+        self.settings = cfg.search_settings()
+        # Ray Serve runs sync requests on a thread pool: FAISS GPU indexes must not be searched concurrently
+        self._gpu_lock = threading.Lock() if self.engine.on_gpu else contextlib.nullcontext()
         self.modes = check_settings(self.settings, cfg.mode, self.engine.source_sizes(), artifact.dim,
                                     cfg.default_k)
         manifest = artifact.manifest
@@ -105,7 +107,8 @@ class RetrievalService:
             query = self._vector_query(request.vector, self.engine.smallest_prefix(plan), mode)
         else:
             query = np.asarray(self.artifact.vectors[self._position(request.id)], dtype=np.float32)[None]
-        result = self.engine.run(plan, query)
+        with self._gpu_lock:
+            result = self.engine.run(plan, query)
         keep = result.positions[0] >= 0
         pos = result.positions[0][keep]
         return {"ids": self.artifact.ids[pos].tolist(), "scores": result.scores[0][keep].tolist(),
