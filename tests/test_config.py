@@ -277,11 +277,19 @@ def test_pipeline_train_job(tmp_path):
 
 def test_tune_job_checks_every_schedule_combination(tmp_path):
     base = {"data": {"path": str(tmp_path)}, "model": {"dim": 16}}
-    with pytest.raises(ConfigError, match=r"^space \(schedule 'uniform', min_size 16\) with base\.model: "
+    with pytest.raises(ConfigError, match=r"^space \(schedule 'uniform', min_size 16, count 8\) with base\.model: "
                                           r"nesting: count=8 is more than the 1 sizes in \[16, 16\]"):
         from_dict(TuneJobConfig, {"base": base, "space": {"min_sizes": [16]}})
     cfg = from_dict(TuneJobConfig, {"base": base, "space": {"schedules": ["log"], "min_sizes": [4, 8]}})
     assert cfg.space.min_sizes == (4, 8)
+    with pytest.raises(ConfigError, match=r"^space.deploy_sizes \[32\] go above base.model.dim 16"):
+        from_dict(TuneJobConfig, {"base": base, "space": {"schedules": ["log"], "deploy_sizes": [32]}})
+    with pytest.raises(ConfigError, match=r"^search.grace_period 3 is more than base.train.epochs 2"):
+        from_dict(TuneJobConfig, {"base": {**base, "train": {"epochs": 2}}, "space": {"schedules": ["log"]},
+                                  "search": {"scheduler": "asha", "grace_period": 3}})
+    with pytest.raises(ConfigError, match=r"^search\.algorithm: 'bayes' is not accepted; choose one of "
+                                          r"\['grid', 'random', 'optuna'\]"):
+        from_dict(TuneJobConfig, {"base": base, "search": {"algorithm": "bayes"}})
 
 
 @pytest.mark.parametrize("funnel, message", [

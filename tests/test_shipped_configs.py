@@ -25,6 +25,9 @@ SHIPPED = {
     "jobs/train_2048.yaml": C.TrainJobConfig,
     "jobs/embed_augmented.yaml": C.EmbedJobConfig,
     "benchmarks/retrieval_scale.yaml": RetrievalBenchConfig,
+    # the tune benchmark's two sweeps keep their outputs under outputs/tune-bench
+    "benchmarks/tune_grid.yaml": C.TuneJobConfig,
+    "benchmarks/tune_asha.yaml": C.TuneJobConfig,
 }
 
 
@@ -45,7 +48,7 @@ def test_every_config_file_is_covered():
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_config_loads(name):
     cfg = load_config(SHIPPED[name], REPO / name)
-    assert cfg.output_dir in ("outputs", "outputs/scale")
+    assert cfg.output_dir in ("outputs", "outputs/scale", "outputs/tune-bench")
     text = (REPO / name).read_text()
     assert text.startswith("#") and "python " in text.split("\n\n")[0]  # header says how to launch
 

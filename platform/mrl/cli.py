@@ -1,7 +1,9 @@
 """Command line: `mrl STAGE --config FILE [key=value ...]` (also what jobs/*.py call).
 
 Stages: train, tune, embed, build-index, evaluate, serve, pipeline; and `search`, which queries an index
-through the service's code without Ray (`mrl search index_dir=outputs/index/latest ids=[7] mode=funnel`).
+through the service's code without Ray (`mrl search index_dir=outputs/index/latest ids=[7] mode=funnel`), and
+`lineage`, which prints and checks the chain behind a deployment, index, embeddings or model
+(`mrl lineage target=http://127.0.0.1:8000`; exit 1 when a link is broken).
 The config is loaded and validated before any Ray work starts; a bad value exits with status 2 and a
 message naming the field.
 """
@@ -67,6 +69,23 @@ def _search(cfg: C.SearchJobConfig) -> int:
     return 0
 
 
+def _lineage(cfg: C.LineageJobConfig) -> int:
+    from mlflow import MlflowClient
+
+    from mrl.artifacts import tracking
+    from mrl.artifacts.lineage import trace
+
+    uri = tracking.resolve_tracking_uri(cfg.mlflow, cfg.output_dir)
+    tracking.setup(cfg.mlflow, cfg.output_dir)
+    links = trace(cfg.target, MlflowClient(uri))
+    for link in links:
+        print(link.line(), flush=True)
+    broken = [link for link in links if link.problem]
+    if broken:
+        print(f"mrl lineage: {len(broken)} broken link(s) in the chain of {cfg.target}", file=sys.stderr)
+    return 1 if broken else 0
+
+
 def _pipeline(cfg: C.PipelineConfig) -> Any:
     from mrl.stages.pipeline import run_pipeline
     return run_pipeline(cfg)
@@ -81,6 +100,7 @@ STAGES: dict[str, tuple[type, Callable[[Any], Any]]] = {
     "serve": (C.ServeJobConfig, _serve),
     "pipeline": (C.PipelineConfig, _pipeline),
     "search": (C.SearchJobConfig, _search),
+    "lineage": (C.LineageJobConfig, _lineage),
 }
 
 

@@ -454,23 +454,75 @@ class SearchJobConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LineageJobConfig(JobConfig):
+    """mrl lineage: print the chain from a deployment, index, embeddings directory or model down to the data."""
+
+    target: str = "outputs/index/latest"
+    """A running service's URL (http://...), an index or embeddings directory, or a model URI (models:/...)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(bool(self.target), "target must name a URL, a directory or a model URI")
+
+
+@dataclass(frozen=True, kw_only=True)
 class TuneSpace:
-    """The search space: each trial is one training run."""
+    """The search space over what MRL exposes; each trial is one training run.
+
+    Lists of choices (schedules, min_sizes, counts) are sampled as choices. Numeric families (smallest_weight,
+    weight_alpha, lr) are the values themselves for the grid search, and the range [first, last] for the
+    random and Optuna searches (lr log-uniform).
+    """
 
     schedules: tuple[Literal["log", "uniform"], ...] = ("log", "uniform")
     min_sizes: tuple[int, ...] = (8,)
+    counts: tuple[int, ...] = (8,)
+    """Number of sizes of the uniform schedule (the log schedule ignores it)."""
     smallest_weight: tuple[float, ...] = (1.0, 2.0)
-    """Candidate c_m for the smallest size (the others stay 1), as in the paper's boosting ablation."""
+    """Boost of the smallest size's c_m (the paper's boosting ablation)."""
+    weight_alpha: tuple[float, ...] = (0.0,)
+    """Weights c_m proportional to (m / d)^alpha before the boost: 0 = equal, < 0 favours the small sizes."""
     lr: tuple[float, ...] = ()
-    """Candidate learning rates; empty keeps train.lr."""
+    """Learning rates; empty keeps base.train.lr."""
+    deploy_sizes: tuple[int, ...] = ()
+    """Sizes you will deploy: added to every trial's nesting list, and the smallest of them is the size whose
+    accuracy the sweep trades against full-size accuracy (empty: each trial's own smallest size)."""
 
     def __post_init__(self) -> None:
         _check(len(self.schedules) > 0, "schedules must list at least one of ['log', 'uniform']")
-        _check(len(self.min_sizes) > 0 and all(m >= 1 for m in self.min_sizes),
-               f"min_sizes must be a non-empty list of sizes >= 1, got {list(self.min_sizes)}")
+        for name in ("min_sizes", "counts"):
+            values = getattr(self, name)
+            _check(len(values) > 0 and all(v >= 1 for v in values),
+                   f"{name} must be a non-empty list of integers >= 1, got {list(values)}")
         _check(len(self.smallest_weight) > 0 and all(math.isfinite(w) and w > 0 for w in self.smallest_weight),
                f"smallest_weight must be a non-empty list of numbers > 0, got {list(self.smallest_weight)}")
+        _check(len(self.weight_alpha) > 0 and all(-4 <= a <= 4 for a in self.weight_alpha),
+               f"weight_alpha must be a non-empty list of numbers in [-4, 4], got {list(self.weight_alpha)}")
         _check(all(0 < x < 10 for x in self.lr), f"lr values must be in (0, 10), got {list(self.lr)}")
+        _check(all(m >= 1 for m in self.deploy_sizes), f"deploy_sizes must be >= 1, got {list(self.deploy_sizes)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TuneSearch:
+    """How trials are sampled and stopped."""
+
+    algorithm: Literal["grid", "random", "optuna"] = "grid"
+    """grid: every combination of the listed values; random: Tune's random sampling of the ranges; optuna:
+    Optuna's TPE sampler through ray.tune.search.optuna."""
+    num_samples: int = 1
+    """grid: repeats of the whole grid; random / optuna: the number of trials."""
+    seed: int = 0
+    scheduler: Literal["fifo", "asha"] = "fifo"
+    """fifo: every trial runs all its epochs; asha: ASHA stops trials whose small-size accuracy lags at its rungs."""
+    grace_period: int = 1
+    """ASHA: epochs every trial runs before it may be stopped."""
+    reduction_factor: int = 2
+    """ASHA: 1 / the share of trials promoted at each rung."""
+
+    def __post_init__(self) -> None:
+        _positive("num_samples", self.num_samples)
+        _positive("grace_period", self.grace_period)
+        _check(self.reduction_factor >= 2, f"reduction_factor must be >= 2, got {self.reduction_factor}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -480,28 +532,38 @@ class TuneJobConfig(JobConfig):
     base: TrainJobConfig = field(default_factory=TrainJobConfig)
     """The training run every trial starts from (its output_dir and mlflow are replaced by the sweep's)."""
     space: TuneSpace = field(default_factory=TuneSpace)
-    num_samples: int = 1
-    """Repeats of the grid (grid search) per combination."""
+    search: TuneSearch = field(default_factory=TuneSearch)
     max_concurrent_trials: int = 1
-    metric: str = "val_top1_min"
-    """What the best trial maximises: val_top1_min (accuracy at the smallest size), val_top1_full or
-    val_top1_mean (mean over sizes)."""
+    full_tolerance: float = 0.003
+    """The rule that picks the winner: the best small-size accuracy among the trials whose full-size accuracy
+    is within this (0.003 = 0.3 points) of the best full-size accuracy of the sweep."""
+    sweep_name: str | None = None
+    """Ray Tune experiment name under <output_dir>/ray. None: tune-<time>. Naming a sweep that exists resumes
+    it: finished trials are kept, unfinished and errored ones run again."""
+    winner_epochs: int | None = None
+    """Epochs of the winner's training config (written as winner.yaml); None: base.train.epochs."""
+    train_winner: bool = False
+    """After the sweep, train the winner's config with the full budget and register it in MLflow."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _positive("num_samples", self.num_samples)
         _positive("max_concurrent_trials", self.max_concurrent_trials)
-        _check(self.metric in ("val_top1_min", "val_top1_full", "val_top1_mean"),
-               f"metric {self.metric!r} is not accepted; choose one of ['val_top1_min', 'val_top1_full', "
-               "'val_top1_mean']")
+        _positive("winner_epochs", self.winner_epochs, allow_none=True)
+        _check(0 <= self.full_tolerance < 1, f"full_tolerance must be in [0, 1), got {self.full_tolerance}")
+        dim = self.base.model.dim
+        too_big = [m for m in self.space.deploy_sizes if m > dim]
+        _check(not too_big, f"space.deploy_sizes {too_big} go above base.model.dim {dim}")
+        _check(self.search.scheduler != "asha" or self.search.grace_period <= self.base.train.epochs,
+               f"search.grace_period {self.search.grace_period} is more than base.train.epochs "
+               f"{self.base.train.epochs}: ASHA could stop nothing")
         for schedule in self.space.schedules:  # every combination must be a valid nesting list
             for min_size in self.space.min_sizes:
-                try:
-                    NestingConfig(schedule=schedule, min_size=min_size,
-                                  count=self.base.model.nesting.count).resolve(self.base.model.dim)
-                except ConfigError as exc:
-                    raise ConfigError(f"space (schedule {schedule!r}, min_size {min_size}) with base.model: "
-                                      f"{exc}") from None
+                for count in (self.space.counts if schedule == "uniform" else self.space.counts[:1]):
+                    try:
+                        NestingConfig(schedule=schedule, min_size=min_size, count=count).resolve(dim)
+                    except ConfigError as exc:
+                        raise ConfigError(f"space (schedule {schedule!r}, min_size {min_size}, count {count}) with "
+                                          f"base.model: {exc}") from None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -218,25 +218,72 @@ def test_nan_and_malformed_json_get_422(pipeline, raw):
     assert requests.get(f"{url}/healthz", timeout=30).json()["status"] == "ok"
 
 
-def test_tune_sweep_records_trials_and_best(pipeline):
-    from mrl.config import TuneJobConfig
+def test_tune_sweep_stops_a_lagging_trial_picks_a_winner_and_resumes(pipeline):
+    import yaml
+
+    from mrl.config import TrainJobConfig, TuneJobConfig
     from mrl.stages.tune import run_tune
 
     cfg, _ = pipeline
-    job = load_config(TuneJobConfig, REPO / "tuning" / "search_space.yaml", [
-        f"output_dir={cfg.output_dir}", "base.data.train_limit=1500", "base.model.dim=32",
-        "space.schedules=[log, uniform]", "space.smallest_weight=[2.0]", "base.model.nesting.count=3",
-        "base.resources.num_workers=1"])
+    overrides = [f"output_dir={cfg.output_dir}", "sweep_name=e2e-sweep", "base.data.train_limit=1500",
+                 "base.model.dim=32", "base.train.epochs=3", "base.resources.num_workers=1", "search.algorithm=grid",
+                 "search.num_samples=1",
+                 "search.scheduler=asha", "space.schedules=[log]", "space.min_sizes=[4]", "space.deploy_sizes=[8]",
+                 "space.smallest_weight=[1.0]", "space.weight_alpha=[0.0]", "space.lr=[0.004, 0.00001]"]
+    job = load_config(TuneJobConfig, REPO / "tuning" / "search_space.yaml", overrides)
     result = run_tune(job)
-    assert len(result["trials"]) == 2 and all(t["error"] is None for t in result["trials"])
-    assert {t["params"]["schedule"] for t in result["trials"]} == {"log", "uniform"}
-    assert 0.1 < result["best_metric"] <= 1.0
+    trials = sorted(result["trials"], key=lambda t: -t["params"]["lr"])
+    assert [t["error"] for t in trials] == [None, None]
+    # ASHA stopped the trial whose 8-d accuracy lagged at its first rung; the good one ran every epoch
+    assert trials[0]["epochs"] == 3 and trials[1]["epochs"] < 3
+    from ray.util.state import list_actors
+
+    deadline = __import__("time").time() + 60  # the stopped trial's Train workers are torn down, not leaked
+    while [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if a.class_name.startswith("RayTrainWorker")]:
+        assert __import__("time").time() < deadline, "Ray Train workers still alive after the sweep"
+        __import__("time").sleep(2)
+    assert result["small_metric"] == "val_top1_d8" and result["winner"]["params"]["lr"] == 0.004
+    winner = load_config(TrainJobConfig, result["winner_yaml"])  # a valid training config, ready to run
+    assert winner.model.sizes == [4, 8, 16, 32] and winner.train.lr == 0.004 and winner.train.epochs == 3
+    assert yaml.safe_load(open(result["winner_yaml"]))["run_name"] == "e2e-sweep-winner"
+    assert (__import__("pathlib").Path(result["winner_yaml"]).parent / "pareto.png").stat().st_size > 1000
     client, runs = runs_by_stage(cfg)
     parent = runs["tune"]
-    children = client.search_runs([parent.info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert parent.data.metrics["trials_stopped_early"] == 1
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(children) == 2
-    assert parent.data.params["best.schedule"] == result["best_params"]["schedule"]
+    # the same sweep name resumes the sweep: its finished trials are kept, not trained again
+    started = __import__("time").time()
+    again = run_tune(job)
+    assert sorted(t["metrics"]["val_top1_d8"] for t in again["trials"]) == \
+        sorted(t["metrics"]["val_top1_d8"] for t in result["trials"])
+    assert __import__("time").time() - started < 30
+
+
+def test_lineage_follows_every_link_and_flags_a_broken_one(pipeline, tmp_path):
+    from mrl.artifacts.lineage import trace
+    from mrl.cli import main
+
+    cfg, summary = pipeline
+    client = MlflowClient(f"sqlite:///{cfg.output_dir}/mlflow.db")
+    links = trace(summary["url"], client)
+    assert [link.kind for link in links] == ["deployment", "index", "embeddings", "model", "training run", "dataset"]
+    assert [link.problem for link in links] == [None] * 6, [link.line() for link in links]
+    assert links[1].details["run"] == summary["index_run_id"] and links[3].name == summary["model_uri"]
+    assert links[4].name == summary["train_run_id"] and "fashion_mnist" in links[5].name
+    assert main(["lineage", f"target={summary['url']}", f"output_dir={cfg.output_dir}"]) == 0
+    # a corrupted copy of the index, and an embeddings manifest naming a run that does not exist
+    broken = tmp_path / "index"
+    shutil.copytree(f"{cfg.output_dir}/index/{summary['index_run_id']}", broken)
+    (broken / "labels.npy").write_bytes(b"corrupt")
+    links = trace(str(broken), client)
+    assert "does not match its manifest checksum" in links[0].problem and links[1].problem is None
+    assert main(["lineage", f"target={broken}", f"output_dir={cfg.output_dir}"]) == 1
+    emb = tmp_path / "emb"
+    shutil.copytree(f"{cfg.output_dir}/embeddings/{summary['embed_run_id']}", emb)
+    manifest = __import__("json").loads((emb / "manifest.json").read_text())
+    (emb / "manifest.json").write_text(__import__("json").dumps({**manifest, "embed_run_id": "0" * 32}))
+    assert "not found" in trace(str(emb), client)[0].problem
 
 
 def test_training_resumes_a_named_run_and_refuses_another_model(pipeline, tmp_path):

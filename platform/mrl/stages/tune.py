@@ -1,15 +1,19 @@
-"""The tune stage: a Ray Tune grid over nesting schedules and loss weights; each trial is a Ray Train run.
+"""The tune stage: Ray Tune over nesting schedules, per-size loss weights and lr; each trial is a Ray Train run.
 
 Each trial's driver function builds a TorchTrainer from the base training config plus the trial's choice
-and passes Tune's `TuneReportCallback`, so per-epoch metrics of the workers reach Tune. After the sweep,
-the driver records one MLflow parent run `tune` with a nested run per trial and the best config.
+and passes Tune's `TuneReportCallback`, so the workers' per-epoch, per-size validation accuracy reaches Tune
+(and ASHA, which stops lagging trials at its rungs). Trials are sampled from the grid, at random, or by
+Optuna. The sweep's answer is a trade-off across sizes, not one number: the Pareto front of (accuracy at the
+small deployed size, accuracy at d) over trials, and the winner by the rule `full_tolerance` states. The
+winner's training config is written as YAML (and, with `train_winner`, trained and registered). The driver
+records one MLflow parent run `tune` with a nested run per trial, the front's plot and the winner.
+A sweep named after an existing one resumes it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -17,23 +21,109 @@ from typing import Any
 from mrl.config import NestingConfig, TrainJobConfig, TuneJobConfig
 from mrl.configio import from_dict, to_dict
 
+FULL_METRIC = "val_top1_full"
+
+
+def small_metric(job: TuneJobConfig) -> str:
+    """The reported metric of accuracy at the small deployed size (every trial trains that size)."""
+    return f"val_top1_d{min(job.space.deploy_sizes)}" if job.space.deploy_sizes else "val_top1_min"
+
+
+def nesting_weights(sizes: list[int], dim: int, alpha: float, smallest_boost: float) -> list[float]:
+    """c_m proportional to (m / d)^alpha, the smallest size's times `smallest_boost`, scaled to mean 1 (so the
+    loss, hence the effective learning rate, keeps its scale across trials); rounded to 6 digits."""
+    weights = [(m / dim) ** alpha for m in sizes]
+    weights[0] *= smallest_boost
+    mean = sum(weights) / len(weights)
+    return [round(w / mean, 6) for w in weights]
+
+
+def trial_job(base: TrainJobConfig, params: dict[str, Any], run_name: str,
+              deploy_sizes: tuple[int, ...] = ()) -> TrainJobConfig:
+    """The training config of one trial: the base config with the trial's nesting list (the schedule's sizes
+    plus the deploy sizes and d), its weights and lr."""
+    dim = base.model.dim
+    scheduled = NestingConfig(schedule=params["schedule"], min_size=params["min_size"],
+                              count=params.get("count", base.model.nesting.count)).resolve(dim)
+    sizes = sorted(set(scheduled) | set(deploy_sizes) | {dim})
+    weights = nesting_weights(sizes, dim, params.get("weight_alpha", 0.0), params["smallest_weight"])
+    nesting = NestingConfig(schedule="list", sizes=tuple(sizes), weights=tuple(weights))
+    model = dataclasses.replace(base.model, nesting=nesting)
+    train = dataclasses.replace(base.train, lr=params.get("lr") or base.train.lr)
+    return dataclasses.replace(base, model=model, train=train, run_name=run_name)
+
 
 def grid(job: TuneJobConfig) -> list[dict[str, Any]]:
-    """Every combination of the search space, as trial parameter dicts."""
+    """Every combination of the listed values (the uniform schedule's counts only vary the uniform schedule)."""
     space = job.space
-    lrs = space.lr or (job.base.train.lr,)
-    return [{"schedule": s, "min_size": m, "smallest_weight": w, "lr": lr}
-            for s, m, w, lr in itertools.product(space.schedules, space.min_sizes, space.smallest_weight, lrs)]
+    combos = []
+    for schedule, min_size, w, alpha, lr in itertools.product(space.schedules, space.min_sizes,
+                                                              space.smallest_weight, space.weight_alpha,
+                                                              space.lr or (job.base.train.lr,)):
+        for count in space.counts if schedule == "uniform" else space.counts[:1]:
+            combos.append({"schedule": schedule, "min_size": min_size, "count": count, "smallest_weight": w,
+                           "weight_alpha": alpha, "lr": lr})
+    return combos
 
 
-def trial_job(base: TrainJobConfig, params: dict[str, Any], run_name: str) -> TrainJobConfig:
-    """The training config of one trial: base config with the trial's schedule, weights and lr."""
-    nesting = NestingConfig(schedule=params["schedule"], min_size=params["min_size"], count=base.model.nesting.count)
-    sizes = nesting.resolve(base.model.dim)
-    weights = (params["smallest_weight"],) + (1.0,) * (len(sizes) - 1)
-    model = dataclasses.replace(base.model, nesting=dataclasses.replace(nesting, weights=weights))
-    train = dataclasses.replace(base.train, lr=params["lr"])
-    return dataclasses.replace(base, model=model, train=train, run_name=run_name)
+def param_space(job: TuneJobConfig) -> dict[str, Any]:
+    """Tune's param space: a grid over `grid(job)`, or sampling distributions over the ranges."""
+    from ray import tune
+
+    if job.search.algorithm == "grid":
+        return tune.grid_search(grid(job))
+    space = job.space
+
+    def span(values, log=False):
+        lo, hi = min(values), max(values)
+        return lo if lo == hi else (tune.loguniform(lo, hi) if log else tune.uniform(lo, hi))
+
+    return {"schedule": tune.choice(list(space.schedules)), "min_size": tune.choice(list(space.min_sizes)),
+            "count": tune.choice(list(space.counts)), "smallest_weight": span(space.smallest_weight),
+            "weight_alpha": span(space.weight_alpha), "lr": span(space.lr, log=True) if space.lr else job.base.train.lr}
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indexes of the points (small, full) that no other point beats on both (>= on both, > on one)."""
+    front = []
+    for i, (s, f) in enumerate(points):
+        if not any((s2 >= s and f2 >= f) and (s2 > s or f2 > f) for j, (s2, f2) in enumerate(points) if j != i):
+            front.append(i)
+    return front
+
+
+def choose(points: list[tuple[float, float]], full_tolerance: float) -> int:
+    """The winner: the best small-size accuracy among points within `full_tolerance` of the best full-size
+    accuracy (ties: the better full-size accuracy, then the earlier trial)."""
+    best_full = max(f for _, f in points)
+    eligible = [i for i, (_, f) in enumerate(points) if f >= best_full - full_tolerance - 1e-12]
+    return max(eligible, key=lambda i: (points[i][0], points[i][1], -i))
+
+
+def plot_front(trials: list[dict[str, Any]], front: list[int], winner: int, small: str, path: Path,
+               tolerance: float) -> Path:
+    """Small-size accuracy against full-size accuracy per trial, the Pareto front joined, the winner ringed."""
+    from mrl.plots import pyplot
+
+    plt = pyplot()
+    xs = [100 * t["metrics"][small] for t in trials]
+    ys = [100 * t["metrics"][FULL_METRIC] for t in trials]
+    fig, ax = plt.subplots(figsize=(6.5, 4.6))
+    ax.scatter(xs, ys, s=22, color="grey", label="trials")
+    order = sorted(front, key=lambda i: xs[i])
+    ax.plot([xs[i] for i in order], [ys[i] for i in order], "o-", color="tab:blue", label="Pareto front")
+    ax.scatter([xs[winner]], [ys[winner]], s=140, facecolors="none", edgecolors="tab:red", linewidths=2,
+               label=f"winner (best small size within {100 * tolerance:g} pt of best full)")
+    ax.axhline(max(ys) - 100 * tolerance, color="tab:red", lw=0.8, ls="--")
+    ax.set_xlabel(f"validation top-1 at the small size ({small}), %")
+    ax.set_ylabel(f"validation top-1 at d ({FULL_METRIC}), %")
+    ax.set_title("MRL sweep: accuracy at the deployed size against full size", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def _trial(config: dict[str, Any]) -> None:
@@ -45,20 +135,54 @@ def _trial(config: dict[str, Any]) -> None:
 
     base = from_dict(TrainJobConfig, config["base"])
     trial_id = ray.tune.get_context().get_trial_id()
-    job = trial_job(base, config["params"], run_name=f"tune-trial-{trial_id}")
+    job = trial_job(base, config["params"], f"tune-trial-{trial_id}", tuple(config.get("deploy_sizes", ())))
     result = fit(job, callbacks=[TuneReportCallback()])
     if result.error is not None:
         raise result.error
 
 
+def make_tuner(job: TuneJobConfig, base: TrainJobConfig, name: str, storage: Path):
+    """A new Tuner for the sweep, or the restored one when `storage/name` holds an interrupted sweep."""
+    from ray import tune
+
+    path = storage / name
+    if tune.Tuner.can_restore(str(path)):
+        print(f"[tune] resuming sweep {name!r} from {path}", flush=True)
+        return tune.Tuner.restore(str(path), trainable=_trial, resume_errored=True)
+    search_alg, scheduler = None, None
+    if job.search.algorithm == "random":
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        search_alg = BasicVariantGenerator(random_state=job.search.seed)
+    elif job.search.algorithm == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(seed=job.search.seed)
+    if job.search.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=base.train.epochs, grace_period=job.search.grace_period,
+                                  reduction_factor=job.search.reduction_factor)
+    return tune.Tuner(
+        _trial,
+        param_space={"base": to_dict(base), "deploy_sizes": list(job.space.deploy_sizes),
+                     "params": param_space(job)},
+        tune_config=tune.TuneConfig(metric=small_metric(job), mode="max", num_samples=job.search.num_samples,
+                                    max_concurrent_trials=job.max_concurrent_trials, search_alg=search_alg,
+                                    scheduler=scheduler),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage)),
+    )
+
+
 def run_tune(job: TuneJobConfig) -> dict[str, Any]:
-    """Run the sweep and record it in MLflow.
+    """Run (or resume) the sweep, pick the winner, write its config, record everything in MLflow.
 
     Returns:
-        {"run_id", "best_params", "best_metric", "trials": [{"params", "metrics"}], "seconds"}.
+        {"run_id", "sweep", "trials": [{"params", "metrics", "epochs", "error"}], "front", "winner",
+         "winner_yaml", "winner_model_uri" (with train_winner), "seconds"}.
     """
     import mlflow
-    from ray import tune
+    import yaml
 
     from mrl.artifacts import tracking
     from mrl.config import check_paths
@@ -68,31 +192,42 @@ def run_tune(job: TuneJobConfig) -> dict[str, Any]:
     ensure_ray(job.base.ray)
     tracking.setup(job.mlflow, job.output_dir)
     base = dataclasses.replace(job.base, output_dir=job.output_dir, mlflow=job.mlflow)
-    combos = grid(job)
-    print(f"[tune] {len(combos)} combinations x {job.num_samples} sample(s), metric {job.metric} (max)", flush=True)
+    name = job.sweep_name or time.strftime("tune-%Y%m%d-%H%M%S")
+    small = small_metric(job)
+    print(f"[tune] sweep {name!r}: {job.search.algorithm} search, {job.search.scheduler} scheduler, objectives "
+          f"{small} and {FULL_METRIC}", flush=True)
     started = time.time()
-    tuner = tune.Tuner(
-        _trial,
-        param_space={"base": to_dict(base), "params": tune.grid_search(combos)},
-        tune_config=tune.TuneConfig(metric=job.metric, mode="max", num_samples=job.num_samples,
-                                    max_concurrent_trials=job.max_concurrent_trials),
-        run_config=tune.RunConfig(name=f"tune-{int(started)}",
-                                  storage_path=str(Path(job.output_dir).resolve() / "ray")),
-    )
-    results = tuner.fit()
+    results = make_tuner(job, base, name, Path(job.output_dir).resolve() / "ray").fit()
     trials = []
     for result in results:
         metrics = {k: float(v) for k, v in (result.metrics or {}).items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        trials.append({"params": result.config["params"], "metrics": metrics,
+        trials.append({"params": result.config["params"], "metrics": metrics, "epochs": int(metrics.get("epoch", 0)),
                        "error": None if result.error is None else str(result.error)})
-    done = [t for t in trials if job.metric in t["metrics"]]
+    done = [t for t in trials if small in t["metrics"] and FULL_METRIC in t["metrics"]]
     if not done:
-        raise RuntimeError(f"no tune trial reported {job.metric}; errors: {[t['error'] for t in trials]}")
-    best = max(done, key=lambda t: t["metrics"][job.metric])
+        raise RuntimeError(f"no tune trial reported {small}; errors: {[t['error'] for t in trials]}")
+    points = [(t["metrics"][small], t["metrics"][FULL_METRIC]) for t in done]
+    front, winner = pareto_front(points), choose(points, job.full_tolerance)
+    best = done[winner]
+    stopped = sum(t["epochs"] < base.train.epochs for t in done)
+    print(f"[tune] {len(trials)} trials ({stopped} stopped early); Pareto front {len(front)} trials; winner "
+          f"{best['params']}: {small} {points[winner][0]:.4f}, {FULL_METRIC} {points[winner][1]:.4f}", flush=True)
+
+    out = Path(job.output_dir).resolve() / "tune" / name
+    out.mkdir(parents=True, exist_ok=True)
+    winner_train = dataclasses.replace(base.train, epochs=job.winner_epochs or base.train.epochs)
+    winner_job = trial_job(dataclasses.replace(base, train=winner_train), best["params"], f"{name}-winner",
+                           job.space.deploy_sizes)
+    winner_yaml = out / "winner.yaml"
+    winner_yaml.write_text(f"# The winner of sweep {name!r} ({small} {points[winner][0]:.4f}, {FULL_METRIC} "
+                           f"{points[winner][1]:.4f}).\n#\n#   python jobs/train.py --config {winner_yaml}\n#\n"
+                           + yaml.safe_dump(to_dict(winner_job), sort_keys=False))
+    plot = plot_front(done, front, winner, small, out / "pareto.png", job.full_tolerance)
     seconds = time.time() - started
-    with mlflow.start_run(run_name="tune", tags={"mrl.stage": "tune"}) as parent:
-        tracking.log_params({"base": to_dict(base), "space": to_dict(job.space), "metric": job.metric})
+    with mlflow.start_run(run_name="tune", tags={"mrl.stage": "tune", "mrl.sweep": name}) as parent:
+        tracking.log_params({"base": to_dict(base), "space": to_dict(job.space), "search": to_dict(job.search),
+                             "full_tolerance": job.full_tolerance})
         for i, trial in enumerate(trials):
             with mlflow.start_run(run_name=f"trial-{i}", nested=True, tags={"mrl.stage": "tune-trial"}):
                 mlflow.log_params(trial["params"])
@@ -102,10 +237,17 @@ def run_tune(job: TuneJobConfig) -> dict[str, Any]:
                 if trial["error"]:
                     mlflow.set_tag("error", trial["error"][:5000])
         mlflow.log_params({f"best.{k}": v for k, v in best["params"].items()})
-        mlflow.log_metric(f"best_{job.metric}", best["metrics"][job.metric])
-        mlflow.log_dict({"best": best, "trials": trials}, "tune_results.json")
-    print(f"[tune] best {best['params']} -> {job.metric} = {best['metrics'][job.metric]:.4f} "
-          f"({len(trials)} trials, {seconds:.0f}s)", flush=True)
-    print(json.dumps(best["params"]), flush=True)
-    return {"run_id": parent.info.run_id, "best_params": best["params"], "best_metric": best["metrics"][job.metric],
-            "trials": trials, "seconds": seconds}
+        mlflow.log_metrics({f"best_{small}": points[winner][0], f"best_{FULL_METRIC}": points[winner][1],
+                            "trials_stopped_early": stopped, "tune_wall_seconds": seconds})
+        mlflow.log_dict({"winner": best, "front": [done[i] for i in front], "trials": trials}, "tune_results.json")
+        for file in (plot, winner_yaml):
+            mlflow.log_artifact(str(file))
+    summary = {"run_id": parent.info.run_id, "sweep": name, "trials": trials, "front": [done[i] for i in front],
+               "winner": best, "winner_yaml": str(winner_yaml), "small_metric": small, "seconds": seconds,
+               "best_params": best["params"], "best_metric": points[winner][0]}
+    if job.train_winner:
+        from mrl.stages.train import run_train
+
+        summary["winner_model_uri"] = run_train(winner_job)["model_uri"]
+    print(f"[tune] winner config: {winner_yaml}; front plot: {plot} ({seconds:.0f}s)", flush=True)
+    return summary

@@ -1,0 +1,57 @@
+"""The tune stage's pure parts: the search space, trial configs and weights, the Pareto front and the
+winner rule (mrl.stages.tune). A real sweep with ASHA runs in tests/e2e/test_stages.py."""
+
+import pytest
+
+from mrl.config import TuneJobConfig
+from mrl.configio import from_dict, load_config
+from mrl.stages.tune import choose, grid, nesting_weights, pareto_front, small_metric, trial_job
+
+from conftest import REPO
+
+
+@pytest.fixture
+def job(tmp_path):
+    return load_config(TuneJobConfig, REPO / "tuning" / "search_space.yaml", [f"base.data.path={tmp_path}"])
+
+
+def test_trial_config_trains_its_schedule_plus_the_deploy_sizes_and_d(job):
+    params = {"schedule": "uniform", "min_size": 4, "count": 4, "smallest_weight": 3.0, "weight_alpha": -0.5,
+              "lr": 0.004}
+    trial = trial_job(job.base, params, "t", (16,))
+    assert trial.model.sizes == [4, 16, 173, 343, 512]  # uniform 4..512 in 4 steps, plus the deploy size 16
+    assert trial.train.lr == 0.004 and trial.run_name == "t"
+    weights = trial.model.weights
+    assert sum(weights) == pytest.approx(len(weights), abs=1e-4)  # mean 1: the loss keeps its scale
+    assert weights == sorted(weights, reverse=True)  # alpha < 0 and the boost favour the small sizes
+    assert from_dict(TuneJobConfig, {"base": {"data": {"path": "/x"}}}).base.model.sizes  # still loads
+
+
+def test_nesting_weights_follow_the_power_law_and_the_boost():
+    w = nesting_weights([8, 32, 128], 128, 0.0, 1.0)
+    assert w == [1.0, 1.0, 1.0]
+    w = nesting_weights([8, 32, 128], 128, -0.5, 2.0)
+    raw = [2 * (8 / 128) ** -0.5, (32 / 128) ** -0.5, 1.0]
+    assert w == pytest.approx([r / (sum(raw) / 3) for r in raw], abs=1e-6)
+
+
+def test_grid_varies_counts_only_for_the_uniform_schedule(job):
+    combos = grid(job)
+    log = [c for c in combos if c["schedule"] == "log"]
+    uniform = [c for c in combos if c["schedule"] == "uniform"]
+    assert len(uniform) == 2 * len(log) == 2 * 2 * 2 * 2  # min_sizes x boosts x alphas (x counts for uniform)
+    assert {c["count"] for c in log} == {4}
+
+
+def test_small_metric_is_the_smallest_deploy_size(job):
+    assert small_metric(job) == "val_top1_d16"
+    assert small_metric(load_config(TuneJobConfig, overrides=["base.data.path=/x"])) == "val_top1_min"
+
+
+def test_pareto_front_and_the_winner_rule():
+    points = [(0.80, 0.90), (0.85, 0.895), (0.70, 0.91), (0.84, 0.80), (0.85, 0.88)]
+    assert pareto_front(points) == [0, 1, 2]  # 3 and 4 are beaten on both (or tied and beaten)
+    assert choose(points, 0.0) == 2  # only the best full-size trial qualifies
+    assert choose(points, 0.01) == 0  # within 1 point of 0.91: 0 (0.90) qualifies, 1 (0.895) does not
+    assert choose(points, 0.02) == 1  # 1 qualifies and has the best small-size accuracy
+    assert choose([(0.5, 0.5), (0.5, 0.5)], 0.0) == 0  # ties: the earlier trial
