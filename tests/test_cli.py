@@ -16,7 +16,7 @@ from conftest import REPO
     ("jobs/train.py", ["data.path=/nonexistent/fmnist"], "data.path '/nonexistent/fmnist' does not exist"),
     ("jobs/pipeline.py", ["serve.shortlist_size=12"], "serve.mode 'adaptive' cannot run on this index"),
     ("jobs/embed.py", ["embed.num_actors=0"], "embed.num_actors must be > 0"),
-    ("tuning/tune.py", ["metric=accuracy"], "metric 'accuracy' is not accepted"),
+    ("tuning/tune.py", ["search.algorithm=bayes"], "search.algorithm: 'bayes' is not accepted"),
     ("serving/app.py", ["serve.port=70000"], "serve.port must be in [1, 65535]"),
     ("jobs/train.py", ["train.epochs"], "is not of the form key=value"),
     ("jobs/train.py", ["trian.epochs=2"], "unknown config key(s) ['trian']"),

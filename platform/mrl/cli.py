@@ -3,7 +3,8 @@
 Stages: train, tune, embed, build-index, evaluate, serve, pipeline; and `search`, which queries an index
 through the service's code without Ray (`mrl search index_dir=outputs/index/latest ids=[7] mode=funnel`), and
 `lineage`, which prints and checks the chain behind a deployment, index, embeddings or model
-(`mrl lineage target=http://127.0.0.1:8000`; exit 1 when a link is broken).
+(`mrl lineage target=http://127.0.0.1:8000`; exit 1 when a link is broken), and `promote`, which points the
+registry alias the embed stage loads at a model version (`mrl promote model_uri=models:/mrl-fashion-mnist/3`).
 The config is loaded and validated before any Ray work starts; a bad value exits with status 2 and a
 message naming the field.
 """
@@ -86,6 +87,20 @@ def _lineage(cfg: C.LineageJobConfig) -> int:
     return 1 if broken else 0
 
 
+def _promote(cfg: C.PromoteJobConfig) -> int:
+    from mrl.artifacts import tracking
+
+    tracking.setup(cfg.mlflow, cfg.output_dir)
+    try:
+        done = tracking.promote(cfg.model_uri, cfg.alias)
+    except Exception as exc:  # unknown model or version
+        print(f"mrl promote: {exc}", file=sys.stderr)
+        return 2
+    print(f"models:/{done['model_name']}@{done['alias']} -> version {done['model_version']} "
+          f"(was {done['previous'] or 'unset'})", flush=True)
+    return 0
+
+
 def _pipeline(cfg: C.PipelineConfig) -> Any:
     from mrl.stages.pipeline import run_pipeline
     return run_pipeline(cfg)
@@ -101,6 +116,7 @@ STAGES: dict[str, tuple[type, Callable[[Any], Any]]] = {
     "pipeline": (C.PipelineConfig, _pipeline),
     "search": (C.SearchJobConfig, _search),
     "lineage": (C.LineageJobConfig, _lineage),
+    "promote": (C.PromoteJobConfig, _promote),
 }
 
 

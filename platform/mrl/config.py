@@ -401,8 +401,9 @@ class TrainJobConfig(JobConfig):
 class EmbedJobConfig(JobConfig):
     """jobs/embed.py"""
 
-    model_uri: str = "models:/mrl-fashion-mnist/latest"
-    """An MLflow model URI (models:/name/version, models:/name@alias, runs:/id/model)."""
+    model_uri: str = "models:/mrl-fashion-mnist@champion"
+    """An MLflow model URI (models:/name/version, models:/name@alias, models:/name/latest, runs:/id/model).
+    The default is the promoted model: the first registered version, then whichever `mrl promote` names."""
     data: DataConfig = field(default_factory=DataConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -463,6 +464,23 @@ class LineageJobConfig(JobConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(bool(self.target), "target must name a URL, a directory or a model URI")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromoteJobConfig(JobConfig):
+    """mrl promote: point a registry alias (default champion, what the embed stage loads) at a model version."""
+
+    model_uri: str = ""
+    """models:/name/version (or another alias) to promote."""
+    alias: str = "champion"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.model_uri.startswith("models:/"),
+               f"model_uri must be a registered model version such as models:/mrl-fashion-mnist/3, got "
+               f"{self.model_uri!r}")
+        _check(bool(self.alias) and self.alias.replace("-", "").replace("_", "").isalnum(),
+               f"alias must be a name of letters, digits, - and _, got {self.alias!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

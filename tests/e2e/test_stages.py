@@ -219,6 +219,8 @@ def test_nan_and_malformed_json_get_422(pipeline, raw):
 
 
 def test_tune_sweep_stops_a_lagging_trial_picks_a_winner_and_resumes(pipeline):
+    import dataclasses
+
     import yaml
 
     from mrl.config import TrainJobConfig, TuneJobConfig
@@ -229,7 +231,8 @@ def test_tune_sweep_stops_a_lagging_trial_picks_a_winner_and_resumes(pipeline):
                  "base.model.dim=32", "base.train.epochs=3", "base.resources.num_workers=1", "search.algorithm=grid",
                  "search.num_samples=1",
                  "search.scheduler=asha", "space.schedules=[log]", "space.min_sizes=[4]", "space.deploy_sizes=[8]",
-                 "space.smallest_weight=[1.0]", "space.weight_alpha=[0.0]", "space.lr=[0.004, 0.00001]"]
+                 "space.smallest_weight=[1.0]", "space.weight_alpha=[0.0]", "space.lr=[0.004, 0.00001]",
+                 "train_winner=true", "winner_epochs=1"]
     job = load_config(TuneJobConfig, REPO / "tuning" / "search_space.yaml", overrides)
     result = run_tune(job)
     trials = sorted(result["trials"], key=lambda t: -t["params"]["lr"])
@@ -244,7 +247,11 @@ def test_tune_sweep_stops_a_lagging_trial_picks_a_winner_and_resumes(pipeline):
         __import__("time").sleep(2)
     assert result["small_metric"] == "val_top1_d8" and result["winner"]["params"]["lr"] == 0.004
     winner = load_config(TrainJobConfig, result["winner_yaml"])  # a valid training config, ready to run
-    assert winner.model.sizes == [4, 8, 16, 32] and winner.train.lr == 0.004 and winner.train.epochs == 3
+    assert winner.model.sizes == [4, 8, 16, 32] and winner.train.lr == 0.004 and winner.train.epochs == 1
+    from mrl.artifacts import tracking
+
+    registered = tracking.load_model(result["winner_model_uri"])  # trained with winner.yaml and registered
+    assert registered.sizes == [4, 8, 16, 32] and result["winner_model_uri"] != "models:/mrl-fashion-mnist/1"
     assert yaml.safe_load(open(result["winner_yaml"]))["run_name"] == "e2e-sweep-winner"
     assert (__import__("pathlib").Path(result["winner_yaml"]).parent / "pareto.png").stat().st_size > 1000
     client, runs = runs_by_stage(cfg)
@@ -254,7 +261,7 @@ def test_tune_sweep_stops_a_lagging_trial_picks_a_winner_and_resumes(pipeline):
     assert len(children) == 2
     # the same sweep name resumes the sweep: its finished trials are kept, not trained again
     started = __import__("time").time()
-    again = run_tune(job)
+    again = run_tune(dataclasses.replace(job, train_winner=False))
     assert sorted(t["metrics"]["val_top1_d8"] for t in again["trials"]) == \
         sorted(t["metrics"]["val_top1_d8"] for t in result["trials"])
     assert __import__("time").time() - started < 30
@@ -299,3 +306,17 @@ def test_training_resumes_a_named_run_and_refuses_another_model(pipeline, tmp_pa
     assert [m.value for m in history] == [2.0]  # only the second epoch ran in the resumed run
     with pytest.raises(Exception, match="holds a checkpoint of another model config"):
         run_train(load_config(TrainJobConfig, overrides=[*common, "train.epochs=3", "model.dim=32"]))
+
+
+def test_first_registered_model_is_champion_and_promote_moves_an_alias(pipeline):
+    from mrl.artifacts import tracking
+    from mrl.cli import main
+
+    cfg, summary = pipeline
+    tracking.setup(cfg.mlflow, cfg.output_dir)
+    assert tracking.describe_model("models:/mrl-fashion-mnist@champion")["model_uri"] == summary["model_uri"]
+    out = cfg.output_dir
+    assert main(["promote", f"model_uri={summary['model_uri']}", "alias=staging", f"output_dir={out}"]) == 0
+    assert tracking.describe_model("models:/mrl-fashion-mnist@staging")["model_uri"] == summary["model_uri"]
+    assert main(["promote", "model_uri=models:/mrl-fashion-mnist/99", f"output_dir={out}"]) == 2  # no version 99
+

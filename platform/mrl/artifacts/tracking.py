@@ -139,3 +139,42 @@ def load_model(model_uri: str):
                              "mrl.artifacts.tracking.log_model (models pickled by mlflow.pytorch are not loaded: "
                              "retrain or re-log them)")
     return load_model_dir(weights, device="cpu")
+
+
+CHAMPION = "champion"  # the registry alias the embed stage loads by default
+
+
+def promote(model_uri: str, alias: str = CHAMPION) -> dict[str, Any]:
+    """Point the registered model's `alias` (models:/name@alias) at the version `model_uri` names.
+
+    Returns:
+        {"model_name", "model_version", "alias", "previous"} (previous: the version the alias named, or None).
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    info = describe_model(model_uri)
+    if "model_version" not in info:
+        raise ValueError(f"{model_uri} is not a registered model version (models:/name/version or @alias)")
+    client = MlflowClient()
+    try:
+        previous = client.get_model_version_by_alias(info["model_name"], alias).version
+    except MlflowException:
+        previous = None
+    client.set_registered_model_alias(info["model_name"], alias, info["model_version"])
+    return {"model_name": info["model_name"], "model_version": info["model_version"], "alias": alias,
+            "previous": None if previous is None else str(previous)}
+
+
+def promote_if_first(model_name: str, version: str, alias: str = CHAMPION) -> bool:
+    """Give `alias` to this version when the registered model has no such alias yet (its first model)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        client.get_model_version_by_alias(model_name, alias)
+        return False
+    except MlflowException:
+        client.set_registered_model_alias(model_name, alias, version)
+        return True

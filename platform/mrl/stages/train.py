@@ -342,7 +342,10 @@ def run_train(job: TrainJobConfig) -> dict[str, Any]:
         mlflow.log_metric("train_wall_seconds", seconds)
     version = str(info.registered_model_version) if info.registered_model_version is not None else None
     model_uri = f"models:/{job.mlflow.registered_model}/{version}" if version else info.model_uri
-    print(f"[train] registered {model_uri} (run {run.info.run_id}) in {seconds:.0f}s", flush=True)
+    first = version is not None and tracking.promote_if_first(job.mlflow.registered_model, version)
+    alias = f"; it is the first, so @{tracking.CHAMPION} points at it" if first else \
+        f"; promote it with `mrl promote model_uri={model_uri}`"
+    print(f"[train] registered {model_uri} (run {run.info.run_id}) in {seconds:.0f}s{alias}", flush=True)
     return {"run_id": run.info.run_id, "model_uri": model_uri, "model_version": version,
             "metrics": dict(result.metrics or {}), "seconds": seconds}
 
