@@ -219,7 +219,7 @@ def test_section_ranges_in_a_job_config_name_the_full_path(tmp_path, cls, job_cl
 def test_serve_default_k_above_shortlist_k_rejected():
     with pytest.raises(ConfigError, match=r"^default_k \(300\) must be <= shortlist_k \(200\)$"):
         ServeConfig(default_k=300, shortlist_k=200)
-    assert ServeConfig(default_k=200, shortlist_k=200).default_k == 200
+    assert ServeConfig(default_k=200, shortlist_k=200, max_k=200).default_k == 200
     with pytest.raises(ConfigError, match=r"^serve\.default_k \(300\) must be <= shortlist_k \(200\)$"):
         load_config(ServeJobConfig, overrides=["serve.default_k=300", "serve.shortlist_k=200"])
 
@@ -343,3 +343,19 @@ def test_an_encoder_registered_after_import_is_accepted():
         assert from_dict(ModelConfig, {"encoder": "toy", "dim": 16}).encoder == "toy"
     finally:
         ENCODERS.unregister("toy")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_ongoing_requests": 8, "batch_max_size": 16}, r"max_ongoing_requests \(8\) must be >= batch_max_size \(16\)"),
+    ({"api_key_env": "A", "api_key_file": "/k"}, "at most one of api_key_env and api_key_file"),
+    ({"autoscaling": {"min_replicas": 1, "max_replicas": 4, "target": 2}}, r"autoscaling keys \['target'\]"),
+    ({"autoscaling": {"min_replicas": 3, "max_replicas": 2}}, "min_replicas <= max_replicas"),
+    ({"default_k": 50, "max_k": 20, "shortlist_k": 200}, r"default_k \(50\) must be <= max_k \(20\)"),
+    ({"shortlist_k": 5000}, r"shortlist_k \(5000\) must be <= max_shortlist_k \(2000\)"),
+    ({"batch_wait_ms": -1.0}, r"batch_wait_ms must be in \[0, 1000\]"),
+])
+def test_serve_limits_auth_scaling_and_batching_are_validated(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        ServeConfig(**kwargs)
+    ok = ServeConfig(autoscaling={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 16})
+    assert ok.autoscaling["max_replicas"] == 4

@@ -335,7 +335,29 @@ class ServeConfig:
     ef_search: int | None = None
     """HNSW search breadth; None: the index's own setting."""
     default_k: int = 10
+    max_k: int = 100
+    """The largest k a request may ask for (422 above it)."""
+    max_shortlist_k: int = 2000
+    """The largest shortlist K a request may ask for (422 above it): a request cannot make a replica rerank
+    the whole corpus."""
+    max_body_bytes: int = 1_000_000
+    """Larger request bodies get 413 before they are read (a 2048-d vector is about 40 kB of JSON)."""
+    api_key_env: str | None = None
+    """Name of an environment variable holding the API key; with a key, every route but /healthz answers 401
+    unless the request sends `Authorization: Bearer <key>`. None (and no api_key_file): no key."""
+    api_key_file: str | None = None
+    """A file holding the API key (first line), e.g. a mounted secret; never put the key itself in a config."""
     num_replicas: int = 1
+    """Replicas when `autoscaling` is null."""
+    autoscaling: dict[str, int | float] | None = None
+    """Ray Serve autoscaling_config, e.g. {min_replicas: 1, max_replicas: 4, target_ongoing_requests: 16};
+    null: a fixed `num_replicas`."""
+    max_ongoing_requests: int = 64
+    """Requests a replica holds at once (queued for its batches); at least batch_max_size."""
+    batch_max_size: int = 32
+    """Ray Serve dynamic batching: concurrent requests are searched together, up to this many at once."""
+    batch_wait_ms: float = 2.0
+    """How long a batch waits to fill before it runs."""
     gpus_per_replica: float = 0.0
     """GPUs reserved per replica (Ray Serve `num_gpus`)."""
     device: Literal["auto", "cpu", "gpu"] = "auto"
@@ -359,7 +381,27 @@ class ServeConfig:
                 raise ConfigError(f"funnel: {exc}") from None
         _check(self.default_k <= self.shortlist_k,
                f"default_k ({self.default_k}) must be <= shortlist_k ({self.shortlist_k})")
+        _check(self.default_k <= self.max_k, f"default_k ({self.default_k}) must be <= max_k ({self.max_k})")
+        _check(self.shortlist_k <= self.max_shortlist_k,
+               f"shortlist_k ({self.shortlist_k}) must be <= max_shortlist_k ({self.max_shortlist_k})")
+        _positive("max_body_bytes", self.max_body_bytes)
+        _check(self.api_key_env is None or self.api_key_file is None,
+               "give at most one of api_key_env and api_key_file")
+        _check(self.api_key_env is None or bool(self.api_key_env.strip()), "api_key_env must name a variable")
         _positive("num_replicas", self.num_replicas)
+        if self.autoscaling is not None:
+            known = {"min_replicas", "max_replicas", "target_ongoing_requests", "initial_replicas",
+                     "upscale_delay_s", "downscale_delay_s"}
+            unknown = sorted(set(self.autoscaling) - known)
+            _check(not unknown, f"autoscaling keys {unknown} are not accepted; choose from {sorted(known)}")
+            lo, hi = self.autoscaling.get("min_replicas", 1), self.autoscaling.get("max_replicas", 1)
+            _check(0 <= lo <= hi and hi >= 1,
+                   f"autoscaling needs 0 <= min_replicas <= max_replicas >= 1, got {lo} and {hi}")
+        _positive("batch_max_size", self.batch_max_size)
+        _check(0 <= self.batch_wait_ms <= 1000, f"batch_wait_ms must be in [0, 1000], got {self.batch_wait_ms}")
+        _check(self.max_ongoing_requests >= self.batch_max_size,
+               f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= batch_max_size "
+               f"({self.batch_max_size}), or batches never fill")
         _check(self.gpus_per_replica >= 0, f"gpus_per_replica must be >= 0, got {self.gpus_per_replica}")
         _check(0 < self.port < 65536, f"port must be in [1, 65535], got {self.port}")
 

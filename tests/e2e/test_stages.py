@@ -28,7 +28,8 @@ def pipeline(tmp_path_factory):
     port = free_port()
     cfg = load_config(PipelineConfig, REPO / "jobs" / "pipeline.yaml", [
         f"output_dir={out}", "run_name=e2e", "data.train_limit=3000", "data.test_limit=600", "train.epochs=2",
-        "model.dim=64", f"serve.port={port}", "embed.rows_per_file=1000", "ray.num_cpus=8"])
+        "model.dim=64", f"serve.port={port}", "embed.rows_per_file=1000", "ray.num_cpus=8",
+        "serve.max_shortlist_k=3000"])  # lets tests shortlist the whole 3,000-row corpus
     summary = run_pipeline(cfg, shutdown=False)
     yield cfg, summary
     serve.shutdown()

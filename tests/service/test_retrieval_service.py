@@ -59,8 +59,9 @@ def test_every_mode_with_a_shortlist_of_everything_is_exact(service, index_dir, 
     ({"id": 10, "mode": "fastest"}, 422, "mode 'fastest' is not available on this index; choose one of"),
     ({"vector": [0.1] * 3}, 422, "length 3; this index expects d=64"),
     ({"id": 7}, 404, "id 7 is not in the corpus (400 items)"),
-    ({"id": 10, "k": 0}, 422, "k=0 is outside the accepted range [1, 400]"),
-    ({"id": 10, "k": 401}, 422, "k=401 is outside the accepted range [1, 400]"),
+    ({"id": 10, "k": 0}, 422, "k=0 is outside the accepted range [1, 100] (serve.max_k)"),
+    ({"id": 10, "k": 101}, 422, "k=101 is outside the accepted range [1, 100] (serve.max_k)"),
+    ({"id": 10, "shortlist_k": 401}, 422, "shortlist_k=401 is outside the accepted range [1, 400] (the corpus size)"),
     ({"id": 10, "shortlist_k": 0}, 422, "shortlist_k=0 is outside the accepted range [1, 400]"),
     ({}, 422, "give exactly one of 'vector'"),
     ({"id": 10, "vector": [0.1] * 64}, 422, "give exactly one of 'vector'"),
@@ -76,10 +77,15 @@ def test_bad_requests_raise_a_4xx_naming_the_problem(service, body, status, mess
 
 
 @pytest.mark.parametrize("body, field, kind", [
-    ({"id": "seven"}, "id", "int_parsing"),
+    ({"id": "seven"}, "id", "int_type"),
+    ({"id": "10"}, "id", "int_type"),  # strict: a string is not a number, even a numeric one
+    ({"id": True}, "id", "int_type"),  # strict: a bool is not an integer
+    ({"id": 10, "k": "10"}, "k", "int_type"),
+    ({"id": 10, "k": True}, "k", "int_type"),
+    ({"vector": ["0.5"] * 64}, "vector", "float_type"),
     ({"id": 10, "colour": "red"}, "colour", "extra_forbidden"),
     ({"vector": [float("nan")] * 64}, "vector", "finite_number"),
-    ({"id": 10, "k": 2.5}, "k", "int_from_float"),
+    ({"id": 10, "k": 2.5}, "k", "int_type"),
 ])
 def test_malformed_fields_are_named_by_the_request_model(service, body, field, kind):
     with pytest.raises(RequestError) as err:
@@ -106,3 +112,39 @@ def test_start_up_refuses_settings_the_index_cannot_serve(index_dir):
     # a mode whose source is missing (no index at 32) is simply not offered
     only_full = RetrievalService.from_path(path, ServeConfig(mode="full", shortlist_size=32))
     assert only_full.health()["modes"] == ["adanns", "full"]  # adanns: cells at 16, members scored at 32
+
+
+def test_a_batch_answers_each_request_as_alone_and_keeps_errors_apart(service, index_dir):
+    """Dynamic batching hands the service many requests at once: same-plan requests share one engine run, and
+    every reply equals the reply to that request alone; a bad request fails alone."""
+    _, vectors = index_dir
+    requests = [{"id": 10 * i, "k": 5} for i in range(6)] + [{"id": 7}, {"id": 20, "mode": "funnel"},
+                                                             {"vector": vectors[9].tolist(), "k": 3}]
+    replies = service.search_batch(requests)
+    assert isinstance(replies[6], RequestError) and replies[6].status == 404
+    for request, reply in zip(requests, replies):
+        if isinstance(reply, RequestError):
+            continue
+        alone = service.search(request)
+        assert reply["ids"] == alone["ids"] and reply["scores"] == pytest.approx(alone["scores"], abs=1e-6)
+    assert replies[0]["batch"] == 6 and replies[7]["batch"] == 1  # the six adaptive k=5 requests ran together
+
+
+def test_api_key_from_env_or_file_guards_search_not_health(index_dir, tmp_path, monkeypatch):
+    path = str(index_dir[0])
+    monkeypatch.setenv("MRL_TEST_KEY", "s3cret")
+    service = RetrievalService.from_path(path, ServeConfig(api_key_env="MRL_TEST_KEY"))
+    assert service.health()["auth"] is True
+    service.check_key("Bearer s3cret")
+    for header in (None, "", "Bearer wrong", "s3cret", "Basic s3cret"):
+        with pytest.raises(RequestError) as err:
+            service.check_key(header)
+        assert err.value.status == 401 and "Authorization: Bearer" in err.value.detail
+    (tmp_path / "key").write_text("from-file\n")
+    assert RetrievalService.from_path(path, ServeConfig(api_key_file=str(tmp_path / "key")))._key == "from-file"
+    monkeypatch.delenv("MRL_TEST_KEY")
+    with pytest.raises(ValueError, match="api_key_env names MRL_TEST_KEY, which is not set"):
+        RetrievalService.from_path(path, ServeConfig(api_key_env="MRL_TEST_KEY"))
+    with pytest.raises(ValueError, match="api_key_file .* is missing or empty"):
+        RetrievalService.from_path(path, ServeConfig(api_key_file=str(tmp_path / "none")))
+    RetrievalService.from_path(path, ServeConfig()).check_key(None)  # no key configured: open

@@ -15,14 +15,18 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class SearchRequest(BaseModel):
-    """POST /search: give exactly one of `vector` or `id`."""
+    """POST /search: give exactly one of `vector` or `id`. Types are strict: a string is not a number, a bool
+    is not an integer."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    vector: list[FiniteFloat] | None = Field(None, description="query embedding of length d (raw, any norm)")
+    vector: list[FiniteFloat] | None = Field(None, description="query embedding of length d (raw, any norm); "
+                                                               "finite numbers only")
     id: int | None = Field(None, description="id of a corpus item to use as the query")
-    k: int | None = Field(None, description="results to return, in [1, corpus rows]; default serve.default_k")
-    shortlist_k: int | None = Field(None, description="shortlist length K, in [1, corpus rows] (raised to k)")
+    k: int | None = Field(None, description="results to return, in [1, min(corpus rows, serve.max_k)]; "
+                                            "default serve.default_k")
+    shortlist_k: int | None = Field(None, description="shortlist length K, in [1, min(corpus rows, "
+                                                      "serve.max_shortlist_k)] (raised to k)")
     mode: str | None = Field(None, description="search mode (GET /healthz lists the index's); default serve.mode")
 
 

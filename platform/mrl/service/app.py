@@ -1,21 +1,25 @@
 """The HTTP face of `RetrievalService`: a FastAPI app served by a Ray Serve deployment.
 
-    POST /search  `SearchRequest` -> {"ids", "scores", "labels", "model", "index", "search", "took_ms"}
-    GET  /healthz -> {"status": "ok", "rows", "dim", "model", "index", "modes"}
+    POST /search  `SearchRequest` -> {"ids", "scores", "labels", "model", "index", "search", "took_ms", "batch"}
+    GET  /healthz -> {"status": "ok", "rows", "dim", "model", "index", "modes", "limits", "auth"}
+    GET  /docs    OpenAPI page with every request field and its limits
 
-All request handling is the service's; this module maps its `RequestError` to HTTP statuses and keeps
-FastAPI from echoing unparsable input (NaN, infinity) back in a 500. `app_builder` is the import path for
-`serve run` / Serve config files: `mrl.service.app:app_builder`.
+All request handling is the service's; this module adds what only HTTP has: the body-size limit (413 before
+the body is read), the API key header (401), Ray Serve's dynamic batching (concurrent requests searched
+together, `serve.batch_max_size` / `serve.batch_wait_ms`), replicas or autoscaling, and the mapping of
+`RequestError` to HTTP statuses; it also keeps FastAPI from echoing unparsable input (NaN, infinity) back in
+a 500. `app_builder` is the import path for `serve run` / Serve config files: `mrl.service.app:app_builder`.
 
 (No `from __future__ import annotations` here: FastAPI must see the route's `SearchRequest` annotation as a
 class, not a string, inside Ray Serve's ingress wrapper, or it reads the body as a missing query field.)
 """
 
-
+import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, Header, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
@@ -23,7 +27,13 @@ from ray import serve
 from mrl.service.api import SearchRequest, validation_detail
 from mrl.service.retrieval import RequestError
 
-app = FastAPI(title="MRL adaptive retrieval", version="1")
+app = FastAPI(title="MRL adaptive retrieval", version="1",
+              description="Matryoshka retrieval: shortlist with a small prefix, rerank exactly with larger ones. "
+                          "GET /healthz lists the modes and limits of the loaded index.")
+# This replica's body limit, set from its config when it starts. It lives in the process environment: Ray Serve
+# ships the FastAPI app and the deployment class to replicas by value, each with its own copy of this module's
+# globals, so a module-level variable set in __init__ would not be the one the middleware reads.
+BODY_LIMIT_ENV, DEFAULT_BODY_LIMIT = "MRL_SERVE_MAX_BODY_BYTES", 1_000_000
 
 
 @app.exception_handler(RequestValidationError)
@@ -32,7 +42,51 @@ async def invalid_request(request, exc: RequestValidationError):
     return JSONResponse(status_code=422, content={"detail": validation_detail(exc)})
 
 
-@serve.deployment(name="Retriever", max_ongoing_requests=16, health_check_period_s=10)
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body above serve.max_body_bytes, by its declared length before it is read, or
+    as soon as the bytes received pass the limit (a body sent without a length)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.inner(scope, receive, send)
+        limit = int(os.environ.get(BODY_LIMIT_ENV, DEFAULT_BODY_LIMIT))
+        declared = dict(scope.get("headers", ())).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > limit:
+            return await _refuse(send, declared.decode(errors="replace"), limit)
+        received = 0
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b"")) if message["type"] == "http.request" else 0
+            if received > limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.inner(scope, counted, send)
+        except _TooLarge:
+            await _refuse(send, f"more than {limit}", limit)
+
+
+async def _refuse(send, size: str, limit: int) -> None:
+    body = JSONResponse(status_code=413, content={
+        "detail": f"request body of {size} bytes is above the limit of {limit} bytes (serve.max_body_bytes)"})
+    await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})
+    await send({"type": "http.response.body", "body": body.body})
+
+
+app.add_middleware(BodyLimit)
+
+
+@serve.deployment(name="Retriever", health_check_period_s=10)
 @serve.ingress(app)
 class Retriever:
     """One replica: a `RetrievalService` over the index directory, on one CPU thread."""
@@ -47,28 +101,47 @@ class Retriever:
 
         faiss.omp_set_num_threads(1)  # one CPU per replica
         torch.set_num_threads(1)
-        self.service = RetrievalService.from_path(index_dir, from_dict(ServeConfig, serve_cfg, prefix="serve."))
+        cfg = from_dict(ServeConfig, serve_cfg, prefix="serve.")
+        self.service = RetrievalService.from_path(index_dir, cfg)
+        os.environ[BODY_LIMIT_ENV] = str(cfg.max_body_bytes)
+        self._batched.set_max_batch_size(cfg.batch_max_size)
+        self._batched.set_batch_wait_timeout_s(cfg.batch_wait_ms / 1000)
 
     @app.get("/healthz")
     def healthz(self) -> dict[str, Any]:
         return self.service.health()
 
     @app.post("/search")
-    def search(self, request: SearchRequest) -> dict[str, Any]:
+    async def search(self, request: SearchRequest,
+                     authorization: str | None = Header(None, description="Bearer <API key>, when the service "
+                                                                          "has one")) -> dict[str, Any]:
         try:
-            return self.service.search(request)
+            self.service.check_key(authorization)
         except RequestError as exc:
-            raise HTTPException(status_code=exc.status, detail=exc.detail) from None
+            raise HTTPException(status_code=exc.status, detail=exc.detail,
+                                headers={"WWW-Authenticate": "Bearer"}) from None
+        reply = await self._batched(request)
+        if isinstance(reply, RequestError):
+            raise HTTPException(status_code=reply.status, detail=reply.detail)
+        return reply
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def _batched(self, requests: list[SearchRequest]) -> list[dict[str, Any] | RequestError]:
+        # the search runs in a worker thread, so the replica keeps queueing the next batch meanwhile
+        return await asyncio.to_thread(self.service.search_batch, requests)
 
     def check_health(self) -> None:
         self.service.check()
 
 
 def build_app(index_dir: str, serve_cfg):
-    """The bound Serve application for an index directory and a `ServeConfig` (replicas, GPUs from it)."""
+    """The bound Serve application for an index directory and a `ServeConfig` (replicas or autoscaling, queue
+    depth and GPUs from it)."""
     from mrl.configio import to_dict
 
-    return Retriever.options(num_replicas=serve_cfg.num_replicas,
+    scaling = ({"autoscaling_config": dict(serve_cfg.autoscaling)} if serve_cfg.autoscaling is not None
+               else {"num_replicas": serve_cfg.num_replicas})
+    return Retriever.options(**scaling, max_ongoing_requests=serve_cfg.max_ongoing_requests,
                              ray_actor_options={"num_cpus": 1, "num_gpus": serve_cfg.gpus_per_replica}
                              ).bind(str(Path(index_dir).resolve()), to_dict(serve_cfg))
 

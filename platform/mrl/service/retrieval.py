@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hmac
+import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,6 +60,7 @@ class RetrievalService:
         self.index_info = {"version": artifact.version, "path": str(artifact.path), "rows": manifest["rows"],
                            "sizes": manifest["sizes"]}
         self._order = np.argsort(artifact.ids, kind="stable")  # id -> position lookup
+        self._key = read_api_key(cfg)
 
     @classmethod
     def from_path(cls, index_dir: str, cfg) -> "RetrievalService":
@@ -68,9 +72,27 @@ class RetrievalService:
         return len(self.artifact.ids)
 
     def health(self) -> dict[str, Any]:
-        """GET /healthz."""
+        """GET /healthz (never needs the API key)."""
         return {"status": "ok", "rows": self.rows, "dim": self.artifact.dim, "model": self.model_info,
-                "index": self.index_info, "modes": self.modes}
+                "index": self.index_info, "modes": self.modes,
+                "limits": {"max_k": self.max_k, "max_shortlist_k": self.max_shortlist_k,
+                           "max_body_bytes": self.cfg.max_body_bytes}, "auth": self._key is not None}
+
+    @property
+    def max_k(self) -> int:
+        return min(self.rows, self.cfg.max_k)
+
+    @property
+    def max_shortlist_k(self) -> int:
+        return min(self.rows, self.cfg.max_shortlist_k)
+
+    def check_key(self, authorization: str | None) -> None:
+        """Raise 401 unless the service has no key or `authorization` is `Bearer <key>`."""
+        if self._key is None:
+            return
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._key.encode()):
+            raise RequestError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
 
     def check(self) -> None:
         """Raise when the service cannot answer (Ray Serve's health check)."""
@@ -90,8 +112,40 @@ class RetrievalService:
         Raises:
             RequestError: 422 for a malformed or out-of-range request, 404 for an unknown corpus id.
         """
+        reply = self.search_batch([request])[0]
+        if isinstance(reply, RequestError):
+            raise reply
+        return reply
+
+    def search_batch(self, requests: list[SearchRequest | dict[str, Any]]) -> list[dict[str, Any] | RequestError]:
+        """Answer many requests at once (Ray Serve's dynamic batching hands them over together): each is
+        validated alone, requests with the same plan are searched in one engine run, and each gets its reply
+        or its own `RequestError`, in order."""
         started = time.perf_counter()
-        request = self.parse(request)
+        out: list[dict[str, Any] | RequestError | None] = [None] * len(requests)
+        groups: dict[QueryPlan, list[tuple[int, np.ndarray]]] = {}
+        for i, request in enumerate(requests):
+            try:
+                plan, query = self._prepare(self.parse(request))
+            except RequestError as exc:
+                out[i] = exc
+                continue
+            groups.setdefault(plan, []).append((i, query))
+        for plan, members in groups.items():
+            queries = np.concatenate([q for _, q in members])  # (B, d)
+            with self._gpu_lock:
+                result = self.engine.run(plan, queries)
+            for row, (i, _) in enumerate(members):
+                keep = result.positions[row] >= 0
+                pos = result.positions[row][keep]
+                out[i] = {"ids": self.artifact.ids[pos].tolist(), "scores": result.scores[row][keep].tolist(),
+                          "labels": self.artifact.labels[pos].tolist(), "model": self.model_info,
+                          "index": self.index_info, "search": plan.describe(),
+                          "took_ms": 1000 * (time.perf_counter() - started), "batch": len(members)}
+        return out
+
+    def _prepare(self, request: SearchRequest) -> tuple[QueryPlan, np.ndarray]:
+        """The plan and the (1, d) query of one validated request."""
         mode = request.mode or self.cfg.mode
         if mode not in self.modes:
             raise RequestError(422, f"mode {mode!r} is not available on this index; choose one of {self.modes}")
@@ -99,21 +153,13 @@ class RetrievalService:
             raise RequestError(422, f"give exactly one of 'vector' (length d={self.artifact.dim}) or 'id' "
                                     "(a corpus id)")
         k = self.cfg.default_k if request.k is None else request.k
-        self._in_range("k", k)
+        self._in_range("k", k, self.max_k, "serve.max_k")
         if request.shortlist_k is not None:
-            self._in_range("shortlist_k", request.shortlist_k)
+            self._in_range("shortlist_k", request.shortlist_k, self.max_shortlist_k, "serve.max_shortlist_k")
         plan = self.plan(mode, k, request.shortlist_k)
         if request.vector is not None:
-            query = self._vector_query(request.vector, self.engine.smallest_prefix(plan), mode)
-        else:
-            query = np.asarray(self.artifact.vectors[self._position(request.id)], dtype=np.float32)[None]
-        with self._gpu_lock:
-            result = self.engine.run(plan, query)
-        keep = result.positions[0] >= 0
-        pos = result.positions[0][keep]
-        return {"ids": self.artifact.ids[pos].tolist(), "scores": result.scores[0][keep].tolist(),
-                "labels": self.artifact.labels[pos].tolist(), "model": self.model_info, "index": self.index_info,
-                "search": plan.describe(), "took_ms": 1000 * (time.perf_counter() - started)}
+            return plan, self._vector_query(request.vector, self.engine.smallest_prefix(plan), mode)
+        return plan, np.asarray(self.artifact.vectors[self._position(request.id)], dtype=np.float32)[None]
 
     @staticmethod
     def parse(request: SearchRequest | dict[str, Any]) -> SearchRequest:
@@ -127,9 +173,10 @@ class RetrievalService:
         except ValidationError as exc:
             raise RequestError(422, validation_detail(exc)) from None
 
-    def _in_range(self, name: str, value: int) -> None:
-        if not 1 <= value <= self.rows:
-            raise RequestError(422, f"{name}={value} is outside the accepted range [1, {self.rows}]")
+    def _in_range(self, name: str, value: int, high: int, limit: str) -> None:
+        if not 1 <= value <= high:
+            bound = "the corpus size" if high == self.rows else limit
+            raise RequestError(422, f"{name}={value} is outside the accepted range [1, {high}] ({bound})")
 
     def _vector_query(self, vector: list[float], smallest: int, mode: str) -> np.ndarray:
         dim = self.artifact.dim
@@ -150,3 +197,24 @@ class RetrievalService:
         if at >= len(ids) or ids[self._order[at]] != item_id:
             raise RequestError(404, f"id {item_id} is not in the corpus ({len(ids)} items)")
         return int(self._order[at])
+
+
+def read_api_key(cfg) -> str | None:
+    """The service's API key from `serve.api_key_env` or `serve.api_key_file`, or None when neither is set.
+
+    Raises:
+        ValueError: the variable is unset or empty, or the file is missing or empty (the service refuses to
+            start open when a key was asked for).
+    """
+    if cfg.api_key_env:
+        key = os.environ.get(cfg.api_key_env, "").strip()
+        if not key:
+            raise ValueError(f"serve.api_key_env names {cfg.api_key_env}, which is not set (or empty) here")
+        return key
+    if cfg.api_key_file:
+        path = Path(cfg.api_key_file)
+        key = path.read_text().splitlines()[0].strip() if path.is_file() and path.read_text().strip() else ""
+        if not key:
+            raise ValueError(f"serve.api_key_file {str(path)!r} is missing or empty")
+        return key
+    return None

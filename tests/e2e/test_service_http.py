@@ -1,0 +1,93 @@
+"""The retrieval service over real HTTP (Ray Serve on 127.0.0.1) with an API key, limits and dynamic
+batching, on a small index: what only the HTTP layer does (401, 413, strict JSON types, batches)."""
+
+import concurrent.futures
+
+import numpy as np
+import pytest
+import requests
+
+from conftest import free_port
+
+pytestmark = pytest.mark.slow
+KEY = "test-key-not-a-secret"
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    import ray
+    from ray import serve
+
+    from mrl.config import ServeConfig
+    from mrl.retrieval.artifact import write_index
+    from mrl.service.app import build_app
+
+    index = tmp_path_factory.mktemp("index")
+    vectors = np.random.default_rng(0).normal(size=(500, 32)).astype(np.float32)
+    write_index(index, np.arange(500), np.arange(500) % 4, vectors, [8, 32], "flat", {})
+    (index.parent / "key").write_text(KEY + "\n")
+    port = free_port()
+    ray.init(address="local", num_cpus=4)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    cfg = ServeConfig(port=port, shortlist_size=8, api_key_file=str(index.parent / "key"), max_k=20,
+                      max_body_bytes=4000, batch_max_size=16, batch_wait_ms=20.0)
+    serve.run(build_app(str(index), cfg), name="mrl", route_prefix="/", blocking=False)
+    yield f"http://127.0.0.1:{port}", vectors
+    serve.shutdown()
+    ray.shutdown()
+
+
+def post(url, body, key=KEY, **kwargs):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return requests.post(f"{url}/search", json=body, headers=headers, timeout=30, **kwargs)
+
+
+def test_every_route_but_health_needs_the_key(service):
+    url, _ = service
+    assert requests.get(f"{url}/healthz", timeout=30).json()["auth"] is True
+    for key in (None, "wrong"):
+        resp = post(url, {"id": 3}, key=key)
+        assert resp.status_code == 401 and "Authorization: Bearer" in resp.text
+    assert post(url, {"id": 3}).json()["ids"][0] == 3
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"id": "3"}, "valid integer"),
+    ({"id": True}, "valid integer"),
+    ({"id": 3, "k": "10"}, "valid integer"),
+    ({"vector": ["0.5"] * 32}, "valid number"),
+    ({"id": 3, "k": 21}, "k=21 is outside the accepted range [1, 20] (serve.max_k)"),
+])
+def test_strict_types_and_bounds_get_422_naming_the_field(service, body, message):
+    url, _ = service
+    resp = post(url, body)
+    assert resp.status_code == 422 and message in resp.text, resp.text
+    assert post(url, {"id": 4}).status_code == 200
+
+
+def test_a_body_above_the_limit_gets_413_before_it_is_read(service):
+    url, _ = service
+    resp = post(url, {"vector": [0.123456789] * 400})  # ~5 kB of JSON, above max_body_bytes=4000
+    assert resp.status_code == 413 and "serve.max_body_bytes" in resp.text
+    assert post(url, {"id": 5}).status_code == 200
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(service):
+    url, vectors = service
+
+    def one(i):
+        return post(url, {"vector": vectors[i].tolist(), "k": 3}).json()
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:  # a bounded burst: 96 requests on loopback
+        replies = list(pool.map(one, range(96)))
+    assert [r["ids"][0] for r in replies] == list(range(96))
+    assert max(r["batch"] for r in replies) > 1  # Ray Serve handed the service several requests at once
+
+
+def test_openapi_page_documents_the_request_fields(service):
+    url, _ = service
+    schema = requests.get(f"{url}/openapi.json", timeout=30).json()
+    fields = schema["components"]["schemas"]["SearchRequest"]["properties"]
+    assert {"vector", "id", "k", "shortlist_k", "mode"} <= set(fields)
+    assert "serve.max_k" in fields["k"]["description"]
+    assert requests.get(f"{url}/docs", timeout=30).status_code == 200
