@@ -356,8 +356,10 @@ class ServeConfig:
     """Requests a replica holds at once (queued for its batches); at least batch_max_size."""
     batch_max_size: int = 32
     """Ray Serve dynamic batching: concurrent requests are searched together, up to this many at once."""
-    batch_wait_ms: float = 2.0
-    """How long a batch waits to fill before it runs."""
+    batch_wait_ms: float = 0.0
+    """How long a batch waits to fill before it runs. 0: it takes the requests that queued while the previous
+    batch ran (a lone request pays no wait; measured: 2 ms cost single clients 2.8 ms of p50 for 10% more
+    throughput at 32 clients)."""
     gpus_per_replica: float = 0.0
     """GPUs reserved per replica (Ray Serve `num_gpus`)."""
     device: Literal["auto", "cpu", "gpu"] = "auto"
