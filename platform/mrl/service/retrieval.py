@@ -130,6 +130,9 @@ class RetrievalService:
             except RequestError as exc:
                 out[i] = exc
                 continue
+            except ValueError as exc:  # a plan these request values cannot make: this request's problem alone
+                out[i] = RequestError(422, str(exc))
+                continue
             groups.setdefault(plan, []).append((i, query))
         for plan, members in groups.items():
             queries = np.concatenate([q for _, q in members])  # (B, d)
