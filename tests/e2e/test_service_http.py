@@ -91,3 +91,43 @@ def test_openapi_page_documents_the_request_fields(service):
     assert {"vector", "id", "k", "shortlist_k", "mode"} <= set(fields)
     assert "serve.max_k" in fields["k"]["description"]
     assert requests.get(f"{url}/docs", timeout=30).status_code == 200
+
+
+def test_hot_swap_to_a_new_index_loses_no_request(service, tmp_path):
+    """Redeploying the app over another index version under a short bounded load: every request answers 200,
+    each reply names one index version, and once the swap is done only the new one answers."""
+    import threading
+    import time
+
+    from ray import serve
+
+    from mrl.config import ServeConfig
+    from mrl.retrieval.artifact import write_index
+    from mrl.service.app import build_app
+
+    url, vectors = service
+    write_index(tmp_path, np.arange(500), np.arange(500) % 4, vectors, [8, 32], "flat", {"index_run_id": "v2"})
+    statuses, versions, stop = [], [], threading.Event()
+
+    def load():
+        while not stop.is_set():
+            resp = post(url, {"id": 1, "k": 3})
+            statuses.append(resp.status_code)
+            if resp.status_code == 200:
+                versions.append(resp.json()["index"]["version"])
+
+    clients = [threading.Thread(target=load) for _ in range(4)]
+    for c in clients:
+        c.start()
+    time.sleep(1.0)
+    port = int(url.rsplit(":", 1)[1])
+    cfg = ServeConfig(port=port, shortlist_size=8, api_key_file=str(tmp_path.parent / "key"), max_k=20)
+    (tmp_path.parent / "key").write_text(KEY + "\n")
+    serve.run(build_app(str(tmp_path), cfg), name="mrl", route_prefix="/", blocking=False)  # waits for the new replica
+    time.sleep(2.0)
+    stop.set()
+    for c in clients:
+        c.join(timeout=60)
+    assert len(statuses) > 20 and set(statuses) == {200}, sorted(set(statuses))
+    assert versions[-1] == "v2" and set(versions) <= {versions[0], "v2"}
+    assert post(url, {"id": 1}).json()["index"]["version"] == "v2"
