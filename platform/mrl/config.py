@@ -362,6 +362,9 @@ class ServeConfig:
     throughput at 32 clients)."""
     gpus_per_replica: float = 0.0
     """GPUs reserved per replica (Ray Serve `num_gpus`)."""
+    encoder: bool = True
+    """Deploy the index's model beside the retriever so requests may send an image (base64); needs an index
+    whose manifest names its model, and the MLflow store that holds it."""
     device: Literal["auto", "cpu", "gpu"] = "auto"
     """Where replicas search: auto = the GPU(s) when faiss-gpu is installed and sees one, else the CPU."""
     host: str = "127.0.0.1"

@@ -315,7 +315,7 @@ def test_mlflow_logged_model_has_no_pickle_and_loads_back(tmp_path, monkeypatch)
         import mlflow.pyfunc  # the pyfunc view (models from code) gives the same embeddings
 
         images = np.random.default_rng(0).integers(0, 256, (3, 1, 28, 28), dtype=np.uint8)
-        from mrl.stages.embed import embed_images
+        from mrl.data.preprocess import embed_images
         np.testing.assert_allclose(mlflow.pyfunc.load_model(uri).predict(images), embed_images(model, images),
                                    rtol=1e-6, atol=1e-6)
     finally:

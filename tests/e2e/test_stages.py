@@ -321,3 +321,31 @@ def test_first_registered_model_is_champion_and_promote_moves_an_alias(pipeline)
     assert tracking.describe_model("models:/mrl-fashion-mnist@staging")["model_uri"] == summary["model_uri"]
     assert main(["promote", "model_uri=models:/mrl-fashion-mnist/99", f"output_dir={out}"]) == 2  # no version 99
 
+
+
+def test_an_image_query_finds_what_its_embedding_finds(pipeline):
+    """POST an image: the Encoder deployment (the index's own model version, the embed stage's preprocessing)
+    embeds it, and the reply equals the reply to that image's stored embedding."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from mrl.artifacts.embeddings import read_embeddings
+    from mrl.data.sources import load_split
+
+    cfg, summary = pipeline
+    url = summary["url"]
+    assert requests.get(f"{url}/healthz", timeout=30).json()["encoder"] == summary["model_uri"]
+    images, _ = load_split(cfg.data, cfg.model, "test")
+    _, _, vectors = read_embeddings(f"{cfg.output_dir}/embeddings/{summary['embed_run_id']}/test")
+    for i in (0, 5):
+        png = io.BytesIO()
+        Image.fromarray(images[i, 0]).save(png, format="PNG")
+        by_image = requests.post(f"{url}/search", json={"image": base64.b64encode(png.getvalue()).decode(), "k": 5},
+                                 timeout=30)
+        assert by_image.status_code == 200, by_image.text
+        by_vector = requests.post(f"{url}/search", json={"vector": vectors[i].tolist(), "k": 5}, timeout=30).json()
+        assert by_image.json()["ids"] == by_vector["ids"]
+    resp = requests.post(f"{url}/search", json={"image": base64.b64encode(b"not an image").decode()}, timeout=30)
+    assert resp.status_code == 422 and "not a readable image" in resp.text

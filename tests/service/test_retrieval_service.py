@@ -148,3 +148,45 @@ def test_api_key_from_env_or_file_guards_search_not_health(index_dir, tmp_path, 
     with pytest.raises(ValueError, match="api_key_file .* is missing or empty"):
         RetrievalService.from_path(path, ServeConfig(api_key_file=str(tmp_path / "none")))
     RetrievalService.from_path(path, ServeConfig()).check_key(None)  # no key configured: open
+
+
+def test_image_queries_are_embedded_by_the_index_model_and_mismatches_refused(tmp_path):
+    """An image query is embedded by the model the index was built with, through the same preprocessing as the
+    embed stage, so it finds what the image's own embedding finds."""
+    import base64
+    import io
+
+    import torch
+    from PIL import Image
+
+    from mrl.artifacts.model_files import save_model_dir
+    from mrl.core.models import build_model
+    from mrl.data.preprocess import embed_images
+    from mrl.retrieval.artifact import load_index
+    from mrl.service.encoder import ImageEncoder
+
+    torch.manual_seed(0)
+    model = build_model({"encoder": "cnn", "dim": 16, "nesting": {"schedule": "list", "sizes": [4, 16]},
+                         "backbone": {"channels": [4, 8]}}).eval()
+    model_dir = save_model_dir(model, tmp_path / "model")
+    images = np.random.default_rng(0).integers(0, 256, size=(200, 1, 28, 28), dtype=np.uint8)
+    vectors = embed_images(model, images)
+    write_index(tmp_path / "index", np.arange(200), np.zeros(200, dtype=np.int64), vectors, [4, 16], "flat",
+                {"model_uri": str(model_dir)})
+    encoder = ImageEncoder(str(model_dir))
+    service = RetrievalService(load_index(tmp_path / "index"), ServeConfig(shortlist_size=4), encoder=encoder)
+    png = io.BytesIO()
+    Image.fromarray(images[17, 0]).save(png, format="PNG")
+    reply = service.search({"image": base64.b64encode(png.getvalue()).decode(), "k": 5})
+    assert reply["ids"] == service.search({"vector": vectors[17].tolist(), "k": 5})["ids"]
+    assert reply["ids"][0] == 17 and service.health()["encoder"] == str(model_dir)
+    for body, message in (({"image": "not base64!"}, "not valid base64"),
+                          ({"image": base64.b64encode(b"plain text").decode()}, "not a readable image")):
+        with pytest.raises(RequestError, match=message):
+            service.search(body)
+    other = {**encoder.describe(), "model_uri": "models:/other/2"}
+    with pytest.raises(ValueError, match="built with model .* but the encoder loads 'models:/other/2'"):
+        RetrievalService(service.artifact, ServeConfig(shortlist_size=4), encoder_info=other)
+    with pytest.raises(ValueError, match="d=16 vectors but the encoder's model makes d=32"):
+        RetrievalService(service.artifact, ServeConfig(shortlist_size=4), encoder_info={**encoder.describe(),
+                                                                                         "dim": 32})

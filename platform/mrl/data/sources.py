@@ -62,7 +62,7 @@ def load_fashion_mnist(root: str | Path, split: str) -> tuple[np.ndarray, np.nda
 def load_image_folder(root: str | Path, split: str, image_size: int, in_channels: int
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Images under root/split/<class>/*; classes are the sorted sub-directory names."""
-    from PIL import Image
+    from mrl.data.preprocess import decode_image
 
     base = Path(root) / split
     if not base.is_dir():
@@ -70,14 +70,11 @@ def load_image_folder(root: str | Path, split: str, image_size: int, in_channels
     classes = sorted(p.name for p in base.iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"image folder {base} has no class sub-directories")
-    mode = "L" if in_channels == 1 else "RGB"
     images, labels = [], []
     for label, name in enumerate(classes):
         for file in sorted((base / name).iterdir()):
             if file.suffix.lower() in IMAGE_SUFFIXES:
-                img = Image.open(file).convert(mode).resize((image_size, image_size))
-                arr = np.asarray(img, dtype=np.uint8)
-                images.append(arr[None] if in_channels == 1 else arr.transpose(2, 0, 1))
+                images.append(decode_image(str(file), image_size, in_channels))
                 labels.append(label)
     if not images:
         raise DataError(f"image folder {base} holds no images ({sorted(IMAGE_SUFFIXES)})")

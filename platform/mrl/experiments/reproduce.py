@@ -125,8 +125,8 @@ def train_and_embed(job_dict: dict[str, Any], out: str) -> dict[str, Any]:
     """
     from mrl.artifacts.model_files import save_model_dir
     from mrl.configio import from_dict
+    from mrl.data.preprocess import embed_images
     from mrl.data.sources import load_split
-    from mrl.stages.embed import embed_images
     from mrl.stages.train import train_local
 
     job = from_dict(TrainJobConfig, job_dict)

@@ -15,7 +15,7 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class SearchRequest(BaseModel):
-    """POST /search: give exactly one of `vector` or `id`. Types are strict: a string is not a number, a bool
+    """POST /search: give exactly one of `vector`, `id` or `image`. Types are strict: a string is not a number, a bool
     is not an integer."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -23,6 +23,8 @@ class SearchRequest(BaseModel):
     vector: list[FiniteFloat] | None = Field(None, description="query embedding of length d (raw, any norm); "
                                                                "finite numbers only")
     id: int | None = Field(None, description="id of a corpus item to use as the query")
+    image: str | None = Field(None, description="a base64-encoded image (PNG, JPEG, ...), embedded by the model "
+                                                "the index was built with (GET /healthz: encoder)")
     k: int | None = Field(None, description="results to return, in [1, min(corpus rows, serve.max_k)]; "
                                             "default serve.default_k")
     shortlist_k: int | None = Field(None, description="shortlist length K, in [1, min(corpus rows, "

@@ -1,10 +1,13 @@
 """The HTTP face of `RetrievalService`: a FastAPI app served by a Ray Serve deployment.
 
-    POST /search  `SearchRequest` -> {"ids", "scores", "labels", "model", "index", "search", "took_ms", "batch"}
-    GET  /healthz -> {"status": "ok", "rows", "dim", "model", "index", "modes", "limits", "auth"}
+    POST /search  `SearchRequest` (a vector, a corpus id or a base64 image)
+                  -> {"ids", "scores", "labels", "model", "index", "search", "took_ms", "batch"}
+    GET  /healthz -> {"status": "ok", "rows", "dim", "model", "index", "modes", "limits", "auth", "encoder"}
     GET  /docs    OpenAPI page with every request field and its limits
 
-All request handling is the service's; this module adds what only HTTP has: the body-size limit (413 before
+Image queries go to an Encoder deployment (model composition through a DeploymentHandle) that loads the
+model version the index manifest names and refuses to start on another model, d or nesting list. All
+request handling is the service's; this module adds what only HTTP has: the body-size limit (413 before
 the body is read), the API key header (401), Ray Serve's dynamic batching (concurrent requests searched
 together, `serve.batch_max_size` / `serve.batch_wait_ms`), replicas or autoscaling, and the mapping of
 `RequestError` to HTTP statuses; it also keeps FastAPI from echoing unparsable input (NaN, infinity) back in
@@ -86,23 +89,46 @@ async def _refuse(send, size: str, limit: int) -> None:
 app.add_middleware(BodyLimit)
 
 
+@serve.deployment(name="Encoder", health_check_period_s=10)
+class Encoder:
+    """The index's model, embedding query images (model composition: the Retriever holds a handle to it)."""
+
+    def __init__(self, model_uri: str, tracking_uri: str | None, manifest: dict[str, Any]):
+        from mrl.service.encoder import ImageEncoder, check_encoder
+
+        self.encoder = ImageEncoder(model_uri, tracking_uri)
+        check_encoder(manifest, self.encoder.describe())  # another model, d or nesting list: the deploy fails
+
+    def embed(self, images: list[bytes]) -> list:
+        return self.encoder(images)
+
+
 @serve.deployment(name="Retriever", health_check_period_s=10)
 @serve.ingress(app)
 class Retriever:
-    """One replica: a `RetrievalService` over the index directory, on one CPU thread."""
+    """One replica: a `RetrievalService` over the index directory, on one CPU thread; image queries go through
+    the Encoder deployment when there is one."""
 
-    def __init__(self, index_dir: str, serve_cfg: dict[str, Any]):
+    def __init__(self, index_dir: str, serve_cfg: dict[str, Any], encoder=None):
         import faiss
         import torch
 
         from mrl.config import ServeConfig
         from mrl.configio import from_dict
+        from mrl.retrieval.artifact import load_index
         from mrl.service.retrieval import RetrievalService
 
         faiss.omp_set_num_threads(1)  # one CPU per replica
         torch.set_num_threads(1)
         cfg = from_dict(ServeConfig, serve_cfg, prefix="serve.")
-        self.service = RetrievalService.from_path(index_dir, cfg)
+        self.encoder = encoder
+        artifact = load_index(index_dir, device=cfg.device)
+        manifest = artifact.manifest
+        # the Encoder deployment checked its model against this manifest when it started (a mismatch fails the
+        # deploy); a handle cannot be awaited in a constructor, so its facts are the manifest's
+        info = None if encoder is None else {"model_uri": manifest.get("model_uri"), "dim": manifest["dim"],
+                                              "sizes": manifest["sizes"]}
+        self.service = RetrievalService(artifact, cfg, encoder_info=info)
         os.environ[BODY_LIMIT_ENV] = str(cfg.max_body_bytes)
         self._batched.set_max_batch_size(cfg.batch_max_size)
         self._batched.set_batch_wait_timeout_s(cfg.batch_wait_ms / 1000)
@@ -127,23 +153,38 @@ class Retriever:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _batched(self, requests: list[SearchRequest]) -> list[dict[str, Any] | RequestError]:
+        images = self.service.images(requests)
+        embedded: dict[int, Any] = {i: err for i, err in images.items() if isinstance(err, RequestError)}
+        todo = {i: data for i, data in images.items() if isinstance(data, bytes)}
+        if todo and self.encoder is None:
+            embedded.update({i: RequestError(422, "this service has no encoder: image queries need the model the "
+                                                  "index was built with") for i in todo})
+        elif todo:  # one call to the encoder deployment for the batch's images
+            embedded.update(zip(todo, await self.encoder.embed.remote(list(todo.values()))))
         # the search runs in a worker thread, so the replica keeps queueing the next batch meanwhile
-        return await asyncio.to_thread(self.service.search_batch, requests)
+        return await asyncio.to_thread(self.service.search_batch, requests, embedded)
 
     def check_health(self) -> None:
         self.service.check()
 
 
-def build_app(index_dir: str, serve_cfg):
+def build_app(index_dir: str, serve_cfg, tracking_uri: str | None = None):
     """The bound Serve application for an index directory and a `ServeConfig` (replicas or autoscaling, queue
-    depth and GPUs from it)."""
+    depth and GPUs from it). With `serve.encoder` and an index whose manifest names its model, an Encoder
+    deployment loads exactly that model version from `tracking_uri` for image queries."""
+    from mrl.artifacts.manifest import read_manifest
     from mrl.configio import to_dict
 
+    manifest = read_manifest(index_dir, stage="index")
+    encoder = None
+    if serve_cfg.encoder and manifest.get("model_uri"):
+        encoder = Encoder.options(ray_actor_options={"num_cpus": 1}).bind(manifest["model_uri"], tracking_uri,
+                                                                          manifest)
     scaling = ({"autoscaling_config": dict(serve_cfg.autoscaling)} if serve_cfg.autoscaling is not None
                else {"num_replicas": serve_cfg.num_replicas})
     return Retriever.options(**scaling, max_ongoing_requests=serve_cfg.max_ongoing_requests,
                              ray_actor_options={"num_cpus": 1, "num_gpus": serve_cfg.gpus_per_replica}
-                             ).bind(str(Path(index_dir).resolve()), to_dict(serve_cfg))
+                             ).bind(str(Path(index_dir).resolve()), to_dict(serve_cfg), encoder)
 
 
 def app_builder(args: dict[str, Any]):
@@ -153,4 +194,5 @@ def app_builder(args: dict[str, Any]):
 
     args = dict(args)
     index_dir = args.pop("index_dir", "outputs/index/latest")
-    return build_app(index_dir, from_dict(ServeConfig, args, prefix="serve."))
+    tracking_uri = args.pop("tracking_uri", os.environ.get("MLFLOW_TRACKING_URI"))
+    return build_app(index_dir, from_dict(ServeConfig, args, prefix="serve."), tracking_uri)

@@ -9,6 +9,8 @@ the accepted range; nothing about the service changes, so it keeps answering.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import dataclasses
 import hmac
@@ -46,8 +48,17 @@ class RetrievalService:
             index lacks); the message names the setting and the modes the index can serve.
     """
 
-    def __init__(self, artifact: IndexArtifact, cfg):
+    def __init__(self, artifact: IndexArtifact, cfg, encoder=None, encoder_info: dict[str, Any] | None = None):
+        """`encoder`: a callable list[bytes] -> list[(d,) array | error str] for image queries (an
+        `ImageEncoder`); `encoder_info`: its `describe()`, checked against the index manifest (a caller that
+        embeds images itself, like the Serve deployment, passes only this)."""
+        from mrl.service.encoder import check_encoder
+
         self.artifact, self.cfg = artifact, cfg
+        self.encoder = encoder
+        self.encoder_info = encoder.describe() if encoder is not None and encoder_info is None else encoder_info
+        if self.encoder_info is not None:
+            check_encoder(artifact.manifest, self.encoder_info)
         self.engine = artifact.engine
         self.settings = cfg.search_settings()
         # Ray Serve runs sync requests on a thread pool: FAISS GPU indexes must not be searched concurrently
@@ -76,7 +87,8 @@ class RetrievalService:
         return {"status": "ok", "rows": self.rows, "dim": self.artifact.dim, "model": self.model_info,
                 "index": self.index_info, "modes": self.modes,
                 "limits": {"max_k": self.max_k, "max_shortlist_k": self.max_shortlist_k,
-                           "max_body_bytes": self.cfg.max_body_bytes}, "auth": self._key is not None}
+                           "max_body_bytes": self.cfg.max_body_bytes}, "auth": self._key is not None,
+                "encoder": None if self.encoder_info is None else self.encoder_info["model_uri"]}
 
     @property
     def max_k(self) -> int:
@@ -117,16 +129,39 @@ class RetrievalService:
             raise reply
         return reply
 
-    def search_batch(self, requests: list[SearchRequest | dict[str, Any]]) -> list[dict[str, Any] | RequestError]:
+    def images(self, requests: list[SearchRequest | dict[str, Any]]) -> dict[int, bytes | RequestError]:
+        """The decoded image bytes of the image requests among `requests`, by position (422 for bad base64)."""
+        found: dict[int, bytes | RequestError] = {}
+        for i, request in enumerate(requests):
+            try:
+                image = self.parse(request).image
+            except RequestError:
+                continue  # reported by search_batch
+            if image is not None:
+                try:
+                    found[i] = base64.b64decode(image, validate=True)
+                except (binascii.Error, ValueError):
+                    found[i] = RequestError(422, "image is not valid base64")
+        return found
+
+    def search_batch(self, requests: list[SearchRequest | dict[str, Any]],
+                     embedded: dict[int, np.ndarray | str] | None = None) -> list[dict[str, Any] | RequestError]:
         """Answer many requests at once (Ray Serve's dynamic batching hands them over together): each is
         validated alone, requests with the same plan are searched in one engine run, and each gets its reply
-        or its own `RequestError`, in order."""
+        or its own `RequestError`, in order.
+
+        Args:
+            embedded: the embeddings of the image requests by position, when the caller ran the encoder (the
+                Serve deployment does, through its encoder deployment); else this service's own `encoder`.
+        """
         started = time.perf_counter()
         out: list[dict[str, Any] | RequestError | None] = [None] * len(requests)
+        if embedded is None:
+            embedded = self._embed(self.images(requests))
         groups: dict[QueryPlan, list[tuple[int, np.ndarray]]] = {}
         for i, request in enumerate(requests):
             try:
-                plan, query = self._prepare(self.parse(request))
+                plan, query = self._prepare(self.parse(request), embedded.get(i))
             except RequestError as exc:
                 out[i] = exc
                 continue
@@ -147,14 +182,31 @@ class RetrievalService:
                           "took_ms": 1000 * (time.perf_counter() - started), "batch": len(members)}
         return out
 
-    def _prepare(self, request: SearchRequest) -> tuple[QueryPlan, np.ndarray]:
-        """The plan and the (1, d) query of one validated request."""
+    def _embed(self, images: dict[int, bytes | RequestError]) -> dict[int, np.ndarray | str | RequestError]:
+        """Run this service's encoder over the decoded images (errors pass through)."""
+        todo = {i: data for i, data in images.items() if isinstance(data, bytes)}
+        out: dict[int, Any] = {i: err for i, err in images.items() if not isinstance(err, bytes)}
+        if todo and self.encoder is None:
+            out.update({i: RequestError(422, "this service has no encoder: image queries need the model the index "
+                                             "was built with (the index manifest names none)") for i in todo})
+        elif todo:
+            out.update(zip(todo, self.encoder(list(todo.values()))))
+        return out
+
+    def _prepare(self, request: SearchRequest, embedded=None) -> tuple[QueryPlan, np.ndarray]:
+        """The plan and the (1, d) query of one validated request (`embedded`: its image's embedding)."""
         mode = request.mode or self.cfg.mode
         if mode not in self.modes:
             raise RequestError(422, f"mode {mode!r} is not available on this index; choose one of {self.modes}")
-        if (request.vector is None) == (request.id is None):
-            raise RequestError(422, f"give exactly one of 'vector' (length d={self.artifact.dim}) or 'id' "
-                                    "(a corpus id)")
+        if sum(x is not None for x in (request.vector, request.id, request.image)) != 1:
+            raise RequestError(422, f"give exactly one of 'vector' (length d={self.artifact.dim}), 'id' (a corpus "
+                                    "id) or 'image' (base64)")
+        if request.image is not None:
+            if isinstance(embedded, RequestError):
+                raise embedded
+            if embedded is None or isinstance(embedded, str):
+                raise RequestError(422, embedded or "image was not embedded")
+            request = request.model_copy(update={"image": None, "vector": [float(x) for x in embedded]})
         k = self.cfg.default_k if request.k is None else request.k
         self._in_range("k", k, self.max_k, "serve.max_k")
         if request.shortlist_k is not None:

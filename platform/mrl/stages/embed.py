@@ -15,15 +15,7 @@ from typing import Any
 
 import numpy as np
 
-
-def embed_images(model, images: np.ndarray, device: str = "cpu") -> np.ndarray:
-    """Representations of uint8 images (B, C, H, W) under `model` (an `MRLModel`): (B, d) float32."""
-    import torch
-
-    from mrl.data.sources import to_float
-
-    with torch.no_grad():
-        return model.embed(torch.from_numpy(to_float(images)).to(device)).float().cpu().numpy()
+from mrl.data.preprocess import embed_images
 
 
 class Embedder:

@@ -23,9 +23,9 @@ def run_serve(index_dir: str, serve_cfg, mlflow_cfg, output_dir: str, blocking: 
     from mrl.service.app import build_app
 
     manifest = read_manifest(index_dir, stage="index")
-    tracking.setup(mlflow_cfg, output_dir)
+    tracking_uri = tracking.setup(mlflow_cfg, output_dir)
     serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port})
-    serve.run(build_app(index_dir, serve_cfg), name="mrl", route_prefix="/", blocking=False)
+    serve.run(build_app(index_dir, serve_cfg, tracking_uri), name="mrl", route_prefix="/", blocking=False)
     url = f"http://{serve_cfg.host}:{serve_cfg.port}"
     with mlflow.start_run(run_name="deploy", tags={"mrl.stage": "deploy",
                                                    "mrl.input_run_id": manifest.get("index_run_id", ""),

@@ -1,0 +1,76 @@
+"""`ImageEncoder`: the model an index was built with, embedding query images exactly as the embed stage
+embedded the corpus (`mrl.data.preprocess`: the same decode, standardisation and forward pass).
+
+It loads the model version the index manifest names, never another; `check_encoder` refuses a pairing whose
+model, d or nesting list differ, naming both sides.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class ImageEncoder:
+    """Query images -> embeddings with a registered model.
+
+    Args:
+        model_uri: the model version to load (the index manifest's `model_uri`).
+        tracking_uri: the MLflow store that holds it.
+    """
+
+    def __init__(self, model_uri: str, tracking_uri: str | None = None):
+        import mlflow
+        import torch
+
+        from mrl.artifacts.tracking import load_model
+
+        if tracking_uri:
+            mlflow.set_tracking_uri(tracking_uri)
+        torch.set_num_threads(1)
+        self.model_uri = model_uri
+        self.model = load_model(model_uri)
+        spec = self.model.spec
+        self.image_size, self.in_channels = int(spec.get("image_size", 28)), int(spec.get("in_channels", 1))
+
+    def describe(self) -> dict[str, Any]:
+        """What the start-up check compares with the index manifest."""
+        return {"model_uri": self.model_uri, "dim": self.model.dim, "sizes": list(self.model.sizes),
+                "image_size": self.image_size, "in_channels": self.in_channels}
+
+    def __call__(self, images: list[bytes]) -> list[np.ndarray | str]:
+        """Encoded images -> one (d,) float32 embedding each, or the reason it could not be read."""
+        from mrl.data.preprocess import decode_image, embed_images
+
+        decoded: list[np.ndarray | str] = []
+        for data in images:
+            try:
+                decoded.append(decode_image(data, self.image_size, self.in_channels))
+            except ValueError as exc:
+                decoded.append(f"image: {exc}")
+        good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
+        if good:
+            vectors = embed_images(self.model, np.stack([decoded[i] for i in good]))  # (B, d)
+            for row, i in enumerate(good):
+                decoded[i] = vectors[row]
+        return decoded
+
+
+def check_encoder(manifest: dict[str, Any], encoder: dict[str, Any]) -> None:
+    """Refuse an encoder that is not the index's model: another version, another d, or a nesting list that
+    lacks an indexed size.
+
+    Raises:
+        ValueError: naming the index's and the encoder's values.
+    """
+    if manifest.get("model_uri") != encoder["model_uri"]:
+        raise ValueError(f"the index was built with model {manifest.get('model_uri')!r} but the encoder loads "
+                         f"{encoder['model_uri']!r}")
+    if manifest["dim"] != encoder["dim"]:
+        raise ValueError(f"the index holds d={manifest['dim']} vectors but the encoder's model makes "
+                         f"d={encoder['dim']}")
+    missing = sorted(set(manifest["sizes"]) - set(encoder["sizes"]))
+    if missing:
+        raise ValueError(f"the index's sizes {manifest['sizes']} include {missing}, which the encoder's nesting "
+                         f"list {encoder['sizes']} does not")
