@@ -120,7 +120,7 @@ def main(argv: list[str]) -> int:
     from mrl.artifacts.embeddings import read_embeddings
     from mrl.artifacts.manifest import read_manifest
     from mrl.config import ServeConfig
-    from mrl.configio import deep_merge, from_dict, parse_overrides
+    from mrl.configio import deep_merge, from_dict, parse_overrides, to_dict
 
     index = Path(args.index).resolve()
     manifest = read_manifest(index, stage="index")
@@ -133,9 +133,13 @@ def main(argv: list[str]) -> int:
 
     from mrl.service.app import build_app
 
+    store = index.parent.parent / "mlflow.db"  # <output_dir>/index/<run>: the store beside it holds the model
+    tracking_uri = f"sqlite:///{store}" if store.is_file() else None
+    if tracking_uri is None:
+        cfg = from_dict(ServeConfig, {**to_dict(cfg), "encoder": False}, "serve.")
     ray.init(address="local", num_cpus=4, include_dashboard=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(str(index), cfg), name="mrl", route_prefix="/", blocking=False)
+    serve.run(build_app(str(index), cfg, tracking_uri), name="mrl", route_prefix="/", blocking=False)
     run_level(port, bodies, 1, 3.0)  # warm-up: page in the index, start the proxy's connections
     rows = []
     for c in args.concurrency:

@@ -178,6 +178,10 @@ def build_app(index_dir: str, serve_cfg, tracking_uri: str | None = None):
     manifest = read_manifest(index_dir, stage="index")
     encoder = None
     if serve_cfg.encoder and manifest.get("model_uri"):
+        if not tracking_uri:
+            raise ValueError(f"serve.encoder loads the index's model {manifest['model_uri']!r} from MLflow: give the "
+                             "store's tracking URI (tracking_uri, or MLFLOW_TRACKING_URI), or set serve.encoder "
+                             "to false to serve vector and id queries only")
         encoder = Encoder.options(ray_actor_options={"num_cpus": 1}).bind(manifest["model_uri"], tracking_uri,
                                                                           manifest)
     scaling = ({"autoscaling_config": dict(serve_cfg.autoscaling)} if serve_cfg.autoscaling is not None
