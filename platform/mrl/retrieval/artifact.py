@@ -53,13 +53,19 @@ def check_index_config(index_cfg, dim: int, default_sizes: list[int]) -> list[in
     if max(sizes) > dim:
         raise IndexMismatchError(f"index.sizes {sizes} go above d={dim}")
     try:
-        if index_cfg.adanns_size is not None:
-            check_prefix_size("index.adanns_size", index_cfg.adanns_size, dim)
-        for m in sizes:
-            check_index(index_cfg.kind, m, dim, index_cfg.params())
+        check_build(index_cfg.kind, sizes, dim, index_cfg.params(), index_cfg.adanns_size)
     except ValueError as exc:
         raise IndexMismatchError(f"{exc} (set index.sizes, index.adanns_size or index.pq_m)") from None
     return sizes
+
+
+def check_build(kind: str, sizes: list[int], dim: int, params: IndexParams, adanns_size: int | None) -> None:
+    """Every rule an index build must pass, before anything is built: each size's index (kind, size within d,
+    pq_m) and the AdANNS cells' size. Raises ValueError naming the first broken rule."""
+    if adanns_size is not None:
+        check_prefix_size("index.adanns_size", adanns_size, dim)
+    for m in sizes:
+        check_index(kind, m, dim, params)
 
 
 def planned_sources(sizes: list[int], adanns_size: int | None) -> dict[str, int]:
@@ -89,11 +95,8 @@ def write_index(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndar
 
     params = params or IndexParams()
     dim = vectors.shape[1]
-    try:  # every rule before any build
-        for m in sizes:
-            check_index(kind, m, dim, params)
-        if adanns is not None:
-            check_prefix_size("index.adanns_size", adanns[0], dim)
+    try:
+        check_build(kind, sizes, dim, params, None if adanns is None else adanns[0])
     except ValueError as exc:
         raise IndexMismatchError(str(exc)) from None
     out.mkdir(parents=True, exist_ok=True)

@@ -153,13 +153,8 @@ class Retriever:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _batched(self, requests: list[SearchRequest]) -> list[dict[str, Any] | RequestError]:
-        images = self.service.images(requests)
-        embedded: dict[int, Any] = {i: err for i, err in images.items() if isinstance(err, RequestError)}
-        todo = {i: data for i, data in images.items() if isinstance(data, bytes)}
-        if todo and self.encoder is None:
-            embedded.update({i: RequestError(422, "this service has no encoder: image queries need the model the "
-                                                  "index was built with") for i in todo})
-        elif todo:  # one call to the encoder deployment for the batch's images
+        embedded, todo = self.service.pending_images(requests)
+        if todo:  # one call to the encoder deployment for the batch's images
             embedded.update(zip(todo, await self.encoder.embed.remote(list(todo.values()))))
         # the search runs in a worker thread, so the replica keeps queueing the next batch meanwhile
         return await asyncio.to_thread(self.service.search_batch, requests, embedded)

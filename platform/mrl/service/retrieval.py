@@ -129,20 +129,28 @@ class RetrievalService:
             raise reply
         return reply
 
-    def images(self, requests: list[SearchRequest | dict[str, Any]]) -> dict[int, bytes | RequestError]:
-        """The decoded image bytes of the image requests among `requests`, by position (422 for bad base64)."""
-        found: dict[int, bytes | RequestError] = {}
+    def pending_images(self, requests: list[SearchRequest | dict[str, Any]]
+                       ) -> tuple[dict[int, RequestError], dict[int, bytes]]:
+        """The image requests among `requests`, by position: those already answered (bad base64; or no encoder
+        anywhere: this service has none and was not told of one) and the decoded bytes still to embed.
+
+        The caller embeds the bytes (this service's own `encoder`, or the Serve deployment's encoder) and hands
+        both to `search_batch` as `embedded`."""
+        done: dict[int, RequestError] = {}
+        todo: dict[int, bytes] = {}
         for i, request in enumerate(requests):
+            parsed = self._parse_or_error(request)
+            if isinstance(parsed, RequestError) or parsed.image is None:
+                continue  # a malformed request is answered by search_batch
             try:
-                image = self.parse(request).image
-            except RequestError:
-                continue  # reported by search_batch
-            if image is not None:
-                try:
-                    found[i] = base64.b64decode(image, validate=True)
-                except (binascii.Error, ValueError):
-                    found[i] = RequestError(422, "image is not valid base64")
-        return found
+                todo[i] = base64.b64decode(parsed.image, validate=True)
+            except (binascii.Error, ValueError):
+                done[i] = RequestError(422, "image is not valid base64")
+        if todo and self.encoder is None and self.encoder_info is None:
+            done.update({i: RequestError(422, "this service has no encoder: image queries need the model the "
+                                              "index was built with (the index manifest names none)") for i in todo})
+            todo = {}
+        return done, todo
 
     def search_batch(self, requests: list[SearchRequest | dict[str, Any]],
                      embedded: dict[int, np.ndarray | str] | None = None) -> list[dict[str, Any] | RequestError]:
@@ -155,13 +163,18 @@ class RetrievalService:
                 Serve deployment does, through its encoder deployment); else this service's own `encoder`.
         """
         started = time.perf_counter()
+        parsed = [self._parse_or_error(request) for request in requests]  # each request validated once
         out: list[dict[str, Any] | RequestError | None] = [None] * len(requests)
         if embedded is None:
-            embedded = self._embed(self.images(requests))
+            embedded, todo = self.pending_images(parsed)
+            if todo:
+                embedded.update(zip(todo, self.encoder(list(todo.values()))))
         groups: dict[QueryPlan, list[tuple[int, np.ndarray]]] = {}
-        for i, request in enumerate(requests):
+        for i, request in enumerate(parsed):
             try:
-                plan, query = self._prepare(self.parse(request), embedded.get(i))
+                if isinstance(request, RequestError):
+                    raise request
+                plan, query = self._prepare(request, embedded.get(i))
             except RequestError as exc:
                 out[i] = exc
                 continue
@@ -182,17 +195,6 @@ class RetrievalService:
                           "took_ms": 1000 * (time.perf_counter() - started), "batch": len(members)}
         return out
 
-    def _embed(self, images: dict[int, bytes | RequestError]) -> dict[int, np.ndarray | str | RequestError]:
-        """Run this service's encoder over the decoded images (errors pass through)."""
-        todo = {i: data for i, data in images.items() if isinstance(data, bytes)}
-        out: dict[int, Any] = {i: err for i, err in images.items() if not isinstance(err, bytes)}
-        if todo and self.encoder is None:
-            out.update({i: RequestError(422, "this service has no encoder: image queries need the model the index "
-                                             "was built with (the index manifest names none)") for i in todo})
-        elif todo:
-            out.update(zip(todo, self.encoder(list(todo.values()))))
-        return out
-
     def _prepare(self, request: SearchRequest, embedded=None) -> tuple[QueryPlan, np.ndarray]:
         """The plan and the (1, d) query of one validated request (`embedded`: its image's embedding)."""
         mode = request.mode or self.cfg.mode
@@ -201,19 +203,20 @@ class RetrievalService:
         if sum(x is not None for x in (request.vector, request.id, request.image)) != 1:
             raise RequestError(422, f"give exactly one of 'vector' (length d={self.artifact.dim}), 'id' (a corpus "
                                     "id) or 'image' (base64)")
+        vector = request.vector
         if request.image is not None:
             if isinstance(embedded, RequestError):
                 raise embedded
             if embedded is None or isinstance(embedded, str):
                 raise RequestError(422, embedded or "image was not embedded")
-            request = request.model_copy(update={"image": None, "vector": [float(x) for x in embedded]})
+            vector = embedded  # (d,) from the encoder
         k = self.cfg.default_k if request.k is None else request.k
         self._in_range("k", k, self.max_k, "serve.max_k")
         if request.shortlist_k is not None:
             self._in_range("shortlist_k", request.shortlist_k, self.max_shortlist_k, "serve.max_shortlist_k")
         plan = self.plan(mode, k, request.shortlist_k)
-        if request.vector is not None:
-            return plan, self._vector_query(request.vector, self.engine.smallest_prefix(plan), mode)
+        if vector is not None:
+            return plan, self._vector_query(vector, self.engine.smallest_prefix(plan), mode)
         return plan, np.asarray(self.artifact.vectors[self._position(request.id)], dtype=np.float32)[None]
 
     @staticmethod
@@ -228,12 +231,20 @@ class RetrievalService:
         except ValidationError as exc:
             raise RequestError(422, validation_detail(exc)) from None
 
+    @classmethod
+    def _parse_or_error(cls, request: SearchRequest | dict[str, Any]) -> SearchRequest | RequestError:
+        try:
+            return cls.parse(request)
+        except RequestError as exc:
+            return exc
+
     def _in_range(self, name: str, value: int, high: int, limit: str) -> None:
         if not 1 <= value <= high:
             bound = "the corpus size" if high == self.rows else limit
             raise RequestError(422, f"{name}={value} is outside the accepted range [1, {high}] ({bound})")
 
-    def _vector_query(self, vector: list[float], smallest: int, mode: str) -> np.ndarray:
+    def _vector_query(self, vector, smallest: int, mode: str) -> np.ndarray:
+        """(1, d) float32 from a request's list of floats or an encoder's (d,) array, checked."""
         dim = self.artifact.dim
         if len(vector) != dim:
             raise RequestError(422, f"vector has length {len(vector)}; this index expects d={dim}")

@@ -243,8 +243,7 @@ def run_tune(job: TuneJobConfig) -> dict[str, Any]:
         for file in (plot, winner_yaml):
             mlflow.log_artifact(str(file))
     summary = {"run_id": parent.info.run_id, "sweep": name, "trials": trials, "front": [done[i] for i in front],
-               "winner": best, "winner_yaml": str(winner_yaml), "small_metric": small, "seconds": seconds,
-               "best_params": best["params"], "best_metric": points[winner][0]}
+               "winner": best, "winner_yaml": str(winner_yaml), "small_metric": small, "seconds": seconds}
     if job.train_winner:
         from mrl.stages.train import run_train
 
