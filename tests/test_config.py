@@ -322,7 +322,7 @@ def test_registry_names_are_the_accepted_values():
     is built, so an entry registered later (by any module) is accepted too."""
     with pytest.raises(ConfigError, match=r"^encoder 'mlp' is not accepted; choose one of \['cnn', 'resnet18'"):
         from_dict(ModelConfig, {"encoder": "mlp"})
-    with pytest.raises(ConfigError, match=r"^model\.head 'wide' is not accepted; choose one of \['mrl', 'mrl_e'\]"):
+    with pytest.raises(ConfigError, match=r"^model\.head 'wide' is not accepted; choose one of \['mrl', 'mrl_e', 'none'\]"):
         load_config(TrainJobConfig, overrides=["model.head=wide"])
     with pytest.raises(ConfigError, match=r"^loss 'hinge' is not accepted; choose one of \['cross_entropy'"):
         from_dict(TrainConfig, {"loss": "hinge"})

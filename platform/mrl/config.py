@@ -77,6 +77,23 @@ class NestingConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TextConfig:
+    """Text encoders only: the tokenizer trained on the training split, and how token states are pooled."""
+
+    vocab_size: int = 8192
+    """Byte-level BPE vocabulary size (special tokens included); also the encoder's embedding table."""
+    max_tokens: int = 64
+    """Every text is cut to this many tokens ([CLS] and [SEP] included) and padded to it."""
+    lowercase: bool = True
+    pooling: Literal["mean", "cls"] = "mean"
+    """mean: average of the non-pad token states; cls: the [CLS] state."""
+
+    def __post_init__(self) -> None:
+        _check(self.vocab_size >= 300, f"text.vocab_size must be >= 300 (bytes + specials), got {self.vocab_size}")
+        _check(self.max_tokens >= 3, f"text.max_tokens must be >= 3, got {self.max_tokens}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """The encoder, its representation size d and the MRL heads."""
 
@@ -98,6 +115,8 @@ class ModelConfig:
     """Local directory with `transformers` weights (config.json + weights); never downloaded."""
     backbone: dict[str, Any] = field(default_factory=dict)
     """Extra `transformers` config fields (e.g. hidden_size, num_hidden_layers) or cnn widths."""
+    text: TextConfig = field(default_factory=TextConfig)
+    """Tokenizer and pooling of text encoders (bert); ignored by image encoders."""
 
     def __post_init__(self) -> None:
         from mrl.core.models.encoders import ENCODERS  # torch: imported when a model config is built
@@ -105,6 +124,10 @@ class ModelConfig:
 
         _registered("encoder", self.encoder, ENCODERS)
         _registered("head", self.head, HEADS)
+        if self.modality == "text":
+            _check(self.head == "none", f"encoder {self.encoder!r} is a text encoder, trained contrastively on "
+                                        f"(query, document) pairs without a classifier: set head: none, "
+                                        f"not {self.head!r}")
         _positive("dim", self.dim)
         _check(self.num_classes >= 2, f"num_classes must be >= 2, got {self.num_classes}")
         _check(self.in_channels in (1, 3), f"in_channels must be 1 or 3, got {self.in_channels}")
@@ -118,6 +141,13 @@ class ModelConfig:
         return self.nesting.resolve(self.dim)
 
     @property
+    def modality(self) -> str:
+        """"text" for encoders over token ids, else "image"."""
+        from mrl.core.models.encoders import encoder_modality
+
+        return encoder_modality(self.encoder)
+
+    @property
     def weights(self) -> list[float]:
         return self.nesting.resolve_weights(self.dim)
 
@@ -126,11 +156,18 @@ class ModelConfig:
 class DataConfig:
     """Where the labelled data comes from."""
 
-    source: Literal["fashion_mnist", "image_folder", "parquet"] = "fashion_mnist"
-    """fashion_mnist: IDX files; image_folder: <path>/<split>/<class>/*.png; parquet: <path>/<split>.parquet
-    with columns `image` (flattened pixels) and `label`."""
+    source: Literal["fashion_mnist", "image_folder", "parquet", "wordnet", "text_parquet"] = "fashion_mnist"
+    """Images: fashion_mnist (IDX files); image_folder (<path>/<split>/<class>/*.png); parquet
+    (<path>/<split>.parquet with columns `image`, flattened pixels, and `label`).
+    Text (for text encoders): wordnet (WordNet synsets converted once into text shards at <path>, see
+    mrl.data.wordnet); text_parquet (<path>/<split>/*.parquet with columns id, label, query, document)."""
     path: str | None = None
-    """Data directory; fashion_mnist defaults to the Debian package's /usr/share/datasets/fashion-mnist."""
+    """Data directory; fashion_mnist defaults to the Debian package's /usr/share/datasets/fashion-mnist;
+    wordnet: where the converted shards go (written from `wordnet_root` on first use, reused after)."""
+    wordnet_root: str = "/usr/share/wordnet"
+    """wordnet: the WordNet database files (Debian package wordnet-base)."""
+    test_fraction: float = 0.1
+    """wordnet: share of synsets in the test split (a stable hash of seed and synset id decides), in (0, 0.5]."""
     val_fraction: float = 0.05
     """Share of the train split held out for per-epoch validation, in [0, 0.5)."""
     train_limit: int | None = None
@@ -141,6 +178,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check(0 <= self.val_fraction < 0.5, f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
+        _check(0 < self.test_fraction <= 0.5, f"test_fraction must be in (0, 0.5], got {self.test_fraction}")
         _positive("train_limit", self.train_limit, allow_none=True)
         _positive("test_limit", self.test_limit, allow_none=True)
         self.root  # path is required for every source but fashion_mnist
@@ -152,6 +190,11 @@ class DataConfig:
         if self.source == "fashion_mnist":
             return FASHION_MNIST_DIR
         raise ConfigError(f"path is required when source is {self.source!r}")
+
+    @property
+    def modality(self) -> str:
+        """"text" for the text sources, else "image"."""
+        return "text" if self.source in ("wordnet", "text_parquet") else "image"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -167,13 +210,16 @@ class TrainConfig:
     schedule: Literal["cosine", "constant"] = "cosine"
     loss: str = "cross_entropy"
     """Per-size classification loss, a name in `mrl.core.losses.LOSSES` (summed over the nesting sizes with
-    their weights)."""
+    their weights). Text models are trained contrastively instead (in-batch InfoNCE on every prefix)."""
+    temperature: float = 0.05
+    """Text models: InfoNCE temperature of the contrastive Matryoshka loss, in (0, 1]."""
     seed: int = 0
 
     def __post_init__(self) -> None:
         from mrl.core.losses import LOSSES
 
         _registered("loss", self.loss, LOSSES)
+        _check(0 < self.temperature <= 1, f"temperature must be in (0, 1], got {self.temperature}")
         _positive("epochs", self.epochs)
         _positive("batch_size", self.batch_size)
         _check(0 < self.lr < 10, f"lr must be in (0, 10), got {self.lr}")
@@ -443,6 +489,10 @@ class TrainJobConfig(JobConfig):
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_modalities(self.data, self.model)
+
 
 @dataclass(frozen=True, kw_only=True)
 class EmbedJobConfig(JobConfig):
@@ -651,6 +701,7 @@ class PipelineConfig(JobConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_modalities(self.data, self.model)
         # The same rules the build_index stage and the service apply to the real artifacts, applied to the
         # index this pipeline will build (model.dim, its sizes and AdANNS cells).
         from mrl.retrieval.artifact import check_index_config, planned_sources
@@ -668,6 +719,13 @@ class PipelineConfig(JobConfig):
                               train=self.train, resources=self.resources, ray=self.ray, mlflow=self.mlflow)
 
 
+def check_modalities(data: DataConfig, model: ModelConfig, prefix: str = "") -> None:
+    """A text encoder needs a text source and an image encoder an image source."""
+    _check(data.modality == model.modality,
+           f"{prefix}data.source {data.source!r} is {data.modality} data but {prefix}model.encoder "
+           f"{model.encoder!r} is a{'n' if model.modality == 'image' else ''} {model.modality} encoder")
+
+
 def check_paths(cfg: Any) -> None:
     """Check the local paths a job config reads (data directories, pretrained weights), at the start of the job
     that reads them: a config validates anywhere, its paths only where it runs.
@@ -676,7 +734,11 @@ def check_paths(cfg: Any) -> None:
         ConfigError: naming the field, the path and how to get the data.
     """
     def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, DataConfig):
+        if isinstance(node, DataConfig) and node.source == "wordnet":
+            if not (Path(node.wordnet_root) / "data.noun").is_file():
+                raise ConfigError(f"{prefix}wordnet_root {node.wordnet_root!r} holds no WordNet database (data.noun); "
+                                  "install it with `apt-get install -y wordnet-base`")
+        elif isinstance(node, DataConfig):
             root = Path(node.root)
             if not root.exists():
                 hint = ("install it with `apt-get install -y dataset-fashion-mnist`, or give a directory holding "

@@ -173,3 +173,26 @@ def test_per_size_loss_by_registered_name():
     assert "cross_entropy" in LOSSES
     with pytest.raises(ValueError, match=r"loss 'hinge' is not accepted; choose one of \['cross_entropy'\]"):
         MatryoshkaLoss([1.0], "hinge")
+
+
+def test_contrastive_matryoshka_loss_matches_a_hand_computed_example():
+    """Two pairs, sizes [1, 2], weights [1, 2], temperature 1, worked out by hand.
+
+    m=1: prefixes normalise to a=(1),(-1), b=(1),(-1): logits [[1,-1],[-1,1]], every row and column gives
+    log(1 + e^-2).
+    m=2: a1=(1,1)/sqrt2, a2=(-1,1)/sqrt2, b1=(1,0), b2=(-1,-1)/sqrt2: logits [[r,-1],[-r,0]] with r=1/sqrt2;
+    rows: log(e^r + e^-1) - r and log(e^-r + 1); columns: log(e^r + e^-r) - r and log(e^-1 + 1).
+    """
+    import math
+    from functools import partial
+
+    a = torch.tensor([[1.0, 1.0], [-1.0, 1.0]])
+    b = torch.tensor([[2.0, 0.0], [-1.0, -1.0]])
+    r = 1 / math.sqrt(2)
+    loss_1 = math.log(1 + math.exp(-2))
+    rows = (math.log(math.exp(r) + math.exp(-1)) - r + math.log(math.exp(-r) + 1)) / 2
+    cols = (math.log(math.exp(r) + math.exp(-r)) - r + math.log(math.exp(-1) + 1)) / 2
+    loss_2 = (rows + cols) / 2
+    total, per_size = MatryoshkaEmbeddingLoss([1, 2], [1.0, 2.0], partial(info_nce, temperature=1.0))(a, b)
+    assert per_size.tolist() == pytest.approx([loss_1, loss_2], abs=1e-6)
+    assert total.item() == pytest.approx(loss_1 + 2 * loss_2, abs=1e-6)

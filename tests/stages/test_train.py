@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from mrl.stages.train import lr_factor, rank_batches
+from mrl.stages.objectives import rank_batches
+from mrl.stages.train import lr_factor
 
 # ---------------------------------------------------------------- lr_factor
 

@@ -4,6 +4,7 @@ Layout of a model directory:
 
     model.safetensors    the module's state_dict (tensors only; safetensors has no code path)
     model_spec.json      {"format": "mrl-model", "format_version": 1, "spec": <ModelConfig as a plain dict>}
+    tokenizer.json       text models only: the trained tokenizer (`tokenizers` JSON), the only one they use
 
 Loading rebuilds the module from the spec with `mrl.core.models.build_model` and copies the weights in
 with `load_state_dict(strict=True)`. No class is looked up by its import path, so moving or renaming a
@@ -23,6 +24,7 @@ FORMAT = "mrl-model"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 SPEC_FILE = "model_spec.json"
+TOKENIZER_FILE = "tokenizer.json"
 
 
 class ModelFileError(ValueError):
@@ -77,6 +79,10 @@ def save_model_dir(model, path: str | Path) -> Path:
     save_file(tensors_for_saving(model), str(out / WEIGHTS_FILE), metadata={"format": "pt"})
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "spec": spec}
     (out / SPEC_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    if getattr(model, "modality", "image") == "text":
+        if model.tokenizer is None:
+            raise ValueError("a text model is saved with its tokenizer; this one has none (model.tokenizer)")
+        (out / TOKENIZER_FILE).write_text(model.tokenizer.to_json())
     return out
 
 
@@ -152,4 +158,29 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu"):
         model.load_state_dict(weights, strict=True)  # every key present, every shape equal
     except RuntimeError as exc:
         raise ModelFileError(f"{path / WEIGHTS_FILE}: weights do not match the spec in {SPEC_FILE}: {exc}") from None
+    if model.modality == "text":
+        model.tokenizer = read_tokenizer(path / TOKENIZER_FILE, model.spec)
     return model.to(device).eval()
+
+
+def read_tokenizer(file: str | Path, spec: dict[str, Any]):
+    """A text model's tokenizer, checked against the spec's vocabulary size.
+
+    Raises:
+        ModelFileError: the file is missing, not a tokenizer, or has more tokens than the model's embedding table.
+    """
+    from mrl.data.tokenize import TextTokenizer
+
+    file = Path(file)
+    text = spec.get("text") or {}
+    try:
+        tokenizer = TextTokenizer.from_json(file.read_text(), int(text.get("max_tokens", 64)))
+    except FileNotFoundError:
+        raise ModelFileError(f"{file}: a text model needs its tokenizer beside the weights; it is missing") from None
+    except Exception as exc:  # tokenizers raises its own Exception type for a malformed file
+        raise ModelFileError(f"{file}: not a tokenizer file ({type(exc).__name__}: {exc})") from None
+    vocab = int(text.get("vocab_size", 8192))
+    if tokenizer.vocab_size > vocab:
+        raise ModelFileError(f"{file}: the tokenizer has {tokenizer.vocab_size} tokens but the model's embedding "
+                             f"table holds {vocab} (text.vocab_size)")
+    return tokenizer

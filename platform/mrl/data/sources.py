@@ -131,3 +131,34 @@ def train_val_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarra
 def to_float(images: np.ndarray) -> np.ndarray:
     """uint8 (N, C, H, W) -> standardised float32, the model's input."""
     return ((images.astype(np.float32) / 255.0) - MEAN) / STD
+
+
+def prepare_text_data(data):
+    """A text `DataConfig` with its shards in place and an absolute path (workers may run elsewhere).
+
+    wordnet: converts the WordNet database into `data.path` on first use (a cache hit afterwards, about a
+    second otherwise); text_parquet: checks nothing more than the reader will. Image sources pass through.
+    """
+    import dataclasses
+
+    if data.modality != "text":
+        return data
+    path = str(Path(data.root).resolve())
+    if data.source == "wordnet":
+        from mrl.data.wordnet import write_wordnet_parquet
+
+        write_wordnet_parquet(path, data.wordnet_root, seed=data.seed, test_fraction=data.test_fraction)
+    return dataclasses.replace(data, path=path)
+
+
+def load_text_split(data, split: str) -> dict:
+    """Text rows of `split` as configured by a text `DataConfig`, with limits applied.
+
+    Returns:
+        {"id": int64 (N,), "label": int64 (N,), "query": [str] * N, "document": [str] * N}, sorted by id.
+    """
+    from mrl.data.wordnet import read_text_split
+
+    data = prepare_text_data(data)
+    limit = data.train_limit if split == "train" else data.test_limit
+    return read_text_split(data.root, split, limit)

@@ -38,30 +38,6 @@ def lr_factor(step: int, total_steps: int, warmup_fraction: float = 0.1, schedul
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def rank_batches(indices: np.ndarray, rank: int, world: int, batch_size: int, seed: int) -> list[np.ndarray]:
-    """This rank's batches of one epoch: a seeded shuffle split round-robin across ranks, cut so every rank
-    takes the same number of full batches (DDP's all-reduce needs equal step counts)."""
-    order = np.random.default_rng(seed).permutation(indices)
-    per_rank = len(order) // world
-    mine = order[rank::world][:per_rank]
-    steps = per_rank // batch_size
-    if steps == 0:
-        raise ValueError(f"{len(indices)} training rows give no full batch of {batch_size} on {world} workers; "
-                         "lower train.batch_size")
-    return [mine[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
-
-
-def count_correct(model, x: torch.Tensor, y: torch.Tensor, batch_size: int, device, autocast) -> torch.Tensor:
-    """Correct predictions per nesting size over (x, y): a (G,) int64 tensor."""
-    correct = None
-    with torch.no_grad(), autocast():
-        for i in range(0, len(x), batch_size):
-            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-            hits = torch.stack([(out.argmax(1) == yb).sum() for out in model(xb)])
-            correct = hits if correct is None else correct + hits
-    return correct if correct is not None else torch.zeros(0, dtype=torch.int64)
-
-
 def _autocast_factory(precision: str, device: torch.device):
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     if not use_bf16:
@@ -89,22 +65,21 @@ def run_loop(job: TrainJobConfig, *, rank: int = 0, world: int = 1, device=None,
     """
     import torch.distributed as dist
 
-    from mrl.core.losses import MatryoshkaLoss
     from mrl.core.models import build_model
-    from mrl.data.sources import load_split, to_float, train_val_indices
+    from mrl.stages.objectives import make_objective
 
     device = device or torch.device("cpu")
     torch.manual_seed(job.train.seed)
     autocast = _autocast_factory(job.resources.precision, device)
-    images, labels = load_split(job.data, job.model, "train")
-    train_idx, val_idx = train_val_indices(len(labels), job.data.val_fraction, job.data.seed)
-    x_all = torch.from_numpy(to_float(images))  # (N, C, H, W)
-    y_all = torch.from_numpy(labels)
-    val_mine = val_idx[rank::world]
+    tokenizer = None
+    if restore is not None and restore.get("tokenizer"):
+        from mrl.data.tokenize import TextTokenizer
+        tokenizer = TextTokenizer.from_json(restore["tokenizer"], job.model.text.max_tokens)
+    objective = make_objective(job, rank, world, device, tokenizer)
 
     model = build_model(to_dict(job.model)).to(device)
+    model.tokenizer = objective.tokenizer
     sizes = model.sizes
-    criterion = MatryoshkaLoss(job.model.weights, job.train.loss).to(device)
     if prepare is not None:
         model = prepare(model)
     params = model.parameters()
@@ -113,7 +88,7 @@ def run_loop(job: TrainJobConfig, *, rank: int = 0, world: int = 1, device=None,
     else:
         optimizer = torch.optim.SGD(params, lr=job.train.lr, momentum=0.9, weight_decay=job.train.weight_decay,
                                     nesterov=True)
-    steps_per_epoch = len(rank_batches(train_idx, rank, world, job.train.batch_size, 0))
+    steps_per_epoch = len(objective.batches(rank, world, job.train.batch_size, 0))
     total_steps = steps_per_epoch * job.train.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, schedule=job.train.schedule))
@@ -135,12 +110,11 @@ def run_loop(job: TrainJobConfig, *, rank: int = 0, world: int = 1, device=None,
     for epoch in range(start_epoch, job.train.epochs):
         model.train()
         started = time.time()
-        batches = rank_batches(train_idx, rank, world, job.train.batch_size, job.train.seed * 1000 + epoch)
+        batches = objective.batches(rank, world, job.train.batch_size, job.train.seed * 1000 + epoch)
         loss_sum = torch.zeros((), device=device)
         for step, batch in enumerate(batches):
-            xb, yb = x_all[batch].to(device), y_all[batch].to(device)
             with autocast():
-                loss, _ = criterion(model(xb), yb)
+                loss = objective.loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -151,8 +125,10 @@ def run_loop(job: TrainJobConfig, *, rank: int = 0, world: int = 1, device=None,
                             f"loss {loss.item():.4f} ({time.time() - started:.0f}s)")
 
         model.eval()
-        correct = count_correct(model, x_all[val_mine], y_all[val_mine], 1024, device, autocast)
-        totals = torch.tensor([float(len(val_mine)), loss_sum.item(), float(len(batches))], device=device)
+        correct, n_val_mine = objective.val_hits(model, autocast)
+        if correct is None:  # no validation rows on this rank
+            correct = torch.zeros(len(sizes), dtype=torch.int64, device=device)
+        totals = torch.tensor([float(n_val_mine), loss_sum.item(), float(len(batches))], device=device)
         if world > 1:
             correct = correct.to(device)
             dist.all_reduce(correct)
@@ -167,10 +143,11 @@ def run_loop(job: TrainJobConfig, *, rank: int = 0, world: int = 1, device=None,
         state = None
         if rank == 0:
             state = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "epoch": epoch, "model_spec": to_dict(job.model)}
+                     "scheduler": scheduler.state_dict(), "epoch": epoch, "model_spec": to_dict(job.model),
+                     "tokenizer": objective.tokenizer.to_json() if objective.tokenizer is not None else None}
             shown = " ".join(f"{m}:{metrics.get(f'val_top1_d{m}', float('nan')) * 100:.2f}" for m in sizes)
             logger.info(f"[train] epoch {epoch + 1}/{job.train.epochs} done in {metrics['epoch_seconds']:.0f}s, "
-                        f"loss {metrics['train_loss']:.4f}, val top-1 % by size {shown}")
+                        f"loss {metrics['train_loss']:.4f}, {objective.metric} % by size {shown}")
         if on_epoch is not None:
             on_epoch(metrics, state)
     return _unwrap(model).eval()
@@ -306,6 +283,9 @@ def load_checkpoint_model(checkpoint):
         state = read_checkpoint(Path(ckpt_dir) / CHECKPOINT_FILE)
     model = build_model(state["model_spec"])
     model.load_state_dict(state["model"])
+    if state.get("tokenizer"):
+        from mrl.data.tokenize import TextTokenizer
+        model.tokenizer = TextTokenizer.from_json(state["tokenizer"], model.spec["text"]["max_tokens"])
     return model.eval()
 
 
@@ -320,6 +300,11 @@ def run_train(job: TrainJobConfig) -> dict[str, Any]:
     from mrl.artifacts import tracking
     from mrl.runtime import ensure_ray
 
+    from mrl.config import check_paths
+    from mrl.data.sources import prepare_text_data
+
+    check_paths(job)
+    job = dataclasses.replace(job, data=prepare_text_data(job.data))  # before any Ray work
     ensure_ray(job.ray)
     uri = tracking.setup(job.mlflow, job.output_dir)
     if job.run_name is None:

@@ -52,21 +52,41 @@ def test_vision_models_shapes(encoder, dim, sizes, backbone, width):
     _check_outputs(model, torch.randn(2, 1, 28, 28), 2, dim, sizes, 7)
 
 
-def test_bert_model_shapes_on_token_ids():
+def test_bert_model_embeds_token_ids_without_a_head():
     torch.manual_seed(0)
-    model = build_model(_spec("bert", 16, [4, 8, 16], num_classes=3, backbone=TINY_BERT))
-    assert model.encoder.width == 32
+    model = build_model(_spec("bert", 16, [4, 8, 16], head="none", backbone=TINY_BERT)).eval()
+    assert model.encoder.width == 32 and model.modality == "text"
     ids = torch.tensor([[1, 5, 9, 0, 0], [2, 3, 4, 7, 8]])
-    _check_outputs(model, ids, 2, 16, [4, 8, 16], 3)
+    with torch.no_grad():
+        z = model(ids, embed_only=True)
+        assert z.shape == (2, 16) and torch.isfinite(z).all() and torch.equal(z, model.embed(ids))
+        assert model(ids) == []  # no classifier
 
 
-def test_bert_ignores_padding_tokens():
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_bert_ignores_padding_tokens(pooling):
     torch.manual_seed(0)
-    model = build_model(_spec("bert", 16, [16], num_classes=3, backbone=TINY_BERT)).eval()
+    model = build_model(_spec("bert", 16, [16], head="none", backbone=TINY_BERT, text={"pooling": pooling})).eval()
     with torch.no_grad():
         short = model.embed(torch.tensor([[1, 5, 9]]))
         padded = model.embed(torch.tensor([[1, 5, 9, 0, 0]]))
+        other = model.embed(torch.tensor([[1, 5, 8, 0, 0]]))
     assert torch.allclose(short, padded, atol=1e-5)
+    assert not torch.allclose(short, other, atol=1e-3)
+
+
+def test_mean_pooling_averages_the_unpadded_states():
+    torch.manual_seed(0)
+    model = build_model(_spec("bert", 32, [32], head="none", backbone=TINY_BERT)).eval()
+    ids = torch.tensor([[1, 5, 9, 0]])
+    with torch.no_grad():
+        states = model.encoder.model(input_ids=ids[:, :3]).last_hidden_state  # (1, 3, 32)
+        assert torch.allclose(model.embed(ids), states.mean(1), atol=1e-5)
+
+
+def test_text_encoder_needs_no_head():
+    with pytest.raises(ConfigError, match="text encoder.*set head: none, not 'mrl'"):
+        build_model(_spec("bert", 16, [16], backbone=TINY_BERT))
 
 
 def test_rgb_vision_input():

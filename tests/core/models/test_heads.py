@@ -77,5 +77,5 @@ def test_build_head_kinds():
 
 @pytest.mark.parametrize("kind", ["ff", "MRL", "", "linear"])
 def test_build_head_rejects_unknown_kinds(kind):
-    with pytest.raises(ValueError, match=r"head .* is not accepted; choose one of \['mrl', 'mrl_e'\]"):
+    with pytest.raises(ValueError, match=r"head .* is not accepted; choose one of \['mrl', 'mrl_e', 'none'\]"):
         build_head(kind, [4, 8], 3, 8)

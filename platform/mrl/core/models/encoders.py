@@ -63,15 +63,24 @@ class HFVisionEncoder(nn.Module):
 
 
 class HFTextEncoder(nn.Module):
-    """A `transformers` BertModel over token ids (B, T); output is the [CLS] state (B, hidden)."""
+    """A `transformers` BertModel over token ids (B, T) (id 0 = [PAD], masked out); output (B, hidden) is the
+    mean of the non-pad token states (`pooling: mean`) or the [CLS] state (`pooling: cls`)."""
 
-    def __init__(self, model: nn.Module, width: int):
+    modality = "text"
+
+    def __init__(self, model: nn.Module, width: int, pooling: str = "mean"):
         super().__init__()
-        self.model, self.width = model, width
+        if pooling not in ("mean", "cls"):
+            raise ValueError(f"pooling {pooling!r} is not accepted; choose 'mean' or 'cls'")
+        self.model, self.width, self.pooling = model, width, pooling
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        attention_mask = (input_ids != 0).long()  # id 0 is [PAD]
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0]
+        mask = (input_ids != 0).long()  # (B, T); id 0 is [PAD]
+        states = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (B, T, H)
+        if self.pooling == "cls":
+            return states[:, 0]
+        weights = mask.unsqueeze(-1).to(states.dtype)  # (B, T, 1)
+        return (states * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
 def _from_config_or_path(model_cls: Any, config: Any, pretrained_path: str | None, **kwargs: Any) -> nn.Module:
@@ -85,8 +94,15 @@ def _from_config_or_path(model_cls: Any, config: Any, pretrained_path: str | Non
 ENCODERS: Registry = Registry("encoder")
 
 
+def encoder_modality(name: str) -> str:
+    """What a registered encoder reads: "text" (token ids) or "image" (pixels). A builder declares text by
+    carrying `modality = "text"`."""
+    return getattr(ENCODERS.get(name), "modality", "image")
+
+
 def build_encoder(name: str, in_channels: int = 1, image_size: int = 28, width: int = 512,
-                  pretrained_path: str | None = None, backbone: dict[str, Any] | None = None) -> nn.Module:
+                  pretrained_path: str | None = None, backbone: dict[str, Any] | None = None,
+                  text: dict[str, Any] | None = None) -> nn.Module:
     """Build an encoder by its registered name. The result has an int attribute `width` (its output size).
 
     Args:
@@ -96,13 +112,15 @@ def build_encoder(name: str, in_channels: int = 1, image_size: int = 28, width: 
         width: output width of the cnn (the others have their own width).
         pretrained_path: local `save_pretrained` directory for transformers encoders.
         backbone: extra config fields (transformers config kwargs; for cnn: `channels`, `dropout`).
+        text: text encoders' `TextConfig` as a dict (vocab_size, max_tokens, pooling).
     """
     return ENCODERS.get(name)(in_channels=in_channels, image_size=image_size, width=width,
-                              pretrained_path=pretrained_path, backbone=dict(backbone or {}))
+                              pretrained_path=pretrained_path, backbone=dict(backbone or {}), text=dict(text or {}))
 
 
 @ENCODERS.register("cnn")
-def _cnn(*, in_channels: int, image_size: int, width: int, pretrained_path: str | None, backbone: dict[str, Any]):
+def _cnn(*, in_channels: int, image_size: int, width: int, pretrained_path: str | None, backbone: dict[str, Any],
+         text: dict[str, Any]):
     """Compact CPU-friendly CNN (random init)."""
     return CompactCNN(in_channels, image_size, tuple(backbone.pop("channels", (32, 64))), width,
                       backbone.pop("dropout", 0.1), **backbone)
@@ -110,7 +128,7 @@ def _cnn(*, in_channels: int, image_size: int, width: int, pretrained_path: str 
 
 def _resnet(shape: str):
     def build(*, in_channels: int, image_size: int, width: int, pretrained_path: str | None,
-              backbone: dict[str, Any]):
+              backbone: dict[str, Any], text: dict[str, Any]):
         import transformers
 
         cfg = transformers.ResNetConfig(num_channels=in_channels, **{**RESNET_SHAPES[shape], **backbone})
@@ -125,7 +143,8 @@ for _shape in RESNET_SHAPES:
 
 
 @ENCODERS.register("vit")
-def _vit(*, in_channels: int, image_size: int, width: int, pretrained_path: str | None, backbone: dict[str, Any]):
+def _vit(*, in_channels: int, image_size: int, width: int, pretrained_path: str | None, backbone: dict[str, Any],
+         text: dict[str, Any]):
     """transformers ViTModel (a small ViT by default); its [CLS] state is the feature."""
     import transformers
 
@@ -137,12 +156,19 @@ def _vit(*, in_channels: int, image_size: int, width: int, pretrained_path: str 
 
 
 @ENCODERS.register("bert")
-def _bert(*, in_channels: int, image_size: int, width: int, pretrained_path: str | None, backbone: dict[str, Any]):
-    """transformers BertModel over token ids (a small BERT by default); its [CLS] state is the feature."""
+def _bert(*, in_channels: int, image_size: int, width: int, pretrained_path: str | None, backbone: dict[str, Any],
+          text: dict[str, Any]):
+    """transformers BertModel over token ids (a small BERT by default), pooled over tokens (mean by default).
+
+    Its vocabulary is the trained tokenizer's (`text.vocab_size`), its positions `text.max_tokens`.
+    """
     import transformers
 
-    fields = dict(vocab_size=30522, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                  intermediate_size=1024)
+    fields = dict(vocab_size=text.get("vocab_size", 30522), max_position_embeddings=text.get("max_tokens", 512),
+                  hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024)
     cfg = transformers.BertConfig(**{**fields, **backbone})
     model = _from_config_or_path(transformers.BertModel, cfg, pretrained_path, add_pooling_layer=False)
-    return HFTextEncoder(model, model.config.hidden_size)
+    return HFTextEncoder(model, model.config.hidden_size, text.get("pooling", "mean"))
+
+
+_bert.modality = "text"

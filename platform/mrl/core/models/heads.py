@@ -47,8 +47,15 @@ class MRLEHead(nn.Module):
         return [z[:, :m] @ w[:, :m].T + b for m in self.sizes]
 
 
+class NoHead(nn.Module):
+    """No classifier: a model trained only through its embeddings (contrastive text models)."""
+
+    def forward(self, z: torch.Tensor) -> list[torch.Tensor]:
+        return []
+
+
 def build_head(kind: str, sizes: Sequence[int], num_classes: int, dim: int) -> nn.Module:
-    """The head registered as `kind` in `HEADS` (mrl -> MRLHead, mrl_e -> MRLEHead)."""
+    """The head registered as `kind` in `HEADS` (mrl -> MRLHead, mrl_e -> MRLEHead, none -> NoHead)."""
     return HEADS.get(kind)(sizes, num_classes, dim)
 
 
@@ -60,3 +67,8 @@ def _mrl(sizes: Sequence[int], num_classes: int, dim: int) -> nn.Module:
 @HEADS.register("mrl_e")
 def _mrl_e(sizes: Sequence[int], num_classes: int, dim: int) -> nn.Module:
     return MRLEHead(sizes, num_classes, dim)
+
+
+@HEADS.register("none")
+def _none(sizes: Sequence[int], num_classes: int, dim: int) -> nn.Module:
+    return NoHead()

@@ -13,12 +13,16 @@ from mrl.core.models.heads import build_head
 
 
 class MRLModel(nn.Module):
-    """Encoder plus nested heads. `embed(x)` gives z (B, d); `forward(x)` gives one logit tensor per size.
+    """Encoder plus nested heads. `embed(x)` gives z (B, d); `forward(x)` gives one logit tensor per size
+    (`forward(x, embed_only=True)` gives z, so a DDP-wrapped model can be trained through its embeddings).
 
     Attributes:
         dim: representation size d.
         sizes: the nesting list.
         spec: the plain-dict model config it was built from (kept for MLflow metadata and reloading).
+        modality: "image" (x is pixels (B, C, H, W)) or "text" (x is token ids (B, T)).
+        tokenizer: a text model's `mrl.data.tokenize.TextTokenizer` (saved and loaded with the weights);
+            None for image models and for a text model not yet given one.
     """
 
     def __init__(self, encoder: nn.Module, dim: int, sizes: list[int], head: nn.Module, spec: dict[str, Any]):
@@ -27,15 +31,32 @@ class MRLModel(nn.Module):
         self.projection = nn.Identity() if encoder.width == dim else nn.Linear(encoder.width, dim)
         self.head = head
         self.dim, self.sizes, self.spec = dim, list(sizes), spec
+        self.modality = getattr(encoder, "modality", "image")
+        self.tokenizer = None
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.projection(self.encoder(x))  # (B, d)
 
     def classify(self, z: torch.Tensor) -> list[torch.Tensor]:
-        return self.head(z)  # [(B, C)] * len(sizes)
+        return self.head(z)  # [(B, C)] * len(sizes); [] for a model without a head
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.classify(self.embed(x))
+    def forward(self, x: torch.Tensor, embed_only: bool = False) -> list[torch.Tensor] | torch.Tensor:
+        z = self.embed(x)
+        return z if embed_only else self.classify(z)
+
+    def embed_texts(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+        """A text model's representations of `texts`: (N, d) float32, tokenised with its own tokenizer."""
+        from mrl.data.tokenize import trim_padding
+
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer: it is not a text model, or was built without one")
+        device = next(self.parameters()).device
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(texts), batch_size):
+                ids = torch.from_numpy(trim_padding(self.tokenizer.encode(texts[i:i + batch_size]))).to(device)
+                out.append(self.embed(ids).float().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
 
 def build_model(spec: dict[str, Any]) -> MRLModel:
@@ -47,8 +68,11 @@ def build_model(spec: dict[str, Any]) -> MRLModel:
     from mrl.config import ModelConfig
     from mrl.configio import from_dict
 
+    from mrl.configio import to_dict
+
     cfg = from_dict(ModelConfig, spec, prefix="model.")
-    encoder = build_encoder(cfg.encoder, cfg.in_channels, cfg.image_size, cfg.dim, cfg.pretrained_path, cfg.backbone)
+    encoder = build_encoder(cfg.encoder, cfg.in_channels, cfg.image_size, cfg.dim, cfg.pretrained_path, cfg.backbone,
+                            to_dict(cfg.text))
     head = build_head(cfg.head, cfg.sizes, cfg.num_classes, cfg.dim)
     return MRLModel(encoder, cfg.dim, cfg.sizes, head, spec)
 

@@ -1,0 +1,155 @@
+"""What one training step optimises and what validation measures, for each kind of model.
+
+The train loop (`mrl.stages.train.run_loop`) is the same for every model; an objective supplies the data of
+this rank, the batches of an epoch, the loss of a batch and the per-size validation hits:
+
+- `Classification` (image encoders): labelled images; the Matryoshka loss sums a classification loss of
+  every size's head; validation is each head's top-1 accuracy.
+- `ContrastivePairs` (text encoders): (query, document) pairs, e.g. a WordNet definition and its synset's
+  lemmas and examples; the loss is in-batch InfoNCE on every L2-normalised prefix, summed with the nesting
+  weights (`MatryoshkaEmbeddingLoss`); validation is pair recall@1 per size: each validation query against
+  the documents of its chunk of `VAL_CHUNK` validation pairs (chunks are fixed, so the figure does not
+  depend on the number of workers).
+
+With several workers, each rank's in-batch negatives are its own batch (no cross-rank gather).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import torch
+
+from mrl.data.tokenize import trim_padding
+
+VAL_CHUNK = 1000
+
+
+def rank_batches(indices: np.ndarray, rank: int, world: int, batch_size: int, seed: int) -> list[np.ndarray]:
+    """This rank's batches of one epoch: a seeded shuffle split round-robin across ranks, cut so every rank
+    takes the same number of full batches (DDP's all-reduce needs equal step counts)."""
+    order = np.random.default_rng(seed).permutation(indices)
+    per_rank = len(order) // world
+    mine = order[rank::world][:per_rank]
+    steps = per_rank // batch_size
+    if steps == 0:
+        raise ValueError(f"{len(indices)} training rows give no full batch of {batch_size} on {world} workers; "
+                         "lower train.batch_size")
+    return [mine[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
+
+
+def bucket_by_length(batches: list[np.ndarray], lengths: np.ndarray, seed: int, window: int = 64
+                     ) -> list[np.ndarray]:
+    """Regroup an epoch's batches so each holds rows of similar length: within every window of `window`
+    batches the rows are sorted by length and cut again into batches of the same sizes, then the batch order is
+    shuffled. Each batch is trimmed to its longest row, so this cuts the padding a text model computes on
+    (WordNet: median 12 tokens, longest of a random batch of 128 about 45) while every row still comes once."""
+    out: list[np.ndarray] = []
+    for start in range(0, len(batches), window):
+        group = batches[start:start + window]
+        rows = np.concatenate(group)
+        rows = rows[np.argsort(lengths[rows], kind="stable")]
+        out += np.split(rows, np.cumsum([len(b) for b in group])[:-1])
+    order = np.random.default_rng(seed).permutation(len(out))
+    return [out[i] for i in order]
+
+
+class Classification:
+    """Labelled images, one classification loss per nesting size (see the module docstring)."""
+
+    metric = "val top-1"
+
+    def __init__(self, job, rank: int, world: int, device):
+        from mrl.core.losses import MatryoshkaLoss
+        from mrl.data.sources import load_split, to_float, train_val_indices
+
+        images, labels = load_split(job.data, job.model, "train")
+        self.train_idx, val_idx = train_val_indices(len(labels), job.data.val_fraction, job.data.seed)
+        self.val_mine = val_idx[rank::world]
+        self.x = torch.from_numpy(to_float(images))  # (N, C, H, W)
+        self.y = torch.from_numpy(labels)
+        self.criterion = MatryoshkaLoss(job.model.weights, job.train.loss).to(device)
+        self.device = device
+        self.tokenizer = None
+
+    def batches(self, rank: int, world: int, batch_size: int, seed: int) -> list[np.ndarray]:
+        return rank_batches(self.train_idx, rank, world, batch_size, seed)
+
+    def loss(self, model, batch: np.ndarray) -> torch.Tensor:
+        xb, yb = self.x[batch].to(self.device), self.y[batch].to(self.device)
+        return self.criterion(model(xb), yb)[0]
+
+    def val_hits(self, model, autocast, batch_size: int = 1024) -> tuple[torch.Tensor | None, int]:
+        """Correct predictions per size on this rank's validation rows, and how many rows."""
+        x, y = self.x[self.val_mine], self.y[self.val_mine]
+        correct = None
+        with torch.no_grad(), autocast():
+            for i in range(0, len(x), batch_size):
+                xb, yb = x[i:i + batch_size].to(self.device), y[i:i + batch_size].to(self.device)
+                hits = torch.stack([(out.argmax(1) == yb).sum() for out in model(xb)])
+                correct = hits if correct is None else correct + hits
+        return correct, len(x)
+
+
+class ContrastivePairs:
+    """(query, document) text pairs, contrastive Matryoshka loss (see the module docstring).
+
+    The tokenizer is trained on this split's texts (queries and documents of the training rows, validation
+    rows included); training is deterministic, so every rank trains the same one. A restored run passes the
+    tokenizer it was trained with instead.
+    """
+
+    metric = "val pair R@1"
+
+    def __init__(self, job, rank: int, world: int, device, tokenizer=None):
+        from mrl.core.losses import MatryoshkaEmbeddingLoss, info_nce
+        from mrl.data.sources import load_text_split, train_val_indices
+        from mrl.data.tokenize import train_tokenizer
+
+        split = load_text_split(job.data, "train")
+        n = len(split["id"])
+        text = job.model.text
+        self.tokenizer = tokenizer or train_tokenizer(split["query"] + split["document"], text.vocab_size,
+                                                      text.max_tokens, text.lowercase)
+        self.queries = torch.from_numpy(self.tokenizer.encode(split["query"]))  # (N, T)
+        self.documents = torch.from_numpy(self.tokenizer.encode(split["document"]))  # (N, T)
+        self.train_idx, val_idx = train_val_indices(n, job.data.val_fraction, job.data.seed)
+        chunks = [val_idx[i:i + VAL_CHUNK] for i in range(0, len(val_idx), VAL_CHUNK)]
+        self.val_chunks = chunks[rank::world]
+        self.criterion = MatryoshkaEmbeddingLoss(job.model.sizes, job.model.weights,
+                                                 partial(info_nce, temperature=job.train.temperature)).to(device)
+        self.lengths = np.maximum((self.queries != 0).sum(1).numpy(), (self.documents != 0).sum(1).numpy())
+        self.device = device
+
+    def batches(self, rank: int, world: int, batch_size: int, seed: int) -> list[np.ndarray]:
+        return bucket_by_length(rank_batches(self.train_idx, rank, world, batch_size, seed), self.lengths, seed)
+
+    def loss(self, model, batch: np.ndarray) -> torch.Tensor:
+        ids = trim_padding(torch.cat([self.queries[batch], self.documents[batch]]))  # (2B, T'): one forward
+        z = model(ids.to(self.device), embed_only=True)
+        return self.criterion(z[:len(batch)], z[len(batch):])[0]
+
+    def val_hits(self, model, autocast, batch_size: int = 500) -> tuple[torch.Tensor | None, int]:
+        """Queries (of this rank's validation chunks) whose own document is the nearest of the chunk, per size."""
+        from mrl.core.losses import shrink
+
+        sizes = model.module.sizes if hasattr(model, "module") else model.sizes
+        hits, rows = None, 0
+        with torch.no_grad(), autocast():
+            for chunk in self.val_chunks:
+                zq, zd = (torch.cat([model(trim_padding(ids[chunk[i:i + batch_size]]).to(self.device),
+                                           embed_only=True) for i in range(0, len(chunk), batch_size)]).float()
+                          for ids in (self.queries, self.documents))
+                target = torch.arange(len(chunk), device=zq.device)
+                found = torch.stack([((shrink(zq, m) @ shrink(zd, m).T).argmax(1) == target).sum() for m in sizes])
+                hits = found if hits is None else hits + found
+                rows += len(chunk)
+        return hits, rows
+
+
+def make_objective(job, rank: int, world: int, device, tokenizer=None):
+    """The objective of `job.model`'s modality: `ContrastivePairs` for text encoders, else `Classification`."""
+    if job.model.modality == "text":
+        return ContrastivePairs(job, rank, world, device, tokenizer)
+    return Classification(job, rank, world, device)
