@@ -123,3 +123,13 @@ def test_hits_matrix_pads_to_k():
 def test_k_must_be_positive(k):
     with pytest.raises(ValueError, match=r"k must be >= 1"):
         retrieval_metrics(np.array([[0]]), np.array([0]), np.array([0]), k=k)
+
+
+def test_pair_metrics_by_hand():
+    from mrl.core.metrics import pair_metrics
+
+    positions = np.array([[3, 1, 2], [0, 2, 1], [1, 0, 3], [-1, -1, -1]])
+    targets = np.array([3, 1, 2, 0])  # ranks: 1st, 3rd, not found, not found
+    got = pair_metrics(positions, targets, k=3)
+    assert got == pytest.approx({"r@1": 0.25, "r@3": 0.5, "mrr@3": (1 + 1 / 3) / 4})
+    assert pair_metrics(positions, targets, k=2)["r@2"] == 0.25

@@ -62,3 +62,21 @@ def retrieval_metrics(retrieved_labels: np.ndarray, query_labels: np.ndarray, da
         f"precision@{k}": float(hits.sum(axis=1).mean() / k),
         f"recall@{k}": float(recall.mean()) if recall.size else float("nan"),
     }
+
+
+def pair_metrics(positions: np.ndarray, targets: np.ndarray, k: int = 10) -> dict[str, float]:
+    """Known-item retrieval: each query has exactly one relevant database row.
+
+    Args:
+        positions: (Q, >=k) retrieved database rows, best first (-1 = none).
+        targets: (Q,) the relevant row of each query.
+        k: cut-off.
+
+    Returns:
+        {"r@1", "r@k", "mrr@k"} as fractions; MRR counts 1/rank of the relevant row when it is in the top k.
+    """
+    hits = positions[:, :k] == targets[:, None]  # (Q, k), at most one True per row
+    found = hits.any(1)
+    rank = hits.argmax(1)  # 0-based rank where found
+    return {"r@1": float(hits[:, 0].mean()), f"r@{k}": float(found.mean()),
+            f"mrr@{k}": float(np.where(found, 1.0 / (rank + 1), 0.0).mean())}

@@ -25,3 +25,14 @@ def retrieval_at(db_vectors: np.ndarray, db_labels: np.ndarray, q_vectors: np.nd
     positions = engine.run(exact_plan("flat", k), q_vectors).positions
     retrieved = np.where(positions >= 0, db_labels[np.maximum(positions, 0)], -1)
     return retrieval_metrics(retrieved, q_labels, db_labels, k)
+
+
+def pair_retrieval_at(q_vectors: np.ndarray, d_vectors: np.ndarray, size: int, k: int = 10) -> dict[str, float]:
+    """R@1, R@k and MRR@k of exact cosine search on the normalised prefix `size`, where query i's one relevant
+    document is database row i (e.g. a definition and its synset's lemmas)."""
+    from mrl.core.metrics import pair_metrics
+    from mrl.retrieval.indexes import build_prefix_index
+
+    engine = SearchEngine(d_vectors, {"flat": FaissSource(build_prefix_index(d_vectors, size), size, "flat", "auto")})
+    positions = engine.run(exact_plan("flat", k), q_vectors).positions
+    return pair_metrics(positions, np.arange(len(q_vectors)), k)

@@ -5,10 +5,14 @@ Output layout (one directory per embed run, `latest` pointing at the newest):
     <output_dir>/embeddings/<mlflow run id>/
         manifest.json             model URI/version, d, sizes, rows per split, producing run ids
         <split>/*.parquet         columns id (int64), label (int64), embedding (fixed_size_list<float32>[d])
+
+Image models embed the split's images; text models embed its `document` texts, tokenised by the model's own
+tokenizer (the one registered with it). Ids are the data's: row positions for images, the `id` column for text.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -19,9 +23,9 @@ from mrl.data.preprocess import embed_images
 
 
 class Embedder:
-    """Ray Data callable class: loads the model once per actor, maps image batches to embeddings."""
+    """Ray Data callable class: loads the model once per actor, maps image or text batches to embeddings."""
 
-    def __init__(self, model_uri: str, tracking_uri: str, image_shape: tuple[int, ...], threads: int = 1,
+    def __init__(self, model_uri: str, tracking_uri: str, image_shape: tuple[int, ...] | None, threads: int = 1,
                  dtype: str = "float32"):
         import mlflow
         import torch
@@ -30,17 +34,21 @@ class Embedder:
         mlflow.set_tracking_uri(tracking_uri)
         from mrl.artifacts.tracking import load_model
 
-        self.image_shape = tuple(image_shape)  # (C, H, W): Parquet/Arrow carries flattened pixels
+        self.image_shape = tuple(image_shape or ())  # (C, H, W): Parquet/Arrow carries flattened pixels
         self.dtype = dtype
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = load_model(model_uri).to(self.device)
 
     def __call__(self, batch):
-        """batch: a pyarrow Table with id, label, image (flattened uint8 pixels) -> id, label, embedding."""
+        """batch: a pyarrow Table with id, label and image (flattened uint8 pixels) or document (text)
+        -> id, label, embedding."""
         import pyarrow as pa
 
-        flat = batch.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        z = embed_images(self.model, flat.reshape((-1, *self.image_shape)), self.device)  # (B, d)
+        if "document" in batch.column_names:
+            z = self.model.embed_texts(batch.column("document").to_pylist())  # (B, d)
+        else:
+            flat = batch.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            z = embed_images(self.model, flat.reshape((-1, *self.image_shape)), self.device)  # (B, d)
         values = pa.array(z.ravel().astype(self.dtype), pa.float16() if self.dtype == "float16" else pa.float32())
         vectors = pa.FixedSizeListArray.from_arrays(values, z.shape[1])
         return pa.table({"id": batch.column("id"), "label": batch.column("label"), "embedding": vectors})
@@ -94,15 +102,21 @@ def run_embed(job, model_uri: str | None = None) -> dict[str, Any]:
     from mrl.config import check_paths
     from mrl.configio import to_dict
     from mrl.data.augment import expand_ids
-    from mrl.data.sources import load_split
+    from mrl.data.sources import prepare_text_data
     from mrl.runtime import ensure_ray
 
     check_paths(job)  # before any Ray work
+    job = dataclasses.replace(job, data=prepare_text_data(job.data))
     ensure_ray(job.ray)
     uri = tracking.setup(job.mlflow, job.output_dir)
     model_info = tracking.describe_model(model_uri or job.model_uri)
     model = tracking.load_model(model_info["model_uri"])  # validates the URI before any Ray work
     model_spec = model.spec
+    if model.modality != job.data.modality:
+        raise ValueError(f"model {model_info['model_uri']} is a{'n' if model.modality == 'image' else ''} "
+                         f"{model.modality} model but data.source {job.data.source!r} is {job.data.modality} data")
+    if job.embed.augment_rows is not None and model.modality == "text":
+        raise ValueError("embed.augment_rows augments images; it does not apply to a text model")
     started = time.time()
     with mlflow.start_run(run_name="embed", tags={"mrl.stage": "embed",
                                                   "mrl.input_uri": model_info["model_uri"],
@@ -112,8 +126,8 @@ def run_embed(job, model_uri: str | None = None) -> dict[str, Any]:
         out = Path(job.output_dir).resolve() / "embeddings" / run.info.run_id
         rows = {}
         for split in job.embed.splits:
-            images, labels = load_split(job.data, _model_cfg(model_spec), split)
-            table = _split_table(images, labels)
+            table, image_shape = _read_split(job.data, model_spec, split)
+            labels = table.column("label")
             n_rows = len(labels)
             grow = split == "train" and job.embed.augment_rows is not None
             if grow:
@@ -126,10 +140,10 @@ def run_embed(job, model_uri: str | None = None) -> dict[str, Any]:
             if grow:
                 ds = ds.map_batches(augment_batch, fn_kwargs={
                     "n_base": len(labels), "target_rows": n_rows, "seed": job.embed.augment_seed,
-                    "image_shape": images.shape[1:]}, batch_size=None, batch_format="pyarrow", num_cpus=0.5)
+                    "image_shape": image_shape}, batch_size=None, batch_format="pyarrow", num_cpus=0.5)
             ds = ds.map_batches(
                 Embedder, fn_constructor_kwargs={"model_uri": model_info["model_uri"], "tracking_uri": uri,
-                                                 "image_shape": images.shape[1:],
+                                                 "image_shape": image_shape,
                                                  "threads": int(job.embed.cpus_per_actor),
                                                  "dtype": job.embed.dtype},
                 compute=ray.data.ActorPoolStrategy(size=job.embed.num_actors), batch_size=job.embed.batch_size,
@@ -153,6 +167,20 @@ def run_embed(job, model_uri: str | None = None) -> dict[str, Any]:
         mlflow.log_metric("embed_wall_seconds", seconds)
     return {"run_id": run.info.run_id, "path": str(out), "rows": rows, "model_uri": model_info["model_uri"],
             "dim": model.dim, "seconds": seconds}
+
+
+def _read_split(data, model_spec: dict[str, Any], split: str):
+    """One split as a pyarrow table (id, label, image pixels or document text) and the image shape (None: text)."""
+    import pyarrow as pa
+
+    from mrl.data.sources import load_split, load_text_split
+
+    if data.modality == "text":
+        rows = load_text_split(data, split)
+        return pa.table({"id": pa.array(rows["id"], pa.int64()), "label": pa.array(rows["label"], pa.int64()),
+                         "document": pa.array(rows["document"], pa.string())}), None
+    images, labels = load_split(data, _model_cfg(model_spec), split)
+    return _split_table(images, labels), images.shape[1:]
 
 
 def _model_cfg(spec: dict[str, Any]):

@@ -1,9 +1,13 @@
 """The evaluate stage: per-size quality of one embed run.
 
 For every size m of the model's nesting list:
-- linear top-1: the model's own head for m applied to the test embeddings' prefix z[:m];
+- linear top-1: the model's own head for m applied to the test embeddings' prefix z[:m] (models with heads);
 - 1-NN accuracy, mAP@k, precision@k, recall@k: exact cosine search of test queries (prefix m, normalised)
-  against the train split as database, relevance = same label (the MRL paper's protocol).
+  against the train split as database, relevance = same label (the MRL paper's protocol; for WordNet text the
+  label is the lexicographer class and the rows are documents);
+- text models also get pair retrieval on the test split: each test query (a definition), embedded now by the
+  model, against the test documents, one relevant document each: pair_r@1, pair_r@k, pair_mrr@k; and the
+  reverse (documents against definitions): rev_r@k.
 """
 
 from __future__ import annotations
@@ -31,10 +35,25 @@ def evaluate_sizes(model, db_vectors: np.ndarray, db_labels: np.ndarray, q_vecto
         q_vectors, q_labels: queries (Q, d), (Q,).
         k: retrieval cut-off for mAP/precision/recall.
     """
-    logits = head_logits(model, q_vectors)
-    return [{"size": m, "top1": top1_accuracy(size_logits, q_labels),
+    logits = head_logits(model, q_vectors) or [None] * len(model.sizes)  # [] without a head
+    return [{"size": m, **({"top1": top1_accuracy(size_logits, q_labels)} if size_logits is not None else {}),
              **retrieval_at(db_vectors, db_labels, q_vectors, q_labels, m, k)}
             for m, size_logits in zip(model.sizes, logits)]
+
+
+def pair_rows(model, queries: list[str], d_vectors: np.ndarray, sizes: list[int], k: int = 10
+              ) -> list[dict[str, float]]:
+    """Pair retrieval per size: query texts i (embedded now) against document vectors, relevant = row i; and the
+    reverse direction (documents against the queries' vectors)."""
+    from mrl.retrieval.quality import pair_retrieval_at
+
+    q_vectors = model.embed_texts(queries)
+    rows = []
+    for m in sizes:
+        forward = pair_retrieval_at(q_vectors, d_vectors, m, k)
+        reverse = pair_retrieval_at(d_vectors, q_vectors, m, k)
+        rows.append({f"pair_{key}": value for key, value in forward.items()} | {f"rev_r@{k}": reverse[f"r@{k}"]})
+    return rows
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -53,7 +72,7 @@ def plot_sizes(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     plt = pyplot()
     sizes = [r["size"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key in [key for key in rows[0] if key in ("top1", "nn1") or key.startswith("map@")]:
+    for key in [key for key in rows[0] if key in ("top1", "nn1") or key.startswith(("map@", "pair_r@"))]:
         ax.plot(sizes, [100 * r[key] for r in rows], marker="o", label=key)
     size_axis(ax, sizes, title, "representation size m (prefix of z)")
     ax.legend()
@@ -86,10 +105,14 @@ def run_evaluate(job, embeddings: str | None = None) -> dict[str, Any]:
         tracking.log_params({"evaluate": to_dict(job.evaluate), "embeddings": str(emb_dir),
                              "model_uri": emb["model_uri"]})
         _, db_labels, db_vectors = read_embeddings(emb_dir / "train")
-        _, q_labels, q_vectors = read_embeddings(emb_dir / "test")
+        q_ids, q_labels, q_vectors = read_embeddings(emb_dir / "test")
         if job.evaluate.max_queries:
-            q_labels, q_vectors = q_labels[:job.evaluate.max_queries], q_vectors[:job.evaluate.max_queries]
+            q_ids, q_labels, q_vectors = (a[:job.evaluate.max_queries] for a in (q_ids, q_labels, q_vectors))
         rows = evaluate_sizes(model, db_vectors, db_labels, q_vectors, q_labels, job.evaluate.k)
+        if model.modality == "text":
+            texts = _test_queries(emb["data"], q_ids)
+            for row, pairs in zip(rows, pair_rows(model, texts, q_vectors, model.sizes, job.evaluate.k)):
+                row.update(pairs)
         for row in rows:
             mlflow.log_metrics({key.replace("@", "_at_"): value for key, value in row.items() if key != "size"},
                                step=row["size"])
@@ -107,6 +130,19 @@ def run_evaluate(job, embeddings: str | None = None) -> dict[str, Any]:
     print(f"[evaluate] test queries {len(q_labels)}, database {len(db_labels)} (train split), "
           f"model {emb['model_uri']} -- metrics in %:\n{table}", flush=True)
     return {"run_id": run.info.run_id, "rows": rows, "table": table, "path": str(out), "seconds": seconds}
+
+
+def _test_queries(data: dict[str, Any], ids: np.ndarray) -> list[str]:
+    """The query texts of the embedded test documents `ids`, from the text shards the embed run read."""
+    from mrl.data.wordnet import read_text_split
+
+    split = read_text_split(data["path"], "test")
+    where = {int(i): n for n, i in enumerate(split["id"])}
+    missing = [int(i) for i in ids if int(i) not in where]
+    if missing:
+        raise FileNotFoundError(f"text shards {data['path']} lack test ids {missing[:5]} that the embed run embedded; "
+                                "they were rewritten since")
+    return [split["query"][where[int(i)]] for i in ids]
 
 
 def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
