@@ -16,6 +16,7 @@ SHIPPED = {
     "jobs/build_index.yaml": C.IndexJobConfig,
     "jobs/evaluate.yaml": C.EvaluateJobConfig,
     "jobs/pipeline.yaml": C.PipelineConfig,
+    "jobs/pipeline_text.yaml": C.PipelineConfig,
     "tuning/search_space.yaml": C.TuneJobConfig,
     "serving/serve.yaml": C.ServeJobConfig,
     "benchmarks/reproduce.yaml": ReproduceConfig,

@@ -228,3 +228,18 @@ def test_to_float():
     out = to_float(np.array([[[[0, 255]]]], dtype=np.uint8))
     assert out.dtype == np.float32
     np.testing.assert_allclose(out.ravel(), [(0 - 0.2860) / 0.3530, (1 - 0.2860) / 0.3530], rtol=1e-6)
+
+
+def test_a_text_limit_is_a_seeded_sample_across_the_whole_split(tmp_path):
+    from mrl.config import DataConfig
+    from mrl.data.sources import load_text_split
+
+    data = DataConfig(source="wordnet", path=str(tmp_path / "wn"), train_limit=3000)
+    rows = load_text_split(data, "train")
+    assert len(rows["id"]) == len(rows["query"]) == len(rows["document"]) == 3000
+    assert np.all(np.diff(rows["id"]) > 0)
+    assert len(set(rows["label"].tolist())) > 40  # nouns, verbs, adjectives and adverbs, not just the first ids
+    again = load_text_split(data, "train")
+    assert np.array_equal(again["id"], rows["id"]) and again["query"] == rows["query"]
+    other = load_text_split(DataConfig(source="wordnet", path=str(tmp_path / "wn"), train_limit=3000, seed=1), "train")
+    assert not np.array_equal(other["id"], rows["id"])

@@ -163,7 +163,7 @@ def test_image_queries_are_embedded_by_the_index_model_and_mismatches_refused(tm
     from mrl.core.models import build_model
     from mrl.data.preprocess import embed_images
     from mrl.retrieval.artifact import load_index
-    from mrl.service.encoder import ImageEncoder
+    from mrl.service.encoder import QueryEncoder
 
     torch.manual_seed(0)
     model = build_model({"encoder": "cnn", "dim": 16, "nesting": {"schedule": "list", "sizes": [4, 16]},
@@ -173,7 +173,7 @@ def test_image_queries_are_embedded_by_the_index_model_and_mismatches_refused(tm
     vectors = embed_images(model, images)
     write_index(tmp_path / "index", np.arange(200), np.zeros(200, dtype=np.int64), vectors, [4, 16], "flat",
                 {"model_uri": str(model_dir)})
-    encoder = ImageEncoder(str(model_dir))
+    encoder = QueryEncoder(str(model_dir))
     service = RetrievalService(load_index(tmp_path / "index"), ServeConfig(shortlist_size=4), encoder=encoder)
     png = io.BytesIO()
     Image.fromarray(images[17, 0]).save(png, format="PNG")
@@ -190,3 +190,45 @@ def test_image_queries_are_embedded_by_the_index_model_and_mismatches_refused(tm
     with pytest.raises(ValueError, match="d=16 vectors but the encoder's model makes d=32"):
         RetrievalService(service.artifact, ServeConfig(shortlist_size=4), encoder_info={**encoder.describe(),
                                                                                          "dim": 32})
+
+
+def test_text_queries_are_embedded_with_the_index_models_tokenizer(tmp_path):
+    """A text query is tokenised and embedded by the index's own text model, so it finds what the text's own
+    embedding finds; an image sent to a text index, or text to an image index, is a 422 naming the kind."""
+    import torch
+
+    from mrl.artifacts.model_files import save_model_dir
+    from mrl.core.models import build_model
+    from mrl.data.tokenize import train_tokenizer
+    from mrl.retrieval.artifact import load_index
+    from mrl.service.encoder import QueryEncoder
+
+    words = ["cat", "dog", "boat", "river", "stone", "tree", "cloud", "house", "bird", "fish"]
+    texts = [f"{a} near the {b} and {c}" for a in words for b in words for c in words[:2]]  # 200 distinct
+    torch.manual_seed(0)
+    model = build_model({"encoder": "bert", "dim": 16, "head": "none", "nesting": {"schedule": "list", "sizes": [4, 16]},
+                         "text": {"vocab_size": 300, "max_tokens": 16},
+                         "backbone": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                      "intermediate_size": 32}}).eval()
+    model.tokenizer = train_tokenizer(texts, 300, 16)
+    model_dir = save_model_dir(model, tmp_path / "model")
+    vectors = model.embed_texts(texts)
+    write_index(tmp_path / "index", np.arange(200), np.zeros(200, dtype=np.int64), vectors, [4, 16], "flat",
+                {"model_uri": str(model_dir), "modality": "text"})
+    service = RetrievalService(load_index(tmp_path / "index"), ServeConfig(shortlist_size=4),
+                               encoder=QueryEncoder(str(model_dir)))
+    reply = service.search({"text": texts[42], "k": 3})
+    assert reply["ids"] == service.search({"vector": vectors[42].tolist(), "k": 3})["ids"]
+    assert reply["ids"][0] == 42 and service.health()["queries"] == ["vector", "id", "text"]
+    with pytest.raises(RequestError, match="reads text, not image"):
+        service.search({"image": "aGVsbG8="})
+    with pytest.raises(RequestError, match="exactly one of"):
+        service.search({"text": "cat", "id": 3})
+    with pytest.raises(RequestError, match="at most 4000 characters"):
+        service.search({"text": "x" * 4001})
+    with pytest.raises(RequestError, match="at least 1 character"):
+        service.search({"text": ""})
+    with pytest.raises(ValueError, match="holds image embeddings but the encoder's model reads text"):
+        image_index = load_index(tmp_path / "index")
+        image_index.manifest.pop("modality")
+        RetrievalService(image_index, ServeConfig(shortlist_size=4), encoder=QueryEncoder(str(model_dir)))

@@ -154,11 +154,19 @@ def prepare_text_data(data):
 def load_text_split(data, split: str) -> dict:
     """Text rows of `split` as configured by a text `DataConfig`, with limits applied.
 
+    A limit keeps a seeded random subset (`data.seed`), not the first rows: WordNet's ids are sorted by part of
+    speech, so the first rows would all be adjectives.
+
     Returns:
         {"id": int64 (N,), "label": int64 (N,), "query": [str] * N, "document": [str] * N}, sorted by id.
     """
     from mrl.data.wordnet import read_text_split
 
     data = prepare_text_data(data)
+    rows = read_text_split(data.root, split)
     limit = data.train_limit if split == "train" else data.test_limit
-    return read_text_split(data.root, split, limit)
+    if limit is None or limit >= len(rows["id"]):
+        return rows
+    keep = np.sort(np.random.default_rng(data.seed).choice(len(rows["id"]), size=limit, replace=False))
+    return {key: value[keep] if isinstance(value, np.ndarray) else [value[i] for i in keep]
+            for key, value in rows.items()}

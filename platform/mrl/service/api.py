@@ -12,11 +12,12 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+MAX_TEXT_CHARS = 4000  # a query longer than this is refused (the model reads at most text.max_tokens tokens)
 
 
 class SearchRequest(BaseModel):
-    """POST /search: give exactly one of `vector`, `id` or `image`. Types are strict: a string is not a number, a bool
-    is not an integer."""
+    """POST /search: give exactly one of `vector`, `id`, `image` (image models) or `text` (text models). Types are
+    strict: a string is not a number, a bool is not an integer."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -25,6 +26,9 @@ class SearchRequest(BaseModel):
     id: int | None = Field(None, description="id of a corpus item to use as the query")
     image: str | None = Field(None, description="a base64-encoded image (PNG, JPEG, ...), embedded by the model "
                                                 "the index was built with (GET /healthz: encoder)")
+    text: str | None = Field(None, min_length=1, max_length=MAX_TEXT_CHARS,
+                             description="a text query (text models), tokenised and embedded by the model the "
+                                         "index was built with, with its own tokenizer (GET /healthz: queries)")
     k: int | None = Field(None, description="results to return, in [1, min(corpus rows, serve.max_k)]; "
                                             "default serve.default_k")
     shortlist_k: int | None = Field(None, description="shortlist length K, in [1, min(corpus rows, "

@@ -1,11 +1,12 @@
 """The HTTP face of `RetrievalService`: a FastAPI app served by a Ray Serve deployment.
 
-    POST /search  `SearchRequest` (a vector, a corpus id or a base64 image)
+    POST /search  `SearchRequest` (a vector, a corpus id, a base64 image or a text)
                   -> {"ids", "scores", "labels", "model", "index", "search", "took_ms", "batch"}
-    GET  /healthz -> {"status": "ok", "rows", "dim", "model", "index", "modes", "limits", "auth", "encoder"}
+    GET  /healthz -> {"status": "ok", "rows", "dim", "model", "index", "modes", "limits", "auth", "encoder",
+                      "queries"}
     GET  /docs    OpenAPI page with every request field and its limits
 
-Image queries go to an Encoder deployment (model composition through a DeploymentHandle) that loads the
+Image and text queries go to an Encoder deployment (model composition through a DeploymentHandle) that loads the
 model version the index manifest names and refuses to start on another model, d or nesting list. All
 request handling is the service's; this module adds what only HTTP has: the body-size limit (413 before
 the body is read), the API key header (401), Ray Serve's dynamic batching (concurrent requests searched
@@ -91,22 +92,22 @@ app.add_middleware(BodyLimit)
 
 @serve.deployment(name="Encoder", health_check_period_s=10)
 class Encoder:
-    """The index's model, embedding query images (model composition: the Retriever holds a handle to it)."""
+    """The index's model, embedding query images or texts (model composition: the Retriever holds a handle to it)."""
 
     def __init__(self, model_uri: str, tracking_uri: str | None, manifest: dict[str, Any]):
-        from mrl.service.encoder import ImageEncoder, check_encoder
+        from mrl.service.encoder import QueryEncoder, check_encoder
 
-        self.encoder = ImageEncoder(model_uri, tracking_uri)
+        self.encoder = QueryEncoder(model_uri, tracking_uri)
         check_encoder(manifest, self.encoder.describe())  # another model, d or nesting list: the deploy fails
 
-    def embed(self, images: list[bytes]) -> list:
-        return self.encoder(images)
+    def embed(self, queries: list[bytes | str]) -> list:
+        return self.encoder(queries)
 
 
 @serve.deployment(name="Retriever", health_check_period_s=10)
 @serve.ingress(app)
 class Retriever:
-    """One replica: a `RetrievalService` over the index directory, on one CPU thread; image queries go through
+    """One replica: a `RetrievalService` over the index directory, on one CPU thread; image and text queries go through
     the Encoder deployment when there is one."""
 
     def __init__(self, index_dir: str, serve_cfg: dict[str, Any], encoder=None):
@@ -127,7 +128,8 @@ class Retriever:
         # the Encoder deployment checked its model against this manifest when it started (a mismatch fails the
         # deploy); a handle cannot be awaited in a constructor, so its facts are the manifest's
         info = None if encoder is None else {"model_uri": manifest.get("model_uri"), "dim": manifest["dim"],
-                                              "sizes": manifest["sizes"]}
+                                              "sizes": manifest["sizes"],
+                                              "modality": manifest.get("modality", "image")}
         self.service = RetrievalService(artifact, cfg, encoder_info=info)
         os.environ[BODY_LIMIT_ENV] = str(cfg.max_body_bytes)
         self._batched.set_max_batch_size(cfg.batch_max_size)
@@ -153,8 +155,8 @@ class Retriever:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _batched(self, requests: list[SearchRequest]) -> list[dict[str, Any] | RequestError]:
-        embedded, todo = self.service.pending_images(requests)
-        if todo:  # one call to the encoder deployment for the batch's images
+        embedded, todo = self.service.pending_content(requests)
+        if todo:  # one call to the encoder deployment for the batch's images or texts
             embedded.update(zip(todo, await self.encoder.embed.remote(list(todo.values()))))
         # the search runs in a worker thread, so the replica keeps queueing the next batch meanwhile
         return await asyncio.to_thread(self.service.search_batch, requests, embedded)
@@ -166,7 +168,7 @@ class Retriever:
 def build_app(index_dir: str, serve_cfg, tracking_uri: str | None = None):
     """The bound Serve application for an index directory and a `ServeConfig` (replicas or autoscaling, queue
     depth and GPUs from it). With `serve.encoder` and an index whose manifest names its model, an Encoder
-    deployment loads exactly that model version from `tracking_uri` for image queries."""
+    deployment loads exactly that model version from `tracking_uri` for image or text queries."""
     from mrl.artifacts.manifest import read_manifest
     from mrl.configio import to_dict
 

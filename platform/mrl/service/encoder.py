@@ -1,5 +1,6 @@
-"""`ImageEncoder`: the model an index was built with, embedding query images exactly as the embed stage
-embedded the corpus (`mrl.data.preprocess`: the same decode, standardisation and forward pass).
+"""`QueryEncoder`: the model an index was built with, embedding query images or texts exactly as the embed
+stage embedded the corpus: images through `mrl.data.preprocess` (the same decode, standardisation and forward
+pass), texts through the model's own tokenizer (`MRLModel.embed_texts`, the embed stage's call).
 
 It loads the model version the index manifest names, never another; `check_encoder` refuses a pairing whose
 model, d or nesting list differ, naming both sides.
@@ -12,8 +13,8 @@ from typing import Any
 import numpy as np
 
 
-class ImageEncoder:
-    """Query images -> embeddings with a registered model.
+class QueryEncoder:
+    """Query images (bytes) or texts (str) -> embeddings with a registered model, whichever it reads.
 
     Args:
         model_uri: the model version to load (the index manifest's `model_uri`).
@@ -37,14 +38,32 @@ class ImageEncoder:
     def describe(self) -> dict[str, Any]:
         """What the start-up check compares with the index manifest."""
         return {"model_uri": self.model_uri, "dim": self.model.dim, "sizes": list(self.model.sizes),
-                "image_size": self.image_size, "in_channels": self.in_channels}
+                "modality": self.model.modality, "image_size": self.image_size, "in_channels": self.in_channels}
 
-    def __call__(self, images: list[bytes]) -> list[np.ndarray | str]:
-        """Encoded images -> one (d,) float32 embedding each, or the reason it could not be read."""
+    def __call__(self, queries: list[bytes | str]) -> list[np.ndarray | str]:
+        """Encoded images (bytes) or texts (str) -> one (d,) float32 embedding each, or the reason it could not
+        be embedded (a query of the kind the model does not read, an unreadable image)."""
+        kind = self.model.modality
+        wrong = [f"this model reads {kind}, not {'text' if isinstance(q, str) else 'images'}" for q in queries]
+        texts = [i for i, q in enumerate(queries) if isinstance(q, str)]
+        if kind == "text":
+            out: list[np.ndarray | str] = list(wrong)
+            if texts:
+                vectors = self.model.embed_texts([queries[i] for i in texts])  # (B, d)
+                for row, i in enumerate(texts):
+                    out[i] = vectors[row]
+            return out
+        return self._images([q if not isinstance(q, str) else w for q, w in zip(queries, wrong)])
+
+    def _images(self, images: list[bytes | str]) -> list[np.ndarray | str]:
+        """Encoded images -> embeddings; a str in the list is an error message passed through."""
         from mrl.data.preprocess import decode_image, embed_images
 
         decoded: list[np.ndarray | str] = []
         for data in images:
+            if isinstance(data, str):
+                decoded.append(data)
+                continue
             try:
                 decoded.append(decode_image(data, self.image_size, self.in_channels))
             except ValueError as exc:
@@ -70,6 +89,9 @@ def check_encoder(manifest: dict[str, Any], encoder: dict[str, Any]) -> None:
     if manifest["dim"] != encoder["dim"]:
         raise ValueError(f"the index holds d={manifest['dim']} vectors but the encoder's model makes "
                          f"d={encoder['dim']}")
+    index_kind, model_kind = manifest.get("modality", "image"), encoder.get("modality", "image")
+    if index_kind != model_kind:
+        raise ValueError(f"the index holds {index_kind} embeddings but the encoder's model reads {model_kind}")
     missing = sorted(set(manifest["sizes"]) - set(encoder["sizes"]))
     if missing:
         raise ValueError(f"the index's sizes {manifest['sizes']} include {missing}, which the encoder's nesting "

@@ -49,9 +49,9 @@ class RetrievalService:
     """
 
     def __init__(self, artifact: IndexArtifact, cfg, encoder=None, encoder_info: dict[str, Any] | None = None):
-        """`encoder`: a callable list[bytes] -> list[(d,) array | error str] for image queries (an
-        `ImageEncoder`); `encoder_info`: its `describe()`, checked against the index manifest (a caller that
-        embeds images itself, like the Serve deployment, passes only this)."""
+        """`encoder`: a callable list[bytes | str] -> list[(d,) array | error str] for image (bytes) and text
+        (str) queries (a `QueryEncoder`); `encoder_info`: its `describe()`, checked against the index manifest (a
+        caller that embeds queries itself, like the Serve deployment, passes only this)."""
         from mrl.service.encoder import check_encoder
 
         self.artifact, self.cfg = artifact, cfg
@@ -88,7 +88,18 @@ class RetrievalService:
                 "index": self.index_info, "modes": self.modes,
                 "limits": {"max_k": self.max_k, "max_shortlist_k": self.max_shortlist_k,
                            "max_body_bytes": self.cfg.max_body_bytes}, "auth": self._key is not None,
-                "encoder": None if self.encoder_info is None else self.encoder_info["model_uri"]}
+                "encoder": None if self.encoder_info is None else self.encoder_info["model_uri"],
+                "queries": self.query_kinds}
+
+    @property
+    def modality(self) -> str:
+        """What the index's model reads: "image" or "text" (indexes written before text models: "image")."""
+        return self.artifact.manifest.get("modality", "image")
+
+    @property
+    def query_kinds(self) -> list[str]:
+        """The request fields this service answers: vector and id always; image or text with an encoder."""
+        return ["vector", "id"] + ([self.modality] if self.encoder_info is not None else [])
 
     @property
     def max_k(self) -> int:
@@ -129,26 +140,38 @@ class RetrievalService:
             raise reply
         return reply
 
-    def pending_images(self, requests: list[SearchRequest | dict[str, Any]]
-                       ) -> tuple[dict[int, RequestError], dict[int, bytes]]:
-        """The image requests among `requests`, by position: those already answered (bad base64; or no encoder
-        anywhere: this service has none and was not told of one) and the decoded bytes still to embed.
+    def pending_content(self, requests: list[SearchRequest | dict[str, Any]]
+                        ) -> tuple[dict[int, RequestError], dict[int, bytes | str]]:
+        """The content requests (image or text) among `requests`, by position: those already answered (bad
+        base64, the wrong kind for the index's model, or no encoder anywhere) and what is still to embed:
+        decoded image bytes, or the text.
 
-        The caller embeds the bytes (this service's own `encoder`, or the Serve deployment's encoder) and hands
-        both to `search_batch` as `embedded`."""
+        The caller embeds them (this service's own `encoder`, or the Serve deployment's encoder) and hands both
+        to `search_batch` as `embedded`."""
         done: dict[int, RequestError] = {}
-        todo: dict[int, bytes] = {}
+        todo: dict[int, bytes | str] = {}
         for i, request in enumerate(requests):
             parsed = self._parse_or_error(request)
-            if isinstance(parsed, RequestError) or parsed.image is None:
+            if isinstance(parsed, RequestError) or (parsed.image is None and parsed.text is None):
                 continue  # a malformed request is answered by search_batch
+            kind = "image" if parsed.image is not None else "text"
+            if parsed.image is not None and parsed.text is not None:
+                continue  # two queries in one: search_batch names the rule
+            if kind != self.modality:
+                done[i] = RequestError(422, f"this index's model reads {self.modality}, not {kind}: send "
+                                            f"'{self.modality}', 'vector' or 'id'")
+                continue
+            if kind == "text":
+                todo[i] = parsed.text
+                continue
             try:
                 todo[i] = base64.b64decode(parsed.image, validate=True)
             except (binascii.Error, ValueError):
                 done[i] = RequestError(422, "image is not valid base64")
         if todo and self.encoder is None and self.encoder_info is None:
-            done.update({i: RequestError(422, "this service has no encoder: image queries need the model the "
-                                              "index was built with (the index manifest names none)") for i in todo})
+            done.update({i: RequestError(422, f"this service has no encoder: {self.modality} queries need the model "
+                                              "the index was built with (the index manifest names none)")
+                         for i in todo})
             todo = {}
         return done, todo
 
@@ -159,14 +182,14 @@ class RetrievalService:
         or its own `RequestError`, in order.
 
         Args:
-            embedded: the embeddings of the image requests by position, when the caller ran the encoder (the
-                Serve deployment does, through its encoder deployment); else this service's own `encoder`.
+            embedded: the embeddings of the image and text requests by position, when the caller ran the encoder
+                (the Serve deployment does, through its encoder deployment); else this service's own `encoder`.
         """
         started = time.perf_counter()
         parsed = [self._parse_or_error(request) for request in requests]  # each request validated once
         out: list[dict[str, Any] | RequestError | None] = [None] * len(requests)
         if embedded is None:
-            embedded, todo = self.pending_images(parsed)
+            embedded, todo = self.pending_content(parsed)
             if todo:
                 embedded.update(zip(todo, self.encoder(list(todo.values()))))
         groups: dict[QueryPlan, list[tuple[int, np.ndarray]]] = {}
@@ -196,19 +219,19 @@ class RetrievalService:
         return out
 
     def _prepare(self, request: SearchRequest, embedded=None) -> tuple[QueryPlan, np.ndarray]:
-        """The plan and the (1, d) query of one validated request (`embedded`: its image's embedding)."""
+        """The plan and the (1, d) query of one validated request (`embedded`: its image's or text's embedding)."""
         mode = request.mode or self.cfg.mode
         if mode not in self.modes:
             raise RequestError(422, f"mode {mode!r} is not available on this index; choose one of {self.modes}")
-        if sum(x is not None for x in (request.vector, request.id, request.image)) != 1:
+        if sum(x is not None for x in (request.vector, request.id, request.image, request.text)) != 1:
             raise RequestError(422, f"give exactly one of 'vector' (length d={self.artifact.dim}), 'id' (a corpus "
-                                    "id) or 'image' (base64)")
+                                    f"id) or '{self.modality}'" + (" (base64)" if self.modality == "image" else ""))
         vector = request.vector
-        if request.image is not None:
+        if request.image is not None or request.text is not None:
             if isinstance(embedded, RequestError):
                 raise embedded
             if embedded is None or isinstance(embedded, str):
-                raise RequestError(422, embedded or "image was not embedded")
+                raise RequestError(422, embedded or "the query was not embedded")
             vector = embedded  # (d,) from the encoder
         k = self.cfg.default_k if request.k is None else request.k
         self._in_range("k", k, self.max_k, "serve.max_k")

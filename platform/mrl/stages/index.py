@@ -35,7 +35,8 @@ def run_build_index(job, embeddings: str | None = None) -> dict[str, Any]:
         out = Path(job.output_dir).resolve() / "index" / run.info.run_id
         extra = {"index_run_id": run.info.run_id, "embed_run_id": emb["embed_run_id"],
                  "model_uri": emb.get("model_uri"), "model_name": emb.get("model_name"),
-                 "model_version": emb.get("model_version"), "embeddings": str(emb_dir)}
+                 "model_version": emb.get("model_version"), "embeddings": str(emb_dir),
+                 "modality": _modality(emb)}
         adanns = None if job.index.adanns_size is None else (job.index.adanns_size, job.index.adanns_nlist)
         manifest = write_index(out, ids, labels, vectors, sizes, job.index.kind, extra, job.index.params(),
                                job.index.vector_dtype, adanns)
@@ -48,3 +49,11 @@ def run_build_index(job, embeddings: str | None = None) -> dict[str, Any]:
           flush=True)
     return {"run_id": run.info.run_id, "path": str(out), "sizes": sizes, "rows": manifest["rows"],
             "seconds": seconds}
+
+
+def _modality(embed_manifest: dict) -> str:
+    """What the indexed model reads ("image" or "text"): the service takes queries of that kind."""
+    from mrl.core.models.encoders import encoder_modality
+
+    spec = embed_manifest.get("model_spec") or {}
+    return encoder_modality(spec["encoder"]) if "encoder" in spec else "image"

@@ -134,7 +134,7 @@ class ContrastivePairs:
         """Queries (of this rank's validation chunks) whose own document is the nearest of the chunk, per size."""
         from mrl.core.losses import shrink
 
-        sizes = model.module.sizes if hasattr(model, "module") else model.sizes
+        sizes = model.sizes
         hits, rows = None, 0
         with torch.no_grad(), autocast():
             for chunk in self.val_chunks:

@@ -14,17 +14,25 @@ from typing import Any
 from mrl.config import EmbedJobConfig, EvaluateJobConfig, IndexJobConfig, PipelineConfig
 
 
-def example_query(url: str, embeddings_dir: str, k: int = 5) -> dict[str, Any]:
-    """POST the embedding of the first test image to the running service and return the request and reply."""
+def example_query(url: str, embeddings_dir: str, k: int = 5, text: str | None = None) -> dict[str, Any]:
+    """POST a query to the running service and return the request and reply: `text` when given (text models),
+    else the embedding of the first test item."""
     import requests
 
     from mrl.artifacts.embeddings import read_embeddings
 
     ids, labels, vectors = read_embeddings(Path(embeddings_dir) / "test")
-    body = {"vector": [round(float(v), 6) for v in vectors[0]], "k": k}
+    body = {"text": text, "k": k} if text is not None else {"vector": [round(float(v), 6) for v in vectors[0]], "k": k}
     reply = requests.post(f"{url}/search", json=body, timeout=30)
     reply.raise_for_status()
     return {"query_id": int(ids[0]), "query_label": int(labels[0]), "request": body, "reply": reply.json()}
+
+
+def _first_test_query(data) -> str:
+    """The query text of the first test row (the row whose embedding `example_query` would otherwise send)."""
+    from mrl.data.sources import load_text_split
+
+    return load_text_split(data, "test")["query"][0]
 
 
 def run_pipeline(cfg: PipelineConfig, shutdown: bool = True) -> dict[str, Any]:
@@ -72,7 +80,8 @@ def run_pipeline(cfg: PipelineConfig, shutdown: bool = True) -> dict[str, Any]:
                                  mlflow=cfg.mlflow)
     evaluated = stage("evaluate", run_evaluate, eval_job)
     served = stage("serve", run_serve, indexed["path"], cfg.serve, cfg.mlflow, cfg.output_dir)
-    example = example_query(served["url"], embedded["path"])
+    text = _first_test_query(cfg.data) if cfg.model.modality == "text" and cfg.serve.encoder else None
+    example = example_query(served["url"], embedded["path"], text=text)
     wall = time.time() - started
 
     reply = example["reply"]
@@ -80,11 +89,16 @@ def run_pipeline(cfg: PipelineConfig, shutdown: bool = True) -> dict[str, Any]:
     print("\n=== summary ===", flush=True)
     print(f"model {trained['model_uri']}, index {indexed['path']}", flush=True)
     print(f"per-size metrics (%), test queries vs train database:\n{evaluated['table']}", flush=True)
-    print(f"full size d={full['size']}: linear top-1 {100 * full['top1']:.2f}%, 1-NN {100 * full['nn1']:.2f}%",
-          flush=True)
+    if "top1" in full:
+        print(f"full size d={full['size']}: linear top-1 {100 * full['top1']:.2f}%, 1-NN {100 * full['nn1']:.2f}%",
+              flush=True)
+    else:
+        print(f"full size d={full['size']}: pair R@10 {100 * full['pair_r@10']:.2f}%, class 1-NN "
+              f"{100 * full['nn1']:.2f}%", flush=True)
     print(f"MLflow store: {uri}\n  open the UI with: {tracking.ui_hint(uri)}", flush=True)
-    print(f"example query: POST {served['url']}/search with the embedding of test image {example['query_id']} "
-          f"(label {example['query_label']}), k=5\n"
+    asked = (f"the text {text!r} (the definition of test item {example['query_id']})" if text is not None else
+             f"the embedding of test item {example['query_id']} (label {example['query_label']})")
+    print(f"example query: POST {served['url']}/search with {asked}, k=5\n"
           f"  answered ids {reply['ids']} labels {reply['labels']} "
           f"scores {[round(s, 4) for s in reply['scores']]}\n"
           f"  by model {reply['model']['uri']} and index {reply['index']['version']} in {reply['took_ms']:.1f} ms\n"

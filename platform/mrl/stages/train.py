@@ -125,7 +125,7 @@ def run_loop(job: TrainJobConfig, *, rank: int = 0, world: int = 1, device=None,
                             f"loss {loss.item():.4f} ({time.time() - started:.0f}s)")
 
         model.eval()
-        correct, n_val_mine = objective.val_hits(model, autocast)
+        correct, n_val_mine = objective.val_hits(_unwrap(model), autocast)  # no DDP collectives: ranks may differ
         if correct is None:  # no validation rows on this rank
             correct = torch.zeros(len(sizes), dtype=torch.int64, device=device)
         totals = torch.tensor([float(n_val_mine), loss_sum.item(), float(len(batches))], device=device)

@@ -1,0 +1,533 @@
+"""The MRL comparison on text: contrastively trained text encoders on WordNet (definition -> synset document).
+
+For every seed, trains in this process (through the platform's own training loop, one model at a time):
+MRL over the nesting list (e.g. 8, 16, ..., d), one fixed-feature model FF-m for every size m below d (same
+encoder and budget, a projection to m, one nesting size), and the non-MRL model FF-d. Then, for every size m:
+
+- MRL: the normalised prefix z[:m] of the MRL model;
+- FF-m: its own m-d model (FF-d at m = d);
+- FF-d truncated: the first m dimensions of FF-d;
+- PCA of FF-d: FF-d projected on its top-m principal directions (fitted on the train-document embeddings);
+- BM25 (one row, no size): bm25s over the same texts, its own tokenizer with English stop words.
+
+Metrics: pair retrieval (test definitions -> test documents, query i's one relevant document is row i): R@1,
+R@k, MRR@k; class retrieval (test documents -> the train-document database, relevance = same lexicographer
+class): 1-NN top-1 and mAP@k. MRL's adaptive retrieval (shortlist K on a small prefix, rerank exactly at d)
+runs the service's own plan (`SEARCH_MODES["adaptive"]`) through `SearchEngine.run`, beside exact full-size R@k.
+
+Results go to <results_dir>/<results_name>.{md,csv,json} and two PNG plots, and to MLflow (one run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mrl.config import (
+    DataConfig,
+    JobConfig,
+    MlflowConfig,
+    ModelConfig,
+    NestingConfig,
+    TrainConfig,
+    TrainJobConfig,
+    _check,
+    _positive,
+    check_modalities,
+)
+
+METRICS = ("pair_r1", "pair_rk", "pair_mrr", "class_top1", "class_map")
+"""Per-row metrics (fractions): pair R@1, R@k, MRR@k; class 1-NN top-1, mAP@k."""
+LABELS = {"mrl": "MRL", "ff": "FF-m", "ff_trunc": "FF-d truncated", "ff_pca": "PCA of FF-d", "bm25": "BM25"}
+DENSE = ("mrl", "ff", "ff_trunc", "ff_pca")
+SPARSE = "sparse"  # the size of the BM25 row
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextTargets:
+    """What the benchmark is checked against (the MRL paper's claims restated for text); gaps are fractions,
+    e.g. 0.005 = 0.5 points."""
+
+    ff_from: int = 16
+    """MRL >= FF-m (pair R@k and class mAP@k), within seed spread, at every size from this one up."""
+    truncated_up_to: int = 32
+    """FF-d truncated below MRL by at least `truncated_margin` at every size up to this one (below d) ..."""
+    truncated_margin: float = 0.02
+    """... on pair R@k and class mAP@k."""
+    adaptive_gap: float = 0.005
+    """Adaptive retrieval (shortlist on a small prefix, rerank at d) within this of exact full-size R@k."""
+
+    def __post_init__(self) -> None:
+        _positive("targets.ff_from", self.ff_from)
+        _positive("targets.truncated_up_to", self.truncated_up_to)
+        for name in ("truncated_margin", "adaptive_gap"):
+            value = getattr(self, name)
+            _check(0 <= value < 1, f"targets.{name} must be in [0, 1), got {value}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextBenchConfig(JobConfig):
+    """benchmarks/text.py: MRL against FF-m, truncations and PCA of FF-d, and BM25, on WordNet text pairs.
+    Every dense model shares data, encoder, epochs and optimiser; only the representation size and the
+    nesting list differ."""
+
+    data: DataConfig = field(default_factory=lambda: DataConfig(source="wordnet", path="outputs/wordnet"))
+    """A text source (wordnet or text_parquet). train_limit caps the training rows; test_limit the test rows
+    (queries and documents of pair retrieval, queries of class retrieval)."""
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(
+        encoder="bert", dim=128, head="none", nesting=NestingConfig(schedule="log", min_size=8),
+        backbone={"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512}))
+    """The MRL model (d = model.dim, sizes = model.nesting); FF-m is the same encoder with dim m, nesting [m]."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, batch_size=128, lr=1e-3))
+    """Optimisation of every model (train.seed is replaced by each of `seeds`)."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Every model is trained once per seed; tables give mean ± std over seeds (JSON also min / max)."""
+    database_limit: int | None = None
+    """Class-retrieval database: a seeded sample of this many train-split documents (all train rows, whatever
+    data.train_limit, when None)."""
+    shortlist_size: int = 16
+    """Adaptive retrieval: the prefix whose exact index shortlists (D_s) ..."""
+    shortlist_k: int = 200
+    """... K candidates, reranked exactly at d."""
+    k: int = 10
+    """Cut-off of R@k, MRR@k and mAP@k."""
+    threads: int = 2
+    """PyTorch and FAISS threads (training, embedding, search)."""
+    targets: TextTargets = field(default_factory=TextTargets)
+    results_name: str = "text"
+    """Files are named <results_name>.{md,csv,json} and <results_name>_*.png."""
+    mlflow: MlflowConfig = field(default_factory=lambda: MlflowConfig(experiment="text-bench"))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_modalities(self.data, self.model)
+        sizes = self.model.sizes
+        d = self.model.dim
+        _check(len(sizes) >= 2, f"model.nesting must give at least two sizes below and at d={d}, got {sizes}")
+        _check(len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds),
+               f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}")
+        _positive("database_limit", self.database_limit, allow_none=True)
+        _check(1 <= self.shortlist_size < d,
+               f"shortlist_size must be in [1, d) with d = model.dim = {d}, got {self.shortlist_size}")
+        _positive("k", self.k)
+        _check(self.shortlist_k >= self.k, f"shortlist_k must be >= k={self.k}, got {self.shortlist_k}")
+        _positive("threads", self.threads)
+        _check(bool(self.results_name) and "/" not in self.results_name,
+               f"results_name must be a plain file stem, got {self.results_name!r}")
+
+    @property
+    def sizes(self) -> list[int]:
+        return self.model.sizes
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+def model_jobs(cfg: TextBenchConfig, seed: int) -> dict[str, TrainJobConfig]:
+    """Every model of one seed, in training order: {"mrl", "ff_<m>" for each size m (m = d is FF-d)}."""
+    base = TrainJobConfig(output_dir=cfg.output_dir, data=cfg.data, model=cfg.model,
+                          train=dataclasses.replace(cfg.train, seed=seed), mlflow=cfg.mlflow)
+    jobs = {"mrl": base}
+    for m in cfg.sizes:
+        ff = dataclasses.replace(cfg.model, dim=m, nesting=NestingConfig(schedule="list", sizes=(m,)))
+        jobs[f"ff_{m}"] = dataclasses.replace(base, model=ff)
+    return jobs
+
+
+def train_text_model(job: TrainJobConfig, threads: int):
+    """Train in this process (the loop `train_local` runs), keeping the last epoch's metrics; (model, metrics)."""
+    import torch
+
+    from mrl.stages.train import run_loop
+
+    torch.set_num_threads(threads)
+    last: dict[str, float] = {}
+    model = run_loop(job, on_epoch=lambda metrics, state: last.update(metrics))
+    return model, last
+
+
+# ------------------------------------------------------------------------------------------ BM25
+
+
+def bm25_rankings(corpus: list[str], queries: list[str], k: int) -> np.ndarray:
+    """BM25 (bm25s, its own tokenizer, English stop words) top-k corpus positions per query: (Q, k) best first,
+    -1 where fewer than k documents share a term with the query (bm25s pads with arbitrary zero-score rows)."""
+    import bm25s
+
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
+    kk = min(k, len(corpus))
+    docs, scores = retriever.retrieve(bm25s.tokenize(queries, stopwords="en", show_progress=False), k=kk,
+                                      show_progress=False)
+    out = np.full((len(queries), k), -1, dtype=np.int64)
+    out[:, :kk] = np.where(scores > 0, docs, -1)
+    return out
+
+
+def bm25_pair(queries: list[str], documents: list[str], k: int) -> dict[str, float]:
+    """Pair retrieval with BM25: query i's relevant document is documents[i]; {"pair_r1", "pair_rk", "pair_mrr"}."""
+    from mrl.core.metrics import pair_metrics
+
+    r = pair_metrics(bm25_rankings(documents, queries, k), np.arange(len(queries)), k)
+    return {"pair_r1": r["r@1"], "pair_rk": r[f"r@{k}"], "pair_mrr": r[f"mrr@{k}"]}
+
+
+def bm25_class(db_texts: list[str], db_labels: np.ndarray, q_texts: list[str], q_labels: np.ndarray, k: int
+               ) -> dict[str, float]:
+    """Class retrieval with BM25 (relevance = same label); {"class_top1", "class_map"}."""
+    from mrl.core.metrics import retrieval_metrics
+
+    positions = bm25_rankings(db_texts, q_texts, k)
+    db_labels = np.asarray(db_labels)
+    retrieved = np.where(positions >= 0, db_labels[np.maximum(positions, 0)], -1)
+    r = retrieval_metrics(retrieved, np.asarray(q_labels), db_labels, k)
+    return {"class_top1": r["nn1"], "class_map": r[f"map@{k}"]}
+
+
+# ------------------------------------------------------------------------------------------ dense scoring
+
+
+def dense_row(method: str, seed: int, size: int, q: np.ndarray, docs: np.ndarray, q_docs: np.ndarray,
+              db: np.ndarray, db_labels: np.ndarray, q_labels: np.ndarray, k: int) -> dict[str, Any]:
+    """One result row: pair retrieval (queries q -> docs) and class retrieval (q_docs -> db), exact cosine on the
+    normalised prefix `size` of the given vectors."""
+    from mrl.retrieval.quality import pair_retrieval_at, retrieval_at
+
+    pair = pair_retrieval_at(q, docs, size, k)
+    cls = retrieval_at(db, db_labels, q_docs, q_labels, size, k)
+    return {"method": method, "seed": seed, "size": size, "pair_r1": pair["r@1"], "pair_rk": pair[f"r@{k}"],
+            "pair_mrr": pair[f"mrr@{k}"], "class_top1": cls["nn1"], "class_map": cls[f"map@{k}"]}
+
+
+def adaptive_pair(q: np.ndarray, docs: np.ndarray, shortlist_size: int, shortlist_k: int, k: int) -> dict[str, Any]:
+    """MRL adaptive pair retrieval, the service's plan: shortlist K on an exact index of prefix D_s, rerank at d;
+    beside exact full-size search. Returns R@1 / R@k / MRR@k of both and their multiply-adds per query."""
+    from mrl.core.metrics import pair_metrics
+    from mrl.retrieval.engine import FaissSource, SearchEngine
+    from mrl.retrieval.indexes import build_prefix_index
+    from mrl.retrieval.modes import SearchSettings, index_source, make_plan
+
+    d = docs.shape[1]
+    settings = SearchSettings(shortlist_size=shortlist_size, shortlist_k=min(shortlist_k, len(docs)))
+    engine = SearchEngine(docs, {index_source(size): FaissSource(build_prefix_index(docs, size), size, "flat")
+                                 for size in (shortlist_size, d)})
+    targets = np.arange(len(q))
+    out: dict[str, Any] = {"shortlist_size": shortlist_size, "shortlist_k": settings.shortlist_k, "rerank_size": d}
+    for mode in ("adaptive", "full"):
+        plan = make_plan(mode, settings, d, k)
+        engine.check(plan)
+        found = engine.run(plan, q)
+        r = pair_metrics(found.positions, targets, k)
+        out.update({f"{mode}_r1": r["r@1"], f"{mode}_rk": r[f"r@{k}"], f"{mode}_mrr": r[f"mrr@{k}"],
+                    f"{mode}_madds": found.madds})
+    return out
+
+
+# ------------------------------------------------------------------------------------------ aggregation
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean, std (ddof 1; 0 for one seed), min and max over seeds per (method, size), in first-seen order."""
+    groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], row["size"]), []).append(row)
+    out = []
+    for (method, size), group in groups.items():
+        entry: dict[str, Any] = {"method": method, "size": size, "seeds": len(group)}
+        for metric in METRICS:
+            values = np.array([g[metric] for g in group], dtype=np.float64)
+            entry[metric] = float(values.mean())
+            entry[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            entry[f"{metric}_min"] = float(values.min())
+            entry[f"{metric}_max"] = float(values.max())
+        out.append(entry)
+    return out
+
+
+def check_targets(summary: list[dict[str, Any]], adaptive: list[dict[str, Any]], sizes: list[int],
+                  targets: TextTargets, k: int = 10) -> list[dict[str, Any]]:
+    """Each target as {"target", "passed", "detail"}; figures in points (percent)."""
+    at = {(r["method"], r["size"]): r for r in summary}
+    names = {"pair_rk": f"pair R@{k}", "class_map": f"class mAP@{k}"}
+    out = []
+    big = [m for m in sizes if m >= targets.ff_from]
+    for metric, name in names.items():
+        parts, ok = [], True
+        for m in big:
+            mrl, ff = at[("mrl", m)], at[("ff", m)]
+            gap = mrl[metric] - ff[metric]
+            spread = float(np.hypot(mrl[f"{metric}_std"], ff[f"{metric}_std"]))
+            ok &= gap + spread >= 0
+            parts.append(f"{m}: {100 * gap:+.2f} (spread {100 * spread:.2f})")
+        out.append({"target": f"MRL >= FF-m on {name} at every size >= {targets.ff_from} (within seed spread)",
+                    "passed": bool(ok and big), "detail": "MRL - FF-m in points by size: " + ", ".join(parts)})
+    small = [m for m in sizes if m <= targets.truncated_up_to and m < sizes[-1]]  # at d it is FF-d itself
+    parts, ok = [], True
+    for metric, name in names.items():
+        gaps = [at[("mrl", m)][metric] - at[("ff_trunc", m)][metric] for m in small]
+        ok &= all(g >= targets.truncated_margin for g in gaps)
+        parts.append(f"{name}: " + ", ".join(f"{m}: {100 * g:+.2f}" for m, g in zip(small, gaps)))
+    out.append({"target": f"FF-d truncated at least {100 * targets.truncated_margin:g} points below MRL at every "
+                          f"size <= {targets.truncated_up_to}",
+                "passed": bool(ok and small), "detail": "MRL - FF-d truncated in points: " + "; ".join(parts)})
+    if adaptive:
+        a = float(np.mean([p["adaptive_rk"] for p in adaptive]))
+        f = float(np.mean([p["full_rk"] for p in adaptive]))
+        p0 = adaptive[0]
+        out.append({"target": f"adaptive retrieval (shortlist {p0['shortlist_k']} at {p0['shortlist_size']} dims, "
+                              f"rerank at {p0['rerank_size']}) within {100 * targets.adaptive_gap:g} points of "
+                              f"exact full-size pair R@{k}",
+                    "passed": bool(a >= f - targets.adaptive_gap),
+                    "detail": f"adaptive {100 * a:.2f}% vs full {100 * f:.2f}% ({100 * (a - f):+.2f} points)"})
+    return out
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def _cell(r: dict[str, Any] | None, metric: str) -> str:
+    if r is None:
+        return "-"
+    if r["seeds"] > 1:
+        return f"{100 * r[metric]:.2f} ± {100 * r[f'{metric}_std']:.2f}"
+    return f"{100 * r[metric]:.2f}"
+
+
+def write_report(out: Path, name: str, summary: list[dict[str, Any]], rows: list[dict[str, Any]],
+                 adaptive: list[dict[str, Any]], targets: list[dict[str, Any]], trained: list[dict[str, Any]],
+                 meta: dict[str, Any]) -> list[Path]:
+    """<name>.md (tables, targets, command), <name>.csv (one row per seed / method / size), <name>.json."""
+    cfg = meta["config"]
+    k = cfg["k"]
+    at = {(r["method"], r["size"]): r for r in summary}
+    sizes = sorted({r["size"] for r in summary if r["size"] != SPARSE})
+    d = sizes[-1]
+    model = cfg["model"]
+    bb = model.get("backbone") or {}
+    seeds = list(cfg["seeds"])
+    title = (f"# MRL on text: {cfg['data']['source']}, encoder {model['encoder']} "
+             f"({bb.get('num_hidden_layers', '?')}-layer, width {bb.get('hidden_size', '?')}), d = {d}")
+    run = (f"Command: `{meta['command']}`. Machine: {platform.machine()}, {os.cpu_count()} CPUs, {cfg['threads']} "
+           f"threads. Date: {time.strftime('%Y-%m-%d')}. Wall time {meta['seconds']:.0f} s (training "
+           f"{meta['train_seconds']:.0f} s). MLflow run {meta['mlflow_run_id']} (experiment "
+           f"{cfg['mlflow']['experiment']!r}).")
+    setup = (f"Data: {meta['train_rows']} training pairs ({cfg['data']['val_fraction']:g} held out for validation), "
+             f"{meta['test_rows']} test synsets, class-retrieval database {meta['database_rows']} train documents. "
+             f"Every model: same encoder, {cfg['train']['epochs']} epoch(s), batch {cfg['train']['batch_size']}, lr "
+             f"{cfg['train']['lr']}, temperature {cfg['train']['temperature']}; seeds {seeds}; figures in %, mean ± "
+             f"std over seeds.")
+    pair = (f"- Pair retrieval: each test definition finds its own synset's document among the {meta['test_rows']} "
+            f"test documents (R@1, R@{k}, MRR@{k}).")
+    cls = ("- Class retrieval: each test document retrieves from the train-document database; relevant = same "
+           f"lexicographer class (1-NN top-1, mAP@{k}).")
+    methods = ("- MRL: prefix m of the MRL model. FF-m: its own model with d = m (FF-d at m = d). FF-d truncated: "
+               "first m dimensions of FF-d. PCA of FF-d: top-m principal directions fitted on FF-d's train-document "
+               "embeddings. BM25: bm25s, its tokenizer with English stop words.")
+    lines = [title, "", run, "", setup, "", pair, cls, methods, ""]
+    dense = [m for m in DENSE if any(r["method"] == m for r in summary)]
+    tables = [("pair_rk", f"Pair retrieval R@{k}"), ("pair_mrr", f"Pair retrieval MRR@{k}"),
+              ("pair_r1", "Pair retrieval R@1"), ("class_top1", "Class retrieval top-1 (1-NN)"),
+              ("class_map", f"Class retrieval mAP@{k}")]
+    bm25 = at.get(("bm25", SPARSE))
+    for metric, title in tables:
+        note = f" (BM25: {_cell(bm25, metric)})" if bm25 else ""
+        lines += [f"## {title}{note}", "", "| size | " + " | ".join(LABELS[m] for m in dense) + " |",
+                  "|---:|" + "---:|" * len(dense)]
+        lines += [f"| {s} | " + " | ".join(_cell(at.get((m, s)), metric) for m in dense) + " |" for s in sizes]
+        lines.append("")
+    if bm25:
+        header = f"| method | size | pair R@1 | pair R@{k} | pair MRR@{k} | class top-1 | class mAP@{k} |"
+        lines += ["## BM25 (sparse)", "", header, "|---|---|---:|---:|---:|---:|---:|",
+                  "| BM25 | sparse | " + " | ".join(_cell(bm25, m) for m in METRICS) + " |", ""]
+    if adaptive:
+        p0 = adaptive[0]
+        heading = (f"## Adaptive retrieval (MRL): shortlist K = {p0['shortlist_k']} on prefix "
+                   f"{p0['shortlist_size']}, rerank at {p0['rerank_size']}")
+        note = ("The service's `adaptive` plan run by `SearchEngine.run`, against exact search at full size "
+                "(`full`); multiply-adds per query as the engine counts them.")
+        header = (f"| seed | adaptive R@{k} | full R@{k} | gap (points) | adaptive MRR@{k} | full MRR@{k} | "
+                  "adaptive mult-adds | full mult-adds |")
+        lines += [heading, "", note, "", header, "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for p in adaptive + ([_mean_adaptive(adaptive)] if len(adaptive) > 1 else []):
+            lines.append(f"| {p['seed']} | {100 * p['adaptive_rk']:.2f} | {100 * p['full_rk']:.2f} | "
+                         f"{100 * (p['adaptive_rk'] - p['full_rk']):+.2f} | {100 * p['adaptive_mrr']:.2f} | "
+                         f"{100 * p['full_mrr']:.2f} | {p['adaptive_madds']:.3g} | {p['full_madds']:.3g} |")
+        lines.append("")
+    if trained:
+        lines += ["## Models", "", "| model | seed | train s | embed s | val pair R@1 at its d |",
+                  "|---|---:|---:|---:|---:|"]
+        for t in trained:
+            val = "-" if t.get("val_r1") is None else f"{100 * t['val_r1']:.2f}"
+            lines.append(f"| {t['model']} | {t['seed']} | {t['train_seconds']:.0f} | {t['embed_seconds']:.0f} | "
+                         f"{val} |")
+        lines.append("")
+    lines += ["## Targets", ""]
+    lines += [f"- {'PASS' if t['passed'] else 'MISS'}: {t['target']}. {t['detail']}" for t in targets]
+    lines += ["", "## Command", "", "```", meta["command"], "```", ""]
+    md = out / f"{name}.md"
+    md.write_text("\n".join(lines))
+
+    keys = ["method", "seed", "size", *METRICS]
+    csv_rows = [[r["method"], r["seed"], r["size"], *(f"{r[m]:.6f}" for m in METRICS)] for r in rows]
+    for p in adaptive:  # adaptive pair retrieval as its own method at the rerank size (no class figures)
+        csv_rows.append(["mrl_adaptive", p["seed"], p["rerank_size"], f"{p['adaptive_r1']:.6f}",
+                         f"{p['adaptive_rk']:.6f}", f"{p['adaptive_mrr']:.6f}", "", ""])
+    csv = out / f"{name}.csv"
+    csv.write_text("\n".join([",".join(keys)] + [",".join(str(v) for v in r) for r in csv_rows]) + "\n")
+    js = out / f"{name}.json"
+    js.write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows, "adaptive": adaptive,
+                              "targets": targets, "models": trained}, indent=1))
+    return [md, csv, js]
+
+
+def _mean_adaptive(adaptive: list[dict[str, Any]]) -> dict[str, Any]:
+    keys = ("adaptive_rk", "full_rk", "adaptive_mrr", "full_mrr", "adaptive_madds", "full_madds")
+    return {"seed": "mean", **{key: float(np.mean([p[key] for p in adaptive])) for key in keys}}
+
+
+def plot_metric(summary: list[dict[str, Any]], metric: str, title: str, path: Path) -> Path:
+    """One line per dense method (std as error bars) against size on a log2 axis; BM25 as a dashed line."""
+    from mrl.plots import pyplot, size_axis
+
+    plt = pyplot()
+    sizes = sorted({r["size"] for r in summary if r["size"] != SPARSE})
+    fig, ax = plt.subplots(figsize=(6.8, 4.6))
+    for method in DENSE:
+        pts = sorted((r for r in summary if r["method"] == method), key=lambda r: r["size"])
+        if pts:
+            ax.errorbar([p["size"] for p in pts], [100 * p[metric] for p in pts],
+                        yerr=[100 * p[f"{metric}_std"] for p in pts], marker="o", ms=3, capsize=2,
+                        label=LABELS[method])
+    for r in summary:
+        if r["method"] == "bm25":
+            ax.axhline(100 * r[metric], color="gray", linestyle="--", label="BM25 (sparse)")
+    size_axis(ax, sizes, title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+def _database_rows(n: int, limit: int | None, seed: int) -> np.ndarray:
+    """Rows of the class-retrieval database: all n, or a seeded sorted sample of `limit` of them."""
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+
+
+def run_text_bench(cfg: TextBenchConfig, results_dir: str | Path, command: str = "") -> dict[str, Any]:
+    """Train every model of every seed, score every method at every size, aggregate, write the results
+    (Markdown, CSV, JSON, plots) into `results_dir` and log them to MLflow. Returns the rows, summary, adaptive
+    figures, targets, seconds, files and the MLflow run id."""
+    import faiss
+    import mlflow
+
+    from mrl.artifacts import tracking
+    from mrl.config import check_paths
+    from mrl.configio import to_dict
+    from mrl.data.sources import load_text_split, prepare_text_data
+    from mrl.experiments.baselines import PCA
+
+    check_paths(cfg)
+    faiss.omp_set_num_threads(cfg.threads)
+    command = command or "python benchmarks/text.py"
+    started = time.time()
+    data = prepare_text_data(cfg.data)  # shards in place, absolute path: every model reads the same files
+    cfg = dataclasses.replace(cfg, data=data)
+    train_split = load_text_split(data, "train")
+    test = load_text_split(data, "test")
+    full_train = load_text_split(dataclasses.replace(data, train_limit=None), "train")
+    pick = _database_rows(len(full_train["id"]), cfg.database_limit, data.seed)
+    db_texts = [full_train["document"][i] for i in pick]
+    db_labels = full_train["label"][pick]
+    q_labels = test["label"]
+    k, sizes, d = cfg.k, cfg.sizes, cfg.model.dim
+    print(f"[text-bench] {len(train_split['id'])} training pairs, {len(test['id'])} test pairs, class database "
+          f"{len(pick)} train documents; d={d}, sizes {sizes}, seeds {list(cfg.seeds)}", flush=True)
+
+    tracking.setup(cfg.mlflow, cfg.output_dir)
+    with mlflow.start_run(run_name=cfg.results_name, tags={"mrl.stage": "text-bench"}) as run:
+        tracking.log_params(to_dict(cfg))
+        rows: list[dict[str, Any]] = []
+        adaptive: list[dict[str, Any]] = []
+        trained: list[dict[str, Any]] = []
+        train_seconds = 0.0
+        t0 = time.time()
+        bm25 = {**bm25_pair(test["query"], test["document"], k),
+                **bm25_class(db_texts, db_labels, test["document"], q_labels, k)}
+        print(f"[text-bench] BM25: pair R@{k} {100 * bm25['pair_rk']:.2f}, class mAP@{k} "
+              f"{100 * bm25['class_map']:.2f} ({time.time() - t0:.0f}s)", flush=True)
+        rows += [{"method": "bm25", "seed": seed, "size": SPARSE, **bm25} for seed in cfg.seeds]  # deterministic
+        total = len(cfg.seeds) * (len(sizes) + 1)
+        for seed in cfg.seeds:
+            for name, job in model_jobs(cfg, seed).items():
+                t0 = time.time()
+                model, metrics = train_text_model(job, cfg.threads)
+                seconds = time.time() - t0
+                train_seconds += seconds
+                t1 = time.time()
+                zq, zd = model.embed_texts(test["query"]), model.embed_texts(test["document"])
+                zdb = model.embed_texts(db_texts)
+                embed_seconds = time.time() - t1
+                del model
+                val = metrics.get("val_top1_full")
+                label = "MRL" if name == "mrl" else ("FF-d" if job.model.dim == d else "FF") + f" (m={job.model.dim})"
+                trained.append({"model": name, "seed": seed, "train_seconds": seconds,
+                                "embed_seconds": embed_seconds, "val_r1": val})
+                print(f"[text-bench] {len(trained)}/{total} {label} seed {seed}: trained in {seconds:.0f}s, "
+                      f"embedded in {embed_seconds:.0f}s" + ("" if val is None else f", val pair R@1 "
+                                                              f"{100 * val:.2f}%")
+                      + f" ({time.time() - started:.0f}s elapsed)", flush=True)
+                args = (zq, zd, zd, zdb, db_labels, q_labels, k)  # class queries: the test documents
+                if name == "mrl":
+                    rows += [dense_row("mrl", seed, m, *args) for m in sizes]
+                    point = adaptive_pair(zq, zd, cfg.shortlist_size, cfg.shortlist_k, k)
+                    adaptive.append({"seed": seed, **point})
+                    print(f"[text-bench]   MRL adaptive R@{k} {100 * point['adaptive_rk']:.2f} vs full "
+                          f"{100 * point['full_rk']:.2f}", flush=True)
+                    continue
+                m = job.model.dim
+                rows.append(dense_row("ff", seed, m, *args))
+                if m == d:  # FF-d: its truncations and PCA projections at every size
+                    rows += [dense_row("ff_trunc", seed, s, *args) for s in sizes]
+                    pca = PCA.fit(zdb)
+                    for s in sizes:
+                        rows.append(dense_row("ff_pca", seed, s, pca.transform(zq, s), pca.transform(zd, s),
+                                              pca.transform(zd, s), pca.transform(zdb, s), db_labels, q_labels, k))
+        summary = aggregate(rows)
+        seconds = time.time() - started
+        targets = check_targets(summary, adaptive, sizes, cfg.targets, k)
+        meta = {"config": to_dict(cfg), "command": command, "seconds": round(seconds, 1),
+                "train_seconds": round(train_seconds, 1), "mlflow_run_id": run.info.run_id,
+                "train_rows": len(train_split["id"]), "test_rows": len(test["id"]), "database_rows": len(pick)}
+        out = Path(results_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        files = write_report(out, cfg.results_name, summary, rows, adaptive, targets, trained, meta)
+        files.append(plot_metric(summary, "pair_rk", f"Pair retrieval R@{k} (definition -> document)",
+                                 out / f"{cfg.results_name}_pair_r{k}.png"))
+        files.append(plot_metric(summary, "class_map", f"Class retrieval mAP@{k} (same lexicographer class)",
+                                 out / f"{cfg.results_name}_class_map{k}.png"))
+        for file in files:
+            mlflow.log_artifact(str(file), artifact_path="results")
+        metrics_out = {f"{r['method']}_{metric}_" + (SPARSE if r["size"] == SPARSE else f"d{r['size']}"): r[metric]
+                       for r in summary for metric in METRICS}
+        for key in ("adaptive_rk", "full_rk", "adaptive_mrr", "full_mrr"):
+            metrics_out[f"mrl_{key}"] = float(np.mean([p[key] for p in adaptive]))
+        metrics_out.update(wall_seconds=seconds, train_seconds=train_seconds,
+                           targets_passed=float(sum(t["passed"] for t in targets)))
+        mlflow.log_metrics(metrics_out)
+    print((out / f"{cfg.results_name}.md").read_text(), flush=True)
+    return {"summary": summary, "rows": rows, "adaptive": adaptive, "targets": targets, "models": trained,
+            "seconds": seconds, "files": [str(f) for f in files], "run_id": run.info.run_id}

@@ -1,0 +1,184 @@
+"""The text benchmark (mrl.experiments.text_bench): config checks, the BM25 helpers on a corpus whose answers are
+known, aggregation and targets on hand-made numbers, and one tiny end-to-end run."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from mrl.configio import ConfigError, from_dict
+from mrl.experiments.text_bench import (
+    METRICS,
+    TextBenchConfig,
+    TextTargets,
+    aggregate,
+    bm25_class,
+    bm25_pair,
+    bm25_rankings,
+    check_targets,
+)
+
+TINY_MODEL = {"encoder": "bert", "dim": 32, "head": "none", "nesting": {"schedule": "log", "min_size": 8},
+              "text": {"vocab_size": 600, "max_tokens": 32},
+              "backbone": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                           "intermediate_size": 64}}
+
+
+def config(**extra):
+    base = {"data": {"source": "wordnet", "path": "/tmp/unused-wordnet"}, "model": TINY_MODEL}
+    base.update(extra)
+    return from_dict(TextBenchConfig, base)
+
+
+@pytest.mark.parametrize("extra, field", [
+    ({"seeds": []}, "seeds"),
+    ({"seeds": [1, 1]}, "seeds"),
+    ({"shortlist_size": 32}, "shortlist_size"),  # = d: nothing to rerank
+    ({"shortlist_k": 5}, "shortlist_k"),  # below k = 10
+    ({"k": 0}, "k"),
+    ({"threads": 0}, "threads"),
+    ({"database_limit": 0}, "database_limit"),
+    ({"results_name": "a/b"}, "results_name"),
+    ({"targets": {"adaptive_gap": 2}}, "targets.adaptive_gap"),
+    ({"targets": {"ff_from": 0}}, "targets.ff_from"),
+    ({"model": {**TINY_MODEL, "nesting": {"schedule": "list", "sizes": [32]}}}, "nesting"),
+    ({"model": {**TINY_MODEL, "encoder": "cnn"}}, "encoder"),
+    ({"train": {"epochs": 0}}, "epochs"),
+])
+def test_bad_values_are_refused_naming_the_field(extra, field):
+    with pytest.raises(ConfigError, match=field):
+        config(**extra)
+
+
+def test_defaults_and_the_shipped_configs_load(repo):
+    from mrl.configio import load_config
+
+    cfg = config()
+    assert cfg.sizes == [8, 16, 32] and cfg.mlflow.experiment == "text-bench"
+    for name in ("text.yaml", "text_quick.yaml"):
+        loaded = load_config(TextBenchConfig, repo / "benchmarks" / name)
+        assert loaded.model.dim == 128 and loaded.sizes[0] == 8 and loaded.k == 10
+
+
+# ------------------------------------------------------------------------------------------ BM25
+
+CORPUS = ["the cat sat on the mat", "a dog barked at the postman", "fish swim in the sea",
+          "the cat chased a mouse", "a mouse ate the cheese"]
+
+
+def test_bm25_rankings_put_the_only_matching_document_first_and_pad_the_rest():
+    pos = bm25_rankings(CORPUS, ["barked postman", "swim sea", "the of and"], k=3)
+    assert pos.shape == (3, 3)
+    assert pos[0].tolist() == [1, -1, -1]  # one document shares a term; zero-score rows are not results
+    assert pos[1].tolist() == [2, -1, -1]
+    assert pos[2].tolist() == [-1, -1, -1]  # stop words only
+    assert bm25_rankings(CORPUS[:2], ["dog"], k=5).tolist() == [[1, -1, -1, -1, -1]]  # k above the corpus size
+
+
+def test_bm25_pair_retrieval_on_known_pairs():
+    queries = ["postman dog", "sea fish", "cat mat", "zebra"]  # the first three find their own row first
+    documents = ["dog postman letters", "fish sea water", "cat mat sitting", "lion savanna"]
+    r = bm25_pair(queries, documents, k=2)
+    assert r["pair_r1"] == pytest.approx(0.75) and r["pair_rk"] == pytest.approx(0.75)
+    assert r["pair_mrr"] == pytest.approx(0.75)
+    # "cat" ranks row 1 (three cats) above its own row 0: rank 2; "mouse" finds row 1 first
+    r = bm25_pair(["cat", "mouse"], ["cat dog", "cat cat cat mouse"], k=2)
+    assert r["pair_r1"] == pytest.approx(0.5) and r["pair_rk"] == pytest.approx(1.0)
+    assert r["pair_mrr"] == pytest.approx(0.75)
+
+
+def test_bm25_class_retrieval_on_known_labels():
+    db = ["red apple fruit", "green apple fruit", "blue whale ocean", "grey whale ocean"]
+    labels = np.array([0, 0, 1, 1])
+    # "apple pie" finds both apples and "whale song" both whales (AP 1 each); "red whale" (a whale) finds the red
+    # apple first (its rarer term), then a whale: top-1 miss, AP = (0 + 1/2) / 2
+    r = bm25_class(db, labels, ["apple pie", "whale song", "red whale"], np.array([0, 1, 1]), k=2)
+    assert r["class_top1"] == pytest.approx(2 / 3)
+    assert r["class_map"] == pytest.approx((1 + 1 + 0.25) / 3)
+
+
+# ------------------------------------------------------------------------------------------ aggregation, targets
+
+SIZES = [8, 16, 32, 64]
+
+
+def synthetic_rows(ff_gap: float = 0.02, trunc_gap: float = 0.10) -> list[dict]:
+    """Two seeds; MRL leads FF-m by `ff_gap` and FF-d truncated by `trunc_gap` at every size."""
+    rows = []
+    for seed, jitter in ((0, -0.005), (1, 0.005)):
+        for size in SIZES:
+            base = 0.5 + 0.05 * np.log2(size) + jitter
+            for method, value in (("mrl", base), ("ff", base - ff_gap), ("ff_trunc", base - trunc_gap),
+                                  ("ff_pca", base - 0.05)):
+                rows.append({"method": method, "seed": seed, "size": size, **{m: value for m in METRICS}})
+        rows.append({"method": "bm25", "seed": seed, "size": "sparse", **{m: 0.3 for m in METRICS}})
+    return rows
+
+
+ADAPTIVE = [{"seed": s, "shortlist_size": 16, "shortlist_k": 200, "rerank_size": 64, "adaptive_rk": a,
+             "full_rk": 0.80} for s, a in ((0, 0.798), (1, 0.797))]
+
+
+def test_aggregate_gives_mean_std_min_max_per_method_and_size():
+    summary = aggregate(synthetic_rows())
+    assert len(summary) == 4 * len(SIZES) + 1
+    mrl8 = next(r for r in summary if r["method"] == "mrl" and r["size"] == 8)
+    assert mrl8["seeds"] == 2 and mrl8["pair_rk"] == pytest.approx(0.65)
+    assert mrl8["pair_rk_min"] == pytest.approx(0.645) and mrl8["pair_rk_max"] == pytest.approx(0.655)
+    assert mrl8["pair_rk_std"] == pytest.approx(np.std([0.645, 0.655], ddof=1))
+    bm25 = next(r for r in summary if r["method"] == "bm25")
+    assert bm25["size"] == "sparse" and bm25["class_map"] == pytest.approx(0.3) and bm25["class_map_std"] == 0
+
+
+def test_targets_pass_on_a_clear_win():
+    targets = check_targets(aggregate(synthetic_rows()), ADAPTIVE, SIZES, TextTargets(), k=10)
+    assert [t["passed"] for t in targets] == [True, True, True, True]
+    assert "adaptive 79.75% vs full 80.00%" in targets[-1]["detail"]
+
+
+def test_targets_miss_when_ff_wins_truncation_is_close_or_adaptive_drops():
+    rows = synthetic_rows(ff_gap=-0.03, trunc_gap=0.01)  # FF-m 3 points ahead (beyond the 0.7-point spread)
+    adaptive = copy.deepcopy(ADAPTIVE)
+    adaptive[1]["adaptive_rk"] = 0.78  # mean 0.789: 1.1 points below full
+    targets = check_targets(aggregate(rows), adaptive, SIZES, TextTargets(), k=10)
+    assert [t["passed"] for t in targets] == [False, False, False, False]
+    assert "16: -3.00" in targets[0]["detail"]
+
+
+def test_a_small_ff_lead_within_the_seed_spread_still_passes():
+    rows = synthetic_rows(ff_gap=-0.005)  # MRL 0.5 points behind, seed spread hypot(0.0071, 0.0071) = 1 point
+    assert all(t["passed"] for t in check_targets(aggregate(rows), ADAPTIVE, SIZES, TextTargets(), k=10)[:2])
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+
+def test_a_tiny_run_writes_every_method_and_size(tmp_path, monkeypatch):
+    from mrl.experiments.text_bench import run_text_bench
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # restored after the test (the run points it at its own store)
+
+    cfg = from_dict(TextBenchConfig, {
+        "output_dir": str(tmp_path / "out"), "results_name": "tiny", "seeds": [0], "database_limit": 600,
+        "data": {"source": "wordnet", "path": str(tmp_path / "wordnet"), "train_limit": 600, "test_limit": 300},
+        "model": TINY_MODEL, "train": {"epochs": 1, "batch_size": 64, "lr": 3e-3}, "shortlist_k": 50})
+    result = run_text_bench(cfg, tmp_path, command="pytest tiny")
+    for name in ("tiny.md", "tiny.csv", "tiny.json", "tiny_pair_r10.png", "tiny_class_map10.png"):
+        assert (tmp_path / name).is_file(), name
+    lines = (tmp_path / "tiny.csv").read_text().splitlines()
+    assert lines[0] == "method,seed,size," + ",".join(METRICS)
+    found = {(line.split(",")[0], line.split(",")[2]) for line in lines[1:]}
+    expected = {(m, str(s)) for m in ("mrl", "ff", "ff_trunc", "ff_pca") for s in (8, 16, 32)}
+    assert expected | {("bm25", "sparse"), ("mrl_adaptive", "32")} == found
+    assert len(lines) == 1 + len(found)  # one row per seed / method / size
+    for row in result["rows"]:
+        assert all(0 <= row[m] <= 1 for m in METRICS)
+    js = json.loads((tmp_path / "tiny.json").read_text())
+    assert len(js["targets"]) == 4 and js["meta"]["database_rows"] == 600 and len(js["models"]) == 4
+    md = (tmp_path / "tiny.md").read_text()
+    assert "## Targets" in md and "pytest tiny" in md and "BM25" in md
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=["text-bench"])
+    assert len(runs) == 1 and "metrics.mrl_pair_rk_d32" in runs.columns
