@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a fresh machine (Debian + Python 3.10+), idempotently:
-# the Fashion-MNIST Debian package, the CPU build of PyTorch, then the project with its test extras.
+# the Fashion-MNIST and WordNet Debian packages (the real data), the CPU build of PyTorch, then the project
+# with its test extras.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
 
-if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+PACKAGES=()
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || PACKAGES+=(dataset-fashion-mnist)
+[ -f /usr/share/wordnet/data.noun ] || PACKAGES+=(wordnet-base)
+if [ ${#PACKAGES[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${PACKAGES[@]}"
 fi
 # The CPU build first: otherwise pip resolves `torch` to a multi-GB CUDA build.
 "$PYTHON" -m pip install -q --disable-pip-version-check torch==2.13.0
