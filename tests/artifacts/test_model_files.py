@@ -344,3 +344,38 @@ def test_load_model_accepts_a_bare_model_dir(tmp_path):
 if __name__ == "__main__":
     write_fixture()
     print(f"wrote {FIXTURE}")
+
+
+def test_a_text_model_logs_its_tokenizer_and_predicts_from_strings(tmp_path, monkeypatch):
+    """A text model in MLflow carries tokenizer.json beside its weights; the pyfunc takes strings."""
+    import mlflow
+    import mlflow.pyfunc
+
+    from mrl.artifacts import tracking
+    from mrl.data.tokenize import train_tokenizer
+
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(var, raising=False)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.create_experiment("text-models", artifact_location=(tmp_path / "art").as_uri())
+    mlflow.set_experiment("text-models")
+    texts = ["a small dog", "a large boat on the river", "to run fast", "a red house"] * 10
+    torch.manual_seed(0)
+    model = build_model({"encoder": "bert", "dim": 16, "head": "none", "nesting": {"schedule": "list", "sizes": [4, 16]},
+                         "text": {"vocab_size": 300, "max_tokens": 16},
+                         "backbone": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                      "intermediate_size": 32}}).eval()
+    model.tokenizer = train_tokenizer(texts, 300, 16)
+    try:
+        with mlflow.start_run():
+            tracking.log_model(model, "tiny-text", {"dim": 16})
+        uri = "models:/tiny-text/1"
+        loaded = tracking.load_model(uri)
+        assert loaded.tokenizer.to_json() == model.tokenizer.to_json()
+        expected = model.embed_texts(texts[:4])
+        np.testing.assert_allclose(loaded.embed_texts(texts[:4]), expected, atol=1e-6)
+        np.testing.assert_allclose(mlflow.pyfunc.load_model(uri).predict(texts[:4]), expected, atol=1e-6)
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path / "dl")))
+        assert (root / "artifacts" / "weights" / "tokenizer.json").is_file()
+    finally:
+        mlflow.set_tracking_uri(None)

@@ -36,11 +36,18 @@ def as_images(data: Any, image_shape: tuple[int, ...]) -> np.ndarray:
     return array.reshape((-1, *image_shape))
 
 
-class MRLPyfuncModel(PythonModel):
-    """pyfunc wrapper: `predict(images) -> embeddings (N, d) float32`.
+def as_texts(data: Any) -> list[str]:
+    """Model input as a list of texts: a list/array of strings, or a DataFrame whose first column holds them."""
+    if hasattr(data, "iloc"):  # pandas DataFrame or Series
+        data = data.iloc[:, 0] if getattr(data, "ndim", 1) == 2 else data
+    return [str(t) for t in list(data)]
 
-    uint8 images are standardised as in training (`mrl.data.sources.to_float`); float images are taken as
-    already-standardised model input.
+
+class MRLPyfuncModel(PythonModel):
+    """pyfunc wrapper: `predict(images or texts) -> embeddings (N, d) float32`.
+
+    Image models: uint8 images are standardised as in training (`mrl.data.sources.to_float`); float images are
+    taken as already-standardised model input. Text models: strings, tokenised with the model's own tokenizer.
     """
 
     def load_context(self, context) -> None:
@@ -52,10 +59,14 @@ class MRLPyfuncModel(PythonModel):
 
     def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
         """Images (N, C, H, W) or (N, C*H*W), uint8 or standardised float (a DataFrame of flattened pixels
-        also works) -> embeddings z (N, d) float32."""
+        also works), or for a text model a list (or one-column DataFrame) of strings -> embeddings z (N, d)
+        float32."""
         import torch
 
         from mrl.data.sources import to_float
+
+        if self.model.modality == "text":
+            return self.model.embed_texts(as_texts(model_input))
 
         images = as_images(model_input, self.image_shape)  # (N, C, H, W)
         x = to_float(images) if images.dtype == np.uint8 else images.astype(np.float32)
