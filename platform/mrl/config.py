@@ -406,6 +406,9 @@ class ServeConfig:
     """How long a batch waits to fill before it runs. 0: it takes the requests that queued while the previous
     batch ran (a lone request pays no wait; measured: 2 ms cost single clients 2.8 ms of p50 for 10% more
     throughput at 32 clients)."""
+    encoder_batch_max_size: int = 8
+    """The Encoder deployment's dynamic batching: up to this many concurrent calls (each a Retriever batch's
+    images or texts) are embedded in one forward pass."""
     gpus_per_replica: float = 0.0
     """GPUs reserved per replica (Ray Serve `num_gpus`)."""
     encoder: bool = True
@@ -449,6 +452,7 @@ class ServeConfig:
             _check(0 <= lo <= hi and hi >= 1,
                    f"autoscaling needs 0 <= min_replicas <= max_replicas >= 1, got {lo} and {hi}")
         _positive("batch_max_size", self.batch_max_size)
+        _positive("encoder_batch_max_size", self.encoder_batch_max_size)
         _check(0 <= self.batch_wait_ms <= 1000, f"batch_wait_ms must be in [0, 1000], got {self.batch_wait_ms}")
         _check(self.max_ongoing_requests >= self.batch_max_size,
                f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= batch_max_size "

@@ -94,14 +94,26 @@ app.add_middleware(BodyLimit)
 class Encoder:
     """The index's model, embedding query images or texts (model composition: the Retriever holds a handle to it)."""
 
-    def __init__(self, model_uri: str, tracking_uri: str | None, manifest: dict[str, Any]):
+    def __init__(self, model_uri: str, tracking_uri: str | None, manifest: dict[str, Any], batch_max_size: int = 8,
+                 batch_wait_ms: float = 0.0):
         from mrl.service.encoder import QueryEncoder, check_encoder
 
         self.encoder = QueryEncoder(model_uri, tracking_uri)
         check_encoder(manifest, self.encoder.describe())  # another model, d or nesting list: the deploy fails
+        self.embed.set_max_batch_size(batch_max_size)
+        self.embed.set_batch_wait_timeout_s(batch_wait_ms / 1000)
 
-    def embed(self, queries: list[bytes | str]) -> list:
-        return self.encoder(queries)
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
+    async def embed(self, calls: list[list[bytes | str]]) -> list[list]:
+        """Dynamic batching across Retriever replicas: the query lists of concurrent calls go through the model
+        in one forward pass, and each call gets its own slice back."""
+        flat = [query for call in calls for query in call]
+        vectors = await asyncio.to_thread(self.encoder, flat)
+        out, start = [], 0
+        for call in calls:
+            out.append(vectors[start:start + len(call)])
+            start += len(call)
+        return out
 
 
 @serve.deployment(name="Retriever", health_check_period_s=10)
@@ -179,8 +191,8 @@ def build_app(index_dir: str, serve_cfg, tracking_uri: str | None = None):
             raise ValueError(f"serve.encoder loads the index's model {manifest['model_uri']!r} from MLflow: give the "
                              "store's tracking URI (tracking_uri, or MLFLOW_TRACKING_URI), or set serve.encoder "
                              "to false to serve vector and id queries only")
-        encoder = Encoder.options(ray_actor_options={"num_cpus": 1}).bind(manifest["model_uri"], tracking_uri,
-                                                                          manifest)
+        encoder = Encoder.options(ray_actor_options={"num_cpus": 1}).bind(
+            manifest["model_uri"], tracking_uri, manifest, serve_cfg.encoder_batch_max_size, serve_cfg.batch_wait_ms)
     scaling = ({"autoscaling_config": dict(serve_cfg.autoscaling)} if serve_cfg.autoscaling is not None
                else {"num_replicas": serve_cfg.num_replicas})
     return Retriever.options(**scaling, max_ongoing_requests=serve_cfg.max_ongoing_requests,
