@@ -49,7 +49,7 @@ def test_every_config_file_is_covered():
 @pytest.mark.parametrize("name", sorted(SHIPPED))
 def test_shipped_config_loads(name):
     cfg = load_config(SHIPPED[name], REPO / name)
-    assert cfg.output_dir in ("outputs", "outputs/scale", "outputs/tune-bench")
+    assert cfg.output_dir in ("outputs", "outputs/scale", "outputs/tune-bench", "outputs/text")
     text = (REPO / name).read_text()
     assert text.startswith("#") and "python " in text.split("\n\n")[0]  # header says how to launch
 
