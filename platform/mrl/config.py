@@ -323,9 +323,15 @@ class IndexConfig:
     """Also build AdANNS cells (k-means on this prefix size, `adanns_nlist` cells) for the service's adanns
     mode; None: none."""
     adanns_nlist: int = 1024
+    calibrate: bool = True
+    """Measure a calibration table (recall and single-query latency of candidate plans) on held-out queries
+    (the embed run's test split) into the index manifest, so requests may ask for a latency or recall budget."""
+    calibration_queries: int = 500
+    """Held-out queries the calibration uses (the first 200 are also timed one by one)."""
 
     def __post_init__(self) -> None:
         _registered("kind", self.kind, INDEX_KINDS)
+        _positive("calibration_queries", self.calibration_queries)
         if self.sizes is not None:
             try:
                 validate_sizes(self.sizes, dim=10**9)

@@ -349,3 +349,20 @@ def test_an_image_query_finds_what_its_embedding_finds(pipeline):
         assert by_image.json()["ids"] == by_vector["ids"]
     resp = requests.post(f"{url}/search", json={"image": base64.b64encode(b"not an image").decode()}, timeout=30)
     assert resp.status_code == 422 and "not a readable image" in resp.text
+
+
+def test_budget_requests_choose_plans_by_the_calibration_table(pipeline):
+    """build_index measured a calibration table on the test split; over HTTP a tight latency budget and an exact
+    recall budget run different plans, each reply naming the calibrated figures it was chosen by."""
+    _, summary = pipeline
+    url = summary["url"]
+    budgets = requests.get(f"{url}/healthz", timeout=30).json()["budgets"]
+    assert budgets is not None and budgets["plans"] >= 10 and budgets["recall"][1] == 1.0
+    cheap = requests.post(f"{url}/search", json={"id": 3, "budget": {"latency_ms": budgets["latency_ms"][0]}},
+                          timeout=30).json()
+    exact = requests.post(f"{url}/search", json={"id": 3, "budget": {"recall": 1.0}}, timeout=30).json()
+    assert cheap["search"] != exact["search"] and cheap["budget"]["met"] and exact["budget"]["met"]
+    assert exact["budget"]["calibrated"]["recall"] == 1.0
+    assert cheap["budget"]["calibrated"]["p50_ms"] <= exact["budget"]["calibrated"]["p50_ms"]
+    bad = requests.post(f"{url}/search", json={"id": 3, "budget": {"recall": "high"}}, timeout=30)
+    assert bad.status_code == 422

@@ -232,3 +232,40 @@ def test_text_queries_are_embedded_with_the_index_models_tokenizer(tmp_path):
         image_index = load_index(tmp_path / "index")
         image_index.manifest.pop("modality")
         RetrievalService(image_index, ServeConfig(shortlist_size=4), encoder=QueryEncoder(str(model_dir)))
+
+
+def test_budgets_pick_plans_from_the_calibration_table(index_dir, tmp_path):
+    """Different budgets run different plans (the reply says which and what was calibrated); an index without a
+    table, or a budget beside mode / shortlist_k, is a 422."""
+    import shutil
+
+    from mrl.artifacts.manifest import read_manifest, write_manifest
+    from mrl.retrieval.artifact import load_index
+
+    path = tmp_path / "calibrated"
+    shutil.copytree(index_dir[0], path)
+    manifest = read_manifest(path)
+    table = {"k": 10, "queries": 50, "rows": [
+        {"setting": {"mode": "adaptive", "shortlist_size": 8, "shortlist_k": 20}, "recall": 0.7, "p50_ms": 0.1},
+        {"setting": {"mode": "adaptive", "shortlist_size": 16, "shortlist_k": 200}, "recall": 0.98, "p50_ms": 0.5},
+        {"setting": {"mode": "full"}, "recall": 1.0, "p50_ms": 2.0}]}
+    write_manifest(path, {**manifest, "calibration": table})
+    service = RetrievalService(load_index(path), ServeConfig(shortlist_size=8))
+    fast = service.search({"id": 10, "budget": {"latency_ms": 0.2}})
+    exact = service.search({"id": 10, "budget": {"recall": 0.99}})
+    assert fast["search"]["shortlist"] == {"source": "size_8", "k": 20} and fast["budget"]["met"]
+    assert exact["search"]["mode"] == "full" and exact["budget"]["calibrated"]["recall"] == 1.0
+    assert service.search({"id": 10, "budget": {"latency_ms": 0.01}})["budget"]["met"] is False
+    assert service.health()["budgets"] == {"latency_ms": [0.1, 2.0], "recall": [0.7, 1.0], "at_k": 10, "plans": 3}
+    for body, message in (({"id": 10, "budget": {"recall": 0.9}, "mode": "full"}, "either budget or mode"),
+                          ({"id": 10, "budget": {}}, "exactly one of 'latency_ms' or 'recall'"),
+                          ({"id": 10, "budget": {"recall": 0.9, "latency_ms": 1}}, "exactly one of"),
+                          ({"id": 10, "budget": {"recall": 1.5}}, "less than or equal to 1"),
+                          ({"id": 10, "budget": {"latency_ms": -1}}, "greater than 0"),
+                          ({"id": 10, "budget": {"speed": 1}}, "Extra inputs")):
+        with pytest.raises(RequestError, match=message):
+            service.search(body)
+    plain = RetrievalService(load_index(index_dir[0]), ServeConfig(shortlist_size=8))
+    assert plain.health()["budgets"] is None
+    with pytest.raises(RequestError, match="no calibration table"):
+        plain.search({"id": 10, "budget": {"recall": 0.9}})

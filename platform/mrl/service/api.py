@@ -15,6 +15,17 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 MAX_TEXT_CHARS = 4000  # a query longer than this is refused (the model reads at most text.max_tokens tokens)
 
 
+class Budget(BaseModel):
+    """A per-request budget: exactly one of a latency (ms) or a recall target."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    latency_ms: FiniteFloat | None = Field(None, gt=0, description="the most accurate calibrated plan whose "
+                                                                   "single-query search time (p50) fits")
+    recall: FiniteFloat | None = Field(None, gt=0, le=1, description="the fastest calibrated plan that returns at "
+                                                                     "least this share of the exact top-k")
+
+
 class SearchRequest(BaseModel):
     """POST /search: give exactly one of `vector`, `id`, `image` (image models) or `text` (text models). Types are
     strict: a string is not a number, a bool is not an integer."""
@@ -34,6 +45,8 @@ class SearchRequest(BaseModel):
     shortlist_k: int | None = Field(None, description="shortlist length K, in [1, min(corpus rows, "
                                                       "serve.max_shortlist_k)] (raised to k)")
     mode: str | None = Field(None, description="search mode (GET /healthz lists the index's); default serve.mode")
+    budget: Budget | None = Field(None, description="pick the plan by the index's calibration table instead of "
+                                                    "mode / shortlist_k (GET /healthz: budgets)")
 
 
 def validation_detail(exc: ValidationError | Any) -> list[dict[str, Any]]:

@@ -89,7 +89,18 @@ class RetrievalService:
                 "limits": {"max_k": self.max_k, "max_shortlist_k": self.max_shortlist_k,
                            "max_body_bytes": self.cfg.max_body_bytes}, "auth": self._key is not None,
                 "encoder": None if self.encoder_info is None else self.encoder_info["model_uri"],
-                "queries": self.query_kinds}
+                "queries": self.query_kinds, "budgets": self.budgets}
+
+    @property
+    def budgets(self) -> dict[str, Any] | None:
+        """What budgets can ask for: the calibration table's range (None: the index has no table)."""
+        table = self.artifact.manifest.get("calibration")
+        if table is None:
+            return None
+        rows = table["rows"]
+        return {"latency_ms": [min(r["p50_ms"] for r in rows), max(r["p50_ms"] for r in rows)],
+                "recall": [min(r["recall"] for r in rows), max(r["recall"] for r in rows)], "at_k": table["k"],
+                "plans": len(rows)}
 
     @property
     def modality(self) -> str:
@@ -193,11 +204,14 @@ class RetrievalService:
             if todo:
                 embedded.update(zip(todo, self.encoder(list(todo.values()))))
         groups: dict[QueryPlan, list[tuple[int, np.ndarray]]] = {}
+        budgets: dict[int, dict[str, Any]] = {}
         for i, request in enumerate(parsed):
             try:
                 if isinstance(request, RequestError):
                     raise request
                 plan, query = self._prepare(request, embedded.get(i))
+                if request.budget is not None:
+                    budgets[i] = self._budget_choice(request)
             except RequestError as exc:
                 out[i] = exc
                 continue
@@ -216,16 +230,49 @@ class RetrievalService:
                           "labels": self.artifact.labels[pos].tolist(), "model": self.model_info,
                           "index": self.index_info, "search": plan.describe(),
                           "took_ms": 1000 * (time.perf_counter() - started), "batch": len(members)}
+                if i in budgets:
+                    out[i]["budget"] = budgets[i]
         return out
+
+    def _budget_choice(self, request: SearchRequest) -> dict[str, Any]:
+        """The calibration row a request's budget picks (422 when the index has no table)."""
+        from mrl.retrieval.calibrate import choose
+
+        table = self.artifact.manifest.get("calibration")
+        if table is None:
+            raise RequestError(422, "this index has no calibration table, so it cannot honour a budget; rebuild it "
+                                    "with index.calibrate: true (and a test split beside the embeddings)")
+        budget = request.budget.model_dump(exclude_none=True)
+        if len(budget) != 1:
+            raise RequestError(422, "budget takes exactly one of 'latency_ms' or 'recall'")
+        chosen = choose(table, budget)
+        return {"asked": budget, "calibrated": {"recall": chosen["recall"], "p50_ms": chosen["p50_ms"],
+                                                "at_k": table["k"]},
+                "met": chosen["met"], "setting": chosen["setting"]}
 
     def _prepare(self, request: SearchRequest, embedded=None) -> tuple[QueryPlan, np.ndarray]:
         """The plan and the (1, d) query of one validated request (`embedded`: its image's or text's embedding)."""
-        mode = request.mode or self.cfg.mode
-        if mode not in self.modes:
-            raise RequestError(422, f"mode {mode!r} is not available on this index; choose one of {self.modes}")
         if sum(x is not None for x in (request.vector, request.id, request.image, request.text)) != 1:
             raise RequestError(422, f"give exactly one of 'vector' (length d={self.artifact.dim}), 'id' (a corpus "
                                     f"id) or '{self.modality}'" + (" (base64)" if self.modality == "image" else ""))
+        k = self.cfg.default_k if request.k is None else request.k
+        self._in_range("k", k, self.max_k, "serve.max_k")
+        if request.budget is not None:
+            if request.mode is not None or request.shortlist_k is not None:
+                raise RequestError(422, "a budget chooses the plan: give either budget or mode / shortlist_k")
+            from mrl.retrieval.calibrate import plan_of
+
+            setting = self._budget_choice(request)["setting"]
+            if setting.get("shortlist_k", k) < k:
+                setting = {**setting, "shortlist_k": k}
+            mode, plan = setting["mode"], plan_of(setting, self.artifact.dim, k)
+        else:
+            mode = request.mode or self.cfg.mode
+            if mode not in self.modes:
+                raise RequestError(422, f"mode {mode!r} is not available on this index; choose one of {self.modes}")
+            if request.shortlist_k is not None:
+                self._in_range("shortlist_k", request.shortlist_k, self.max_shortlist_k, "serve.max_shortlist_k")
+            plan = self.plan(mode, k, request.shortlist_k)
         vector = request.vector
         if request.image is not None or request.text is not None:
             if isinstance(embedded, RequestError):
@@ -233,11 +280,6 @@ class RetrievalService:
             if embedded is None or isinstance(embedded, str):
                 raise RequestError(422, embedded or "the query was not embedded")
             vector = embedded  # (d,) from the encoder
-        k = self.cfg.default_k if request.k is None else request.k
-        self._in_range("k", k, self.max_k, "serve.max_k")
-        if request.shortlist_k is not None:
-            self._in_range("shortlist_k", request.shortlist_k, self.max_shortlist_k, "serve.max_shortlist_k")
-        plan = self.plan(mode, k, request.shortlist_k)
         if vector is not None:
             return plan, self._vector_query(vector, self.engine.smallest_prefix(plan), mode)
         return plan, np.asarray(self.artifact.vectors[self._position(request.id)], dtype=np.float32)[None]

@@ -40,6 +40,8 @@ def run_build_index(job, embeddings: str | None = None) -> dict[str, Any]:
         adanns = None if job.index.adanns_size is None else (job.index.adanns_size, job.index.adanns_nlist)
         manifest = write_index(out, ids, labels, vectors, sizes, job.index.kind, extra, job.index.params(),
                                job.index.vector_dtype, adanns)
+        if job.index.calibrate:
+            manifest = _calibrate(out, emb_dir, manifest, job.index.calibration_queries)
         point_latest(out)
         mlflow.log_artifacts(str(out), artifact_path="index")
         mlflow.set_tag("mrl.output_path", str(out))
@@ -57,3 +59,29 @@ def _modality(embed_manifest: dict) -> str:
 
     spec = embed_manifest.get("model_spec") or {}
     return encoder_modality(spec["encoder"]) if "encoder" in spec else "image"
+
+
+def _calibrate(out: Path, emb_dir: Path, manifest: dict, n_queries: int, k: int = 10) -> dict:
+    """Measure the calibration table on held-out queries (the embed run's test split) and store it in the
+    index manifest; without a test split the index has no table (budget requests then get 422)."""
+    import numpy as np
+
+    from mrl.artifacts.manifest import write_manifest
+    from mrl.retrieval.artifact import load_index
+    from mrl.retrieval.calibrate import calibrate
+
+    if not (emb_dir / "test").is_dir():
+        print("[build_index] no test split beside the embeddings: no calibration table (budgets unavailable)",
+              flush=True)
+        return manifest
+    _, _, queries = read_embeddings(emb_dir / "test")
+    pick = np.sort(np.random.default_rng(0).permutation(len(queries))[:n_queries])
+    started = time.time()
+    table = calibrate(load_index(out).engine, queries[pick], manifest["sizes"], k=min(k, manifest["rows"]))
+    manifest = {**manifest, "calibration": table}
+    write_manifest(out, manifest)
+    fastest, best = table["rows"][0], max(table["rows"], key=lambda r: r["recall"])
+    print(f"[build_index] calibrated {len(table['rows'])} plans on {len(pick)} held-out queries in "
+          f"{time.time() - started:.0f}s: fastest {fastest['p50_ms']:.2f} ms at recall {fastest['recall']:.3f}, "
+          f"most accurate {best['p50_ms']:.2f} ms at recall {best['recall']:.3f}", flush=True)
+    return manifest

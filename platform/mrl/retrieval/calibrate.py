@@ -1,0 +1,108 @@
+"""Per-request budgets: a calibration table of candidate plans, measured on held-out queries when the index is
+built, and the rule that picks a plan for a budget.
+
+The table lists adaptive plans (shortlist K on each indexed prefix below d, rerank at d) and the full-size
+search. For each: `recall`, the share of the exact full-size top-k it returns (mean over the calibration
+queries), and `p50_ms`, the median time the engine takes for one query alone on the machine that built the
+index (the search only: HTTP and batching come on top). The index manifest carries the table; a request's
+`{"budget": {"latency_ms": x}}` gets the most accurate plan whose p50_ms fits, `{"budget": {"recall": r}}`
+the fastest plan whose recall reaches r; when none does, the closest (fastest, or most accurate) and
+`met: false`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from mrl.retrieval.modes import SearchSettings, make_plan
+
+SHORTLIST_FACTORS = (2, 5, 10, 20, 50)  # candidate K = factor * k
+
+
+def candidate_settings(sizes: list[int], dim: int, rows: int, k: int) -> list[dict[str, Any]]:
+    """Adaptive settings for every indexed prefix below d and every K in `SHORTLIST_FACTORS` * k (within the
+    corpus), then the full-size search when d is indexed."""
+    out = [{"mode": "adaptive", "shortlist_size": m, "shortlist_k": min(rows, f * k)}
+           for m in sizes if m < dim for f in SHORTLIST_FACTORS if f * k <= rows or f == SHORTLIST_FACTORS[0]]
+    if dim in sizes:
+        out.append({"mode": "full"})
+    return [dict(t) for t in {tuple(s.items()): s for s in out}]  # K capped at rows can repeat
+
+
+def plan_of(setting: dict[str, Any], dim: int, k: int):
+    """The `QueryPlan` of one calibration setting."""
+    fields = {key: value for key, value in setting.items() if key != "mode"}
+    return make_plan(setting["mode"], SearchSettings(**fields), dim, k)
+
+
+def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int, block: int = 65536) -> np.ndarray:
+    """Positions (Q, k) of the exact top-k by cosine at full size, by blocks of the database (numpy)."""
+    q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+    best_s = np.full((len(q), 0), -np.inf, np.float32)
+    best_p = np.zeros((len(q), 0), np.int64)
+    for start in range(0, len(vectors), block):
+        v = np.asarray(vectors[start:start + block], dtype=np.float32)
+        s = q @ (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)).T
+        best_s = np.concatenate([best_s, s], 1)
+        best_p = np.concatenate([best_p, np.broadcast_to(np.arange(start, start + len(v)), s.shape)], 1)
+        keep = np.argsort(-best_s, axis=1, kind="stable")[:, :k]
+        best_s, best_p = np.take_along_axis(best_s, keep, 1), np.take_along_axis(best_p, keep, 1)
+    return best_p
+
+
+def calibrate(engine, queries: np.ndarray, sizes: list[int], k: int = 10, timed: int = 200) -> dict[str, Any]:
+    """Measure every candidate plan on `queries` (held-out, (Q, d)).
+
+    Args:
+        engine: the index's `SearchEngine`.
+        queries: calibration queries (not the evaluation's, where a benchmark tunes on them).
+        sizes: the indexed prefix sizes.
+        k: results per query the recall is measured at.
+        timed: how many of the queries are timed one at a time for p50_ms.
+
+    Returns:
+        {"k", "queries", "rows": [{"setting", "recall", "p50_ms"}, ...] sorted by p50_ms}.
+    """
+    dim = engine.dim
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    truth = (engine.run(make_plan("full", SearchSettings(), dim, k), queries).positions if dim in sizes
+             else exact_top(np.asarray(engine.store.vectors), queries, k))
+    rows = []
+    for setting in candidate_settings(sizes, dim, len(engine), k):
+        plan = plan_of(setting, dim, k)
+        found = engine.run(plan, queries).positions
+        recall = float(np.mean([len(set(f[f >= 0]) & set(t[t >= 0])) / k for f, t in zip(found, truth)]))
+        times = []
+        for q in queries[:timed]:
+            t0 = time.perf_counter()
+            engine.run(plan, q[None])
+            times.append(time.perf_counter() - t0)
+        rows.append({"setting": setting, "recall": round(recall, 4), "p50_ms": round(1000 * float(np.median(times)), 4)})
+    rows.sort(key=lambda r: (r["p50_ms"], -r["recall"]))
+    return {"k": k, "queries": int(len(queries)), "rows": rows}
+
+
+def choose(table: dict[str, Any], budget: dict[str, float]) -> dict[str, Any]:
+    """The calibration row a budget picks, with whether the budget is met.
+
+    Args:
+        table: what `calibrate` returned.
+        budget: {"latency_ms": x} or {"recall": r}.
+
+    Returns:
+        {"setting", "recall", "p50_ms", "met"}.
+    """
+    rows = table["rows"]
+    if "latency_ms" in budget:
+        fits = [r for r in rows if r["p50_ms"] <= budget["latency_ms"]]
+        if fits:
+            best = max(fits, key=lambda r: (r["recall"], -r["p50_ms"]))
+            return {**best, "met": True}
+        return {**min(rows, key=lambda r: (r["p50_ms"], -r["recall"])), "met": False}
+    fits = [r for r in rows if r["recall"] >= budget["recall"]]
+    if fits:
+        return {**min(fits, key=lambda r: (r["p50_ms"], -r["recall"])), "met": True}
+    return {**max(rows, key=lambda r: (r["recall"], -r["p50_ms"])), "met": False}

@@ -1,0 +1,65 @@
+"""Budgets: the calibration table's candidate plans, its measurements, and the rule that picks a plan."""
+
+import numpy as np
+import pytest
+
+from mrl.retrieval.artifact import load_index, write_index
+from mrl.retrieval.calibrate import calibrate, candidate_settings, choose, exact_top
+
+TABLE = {"k": 10, "queries": 100, "rows": [
+    {"setting": {"mode": "adaptive", "shortlist_size": 8, "shortlist_k": 20}, "recall": 0.80, "p50_ms": 0.2},
+    {"setting": {"mode": "adaptive", "shortlist_size": 8, "shortlist_k": 100}, "recall": 0.93, "p50_ms": 0.4},
+    {"setting": {"mode": "adaptive", "shortlist_size": 16, "shortlist_k": 100}, "recall": 0.97, "p50_ms": 0.6},
+    {"setting": {"mode": "full"}, "recall": 1.0, "p50_ms": 1.5},
+]}
+
+
+@pytest.mark.parametrize("budget, picked, met", [
+    ({"latency_ms": 0.5}, 1, True),     # the most accurate plan within 0.5 ms
+    ({"latency_ms": 10}, 3, True),      # everything fits: the exact one
+    ({"latency_ms": 0.1}, 0, False),    # nothing fits: the fastest, flagged
+    ({"recall": 0.95}, 2, True),        # the fastest plan reaching 0.95
+    ({"recall": 0.5}, 0, True),
+    ({"recall": 1.0}, 3, True),
+])
+def test_a_budget_picks_by_hand(budget, picked, met):
+    got = choose(TABLE, budget)
+    assert got["setting"] == TABLE["rows"][picked]["setting"] and got["met"] is met
+
+
+def test_an_unreachable_recall_gets_the_most_accurate_plan_flagged():
+    rows = TABLE["rows"][:3]
+    got = choose({**TABLE, "rows": rows}, {"recall": 0.99})
+    assert got["setting"] == rows[2]["setting"] and got["met"] is False
+
+
+def test_candidates_cover_every_prefix_below_d_and_the_full_search():
+    settings = candidate_settings([8, 16, 64], dim=64, rows=1000, k=10)
+    assert {s["shortlist_size"] for s in settings if s["mode"] == "adaptive"} == {8, 16}
+    assert sorted({s["shortlist_k"] for s in settings if s["mode"] == "adaptive"}) == [20, 50, 100, 200, 500]
+    assert {"mode": "full"} in settings
+    small = candidate_settings([8, 64], dim=64, rows=60, k=10)  # K never above the corpus
+    assert max(s["shortlist_k"] for s in small if s["mode"] == "adaptive") <= 60
+
+
+def test_exact_top_is_brute_force_cosine():
+    rng = np.random.default_rng(0)
+    vectors, queries = rng.normal(size=(300, 12)), rng.normal(size=(7, 12))
+    cos = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ (
+        vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).T
+    assert np.array_equal(exact_top(vectors, queries, 5, block=64), np.argsort(-cos, axis=1)[:, :5])
+
+
+def test_calibration_measures_recall_against_the_full_search(tmp_path):
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(800, 32)).astype(np.float32)
+    write_index(tmp_path / "ix", np.arange(800), np.zeros(800, np.int64), vectors, [4, 8, 32], "flat", {})
+    table = calibrate(load_index(tmp_path / "ix").engine, rng.normal(size=(40, 32)), [4, 8, 32], k=10, timed=5)
+    by = {tuple(sorted(r["setting"].items())): r for r in table["rows"]}
+    assert by[(("mode", "full"),)]["recall"] == 1.0
+    for m in (4, 8):  # a longer shortlist on the same prefix never finds less
+        recalls = [by[(("mode", "adaptive"), ("shortlist_k", kk), ("shortlist_size", m))]["recall"]
+                   for kk in (20, 50, 100, 200, 500)]
+        assert recalls == sorted(recalls) and recalls[-1] > recalls[0]
+    assert all(r["p50_ms"] > 0 for r in table["rows"]) and table["k"] == 10 and table["queries"] == 40
+    assert [r["p50_ms"] for r in table["rows"]] == sorted(r["p50_ms"] for r in table["rows"])
