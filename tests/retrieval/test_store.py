@@ -96,3 +96,24 @@ def test_prefix_store_float16_is_close_to_float32():
     ref = normalize_prefix(q, 16) @ normalize_prefix(db, 16).T
     np.testing.assert_allclose(half.score(cand, normalize_prefix(q, 16), 16), ref, atol=2e-3)
     assert PrefixStore(db.astype(np.float64)).vectors.dtype == np.float32  # other dtypes are widened once
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_the_device_resident_rerank_gives_the_cpu_paths_results(dtype):
+    """PrefixStore.rerank (the accelerator path: one copy in, blocks scored and ranked on the device, one copy out)
+    run here on the CPU, block sizes forcing several blocks, against the CPU path: same ids, same scores,
+    ties and empty slots included."""
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(500, 64)).astype(dtype)
+    vectors[7] = vectors[9]  # an exact tie: the lower position wins on both paths
+    vectors[11] = 0  # a zero row scores 0
+    queries = rng.normal(size=(40, 64)).astype(np.float32)
+    candidates = rng.integers(0, 500, size=(40, 30))
+    candidates[:, :3] = [7, 9, 11]
+    candidates[5, 10:] = -1  # empty slots
+    store = PrefixStore(vectors)
+    for size, k in ((16, 10), (64, 30), (64, 45)):
+        want_s, want_p = rerank(candidates, store, queries, size, k)
+        got_s, got_p = store.rerank(candidates, queries, size, k, block_floats=size * 30 * 7)
+        assert np.array_equal(got_p, want_p)
+        np.testing.assert_allclose(got_s, want_s, rtol=1e-6, atol=1e-7)

@@ -7,6 +7,7 @@ import numpy as np
 from mrl.retrieval.topk import normalize_prefix, top_k
 
 RERANK_BLOCK_FLOATS = 1 << 20  # ~4 MiB of float32 candidate rows per block: stays in cache, 2-3x faster than 128 MiB
+DEVICE_BLOCK_FLOATS = 1 << 28  # ~1 GiB of float32 candidate rows per block on an accelerator: few, large kernels
 
 
 class PrefixStore:
@@ -62,6 +63,40 @@ class PrefixStore:
         return torch.where(norms > 0, raw / norms.clamp_min(1e-30), torch.zeros_like(raw)).cpu().numpy()
 
 
+    def rerank(self, candidates: np.ndarray, queries: np.ndarray, size: int, k: int,
+               block_floats: int = DEVICE_BLOCK_FLOATS) -> tuple[np.ndarray, np.ndarray]:
+        """`rerank` done where the rows live: the positions and unit queries are copied to the device once,
+        every block gathers, scores (float32, as on the CPU) and keeps its rows' scores there, one top-k with
+        the CPU's tie rule (higher score, then lower position) runs there, and one copy brings (Q, k) back.
+
+        Used for accelerator stores (the CPU path's cache-sized blocks cost a host round trip each on a GPU);
+        it also runs on the CPU, which is how the tests hold it to the CPU path's results.
+        """
+        import torch
+
+        dev = self.device
+        cand = torch.from_numpy(np.ascontiguousarray(candidates, dtype=np.int64)).to(dev)  # (Q, K)
+        unit = torch.from_numpy(normalize_prefix(queries, size)).to(dev)  # (Q, size)
+        q, kk = cand.shape
+        safe = cand.clamp_min(0)
+        scores = torch.empty((q, kk), dtype=torch.float32, device=dev)
+        prefix = self._rows[:, :size]
+        step = max(1, block_floats // max(1, kk * size))
+        for lo in range(0, q, step):
+            rows = prefix.index_select(0, safe[lo:lo + step].reshape(-1)).view(-1, kk, size).float()
+            raw = (rows * unit[lo:lo + step, None, :]).sum(-1)
+            norms = torch.linalg.vector_norm(rows, dim=-1)
+            scores[lo:lo + step] = torch.where(norms > 0, raw / norms.clamp_min(1e-30), torch.zeros_like(raw))
+        scores = torch.where(cand >= 0, scores, torch.full_like(scores, -float("inf")))
+        tie = torch.where(cand >= 0, cand, torch.full_like(cand, np.iinfo(np.int64).max))
+        by_position = torch.argsort(tie, dim=1, stable=True)
+        by_score = torch.argsort(-scores.gather(1, by_position), dim=1, stable=True)[:, :min(k, kk)]
+        order = by_position.gather(1, by_score)
+        best = scores.gather(1, order)
+        positions = torch.where(torch.isfinite(best), cand.gather(1, order), torch.full_like(order, -1))
+        return best.cpu().numpy(), positions.cpu().numpy()
+
+
 def as_store(database) -> PrefixStore:
     """A `PrefixStore` as is; an array wrapped in one."""
     return database if isinstance(database, PrefixStore) else PrefixStore(database)
@@ -84,6 +119,8 @@ def rerank(candidates: np.ndarray, database, queries: np.ndarray, size: int, k: 
         (when sorted).
     """
     store = as_store(database)
+    if store.device.type != "cpu":
+        return store.rerank(candidates, queries, size, k)  # sorted either way
     q, kk = candidates.shape
     safe = np.where(candidates >= 0, candidates, 0)
     q_norm = normalize_prefix(queries, size)
