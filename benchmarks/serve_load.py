@@ -516,8 +516,8 @@ def kill_mode(args, argv: list[str], index: Path, manifest: dict, cfg, tracking_
              f"| failed requests | {fails['failed']} |",
              f"| in flight at the kill | {fails['in_flight_at_kill']} (of which failed: {fails['failed_in_flight']}) |",
              f"| failed, started after the kill | {fails['failed_after_kill']} |",
-             f"| failures from {fmt(summary['first_failure_after_kill_s'])} to "
-             f"{fmt(summary['last_failure_after_kill_s'])} | |",
+             f"| first / last failure after the kill | {fmt(summary['first_failure_after_kill_s'])} / "
+             f"{fmt(summary['last_failure_after_kill_s'])} |",
              f"| longest gap between successful answers | {fmt(gap)} (from {fmt(g_from - t_kill)} to "
              f"{fmt(g_to - t_kill)}) |",
              f"| first success of a request sent after the kill | {fmt(summary['first_success_started_after_kill_s'])} |",
@@ -527,7 +527,8 @@ def kill_mode(args, argv: list[str], index: Path, manifest: dict, cfg, tracking_
              "",
              f"Targets: failures at most the requests in flight ({summary['target_failures']}): "
              f"{yes[verdict['failures_ok']]}; longest gap at most {TARGET_GAP_S:.0f} s: {yes[verdict['gap_ok']]}.", "",
-             "Serve events (driver polling serve.status() every 0.25 s):", ""]
+             "Serve events (the driver polls serve.status() and the GCS actor table every 0.25 s after the kill):",
+             ""]
     lines += [f"- {e['t_s']:+.2f} s: {e['event']}" for e in events]
     lines += ["", "Completions per second around the kill:", "", "| t (s) | ok | failed |", "|---:|---:|---:|"]
     lines += [f"| {row['t_s']:+.0f} | {row['ok']} | {row['failed']} |" for row in tl]
