@@ -20,3 +20,19 @@ def free_port() -> int:
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+def tiny_text_model(texts: list[str], dim: int = 16, seed: int = 0):
+    """A one-layer BERT text model (d = dim, sizes [4, dim]) with a tokenizer trained on `texts`, in eval mode."""
+    import torch
+
+    from mrl.core.models import build_model
+    from mrl.data.tokenize import train_tokenizer
+
+    torch.manual_seed(seed)
+    model = build_model({"encoder": "bert", "dim": dim, "head": "none",
+                         "nesting": {"schedule": "list", "sizes": [4, dim]}, "text": {"vocab_size": 300, "max_tokens": 16},
+                         "backbone": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                                      "intermediate_size": 32}}).eval()
+    model.tokenizer = train_tokenizer(texts, 300, 16)
+    return model

@@ -352,7 +352,8 @@ def test_a_text_model_logs_its_tokenizer_and_predicts_from_strings(tmp_path, mon
     import mlflow.pyfunc
 
     from mrl.artifacts import tracking
-    from mrl.data.tokenize import train_tokenizer
+
+    from conftest import tiny_text_model
 
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
         monkeypatch.delenv(var, raising=False)
@@ -360,12 +361,7 @@ def test_a_text_model_logs_its_tokenizer_and_predicts_from_strings(tmp_path, mon
     mlflow.create_experiment("text-models", artifact_location=(tmp_path / "art").as_uri())
     mlflow.set_experiment("text-models")
     texts = ["a small dog", "a large boat on the river", "to run fast", "a red house"] * 10
-    torch.manual_seed(0)
-    model = build_model({"encoder": "bert", "dim": 16, "head": "none", "nesting": {"schedule": "list", "sizes": [4, 16]},
-                         "text": {"vocab_size": 300, "max_tokens": 16},
-                         "backbone": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                      "intermediate_size": 32}}).eval()
-    model.tokenizer = train_tokenizer(texts, 300, 16)
+    model = tiny_text_model(texts)
     try:
         with mlflow.start_run():
             tracking.log_model(model, "tiny-text", {"dim": 16})

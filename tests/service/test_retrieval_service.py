@@ -195,22 +195,16 @@ def test_image_queries_are_embedded_by_the_index_model_and_mismatches_refused(tm
 def test_text_queries_are_embedded_with_the_index_models_tokenizer(tmp_path):
     """A text query is tokenised and embedded by the index's own text model, so it finds what the text's own
     embedding finds; an image sent to a text index, or text to an image index, is a 422 naming the kind."""
-    import torch
 
     from mrl.artifacts.model_files import save_model_dir
-    from mrl.core.models import build_model
-    from mrl.data.tokenize import train_tokenizer
     from mrl.retrieval.artifact import load_index
     from mrl.service.encoder import QueryEncoder
 
+    from conftest import tiny_text_model
+
     words = ["cat", "dog", "boat", "river", "stone", "tree", "cloud", "house", "bird", "fish"]
     texts = [f"{a} near the {b} and {c}" for a in words for b in words for c in words[:2]]  # 200 distinct
-    torch.manual_seed(0)
-    model = build_model({"encoder": "bert", "dim": 16, "head": "none", "nesting": {"schedule": "list", "sizes": [4, 16]},
-                         "text": {"vocab_size": 300, "max_tokens": 16},
-                         "backbone": {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                      "intermediate_size": 32}}).eval()
-    model.tokenizer = train_tokenizer(texts, 300, 16)
+    model = tiny_text_model(texts)
     model_dir = save_model_dir(model, tmp_path / "model")
     vectors = model.embed_texts(texts)
     write_index(tmp_path / "index", np.arange(200), np.zeros(200, dtype=np.int64), vectors, [4, 16], "flat",

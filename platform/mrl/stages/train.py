@@ -298,10 +298,9 @@ def run_train(job: TrainJobConfig) -> dict[str, Any]:
     import mlflow
 
     from mrl.artifacts import tracking
-    from mrl.runtime import ensure_ray
-
     from mrl.config import check_paths
     from mrl.data.sources import prepare_text_data
+    from mrl.runtime import ensure_ray
 
     check_paths(job)
     job = dataclasses.replace(job, data=prepare_text_data(job.data))  # before any Ray work

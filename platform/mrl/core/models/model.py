@@ -66,9 +66,7 @@ def build_model(spec: dict[str, Any]) -> MRLModel:
         spec: encoder, dim, head, num_classes, in_channels, image_size, nesting, pretrained_path, backbone.
     """
     from mrl.config import ModelConfig
-    from mrl.configio import from_dict
-
-    from mrl.configio import to_dict
+    from mrl.configio import from_dict, to_dict
 
     cfg = from_dict(ModelConfig, spec, prefix="model.")
     encoder = build_encoder(cfg.encoder, cfg.in_channels, cfg.image_size, cfg.dim, cfg.pretrained_path, cfg.backbone,
