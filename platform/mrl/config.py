@@ -117,6 +117,9 @@ class ModelConfig:
     """Extra `transformers` config fields (e.g. hidden_size, num_hidden_layers) or cnn widths."""
     text: TextConfig = field(default_factory=TextConfig)
     """Tokenizer and pooling of text encoders (bert); ignored by image encoders."""
+    projection: bool = False
+    """A linear layer from the encoder's output to z even when its width is already d (there is always one when
+    it differs): the nested prefixes are then cut from a learned projection, not from the encoder's own state."""
 
     def __post_init__(self) -> None:
         from mrl.core.models.encoders import ENCODERS  # torch: imported when a model config is built

@@ -204,3 +204,9 @@ def test_missing_pretrained_path_is_named_at_build_time(tmp_path):
     missing = tmp_path / "no-such-model"
     with pytest.raises(FileNotFoundError, match="pretrained_path .*no-such-model.* is not a local directory"):
         build_model(_spec("vit", 16, [16], pretrained_path=str(missing)))
+
+def test_projection_can_be_forced_when_the_encoder_is_already_d_wide():
+    plain = build_model(_spec("bert", 32, [8, 32], head="none", backbone=TINY_BERT))
+    forced = build_model(_spec("bert", 32, [8, 32], head="none", backbone=TINY_BERT, projection=True))
+    assert isinstance(plain.projection, nn.Identity)
+    assert isinstance(forced.projection, nn.Linear) and forced.projection.weight.shape == (32, 32)

@@ -25,10 +25,11 @@ class MRLModel(nn.Module):
             None for image models and for a text model not yet given one.
     """
 
-    def __init__(self, encoder: nn.Module, dim: int, sizes: list[int], head: nn.Module, spec: dict[str, Any]):
+    def __init__(self, encoder: nn.Module, dim: int, sizes: list[int], head: nn.Module, spec: dict[str, Any],
+                 projection: bool = False):
         super().__init__()
         self.encoder = encoder
-        self.projection = nn.Identity() if encoder.width == dim else nn.Linear(encoder.width, dim)
+        self.projection = (nn.Linear(encoder.width, dim) if projection or encoder.width != dim else nn.Identity())
         self.head = head
         self.dim, self.sizes, self.spec = dim, list(sizes), spec
         self.modality = getattr(encoder, "modality", "image")
@@ -72,7 +73,7 @@ def build_model(spec: dict[str, Any]) -> MRLModel:
     encoder = build_encoder(cfg.encoder, cfg.in_channels, cfg.image_size, cfg.dim, cfg.pretrained_path, cfg.backbone,
                             to_dict(cfg.text))
     head = build_head(cfg.head, cfg.sizes, cfg.num_classes, cfg.dim)
-    return MRLModel(encoder, cfg.dim, cfg.sizes, head, spec)
+    return MRLModel(encoder, cfg.dim, cfg.sizes, head, spec, projection=cfg.projection)
 
 
 def head_logits(model, z: np.ndarray) -> list[np.ndarray]:
