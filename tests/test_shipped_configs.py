@@ -7,6 +7,7 @@ from mrl import config as C
 from mrl.configio import ConfigError, load_config
 from mrl.experiments.reproduce import ReproduceConfig
 from mrl.experiments.retrieval_bench import RetrievalBenchConfig
+from mrl.experiments.text_bench import TextBenchConfig
 
 from conftest import REPO
 
@@ -22,6 +23,8 @@ SHIPPED = {
     "benchmarks/reproduce.yaml": ReproduceConfig,
     "benchmarks/reproduce_quick.yaml": ReproduceConfig,
     "benchmarks/retrieval.yaml": RetrievalBenchConfig,
+    "benchmarks/text.yaml": TextBenchConfig,
+    "benchmarks/text_quick.yaml": TextBenchConfig,
     # the retrieval-at-scale chain keeps its outputs apart, under outputs/scale
     "jobs/train_2048.yaml": C.TrainJobConfig,
     "jobs/embed_augmented.yaml": C.EmbedJobConfig,

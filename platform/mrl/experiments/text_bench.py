@@ -80,8 +80,8 @@ class TextBenchConfig(JobConfig):
     nesting list differ."""
 
     data: DataConfig = field(default_factory=lambda: DataConfig(source="wordnet", path="outputs/wordnet"))
-    """A text source (wordnet or text_parquet). train_limit caps the training rows; test_limit the test rows
-    (queries and documents of pair retrieval, queries of class retrieval)."""
+    """A text source (wordnet or text_parquet). train_limit: train on a seeded sample of that many pairs; test_limit:
+    a seeded sample of the test rows (queries and documents of pair retrieval, queries of class retrieval)."""
     model: ModelConfig = field(default_factory=lambda: ModelConfig(
         encoder="bert", dim=128, head="none", nesting=NestingConfig(schedule="log", min_size=8),
         backbone={"hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 512}))
@@ -319,8 +319,11 @@ def write_report(out: Path, name: str, summary: list[dict[str, Any]], rows: list
            f"threads. Date: {time.strftime('%Y-%m-%d')}. Wall time {meta['seconds']:.0f} s (training "
            f"{meta['train_seconds']:.0f} s). MLflow run {meta['mlflow_run_id']} (experiment "
            f"{cfg['mlflow']['experiment']!r}).")
-    setup = (f"Data: {meta['train_rows']} training pairs ({cfg['data']['val_fraction']:g} held out for validation), "
-             f"{meta['test_rows']} test synsets, class-retrieval database {meta['database_rows']} train documents. "
+    sample = " (a seeded sample)"
+    setup = (f"Data: {meta['train_rows']} training pairs ({'a seeded sample, ' if cfg['data']['train_limit'] else ''}"
+             f"{cfg['data']['val_fraction']:g} held out for validation), {meta['test_rows']} test synsets"
+             f"{sample if cfg['data']['test_limit'] else ''}, class-retrieval database {meta['database_rows']} train "
+             f"documents{sample if cfg['database_limit'] else ''}. "
              f"Every model: same encoder, {cfg['train']['epochs']} epoch(s), batch {cfg['train']['batch_size']}, lr "
              f"{cfg['train']['lr']}, temperature {cfg['train']['temperature']}; seeds {seeds}; figures in %, mean ± "
              f"std over seeds.")
@@ -504,8 +507,9 @@ def run_text_bench(cfg: TextBenchConfig, results_dir: str | Path, command: str =
                     rows += [dense_row("ff_trunc", seed, s, *args) for s in sizes]
                     pca = PCA.fit(zdb)
                     for s in sizes:
-                        rows.append(dense_row("ff_pca", seed, s, pca.transform(zq, s), pca.transform(zd, s),
-                                              pca.transform(zd, s), pca.transform(zdb, s), db_labels, q_labels, k))
+                        pq, pd = pca.transform(zq, s), pca.transform(zd, s)
+                        rows.append(dense_row("ff_pca", seed, s, pq, pd, pd, pca.transform(zdb, s), db_labels,
+                                              q_labels, k))
         summary = aggregate(rows)
         seconds = time.time() - started
         targets = check_targets(summary, adaptive, sizes, cfg.targets, k)
