@@ -34,8 +34,10 @@ def config(**extra):
 @pytest.mark.parametrize("extra, field", [
     ({"seeds": []}, "seeds"),
     ({"seeds": [1, 1]}, "seeds"),
-    ({"shortlist_size": 32}, "shortlist_size"),  # = d: nothing to rerank
-    ({"shortlist_k": 5}, "shortlist_k"),  # below k = 10
+    ({"shortlist_size": 32, "shortlist_k": 50}, "shortlist_size"),  # = d: nothing to rerank
+    ({"shortlist_size": 8, "shortlist_k": 5}, "shortlist_k"),  # below k = 10
+    ({"shortlist_size": 8}, "give both shortlist_size and shortlist_k"),
+    ({"tune_fraction": 1.0}, "tune_fraction"),
     ({"k": 0}, "k"),
     ({"threads": 0}, "threads"),
     ({"database_limit": 0}, "database_limit"),
@@ -162,7 +164,7 @@ def test_a_tiny_run_writes_every_method_and_size(tmp_path, monkeypatch):
     cfg = from_dict(TextBenchConfig, {
         "output_dir": str(tmp_path / "out"), "results_name": "tiny", "seeds": [0], "database_limit": 600,
         "data": {"source": "wordnet", "path": str(tmp_path / "wordnet"), "train_limit": 600, "test_limit": 300},
-        "model": TINY_MODEL, "train": {"epochs": 1, "batch_size": 64, "lr": 3e-3}, "shortlist_k": 50})
+        "model": TINY_MODEL, "train": {"epochs": 1, "batch_size": 64, "lr": 3e-3}})  # shortlist tuned
     result = run_text_bench(cfg, tmp_path, command="pytest tiny")
     for name in ("tiny.md", "tiny.csv", "tiny.json", "tiny_pair_r10.png", "tiny_class_map10.png"):
         assert (tmp_path / name).is_file(), name
@@ -178,7 +180,27 @@ def test_a_tiny_run_writes_every_method_and_size(tmp_path, monkeypatch):
     assert len(js["targets"]) == 4 and js["meta"]["database_rows"] == 600 and len(js["models"]) == 4
     md = (tmp_path / "tiny.md").read_text()
     assert "## Targets" in md and "pytest tiny" in md and "BM25" in md
+    assert "chosen per seed on 150 held-out test queries" in md and "the other 150 queries" in md
     import mlflow
 
     runs = mlflow.search_runs(experiment_names=["text-bench"])
     assert len(runs) == 1 and "metrics.mrl_pair_rk_d32" in runs.columns
+
+
+def test_the_adaptive_setting_is_tuned_on_held_out_queries_only():
+    """tune_adaptive picks the cheapest setting within the gap on the queries it is given; a split keeps tuning and
+    measured queries apart."""
+    from mrl.experiments.text_bench import _tune_split, tune_adaptive
+
+    rng = np.random.default_rng(0)
+    docs = rng.normal(size=(400, 32)).astype(np.float32)
+    queries = docs + 0.3 * rng.normal(size=docs.shape).astype(np.float32)  # query i is near document i
+    held, scored = _tune_split(400, 0.5, seed=0)
+    assert len(held) == 200 and not set(held) & set(scored) and sorted([*held, *scored]) == list(range(400))
+    loose = tune_adaptive(queries[held], docs, held, [4, 8, 32], k=10, gap=0.5)
+    tight = tune_adaptive(queries[held], docs, held, [4, 8, 32], k=10, gap=0.0)
+    assert loose["met"] and tight["met"] and loose["tune_rk"] >= loose["tune_full_rk"] - 0.5
+    assert tight["tune_rk"] >= tight["tune_full_rk"]
+    cost = {(s, k): s * k for s, k in [(loose["shortlist_size"], loose["shortlist_k"]),
+                                        (tight["shortlist_size"], tight["shortlist_k"])]}
+    assert cost[(loose["shortlist_size"], loose["shortlist_k"])] <= cost[(tight["shortlist_size"], tight["shortlist_k"])]
