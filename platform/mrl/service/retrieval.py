@@ -165,9 +165,9 @@ class RetrievalService:
             parsed = self._parse_or_error(request)
             if isinstance(parsed, RequestError) or (parsed.image is None and parsed.text is None):
                 continue  # a malformed request is answered by search_batch
-            kind = "image" if parsed.image is not None else "text"
             if parsed.image is not None and parsed.text is not None:
                 continue  # two queries in one: search_batch names the rule
+            kind = "image" if parsed.image is not None else "text"
             if kind != self.modality:
                 done[i] = RequestError(422, f"this index's model reads {self.modality}, not {kind}: send "
                                             f"'{self.modality}', 'vector' or 'id'")
@@ -209,9 +209,9 @@ class RetrievalService:
             try:
                 if isinstance(request, RequestError):
                     raise request
-                plan, query = self._prepare(request, embedded.get(i))
-                if request.budget is not None:
-                    budgets[i] = self._budget_choice(request)
+                plan, query, budget = self._prepare(request, embedded.get(i))
+                if budget is not None:
+                    budgets[i] = budget
             except RequestError as exc:
                 out[i] = exc
                 continue
@@ -250,19 +250,23 @@ class RetrievalService:
                                                 "at_k": table["k"]},
                 "met": chosen["met"], "setting": chosen["setting"]}
 
-    def _prepare(self, request: SearchRequest, embedded=None) -> tuple[QueryPlan, np.ndarray]:
-        """The plan and the (1, d) query of one validated request (`embedded`: its image's or text's embedding)."""
+    def _prepare(self, request: SearchRequest, embedded=None
+                 ) -> tuple[QueryPlan, np.ndarray, dict[str, Any] | None]:
+        """The plan, the (1, d) query and the budget choice (None without a budget) of one validated request
+        (`embedded`: its image's or text's embedding)."""
         if sum(x is not None for x in (request.vector, request.id, request.image, request.text)) != 1:
             raise RequestError(422, f"give exactly one of 'vector' (length d={self.artifact.dim}), 'id' (a corpus "
                                     f"id) or '{self.modality}'" + (" (base64)" if self.modality == "image" else ""))
         k = self.cfg.default_k if request.k is None else request.k
         self._in_range("k", k, self.max_k, "serve.max_k")
+        budget = None
         if request.budget is not None:
             if request.mode is not None or request.shortlist_k is not None:
                 raise RequestError(422, "a budget chooses the plan: give either budget or mode / shortlist_k")
             from mrl.retrieval.calibrate import plan_of
 
-            setting = self._budget_choice(request)["setting"]
+            budget = self._budget_choice(request)
+            setting = budget["setting"]
             if setting.get("shortlist_k", k) < k:
                 setting = {**setting, "shortlist_k": k}
             mode, plan = setting["mode"], plan_of(setting, self.artifact.dim, k)
@@ -281,8 +285,8 @@ class RetrievalService:
                 raise RequestError(422, embedded or "the query was not embedded")
             vector = embedded  # (d,) from the encoder
         if vector is not None:
-            return plan, self._vector_query(vector, self.engine.smallest_prefix(plan), mode)
-        return plan, np.asarray(self.artifact.vectors[self._position(request.id)], dtype=np.float32)[None]
+            return plan, self._vector_query(vector, self.engine.smallest_prefix(plan), mode), budget
+        return plan, np.asarray(self.artifact.vectors[self._position(request.id)], dtype=np.float32)[None], budget
 
     @staticmethod
     def parse(request: SearchRequest | dict[str, Any]) -> SearchRequest:
