@@ -11,6 +11,10 @@ from conftest import free_port
 
 pytestmark = pytest.mark.slow
 KEY = "test-key-not-a-secret"
+TABLE = {"k": 10, "queries": 100, "rows": [  # a calibration table fixed by hand: budgets must pick by it
+    {"setting": {"mode": "adaptive", "shortlist_size": 8, "shortlist_k": 20}, "recall": 0.6, "p50_ms": 0.1},
+    {"setting": {"mode": "adaptive", "shortlist_size": 8, "shortlist_k": 100}, "recall": 0.9, "p50_ms": 0.3},
+    {"setting": {"mode": "full"}, "recall": 1.0, "p50_ms": 1.0}]}
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +28,7 @@ def service(tmp_path_factory):
 
     index = tmp_path_factory.mktemp("index")
     vectors = np.random.default_rng(0).normal(size=(500, 32)).astype(np.float32)
-    write_index(index, np.arange(500), np.arange(500) % 4, vectors, [8, 32], "flat", {})
+    write_index(index, np.arange(500), np.arange(500) % 4, vectors, [8, 32], "flat", {"calibration": TABLE})
     (index.parent / "key").write_text(KEY + "\n")
     port = free_port()
     ray.init(address="local", num_cpus=4)
@@ -93,6 +97,20 @@ def test_openapi_page_documents_the_request_fields(service):
     assert requests.get(f"{url}/docs", timeout=30).status_code == 200
 
 
+def test_budgets_choose_different_plans_over_http(service):
+    url, _ = service
+    replies = {name: post(url, {"id": 3, "budget": budget}).json() for name, budget in (
+        ("fast", {"latency_ms": 0.2}), ("middle", {"recall": 0.85}), ("exact", {"recall": 1.0}))}
+    assert replies["fast"]["search"]["shortlist"] == {"source": "size_8", "k": 20}
+    assert replies["middle"]["search"]["shortlist"] == {"source": "size_8", "k": 100}
+    assert replies["exact"]["search"]["mode"] == "full" and replies["exact"]["budget"]["calibrated"]["recall"] == 1.0
+    assert all(r["budget"]["met"] and r["ids"][0] == 3 for r in replies.values())
+    late = post(url, {"id": 3, "budget": {"latency_ms": 0.01}}).json()
+    assert late["budget"]["met"] is False and late["search"]["shortlist"]["k"] == 20  # the fastest, flagged
+    assert post(url, {"id": 3, "budget": {"recall": 0.9}, "mode": "full"}).status_code == 422
+
+
+# runs last: it replaces the deployed index (with one that has no calibration table)
 def test_hot_swap_to_a_new_index_loses_no_request(service, tmp_path):
     """Redeploying the app over another index version under a short bounded load: every request answers 200,
     each reply names one index version, and once the swap is done only the new one answers."""
@@ -131,3 +149,4 @@ def test_hot_swap_to_a_new_index_loses_no_request(service, tmp_path):
     assert len(statuses) > 20 and set(statuses) == {200}, sorted(set(statuses))
     assert versions[-1] == "v2" and set(versions) <= {versions[0], "v2"}
     assert post(url, {"id": 1}).json()["index"]["version"] == "v2"
+

@@ -351,18 +351,24 @@ def test_an_image_query_finds_what_its_embedding_finds(pipeline):
     assert resp.status_code == 422 and "not a readable image" in resp.text
 
 
-def test_budget_requests_choose_plans_by_the_calibration_table(pipeline):
-    """build_index measured a calibration table on the test split; over HTTP a tight latency budget and an exact
-    recall budget run different plans, each reply naming the calibrated figures it was chosen by."""
-    _, summary = pipeline
+def test_budget_requests_follow_the_measured_calibration_table(pipeline):
+    """build_index measured a calibration table on the test split; over HTTP every budget runs the plan that
+    table picks for it, and the reply names the calibrated figures it was chosen by. (Which plans differ depends
+    on the measured table: on this 3,000-row index the full search can be the fastest plan too. Different
+    budgets choosing different plans over HTTP, on a table fixed by hand: tests/e2e/test_service_http.py.)"""
+    from mrl.artifacts.manifest import read_manifest
+    from mrl.retrieval.calibrate import choose
+
+    cfg, summary = pipeline
     url = summary["url"]
+    table = read_manifest(f"{cfg.output_dir}/index/{summary['index_run_id']}")["calibration"]
     budgets = requests.get(f"{url}/healthz", timeout=30).json()["budgets"]
-    assert budgets is not None and budgets["plans"] >= 10 and budgets["recall"][1] == 1.0
-    cheap = requests.post(f"{url}/search", json={"id": 3, "budget": {"latency_ms": budgets["latency_ms"][0]}},
-                          timeout=30).json()
-    exact = requests.post(f"{url}/search", json={"id": 3, "budget": {"recall": 1.0}}, timeout=30).json()
-    assert cheap["search"] != exact["search"] and cheap["budget"]["met"] and exact["budget"]["met"]
-    assert exact["budget"]["calibrated"]["recall"] == 1.0
-    assert cheap["budget"]["calibrated"]["p50_ms"] <= exact["budget"]["calibrated"]["p50_ms"]
+    assert budgets["plans"] == len(table["rows"]) >= 10 and budgets["recall"][1] == 1.0
+    asked = [{"recall": r["recall"]} for r in table["rows"]] + [{"latency_ms": r["p50_ms"]} for r in table["rows"]]
+    for budget in asked[::3]:
+        reply = requests.post(f"{url}/search", json={"id": 3, "budget": budget}, timeout=30).json()
+        want = choose(table, budget)
+        assert reply["budget"]["setting"] == want["setting"] and reply["budget"]["met"] is want["met"] is True
+        assert reply["search"]["mode"] == want["setting"]["mode"]
     bad = requests.post(f"{url}/search", json={"id": 3, "budget": {"recall": "high"}}, timeout=30)
     assert bad.status_code == 422
