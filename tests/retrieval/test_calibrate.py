@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from mrl.retrieval.artifact import load_index, write_index
-from mrl.retrieval.calibrate import calibrate, candidate_settings, choose, exact_top
+from mrl.retrieval.calibrate import calibrate, candidate_settings, choose, plan_of
+from mrl.retrieval.topk import exact_search
 
 TABLE = {"k": 10, "queries": 100, "rows": [
     {"setting": {"mode": "adaptive", "shortlist_size": 8, "shortlist_k": 20}, "recall": 0.80, "p50_ms": 0.2},
@@ -42,12 +43,20 @@ def test_candidates_cover_every_prefix_below_d_and_the_full_search():
     assert max(s["shortlist_k"] for s in small if s["mode"] == "adaptive") <= 60
 
 
-def test_exact_top_is_brute_force_cosine():
-    rng = np.random.default_rng(0)
-    vectors, queries = rng.normal(size=(300, 12)), rng.normal(size=(7, 12))
-    cos = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ (
-        vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).T
-    assert np.array_equal(exact_top(vectors, queries, 5, block=64), np.argsort(-cos, axis=1)[:, :5])
+def test_without_an_index_at_d_recall_is_measured_against_brute_force(tmp_path):
+    """An index without the full size has no `full` plan: the truth is the exact search of the stored vectors."""
+    rng = np.random.default_rng(2)
+    vectors, queries = rng.normal(size=(300, 12)).astype(np.float32), rng.normal(size=(7, 12)).astype(np.float32)
+    write_index(tmp_path / "ix", np.arange(300), np.zeros(300, np.int64), vectors, [4], "flat", {})
+    engine = load_index(tmp_path / "ix").engine
+    table = calibrate(engine, queries, [4], k=5, timed=2)
+    truth = exact_search(vectors, queries, 5)[1]
+    assert all(r["setting"]["mode"] == "adaptive" for r in table["rows"])
+    for row in table["rows"]:
+        found = engine.run(plan_of(row["setting"], 12, 5), queries).positions
+        by_hand = np.mean([len(set(f) & set(t)) / 5 for f, t in zip(found, truth)])
+        assert row["recall"] == pytest.approx(by_hand, abs=1e-4)
+    assert max(r["recall"] for r in table["rows"]) > min(r["recall"] for r in table["rows"])
 
 
 def test_calibration_measures_recall_against_the_full_search(tmp_path):

@@ -216,16 +216,6 @@ def dense_row(method: str, seed: int, size: int, q: np.ndarray, docs: np.ndarray
             "pair_mrr": pair[f"mrr@{k}"], "class_top1": cls["nn1"], "class_map": cls[f"map@{k}"]}
 
 
-def _pair_engine(docs: np.ndarray, sizes: list[int]):
-    """A search engine over the documents with an exact index on each of `sizes`."""
-    from mrl.retrieval.engine import FaissSource, SearchEngine
-    from mrl.retrieval.indexes import build_prefix_index
-    from mrl.retrieval.modes import index_source
-
-    return SearchEngine(docs, {index_source(size): FaissSource(build_prefix_index(docs, size), size, "flat")
-                               for size in sizes})
-
-
 def tune_adaptive(q: np.ndarray, docs: np.ndarray, targets: np.ndarray, sizes: list[int], k: int, gap: float
                   ) -> dict[str, Any]:
     """The cheapest adaptive setting (fewest multiply-adds per query) whose pair R@k on these held-out queries is
@@ -239,18 +229,18 @@ def tune_adaptive(q: np.ndarray, docs: np.ndarray, targets: np.ndarray, sizes: l
         {"shortlist_size", "shortlist_k", "tune_rk", "tune_full_rk", "met"}.
     """
     from mrl.core.metrics import pair_metrics
-    from mrl.retrieval.calibrate import candidate_settings
+    from mrl.retrieval.calibrate import candidate_settings, plan_of
     from mrl.retrieval.modes import SearchSettings, make_plan
+    from mrl.retrieval.quality import exact_engine
 
     d = docs.shape[1]
-    engine = _pair_engine(docs, sizes)
+    engine = exact_engine(docs, sizes, device="cpu")
     full = pair_metrics(engine.run(make_plan("full", SearchSettings(), d, k), q).positions, targets, k)[f"r@{k}"]
     tried = []
     for setting in candidate_settings(sizes, d, len(docs), k):
         if setting["mode"] != "adaptive":
             continue
-        found = engine.run(make_plan("adaptive", SearchSettings(shortlist_size=setting["shortlist_size"],
-                                                                shortlist_k=setting["shortlist_k"]), d, k), q)
+        found = engine.run(plan_of(setting, d, k), q)
         tried.append({"shortlist_size": setting["shortlist_size"], "shortlist_k": setting["shortlist_k"],
                       "tune_rk": pair_metrics(found.positions, targets, k)[f"r@{k}"], "madds": found.madds})
     good = [t for t in tried if t["tune_rk"] >= full - gap]
@@ -269,10 +259,11 @@ def adaptive_pair(q: np.ndarray, docs: np.ndarray, shortlist_size: int, shortlis
     """
     from mrl.core.metrics import pair_metrics
     from mrl.retrieval.modes import SearchSettings, make_plan
+    from mrl.retrieval.quality import exact_engine
 
     d = docs.shape[1]
     settings = SearchSettings(shortlist_size=shortlist_size, shortlist_k=min(shortlist_k, len(docs)))
-    engine = _pair_engine(docs, [shortlist_size, d])
+    engine = exact_engine(docs, [shortlist_size, d], device="cpu")
     targets = np.arange(len(q)) if targets is None else targets
     out: dict[str, Any] = {"shortlist_size": shortlist_size, "shortlist_k": settings.shortlist_k, "rerank_size": d}
     for mode in ("adaptive", "full"):

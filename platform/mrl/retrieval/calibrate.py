@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from mrl.retrieval.modes import SearchSettings, make_plan
+from mrl.retrieval.topk import exact_search
 
 SHORTLIST_FACTORS = (2, 5, 10, 20, 50)  # candidate K = factor * k
 
@@ -38,21 +39,6 @@ def plan_of(setting: dict[str, Any], dim: int, k: int):
     return make_plan(setting["mode"], SearchSettings(**fields), dim, k)
 
 
-def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int, block: int = 65536) -> np.ndarray:
-    """Positions (Q, k) of the exact top-k by cosine at full size, by blocks of the database (numpy)."""
-    q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-    best_s = np.full((len(q), 0), -np.inf, np.float32)
-    best_p = np.zeros((len(q), 0), np.int64)
-    for start in range(0, len(vectors), block):
-        v = np.asarray(vectors[start:start + block], dtype=np.float32)
-        s = q @ (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)).T
-        best_s = np.concatenate([best_s, s], 1)
-        best_p = np.concatenate([best_p, np.broadcast_to(np.arange(start, start + len(v)), s.shape)], 1)
-        keep = np.argsort(-best_s, axis=1, kind="stable")[:, :k]
-        best_s, best_p = np.take_along_axis(best_s, keep, 1), np.take_along_axis(best_p, keep, 1)
-    return best_p
-
-
 def calibrate(engine, queries: np.ndarray, sizes: list[int], k: int = 10, timed: int = 200) -> dict[str, Any]:
     """Measure every candidate plan on `queries` (held-out, (Q, d)).
 
@@ -69,7 +55,7 @@ def calibrate(engine, queries: np.ndarray, sizes: list[int], k: int = 10, timed:
     dim = engine.dim
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     truth = (engine.run(make_plan("full", SearchSettings(), dim, k), queries).positions if dim in sizes
-             else exact_top(np.asarray(engine.store.vectors), queries, k))
+             else exact_search(np.asarray(engine.store.vectors), queries, k)[1])
     rows = []
     for setting in candidate_settings(sizes, dim, len(engine), k):
         plan = plan_of(setting, dim, k)

@@ -15,14 +15,23 @@ def exact_plan(source: str, k: int) -> QueryPlan:
     return QueryPlan(mode="exact", shortlist=Shortlist(source=source, k=k), k=k)
 
 
+def exact_engine(vectors: np.ndarray, sizes: list[int], device: str = "auto") -> SearchEngine:
+    """A search engine over `vectors` with an exact (flat) FAISS index on each prefix in `sizes`, named as in an
+    index artifact (`size_<m>`), so the search modes' plans run on it."""
+    from mrl.retrieval.indexes import build_prefix_index
+    from mrl.retrieval.modes import index_source
+
+    return SearchEngine(vectors, {index_source(m): FaissSource(build_prefix_index(vectors, m), m, "flat", device)
+                                  for m in sizes})
+
+
 def retrieval_at(db_vectors: np.ndarray, db_labels: np.ndarray, q_vectors: np.ndarray, q_labels: np.ndarray,
                  size: int, k: int = 10) -> dict[str, float]:
     """1-NN, mAP@k, P@k, R@k of exact cosine search on the normalised prefix `size` (a FAISS flat index, on the
     GPUs when faiss-gpu sees any)."""
-    from mrl.retrieval.indexes import build_prefix_index
+    from mrl.retrieval.modes import index_source
 
-    engine = SearchEngine(db_vectors, {"flat": FaissSource(build_prefix_index(db_vectors, size), size, "flat", "auto")})
-    positions = engine.run(exact_plan("flat", k), q_vectors).positions
+    positions = exact_engine(db_vectors, [size]).run(exact_plan(index_source(size), k), q_vectors).positions
     retrieved = np.where(positions >= 0, db_labels[np.maximum(positions, 0)], -1)
     return retrieval_metrics(retrieved, q_labels, db_labels, k)
 
@@ -31,8 +40,7 @@ def pair_retrieval_at(q_vectors: np.ndarray, d_vectors: np.ndarray, size: int, k
     """R@1, R@k and MRR@k of exact cosine search on the normalised prefix `size`, where query i's one relevant
     document is database row i (e.g. a definition and its synset's lemmas)."""
     from mrl.core.metrics import pair_metrics
-    from mrl.retrieval.indexes import build_prefix_index
+    from mrl.retrieval.modes import index_source
 
-    engine = SearchEngine(d_vectors, {"flat": FaissSource(build_prefix_index(d_vectors, size), size, "flat", "auto")})
-    positions = engine.run(exact_plan("flat", k), q_vectors).positions
+    positions = exact_engine(d_vectors, [size]).run(exact_plan(index_source(size), k), q_vectors).positions
     return pair_metrics(positions, np.arange(len(q_vectors)), k)
