@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+import mrl.retrieval.kernels
 import mrl.retrieval.store
 from mrl.retrieval.store import PrefixStore, rerank
 from mrl.retrieval.topk import exact_search, normalize_prefix
@@ -52,10 +53,12 @@ def test_rerank_reads_rerank_size_prefix():
 
 
 def test_rerank_splits_a_shortlist_longer_than_one_block(monkeypatch):
+    """The PyTorch path (no Numba) scores cache-sized blocks and gives the kernel's results."""
     db, q = random_data(8, n=300, q=3, d=16)
     cand = np.tile(np.arange(300), (3, 1))
     cand[1, ::7] = -1
     expected = rerank(cand, db, q, size=12, k=20)
+    monkeypatch.setattr(mrl.retrieval.kernels, "available", lambda: False)
     monkeypatch.setattr(mrl.retrieval.store, "RERANK_BLOCK_FLOATS", 12 * 32)  # 300 candidates: 10 pieces of 32 per query
     calls = []
     score = mrl.retrieval.store.PrefixStore.score
@@ -117,3 +120,37 @@ def test_the_device_resident_rerank_gives_the_cpu_paths_results(dtype):
         got_s, got_p = store.rerank(candidates, queries, size, k, block_floats=size * 30 * 7)
         assert np.array_equal(got_p, want_p)
         np.testing.assert_allclose(got_s, want_s, rtol=1e-6, atol=1e-7)
+
+
+def test_the_kernel_widens_every_float16_exactly():
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    half = bits.view(np.float16)
+    got, want = mrl.retrieval.kernels.widen(half), half.astype(np.float32)
+    finite = np.isfinite(want)
+    assert np.array_equal(got[finite], want[finite])  # normals, subnormals and both zeros, bit for bit
+    assert np.array_equal(np.signbit(got[finite]), np.signbit(want[finite]))
+    assert np.array_equal(got[np.isinf(want)], want[np.isinf(want)]) and np.isnan(got[np.isnan(want)]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_the_fused_kernel_scores_like_the_torch_path(dtype):
+    """Cosines of the kernel (four rows at a time, a scalar tail, empty slots breaking a group of four) against
+    the PyTorch gather-and-score path."""
+    rng = np.random.default_rng(11)
+    vectors = rng.normal(size=(400, 48)).astype(dtype)
+    vectors[5] = 0  # a zero row scores 0
+    vectors[6, :8] = 0  # zero at a small prefix only
+    queries = rng.normal(size=(9, 48)).astype(np.float32)
+    candidates = rng.integers(0, 400, size=(9, 23))  # 23 = 5 groups of four and a tail of three
+    candidates[:, :2] = [5, 6]
+    candidates[2, 5] = -1
+    candidates[4, ::3] = -1
+    store = PrefixStore(vectors)
+    for size in (8, 33, 48):
+        unit = normalize_prefix(queries, size)
+        got = mrl.retrieval.kernels.prefix_cosines(vectors, candidates, unit, size)
+        want = store.score(np.where(candidates >= 0, candidates, 0), unit, size)
+        filled = candidates >= 0
+        np.testing.assert_allclose(got[filled], want[filled], rtol=1e-5, atol=1e-6)
+        assert np.all(got[~filled] == 0) and np.all(got[:, 0] == 0)
+        assert (got[:, 1] == 0).all() == (size == 8)
