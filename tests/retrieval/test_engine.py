@@ -88,6 +88,26 @@ def test_adanns_cells_fully_probed_then_scored_is_exact():
     assert engine.smallest_prefix(cells_plan) == 8
 
 
+def test_adanns_members_ranked_by_faiss_lists_match_the_members_reranked():
+    """With the vectors, the cells source scores its members itself (FAISS IVF lists of the members' D_s
+    prefixes, cells preassigned on D_c): same answers as gathering the members and reranking them, for a few
+    and for all cells probed, with the fused stage alone or followed by later reranks."""
+    db, q = data(6, n=2000)
+    ivf = AdannsIVF.build(db, cluster_size=8, nlist=25)
+    gathered = SearchEngine(db, {"cells": CellSource(ivf)})
+    fused = SearchEngine(db, {"cells": CellSource(ivf, db, list_sizes=(32,))})
+    assert fused.sources["cells"].can_rank and not gathered.sources["cells"].can_rank
+    for nprobe, reranks in ((3, (Rerank(32, 40), Rerank(64, 10))), (25, (Rerank(32, 10),)), (5, (Rerank(16, 10),))):
+        p = QueryPlan(mode="adanns", shortlist=Shortlist(source="cells", nprobe=nprobe), reranks=reranks, k=10)
+        want, got = gathered.run(p, q), fused.run(p, q, profile=True)
+        assert got.positions.tolist() == want.positions.tolist()
+        np.testing.assert_allclose(got.scores, want.scores, atol=1e-5)
+        assert got.stages[0][0] == f"adanns@8->{reranks[0].size}" and len(got.stages) == len(reranks)
+        # the same members are scored at the first size, so the same work is counted
+        assert got.madds == pytest.approx(want.madds)
+    assert sorted(fused.sources["cells"]._lists) == [16, 32]  # 16 built on first use
+
+
 def test_per_call_search_settings_do_not_leak_into_the_index():
     db, q = data(5, n=3000)
     index = build_prefix_index(db, 32, "ivf", IndexParams(nlist=64, nprobe=1))

@@ -148,9 +148,10 @@ class RetrievalBenchConfig(JobConfig):
 # ------------------------------------------------------------------------------------------ the run
 
 
-def build_source(spec: BenchIndex, store, dim: int, seed: int, device: str = "cpu"):
+def build_source(spec: BenchIndex, store, dim: int, seed: int, device: str = "cpu", list_sizes: tuple[int, ...] = ()):
     """Build one benchmark index over the store's vectors as a shortlist source (moved to the GPU when `device`
-    asks for it); returns (source, build seconds)."""
+    asks for it; AdANNS cells with FAISS lists at `list_sizes`, the first rerank sizes of its searches);
+    returns (source, build seconds)."""
     from mrl.retrieval.adanns import AdannsIVF
     from mrl.retrieval.engine import CellSource, FaissSource
     from mrl.retrieval.indexes import build_prefix_index
@@ -158,7 +159,8 @@ def build_source(spec: BenchIndex, store, dim: int, seed: int, device: str = "cp
     size = spec.size or dim
     t0 = time.perf_counter()
     if spec.kind == "adanns":
-        source = CellSource(AdannsIVF.build(store.vectors, cluster_size=size, nlist=spec.nlist, seed=seed))
+        cells = AdannsIVF.build(store.vectors, cluster_size=size, nlist=spec.nlist, seed=seed)
+        source = CellSource(cells, store.vectors, list_sizes)
     else:
         index = build_prefix_index(store.vectors, size, spec.kind, spec.params(seed))
         source = FaissSource(index, size, spec.kind, device)
@@ -239,7 +241,9 @@ def run_benchmark(cfg: RetrievalBenchConfig) -> dict[str, Any]:
     for name in order:
         reset_peak_rss()
         spec = cfg.indexes[name]
-        source, build_seconds = build_source(spec, store, dim, cfg.seed, cfg.device)
+        first_sizes = tuple({s.rerank[0][0] or dim for s in cfg.searches if s.index == name and s.rerank})
+        source, build_seconds = build_source(spec, store, dim, cfg.seed, cfg.device,
+                                             first_sizes if spec.kind == "adanns" else ())
         engine = SearchEngine(store, {name: source})
         log.info("index %s (%s) built in %.1fs", name, source.label, build_seconds)
         for search in (s for s in cfg.searches if s.index == name):

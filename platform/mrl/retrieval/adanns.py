@@ -1,9 +1,13 @@
 """AdANNS-style inverted file for nested representations (Rege et al., "AdANNS", NeurIPS 2023, restated).
 
 Its k-means cells are built on one prefix size D_c (cheap clustering); queries pick their `nprobe` nearest
-cells with that prefix, and the members of those cells become the shortlist that the search executor scores
-exactly on another prefix size D_s (its first rerank stage). Candidate gathering is batched index
-arithmetic, not a per-query loop.
+cells with that prefix, and the members of those cells are scored exactly on another prefix size D_s (the
+plan's first rerank stage).
+
+Two ways to run it: `candidates` returns the members as a padded set (batched index arithmetic) for the
+executor's rerank; `faiss_lists` lays the cells out as a FAISS IVF whose lists hold the members' D_s
+prefixes, so that FAISS's preassigned search scores the members in its own kernels, cells chosen on D_c
+(the executor uses this when it has the vectors: `mrl.retrieval.engine.CellSource`).
 """
 
 from __future__ import annotations
@@ -62,6 +66,35 @@ class AdannsIVF:
     @property
     def nlist(self) -> int:
         return len(self.centroids)
+
+    def assignment(self) -> np.ndarray:
+        """(N,) the cell of every database position."""
+        cells = np.empty(len(self.members), dtype=np.int64)
+        cells[self.members] = np.repeat(np.arange(self.nlist, dtype=np.int64), np.diff(self.offsets))
+        return cells
+
+    def faiss_quantizer(self):
+        """A FAISS inner-product index over the cell centres: the nearest cells of a query's D_c prefix."""
+        import faiss
+
+        quantizer = faiss.IndexFlatIP(self.cluster_size)
+        quantizer.add(np.ascontiguousarray(self.centroids, dtype=np.float32))
+        return quantizer
+
+    def faiss_lists(self, vectors: np.ndarray, size: int, block_rows: int = 1 << 16):
+        """A FAISS IVF (inner product) whose list c holds the normalised `size`-prefixes of cell c's members,
+        ids = database positions; added in blocks (no full float32 copy of the database). Searched with
+        `search_preassigned` on cells chosen by `faiss_quantizer`: its own quantizer is an empty placeholder."""
+        import faiss
+
+        ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(size), size, self.nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.is_trained = True  # nothing to train: the lists are the cells, assigned on D_c
+        cells = self.assignment()
+        for lo in range(0, len(cells), block_rows):
+            x = normalize_prefix(vectors[lo:lo + block_rows], size)
+            ids = np.arange(lo, lo + len(x), dtype=np.int64)
+            ivf.add_core(len(x), faiss.swig_ptr(x), faiss.swig_ptr(ids), faiss.swig_ptr(cells[lo:lo + len(x)]))
+        return ivf
 
     def candidates(self, queries: np.ndarray, nprobe: int | None = None) -> np.ndarray:
         """Members of each query's `nprobe` nearest cells (None: DEFAULT_NPROBE): (Q, L) positions, padded

@@ -196,6 +196,7 @@ def load_index(path: str | Path, expect_dim: int | None = None, expect_model_uri
                                      f"the manifest says d={m}, rows={manifest['rows']}")
         sources[index_source(m)] = FaissSource(index, m, manifest["kind"], device)
     if manifest.get("adanns"):
-        sources[ADANNS_SOURCE] = CellSource(AdannsIVF.load(path / "adanns.npz"))
+        # members scored by FAISS from IVF lists built from the vectors on first use of a rerank size
+        sources[ADANNS_SOURCE] = CellSource(AdannsIVF.load(path / "adanns.npz"), vectors)
     engine = SearchEngine(PrefixStore(vectors, device=torch_device(device)), sources)
     return IndexArtifact(path, manifest, ids, labels, engine)

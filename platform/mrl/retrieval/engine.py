@@ -22,6 +22,7 @@ import numpy as np
 from mrl.retrieval.indexes import faiss_search, search_params, to_device
 from mrl.retrieval.plan import QueryPlan, Shortlist, check_plan
 from mrl.retrieval.store import PrefixStore, as_store, rerank
+from mrl.retrieval.topk import normalize_prefix
 
 
 @dataclass
@@ -88,17 +89,59 @@ class FaissSource:
 
 
 class CellSource:
-    """AdANNS cells (`mrl.retrieval.adanns.AdannsIVF`): the members of the `nprobe` nearest cells."""
+    """AdANNS cells (`mrl.retrieval.adanns.AdannsIVF`): the members of the `nprobe` nearest cells.
 
-    def __init__(self, cells):
+    Given the database `vectors`, the source also ranks the members itself (`ranked`): FAISS IVF lists of the
+    members' prefixes at the plan's first rerank size (built on first use, or up front for `list_sizes`),
+    searched with preassigned cells, so FAISS's kernels score the members. The engine runs a plan's first
+    rerank that way; without vectors it gathers the members and reranks them itself.
+    """
+
+    def __init__(self, cells, vectors: np.ndarray | None = None, list_sizes: tuple[int, ...] = ()):
         self.cells, self.size = cells, cells.cluster_size
         self.label = f"adanns@{self.size}"
         self.on_gpu = False
+        self.vectors = vectors
+        self._quantizer = cells.faiss_quantizer() if vectors is not None else None
+        self._lists: dict[int, object] = {}
+        for size in list_sizes:
+            self.lists(size)
 
     def candidates(self, queries: np.ndarray, spec: Shortlist) -> Candidates:
         positions = self.cells.candidates(queries, spec.nprobe)
         width = float((positions >= 0).sum()) / max(1, len(queries))
         return Candidates(positions, float(self.cells.nlist * self.size), width)
+
+    @property
+    def can_rank(self) -> bool:
+        return self.vectors is not None
+
+    def lists(self, size: int):
+        """The FAISS IVF of the members' `size`-prefixes (built once per size)."""
+        if size not in self._lists:
+            self._lists[size] = self.cells.faiss_lists(self.vectors, size)
+        return self._lists[size]
+
+    def ranked(self, queries: np.ndarray, spec: Shortlist, size: int, keep: int) -> Candidates:
+        """The best `keep` members of the probed cells by cosine at prefix `size`, best first."""
+        import faiss
+
+        from mrl.retrieval.adanns import DEFAULT_NPROBE
+
+        ivf = self.lists(size)
+        nprobe = max(1, min(spec.nprobe or DEFAULT_NPROBE, self.cells.nlist))
+        q = len(queries)
+        coarse_d, coarse_i = self._quantizer.search(normalize_prefix(queries, self.size), nprobe)
+        unit = normalize_prefix(queries, size)
+        scores = np.empty((q, keep), dtype=np.float32)
+        positions = np.empty((q, keep), dtype=np.int64)
+        faiss.cvar.indexIVF_stats.reset()
+        ivf.search_preassigned_c(q, faiss.swig_ptr(unit), keep, faiss.swig_ptr(coarse_i), faiss.swig_ptr(coarse_d),
+                                 faiss.swig_ptr(scores), faiss.swig_ptr(positions), False,
+                                 faiss.SearchParametersIVF(nprobe=nprobe))
+        madds = self.cells.nlist * self.size + faiss.cvar.indexIVF_stats.ndis / max(1, q) * size
+        scores = np.where(positions >= 0, scores, -np.inf).astype(np.float32)
+        return Candidates(positions, madds, keep, scores)
 
 
 def _kind_of(index) -> str:
@@ -174,16 +217,22 @@ class SearchEngine:
         """
         stages: list[tuple[str, float]] = []
         source = self.sources[plan.shortlist.source]
+        reranks = plan.reranks
         t0 = time.perf_counter()
-        found = source.candidates(queries, plan.shortlist)
+        if plan.shortlist.k is None and reranks and getattr(source, "can_rank", False):
+            # a candidate set the source can score itself at the first rerank's size (AdANNS lists in FAISS)
+            found = source.ranked(queries, plan.shortlist, reranks[0].size, reranks[0].keep)
+            label, reranks = f"{source.label}->{reranks[0].size}", reranks[1:]
+        else:
+            found, label = source.candidates(queries, plan.shortlist), source.label
         if profile:
-            stages.append((source.label, time.perf_counter() - t0))
+            stages.append((label, time.perf_counter() - t0))
         scores, positions, kept, madds = found.scores, found.positions, found.width, found.madds
-        for i, stage in enumerate(plan.reranks):
+        for i, stage in enumerate(reranks):
             t0 = time.perf_counter()
             madds += kept * stage.size
             scores, positions = rerank(positions, self.store, queries, stage.size, stage.keep,
-                                       sort=i == len(plan.reranks) - 1)
+                                       sort=i == len(reranks) - 1)
             kept = stage.keep
             if profile:
                 stages.append((f"rerank@{stage.size}", time.perf_counter() - t0))

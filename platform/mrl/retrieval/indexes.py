@@ -27,6 +27,8 @@ class IndexParams:
 
     Attributes:
         hnsw_m, ef_construction, ef_search: HNSW graph degree, build breadth and default search breadth.
+        storage: how an HNSW graph holds its vectors: float32, or float16 (half the bytes per node; the
+            query stays float32, and FAISS widens each node's vector as it scores it).
         nlist, nprobe: IVF cells (capped at N / 39, FAISS's minimum points per centroid) and cells searched.
         pq_m, pq_bits: IVF-PQ sub-quantisers (must divide the prefix size) and bits per code.
         seed: k-means and sampling seed.
@@ -35,6 +37,7 @@ class IndexParams:
     hnsw_m: int = 32
     ef_construction: int = 40
     ef_search: int = 128
+    storage: str = "float32"
     nlist: int = 1024
     nprobe: int = 16
     pq_m: int = 16
@@ -43,6 +46,7 @@ class IndexParams:
 
 
 INDEX_KINDS: Registry = Registry("index kind")
+HNSW_STORAGE = ("float32", "float16")
 
 
 def check_prefix_size(what: str, size: int, dim: int) -> None:
@@ -60,6 +64,8 @@ def check_index(kind: str, size: int, dim: int, params: IndexParams) -> None:
     """
     INDEX_KINDS.get(kind)
     check_prefix_size("index size", size, dim)
+    if params.storage not in HNSW_STORAGE:
+        raise ValueError(f"storage {params.storage!r} is not accepted; choose one of {sorted(HNSW_STORAGE)}")
     if kind == "ivfpq" and size % params.pq_m:
         raise ValueError(f"ivfpq needs pq_m dividing the prefix size: pq_m={params.pq_m} does not divide {size}")
 
@@ -87,10 +93,14 @@ def _flat(database: np.ndarray, size: int, params: IndexParams):
 
 @INDEX_KINDS.register("hnsw")
 def _hnsw(database: np.ndarray, size: int, params: IndexParams):
-    """Graph search (HNSW)."""
+    """Graph search (HNSW), nodes' vectors held as float32 or float16 (`params.storage`)."""
     import faiss
 
-    index = faiss.IndexHNSWFlat(size, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    if params.storage == "float16":
+        index = faiss.IndexHNSWSQ(size, faiss.ScalarQuantizer.QT_fp16, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.train(np.zeros((1, size), dtype=np.float32))  # float16 codes need no statistics
+    else:
+        index = faiss.IndexHNSWFlat(size, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efSearch = params.ef_search
     index.hnsw.efConstruction = params.ef_construction
     return index
@@ -152,6 +162,25 @@ def faiss_search(index, queries: np.ndarray, size: int, k: int, nprobe: int | No
     unit = normalize_prefix(queries, size)
     params = search_params(index, nprobe, ef_search)
     return index.search(unit, k) if params is None else index.search(unit, k, params=params)
+
+
+def index_bytes(index) -> int:
+    """Bytes a CPU FAISS index holds for its data: vector codes, graph links, inverted lists with their ids,
+    coarse centroids (what memory per vector counts; Python and allocator overheads are not included)."""
+    import faiss
+
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexHNSW):
+        graph = index.hnsw
+        links = graph.neighbors.size() * 4 + graph.offsets.size() * 8 + graph.levels.size() * 4
+        return links + index_bytes(index.storage)
+    if isinstance(index, faiss.IndexIVF):
+        lists = faiss.extract_index_ivf(index).invlists
+        stored = sum(lists.list_size(i) for i in range(lists.nlist))
+        return stored * (lists.code_size + 8) + index_bytes(index.quantizer)
+    if isinstance(index, faiss.IndexFlatCodes):
+        return index.ntotal * index.code_size
+    raise TypeError(f"index_bytes does not know {type(index).__name__}")
 
 
 def gpu_count() -> int:
