@@ -106,7 +106,8 @@ def test_staged_searches_run_on_the_engine_and_match_brute_force(embeddings, tmp
 
     emb, db, queries, _ = embeddings
     cfg = config(emb, tmp_path)
-    store, _, q, _, dim, _ = load_data(cfg)  # queries as stored: float16 values
+    store, _, query_sets, dim, _ = load_data(cfg)
+    q = query_sets["eval"][0]  # queries as stored: float16 values
     _, truth = exact_search(db, q, 5)
 
     def run(spec, search):
@@ -120,6 +121,49 @@ def test_staged_searches_run_on_the_engine_and_match_brute_force(embeddings, tmp
     # a funnel whose 16-d cut keeps 700 of 1500 rows still finds the exact top-5 of these clustered vectors
     assert found.shortlist.shape == (100, 1500) and np.array_equal(found.positions, truth)
     assert found.madds == 1500 * 8 + 1500 * 16 + 700 * 64
+
+
+def test_families_are_tuned_on_held_out_queries_and_compared_with_the_baseline(embeddings, tmp_path):
+    """60 evaluation and 40 tuning queries, disjoint; each family's pick is the fastest setting within the mAP
+    gap on the tuning queries (a gap of 100 points admits every setting; a gap of 0 only the exact ones)."""
+    emb = embeddings[0]
+    searches = [
+        {"name": "exact", "index": "flat_d", "shortlist": 5, "repeats": 1, "single": 2},
+        {"name": "flat 8 only", "index": "flat_8", "shortlist": 5, "repeats": 2, "single": 0, "family": "cheap"},
+        {"name": "adaptive all", "index": "flat_8", "shortlist": 1500, "rerank": [[None, 5]], "repeats": 2,
+         "single": 2, "family": "cheap"},
+        {"name": "hnsw", "index": "hnsw_8", "ef_search": 64, "shortlist": 40, "rerank": [[None, 5]], "repeats": 2,
+         "single": 2, "family": "graph"},
+        {"name": "exact again", "index": "flat_d", "shortlist": 5, "repeats": 1, "single": 2, "family": "base"},
+    ]
+    results = {}
+    for gap in (100.0, 0.0):
+        cfg = config(emb, tmp_path, queries=60, tune_queries=40, map_gap=gap, baseline="base",
+                     searches=searches, results=f"results/tuned_{int(gap)}")
+        results[gap] = result = run_benchmark(cfg)
+        assert result["queries"] == 60 and result["tune_queries"] == 40
+        rows = {r["config"]: r for r in result["rows"]}
+        assert all(r["tune"]["queries"] == 40 and r["queries"] == 60 for r in rows.values())
+        for family, names in (("cheap", ["flat 8 only", "adaptive all"]), ("graph", ["hnsw"])):
+            exact_tune = rows["exact"]["tune"]["map"]
+            fit = [n for n in names if rows[n]["tune"]["map"] >= exact_tune - gap / 100 - 1e-12]
+            want = max(fit, key=lambda n: rows[n]["tune"]["qps"]) if fit else None
+            assert result["picks"][family] == want
+        by_family = {c["family"]: c for c in result["comparison"]}
+        assert by_family["base"]["pick"] == "exact again" and "vs_baseline_qps" not in by_family["base"]
+        cheap = by_family["cheap"]
+        if cheap["pick"]:
+            r, base = rows[cheap["pick"]], rows["exact again"]
+            assert cheap["vs_baseline_qps"] == pytest.approx(r["qps"] / base["qps"])
+            assert cheap["map_gap"] == pytest.approx(100 * (r["map"] - rows["exact"]["map"]))
+        # memory per vector: the flat index alone, or its index plus the float16 rerank vectors
+        assert rows["flat 8 only"]["bytes_per_vector"] == 8 * 4
+        assert rows["adaptive all"]["bytes_per_vector"] == 8 * 4 + 64 * 2
+        assert rows["exact"]["bytes_per_vector"] == 64 * 4
+        md = write_results(cfg, result, "cmd", tmp_path).read_text()
+        assert "## Settings chosen on held-out queries" in md and "| base | exact again |" in md
+    assert results[100.0]["picks"]["cheap"] == "flat 8 only"  # at 8 dims without a rerank: the fastest
+    assert results[0.0]["picks"]["cheap"] in ("adaptive all", None)
 
 
 def test_render_reports_speed_up_against_the_first_row():
@@ -159,6 +203,10 @@ def test_peak_rss_is_read_and_reset():
     ({"searches": [{"name": "a", "index": "flat_d"}, {"name": "a", "index": "flat_d"}]}, "unique"),
     ({"searches": [{"name": "a", "index": "flat_d"}, {"name": "b", "index": "adanns_8"}]}, "needs a rerank"),
     ({"queries": 0}, "queries must be > 0"),
+    ({"tune_queries": 10}, "tune_queries needs queries"),
+    ({"queries": 10, "tune_queries": 10, "baseline": "nope"}, "baseline 'nope' is not the family"),
+    ({"searches": [{"name": "a", "index": "flat_d", "shortlist": 5},
+                   {"name": "b", "index": "flat_8", "shortlist": 5, "family": "f"}]}, "set tune_queries"),
     ({"searches": [{"name": "a", "index": "flat_d"}, {"name": "b", "index": "flat_8", "shortlist": 10,
                                                        "rerank": [[None, 10], [16, 5]]}]}, "null"),
     ({"searches": [{"name": "a", "index": "flat_d"}, {"name": "b", "index": "flat_8", "shortlist": 10,

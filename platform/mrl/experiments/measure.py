@@ -67,6 +67,8 @@ def time_search(fn, queries: np.ndarray, repeats: int, single: int, threads: int
     import faiss
     import torch
 
+    from mrl.retrieval import kernels
+
     fn(queries[: min(8, len(queries))])  # warm-up: page in memory maps
     batch = []
     for _ in range(repeats):
@@ -76,6 +78,7 @@ def time_search(fn, queries: np.ndarray, repeats: int, single: int, threads: int
     singles = []
     faiss.omp_set_num_threads(1)
     torch.set_num_threads(1)
+    kernels.set_threads(1)
     try:
         for i in range(min(single, len(queries))):
             t0 = time.perf_counter()
@@ -84,4 +87,5 @@ def time_search(fn, queries: np.ndarray, repeats: int, single: int, threads: int
     finally:
         faiss.omp_set_num_threads(threads)
         torch.set_num_threads(threads)
+        kernels.set_threads(threads)
     return float(np.median(batch)), (float(np.median(singles)) if singles else None), batch

@@ -82,6 +82,9 @@ class BenchSearch:
     """Timed passes over the whole query batch; the median is reported."""
     single: int = 100
     """Queries timed one at a time (0: skip)."""
+    family: str | None = None
+    """Searches of one family compete on the held-out tuning queries: the fastest whose mAP@k there is within
+    `map_gap` of exact search's is the family's pick (None: not tuned)."""
 
     def __post_init__(self) -> None:
         _check(bool(self.name), "name must not be empty")
@@ -111,7 +114,14 @@ class RetrievalBenchConfig(JobConfig):
     embeddings: str = "outputs/embeddings/latest"
     """An embed run directory: database = its train split, queries = its test split."""
     queries: int | None = None
-    """Use this many test rows as queries (a seeded sample); None: all."""
+    """Use this many test rows as evaluation queries (a seeded sample); None: all (then no tuning queries)."""
+    tune_queries: int | None = None
+    """Held-out test rows (a seeded sample disjoint from the evaluation queries) every search also runs on, to
+    choose each family's setting there; None: no tuning."""
+    map_gap: float = 0.1
+    """Points of mAP@k below exact search (on the tuning queries) a family's pick may lose."""
+    baseline: str | None = None
+    """The family every other family's pick is compared with (speed, latency, memory, build time)."""
     k: int = 10
     threads: int | None = None
     """FAISS and PyTorch threads; None: all cores."""
@@ -143,6 +153,14 @@ class RetrievalBenchConfig(JobConfig):
                and not first.rerank,
                "searches[0] must be the reference: exact full-size search (a flat index with size null, no rerank)")
         _check(len({s.name for s in self.searches}) == len(self.searches), "search names must be unique")
+        _positive("tune_queries", self.tune_queries, allow_none=True)
+        _check(self.tune_queries is None or self.queries is not None,
+               "tune_queries needs queries (the evaluation sample) set, so the two samples can be disjoint")
+        _check(0 <= self.map_gap <= 100, f"map_gap must be within [0, 100] points, got {self.map_gap}")
+        families = {s.family for s in self.searches if s.family}
+        _check(self.baseline is None or self.baseline in families,
+               f"baseline {self.baseline!r} is not the family of any search; families: {sorted(families)}")
+        _check(not families or self.tune_queries is not None, "search families are tuned: set tune_queries")
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -196,7 +214,8 @@ def check_against(cfg: RetrievalBenchConfig, dim: int) -> None:
 
 
 def load_data(cfg: RetrievalBenchConfig):
-    """Database store, database labels, queries, query labels, d, manifest."""
+    """Database store, database labels, query sets ("eval", and "tune" when asked: (queries, labels) each,
+    disjoint seeded samples of the test split), d, manifest."""
     from mrl.artifacts.embeddings import read_embeddings
     from mrl.artifacts.manifest import read_manifest
     from mrl.retrieval.store import PrefixStore, torch_device
@@ -205,38 +224,119 @@ def load_data(cfg: RetrievalBenchConfig):
     manifest = read_manifest(emb, stage="embed")
     check_against(cfg, manifest["dim"])
     _, db_labels, db = read_embeddings(emb / "train", cfg.vector_dtype)
-    _, q_labels, queries = read_embeddings(emb / "test")
-    if cfg.queries is not None and cfg.queries < len(queries):
-        pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(queries))[:cfg.queries])
-        queries, q_labels = queries[pick], q_labels[pick]
+    _, q_labels, test = read_embeddings(emb / "test")
+    order = np.random.default_rng(cfg.seed).permutation(len(test))
+    n_eval = len(test) if cfg.queries is None else min(cfg.queries, len(test))
+    picks = {"eval": np.sort(order[:n_eval])}
+    if cfg.tune_queries:
+        picks["tune"] = np.sort(order[n_eval:n_eval + cfg.tune_queries])
+        if len(picks["tune"]) == 0:
+            raise ConfigError(f"tune_queries: the test split has {len(test)} rows, all of them evaluation queries")
+    query_sets = {name: (test[pick], q_labels[pick]) for name, pick in picks.items()}
     dim = db.shape[1]
     store = PrefixStore(db, device=torch_device(cfg.device))
-    log.info("database %d x %d %s, %d queries", len(db), dim, db.dtype, len(queries))
-    return store, db_labels, queries, q_labels, dim, manifest
+    log.info("database %d x %d %s, %d evaluation queries, %d tuning queries", len(db), dim, db.dtype, n_eval,
+             len(picks.get("tune", ())))
+    return store, db_labels, query_sets, dim, manifest
+
+
+def source_bytes(source) -> int | None:
+    """Bytes a shortlist source holds (None for an index on a GPU, which this does not measure)."""
+    from mrl.retrieval.engine import CellSource
+    from mrl.retrieval.indexes import index_bytes
+
+    if isinstance(source, CellSource):
+        cells = source.cells
+        held = cells.centroids.nbytes + cells.offsets.nbytes + cells.members.nbytes
+        return held + sum(index_bytes(lists) for lists in source._lists.values())
+    return None if source.on_gpu else index_bytes(source.index)
+
+
+def measure(engine, plan, queries, q_labels, db_labels, search: BenchSearch, k: int, threads: int,
+            reference: np.ndarray | None, single: bool = True) -> dict[str, Any]:
+    """Accuracy and speed of one plan on one query set (recalls against `reference`, the exact top-k)."""
+    from mrl.core.metrics import retrieval_metrics
+    from mrl.experiments.measure import recall_of, time_search
+
+    found = engine.run(plan, queries, profile=True)  # the first (untimed-for-q/s) pass doubles as the profile
+    positions = found.positions
+    reference = positions if reference is None else reference
+    batch_s, single_s, _ = time_search(lambda x, p=plan, e=engine: e.run(p, x), queries, search.repeats,
+                                       search.single if single else 0, threads)
+    retrieved = np.where(positions >= 0, db_labels[np.maximum(positions, 0)], -1)
+    metrics = retrieval_metrics(retrieved, q_labels, db_labels, k)
+    return {"positions": positions, "top1": metrics["nn1"], "map": metrics[f"map@{k}"],
+            "precision": metrics[f"precision@{k}"], "shortlist": int(found.shortlist.shape[1]),
+            "shortlist_recall": recall_of(reference, found.shortlist), "result_recall": recall_of(reference, positions),
+            "qps": len(queries) / batch_s, "batch_seconds": batch_s, "queries": len(queries),
+            "single_ms": None if single_s is None else 1000 * single_s, "madds_per_query": found.madds,
+            "stage_ms": [[stage, 1000 * sec] for stage, sec in found.stages]}
+
+
+def choose(rows: list[dict[str, Any]], gap: float) -> dict[str, str | None]:
+    """Each family's pick: the fastest search (q/s on the tuning queries) whose tuning mAP@k is within `gap`
+    points of exact search's there (rows[0]); None where no setting of the family qualifies."""
+    bar = rows[0]["tune"]["map"] - gap / 100
+    picks: dict[str, str | None] = {}
+    for family in dict.fromkeys(r["family"] for r in rows if r["family"]):
+        fit = [r for r in rows if r["family"] == family and r["tune"]["map"] >= bar - 1e-12]
+        picks[family] = max(fit, key=lambda r: r["tune"]["qps"])["config"] if fit else None
+    return picks
+
+
+def compare(rows: list[dict[str, Any]], picks: dict[str, str | None], baseline: str | None) -> list[dict[str, Any]]:
+    """Every family's pick against the baseline family's pick, on the evaluation queries: ratios of q/s, single
+    latency, build seconds, peak RSS and bytes per vector, and each pick's mAP@k gap to exact search."""
+    by_name = {r["config"]: r for r in rows}
+    exact = rows[0]
+    base = by_name.get(picks.get(baseline)) if baseline else None
+    out = []
+    for family, name in picks.items():
+        if name is None:
+            out.append({"family": family, "pick": None})
+            continue
+        r = by_name[name]
+        entry = {"family": family, "pick": name, "map_gap": 100 * (r["map"] - exact["map"]),
+                 "tune_map_gap": 100 * (r["tune"]["map"] - exact["tune"]["map"]), "qps": r["qps"],
+                 "vs_exact_qps": r["qps"] / exact["qps"]}
+        if base is not None and base is not r:
+            entry.update({
+                "vs_baseline_qps": r["qps"] / base["qps"],
+                "vs_baseline_single": (r["single_ms"] / base["single_ms"]) if r["single_ms"] and base["single_ms"]
+                else None,
+                "vs_baseline_build": r["build_seconds"] / base["build_seconds"],
+                "vs_baseline_peak_rss": r["peak_rss_gib"] / base["peak_rss_gib"],
+                "vs_baseline_bytes": (r["bytes_per_vector"] / base["bytes_per_vector"])
+                if r["bytes_per_vector"] and base["bytes_per_vector"] else None})
+        out.append(entry)
+    return out
 
 
 def run_benchmark(cfg: RetrievalBenchConfig) -> dict[str, Any]:
     """Build, search and measure every configuration; returns the rows and run facts (no files written).
 
-    Every search is a `QueryPlan` run by the same `SearchEngine.run` the service calls.
+    Every search is a `QueryPlan` run by the same `SearchEngine.run` the service calls. With tuning queries,
+    every search also runs on them first, and each family's pick is chosen from those figures alone.
     """
     import faiss
     import torch
 
-    from mrl.core.metrics import retrieval_metrics
-    from mrl.experiments.measure import machine_description, peak_rss_bytes, recall_of, reset_peak_rss, time_search
+    from mrl.experiments.measure import machine_description, peak_rss_bytes, reset_peak_rss
+    from mrl.retrieval import kernels
     from mrl.retrieval.engine import SearchEngine
 
     threads = cfg.threads or os.cpu_count() or 1
     faiss.omp_set_num_threads(threads)
     torch.set_num_threads(threads)
+    kernels.set_threads(threads)
     started = time.perf_counter()
     reset_peak_rss()
-    store, db_labels, queries, q_labels, dim, manifest = load_data(cfg)
+    store, db_labels, query_sets, dim, manifest = load_data(cfg)
     load_peak = peak_rss_bytes()
+    store_bytes = store.vectors.nbytes / len(store)
     k = cfg.k
     rows: list[dict[str, Any]] = []
-    reference = None
+    reference: dict[str, np.ndarray] = {}
     order = list(dict.fromkeys(s.index for s in cfg.searches))  # indexes in first-use order
     for name in order:
         reset_peak_rss()
@@ -245,35 +345,43 @@ def run_benchmark(cfg: RetrievalBenchConfig) -> dict[str, Any]:
         source, build_seconds = build_source(spec, store, dim, cfg.seed, cfg.device,
                                              first_sizes if spec.kind == "adanns" else ())
         engine = SearchEngine(store, {name: source})
+        held = source_bytes(source)
         log.info("index %s (%s) built in %.1fs", name, source.label, build_seconds)
         for search in (s for s in cfg.searches if s.index == name):
             plan = search.plan(spec.kind == "adanns", dim, k)
-            found = engine.run(plan, queries, profile=True)  # the first (untimed-for-q/s) pass doubles as the profile
-            positions = found.positions
-            if reference is None:
-                reference = positions
-            batch_s, single_s, _ = time_search(lambda x, p=plan, e=engine: e.run(p, x), queries, search.repeats,
-                                               search.single, threads)
-            retrieved = np.where(positions >= 0, db_labels[np.maximum(positions, 0)], -1)
-            metrics = retrieval_metrics(retrieved, q_labels, db_labels, k)
+            tuned = None
+            if "tune" in query_sets:
+                queries, labels = query_sets["tune"]
+                tuned = measure(engine, plan, queries, labels, db_labels, search, k, threads, reference.get("tune"),
+                                single=False)
+                reference.setdefault("tune", tuned.pop("positions"))
+                tuned.pop("positions", None)
+            queries, labels = query_sets["eval"]
+            row = measure(engine, plan, queries, labels, db_labels, search, k, threads, reference.get("eval"))
+            reference.setdefault("eval", row["positions"])
+            del row["positions"]
+            # what a deployment of this search holds: its index, plus the full-size vectors when it reranks
+            per_vector = None if held is None else (held + (len(store) * store_bytes if plan.reranks else 0)) / len(store)
             rows.append({
-                "config": search.name, "index": name, "index_kind": spec.kind, "index_size": source.size,
-                "shortlist": int(found.shortlist.shape[1]), "rerank": [[r.size, r.keep] for r in plan.reranks],
-                "ef_search": search.ef_search, "nprobe": search.nprobe,
-                "top1": metrics["nn1"], "map": metrics[f"map@{k}"], "precision": metrics[f"precision@{k}"],
-                "shortlist_recall": recall_of(reference, found.shortlist),
-                "result_recall": recall_of(reference, positions),
-                "qps": len(queries) / batch_s, "batch_seconds": batch_s, "queries": len(queries),
-                "single_ms": None if single_s is None else 1000 * single_s, "madds_per_query": found.madds,
+                "config": search.name, "family": search.family, "index": name, "index_kind": spec.kind,
+                "index_size": source.size, "rerank": [[r.size, r.keep] for r in plan.reranks],
+                "ef_search": search.ef_search, "nprobe": search.nprobe, **row, "tune": tuned,
                 "build_seconds": build_seconds, "peak_rss_gib": (peak_rss_bytes() or 0) / 2**30,
-                "stage_ms": [[stage, 1000 * sec] for stage, sec in found.stages],
+                "bytes_per_vector": per_vector,
             })
             r = rows[-1]
-            log.info("%s: top-1 %.2f mAP@%d %.2f, %.0f q/s, single %s ms, %.3g mult-adds/query", search.name,
+            log.info("%s: top-1 %.2f mAP@%d %.2f, %.0f q/s, single %s ms, %.3g mult-adds/query%s", search.name,
                      100 * r["top1"], k, 100 * r["map"], r["qps"],
-                     "-" if r["single_ms"] is None else f"{r['single_ms']:.2f}", found.madds)
+                     "-" if r["single_ms"] is None else f"{r['single_ms']:.2f}", r["madds_per_query"],
+                     "" if tuned is None else f"; tuning queries: mAP@{k} {100 * tuned['map']:.2f}, "
+                     f"{tuned['qps']:.0f} q/s")
         del engine, source
-    return {"rows": rows, "k": k, "dim": dim, "rows_database": len(store), "queries": len(queries),
+    picks = choose(rows, cfg.map_gap) if "tune" in query_sets else {}
+    eval_queries = query_sets["eval"][0]
+    return {"rows": rows, "k": k, "dim": dim, "rows_database": len(store), "queries": len(eval_queries),
+            "tune_queries": len(query_sets["tune"][0]) if "tune" in query_sets else 0, "map_gap": cfg.map_gap,
+            "picks": picks, "comparison": compare(rows, picks, cfg.baseline) if picks else [],
+            "baseline": cfg.baseline,
             "dtype": str(store.vectors.dtype), "threads": threads, "machine": machine_description(threads),
             "load_peak_rss_gib": (load_peak or 0) / 2**30, "seconds": time.perf_counter() - started,
             "model_uri": manifest.get("model_uri"), "augment": manifest.get("augment"),

@@ -24,21 +24,60 @@ def render(result: dict[str, Any], command: str, title: str) -> str:
              "in this run; q/s is the median of repeated passes over the whole query batch; single queries run on one "
              "thread, as a Serve replica runs them.", "",
              f"| config | top-1 | mAP@{k} | P@{k} | exact top-{k} in shortlist | in results | batch (ms) | q/s | "
-             "speed-up | median single (ms) | mult-adds / query | build (s) | peak RSS (GiB) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "speed-up | median single (ms) | mult-adds / query | build (s) | peak RSS (GiB) | bytes / vector |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    picked = {name for name in result.get("picks", {}).values() if name}
     for r in rows:
         single = "-" if r["single_ms"] is None else f"{r['single_ms']:.2f}"
+        held = "-" if r.get("bytes_per_vector") is None else f"{r['bytes_per_vector']:,.0f}"
+        name = f"**{r['config']}**" if r["config"] in picked else r["config"]
         lines.append(
-            f"| {r['config']} | {100 * r['top1']:.2f} | {100 * r['map']:.2f} | {100 * r['precision']:.2f} | "
+            f"| {name} | {100 * r['top1']:.2f} | {100 * r['map']:.2f} | {100 * r['precision']:.2f} | "
             f"{100 * r['shortlist_recall']:.1f}% | {100 * r['result_recall']:.1f}% | "
             f"{1000 * r['queries'] / r['qps']:,.0f} | {r['qps']:,.0f} | "
             f"{r['qps'] / base['qps']:.1f}x | {single} | {r['madds_per_query']:,.0f} | {r['build_seconds']:.1f} | "
-            f"{r['peak_rss_gib']:.1f} |")
+            f"{r['peak_rss_gib']:.1f} | {held} |")
+    lines += ["", "Bytes / vector: what a deployment of the search holds per database row (its index's vectors, "
+              "graph links or lists, plus the full-size rerank vectors when it reranks); peak RSS is the whole "
+              "process's while the index was built and searched, the database included."]
+    if result.get("picks"):
+        lines += tuning_section(result)
     lines += ["", f"Where the time goes (one pass over all {result['queries']:,} queries, milliseconds per stage):", ""]
     for r in rows:
         if len(r.get("stage_ms", [])) > 1:
             lines.append(f"- {r['config']}: " + ", ".join(f"{name} {ms:.0f}" for name, ms in r["stage_ms"]))
     return "\n".join(lines) + "\n"
+
+
+def tuning_section(result: dict[str, Any]) -> list[str]:
+    """Each family's pick, chosen on the held-out tuning queries, and how it compares on the evaluation ones."""
+    rows, k = result["rows"], result["k"]
+    exact = rows[0]
+    lines = ["", "## Settings chosen on held-out queries", "",
+             f"Every search also ran on {result['tune_queries']:,} tuning queries, a seeded sample of the test split "
+             f"disjoint from the {result['queries']:,} evaluation queries. In each family, the pick (bold above) is "
+             f"the search with the most queries/second there among those within {result['map_gap']} points of "
+             f"exact search's mAP@{k} there ({100 * exact['tune']['map']:.2f}); the figures below are the "
+             "evaluation queries'.", "",
+             f"| family | pick | mAP@{k} − exact (tuning) | mAP@{k} − exact (evaluation) | q/s | × exact flat |"
+             + (f" × {result['baseline']} q/s | × its single latency | × its build time | × its peak RSS | "
+                "× its bytes / vector |" if result.get("baseline") else ""),
+             "|---|---|---:|---:|---:|---:|" + ("---:|" * 5 if result.get("baseline") else "")]
+    for c in result["comparison"]:
+        if c["pick"] is None:
+            lines.append(f"| {c['family']} | none within {result['map_gap']} points | | | | |")
+            continue
+        line = (f"| {c['family']} | {c['pick']} | {c['tune_map_gap']:+.2f} | {c['map_gap']:+.2f} | "
+                f"{c['qps']:,.0f} | {c['vs_exact_qps']:.0f}x |")
+        if result.get("baseline"):
+            if "vs_baseline_qps" in c:
+                cells = [c["vs_baseline_qps"], c["vs_baseline_single"], c["vs_baseline_build"],
+                         c["vs_baseline_peak_rss"], c["vs_baseline_bytes"]]
+                line += "".join(" - |" if v is None else f" {v:.2f} |" for v in cells)
+            else:
+                line += " (baseline) |" + " |" * 4
+        lines.append(line)
+    return lines
 
 
 def plot(result: dict[str, Any], path: Path, title: str) -> None:
@@ -54,18 +93,34 @@ def plot(result: dict[str, Any], path: Path, title: str) -> None:
     ax.annotate("exact - 0.1", (rows[0]["qps"], bar), fontsize=7, color="grey", xytext=(2, -9),
                 textcoords="offset points")
     colours = plt.get_cmap("tab20")
+    held = [r.get("bytes_per_vector") or 0 for r in rows]
+    biggest = max(held) or 1
+    picked = {name for name in result.get("picks", {}).values() if name}
     for i, r in enumerate(rows, 1):
-        ax.scatter(r["qps"], 100 * r["map"], s=28, color=colours((i - 1) % 20), label=f"{i}. {r['config']}")
+        size = 12 + 260 * held[i - 1] / biggest  # marker area: memory per vector
+        ax.scatter(r["qps"], 100 * r["map"], s=size, color=colours((i - 1) % 20), alpha=0.75,
+                   edgecolors="black" if r["config"] in picked else "none", linewidths=1.2,
+                   label=f"{i}. {r['config']}" + (f" ({held[i - 1]:,.0f} B/vector)" if held[i - 1] else ""))
         ax.annotate(str(i), (r["qps"], 100 * r["map"]), fontsize=8, xytext=(3, 3), textcoords="offset points")
+    front = pareto_front(rows)
+    ax.plot([r["qps"] for r in front], [100 * r["map"] for r in front], color="black", lw=0.7, alpha=0.5)
     ax.set_xscale("log")
     ax.set_xlabel("queries / second (batch, log scale)")
     ax.set_ylabel(f"mAP@{result['k']} (%)")
-    ax.set_title(f"{title}\naccuracy vs throughput", fontsize=10)
+    ax.set_title(f"{title}\naccuracy vs throughput; marker area = memory per vector, black edge = a family's "
+                 "pick, line = Pareto front", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The searches no other search beats on both mAP and q/s, by q/s ascending."""
+    front = [r for r in rows if not any(o["map"] >= r["map"] and o["qps"] >= r["qps"]
+                                        and (o["map"] > r["map"] or o["qps"] > r["qps"]) for o in rows)]
+    return sorted(front, key=lambda r: r["qps"])
 
 
 def write_results(cfg: RetrievalBenchConfig, result: dict[str, Any], command: str, repo: Path) -> Path:
