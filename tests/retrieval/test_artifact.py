@@ -111,3 +111,38 @@ def test_index_config_rules_are_checked_before_any_build(tmp_path):
         check_index_config(IndexConfig(kind="ivfpq", pq_m=16), 64, [16, 24])
     with pytest.raises(IndexMismatchError, match=r"index.adanns_size 128 is outside \[1, d=64\]"):
         check_index_config(IndexConfig(adanns_size=128), 64, [8])
+
+
+def test_per_size_graph_settings_reach_each_index(tmp_path):
+    """index.per_size gives the 32-d graph its own degree, search breadth and float16 storage; the 8-d graph
+    keeps the defaults; both are written, read back and searched with their own settings."""
+    import faiss
+
+    from mrl.config import IndexConfig
+    from mrl.configio import ConfigError, from_dict
+    from mrl.retrieval.artifact import check_index_config
+
+    cfg = from_dict(IndexConfig, {"kind": "hnsw", "hnsw_m": 12, "ef_search": 20, "per_size": [
+        {"size": 32, "hnsw_m": 6, "ef_search": 48, "hnsw_storage": "float16", "ef_construction": 30}]})
+    ids, labels, vectors = corpus(n=800)
+    sizes = check_index_config(cfg, 32, [8, 32])
+    manifest = write_index(tmp_path, ids, labels, vectors, sizes, "hnsw", {}, {m: cfg.params(m) for m in sizes})
+    assert manifest["params"]["32"]["hnsw_m"] == 6 and manifest["params"]["8"]["hnsw_m"] == 12
+    art = load_index(tmp_path)
+    small, big = (faiss.downcast_index(art.engine.sources[f"size_{m}"].index) for m in (8, 32))
+    assert isinstance(small, faiss.IndexHNSWFlat) and isinstance(big, faiss.IndexHNSWSQ)
+    assert (small.hnsw.efSearch, big.hnsw.efSearch) == (20, 48)
+    assert (small.hnsw.nb_neighbors(0), big.hnsw.nb_neighbors(0)) == (24, 12)  # level 0 holds 2 M links
+    assert big.hnsw.efConstruction == 30
+    q = np.random.default_rng(2).normal(size=(5, 32)).astype(np.float32)
+    found = art.engine.run(make_plan("full", SearchSettings(), 32, 5), q).positions
+    _, exact = exact_search(vectors, q, 5)
+    assert np.mean([np.isin(e, f).mean() for e, f in zip(exact, found)]) >= 0.8  # a float16 graph finds them
+    with pytest.raises(IndexMismatchError, match=r"index.per_size sets sizes \[16\], which are not indexed"):
+        check_index_config(from_dict(IndexConfig, {"per_size": [{"size": 16, "hnsw_m": 4}]}), 32, [8, 32])
+    with pytest.raises(ConfigError, match="per_size lists a size more than once"):
+        from_dict(IndexConfig, {"per_size": [{"size": 8}, {"size": 8}]})
+    with pytest.raises(ConfigError, match="hnsw_storage"):
+        from_dict(IndexConfig, {"per_size": [{"size": 8, "hnsw_storage": "int8"}]})
+    with pytest.raises(ConfigError, match="per_size sets sizes \\[16\\], which are not in sizes"):
+        from_dict(IndexConfig, {"sizes": [8], "per_size": [{"size": 16}]})

@@ -46,6 +46,8 @@ class BenchIndex:
     """Prefix size the index is built on; None: the full d."""
     hnsw_m: int = 32
     ef_construction: int = 40
+    storage: Literal["float32", "float16"] = "float32"
+    """How an HNSW graph holds its vectors."""
     nlist: int = 1024
     pq_m: int = 16
 
@@ -59,8 +61,8 @@ class BenchIndex:
             _positive(name, getattr(self, name))
 
     def params(self, seed: int) -> IndexParams:
-        return IndexParams(hnsw_m=self.hnsw_m, ef_construction=self.ef_construction, nlist=self.nlist,
-                           pq_m=self.pq_m, seed=seed)
+        return IndexParams(hnsw_m=self.hnsw_m, ef_construction=self.ef_construction, storage=self.storage,
+                           nlist=self.nlist, pq_m=self.pq_m, seed=seed)
 
 
 @dataclass(frozen=True, kw_only=True)

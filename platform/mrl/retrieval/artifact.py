@@ -17,6 +17,7 @@ mismatch; `IndexArtifact.engine` is the `SearchEngine` over it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,19 +54,30 @@ def check_index_config(index_cfg, dim: int, default_sizes: list[int]) -> list[in
     if max(sizes) > dim:
         raise IndexMismatchError(f"index.sizes {sizes} go above d={dim}")
     try:
-        check_build(index_cfg.kind, sizes, dim, index_cfg.params(), index_cfg.adanns_size)
+        unknown = sorted({o.size for o in index_cfg.per_size} - set(sizes))
+        if unknown:
+            raise ValueError(f"index.per_size sets sizes {unknown}, which are not indexed (sizes {sizes})")
+        check_build(index_cfg.kind, sizes, dim, {m: index_cfg.params(m) for m in sizes}, index_cfg.adanns_size)
     except ValueError as exc:
-        raise IndexMismatchError(f"{exc} (set index.sizes, index.adanns_size or index.pq_m)") from None
+        raise IndexMismatchError(f"{exc} (set index.sizes, index.per_size, index.adanns_size or index.pq_m)") from None
     return sizes
 
 
-def check_build(kind: str, sizes: list[int], dim: int, params: IndexParams, adanns_size: int | None) -> None:
+def params_for(params: IndexParams | Mapping[int, IndexParams] | None, size: int) -> IndexParams:
+    """The build settings of the index on prefix `size`: one set for every size, or a set per size."""
+    if params is None:
+        return IndexParams()
+    return params if isinstance(params, IndexParams) else params[size]
+
+
+def check_build(kind: str, sizes: list[int], dim: int, params: IndexParams | Mapping[int, IndexParams],
+                adanns_size: int | None) -> None:
     """Every rule an index build must pass, before anything is built: each size's index (kind, size within d,
-    pq_m) and the AdANNS cells' size. Raises ValueError naming the first broken rule."""
+    pq_m, graph storage) and the AdANNS cells' size. Raises ValueError naming the first broken rule."""
     if adanns_size is not None:
         check_prefix_size("index.adanns_size", adanns_size, dim)
     for m in sizes:
-        check_index(kind, m, dim, params)
+        check_index(kind, m, dim, params_for(params, m))
 
 
 def planned_sources(sizes: list[int], adanns_size: int | None) -> dict[str, int]:
@@ -77,12 +89,12 @@ def planned_sources(sizes: list[int], adanns_size: int | None) -> dict[str, int]
 
 
 def write_index(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndarray, sizes: list[int],
-                kind: str, extra: dict[str, Any], params: IndexParams | None = None,
+                kind: str, extra: dict[str, Any], params: IndexParams | Mapping[int, IndexParams] | None = None,
                 vector_dtype: str = "float32", adanns: tuple[int, int] | None = None) -> dict[str, Any]:
     """Build one FAISS index per prefix size and write the artifact; returns the manifest.
 
     Args:
-        params: index build settings (graph degree, IVF cells, PQ codes).
+        params: index build settings (graph degree and storage, IVF cells, PQ codes), for every size or per size.
         vector_dtype: float32 or float16 storage of the full-size rerank vectors.
         adanns: (cell prefix size, cells) to also build AdANNS cells, or None.
     """
@@ -93,7 +105,6 @@ def write_index(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndar
     from mrl.retrieval.adanns import AdannsIVF
     from mrl.retrieval.indexes import build_prefix_index
 
-    params = params or IndexParams()
     dim = vectors.shape[1]
     try:
         check_build(kind, sizes, dim, params, None if adanns is None else adanns[0])
@@ -104,12 +115,13 @@ def write_index(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndar
     np.save(out / "ids.npy", ids.astype(np.int64))
     np.save(out / "labels.npy", labels.astype(np.int64))
     for m in sizes:
-        faiss.write_index(build_prefix_index(vectors, m, kind, params), str(out / f"{index_source(m)}.faiss"))
+        index = build_prefix_index(vectors, m, kind, params_for(params, m))
+        faiss.write_index(index, str(out / f"{index_source(m)}.faiss"))
     if adanns is not None:
         AdannsIVF.build(vectors, cluster_size=adanns[0], nlist=adanns[1]).save(out / "adanns.npz")
     files = sorted(p.name for p in out.iterdir() if p.name != MANIFEST)
     manifest = {"stage": "index", "dim": dim, "sizes": list(sizes), "kind": kind, "metric": METRIC,
-                "dtype": np.dtype(vector_dtype).name, "params": dataclasses.asdict(params), "rows": int(len(ids)),
+                "dtype": np.dtype(vector_dtype).name, "params": {str(m): dataclasses.asdict(params_for(params, m)) for m in sizes}, "rows": int(len(ids)),
                 "adanns": None if adanns is None else {"size": adanns[0], "nlist": adanns[1]},
                 "checksums": {name: sha256(out / name) for name in files}, **extra}
     write_manifest(out, manifest)

@@ -38,7 +38,8 @@ def run_build_index(job, embeddings: str | None = None) -> dict[str, Any]:
                  "model_version": emb.get("model_version"), "embeddings": str(emb_dir),
                  "modality": _modality(emb)}
         adanns = None if job.index.adanns_size is None else (job.index.adanns_size, job.index.adanns_nlist)
-        manifest = write_index(out, ids, labels, vectors, sizes, job.index.kind, extra, job.index.params(),
+        manifest = write_index(out, ids, labels, vectors, sizes, job.index.kind, extra,
+                               {m: job.index.params(m) for m in sizes},
                                job.index.vector_dtype, adanns)
         if job.index.calibrate:
             manifest = _calibrate(out, emb_dir, manifest, job.index.calibration_queries)
