@@ -289,6 +289,9 @@ class EmbedConfig:
     """Rows per Parquet shard (at most)."""
     dtype: Literal["float32", "float16"] = "float32"
     """Stored vector type; float16 halves the shards (1M x 2048: 4 GB instead of 8)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Inference precision: auto = bfloat16 weights (and channels_last) on a GPU, float32 on a CPU; bf16
+    needs GPU actors (gpus_per_actor > 0)."""
     augment_rows: int | None = None
     """Grow the train split to this many rows with deterministic augmented copies (shift, flip, contrast,
     erasing; see mrl.data.augment) to build a large retrieval database; ids below the split's size are originals."""
@@ -303,6 +306,8 @@ class EmbedConfig:
         _positive("cpus_per_actor", self.cpus_per_actor)
         _check(self.gpus_per_actor >= 0, f"gpus_per_actor must be >= 0, got {self.gpus_per_actor}")
         _positive("rows_per_file", self.rows_per_file)
+        _check(self.precision != "bf16" or self.gpus_per_actor > 0,
+               "precision bf16 needs GPU actors: set gpus_per_actor > 0, or precision auto / fp32")
 
 
 @dataclass(frozen=True, kw_only=True)

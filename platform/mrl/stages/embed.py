@@ -26,18 +26,19 @@ class Embedder:
     """Ray Data callable class: loads the model once per actor, maps image or text batches to embeddings."""
 
     def __init__(self, model_uri: str, tracking_uri: str, image_shape: tuple[int, ...] | None, threads: int = 1,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", precision: str = "auto"):
         import mlflow
         import torch
 
         torch.set_num_threads(max(1, threads))
         mlflow.set_tracking_uri(tracking_uri)
         from mrl.artifacts.tracking import load_model
+        from mrl.data.preprocess import inference_model
 
         self.image_shape = tuple(image_shape or ())  # (C, H, W): Parquet/Arrow carries flattened pixels
         self.dtype = dtype
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = load_model(model_uri).to(self.device)
+        self.model = inference_model(load_model(model_uri), self.device, precision)
 
     def __call__(self, batch):
         """batch: a pyarrow Table with id, label and image (flattened uint8 pixels) or document (text)
@@ -145,7 +146,7 @@ def run_embed(job, model_uri: str | None = None) -> dict[str, Any]:
                 Embedder, fn_constructor_kwargs={"model_uri": model_info["model_uri"], "tracking_uri": uri,
                                                  "image_shape": image_shape,
                                                  "threads": int(job.embed.cpus_per_actor),
-                                                 "dtype": job.embed.dtype},
+                                                 "dtype": job.embed.dtype, "precision": job.embed.precision},
                 compute=ray.data.ActorPoolStrategy(size=job.embed.num_actors), batch_size=job.embed.batch_size,
                 batch_format="pyarrow", num_cpus=job.embed.cpus_per_actor, num_gpus=job.embed.gpus_per_actor)
             ds.write_parquet(str(out / split), min_rows_per_file=min(job.embed.rows_per_file, n_rows),
@@ -155,6 +156,7 @@ def run_embed(job, model_uri: str | None = None) -> dict[str, Any]:
                   f"({time.time() - started:.0f}s so far)", flush=True)
         manifest = {"stage": "embed", "embed_run_id": run.info.run_id, **model_info, "dim": model.dim,
                     "sizes": model.sizes, "model_spec": model_spec, "rows": rows, "dtype": job.embed.dtype,
+                    "precision": job.embed.precision,
                     "augment": ({"rows": job.embed.augment_rows, "seed": job.embed.augment_seed}
                                 if job.embed.augment_rows is not None else None),
                     "data": {"source": job.data.source, "path": job.data.root}}
