@@ -40,6 +40,7 @@ class PrefixStore:
         self.device = torch.device(device)
         if self.device.type != "cpu":
             self._rows = self._rows.to(self.device)
+        self._norms: dict = {}  # prefix size -> (N,) norms, for the device rerank
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -64,14 +65,28 @@ class PrefixStore:
         return torch.where(norms > 0, raw / norms.clamp_min(1e-30), torch.zeros_like(raw)).cpu().numpy()
 
 
+    def prefix_norms(self, size: int, chunk_rows: int = 1 << 16):
+        """(N,) float32 norms of every row's prefix `size`, on the store's device, computed once per size (in
+        chunks, from the float32 widening of the rows, as the CPU path computes them) and kept: 4 MB per size for
+        a million rows, where reading every candidate row a second time for its norm would cost a full pass."""
+        import torch
+
+        if size not in self._norms:
+            rows = self._rows[:, :size]
+            self._norms[size] = torch.cat([torch.linalg.vector_norm(rows[lo:lo + chunk_rows].float(), dim=1)
+                                           for lo in range(0, len(rows), chunk_rows)])
+        return self._norms[size]
+
     def rerank(self, candidates: np.ndarray, queries: np.ndarray, size: int, k: int,
                block_floats: int = DEVICE_BLOCK_FLOATS) -> tuple[np.ndarray, np.ndarray]:
         """`rerank` done where the rows live: the positions and unit queries are copied to the device once,
-        every block gathers, scores (float32, as on the CPU) and keeps its rows' scores there, one top-k with
-        the CPU's tie rule (higher score, then lower position) runs there, and one copy brings (Q, k) back.
+        every block gathers its candidates' prefixes, widens them to float32 and takes their dot products with
+        the queries in one batched product, divides by the rows' cached prefix norms, one top-k with the CPU's
+        tie rule (higher score, then lower position) runs there, and one copy brings (Q, k) back.
 
         Used for accelerator stores (the CPU path's cache-sized blocks cost a host round trip each on a GPU);
-        it also runs on the CPU, which is how the tests hold it to the CPU path's results.
+        it also runs on the CPU, which is how the tests hold it to the CPU path's results. Products are exact
+        float32 (a batched matmul, unless TF32 matmuls are switched on, when an elementwise product is used).
         """
         import torch
 
@@ -80,14 +95,17 @@ class PrefixStore:
         unit = torch.from_numpy(normalize_prefix(queries, size)).to(dev)  # (Q, size)
         q, kk = cand.shape
         safe = cand.clamp_min(0)
-        scores = torch.empty((q, kk), dtype=torch.float32, device=dev)
+        norms = self.prefix_norms(size)[safe]  # (Q, K)
+        raw = torch.empty((q, kk), dtype=torch.float32, device=dev)
         prefix = self._rows[:, :size]
+        exact_matmul = not (dev.type == "cuda" and torch.backends.cuda.matmul.allow_tf32)
         step = max(1, block_floats // max(1, kk * size))
         for lo in range(0, q, step):
             rows = prefix.index_select(0, safe[lo:lo + step].reshape(-1)).view(-1, kk, size).float()
-            raw = (rows * unit[lo:lo + step, None, :]).sum(-1)
-            norms = torch.linalg.vector_norm(rows, dim=-1)
-            scores[lo:lo + step] = torch.where(norms > 0, raw / norms.clamp_min(1e-30), torch.zeros_like(raw))
+            u = unit[lo:lo + step]
+            raw[lo:lo + step] = (torch.bmm(rows, u[:, :, None])[..., 0] if exact_matmul
+                                 else (rows * u[:, None, :]).sum(-1))
+        scores = torch.where(norms > 0, raw / norms.clamp_min(1e-30), torch.zeros_like(raw))
         scores = torch.where(cand >= 0, scores, torch.full_like(scores, -float("inf")))
         tie = torch.where(cand >= 0, cand, torch.full_like(cand, np.iinfo(np.int64).max))
         by_position = torch.argsort(tie, dim=1, stable=True)
