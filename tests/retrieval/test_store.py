@@ -154,3 +154,20 @@ def test_the_fused_kernel_scores_like_the_torch_path(dtype):
         np.testing.assert_allclose(got[filled], want[filled], rtol=1e-5, atol=1e-6)
         assert np.all(got[~filled] == 0) and np.all(got[:, 0] == 0)
         assert (got[:, 1] == 0).all() == (size == 8)
+
+
+def test_the_device_rerank_normalises_odd_queries_like_the_host():
+    """Queries with a zero or overflowing prefix take the host's float64 normalisation on the device path too."""
+    rng = np.random.default_rng(4)
+    vectors = rng.normal(size=(300, 16)).astype(np.float32)
+    queries = rng.normal(size=(6, 16)).astype(np.float32)
+    queries[1, :8] = 0  # zero at prefix 8 only
+    queries[2] *= 1e20  # float32 norm overflows
+    candidates = rng.integers(0, 300, size=(6, 40))
+    store = PrefixStore(vectors)
+    for size in (8, 16):
+        want_s, want_p = rerank(candidates, store, queries, size, 10)
+        got_s, got_p = store.rerank(candidates, queries, size, 10)
+        assert np.array_equal(got_p, want_p)
+        np.testing.assert_allclose(got_s, want_s, rtol=1e-6, atol=1e-7)
+    assert np.all(store.rerank(candidates, queries, 8, 10)[0][1] == 0)  # a zero query prefix scores 0

@@ -65,6 +65,18 @@ class PrefixStore:
         return torch.where(norms > 0, raw / norms.clamp_min(1e-30), torch.zeros_like(raw)).cpu().numpy()
 
 
+    def _unit_queries(self, queries: np.ndarray, size: int):
+        """The queries' unit prefixes on the device: the raw prefix is copied and normalised there (a host
+        normalisation of 1,000 x 2,048 costs about as much as the whole GPU rerank). Zero, tiny or overflowing
+        norms (which `normalize_prefix` handles in float64) fall back to the host."""
+        import torch
+
+        raw = torch.from_numpy(np.asarray(queries)[:, :size]).to(self.device, torch.float32)
+        norms = torch.linalg.vector_norm(raw, dim=1, keepdim=True)
+        if bool(((norms < 1e-18) | ~(norms < float("inf"))).any()):
+            return torch.from_numpy(normalize_prefix(queries, size)).to(self.device)
+        return raw / norms
+
     def prefix_norms(self, size: int, chunk_rows: int = 1 << 16):
         """(N,) float32 norms of every row's prefix `size`, on the store's device, computed once per size (in
         chunks, from the float32 widening of the rows, as the CPU path computes them) and kept: 4 MB per size for
@@ -92,7 +104,7 @@ class PrefixStore:
 
         dev = self.device
         cand = torch.from_numpy(np.ascontiguousarray(candidates, dtype=np.int64)).to(dev)  # (Q, K)
-        unit = torch.from_numpy(normalize_prefix(queries, size)).to(dev)  # (Q, size)
+        unit = self._unit_queries(queries, size)  # (Q, size)
         q, kk = cand.shape
         safe = cand.clamp_min(0)
         norms = self.prefix_norms(size)[safe]  # (Q, K)
