@@ -8,6 +8,7 @@
    path the embed stage used before (standardised to float32 on the CPU, float32 model).
 
     PYTHONPATH=platform python benchmarks/gpu_check.py --out docs/results/gpu_check.json
+    python benchmarks/gpu_check.py --render docs/results/gpu_check.json   # the .md beside it, on any machine
 
 Every figure is a median of repeated timed passes after a warm-up, each pass ending with its results on the
 host (a `.cpu()` copy), so no pass is timed before the GPU has finished it.
@@ -152,6 +153,44 @@ def check_embed(batch: int, batches: int, rounds: int) -> dict:
             "bf16_vs_fp32_min_cosine": float(cos.min()), "bf16_vs_fp32_mean_cosine": float(cos.mean())}
 
 
+def render(result: dict) -> str:
+    """The Markdown summary of a gpu_check JSON."""
+    lines = ["# GPU checks of the per-batch paths", "",
+             f"Command: `PYTHONPATH=platform python benchmarks/gpu_check.py`. Date: {result['date']}. Device: "
+             f"{result['device']}, PyTorch {result['torch']}, {result['cpu_threads']} CPU threads. Medians of "
+             "repeated passes after a warm-up; every pass ends with its results on the host.", ""]
+    if "rerank" in result:
+        r = result["rerank"]
+        lines += [f"## Rerank: {r['queries']:,} queries x {r['shortlist']} candidates over {r['rows']:,} rows "
+                  f"({r['dtype']}), keep {r['k']}", "",
+                  "Library: `mrl.retrieval.store.rerank` on a CUDA `PrefixStore` (positions and raw queries in "
+                  "from the host, cosine scores, the CPU's tie rule, ids out). Plain: one gather and one batched "
+                  "float16 product by hand, then top-k (inner products, no norms), with its inputs sent from the "
+                  "host as the library's are, and with them already on the GPU.", "",
+                  "| prefix | library (ms) | plain, from host (ms) | ratio | plain, resident (ms) | ratio | "
+                  "CPU path (ms) | ids identical to the CPU path | max score difference |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+        for size, c in r["sizes"].items():
+            lines.append(f"| {size} | {c['library_ms']:.2f} | {c['plain_fused_from_host_ms']:.2f} | "
+                         f"{c['library_over_plain_from_host']:.2f}x | {c['plain_fused_resident_ms']:.2f} | "
+                         f"{c['library_over_plain_resident']:.2f}x | {c['cpu_ms']:.0f} ({c['cpu_path']}, "
+                         f"{c['cpu_threads']} threads) | {c['ids_identical_to_cpu']} | "
+                         f"{c['max_score_difference']:.1e} |")
+        lines.append("")
+    if "embed" in result:
+        e = result["embed"]
+        lines += [f"## Embed: {e['model']}, {e['image_size']} px, batch {e['batch']}", "",
+                  "Library: `mrl.data.preprocess.embed_images` on a model prepared by `inference_model(model, "
+                  "\"cuda\")` (uint8 batch to the GPU, standardised there, bfloat16 weights, channels_last, "
+                  "float32 representations back). Plain: the same steps written by hand. Earlier path: what the "
+                  "embed stage did before (standardised to float32 on the CPU, float32 model).", "",
+                  "| library (img/s) | plain PyTorch (img/s) | library / plain | earlier path (img/s) | "
+                  "bf16 vs fp32 cosine (min) |", "|---:|---:|---:|---:|---:|",
+                  f"| {e['library_img_s']:,.0f} | {e['plain_img_s']:,.0f} | {e['library_over_plain']:.2f}x | "
+                  f"{e['earlier_path_img_s']:,.0f} | {e['bf16_vs_fp32_min_cosine']:.5f} |", ""]
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="docs/results/gpu_check.json")
@@ -159,7 +198,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--batches", type=int, default=24)
     parser.add_argument("--skip", nargs="*", default=[], choices=["rerank", "embed"])
+    parser.add_argument("--render", metavar="JSON", help="only write the Markdown beside an existing result")
     args = parser.parse_args(argv)
+    if args.render:
+        path = Path(args.render)
+        path.with_suffix(".md").write_text(render(json.loads(path.read_text())))
+        return 0
     if not torch.cuda.is_available():
         print("gpu_check: PyTorch sees no CUDA device", file=sys.stderr)
         return 2
@@ -173,7 +217,8 @@ def main(argv: list[str]) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
+    out.with_suffix(".md").write_text(render(result))
+    print(render(result))
     return 0
 
 
