@@ -91,7 +91,6 @@ def check_rerank(rows: int, dim: int, queries: int, shortlist: int, k: int, repe
               f"({library / plain_host:.2f}x / {library / plain_dev:.2f}x); CPU path {1000 * cpu_seconds:.0f} ms, "
               f"ids identical: {np.array_equal(gpu_ids, cpu_ids)}, max score diff "
               f"{np.abs(gpu_scores - cpu_scores).max():.2e}", flush=True)
-    del store
     torch.cuda.empty_cache()
     return out
 

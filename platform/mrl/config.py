@@ -286,7 +286,8 @@ class EmbedConfig:
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
     rows_per_file: int = 20000
-    """Rows per Parquet shard (at most)."""
+    """Rows per unit of work: an actor embeds a unit and writes it as one Parquet file (atomically), and a
+    resumed run skips the units already written."""
     dtype: Literal["float32", "float16"] = "float32"
     """Stored vector type; float16 halves the shards (1M x 2048: 4 GB instead of 8)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -319,7 +320,7 @@ class SizeIndexParams:
     ef_construction: int | None = None
     ef_search: int | None = None
     """The graph's default search breadth (a request's or a plan's ef_search still overrides it)."""
-    hnsw_storage: Literal["float32", "float16"] | None = None
+    index_storage: Literal["float32", "float16"] | None = None
     nlist: int | None = None
     nprobe: int | None = None
     pq_m: int | None = None
@@ -341,8 +342,8 @@ class IndexConfig:
     hnsw_m: int = 32
     ef_construction: int = 40
     ef_search: int = 128
-    hnsw_storage: Literal["float32", "float16"] = "float32"
-    """How HNSW graphs hold their vectors (float16: half the bytes per node)."""
+    index_storage: Literal["float32", "float16"] = "float32"
+    """How HNSW graphs and IVF lists hold their vectors (float16: half the bytes per vector)."""
     nlist: int = 1024
     """IVF cells (capped at rows / 39)."""
     nprobe: int = 16
@@ -388,11 +389,11 @@ class IndexConfig:
         """Build and default search settings of the index on prefix `size` (`per_size` over the defaults;
         None: the defaults) for `mrl.retrieval.indexes.build_prefix_index`."""
         values = {"hnsw_m": self.hnsw_m, "ef_construction": self.ef_construction, "ef_search": self.ef_search,
-                  "hnsw_storage": self.hnsw_storage, "nlist": self.nlist, "nprobe": self.nprobe, "pq_m": self.pq_m}
+                  "index_storage": self.index_storage, "nlist": self.nlist, "nprobe": self.nprobe, "pq_m": self.pq_m}
         for override in self.per_size:
             if override.size == size:
                 values.update({k: v for k, v in dataclasses.asdict(override).items() if k != "size" and v is not None})
-        values["storage"] = values.pop("hnsw_storage")
+        values["storage"] = values.pop("index_storage")
         return IndexParams(**values)
 
 
@@ -555,6 +556,10 @@ class EmbedJobConfig(JobConfig):
     model_uri: str = "models:/mrl-fashion-mnist@champion"
     """An MLflow model URI (models:/name/version, models:/name@alias, models:/name/latest, runs:/id/model).
     The default is the promoted model: the first registered version, then whichever `mrl promote` names."""
+    run_name: str | None = None
+    """Output directory name under <output_dir>/embeddings. None: the MLflow run id (a new directory per
+    invocation). Naming a run that exists resumes it: units already written and verified are skipped (the
+    settings must be the same; a changed model, data or embed setting is refused)."""
     data: DataConfig = field(default_factory=DataConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     ray: RayConfig = field(default_factory=RayConfig)

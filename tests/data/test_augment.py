@@ -56,19 +56,21 @@ def test_expand_ids_maps_copies_to_base_rows():
         expand_ids(3, 2)
 
 
-def test_augment_batch_emits_originals_and_copies_below_the_target():
+def test_augmented_rows_are_the_originals_then_seeded_copies_of_row_id_mod_n():
     import pyarrow as pa
 
-    from mrl.stages.embed import _split_table, augment_batch
+    from mrl.stages.embed import _split_table, augmented_rows
 
     base = images(4)
     table = _split_table(base, np.array([0, 1, 2, 3]))
-    out = augment_batch(table.slice(1, 2), n_base=4, target_rows=10, seed=0, image_shape=(1, 28, 28))
+    out = augmented_rows(table, 2, 10, seed=0, image_shape=(1, 28, 28))  # one unit of work: rows 2..9
     assert isinstance(out, pa.Table)
-    assert sorted(out.column("id").to_pylist()) == [1, 2, 5, 6, 9]  # rows 1, 2 and their copies below 10
-    labels = dict(zip(out.column("id").to_pylist(), out.column("label").to_pylist()))
-    assert labels == {1: 1, 2: 2, 5: 1, 6: 2, 9: 1}
+    assert out.column("id").to_pylist() == list(range(2, 10))
+    assert out.column("label").to_pylist() == [2, 3, 0, 1, 2, 3, 0, 1]  # labels 0..3 of base rows id % 4
     pixels = out.column("image").combine_chunks().flatten().to_numpy().reshape(-1, 1, 28, 28)
     rows = dict(zip(out.column("id").to_pylist(), pixels))
-    assert np.array_equal(rows[1], base[1]) and np.array_equal(rows[2], base[2])  # originals untouched
+    assert np.array_equal(rows[2], base[2]) and np.array_equal(rows[3], base[3])  # originals untouched
     assert np.array_equal(rows[9], augment(base[1:2], np.array([9]), 0, 4)[0])  # copy 9 is base row 1's
+    again = augmented_rows(table, 8, 10, seed=0, image_shape=(1, 28, 28))  # any cut rebuilds the same rows
+    assert np.array_equal(again.column("image").combine_chunks().flatten().to_numpy().reshape(-1, 1, 28, 28),
+                          pixels[-2:])

@@ -166,6 +166,63 @@ def test_families_are_tuned_on_held_out_queries_and_compared_with_the_baseline(e
     assert results[0.0]["picks"]["cheap"] in ("adaptive all", None)
 
 
+def test_prefix_study_bounds_shortlists_by_exact_prefix_search(embeddings, tmp_path):
+    from mrl.core.metrics import retrieval_metrics
+    from mrl.experiments.retrieval_bench import load_data, prefix_study
+
+    emb, db, _, _ = embeddings
+    cfg = config(emb, tmp_path, queries=60, tune_queries=40)
+    result = prefix_study(cfg, (8, 16), (5, 20, 100))
+    assert [r["size"] for r in result["rows"]] == [8, 16, 64] and result["queries"] == 40
+    _, db_labels, query_sets, _, _ = load_data(cfg)
+    q, labels = query_sets["tune"]
+    _, truth = exact_search(db, q, 5)
+    for r in result["rows"]:
+        _, top = exact_search(db, q, 100, size=r["size"])
+        assert r["recall"] == pytest.approx({str(s): recall_of(truth, top[:, :s]) for s in (5, 20, 100)})
+        want = retrieval_metrics(db_labels[top[:, :5]], labels, db_labels, 5)["map@5"]
+        assert r["map"] == pytest.approx(want)
+        assert list(r["recall"].values()) == sorted(r["recall"].values())  # deeper shortlists find more
+    assert all(v == 1.0 for v in result["rows"][-1]["recall"].values())  # d against itself
+    with pytest.raises(ConfigError, match="set tune_queries"):
+        prefix_study(config(emb, tmp_path), (8,), (5,))
+
+
+def test_every_benchmark_search_has_the_service_settings_that_run_its_plan(embeddings, tmp_path):
+    """The report's deployment settings, fed to the service's search modes, make the plan the benchmark ran
+    (the shortlist source renamed as an index artifact names it)."""
+    import dataclasses
+
+    from mrl.config import IndexConfig, ServeConfig
+    from mrl.configio import from_dict
+    from mrl.experiments.retrieval_bench import deployment
+    from mrl.retrieval.modes import ADANNS_SOURCE, index_source, make_plan
+
+    cfg = config(embeddings[0], tmp_path, searches=[
+        {"name": "exact", "index": "flat_d", "shortlist": 5},
+        {"name": "adaptive", "index": "flat_8", "shortlist": 300, "rerank": [[None, 5]]},
+        {"name": "funnel", "index": "ivf_8", "nprobe": 4, "shortlist": 50, "rerank": [[16, 20], [None, 5]]},
+        {"name": "graph", "index": "hnsw_8", "ef_search": 64, "shortlist": 40, "rerank": [[32, 12], [None, 5]]},
+        {"name": "cells", "index": "adanns_8", "nprobe": 3, "rerank": [[32, 30], [None, 5]]},
+        {"name": "cells one stage", "index": "adanns_8", "nprobe": 3, "rerank": [[None, 5]]},
+        {"name": "prefix alone", "index": "flat_8", "shortlist": 5},
+    ])
+    for search in cfg.searches:
+        spec = cfg.indexes[search.index]
+        deploy = deployment(search, spec, 64, 5)
+        if search.name == "prefix alone":
+            assert deploy is None
+            continue
+        index_cfg = from_dict(IndexConfig, deploy["index"])  # valid pipeline settings
+        serve = from_dict(ServeConfig, deploy["serve"])
+        got = make_plan(serve.mode, serve.search_settings(), 64, 5)
+        want = search.plan(spec.kind == "adanns", 64, 5)
+        source = ADANNS_SOURCE if spec.kind == "adanns" else index_source(spec.size or 64)
+        assert got.shortlist == dataclasses.replace(want.shortlist, source=source)
+        assert got.reranks == want.reranks, search.name
+        assert index_cfg.adanns_size == (8 if spec.kind == "adanns" else None)
+
+
 def test_render_reports_speed_up_against_the_first_row():
     row = {"config": "a", "top1": 0.9, "map": 0.8, "precision": 0.8, "shortlist_recall": 1.0, "result_recall": 1.0,
            "qps": 100.0, "queries": 2, "single_ms": 1.0, "madds_per_query": 10, "build_seconds": 1.0, "peak_rss_gib": 1.0}

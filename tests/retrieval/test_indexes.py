@@ -60,3 +60,26 @@ def test_every_registered_kind_builds_and_answers():
         assert pos.shape == (len(q), 5) and (pos >= 0).all(), kind
     with pytest.raises(ValueError, match=r"index size 32 is outside \[1, d=16\]"):
         build_prefix_index(db, 32, "flat")
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_float16_storage_halves_the_vectors_and_finds_the_same_neighbours(kind):
+    import faiss
+
+    from mrl.retrieval.indexes import index_bytes
+
+    rng = np.random.default_rng(8)
+    db = rng.normal(size=(3000, 32)).astype(np.float32)
+    q = rng.normal(size=(20, 32)).astype(np.float32)
+    built = {st: build_prefix_index(db, 32, kind, IndexParams(storage=st, nlist=16, nprobe=16)) for st in
+             ("float32", "float16")}
+    half, full = built["float16"], built["float32"]
+    assert isinstance(faiss.downcast_index(half), faiss.IndexHNSWSQ if kind == "hnsw" else faiss.IndexIVFScalarQuantizer)
+    vectors = 3000 * 32 * 4
+    assert index_bytes(full) - index_bytes(half) == vectors // 2  # everything else (links, ids) is the same
+    _, exact = exact_search(db, q, 10, 32)
+    for index in (half, full):
+        _, found = faiss_search(index, q, 32, 10, ef_search=200)
+        assert np.mean([np.isin(e, f).mean() for e, f in zip(exact, found)]) > 0.95
+    with pytest.raises(ValueError, match="storage 'int8' is not accepted"):
+        build_prefix_index(db, 32, kind, IndexParams(storage="int8"))

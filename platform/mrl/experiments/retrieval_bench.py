@@ -47,7 +47,7 @@ class BenchIndex:
     hnsw_m: int = 32
     ef_construction: int = 40
     storage: Literal["float32", "float16"] = "float32"
-    """How an HNSW graph holds its vectors."""
+    """How an HNSW graph or an IVF's lists hold their vectors."""
     nlist: int = 1024
     pq_m: int = 16
 
@@ -107,6 +107,33 @@ class BenchSearch:
                          shortlist=Shortlist(source=self.index, k=None if cells else self.shortlist,
                                              nprobe=self.nprobe, ef_search=self.ef_search),
                          reranks=tuple(Rerank(m or dim, keep) for m, keep in self.rerank))
+
+
+def deployment(search: BenchSearch, index: BenchIndex, dim: int, k: int) -> dict[str, Any] | None:
+    """The pipeline settings that make the service run `search`: `index` (the build stage's config: the
+    shortlist index, or the AdANNS cells) and `serve` (mode and search settings), as plain dicts for YAML.
+    None for a search the service has no mode for (a prefix index's own ranking, without a rerank to d)."""
+    size = index.size or dim
+    if index.kind == "adanns":
+        (first_size, first_keep), *later = search.rerank
+        idx = {"adanns_size": size, "adanns_nlist": index.nlist}
+        serve = {"mode": "adanns", "shortlist_size": first_size or dim, "shortlist_k": first_keep,
+                 "nprobe": search.nprobe, "funnel": [list(st) for st in later] or None}
+    elif not search.rerank:
+        if size != dim:
+            return None
+        idx = {"kind": index.kind, "sizes": [dim]}
+        serve = {"mode": "full", "ef_search": search.ef_search, "nprobe": search.nprobe}
+    else:
+        idx = {"kind": index.kind, "sizes": [size]}
+        serve = {"mode": "funnel", "shortlist_size": size, "shortlist_k": search.shortlist,
+                 "ef_search": search.ef_search, "nprobe": search.nprobe, "funnel": [list(st) for st in search.rerank]}
+    if index.kind == "hnsw":
+        idx.update({"hnsw_m": index.hnsw_m, "ef_construction": index.ef_construction, "index_storage": index.storage})
+    elif index.kind in ("ivf", "ivfpq"):
+        idx.update({"nlist": index.nlist, "index_storage": index.storage})
+    serve["default_k"] = k
+    return {"index": idx, "serve": {key: value for key, value in serve.items() if value is not None}}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -366,6 +393,7 @@ def run_benchmark(cfg: RetrievalBenchConfig) -> dict[str, Any]:
             per_vector = None if held is None else (held + (len(store) * store_bytes if plan.reranks else 0)) / len(store)
             rows.append({
                 "config": search.name, "family": search.family, "index": name, "index_kind": spec.kind,
+                "deploy": deployment(search, spec, dim, k),
                 "index_size": source.size, "rerank": [[r.size, r.keep] for r in plan.reranks],
                 "ef_search": search.ef_search, "nprobe": search.nprobe, **row, "tune": tuned,
                 "build_seconds": build_seconds, "peak_rss_gib": (peak_rss_bytes() or 0) / 2**30,
@@ -388,3 +416,43 @@ def run_benchmark(cfg: RetrievalBenchConfig) -> dict[str, Any]:
             "load_peak_rss_gib": (load_peak or 0) / 2**30, "seconds": time.perf_counter() - started,
             "model_uri": manifest.get("model_uri"), "augment": manifest.get("augment"),
             "embeddings": str(Path(cfg.embeddings).resolve())}
+
+
+def prefix_study(cfg: RetrievalBenchConfig, sizes: tuple[int, ...], shortlists: tuple[int, ...],
+                 query_set: str = "tune") -> dict[str, Any]:
+    """How well each prefix alone ranks: for every size m, exact search on the m-prefix for the largest
+    shortlist, then the share of the exact full-size top-k found within its first K (for each K in
+    `shortlists`) and the mAP@k of its own top-k. This bounds every shortlist on that prefix, whatever the
+    index: a graph or IVF shortlist of K can only find less.
+
+    Runs on the tuning queries by default (what a search's settings may be chosen from).
+    """
+    from mrl.core.metrics import retrieval_metrics
+    from mrl.experiments.measure import recall_of
+    from mrl.retrieval.modes import index_source
+    from mrl.retrieval.quality import exact_engine, exact_plan
+
+    store, db_labels, query_sets, dim, manifest = load_data(cfg)
+    if query_set not in query_sets:
+        raise ConfigError(f"no {query_set!r} queries: set tune_queries")
+    queries, labels = query_sets[query_set]
+    k, deepest = cfg.k, max(shortlists)
+    rows: list[dict[str, Any]] = []
+    reference = None
+    for m in sorted(set(sizes) | {dim}, reverse=True):  # d first: the reference
+        t0 = time.perf_counter()
+        engine = exact_engine(store.vectors, [m], device="cpu")
+        positions = engine.run(exact_plan(index_source(m), deepest), queries).positions
+        del engine
+        if reference is None:
+            reference = positions[:, :k]
+        top = positions[:, :k]
+        retrieved = np.where(top >= 0, db_labels[np.maximum(top, 0)], -1)
+        rows.append({"size": m, "map": retrieval_metrics(retrieved, labels, db_labels, k)[f"map@{k}"],
+                     "recall": {str(s): recall_of(reference, positions[:, :s]) for s in shortlists}})
+        log.info("prefix %d: mAP@%d %.2f, exact top-%d within its top-%s: %s (%.0fs)", m, k, 100 * rows[-1]["map"], k,
+                 "/".join(map(str, shortlists)), " ".join(f"{v:.3f}" for v in rows[-1]["recall"].values()),
+                 time.perf_counter() - t0)
+    return {"rows": sorted(rows, key=lambda r: r["size"]), "k": k, "shortlists": list(shortlists), "dim": dim,
+            "queries": len(queries), "query_set": query_set, "rows_database": len(store),
+            "model_uri": manifest.get("model_uri"), "embeddings": str(Path(cfg.embeddings).resolve())}

@@ -77,7 +77,25 @@ def tuning_section(result: dict[str, Any]) -> list[str]:
             else:
                 line += " (baseline) |" + " |" * 4
         lines.append(line)
+    lines += ["", "To serve a pick, give the pipeline these settings (they make the same query plan run in the "
+              "service's executor):", ""]
+    by_name = {r["config"]: r for r in rows}
+    for c in result["comparison"]:
+        deploy = c["pick"] and by_name[c["pick"]].get("deploy")
+        if deploy:
+            lines.append(f"- {c['family']} ({c['pick']}): `index: {_flow(deploy['index'])}`, "
+                         f"`serve: {_flow(deploy['serve'])}`")
     return lines
+
+
+def _flow(mapping: dict[str, Any]) -> str:
+    """A one-line YAML flow mapping."""
+    import json
+
+    def value(v):
+        return "null" if v is None else json.dumps(v).replace('"', "") if not isinstance(v, str) else v
+
+    return "{" + ", ".join(f"{k}: {value(v)}" for k, v in mapping.items()) + "}"
 
 
 def plot(result: dict[str, Any], path: Path, title: str) -> None:

@@ -27,8 +27,8 @@ class IndexParams:
 
     Attributes:
         hnsw_m, ef_construction, ef_search: HNSW graph degree, build breadth and default search breadth.
-        storage: how an HNSW graph holds its vectors: float32, or float16 (half the bytes per node; the
-            query stays float32, and FAISS widens each node's vector as it scores it).
+        storage: how an HNSW graph or an IVF's lists hold their vectors: float32, or float16 (half the bytes
+            per vector; the query stays float32, and FAISS widens each vector as it scores it). IVF-PQ ignores it.
         nlist, nprobe: IVF cells (capped at N / 39, FAISS's minimum points per centroid) and cells searched.
         pq_m, pq_bits: IVF-PQ sub-quantisers (must divide the prefix size) and bits per code.
         seed: k-means and sampling seed.
@@ -116,6 +116,9 @@ def _trained_ivf(database: np.ndarray, size: int, params: IndexParams, pq: bool)
     quantizer = faiss.IndexFlatIP(size)
     if pq:
         index = faiss.IndexIVFPQ(quantizer, size, cells, params.pq_m, params.pq_bits, faiss.METRIC_INNER_PRODUCT)
+    elif params.storage == "float16":
+        index = faiss.IndexIVFScalarQuantizer(quantizer, size, cells, faiss.ScalarQuantizer.QT_fp16,
+                                              faiss.METRIC_INNER_PRODUCT)
     else:
         index = faiss.IndexIVFFlat(quantizer, size, cells, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = params.seed

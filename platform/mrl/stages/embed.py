@@ -2,9 +2,16 @@
 
 Output layout (one directory per embed run, `latest` pointing at the newest):
 
-    <output_dir>/embeddings/<mlflow run id>/
-        manifest.json             model URI/version, d, sizes, rows per split, producing run ids
-        <split>/*.parquet         columns id (int64), label (int64), embedding (fixed_size_list<float32>[d])
+    <output_dir>/embeddings/<embed.run_name, or the MLflow run id>/
+        plan.json                 what the run embeds (model, splits, rows per unit, dtype, ...): a rerun must match
+        manifest.json             model URI/version, d, sizes, rows per split, verification, producing run ids
+        <split>/part-<unit>.parquet   columns id (int64), label (int64), embedding (fixed_size_list<float>[d])
+
+Work is cut into units of `embed.rows_per_file` consecutive rows of a split; an actor of the pool embeds a
+whole unit and writes its file atomically (a temporary name, then a rename), so a unit file exists complete
+or not at all. Rerunning a named run (`embed.run_name`) skips every unit whose file is there and holds
+exactly its rows, and embeds the rest: a killed job resumes with no row written twice and none missing. The
+manifest is written only after every split's ids were read back and found unique and complete.
 
 Image models embed the split's images; text models embed its `document` texts, tokenised by the model's own
 tokenizer (the one registered with it). Ids are the data's: row positions for images, the `id` column for text.
@@ -43,35 +50,101 @@ class Embedder:
     def __call__(self, batch):
         """batch: a pyarrow Table with id, label and image (flattened uint8 pixels) or document (text)
         -> id, label, embedding."""
-        import pyarrow as pa
-
         if "document" in batch.column_names:
             z = self.model.embed_texts(batch.column("document").to_pylist())  # (B, d)
         else:
             flat = batch.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False)
             z = embed_images(self.model, flat.reshape((-1, *self.image_shape)), self.device)  # (B, d)
-        values = pa.array(z.ravel().astype(self.dtype), pa.float16() if self.dtype == "float16" else pa.float32())
-        vectors = pa.FixedSizeListArray.from_arrays(values, z.shape[1])
-        return pa.table({"id": batch.column("id"), "label": batch.column("label"), "embedding": vectors})
+        return embedding_table(batch.column("id"), batch.column("label"), z, self.dtype)
 
 
-def augment_batch(batch, n_base: int, target_rows: int, seed: int, image_shape: tuple[int, ...]):
-    """Ray Data function: base rows (id, label, image) -> the originals plus their augmented copies.
+def embedding_table(ids, labels, z: np.ndarray, dtype: str):
+    """The output rows: id, label, embedding (fixed-size list of float32 or float16)."""
+    import pyarrow as pa
 
-    Base row i is emitted as ids i, i + n_base, i + 2 n_base, ... below `target_rows`; see `mrl.data.augment`.
-    """
+    values = pa.array(z.ravel().astype(dtype), pa.float16() if dtype == "float16" else pa.float32())
+    vectors = pa.FixedSizeListArray.from_arrays(values, z.shape[1])
+    return pa.table({"id": pa.array(ids, pa.int64()), "label": pa.array(labels, pa.int64()), "embedding": vectors})
+
+
+def plan_units(n_rows: int, rows_per_unit: int) -> list[tuple[int, int, int]]:
+    """A split's units of work: (unit, first row, end row) over consecutive rows."""
+    return [(i, lo, min(n_rows, lo + rows_per_unit)) for i, lo in enumerate(range(0, n_rows, rows_per_unit))]
+
+
+def unit_path(split_dir: Path, unit: int) -> Path:
+    return split_dir / f"part-{unit:05d}.parquet"
+
+
+def unit_written(path: Path, expected_ids: np.ndarray) -> bool:
+    """Whether a unit's file exists, reads, and holds exactly the ids of its rows, in order."""
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        return False
+    try:
+        ids = pq.read_table(path, columns=["id"]).column("id").to_numpy()
+    except Exception:  # noqa: BLE001 - an unreadable file is one to write again
+        return False
+    return np.array_equal(ids, expected_ids)
+
+
+def write_atomically(table, path: Path) -> None:
+    """Write a Parquet file under a temporary name in the same directory, then rename it into place."""
+    import os
+
+    import pyarrow.parquet as pq
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+class UnitEmbedder:
+    """Ray Data callable class over units of work: loads the model and its split once per actor, then embeds
+    and writes one unit (`rows_per_file` rows) per call. The rows of a unit come from the split as the data
+    gives them, or, for a split grown by augmentation, from base row `id % n_base` augmented with the id's
+    seed (`mrl.data.augment`), so any actor rebuilds any unit exactly."""
+
+    def __init__(self, model_uri: str, tracking_uri: str, data: dict, model_spec: dict, split: str, out_dir: str,
+                 batch_size: int, threads: int = 1, dtype: str = "float32", precision: str = "auto",
+                 augment_seed: int | None = None):
+        from mrl.config import DataConfig
+        from mrl.configio import from_dict
+
+        self.table, image_shape = _read_split(from_dict(DataConfig, data), model_spec, split)
+        self.embedder = Embedder(model_uri, tracking_uri, image_shape, threads, dtype, precision)
+        self.out, self.batch_size, self.augment_seed = Path(out_dir), batch_size, augment_seed
+
+    def rows(self, lo: int, hi: int):
+        """The unit's input rows as a pyarrow table (id, label, image or document)."""
+        if self.augment_seed is None:
+            return self.table.slice(lo, hi - lo)
+        return augmented_rows(self.table, lo, hi, self.augment_seed, self.embedder.image_shape)
+
+    def __call__(self, batch: dict) -> dict:
+        import pyarrow as pa
+
+        done = []
+        for unit, lo, hi in zip(batch["unit"], batch["lo"], batch["hi"]):
+            rows = self.rows(int(lo), int(hi))
+            parts = [self.embedder(rows.slice(i, self.batch_size)) for i in range(0, rows.num_rows, self.batch_size)]
+            write_atomically(pa.concat_tables(parts), unit_path(self.out, int(unit)))
+            done.append(int(hi) - int(lo))
+        return {"unit": np.asarray(batch["unit"]), "rows": np.asarray(done, dtype=np.int64)}
+
+
+def augmented_rows(base, lo: int, hi: int, seed: int, image_shape: tuple[int, ...]):
+    """Rows lo..hi of a split grown by augmentation: row id i copies base row i % n_base (the originals are
+    ids below n_base) with the augmentation seeded by (seed, i); see `mrl.data.augment`."""
     from mrl.data.augment import augment
 
-    base_ids = batch.column("id").to_numpy()
-    labels = batch.column("label").to_numpy()
-    images = batch.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    images = images.reshape((-1, *image_shape))
-    copies = -(-target_rows // n_base)
-    ids = (base_ids[None, :] + n_base * np.arange(copies)[:, None]).ravel()  # copy-major
-    src = np.tile(np.arange(len(base_ids)), copies)
-    keep = ids < target_rows
-    ids, src = ids[keep], src[keep]
-    return _split_table(augment(images[src], ids, seed, n_base), labels[src], ids)
+    n_base = base.num_rows
+    ids = np.arange(lo, hi, dtype=np.int64)
+    src = ids % n_base
+    labels = base.column("label").to_numpy()[src]
+    pixels = base.column("image").take(src).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return _split_table(augment(pixels.reshape((-1, *image_shape)), ids, seed, n_base), labels, ids)
 
 
 def _split_table(images: np.ndarray, labels: np.ndarray, ids: np.ndarray | None = None):
@@ -96,7 +169,6 @@ def run_embed(job, model_uri: str | None = None) -> dict[str, Any]:
         {"run_id", "path", "rows": {split: n}, "model_uri", "dim", "seconds"}.
     """
     import mlflow
-    import ray
 
     from mrl.artifacts import tracking
     from mrl.artifacts.manifest import MANIFEST, point_latest, write_manifest
@@ -124,41 +196,29 @@ def run_embed(job, model_uri: str | None = None) -> dict[str, Any]:
                                                   "mrl.input_run_id": model_info.get("model_run_id", "")}) as run:
         tracking.log_params({"model_uri": model_info["model_uri"], "data": to_dict(job.data),
                              "embed": to_dict(job.embed)})
-        out = Path(job.output_dir).resolve() / "embeddings" / run.info.run_id
-        rows = {}
+        out = Path(job.output_dir).resolve() / "embeddings" / (job.run_name or run.info.run_id)
+        mlflow.set_tag("mrl.embed_run_name", job.run_name or run.info.run_id)
+        plan = {"model_uri": model_info["model_uri"], "splits": list(job.embed.splits),
+                "rows_per_unit": job.embed.rows_per_file, "dtype": job.embed.dtype, "precision": job.embed.precision,
+                "augment_rows": job.embed.augment_rows, "augment_seed": job.embed.augment_seed,
+                "data": to_dict(job.data)}
+        _claim(out, plan)
+        rows, verified = {}, {}
         for split in job.embed.splits:
-            table, image_shape = _read_split(job.data, model_spec, split)
-            labels = table.column("label")
-            n_rows = len(labels)
-            grow = split == "train" and job.embed.augment_rows is not None
-            if grow:
-                n_rows = job.embed.augment_rows
-                expand_ids(len(labels), n_rows)  # raises when the target is below the split's size
-            # Several blocks so every actor of the pool gets work: up to 4 output batches per block.
-            per_row = n_rows / len(labels)
-            step = max(1, min(int(4 * job.embed.batch_size / per_row) or 1, -(-len(labels) // job.embed.num_actors)))
-            ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
-            if grow:
-                ds = ds.map_batches(augment_batch, fn_kwargs={
-                    "n_base": len(labels), "target_rows": n_rows, "seed": job.embed.augment_seed,
-                    "image_shape": image_shape}, batch_size=None, batch_format="pyarrow", num_cpus=0.5)
-            ds = ds.map_batches(
-                Embedder, fn_constructor_kwargs={"model_uri": model_info["model_uri"], "tracking_uri": uri,
-                                                 "image_shape": image_shape,
-                                                 "threads": int(job.embed.cpus_per_actor),
-                                                 "dtype": job.embed.dtype, "precision": job.embed.precision},
-                compute=ray.data.ActorPoolStrategy(size=job.embed.num_actors), batch_size=job.embed.batch_size,
-                batch_format="pyarrow", num_cpus=job.embed.cpus_per_actor, num_gpus=job.embed.gpus_per_actor)
-            ds.write_parquet(str(out / split), min_rows_per_file=min(job.embed.rows_per_file, n_rows),
-                             max_rows_per_file=job.embed.rows_per_file)
-            rows[split] = n_rows
-            print(f"[embed] {split}: {n_rows} rows embedded to {out / split} "
-                  f"({time.time() - started:.0f}s so far)", flush=True)
+            ids = _split_ids(job.data, model_spec, split)
+            if split == "train" and job.embed.augment_rows is not None:
+                expand_ids(len(ids), job.embed.augment_rows)  # raises when the target is below the split's size
+                ids = np.arange(job.embed.augment_rows, dtype=np.int64)
+            seed = job.embed.augment_seed if split == "train" and job.embed.augment_rows is not None else None
+            _embed_split(job, model_info["model_uri"], uri, model_spec, split, ids, out / split, seed, started)
+            verified[split] = verify_split(out / split, ids)
+            rows[split] = len(ids)
         manifest = {"stage": "embed", "embed_run_id": run.info.run_id, **model_info, "dim": model.dim,
                     "sizes": model.sizes, "model_spec": model_spec, "rows": rows, "dtype": job.embed.dtype,
                     "precision": job.embed.precision,
                     "augment": ({"rows": job.embed.augment_rows, "seed": job.embed.augment_seed}
                                 if job.embed.augment_rows is not None else None),
+                    "verified": verified, "run_name": job.run_name,
                     "data": {"source": job.data.source, "path": job.data.root}}
         write_manifest(out, manifest)
         point_latest(out)
@@ -169,6 +229,90 @@ def run_embed(job, model_uri: str | None = None) -> dict[str, Any]:
         mlflow.log_metric("embed_wall_seconds", seconds)
     return {"run_id": run.info.run_id, "path": str(out), "rows": rows, "model_uri": model_info["model_uri"],
             "dim": model.dim, "seconds": seconds}
+
+
+def _claim(out: Path, plan: dict[str, Any]) -> None:
+    """Record what this run directory embeds, or check a rerun asks for the same (else its units would mix)."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    file = out / "plan.json"
+    if file.is_file():
+        before = json.loads(file.read_text())
+        changed = sorted(key for key in set(plan) | set(before) if plan.get(key) != before.get(key))
+        if changed:
+            raise ValueError(f"embed run directory {out} was started with other settings ({', '.join(changed)} "
+                             "differ); use another run_name, or the same settings to resume it")
+    else:
+        file.write_text(json.dumps(plan, indent=1))
+
+
+def _embed_split(job, model_uri: str, tracking_uri: str, model_spec: dict[str, Any], split: str, ids: np.ndarray,
+                 split_dir: Path, augment_seed: int | None, started: float) -> None:
+    """Embed the units of `split` not yet written (and verified), on an actor pool, one progress line per unit."""
+    import ray
+
+    from mrl.configio import to_dict
+
+    split_dir.mkdir(parents=True, exist_ok=True)
+    for stale in split_dir.glob(".part-*.tmp-*"):  # a unit cut short by a kill: written again below
+        stale.unlink()
+    units = plan_units(len(ids), job.embed.rows_per_file)
+    pending = [(u, lo, hi) for u, lo, hi in units if not unit_written(unit_path(split_dir, u), ids[lo:hi])]
+    todo = sum(hi - lo for _, lo, hi in pending)
+    print(f"[embed] {split}: {len(ids):,} rows in {len(units)} units; {len(units) - len(pending)} already written "
+          f"and verified, embedding {len(pending)} ({todo:,} rows)", flush=True)
+    if not pending:
+        return
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # one line per unit below instead of Ray Data's operator dumps
+    context.print_on_execution_start = False
+    items = [{"unit": u, "lo": lo, "hi": hi} for u, lo, hi in pending]
+    ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        UnitEmbedder, batch_size=1, batch_format="numpy",
+        fn_constructor_kwargs={"model_uri": model_uri, "tracking_uri": tracking_uri, "data": to_dict(job.data),
+                               "model_spec": model_spec, "split": split, "out_dir": str(split_dir),
+                               "batch_size": job.embed.batch_size, "threads": int(job.embed.cpus_per_actor),
+                               "dtype": job.embed.dtype, "precision": job.embed.precision,
+                               "augment_seed": augment_seed},
+        compute=ray.data.ActorPoolStrategy(size=min(job.embed.num_actors, len(items))),
+        num_cpus=job.embed.cpus_per_actor, num_gpus=job.embed.gpus_per_actor)
+    t0, done, units_done = time.time(), 0, 0
+    for row in ds.iter_rows():
+        done += int(row["rows"])
+        units_done += 1
+        rate = done / max(time.time() - t0, 1e-9)
+        eta = (todo - done) / rate if rate > 0 else float("inf")
+        print(f"[embed] {split}: {done:,} / {todo:,} rows ({units_done}/{len(pending)} units), {rate:,.0f} rows/s, "
+              f"ETA {eta:.0f}s ({time.time() - started:.0f}s so far)", flush=True)
+
+
+def verify_split(split_dir: Path, ids: np.ndarray) -> dict[str, Any]:
+    """Read back every id of a split's units: the rows must be exactly `ids`, each once.
+
+    Raises:
+        RuntimeError: naming how many ids are duplicated or missing.
+    """
+    import pyarrow.parquet as pq
+
+    files = sorted(split_dir.glob("part-*.parquet"))
+    found = np.concatenate([pq.read_table(f, columns=["id"]).column("id").to_numpy() for f in files]) if files \
+        else np.zeros(0, np.int64)
+    unique = np.unique(found)
+    duplicates = len(found) - len(unique)
+    missing = len(np.setdiff1d(ids, unique))
+    extra = len(np.setdiff1d(unique, ids))
+    if duplicates or missing or extra:
+        raise RuntimeError(f"{split_dir}: {duplicates} duplicate, {missing} missing and {extra} unexpected ids "
+                           f"among {len(found):,} rows in {len(files)} files")
+    return {"rows": int(len(found)), "files": len(files), "duplicates": 0, "missing": 0}
+
+
+def _split_ids(data, model_spec: dict[str, Any], split: str) -> np.ndarray:
+    """A split's row ids in order: what the driver needs to plan and verify units. (It still reads the split to
+    count it; the actors read their own copy.)"""
+    table, _ = _read_split(data, model_spec, split)
+    return table.column("id").to_numpy()
 
 
 def _read_split(data, model_spec: dict[str, Any], split: str):

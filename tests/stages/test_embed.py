@@ -1,0 +1,98 @@
+"""The embed stage's units of work (mrl.stages.embed): planning, atomic unit files, verification, and a job
+killed mid-run that resumes by name with every row written exactly once (real Ray Data and MLflow)."""
+
+import numpy as np
+import pytest
+
+from mrl.stages.embed import embedding_table, plan_units, unit_path, unit_written, verify_split, write_atomically
+
+from conftest import REPO
+
+
+def test_units_cover_the_rows_once_in_order():
+    assert plan_units(10, 4) == [(0, 0, 4), (1, 4, 8), (2, 8, 10)]
+    assert plan_units(8, 4) == [(0, 0, 4), (1, 4, 8)] and plan_units(0, 4) == []
+
+
+def test_a_unit_counts_as_written_only_with_exactly_its_ids(tmp_path):
+    path = unit_path(tmp_path, 3)
+    assert path.name == "part-00003.parquet" and not unit_written(path, np.arange(4))
+    write_atomically(embedding_table(np.arange(4, 8), np.zeros(4), np.ones((4, 2), np.float32), "float16"), path)
+    assert unit_written(path, np.arange(4, 8))
+    assert not unit_written(path, np.arange(4, 9)) and not unit_written(path, np.arange(3, 7))
+    assert [p.name for p in tmp_path.iterdir()] == ["part-00003.parquet"]  # no temporary file left behind
+    path.write_bytes(b"PAR1 torn")  # a torn file is a unit to write again
+    assert not unit_written(path, np.arange(4, 8))
+
+
+def test_verification_names_duplicates_and_missing_ids(tmp_path):
+    table = embedding_table(np.arange(3), np.zeros(3), np.ones((3, 2), np.float32), "float32")
+    write_atomically(table, unit_path(tmp_path, 0))
+    assert verify_split(tmp_path, np.arange(3)) == {"rows": 3, "files": 1, "duplicates": 0, "missing": 0}
+    with pytest.raises(RuntimeError, match="0 duplicate, 2 missing and 0 unexpected ids"):
+        verify_split(tmp_path, np.arange(5))
+    write_atomically(table.slice(1, 1), unit_path(tmp_path, 1))
+    with pytest.raises(RuntimeError, match="1 duplicate, 0 missing"):
+        verify_split(tmp_path, np.arange(3))
+
+
+@pytest.mark.slow
+def test_a_killed_embed_job_resumes_with_every_row_exactly_once(tmp_path):
+    """Kill the embed job (driver and its local Ray) once a few units are written; rerunning the same run_name
+    keeps those files untouched, embeds the rest, and the output holds each of the 30,000 ids once. A rerun with
+    other settings is refused."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import mlflow
+    import pyarrow.parquet as pq
+
+    from mrl.artifacts import tracking
+    from mrl.artifacts.embeddings import read_embeddings
+    from mrl.config import EmbedJobConfig, MlflowConfig
+    from mrl.configio import load_config
+    from mrl.core.models.model import build_model
+    from mrl.stages.embed import run_embed
+
+    tracking.setup(MlflowConfig(), str(tmp_path))  # the store and experiment the job will use
+    model = build_model({"encoder": "cnn", "dim": 16, "head": "mrl", "num_classes": 10,
+                         "nesting": {"schedule": "list", "sizes": [8, 16]}, "backbone": {"channels": [8, 16]}})
+    with mlflow.start_run():
+        tracking.log_model(model, "tiny", {"dim": 16, "sizes": [8, 16]})
+    overrides = [f"output_dir={tmp_path}", "model_uri=models:/tiny/1", "run_name=resumable", "embed.splits=[train]",
+                 "embed.rows_per_file=500", "embed.augment_rows=30000", "embed.batch_size=250",
+                 "data.train_limit=5000", "ray.num_cpus=4"]
+    proc = subprocess.Popen([sys.executable, str(REPO / "jobs" / "embed.py"), "--config",
+                             str(REPO / "jobs" / "embed.yaml"), *overrides], cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    split = tmp_path / "embeddings" / "resumable" / "train"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and len(list(split.glob("part-*.parquet"))) < 3:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
+    proc.wait()
+    before = {p.name: p.stat().st_mtime_ns for p in split.glob("part-*.parquet")}
+    assert 3 <= len(before) < 60, f"{len(before)} of 60 units written when the job was killed"
+    assert not (split.parent / "manifest.json").exists()  # an unfinished run publishes nothing
+
+    job = load_config(EmbedJobConfig, REPO / "jobs" / "embed.yaml", overrides)
+    result = run_embed(job)
+    after = {p.name: p.stat().st_mtime_ns for p in split.glob("part-*.parquet")}
+    assert len(after) == 60 and all(after[name] == mtime for name, mtime in before.items() if name in after)
+    assert not list(split.glob(".part-*"))  # temporary files of the killed units are gone
+    ids, labels, vectors = read_embeddings(split)
+    assert np.array_equal(ids, np.arange(30000))  # 0 missing, 0 duplicated
+    base = pq.read_table(split / "part-00000.parquet").column("label").to_numpy()
+    assert np.array_equal(labels[:500], base) and np.array_equal(labels[5000:5500], labels[:500])  # id % 5000
+    manifest = __import__("json").loads((split.parent / "manifest.json").read_text())
+    assert manifest["verified"]["train"] == {"rows": 30000, "files": 60, "duplicates": 0, "missing": 0}
+    assert result["rows"] == {"train": 30000} and vectors.shape == (30000, 16)
+
+    with pytest.raises(ValueError, match="started with other settings \\(dtype differ\\)"):
+        run_embed(load_config(EmbedJobConfig, REPO / "jobs" / "embed.yaml", [*overrides, "embed.dtype=float16"]))
+    import ray
+
+    ray.shutdown()
