@@ -113,6 +113,14 @@ if numba is not None:
         return out
 
 
+def warm_up(dtype) -> None:
+    """Load (or, the first time on a machine, compile) the kernel for rows of `dtype` now, so the first query
+    a service answers does not pay for it (about 0.2 s to load from Numba's cache, seconds to compile)."""
+    if numba is not None and np.dtype(dtype) in (np.float16, np.float32):
+        rows = np.zeros((1, 1), dtype=dtype)
+        prefix_cosines(rows, np.zeros((1, 1), dtype=np.int64), np.ones((1, 1), dtype=np.float32), 1)
+
+
 def widen(half: np.ndarray) -> np.ndarray:
     """float16 values widened to float32 by the kernels' own conversion (what the tests hold to numpy's)."""
     return _widen_all(np.ascontiguousarray(half, dtype=np.float16).reshape(-1).view(np.uint16))

@@ -40,6 +40,8 @@ class PrefixStore:
         self.device = torch.device(device)
         if self.device.type != "cpu":
             self._rows = self._rows.to(self.device)
+        else:
+            kernels.warm_up(vectors.dtype)  # the CPU rerank kernel, loaded before the first query
         self._norms: dict = {}  # prefix size -> (N,) norms, for the device rerank
 
     def __len__(self) -> int:

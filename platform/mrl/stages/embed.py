@@ -260,7 +260,8 @@ def _embed_split(job, model_uri: str, tracking_uri: str, model_spec: dict[str, A
     units = plan_units(len(ids), job.embed.rows_per_file)
     pending = [(u, lo, hi) for u, lo, hi in units if not unit_written(unit_path(split_dir, u), ids[lo:hi])]
     todo = sum(hi - lo for _, lo, hi in pending)
-    print(f"[embed] {split}: {len(ids):,} rows in {len(units)} units; {len(units) - len(pending)} already written "
+    print(f"[embed] {split}: {len(ids):,} rows in {len(units)} unit{'s' * (len(units) != 1)}; "
+          f"{len(units) - len(pending)} already written "
           f"and verified, embedding {len(pending)} ({todo:,} rows)", flush=True)
     if not pending:
         return
