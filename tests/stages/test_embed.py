@@ -96,3 +96,37 @@ def test_a_killed_embed_job_resumes_with_every_row_exactly_once(tmp_path):
     import ray
 
     ray.shutdown()
+
+
+@pytest.mark.slow
+def test_the_embed_benchmark_runs_the_stage_and_the_plain_loop_on_the_same_rows(tmp_path):
+    import pyarrow.parquet as pq
+
+    from mrl.artifacts import tracking
+    from mrl.artifacts.embeddings import read_embeddings
+    from mrl.config import MlflowConfig
+    from mrl.core.models.model import build_model
+    from mrl.experiments.embed_bench import render, run
+
+    tracking.setup(MlflowConfig(), str(tmp_path))
+    import mlflow
+
+    model = build_model({"encoder": "cnn", "dim": 16, "head": "mrl", "num_classes": 10,
+                         "nesting": {"schedule": "list", "sizes": [8, 16]}, "backbone": {"channels": [8, 16]}})
+    with mlflow.start_run():
+        tracking.log_model(model, "tiny", {"dim": 16, "sizes": [8, 16]})
+    result = run(REPO, tmp_path, "models:/tiny/1", {"small": None, "grown": 3000}, batch_size=200,
+                 rows_per_file=500, actors=2, train_limit=1000)
+    small, grown = result["results"]
+    assert (small["rows"], grown["rows"]) == (1000, 3000) and grown["verified"]["missing"] == 0
+    assert all(r["stage_seconds"] > 0 and r["plain_seconds"] > 0 and r["driver_peak_rss"] > 2**20
+               and r["actor_peak_rss"] > 2**20 for r in (small, grown))
+    # the plain loop wrote the very rows the stage wrote
+    stage_ids, _, stage_z = read_embeddings(next((tmp_path / "embeddings").glob("bench-grown-*")) / "train")
+    plain = sorted(next((tmp_path / "embed_bench_plain").glob("grown-*")).glob("*.parquet"))
+    plain_ids = np.concatenate([pq.read_table(f, columns=["id"]).column("id").to_numpy() for f in plain])
+    assert np.array_equal(stage_ids, np.sort(plain_ids))
+    _, _, plain_z = read_embeddings(plain[0].parent)
+    np.testing.assert_allclose(stage_z, plain_z, rtol=1e-5, atol=1e-6)
+    text = render(result, "cmd")
+    assert "| grown | 3,000 |" in text and "Peak RSS, 3,000 rows against 1,000" in text

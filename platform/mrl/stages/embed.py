@@ -125,13 +125,16 @@ class UnitEmbedder:
     def __call__(self, batch: dict) -> dict:
         import pyarrow as pa
 
+        from mrl.experiments.measure import peak_rss_bytes
+
         done = []
         for unit, lo, hi in zip(batch["unit"], batch["lo"], batch["hi"]):
             rows = self.rows(int(lo), int(hi))
             parts = [self.embedder(rows.slice(i, self.batch_size)) for i in range(0, rows.num_rows, self.batch_size)]
             write_atomically(pa.concat_tables(parts), unit_path(self.out, int(unit)))
             done.append(int(hi) - int(lo))
-        return {"unit": np.asarray(batch["unit"]), "rows": np.asarray(done, dtype=np.int64)}
+        peak = np.full(len(done), peak_rss_bytes() or 0, dtype=np.int64)  # this actor's peak so far
+        return {"unit": np.asarray(batch["unit"]), "rows": np.asarray(done, dtype=np.int64), "peak_rss": peak}
 
 
 def augmented_rows(base, lo: int, hi: int, seed: int, image_shape: tuple[int, ...]):
@@ -176,6 +179,7 @@ def run_embed(job, model_uri: str | None = None) -> dict[str, Any]:
     from mrl.configio import to_dict
     from mrl.data.augment import expand_ids
     from mrl.data.sources import prepare_text_data
+    from mrl.experiments.measure import peak_rss_bytes
     from mrl.runtime import ensure_ray
 
     check_paths(job)  # before any Ray work
@@ -203,14 +207,15 @@ def run_embed(job, model_uri: str | None = None) -> dict[str, Any]:
                 "augment_rows": job.embed.augment_rows, "augment_seed": job.embed.augment_seed,
                 "data": to_dict(job.data)}
         _claim(out, plan)
-        rows, verified = {}, {}
+        rows, verified, peaks = {}, {}, {}
         for split in job.embed.splits:
             ids = _split_ids(job.data, model_spec, split)
             if split == "train" and job.embed.augment_rows is not None:
                 expand_ids(len(ids), job.embed.augment_rows)  # raises when the target is below the split's size
                 ids = np.arange(job.embed.augment_rows, dtype=np.int64)
             seed = job.embed.augment_seed if split == "train" and job.embed.augment_rows is not None else None
-            _embed_split(job, model_info["model_uri"], uri, model_spec, split, ids, out / split, seed, started)
+            peaks[split] = _embed_split(job, model_info["model_uri"], uri, model_spec, split, ids, out / split, seed,
+                                        started)
             verified[split] = verify_split(out / split, ids)
             rows[split] = len(ids)
         manifest = {"stage": "embed", "embed_run_id": run.info.run_id, **model_info, "dim": model.dim,
@@ -219,6 +224,7 @@ def run_embed(job, model_uri: str | None = None) -> dict[str, Any]:
                     "augment": ({"rows": job.embed.augment_rows, "seed": job.embed.augment_seed}
                                 if job.embed.augment_rows is not None else None),
                     "verified": verified, "run_name": job.run_name,
+                    "peak_rss_bytes": {"driver": peak_rss_bytes() or 0, "actors": peaks},
                     "data": {"source": job.data.source, "path": job.data.root}}
         write_manifest(out, manifest)
         point_latest(out)
@@ -248,8 +254,9 @@ def _claim(out: Path, plan: dict[str, Any]) -> None:
 
 
 def _embed_split(job, model_uri: str, tracking_uri: str, model_spec: dict[str, Any], split: str, ids: np.ndarray,
-                 split_dir: Path, augment_seed: int | None, started: float) -> None:
-    """Embed the units of `split` not yet written (and verified), on an actor pool, one progress line per unit."""
+                 split_dir: Path, augment_seed: int | None, started: float) -> int:
+    """Embed the units of `split` not yet written (and verified), on an actor pool, one progress line per unit.
+    Returns the largest peak resident memory an actor reported (0 when nothing was left to embed)."""
     import ray
 
     from mrl.configio import to_dict
@@ -264,7 +271,7 @@ def _embed_split(job, model_uri: str, tracking_uri: str, model_spec: dict[str, A
           f"{len(units) - len(pending)} already written "
           f"and verified, embedding {len(pending)} ({todo:,} rows)", flush=True)
     if not pending:
-        return
+        return 0
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # one line per unit below instead of Ray Data's operator dumps
     context.print_on_execution_start = False
@@ -278,14 +285,16 @@ def _embed_split(job, model_uri: str, tracking_uri: str, model_spec: dict[str, A
                                "augment_seed": augment_seed},
         compute=ray.data.ActorPoolStrategy(size=min(job.embed.num_actors, len(items))),
         num_cpus=job.embed.cpus_per_actor, num_gpus=job.embed.gpus_per_actor)
-    t0, done, units_done = time.time(), 0, 0
+    t0, done, units_done, actor_peak = time.time(), 0, 0, 0
     for row in ds.iter_rows():
         done += int(row["rows"])
         units_done += 1
+        actor_peak = max(actor_peak, int(row["peak_rss"]))
         rate = done / max(time.time() - t0, 1e-9)
         eta = (todo - done) / rate if rate > 0 else float("inf")
         print(f"[embed] {split}: {done:,} / {todo:,} rows ({units_done}/{len(pending)} units), {rate:,.0f} rows/s, "
               f"ETA {eta:.0f}s ({time.time() - started:.0f}s so far)", flush=True)
+    return actor_peak
 
 
 def verify_split(split_dir: Path, ids: np.ndarray) -> dict[str, Any]:
