@@ -72,12 +72,16 @@ def embed_images(model, images: np.ndarray, device: str | None = None) -> np.nda
     without Ray: the embed stage's actors, the service's encoder and the GPU check all run this function.
     `device`, when given, must be where the model's weights are.
     """
+    import warnings
+
     import torch
 
     weight = next(model.parameters())
     if device is not None and torch.device(device).type != weight.device.type:
         raise ValueError(f"the model's weights are on {weight.device}, not {device}: prepare it with inference_model")
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)).to(weight.device)
+    with warnings.catch_warnings():  # read-only (Arrow) buffers: nothing writes to them, standardize copies first
+        warnings.simplefilter("ignore", UserWarning)
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)).to(weight.device)
     x = standardize(x, weight.dtype)
     if weight.device.type == "cuda" and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
