@@ -41,10 +41,10 @@ def plain_loop(model_uri: str, tracking_uri: str, rows: int | None, batch_size: 
     total = rows or table.num_rows
     for part, lo in enumerate(range(0, total, rows_per_file)):
         hi = min(total, lo + rows_per_file)
-        chunk = augmented_rows(table, lo, hi, seed, shape) if rows else table.slice(lo, hi - lo)
         pieces = []
-        for i in range(0, chunk.num_rows, batch_size):
-            b = chunk.slice(i, batch_size)
+        for i in range(lo, hi, batch_size):
+            j = min(hi, i + batch_size)
+            b = augmented_rows(table, i, j, seed, shape) if rows else table.slice(i, j - i)
             pixels = b.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False)
             z = embed_images(model, pixels.reshape((-1, *shape)))
             pieces.append(embedding_table(b.column("id"), b.column("label"), z, "float32"))

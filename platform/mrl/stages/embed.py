@@ -117,7 +117,7 @@ class UnitEmbedder:
         self.out, self.batch_size, self.augment_seed = Path(out_dir), batch_size, augment_seed
 
     def rows(self, lo: int, hi: int):
-        """The unit's input rows as a pyarrow table (id, label, image or document)."""
+        """Input rows lo..hi as a pyarrow table (id, label, image or document)."""
         if self.augment_seed is None:
             return self.table.slice(lo, hi - lo)
         return augmented_rows(self.table, lo, hi, self.augment_seed, self.embedder.image_shape)
@@ -129,8 +129,10 @@ class UnitEmbedder:
 
         done = []
         for unit, lo, hi in zip(batch["unit"], batch["lo"], batch["hi"]):
-            rows = self.rows(int(lo), int(hi))
-            parts = [self.embedder(rows.slice(i, self.batch_size)) for i in range(0, rows.num_rows, self.batch_size)]
+            # one batch of input rows at a time (augmented ones built per batch), so an actor's memory holds one
+            # batch of pixels and one unit of embeddings, whatever the unit's size
+            parts = [self.embedder(self.rows(i, min(int(hi), i + self.batch_size)))
+                     for i in range(int(lo), int(hi), self.batch_size)]
             write_atomically(pa.concat_tables(parts), unit_path(self.out, int(unit)))
             done.append(int(hi) - int(lo))
         peak = np.full(len(done), peak_rss_bytes() or 0, dtype=np.int64)  # this actor's peak so far
