@@ -15,10 +15,11 @@ class PrefixStore:
     """Full-size vectors kept for exact rescoring of any prefix.
 
     `vectors` (N, d) may be float16 or float32 and may be a read-only memory map: only candidate rows are
-    read. Scoring prefix m gathers the candidates' first m columns (a strided `index_select` in PyTorch, far
-    faster than numpy's fancy indexing), widens them to float32, and divides their dot product with the unit
-    query prefix by their own norm, computed from the gathered rows while they are in cache (as fast as
-    looking up stored norms, which cost a second random read per candidate).
+    read. A cosine at prefix m is the dot product of a candidate's first m columns, widened to float32, with the
+    unit query prefix, divided by the candidate's own prefix norm. On the CPU, `rerank` computes both in one
+    pass over each row (`mrl.retrieval.kernels`, Numba); `score` and the fallback without Numba gather blocks
+    of rows with a strided PyTorch `index_select` (far faster than numpy's fancy indexing). On an accelerator
+    the rows live on the device and their prefix norms are cached per size (`PrefixStore.rerank`).
     """
 
     def __init__(self, vectors: np.ndarray, device: str = "cpu"):

@@ -2,14 +2,14 @@
 
 Output layout (one directory per embed run, `latest` pointing at the newest):
 
-    <output_dir>/embeddings/<embed.run_name, or the MLflow run id>/
+    <output_dir>/embeddings/<run_name, or the MLflow run id>/
         plan.json                 what the run embeds (model, splits, rows per unit, dtype, ...): a rerun must match
         manifest.json             model URI/version, d, sizes, rows per split, verification, producing run ids
         <split>/part-<unit>.parquet   columns id (int64), label (int64), embedding (fixed_size_list<float>[d])
 
 Work is cut into units of `embed.rows_per_file` consecutive rows of a split; an actor of the pool embeds a
 whole unit and writes its file atomically (a temporary name, then a rename), so a unit file exists complete
-or not at all. Rerunning a named run (`embed.run_name`) skips every unit whose file is there and holds
+or not at all. Rerunning a named run (the job's `run_name`) skips every unit whose file is there and holds
 exactly its rows, and embeds the rest: a killed job resumes with no row written twice and none missing. The
 manifest is written only after every split's ids were read back and found unique and complete.
 
