@@ -93,7 +93,9 @@ def _flow(mapping: dict[str, Any]) -> str:
     import json
 
     def value(v):
-        return "null" if v is None else json.dumps(v).replace('"', "") if not isinstance(v, str) else v
+        if v is None:
+            return "null"
+        return v if isinstance(v, str) else json.dumps(v).replace('"', "")
 
     return "{" + ", ".join(f"{k}: {value(v)}" for k, v in mapping.items()) + "}"
 
