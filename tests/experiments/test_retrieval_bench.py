@@ -8,10 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from mrl.configio import ConfigError, from_dict
-from mrl.experiments.measure import peak_rss_bytes, recall_of, reset_peak_rss
+from mrl.experiments.measure import recall_of
 from mrl.experiments.retrieval_bench import RetrievalBenchConfig, run_benchmark
 from mrl.experiments.retrieval_report import render, write_results
 from mrl.retrieval.topk import exact_search
+from mrl.runtime import peak_rss_bytes, reset_peak_rss
 
 
 def write_split(path, vectors, labels, dtype=pa.float16()):

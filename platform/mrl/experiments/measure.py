@@ -1,5 +1,5 @@
-"""Measurement helpers for the benchmarks: peak resident memory, the machine line every result states,
-timing a search over a batch and one query at a time, and recall against a reference."""
+"""Measurement helpers for the benchmarks: the machine line every result states, timing a search over a batch
+and one query at a time, and recall against a reference (peak resident memory lives in `mrl.runtime`)."""
 
 from __future__ import annotations
 
@@ -9,26 +9,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-
-def reset_peak_rss() -> bool:
-    """Reset the kernel's peak-RSS mark for this process (Linux); False where unsupported."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_bytes() -> int | None:
-    """VmHWM: the process's peak resident memory since start or the last reset (Linux), else None."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def machine_description(threads: int) -> str:

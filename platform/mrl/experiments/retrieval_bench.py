@@ -350,9 +350,10 @@ def run_benchmark(cfg: RetrievalBenchConfig) -> dict[str, Any]:
     import faiss
     import torch
 
-    from mrl.experiments.measure import machine_description, peak_rss_bytes, reset_peak_rss
+    from mrl.experiments.measure import machine_description
     from mrl.retrieval import kernels
     from mrl.retrieval.engine import SearchEngine
+    from mrl.runtime import peak_rss_bytes, reset_peak_rss
 
     threads = cfg.threads or os.cpu_count() or 1
     faiss.omp_set_num_threads(threads)

@@ -125,7 +125,7 @@ class UnitEmbedder:
     def __call__(self, batch: dict) -> dict:
         import pyarrow as pa
 
-        from mrl.experiments.measure import peak_rss_bytes
+        from mrl.runtime import peak_rss_bytes
 
         done = []
         for unit, lo, hi in zip(batch["unit"], batch["lo"], batch["hi"]):
@@ -181,8 +181,7 @@ def run_embed(job, model_uri: str | None = None) -> dict[str, Any]:
     from mrl.configio import to_dict
     from mrl.data.augment import expand_ids
     from mrl.data.sources import prepare_text_data
-    from mrl.experiments.measure import peak_rss_bytes
-    from mrl.runtime import ensure_ray
+    from mrl.runtime import ensure_ray, peak_rss_bytes
 
     check_paths(job)  # before any Ray work
     job = dataclasses.replace(job, data=prepare_text_data(job.data))
