@@ -275,25 +275,22 @@ def source_bytes(source) -> int | None:
     from mrl.retrieval.indexes import index_bytes
 
     if isinstance(source, CellSource):
-        cells = source.cells
-        held = cells.centroids.nbytes + cells.offsets.nbytes + cells.members.nbytes
-        return held + sum(index_bytes(lists) for lists in source._lists.values())
+        return source.nbytes()
     return None if source.on_gpu else index_bytes(source.index)
 
 
 def measure(engine, plan, queries, q_labels, db_labels, search: BenchSearch, k: int, threads: int,
             reference: np.ndarray | None, single: bool = True) -> dict[str, Any]:
     """Accuracy and speed of one plan on one query set (recalls against `reference`, the exact top-k)."""
-    from mrl.core.metrics import retrieval_metrics
     from mrl.experiments.measure import recall_of, time_search
+    from mrl.retrieval.quality import label_metrics
 
     found = engine.run(plan, queries, profile=True)  # the first (untimed-for-q/s) pass doubles as the profile
     positions = found.positions
     reference = positions if reference is None else reference
     batch_s, single_s, _ = time_search(lambda x, p=plan, e=engine: e.run(p, x), queries, search.repeats,
                                        search.single if single else 0, threads)
-    retrieved = np.where(positions >= 0, db_labels[np.maximum(positions, 0)], -1)
-    metrics = retrieval_metrics(retrieved, q_labels, db_labels, k)
+    metrics = label_metrics(positions, q_labels, db_labels, k)
     return {"positions": positions, "top1": metrics["nn1"], "map": metrics[f"map@{k}"],
             "precision": metrics[f"precision@{k}"], "shortlist": int(found.shortlist.shape[1]),
             "shortlist_recall": recall_of(reference, found.shortlist), "result_recall": recall_of(reference, positions),
@@ -385,11 +382,9 @@ def run_benchmark(cfg: RetrievalBenchConfig) -> dict[str, Any]:
                 tuned = measure(engine, plan, queries, labels, db_labels, search, k, threads, reference.get("tune"),
                                 single=False)
                 reference.setdefault("tune", tuned.pop("positions"))
-                tuned.pop("positions", None)
             queries, labels = query_sets["eval"]
             row = measure(engine, plan, queries, labels, db_labels, search, k, threads, reference.get("eval"))
-            reference.setdefault("eval", row["positions"])
-            del row["positions"]
+            reference.setdefault("eval", row.pop("positions"))
             # what a deployment of this search holds: its index, plus the full-size vectors when it reranks
             per_vector = None if held is None else (held + (len(store) * store_bytes if plan.reranks else 0)) / len(store)
             rows.append({
@@ -428,10 +423,9 @@ def prefix_study(cfg: RetrievalBenchConfig, sizes: tuple[int, ...], shortlists: 
 
     Runs on the tuning queries by default (what a search's settings may be chosen from).
     """
-    from mrl.core.metrics import retrieval_metrics
     from mrl.experiments.measure import recall_of
     from mrl.retrieval.modes import index_source
-    from mrl.retrieval.quality import exact_engine, exact_plan
+    from mrl.retrieval.quality import exact_engine, exact_plan, label_metrics
 
     store, db_labels, query_sets, dim, manifest = load_data(cfg)
     if query_set not in query_sets:
@@ -447,9 +441,7 @@ def prefix_study(cfg: RetrievalBenchConfig, sizes: tuple[int, ...], shortlists: 
         del engine
         if reference is None:
             reference = positions[:, :k]
-        top = positions[:, :k]
-        retrieved = np.where(top >= 0, db_labels[np.maximum(top, 0)], -1)
-        rows.append({"size": m, "map": retrieval_metrics(retrieved, labels, db_labels, k)[f"map@{k}"],
+        rows.append({"size": m, "map": label_metrics(positions[:, :k], labels, db_labels, k)[f"map@{k}"],
                      "recall": {str(s): recall_of(reference, positions[:, :s]) for s in shortlists}})
         log.info("prefix %d: mAP@%d %.2f, exact top-%d within its top-%s: %s (%.0fs)", m, k, 100 * rows[-1]["map"], k,
                  "/".join(map(str, shortlists)), " ".join(f"{v:.3f}" for v in rows[-1]["recall"].values()),

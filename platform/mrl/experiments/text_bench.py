@@ -192,12 +192,9 @@ def bm25_pair(queries: list[str], documents: list[str], k: int) -> dict[str, flo
 def bm25_class(db_texts: list[str], db_labels: np.ndarray, q_texts: list[str], q_labels: np.ndarray, k: int
                ) -> dict[str, float]:
     """Class retrieval with BM25 (relevance = same label); {"class_top1", "class_map"}."""
-    from mrl.core.metrics import retrieval_metrics
+    from mrl.retrieval.quality import label_metrics
 
-    positions = bm25_rankings(db_texts, q_texts, k)
-    db_labels = np.asarray(db_labels)
-    retrieved = np.where(positions >= 0, db_labels[np.maximum(positions, 0)], -1)
-    r = retrieval_metrics(retrieved, np.asarray(q_labels), db_labels, k)
+    r = label_metrics(bm25_rankings(db_texts, q_texts, k), q_labels, db_labels, k)
     return {"class_top1": r["nn1"], "class_map": r[f"map@{k}"]}
 
 

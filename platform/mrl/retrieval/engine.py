@@ -19,7 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
-from mrl.retrieval.indexes import faiss_search, search_params, to_device
+from mrl.retrieval.indexes import faiss_search, index_bytes, search_params, to_device
 from mrl.retrieval.plan import QueryPlan, Shortlist, check_plan
 from mrl.retrieval.store import PrefixStore, as_store, rerank
 from mrl.retrieval.topk import normalize_prefix
@@ -115,6 +115,12 @@ class CellSource:
     @property
     def can_rank(self) -> bool:
         return self.vectors is not None
+
+    def nbytes(self) -> int:
+        """Bytes held: the cells (centres, CSR members) and the FAISS lists built so far."""
+        cells = self.cells
+        held = cells.centroids.nbytes + cells.offsets.nbytes + cells.members.nbytes
+        return held + sum(index_bytes(lists) for lists in self._lists.values())
 
     def lists(self, size: int):
         """The FAISS IVF of the members' `size`-prefixes (built once per size)."""

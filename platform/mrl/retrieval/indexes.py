@@ -46,7 +46,7 @@ class IndexParams:
 
 
 INDEX_KINDS: Registry = Registry("index kind")
-HNSW_STORAGE = ("float32", "float16")
+STORAGE_DTYPES = ("float32", "float16")
 
 
 def check_prefix_size(what: str, size: int, dim: int) -> None:
@@ -64,8 +64,8 @@ def check_index(kind: str, size: int, dim: int, params: IndexParams) -> None:
     """
     INDEX_KINDS.get(kind)
     check_prefix_size("index size", size, dim)
-    if params.storage not in HNSW_STORAGE:
-        raise ValueError(f"storage {params.storage!r} is not accepted; choose one of {sorted(HNSW_STORAGE)}")
+    if params.storage not in STORAGE_DTYPES:
+        raise ValueError(f"storage {params.storage!r} is not accepted; choose one of {sorted(STORAGE_DTYPES)}")
     if kind == "ivfpq" and size % params.pq_m:
         raise ValueError(f"ivfpq needs pq_m dividing the prefix size: pq_m={params.pq_m} does not divide {size}")
 
@@ -178,9 +178,7 @@ def index_bytes(index) -> int:
         links = graph.neighbors.size() * 4 + graph.offsets.size() * 8 + graph.levels.size() * 4
         return links + index_bytes(index.storage)
     if isinstance(index, faiss.IndexIVF):
-        lists = faiss.extract_index_ivf(index).invlists
-        stored = sum(lists.list_size(i) for i in range(lists.nlist))
-        return stored * (lists.code_size + 8) + index_bytes(index.quantizer)
+        return index.ntotal * (index.invlists.code_size + 8) + index_bytes(index.quantizer)  # codes and ids
     if isinstance(index, faiss.IndexFlatCodes):
         return index.ntotal * index.code_size
     raise TypeError(f"index_bytes does not know {type(index).__name__}")

@@ -32,8 +32,15 @@ def retrieval_at(db_vectors: np.ndarray, db_labels: np.ndarray, q_vectors: np.nd
     from mrl.retrieval.modes import index_source
 
     positions = exact_engine(db_vectors, [size]).run(exact_plan(index_source(size), k), q_vectors).positions
+    return label_metrics(positions, q_labels, db_labels, k)
+
+
+def label_metrics(positions: np.ndarray, q_labels: np.ndarray, db_labels: np.ndarray, k: int) -> dict[str, float]:
+    """1-NN, mAP@k, P@k, R@k of rankings given as database positions (Q, >= k), -1 for an empty slot,
+    relevance = the same label."""
+    db_labels = np.asarray(db_labels)
     retrieved = np.where(positions >= 0, db_labels[np.maximum(positions, 0)], -1)
-    return retrieval_metrics(retrieved, q_labels, db_labels, k)
+    return retrieval_metrics(retrieved, np.asarray(q_labels), db_labels, k)
 
 
 def pair_retrieval_at(q_vectors: np.ndarray, d_vectors: np.ndarray, size: int, k: int = 10) -> dict[str, float]:
