@@ -29,8 +29,8 @@ def plain_loop(model_uri: str, tracking_uri: str, rows: int | None, batch_size: 
 
     from mrl.artifacts.tracking import load_model
     from mrl.config import DataConfig
-    from mrl.data.preprocess import embed_images, inference_model
-    from mrl.stages.embed import _read_split, augmented_rows, embedding_table
+    from mrl.data.preprocess import inference_model
+    from mrl.stages.embed import _read_split, augmented_rows, embed_rows
 
     torch.set_num_threads(threads)
     mlflow.set_tracking_uri(tracking_uri)
@@ -45,9 +45,7 @@ def plain_loop(model_uri: str, tracking_uri: str, rows: int | None, batch_size: 
         for i in range(lo, hi, batch_size):
             j = min(hi, i + batch_size)
             b = augmented_rows(table, i, j, seed, shape) if rows else table.slice(i, j - i)
-            pixels = b.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            z = embed_images(model, pixels.reshape((-1, *shape)))
-            pieces.append(embedding_table(b.column("id"), b.column("label"), z, "float32"))
+            pieces.append(embed_rows(model, b, shape, "float32"))
         pq.write_table(pa.concat_tables(pieces), out / f"part-{part:05d}.parquet")
     return time.perf_counter() - t0
 

@@ -44,18 +44,24 @@ class Embedder:
 
         self.image_shape = tuple(image_shape or ())  # (C, H, W): Parquet/Arrow carries flattened pixels
         self.dtype = dtype
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = inference_model(load_model(model_uri), self.device, precision)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = inference_model(load_model(model_uri), device, precision)
 
     def __call__(self, batch):
         """batch: a pyarrow Table with id, label and image (flattened uint8 pixels) or document (text)
         -> id, label, embedding."""
-        if "document" in batch.column_names:
-            z = self.model.embed_texts(batch.column("document").to_pylist())  # (B, d)
-        else:
-            flat = batch.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-            z = embed_images(self.model, flat.reshape((-1, *self.image_shape)), self.device)  # (B, d)
-        return embedding_table(batch.column("id"), batch.column("label"), z, self.dtype)
+        return embed_rows(self.model, batch, self.image_shape, self.dtype)
+
+
+def embed_rows(model, batch, image_shape: tuple[int, ...], dtype: str):
+    """One batch of input rows (a pyarrow Table: id, label, and image as flattened uint8 pixels or document
+    text) -> its output rows (id, label, embedding), on the model's device. Callable without Ray."""
+    if "document" in batch.column_names:
+        z = model.embed_texts(batch.column("document").to_pylist())  # (B, d)
+    else:
+        flat = batch.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        z = embed_images(model, flat.reshape((-1, *image_shape)))  # (B, d)
+    return embedding_table(batch.column("id"), batch.column("label"), z, dtype)
 
 
 def embedding_table(ids, labels, z: np.ndarray, dtype: str):
