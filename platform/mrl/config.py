@@ -171,6 +171,11 @@ class DataConfig:
     """wordnet: the WordNet database files (Debian package wordnet-base)."""
     test_fraction: float = 0.1
     """wordnet: share of synsets in the test split (a stable hash of seed and synset id decides), in (0, 0.5]."""
+    test_split: str = "test"
+    """The held-out split's name on disk (<path>/<test_split>/...; ImageNet: val). Stages call it "test"."""
+    shards_path: str | None = None
+    """fashion_mnist: where its IDX files are converted once into Parquet shards that workers stream (default
+    <output_dir>/data/fashion-mnist; on a cluster, storage every node sees)."""
     val_fraction: float = 0.05
     """Share of the train split held out for per-epoch validation, in [0, 0.5)."""
     train_limit: int | None = None
@@ -184,6 +189,8 @@ class DataConfig:
         _check(0 < self.test_fraction <= 0.5, f"test_fraction must be in (0, 0.5], got {self.test_fraction}")
         _positive("train_limit", self.train_limit, allow_none=True)
         _positive("test_limit", self.test_limit, allow_none=True)
+        _check(bool(self.test_split) and "/" not in self.test_split and self.test_split != "train",
+               f"test_split must be a directory name other than 'train', got {self.test_split!r}")
         self.root  # path is required for every source but fashion_mnist
 
     @property

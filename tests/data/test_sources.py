@@ -127,12 +127,12 @@ def test_load_parquet(tmp_path, channels):
 
 def test_load_parquet_wrong_shape(tmp_path):
     write_parquet(tmp_path / "train.parquet", np.zeros((2, 1, 4, 4), dtype=np.uint8), [0, 1])
-    with pytest.raises(DataError, match=r"column image holds 32 values, expected 2 rows x 1x5x5"):
+    with pytest.raises(DataError, match=r"train\.parquet: column image holds 32 values in 2 rows, expected 1x5x5 per row"):
         load_parquet(tmp_path, "train", image_size=5, in_channels=1)
 
 
 def test_load_parquet_missing(tmp_path):
-    with pytest.raises(DataError, match=r"Parquet table .*train\.parquet does not exist"):
+    with pytest.raises(DataError, match=r"no Parquet data for split 'train': expected .*/train/\*\.parquet or .*/train\.parquet"):
         load_parquet(tmp_path, "train", 28, 1)
 
 

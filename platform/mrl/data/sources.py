@@ -61,42 +61,31 @@ def load_fashion_mnist(root: str | Path, split: str) -> tuple[np.ndarray, np.nda
 
 def load_image_folder(root: str | Path, split: str, image_size: int, in_channels: int
                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Images under root/split/<class>/*; classes are the sorted sub-directory names."""
-    from mrl.data.preprocess import decode_image
+    """Images under root/split/<class>/* in memory; classes are the sorted sub-directory names."""
+    from mrl.data.readers import list_image_folder, read_task
 
-    base = Path(root) / split
-    if not base.is_dir():
-        raise DataError(f"image folder {base} does not exist; expected <data.path>/{split}/<class>/<image>")
-    classes = sorted(p.name for p in base.iterdir() if p.is_dir())
-    if not classes:
-        raise DataError(f"image folder {base} has no class sub-directories")
-    images, labels = [], []
-    for label, name in enumerate(classes):
-        for file in sorted((base / name).iterdir()):
-            if file.suffix.lower() in IMAGE_SUFFIXES:
-                images.append(decode_image(str(file), image_size, in_channels))
-                labels.append(label)
-    if not images:
-        raise DataError(f"image folder {base} holds no images ({sorted(IMAGE_SUFFIXES)})")
-    return np.stack(images), np.asarray(labels, dtype=np.int64)
+    paths, labels = list_image_folder(Path(root) / split)
+    table = read_task({"kind": "files", "paths": paths, "labels": labels.tolist(), "lo": 0, "hi": len(paths),
+                       "pos": 0}, (in_channels, image_size, image_size))
+    return _arrays(table, (in_channels, image_size, image_size))
 
 
 def load_parquet(root: str | Path, split: str, image_size: int, in_channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """root/split.parquet with columns `image` (C*H*W uint8 values per row) and `label` (int)."""
-    import pyarrow.parquet as pq
+    """root/split/*.parquet or root/split.parquet in memory: columns `image` (C*H*W uint8 values per row, or
+    encoded image bytes) and `label` (int)."""
+    from mrl.config import DataConfig
+    from mrl.data.readers import open_split
 
-    path = Path(root) / f"{split}.parquet"
-    if not path.exists():
-        raise DataError(f"Parquet table {path} does not exist; expected <data.path>/{split}.parquet "
-                        "with columns image (flattened pixels) and label")
-    table = pq.read_table(path, columns=["image", "label"])
-    pixels = np.asarray(table.column("image").combine_chunks().flatten(), dtype=np.uint8)
-    n = table.num_rows
-    shape = (n, in_channels, image_size, image_size)
-    if pixels.size != int(np.prod(shape)):
-        raise DataError(f"{path}: column image holds {pixels.size} values, expected {n} rows x "
-                        f"{in_channels}x{image_size}x{image_size}")
-    return pixels.reshape(shape), np.asarray(table.column("label"), dtype=np.int64)
+    shape = (in_channels, image_size, image_size)
+    named = {} if split == "train" else {"test_split": split}
+    reader = open_split(DataConfig(source="parquet", path=str(root), **named), shape,
+                        "train" if split == "train" else "test")
+    return _arrays(reader.read(0, reader.n), shape)
+
+
+def _arrays(table, shape) -> tuple[np.ndarray, np.ndarray]:
+    pixels = table.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return pixels.reshape((-1, *shape)), table.column("label").to_numpy().astype(np.int64)
 
 
 def load_split(data, model, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -105,12 +94,13 @@ def load_split(data, model, split: str) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         images (N, C, H, W) uint8 and labels (N,) int64.
     """
+    on_disk = split if split == "train" else data.test_split
     if data.source == "fashion_mnist":
         images, labels = load_fashion_mnist(data.root, split)
     elif data.source == "image_folder":
-        images, labels = load_image_folder(data.root, split, model.image_size, model.in_channels)
+        images, labels = load_image_folder(data.root, on_disk, model.image_size, model.in_channels)
     else:
-        images, labels = load_parquet(data.root, split, model.image_size, model.in_channels)
+        images, labels = load_parquet(data.root, on_disk, model.image_size, model.in_channels)
     if images.shape[1:] != (model.in_channels, model.image_size, model.image_size):
         raise DataError(f"{data.source} images have shape {images.shape[1:]}, but the model expects "
                         f"({model.in_channels}, {model.image_size}, {model.image_size}); set model.in_channels "
@@ -131,6 +121,23 @@ def train_val_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarra
 def to_float(images: np.ndarray) -> np.ndarray:
     """uint8 (N, C, H, W) -> standardised float32, the model's input."""
     return ((images.astype(np.float32) / 255.0) - MEAN) / STD
+
+
+def prepare_data(data, output_dir: str | Path):
+    """A `DataConfig` ready for workers that may run on other nodes, prepared on the driver before any Ray work:
+    absolute paths; Fashion-MNIST's IDX files converted once into Parquet shards (at `data.shards_path`, default
+    <output_dir>/data/fashion-mnist); WordNet converted into text shards (`prepare_text_data`)."""
+    import dataclasses
+
+    if data.modality == "text":
+        return prepare_text_data(data)
+    if data.source == "fashion_mnist":
+        from mrl.data.readers import convert_fashion_mnist
+
+        shards = Path(data.shards_path or Path(output_dir) / "data" / "fashion-mnist").resolve()
+        convert_fashion_mnist(data.root, shards)
+        return dataclasses.replace(data, path=str(Path(data.root).resolve()), shards_path=str(shards))
+    return dataclasses.replace(data, path=str(Path(data.root).resolve()))
 
 
 def prepare_text_data(data):

@@ -1,0 +1,335 @@
+"""Streaming readers: a split known by its metadata, its rows read where the data lives, by the workers.
+
+The driver opens a split (`open_split`) from metadata alone: the Parquet footers of its shards (row counts) or
+the file list of an image folder; no image is read there. Work is described by read tasks, small dicts (a shard
+and a row range in it, or a chunk of the file list) that ship to any worker, and each worker reads its own rows:
+`read_task` (one task), `SplitReader.read(lo, hi)` (rows by position: the embed stage's units) or `ray_dataset`
+(the split as a Ray Data dataset, one read task per block: the training stream).
+
+Layouts (`data.source`):
+- parquet: <path>/<split>/*.parquet, or one <path>/<split>.parquet; columns `label`, `image` (flattened uint8
+  pixels as a list, or encoded image bytes: PNG, JPEG, ...) and optionally `id` (int64; else the row's position).
+- image_folder: <path>/<split>/<class>/<image>; classes are the sorted directory names (ImageNet: the wnids).
+- fashion_mnist: the IDX files, converted once into Parquet shards (`convert_fashion_mnist`).
+
+Positions count a split's rows in file order (shards sorted by name; images by class, then file name), cut at
+`train_limit` / `test_limit`; they are the ids wherever the data has no id column, stable across reruns as long
+as the data does not change. The held-out split is "test" to the stages and `data.test_split` on disk.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mrl.data.sources import IMAGE_SUFFIXES, DataError
+
+SHARD_ROWS = 10_000  # rows per converted Fashion-MNIST shard
+ROW_GROUP_ROWS = 1_024  # a reader of a row range decodes whole row groups: keep them small
+TASK_ROWS = 2_048  # rows per read task (one Ray Data block of the training stream)
+COMPLETE = "_complete.json"  # written last by a conversion: the shards under it are whole
+
+
+@dataclass(frozen=True)
+class SplitReader:
+    """A split's metadata and how to read any range of its rows.
+
+    kind "parquet": `paths` are shards holding `counts` rows each; kind "files": `paths` are images, one row
+    each, of class `labels`. `n` is the number of rows (after the limit); `shape` is (C, H, W).
+    """
+
+    name: str
+    kind: str
+    paths: tuple[str, ...]
+    counts: tuple[int, ...]
+    labels: np.ndarray | None
+    shape: tuple[int, int, int]
+    n: int
+    has_id: bool
+
+    def tasks(self, lo: int = 0, hi: int | None = None, rows: int = TASK_ROWS) -> list[dict[str, Any]]:
+        """Read tasks covering rows lo..hi (positions), each of at most `rows` rows within one shard."""
+        hi = self.n if hi is None else min(hi, self.n)
+        out = []
+        if self.kind == "files":
+            for start in range(lo, hi, rows):
+                end = min(hi, start + rows)
+                out.append({"kind": "files", "paths": list(self.paths[start:end]),
+                            "labels": self.labels[start:end].tolist(), "lo": 0, "hi": end - start, "pos": start})
+            return out
+        offset = 0
+        for path, count in zip(self.paths, self.counts):
+            a, b = max(lo, offset), min(hi, offset + count)
+            for start in range(a, b, rows):
+                end = min(b, start + rows)
+                out.append({"kind": "parquet", "paths": [path], "labels": [], "lo": start - offset,
+                            "hi": end - offset, "pos": start})
+            offset += count
+            if offset >= hi:
+                break
+        return out
+
+    def read(self, lo: int, hi: int):
+        """Rows lo..hi as a pyarrow table (id, label, image: C*H*W uint8 per row), reading only what covers them."""
+        import pyarrow as pa
+
+        parts = [read_task(t, self.shape) for t in self.tasks(lo, hi, rows=max(1, hi - lo))]
+        return pa.concat_tables(parts) if parts else image_table(np.zeros((0, *self.shape), np.uint8),
+                                                                 np.zeros(0, np.int64), np.zeros(0, np.int64))
+
+    def ids(self) -> np.ndarray:
+        """Every row's id in position order: the id columns alone where the shards have one, else positions."""
+        if not self.has_id:
+            return np.arange(self.n, dtype=np.int64)
+        import pyarrow.parquet as pq
+
+        out, left = [], self.n
+        for path in self.paths:
+            if left <= 0:
+                break
+            ids = pq.read_table(path, columns=["id"]).column("id").to_numpy()[:left]
+            out.append(ids.astype(np.int64))
+            left -= len(ids)
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def image_table(images: np.ndarray, labels: np.ndarray, ids: np.ndarray):
+    """uint8 images (N, C, H, W) -> a pyarrow table: id, label, image (fixed-size list of C*H*W uint8)."""
+    import pyarrow as pa
+
+    flat = images.reshape(len(images), -1)
+    width = int(np.prod(images.shape[1:]))
+    pixels = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel(), pa.uint8()), width)
+    return pa.table({"id": pa.array(ids, pa.int64()), "label": pa.array(labels, pa.int64()), "image": pixels})
+
+
+def read_task(task: dict[str, Any], shape: tuple[int, ...]):
+    """Read one task's rows (see `SplitReader.tasks`): a pyarrow table id, label, image (C*H*W uint8 per row).
+
+    Raises:
+        DataError: naming the file, when pixels do not match `shape` or an image does not decode.
+    """
+    from mrl.data.preprocess import decode_image
+
+    lo, hi, pos = int(task["lo"]), int(task["hi"]), int(task["pos"])
+    positions = np.arange(pos, pos + hi - lo, dtype=np.int64)
+    if task["kind"] == "files":  # a chunk of an image folder's file list
+        images = np.stack([_decode(path, shape) for path in task["paths"][lo:hi]]) if hi > lo \
+            else np.zeros((0, *shape), np.uint8)
+        return image_table(images, np.asarray(task["labels"][lo:hi], np.int64), positions)
+
+    import pyarrow.parquet as pq
+
+    path = task["paths"][0]
+    file = pq.ParquetFile(path)
+    names = file.schema_arrow.names
+    groups, first, offset = [], None, 0
+    for g in range(file.num_row_groups):
+        rows = file.metadata.row_group(g).num_rows
+        if offset + rows > lo and offset < hi:
+            groups.append(g)
+            first = offset if first is None else first
+        offset += rows
+    columns = ["label", "image"] + (["id"] if "id" in names else [])
+    table = file.read_row_groups(groups, columns=columns).slice(lo - (first or 0), hi - lo)
+    column = table.column("image")
+    if column.type in _binary_types():
+        images = np.stack([decode_image(b, shape[1], shape[0]) for b in column.to_pylist()]) if len(table) \
+            else np.zeros((0, *shape), np.uint8)
+    else:
+        flat = column.combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        if flat.size != len(table) * int(np.prod(shape)):
+            raise DataError(f"{path}: column image holds {flat.size} values in {len(table)} rows, expected "
+                            f"{shape[0]}x{shape[1]}x{shape[2]} per row (model.in_channels, model.image_size)")
+        images = flat.astype(np.uint8, copy=False).reshape((-1, *shape))
+    ids = table.column("id").to_numpy().astype(np.int64) if "id" in names else positions
+    return image_table(images, table.column("label").to_numpy().astype(np.int64), ids)
+
+
+def _binary_types():
+    import pyarrow as pa
+
+    return (pa.binary(), pa.large_binary())
+
+
+def _decode(path: str, shape: tuple[int, ...]) -> np.ndarray:
+    from mrl.data.preprocess import decode_image
+
+    try:
+        return decode_image(path, shape[1], shape[0])
+    except ValueError as exc:
+        raise DataError(f"{path}: {exc}") from None
+
+
+def open_split(data, shape: tuple[int, int, int], split: str) -> SplitReader:
+    """The reader of `split` ("train" or "test") of an image `DataConfig`, from metadata only.
+
+    Args:
+        data: the data config; a fashion_mnist one needs `shards_path` (set by `mrl.data.sources.prepare_data`).
+        shape: (C, H, W) the model takes.
+        split: "train" or "test" (read from `data.test_split` on disk).
+
+    Raises:
+        DataError: naming the path and the layout expected there.
+    """
+    on_disk = split if split == "train" else data.test_split
+    limit = data.train_limit if split == "train" else data.test_limit
+    if data.source == "image_folder":
+        paths, labels = list_image_folder(Path(data.root) / on_disk)
+        n = len(paths) if limit is None else min(limit, len(paths))
+        return SplitReader(split, "files", tuple(paths), (), labels, shape, n, False)
+    if data.source == "fashion_mnist":
+        if data.shards_path is None:
+            raise DataError("fashion_mnist data has no shards_path: prepare_data() converts the IDX files into "
+                            "Parquet shards and sets it")
+        base = Path(data.shards_path)
+    elif data.source == "parquet":
+        base = Path(data.root)
+    else:
+        raise DataError(f"data.source {data.source!r} is not an image source")
+    shards = parquet_shards(base, on_disk)
+    import pyarrow.parquet as pq
+
+    counts, has_id = [], True
+    for path in shards:
+        meta = pq.ParquetFile(path)
+        counts.append(meta.metadata.num_rows)
+        names = meta.schema_arrow.names
+        missing = {"image", "label"} - set(names)
+        if missing:
+            raise DataError(f"{path}: no column {sorted(missing)}; expected image (pixels or encoded bytes), label, "
+                            "and optionally id")
+        has_id = has_id and "id" in names
+    total = sum(counts)
+    n = total if limit is None else min(limit, total)
+    return SplitReader(split, "parquet", tuple(map(str, shards)), tuple(counts), None, shape, n, has_id)
+
+
+def parquet_shards(base: Path, split: str) -> list[Path]:
+    """<base>/<split>/*.parquet sorted by name, or [<base>/<split>.parquet]."""
+    directory, single = base / split, base / f"{split}.parquet"
+    if directory.is_dir():
+        shards = sorted(directory.glob("*.parquet"))
+        if not shards:
+            raise DataError(f"{directory} holds no .parquet shards")
+        return shards
+    if single.is_file():
+        return [single]
+    raise DataError(f"no Parquet data for split {split!r}: expected {directory}/*.parquet or {single}, with "
+                    "columns image (pixels or encoded bytes) and label")
+
+
+def list_image_folder(base: Path) -> tuple[list[str], np.ndarray]:
+    """The images under base/<class>/ in (class, file name) order, and their class indices."""
+    if not base.is_dir():
+        raise DataError(f"image folder {base} does not exist; expected <data.path>/<split>/<class>/<image>")
+    classes = sorted(p.name for p in base.iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"image folder {base} has no class sub-directories")
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted(f for f in os.listdir(base / name) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
+        paths += [str(base / name / f) for f in files]
+        labels += [label] * len(files)
+    if not paths:
+        raise DataError(f"image folder {base} holds no images ({sorted(IMAGE_SUFFIXES)})")
+    return paths, np.asarray(labels, dtype=np.int64)
+
+
+def convert_fashion_mnist(idx_root: str | Path, out_root: str | Path, rows_per_shard: int = SHARD_ROWS) -> Path:
+    """Convert the Fashion-MNIST IDX files under `idx_root` into Parquet shards <out_root>/{train,test}/, once.
+
+    Each split is written into a temporary directory and renamed into place with a `_complete.json` (row
+    counts), so concurrent converters (Tune trials, several jobs) never see half a split; a split already
+    complete is left as it is.
+
+    Returns:
+        out_root.
+    """
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from mrl.data.sources import load_fashion_mnist
+
+    out_root = Path(out_root)
+    for split in ("train", "test"):
+        final = out_root / split
+        if (final / COMPLETE).is_file():
+            continue
+        images, labels = load_fashion_mnist(idx_root, split)
+        tmp = out_root / f".{split}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for i, lo in enumerate(range(0, len(labels), rows_per_shard)):
+            hi = min(len(labels), lo + rows_per_shard)
+            table = image_table(images[lo:hi], labels[lo:hi], np.arange(lo, hi, dtype=np.int64))
+            pq.write_table(table, tmp / f"part-{i:05d}.parquet", row_group_size=ROW_GROUP_ROWS)
+        (tmp / COMPLETE).write_text(json.dumps({"rows": int(len(labels)), "source": str(idx_root)}))
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another converter finished first
+            if not (final / COMPLETE).is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out_root
+
+
+@functools.lru_cache(maxsize=8)
+def _val_positions(n: int, val_fraction: float, seed: int) -> np.ndarray:
+    from mrl.data.sources import train_val_indices
+
+    return train_val_indices(n, val_fraction, seed)[1]
+
+
+def select_rows(positions: np.ndarray, part: str, n: int, val_fraction: float, seed: int) -> np.ndarray:
+    """Mask of the `positions` in the training part ("train") or the validation part ("val") of a split of n
+    rows, the same seeded split as `mrl.data.sources.train_val_indices`."""
+    val = _val_positions(n, val_fraction, seed)
+    if len(val) == 0:
+        return np.full(len(positions), part != "val")
+    at = np.searchsorted(val, positions)
+    is_val = (at < len(val)) & (val[np.minimum(at, len(val) - 1)] == positions)
+    return is_val if part == "val" else ~is_val
+
+
+def read_block(batch: dict[str, Any], shape: tuple[int, ...], part: str | None = None, n: int = 0,
+               val_fraction: float = 0.0, seed: int = 0) -> dict[str, np.ndarray]:
+    """Ray Data map_batches function: read tasks (one a row) -> their rows as numpy columns id, label, image
+    (N, C, H, W) uint8, keeping only the training or validation part when `part` is given."""
+    import pyarrow as pa
+
+    keys = list(batch)
+    tables = [read_task({k: batch[k][i] for k in keys}, shape) for i in range(len(batch[keys[0]]))]
+    table = pa.concat_tables(tables)
+    ids = table.column("id").to_numpy()
+    labels = table.column("label").to_numpy()
+    images = table.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape((-1, *shape))
+    if part is not None:
+        positions = np.concatenate([np.arange(int(p), int(p) + int(h) - int(lo)) for p, lo, h in
+                                    zip(batch["pos"], batch["lo"], batch["hi"])])
+        keep = select_rows(positions, part, n, val_fraction, seed)
+        ids, labels, images = ids[keep], labels[keep], images[keep]
+    return {"id": ids, "label": labels, "image": images}
+
+
+def ray_dataset(reader: SplitReader, part: str | None = None, val_fraction: float = 0.0, split_seed: int = 0,
+                order_seed: int = 0, rows_per_task: int = TASK_ROWS):
+    """The split, or its training or validation part (the split seeded by `split_seed`), as a Ray Data dataset
+    of id, label, image (C, H, W uint8), read by Ray Data's workers one read task a block, the blocks in an
+    order shuffled with `order_seed`."""
+    import ray
+
+    tasks = reader.tasks(rows=rows_per_task)
+    if not tasks:
+        raise DataError(f"split {reader.name!r} has no rows")
+    ds = ray.data.from_items(tasks, override_num_blocks=len(tasks)).randomize_block_order(seed=order_seed)
+    return ds.map_batches(read_block, batch_size=1, batch_format="numpy",
+                          fn_kwargs={"shape": reader.shape, "part": part, "n": reader.n,
+                                     "val_fraction": val_fraction, "seed": split_seed})
