@@ -10,6 +10,10 @@ SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
 PACKAGES=()
 [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || PACKAGES+=(dataset-fashion-mnist)
 [ -f /usr/share/wordnet/data.noun ] || PACKAGES+=(wordnet-base)
+# `ray up` with the on-premise cluster-local.yaml: SSH (server and client) and rsync (tests/distributed/test_ray_up.py)
+[ -x /usr/sbin/sshd ] || PACKAGES+=(openssh-server)
+command -v ssh >/dev/null || PACKAGES+=(openssh-client)
+command -v rsync >/dev/null || PACKAGES+=(rsync)
 if [ ${#PACKAGES[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${PACKAGES[@]}"
