@@ -224,6 +224,9 @@ class TrainConfig:
     temperature: float = 0.05
     """Text models: InfoNCE temperature of the contrastive Matryoshka loss, in (0, 1]."""
     seed: int = 0
+    shuffle_buffer: int = 4096
+    """Image models: rows each worker draws its batches from at random (Ray Data's local shuffle buffer, seeded
+    per epoch), on top of the read blocks' seeded order; more mixes better and holds more memory."""
 
     def __post_init__(self) -> None:
         from mrl.core.losses import LOSSES
@@ -232,6 +235,7 @@ class TrainConfig:
         _check(0 < self.temperature <= 1, f"temperature must be in (0, 1], got {self.temperature}")
         _positive("epochs", self.epochs)
         _positive("batch_size", self.batch_size)
+        _positive("shuffle_buffer", self.shuffle_buffer)
         _check(0 < self.lr < 10, f"lr must be in (0, 10), got {self.lr}")
         _check(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
 

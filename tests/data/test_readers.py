@@ -132,6 +132,14 @@ def test_image_folder_reads_a_file_list_in_class_then_name_order(tmp_path):
     pixels = table.column("image").combine_chunks().flatten().to_numpy().reshape(-1, 3, 8, 8)
     assert np.array_equal(pixels, x) and table.column("label").to_pylist() == y.tolist() == [0, 0, 0, 1, 1, 1]
     assert [len(t["paths"]) for t in reader.tasks(rows=4)] == [4, 2]
+    shuffled = reader.tasks(rows=4, shuffle_seed=1)  # a training stream's blocks mix classes
+    order = [i for t in shuffled for i in t["ids"]]
+    assert sorted(order) == list(range(6)) and order != list(range(6))
+    from mrl.data.readers import read_task
+
+    first = read_task(shuffled[0], (3, 8, 8))
+    assert first.column("id").to_pylist() == order[:4]
+    assert first.column("label").to_pylist() == [int(i >= 3) for i in order[:4]]
 
 
 def test_select_rows_is_the_seeded_train_val_split():
@@ -158,6 +166,8 @@ def test_ray_dataset_streams_the_split_in_a_seeded_block_order(fmnist):
     import ray
 
     ray.init(address="local", num_cpus=2, include_dashboard=False)
+    # blocks that finish out of turn are handed on at once unless order is kept; keep it to see the seeded order
+    ray.data.DataContext.get_current().execution_options.preserve_order = True
     try:
         reader = open_split(DataConfig(shards_path=str(fmnist[1])), SHAPE, "train")
         runs = [[row["id"] for row in ray_dataset(reader, "train", 0.2, split_seed=0, order_seed=s,
@@ -167,4 +177,5 @@ def test_ray_dataset_streams_the_split_in_a_seeded_block_order(fmnist):
         assert sorted(runs[0]) == train.tolist()
         assert runs[0] == runs[1] and runs[0] != runs[2] and sorted(runs[2]) == sorted(runs[0])
     finally:
+        ray.data.DataContext.get_current().execution_options.preserve_order = False
         ray.shutdown()

@@ -53,22 +53,31 @@ class SplitReader:
     n: int
     has_id: bool
 
-    def tasks(self, lo: int = 0, hi: int | None = None, rows: int = TASK_ROWS) -> list[dict[str, Any]]:
-        """Read tasks covering rows lo..hi (positions), each of at most `rows` rows within one shard."""
+    def tasks(self, lo: int = 0, hi: int | None = None, rows: int = TASK_ROWS, shuffle_seed: int | None = None
+              ) -> list[dict[str, Any]]:
+        """Read tasks covering rows lo..hi (positions), each of at most `rows` rows within one shard.
+
+        An image folder's tasks take consecutive files (one or two classes each), or, with `shuffle_seed`, files
+        in a seeded random order, so a training stream's blocks mix classes (random reads cost nothing more
+        there; in Parquet shards the writer's row order stays)."""
         hi = self.n if hi is None else min(hi, self.n)
         out = []
         if self.kind == "files":
-            for start in range(lo, hi, rows):
-                end = min(hi, start + rows)
-                out.append({"kind": "files", "paths": list(self.paths[start:end]),
-                            "labels": self.labels[start:end].tolist(), "lo": 0, "hi": end - start, "pos": start})
+            order = np.arange(lo, hi)
+            if shuffle_seed is not None:
+                order = np.random.default_rng(shuffle_seed).permutation(order)
+            for start in range(0, len(order), rows):
+                chunk = order[start:start + rows]
+                out.append({"kind": "files", "paths": [self.paths[i] for i in chunk],
+                            "labels": self.labels[chunk].tolist(), "ids": chunk.tolist(), "lo": 0,
+                            "hi": len(chunk), "pos": int(chunk[0])})
             return out
         offset = 0
         for path, count in zip(self.paths, self.counts):
             a, b = max(lo, offset), min(hi, offset + count)
             for start in range(a, b, rows):
                 end = min(b, start + rows)
-                out.append({"kind": "parquet", "paths": [path], "labels": [], "lo": start - offset,
+                out.append({"kind": "parquet", "paths": [path], "labels": [], "ids": [], "lo": start - offset,
                             "hi": end - offset, "pos": start})
             offset += count
             if offset >= hi:
@@ -117,8 +126,8 @@ def read_task(task: dict[str, Any], shape: tuple[int, ...]):
     """
     from mrl.data.preprocess import decode_image
 
-    lo, hi, pos = int(task["lo"]), int(task["hi"]), int(task["pos"])
-    positions = np.arange(pos, pos + hi - lo, dtype=np.int64)
+    lo, hi = int(task["lo"]), int(task["hi"])
+    positions = task_positions(task)
     if task["kind"] == "files":  # a chunk of an image folder's file list
         images = np.stack([_decode(path, shape) for path in task["paths"][lo:hi]]) if hi > lo \
             else np.zeros((0, *shape), np.uint8)
@@ -150,6 +159,13 @@ def read_task(task: dict[str, Any], shape: tuple[int, ...]):
         images = flat.astype(np.uint8, copy=False).reshape((-1, *shape))
     ids = table.column("id").to_numpy().astype(np.int64) if "id" in names else positions
     return image_table(images, table.column("label").to_numpy().astype(np.int64), ids)
+
+
+def task_positions(task: dict[str, Any]) -> np.ndarray:
+    """The split positions of a task's rows, in the order it reads them."""
+    if task["kind"] == "files":
+        return np.asarray(task["ids"], dtype=np.int64)[int(task["lo"]):int(task["hi"])]
+    return np.arange(int(task["pos"]), int(task["pos"]) + int(task["hi"]) - int(task["lo"]), dtype=np.int64)
 
 
 def _binary_types():
@@ -306,14 +322,13 @@ def read_block(batch: dict[str, Any], shape: tuple[int, ...], part: str | None =
     import pyarrow as pa
 
     keys = list(batch)
-    tables = [read_task({k: batch[k][i] for k in keys}, shape) for i in range(len(batch[keys[0]]))]
-    table = pa.concat_tables(tables)
+    tasks = [{k: batch[k][i] for k in keys} for i in range(len(batch[keys[0]]))]
+    table = pa.concat_tables([read_task(task, shape) for task in tasks])
     ids = table.column("id").to_numpy()
     labels = table.column("label").to_numpy()
     images = table.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape((-1, *shape))
     if part is not None:
-        positions = np.concatenate([np.arange(int(p), int(p) + int(h) - int(lo)) for p, lo, h in
-                                    zip(batch["pos"], batch["lo"], batch["hi"])])
+        positions = np.concatenate([task_positions(task) for task in tasks])
         keep = select_rows(positions, part, n, val_fraction, seed)
         ids, labels, images = ids[keep], labels[keep], images[keep]
     return {"id": ids, "label": labels, "image": images}
@@ -326,7 +341,7 @@ def ray_dataset(reader: SplitReader, part: str | None = None, val_fraction: floa
     order shuffled with `order_seed`."""
     import ray
 
-    tasks = reader.tasks(rows=rows_per_task)
+    tasks = reader.tasks(rows=rows_per_task, shuffle_seed=order_seed)
     if not tasks:
         raise DataError(f"split {reader.name!r} has no rows")
     ds = ray.data.from_items(tasks, override_num_blocks=len(tasks)).randomize_block_order(seed=order_seed)

@@ -65,8 +65,8 @@ def load_image_folder(root: str | Path, split: str, image_size: int, in_channels
     from mrl.data.readers import list_image_folder, read_task
 
     paths, labels = list_image_folder(Path(root) / split)
-    table = read_task({"kind": "files", "paths": paths, "labels": labels.tolist(), "lo": 0, "hi": len(paths),
-                       "pos": 0}, (in_channels, image_size, image_size))
+    table = read_task({"kind": "files", "paths": paths, "labels": labels.tolist(), "ids": list(range(len(paths))),
+                       "lo": 0, "hi": len(paths), "pos": 0}, (in_channels, image_size, image_size))
     return _arrays(table, (in_channels, image_size, image_size))
 
 

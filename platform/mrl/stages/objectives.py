@@ -4,7 +4,9 @@ The train loop (`mrl.stages.train.run_loop`) is the same for every model; an obj
 this rank, the batches of an epoch, the loss of a batch and the per-size validation hits:
 
 - `Classification` (image encoders): labelled images; the Matryoshka loss sums a classification loss of
-  every size's head; validation is each head's top-1 accuracy.
+  every size's head; validation is each head's top-1 accuracy. `StreamedClassification` is the same objective
+  with the rows streamed through Ray Data (Ray Train runs); `Classification` holds them in memory (in-process
+  training, `train_local`).
 - `ContrastivePairs` (text encoders): (query, document) pairs, e.g. a WordNet definition and its synset's
   lemmas and examples; the loss is in-batch InfoNCE on every L2-normalised prefix, summed with the nesting
   weights (`MatryoshkaEmbeddingLoss`); validation is pair recall@1 per size: each validation query against
@@ -92,6 +94,80 @@ class Classification:
         return correct, len(x)
 
 
+class StreamedClassification:
+    """`Classification` with its rows streamed through Ray Data instead of held in memory: this rank's shard of
+    the training part (`ray.train.get_dataset_shard("train")`, read blocks in a seeded order, batches drawn
+    from a local shuffle buffer seeded per epoch) and of the validation part ("val"). Batches arrive as uint8
+    and are standardised on the model's device (`mrl.data.preprocess.standardize`, as the embed stage and the
+    service do). A worker holds a few blocks and the buffer, whatever the split's size.
+
+    Args:
+        rows: {"train": rows in the training part, "val": rows in the validation part}, counted by the driver
+            from metadata; every rank takes (train // world) // batch_size full batches an epoch (Ray Train
+            splits datasets into equal shards).
+    """
+
+    metric = "val top-1"
+
+    def __init__(self, job, rank: int, world: int, device, rows: dict[str, int]):
+        import ray.train
+
+        from mrl.core.losses import MatryoshkaLoss
+
+        self.train = ray.train.get_dataset_shard("train")
+        self.val = ray.train.get_dataset_shard("val") if rows.get("val") else None
+        self.rows, self.buffer = rows, job.train.shuffle_buffer
+        self.criterion = MatryoshkaLoss(job.model.weights, job.train.loss).to(device)
+        self.device = device
+        self.tokenizer = None
+
+    def batches(self, rank: int, world: int, batch_size: int, seed: int) -> "EpochStream":
+        steps = (self.rows["train"] // world) // batch_size
+        if steps == 0:
+            raise ValueError(f"{self.rows['train']} training rows give no full batch of {batch_size} on {world} "
+                             "workers; lower train.batch_size")
+        return EpochStream(self.train, steps, batch_size, min(self.buffer, self.rows["train"] // world), seed)
+
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        from mrl.data.preprocess import standardize
+
+        x = standardize(batch["image"].to(self.device, non_blocking=True))
+        return self.criterion(model(x), batch["label"].to(self.device, non_blocking=True))[0]
+
+    def val_hits(self, model, autocast, batch_size: int = 1024) -> tuple[torch.Tensor | None, int]:
+        from mrl.data.preprocess import standardize
+
+        correct, rows = None, 0
+        if self.val is None:
+            return None, 0
+        with torch.no_grad(), autocast():
+            for batch in self.val.iter_torch_batches(batch_size=batch_size):
+                x, y = standardize(batch["image"].to(self.device)), batch["label"].to(self.device)
+                hits = torch.stack([(out.argmax(1) == y).sum() for out in model(x)])
+                correct = hits if correct is None else correct + hits
+                rows += len(y)
+        return correct, rows
+
+
+class EpochStream:
+    """One epoch of a rank's batches from a Ray Data shard: exactly `steps` full batches (every rank takes
+    as many, as DDP needs), drawn through a local shuffle buffer of `buffer` rows seeded with `seed`."""
+
+    def __init__(self, shard, steps: int, batch_size: int, buffer: int, seed: int):
+        self.shard, self.steps, self.batch_size, self.buffer, self.seed = shard, steps, batch_size, buffer, seed
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        batches = self.shard.iter_torch_batches(batch_size=self.batch_size, drop_last=True,
+                                                local_shuffle_buffer_size=self.buffer or None,
+                                                local_shuffle_seed=self.seed)
+        for step, batch in enumerate(batches):
+            if step < self.steps:
+                yield batch  # keep draining past `steps` (never expected): the split's epoch must end everywhere
+
+
 class ContrastivePairs:
     """(query, document) text pairs, contrastive Matryoshka loss (see the module docstring).
 
@@ -148,8 +224,11 @@ class ContrastivePairs:
         return hits, rows
 
 
-def make_objective(job, rank: int, world: int, device, tokenizer=None):
-    """The objective of `job.model`'s modality: `ContrastivePairs` for text encoders, else `Classification`."""
+def make_objective(job, rank: int, world: int, device, tokenizer=None, streamed_rows: dict[str, int] | None = None):
+    """The objective of `job.model`'s modality: `ContrastivePairs` for text encoders, else `Classification`, or
+    `StreamedClassification` inside a Ray Train run given datasets (`streamed_rows`: their row counts)."""
+    if streamed_rows is not None and job.model.modality == "image":
+        return StreamedClassification(job, rank, world, device, streamed_rows)
     if job.model.modality == "text":
         return ContrastivePairs(job, rank, world, device, tokenizer)
     return Classification(job, rank, world, device)

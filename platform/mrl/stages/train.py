@@ -1,8 +1,9 @@
 """The train stage: MRL training with Ray Train's TorchTrainer (gloo CPU workers or NCCL GPU workers).
 
-Each worker reads the data itself (local files here, shared storage on a cluster), trains the DDP-wrapped
-model on its slice of every epoch, and every epoch all workers report per-size validation accuracy; rank 0
-attaches a checkpoint. Rerunning with the same run name and output_dir resumes from the latest checkpoint.
+Image rows stream to the workers through Ray Data (`streamed_datasets`: read where the data lives, local
+files here, shared storage on a cluster; the driver holds metadata only); text pairs are loaded by each worker.
+Each worker trains the DDP-wrapped model on its shard of every epoch, and every epoch all workers report
+per-size validation accuracy; rank 0 attaches a checkpoint. Rerunning with the same run name and output_dir resumes from the latest checkpoint.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ def _autocast_factory(precision: str, device: torch.device):
 def run_loop(job: TrainJobConfig, *, rank: int = 0, world: int = 1, device=None,
              prepare: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
              restore: dict[str, Any] | None = None,
-             on_epoch: Callable[[dict[str, float], dict[str, Any] | None], None] | None = None):
+             on_epoch: Callable[[dict[str, float], dict[str, Any] | None], None] | None = None,
+             streamed_rows: dict[str, int] | None = None):
     """The training loop shared by Ray Train workers and in-process training.
 
     Args:
@@ -59,6 +61,8 @@ def run_loop(job: TrainJobConfig, *, rank: int = 0, world: int = 1, device=None,
         prepare: wraps the model for distribution (Ray Train's prepare_model -> DDP).
         restore: a checkpoint state to resume from (model, optimizer, scheduler, epoch, model_spec).
         on_epoch: called every epoch on every rank with the metrics and, on rank 0, the checkpoint state.
+        streamed_rows: inside a Ray Train run given datasets: their row counts ({"train", "val"}); image rows
+            then stream from `ray.train.get_dataset_shard` instead of being loaded here.
 
     Returns:
         The trained `MRLModel` (unwrapped), in eval mode.
@@ -75,7 +79,7 @@ def run_loop(job: TrainJobConfig, *, rank: int = 0, world: int = 1, device=None,
     if restore is not None and restore.get("tokenizer"):
         from mrl.data.tokenize import TextTokenizer
         tokenizer = TextTokenizer.from_json(restore["tokenizer"], job.model.text.max_tokens)
-    objective = make_objective(job, rank, world, device, tokenizer)
+    objective = make_objective(job, rank, world, device, tokenizer, streamed_rows)
 
     model = build_model(to_dict(job.model)).to(device)
     model.tokenizer = objective.tokenizer
@@ -200,7 +204,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ckpt)  # a barrier: every rank reports every epoch
 
     run_loop(job, rank=rank, world=world, device=device, prepare=ray.train.torch.prepare_model, restore=restore,
-             on_epoch=on_epoch)
+             on_epoch=on_epoch, streamed_rows=loop_config.get("rows"))
 
 
 def _unwrap(model):
@@ -233,9 +237,12 @@ def fit(job: TrainJobConfig, *, mlflow_run_id: str | None = None, tracking_uri: 
         raise ValueError("fit() needs a run_name; run_train() picks one per invocation")
     storage = storage_path or str(Path(job.output_dir).resolve() / "ray")
     use_gpu = resolve_use_gpu(job.resources.use_gpu)
+    datasets, rows = streamed_datasets(job) if job.model.modality == "image" else (None, None)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"job": to_dict(job), "mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri},
+        train_loop_config={"job": to_dict(job), "mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri,
+                           "rows": rows},
+        datasets=datasets,
         scaling_config=ScalingConfig(num_workers=job.resources.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": job.resources.cpus_per_worker,
                                                            **({"GPU": 1} if use_gpu else {})}),
@@ -245,6 +252,29 @@ def fit(job: TrainJobConfig, *, mlflow_run_id: str | None = None, tracking_uri: 
                              callbacks=callbacks or None),
     )
     return trainer.fit()
+
+
+def streamed_datasets(job: TrainJobConfig) -> tuple[dict[str, Any], dict[str, int]]:
+    """The training and validation parts of the train split as Ray Data datasets (read by Ray Data's workers;
+    the driver opens the split from metadata only), and their row counts.
+
+    The parts are `train_val_indices`' seeded split (data.seed); read blocks come in an order seeded by
+    train.seed. `job.data` must be prepared (`mrl.data.sources.prepare_data`: Fashion-MNIST as Parquet shards).
+    """
+    import ray
+
+    from mrl.data.readers import open_split, ray_dataset
+
+    context = ray.data.DataContext.get_current()  # datasets carry it to their executors
+    context.enable_progress_bars = False  # the loop's one line per quarter epoch, not per-operator bars
+    context.print_on_execution_start = False
+    shape = (job.model.in_channels, job.model.image_size, job.model.image_size)
+    reader = open_split(job.data, shape, "train")
+    n_val = int(round(reader.n * job.data.val_fraction))
+    parts = {"train": reader.n - n_val, "val": n_val}
+    datasets = {part: ray_dataset(reader, part, job.data.val_fraction, split_seed=job.data.seed,
+                                  order_seed=job.train.seed) for part, n in parts.items() if n > 0}
+    return datasets, parts
 
 
 def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
@@ -299,11 +329,11 @@ def run_train(job: TrainJobConfig) -> dict[str, Any]:
 
     from mrl.artifacts import tracking
     from mrl.config import check_paths
-    from mrl.data.sources import prepare_text_data
+    from mrl.data.sources import prepare_data
     from mrl.runtime import ensure_ray
 
     check_paths(job)
-    job = dataclasses.replace(job, data=prepare_text_data(job.data))  # before any Ray work
+    job = dataclasses.replace(job, data=prepare_data(job.data, job.output_dir))  # before any Ray work
     ensure_ray(job.ray)
     uri = tracking.setup(job.mlflow, job.output_dir)
     if job.run_name is None:

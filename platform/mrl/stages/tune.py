@@ -186,16 +186,16 @@ def run_tune(job: TuneJobConfig) -> dict[str, Any]:
 
     from mrl.artifacts import tracking
     from mrl.config import check_paths
-    from mrl.data.sources import prepare_text_data
+    from mrl.data.sources import prepare_data
     from mrl.runtime import ensure_ray
 
     check_paths(job)  # before any Ray work
 
     ensure_ray(job.base.ray)
     tracking.setup(job.mlflow, job.output_dir)
-    # text shards are written once here, not by concurrent trials
+    # data shards (text, Fashion-MNIST) are written once here, not by concurrent trials
     base = dataclasses.replace(job.base, output_dir=job.output_dir, mlflow=job.mlflow,
-                               data=prepare_text_data(job.base.data))
+                               data=prepare_data(job.base.data, job.output_dir))
     name = job.sweep_name or time.strftime("tune-%Y%m%d-%H%M%S")
     small = small_metric(job)
     print(f"[tune] sweep {name!r}: {job.search.algorithm} search, {job.search.scheduler} scheduler, objectives "
