@@ -59,10 +59,11 @@ def test_expand_ids_maps_copies_to_base_rows():
 def test_augmented_rows_are_the_originals_then_seeded_copies_of_row_id_mod_n():
     import pyarrow as pa
 
-    from mrl.stages.embed import _split_table, augmented_rows
+    from mrl.data.readers import TableRows, image_table
+    from mrl.stages.embed import augmented_rows
 
     base = images(4)
-    table = _split_table(base, np.array([0, 1, 2, 3]))
+    table = TableRows(image_table(base, np.array([0, 1, 2, 3]), np.arange(4)))
     out = augmented_rows(table, 2, 10, seed=0, image_shape=(1, 28, 28))  # one unit of work: rows 2..9
     assert isinstance(out, pa.Table)
     assert out.column("id").to_pylist() == list(range(2, 10))

@@ -108,6 +108,20 @@ class SplitReader:
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
+class TableRows:
+    """An in-memory table read by position like a `SplitReader`: text splits (tokenised whole), tests, and the
+    embed benchmark's plain loop."""
+
+    def __init__(self, table):
+        self.table, self.n = table, table.num_rows
+
+    def read(self, lo: int, hi: int):
+        return self.table.slice(lo, hi - lo)
+
+    def ids(self) -> np.ndarray:
+        return self.table.column("id").to_numpy()
+
+
 def image_table(images: np.ndarray, labels: np.ndarray, ids: np.ndarray):
     """uint8 images (N, C, H, W) -> a pyarrow table: id, label, image (fixed-size list of C*H*W uint8)."""
     import pyarrow as pa

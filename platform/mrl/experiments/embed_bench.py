@@ -23,28 +23,34 @@ def plain_loop(model_uri: str, tracking_uri: str, rows: int | None, batch_size: 
                threads: int, out: Path, seed: int = 0, train_limit: int | None = None) -> float:
     """Seconds for a single-process loop: rows (None: the train split as it is) embedded and written to Parquet."""
     import mlflow
+    import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
 
     from mrl.artifacts.tracking import load_model
-    from mrl.config import DataConfig
+    from mrl.config import DataConfig, ModelConfig
+    from mrl.configio import from_dict
     from mrl.data.preprocess import inference_model
-    from mrl.stages.embed import _read_split, augmented_rows, embed_rows
+    from mrl.data.readers import TableRows, image_table
+    from mrl.data.sources import load_split
+    from mrl.stages.embed import augmented_rows, embed_rows
 
     torch.set_num_threads(threads)
     mlflow.set_tracking_uri(tracking_uri)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     model = inference_model(load_model(model_uri), "cpu", "auto")
-    table, shape = _read_split(DataConfig(train_limit=train_limit), model.spec, "train")
-    total = rows or table.num_rows
+    spec = from_dict(ModelConfig, model.spec, prefix="model.")
+    images, labels = load_split(DataConfig(train_limit=train_limit), spec, "train")  # all in memory
+    table, shape = TableRows(image_table(images, labels, np.arange(len(labels)))), images.shape[1:]
+    total = rows or table.n
     for part, lo in enumerate(range(0, total, rows_per_file)):
         hi = min(total, lo + rows_per_file)
         pieces = []
         for i in range(lo, hi, batch_size):
             j = min(hi, i + batch_size)
-            b = augmented_rows(table, i, j, seed, shape) if rows else table.slice(i, j - i)
+            b = augmented_rows(table, i, j, seed, shape) if rows else table.read(i, j)
             pieces.append(embed_rows(model, b, shape, "float32"))
         pq.write_table(pa.concat_tables(pieces), out / f"part-{part:05d}.parquet")
     return time.perf_counter() - t0

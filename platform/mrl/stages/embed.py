@@ -107,10 +107,10 @@ def write_atomically(table, path: Path) -> None:
 
 
 class UnitEmbedder:
-    """Ray Data callable class over units of work: loads the model and its split once per actor, then embeds
-    and writes one unit (`rows_per_file` rows) per call. The rows of a unit come from the split as the data
-    gives them, or, for a split grown by augmentation, from base row `id % n_base` augmented with the id's
-    seed (`mrl.data.augment`), so any actor rebuilds any unit exactly."""
+    """Ray Data callable class over units of work: loads the model and opens its split (metadata) once per
+    actor, then reads, embeds and writes one unit (`rows_per_file` rows) per call, a batch at a time. The rows
+    of a unit come from the split as the data gives them, or, for a split grown by augmentation, from base row
+    `id % n_base` augmented with the id's seed (`mrl.data.augment`), so any actor rebuilds any unit exactly."""
 
     def __init__(self, model_uri: str, tracking_uri: str, data: dict, model_spec: dict, split: str, out_dir: str,
                  batch_size: int, threads: int = 1, dtype: str = "float32", precision: str = "auto",
@@ -118,15 +118,15 @@ class UnitEmbedder:
         from mrl.config import DataConfig
         from mrl.configio import from_dict
 
-        self.table, image_shape = _read_split(from_dict(DataConfig, data), model_spec, split)
+        self.source, image_shape = split_source(from_dict(DataConfig, data), model_spec, split)
         self.embedder = Embedder(model_uri, tracking_uri, image_shape, threads, dtype, precision)
         self.out, self.batch_size, self.augment_seed = Path(out_dir), batch_size, augment_seed
 
     def rows(self, lo: int, hi: int):
-        """Input rows lo..hi as a pyarrow table (id, label, image or document)."""
+        """Input rows lo..hi as a pyarrow table (id, label, image or document), read from where the data lives."""
         if self.augment_seed is None:
-            return self.table.slice(lo, hi - lo)
-        return augmented_rows(self.table, lo, hi, self.augment_seed, self.embedder.image_shape)
+            return self.source.read(lo, hi)
+        return augmented_rows(self.source, lo, hi, self.augment_seed, self.embedder.image_shape)
 
     def __call__(self, batch: dict) -> dict:
         import pyarrow as pa
@@ -136,7 +136,7 @@ class UnitEmbedder:
         done = []
         for unit, lo, hi in zip(batch["unit"], batch["lo"], batch["hi"]):
             # one batch of input rows at a time (augmented ones built per batch), so an actor's memory holds one
-            # batch of pixels and one unit of embeddings, whatever the unit's size
+            # batch of pixels and one unit of embeddings, whatever the split's size
             parts = [self.embedder(self.rows(i, min(int(hi), i + self.batch_size)))
                      for i in range(int(lo), int(hi), self.batch_size)]
             write_atomically(pa.concat_tables(parts), unit_path(self.out, int(unit)))
@@ -147,26 +147,21 @@ class UnitEmbedder:
 
 def augmented_rows(base, lo: int, hi: int, seed: int, image_shape: tuple[int, ...]):
     """Rows lo..hi of a split grown by augmentation: row id i copies base row i % n_base (the originals are
-    ids below n_base) with the augmentation seeded by (seed, i); see `mrl.data.augment`."""
-    from mrl.data.augment import augment
+    ids below n_base) with the augmentation seeded by (seed, i); see `mrl.data.augment`. `base` reads rows by
+    position (a `SplitReader` or `TableRows`); consecutive ids read consecutive base rows, wrapping at n_base."""
+    import pyarrow as pa
 
-    n_base = base.num_rows
+    from mrl.data.augment import augment
+    from mrl.data.readers import image_table
+
+    n_base = base.n
     ids = np.arange(lo, hi, dtype=np.int64)
     src = ids % n_base
-    labels = base.column("label").to_numpy()[src]
-    pixels = base.column("image").take(src).combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return _split_table(augment(pixels.reshape((-1, *image_shape)), ids, seed, n_base), labels, ids)
-
-
-def _split_table(images: np.ndarray, labels: np.ndarray, ids: np.ndarray | None = None):
-    import pyarrow as pa
-    import pyarrow.compute  # noqa: F401  (registers compute kernels Ray Data uses)
-
-    flat = images.reshape(len(images), -1)  # (N, C*H*W) uint8
-    pixels = pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel(), pa.uint8()), flat.shape[1])
-    ids = np.arange(len(labels)) if ids is None else ids
-    return pa.table({"id": pa.array(ids, pa.int64()), "label": pa.array(labels, pa.int64()),
-                     "image": pixels})
+    runs = np.split(src, np.flatnonzero(np.diff(src) != 1) + 1)
+    rows = pa.concat_tables([base.read(int(run[0]), int(run[-1]) + 1) for run in runs if len(run)])
+    labels = rows.column("label").to_numpy()
+    pixels = rows.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    return image_table(augment(pixels.reshape((-1, *image_shape)), ids, seed, n_base), labels, ids)
 
 
 def run_embed(job, model_uri: str | None = None) -> dict[str, Any]:
@@ -186,11 +181,11 @@ def run_embed(job, model_uri: str | None = None) -> dict[str, Any]:
     from mrl.config import check_paths
     from mrl.configio import to_dict
     from mrl.data.augment import expand_ids
-    from mrl.data.sources import prepare_text_data
+    from mrl.data.sources import prepare_data
     from mrl.runtime import ensure_ray, peak_rss_bytes
 
     check_paths(job)  # before any Ray work
-    job = dataclasses.replace(job, data=prepare_text_data(job.data))
+    job = dataclasses.replace(job, data=prepare_data(job.data, job.output_dir))
     ensure_ray(job.ray)
     uri = tracking.setup(job.mlflow, job.output_dir)
     model_info = tracking.describe_model(model_uri or job.model_uri)
@@ -326,24 +321,27 @@ def verify_split(split_dir: Path, ids: np.ndarray) -> dict[str, Any]:
 
 
 def _split_ids(data, model_spec: dict[str, Any], split: str) -> np.ndarray:
-    """A split's row ids in order: what the driver needs to plan and verify units. (It still reads the split to
-    count it; the actors read their own copy.)"""
-    table, _ = _read_split(data, model_spec, split)
-    return table.column("id").to_numpy()
+    """A split's row ids in order, what the driver needs to plan and verify units: from metadata for images (the
+    id columns alone, or positions); a text split is read whole."""
+    return split_source(data, model_spec, split)[0].ids()
 
 
-def _read_split(data, model_spec: dict[str, Any], split: str):
-    """One split as a pyarrow table (id, label, image pixels or document text) and the image shape (None: text)."""
+def split_source(data, model_spec: dict[str, Any], split: str):
+    """A split's rows by position (a `SplitReader` over images where they live; text, tokenised by the model, is
+    held in memory as `TableRows`: id, label, document) and the image shape (None: text)."""
     import pyarrow as pa
 
-    from mrl.data.sources import load_split, load_text_split
+    from mrl.data.readers import TableRows, open_split
+    from mrl.data.sources import load_text_split
 
     if data.modality == "text":
         rows = load_text_split(data, split)
-        return pa.table({"id": pa.array(rows["id"], pa.int64()), "label": pa.array(rows["label"], pa.int64()),
-                         "document": pa.array(rows["document"], pa.string())}), None
-    images, labels = load_split(data, _model_cfg(model_spec), split)
-    return _split_table(images, labels), images.shape[1:]
+        return TableRows(pa.table({"id": pa.array(rows["id"], pa.int64()),
+                                   "label": pa.array(rows["label"], pa.int64()),
+                                   "document": pa.array(rows["document"], pa.string())})), None
+    model = _model_cfg(model_spec)
+    shape = (model.in_channels, model.image_size, model.image_size)
+    return open_split(data, shape, split), shape
 
 
 def _model_cfg(spec: dict[str, Any]):
