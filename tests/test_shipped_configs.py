@@ -100,7 +100,7 @@ def test_resnet50_imagenet_config_runs_one_step_on_tiny_shapes(tmp_path):
     from mrl.stages.train import train_local
 
     rng = np.random.default_rng(0)
-    for split in ("train", "test"):
+    for split in ("train", "val"):
         for cls_name in ("n01440764", "n01443537"):
             folder = tmp_path / "imagenet" / split / cls_name
             folder.mkdir(parents=True)
