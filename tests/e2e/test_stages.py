@@ -240,10 +240,13 @@ def test_tune_sweep_stops_a_lagging_trial_picks_a_winner_and_resumes(pipeline):
     assert [t["error"] for t in trials] == [None, None]
     # ASHA stopped the trial whose 8-d accuracy lagged at its first rung; the good one ran every epoch
     assert trials[0]["epochs"] == 3 and trials[1]["epochs"] < 3
+    import ray
     from ray.util.state import list_actors
 
     deadline = __import__("time").time() + 60  # the stopped trial's Train workers are torn down, not leaked
-    while [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if a.class_name.startswith("RayTrainWorker")]:
+    gcs = ray.get_runtime_context().gcs_address  # this test's cluster, not the newest one started on the machine
+    while [a for a in list_actors(address=gcs, filters=[("state", "=", "ALIVE")])
+           if a.class_name.startswith("RayTrainWorker")]:
         assert __import__("time").time() < deadline, "Ray Train workers still alive after the sweep"
         __import__("time").sleep(2)
     assert result["small_metric"] == "val_top1_d8" and result["winner"]["params"]["lr"] == 0.004
