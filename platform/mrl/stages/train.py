@@ -125,8 +125,11 @@ def run_loop(job: TrainJobConfig, *, rank: int = 0, world: int = 1, device=None,
             scheduler.step()
             loss_sum += loss.detach()
             if rank == 0 and (step + 1) % max(1, len(batches) // 4) == 0:
+                spent = time.time() - started
+                rate = (step + 1) * job.train.batch_size * world / max(spent, 1e-9)
+                eta = spent / (step + 1) * (len(batches) - step - 1)
                 logger.info(f"[train] epoch {epoch + 1}/{job.train.epochs} step {step + 1}/{len(batches)} "
-                            f"loss {loss.item():.4f} ({time.time() - started:.0f}s)")
+                            f"loss {loss.item():.4f}, {rate:,.0f} rows/s, epoch ETA {eta:.0f}s ({spent:.0f}s)")
 
         model.eval()
         correct, n_val_mine = objective.val_hits(_unwrap(model), autocast)  # no DDP collectives: ranks may differ
