@@ -130,3 +130,18 @@ def test_the_embed_benchmark_runs_the_stage_and_the_plain_loop_on_the_same_rows(
     np.testing.assert_allclose(stage_z, plain_z, rtol=1e-5, atol=1e-6)
     text = render(result, "cmd")
     assert "| grown | 3,000 |" in text and "Peak RSS, 3,000 rows against 1,000" in text
+
+
+def test_data_with_repeated_ids_is_refused_before_embedding(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mrl.config import DataConfig
+    from mrl.stages.embed import _split_ids
+
+    (tmp_path / "train").mkdir()
+    pq.write_table(pa.table({"id": pa.array([4, 9, 4], pa.int64()), "label": pa.array([0, 1, 0], pa.int64()),
+                             "image": pa.array([[0] * 4] * 3, pa.list_(pa.uint8()))}), tmp_path / "train" / "a.parquet")
+    spec = {"encoder": "cnn", "in_channels": 1, "image_size": 2}
+    with pytest.raises(ValueError, match="1 ids of the train split appear more than once"):
+        _split_ids(DataConfig(source="parquet", path=str(tmp_path)), spec, "train")

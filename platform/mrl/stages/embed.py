@@ -302,18 +302,30 @@ def _embed_split(job, model_uri: str, tracking_uri: str, model_spec: dict[str, A
 def verify_split(split_dir: Path, ids: np.ndarray) -> dict[str, Any]:
     """Read back every id of a split's units: the rows must be exactly `ids`, each once.
 
+    The driver's memory for this is two id arrays (the found ids, read file by file into one array, and a
+    sorted copy of the expected ones), sorted in place: 16 bytes a row, nothing per file.
+
     Raises:
         RuntimeError: naming how many ids are duplicated or missing.
     """
     import pyarrow.parquet as pq
 
     files = sorted(split_dir.glob("part-*.parquet"))
-    found = np.concatenate([pq.read_table(f, columns=["id"]).column("id").to_numpy() for f in files]) if files \
-        else np.zeros(0, np.int64)
-    unique = np.unique(found)
-    duplicates = len(found) - len(unique)
-    missing = len(np.setdiff1d(ids, unique))
-    extra = len(np.setdiff1d(unique, ids))
+    found = np.empty(sum(pq.ParquetFile(f).metadata.num_rows for f in files), dtype=np.int64)
+    at = 0
+    for f in files:
+        part = pq.read_table(f, columns=["id"]).column("id").to_numpy()
+        found[at:at + len(part)] = part
+        at += len(part)
+    found.sort()
+    repeated = np.zeros(len(found), dtype=bool)
+    repeated[1:] = found[1:] == found[:-1]
+    duplicates = int(repeated.sum())
+    unique = found[~repeated]
+    expected = np.sort(ids)  # unique: `_split_ids` refuses data with repeated ids
+    at = np.minimum(np.searchsorted(unique, expected), max(len(unique) - 1, 0))
+    present = int((unique[at] == expected).sum()) if len(unique) else 0
+    missing, extra = len(expected) - present, len(unique) - present
     if duplicates or missing or extra:
         raise RuntimeError(f"{split_dir}: {duplicates} duplicate, {missing} missing and {extra} unexpected ids "
                            f"among {len(found):,} rows in {len(files)} files")
@@ -323,7 +335,13 @@ def verify_split(split_dir: Path, ids: np.ndarray) -> dict[str, Any]:
 def _split_ids(data, model_spec: dict[str, Any], split: str) -> np.ndarray:
     """A split's row ids in order, what the driver needs to plan and verify units: from metadata for images (the
     id columns alone, or positions); a text split is read whole."""
-    return split_source(data, model_spec, split)[0].ids()
+    ids = split_source(data, model_spec, split)[0].ids()
+    ordered = np.sort(ids)
+    repeated = int((ordered[1:] == ordered[:-1]).sum())
+    if repeated:
+        raise ValueError(f"{data.source} data at {data.root}: {repeated} ids of the {split} split appear more than "
+                         "once (the id column must be unique: embeddings are kept, found and verified by id)")
+    return ids
 
 
 def split_source(data, model_spec: dict[str, Any], split: str):
