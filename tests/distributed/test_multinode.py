@@ -280,3 +280,102 @@ def test_serving_survives_a_killed_node_under_load(cluster, tmp_path):
             list(range(20))
     finally:
         serve.shutdown()
+
+
+# ------------------------------------------------------------------------------------------------------ tune
+
+def test_a_sweep_retries_the_trial_whose_node_died(cluster, tmp_path, fashion_shards):
+    """Two trials of the platform's trainable (mrl.stages.tune._trial: one Ray Train run per trial) at once, one
+    per worker node (each trial asks for the node's `worker_slot`; its Train worker of 2 CPUs then fits only
+    beside it or on the other node, leaving a CPU per node for Ray Data). Once both trials' Train runs have
+    checkpointed epoch 1, a node is killed and a replacement joins.
+
+    Lost: the trial on that node (its driver, its Train controller and worker), the epoch it was training, and
+    the Tune reports of epochs it had checkpointed but not yet delivered to Tune (the trial's report queue dies
+    with it; at most the one in flight). Survived: every checkpoint. Tune retries the trial
+    (FailureConfig(max_failures=1)) on the replacement node and its Train run resumes from its latest
+    checkpoint; the other trial finishes too (restarting its Train worker from its checkpoint if that worker was
+    on the dead node). No epoch is reported twice, both trials end at epoch 3.
+
+    The sweep is built here, not with run_tune: make_tuner's RunConfig has no failure_config (a trial whose node
+    dies is an error there) and no per-trial resources (trials cannot be spread over nodes)."""
+    import dataclasses
+
+    from ray import tune
+
+    from mrl.config import TuneJobConfig
+    from mrl.configio import load_config, to_dict
+    from mrl.data.sources import prepare_data
+    from mrl.stages import tune as tune_stage
+
+    job = load_config(TuneJobConfig, REPO / "tuning" / "search_space.yaml", [
+        f"output_dir={tmp_path}", "base.data.train_limit=1200", f"base.data.shards_path={fashion_shards}",
+        "base.model.dim=16", "base.train.epochs=3", "base.train.batch_size=32", "base.resources.num_workers=1",
+        "base.resources.cpus_per_worker=2", "base.resources.threads_per_worker=1", "base.resources.max_failures=2",
+        "search.algorithm=grid", "search.num_samples=1", "search.scheduler=fifo", "space.schedules=[log]",
+        "space.min_sizes=[4]", "space.smallest_weight=[1.0, 2.0]", "space.weight_alpha=[0.0]",
+        "space.deploy_sizes=[8]", "max_concurrent_trials=2"])
+    base = dataclasses.replace(job.base, output_dir=job.output_dir, mlflow=job.mlflow,  # as run_tune does
+                               data=prepare_data(job.base.data, job.output_dir))
+    tuner = tune.Tuner(
+        tune.with_resources(tune_stage._trial, {"CPU": 1, "worker_slot": 1}),
+        param_space={"base": to_dict(base), "deploy_sizes": list(job.space.deploy_sizes),
+                     "params": tune_stage.param_space(job)},
+        tune_config=tune.TuneConfig(metric=tune_stage.small_metric(job), mode="max", max_concurrent_trials=2),
+        run_config=tune.RunConfig(name="nodes", storage_path=str(tmp_path / "ray"),
+                                  failure_config=tune.FailureConfig(max_failures=1)))
+    driver = Driver(tuner.fit)
+    driver.start()
+    train_runs = lambda: sorted((tmp_path / "ray").glob("tune-trial-*"))  # noqa: E731  one Train run per trial
+
+    def reports() -> dict[str, list[dict]]:
+        """trial id -> the rows Tune logged for it (result.json, written by Tune's driver in this process)."""
+        rows = {}
+        for file in (tmp_path / "ray" / "nodes").glob("*/result.json"):
+            lines = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+            if lines:
+                rows[lines[0]["trial_id"]] = lines
+        return rows
+
+    trials = wait_for(lambda: generation(cluster, set(), "ImplicitFunc", 2), 120, "2 running trials",
+                      alive=driver.is_alive)
+    assert len({t.node_id for t in trials}) == 2 and {t.node_id for t in trials} <= cluster.live_worker_ids(), \
+        [cluster.name_of(t.node_id) for t in trials]
+    wait_for(lambda: len(train_runs()) == 2 and all(latest_checkpoint_epoch(r) >= 1 for r in train_runs()), 240,
+             "an epoch-1 checkpoint in both trials' Train runs", alive=driver.is_alive)
+    assert len(cluster.live_actors("ImplicitFunc")) == 2, "a trial finished before the kill"
+    checkpointed = {r.name: latest_checkpoint_epoch(r) for r in train_runs()}
+    reported = {trial: [row["epoch"] for row in rows] for trial, rows in reports().items()}
+    cluster.kill(cluster.name_of(trials[0].node_id))
+    replacement = cluster.add()
+    results = driver.outcome(300)
+
+    assert results.num_errors == 0 and len(results) == 2
+    assert sorted(r.metrics["epoch"] for r in results) == [3, 3]
+    final = reports()
+    killed = [trial for trial, rows in final.items() if rows[0]["pid"] == trials[0].pid]
+    assert len(killed) == 1, {t: [(r["pid"], r["epoch"]) for r in rows] for t, rows in final.items()}
+    for trial, rows in final.items():
+        epochs, iterations = [r["epoch"] for r in rows], [r["training_iteration"] for r in rows]
+        if trial not in killed:  # its driver survived: every epoch reported once, in one attempt
+            assert epochs == [1, 2, 3] and iterations == [1, 2, 3], rows
+            continue
+        # the retried trial: the first attempt's reports, then the retry's (its iterations count from 1 again),
+        # resuming after the checkpoint; nothing reported twice, nothing trained from scratch
+        retry = [r for r in rows if r["pid"] != trials[0].pid]
+        first = [r["epoch"] for r in rows if r["pid"] == trials[0].pid]
+        assert retry and retry[0]["training_iteration"] == 1 and [r["epoch"] for r in retry][-1] == 3, rows
+        resumed_from = retry[0]["epoch"] - 1  # the checkpoint the retry's Train run restored
+        assert first[:len(reported.get(trial, []))] == reported.get(trial, [])
+        assert epochs == sorted(set(epochs)) and resumed_from >= checkpointed[f"tune-trial-{trial}"] >= 1, \
+            (epochs, checkpointed)
+        lost = sorted(set(range(1, resumed_from + 1)) - set(first))  # checkpointed, never reported to Tune
+        print(f"tune: trial {trial} killed after reporting epochs {first}, resumed from its epoch-{resumed_from} "
+              f"checkpoint; reports lost: {lost}")
+        assert len(lost) <= 1
+    assert all(latest_checkpoint_epoch(r) == 3 for r in train_runs())
+    # the retry ran on the replacement node: three trial drivers in all, the third there
+    drivers = cluster.actors("ImplicitFunc", alive_only=False)
+    retries = [d for d in drivers if d.actor_id not in {t.actor_id for t in trials}]
+    assert len(drivers) == 3 and [cluster.name_of(d.node_id) for d in retries] == [replacement], \
+        [(d.state, cluster.name_of(d.node_id)) for d in drivers]
