@@ -54,10 +54,14 @@ class MultiNode:
     def __init__(self) -> None:
         from ray.cluster_utils import Cluster
 
+        # Cluster writes its address into the machine-wide /tmp/ray/ray_current_cluster (and its shutdown deletes
+        # that file): put back what was there, so `ray.init("auto")` elsewhere on the machine is not sent here.
+        before = _address_file()
         self.cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": 0, "gcs_server_port": free_port(), "include_dashboard": True,  # the State API needs it
             "dashboard_port": free_port(), "dashboard_agent_listen_port": free_port(),
             "object_store_memory": OBJECT_STORE_BYTES, "resources": {"head": 1}})
+        _restore_address_file(before, ours=self.cluster.address)
         self.workers: dict[str, Any] = {}  # name -> ray._private.node.Node, live worker nodes only
         self.names: dict[str, str] = {self.cluster.head_node.node_id: "head"}  # node id -> name, all ever started
         self.killed: list[str] = []  # node ids removed by kill()
@@ -116,7 +120,30 @@ class MultiNode:
         return [a for a in self.actors(prefix) if a.node_id in live]
 
     def shutdown(self) -> None:
+        before, ours = _address_file(), self.address
         self.cluster.shutdown()
+        _restore_address_file(before, ours=ours)
+
+
+def _address_file() -> str | None:
+    """The machine-wide Ray address file's content (None: no file)."""
+    from ray._common.utils import get_ray_address_file
+
+    try:
+        return Path(get_ray_address_file(None)).read_text()
+    except OSError:
+        return None
+
+
+def _restore_address_file(content: str | None, ours: str | None) -> None:
+    """Put `content` back into the address file (remove it where there was none), unless `content` was ours."""
+    from ray._common.utils import get_ray_address_file
+
+    path = Path(get_ray_address_file(None))
+    if content is not None and content.strip() != ours:
+        path.write_text(content)
+    elif content is None and path.is_file() and path.read_text().strip() == ours:
+        path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +242,7 @@ def cluster_processes(markers: list[str]) -> set[int]:
     return selected
 
 
-def kill_processes(pids: set[int], grace: float = 5.0) -> set[int]:
+def kill_processes(pids: set[int], grace: float = 2.0) -> set[int]:
     """SIGTERM these processes, SIGKILL whatever is left after `grace` seconds; returns those still alive."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:

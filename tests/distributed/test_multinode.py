@@ -64,6 +64,7 @@ def test_training_survives_a_killed_worker_and_a_killed_node(cluster, tmp_path, 
     joins. Lost: the epoch in progress at each kill. Survived: everything checkpointed; the run resumes twice from
     its latest checkpoint and finishes, each epoch logged exactly once in MLflow, and one model version is
     registered whose run is the train run."""
+    import mlflow
     from mlflow import MlflowClient
 
     import mrl.stages.train as train_stage
@@ -128,7 +129,9 @@ def test_training_survives_a_killed_worker_and_a_killed_node(cluster, tmp_path, 
     assert ends[0] < killed_worker_at < ends[1] < killed_node_at < ends[2], (ends, killed_worker_at, killed_node_at)
     assert result["metrics"]["epoch"] == 3
 
-    # checkpoints on the URI's filesystem, none under the default <output_dir>/ray
+    # checkpoints on the URI's filesystem, none under the default <output_dir>/ray; the marker file is how Ray
+    # Train checks that storage is shared (a worker that cannot see it refuses to persist a checkpoint)
+    assert (run_dir / ".validate_storage_marker").is_file()
     assert latest_checkpoint_epoch(run_dir) == 3
     assert len(list(run_dir.glob("checkpoint_*/checkpoint.pt"))) == 2  # CheckpointConfig(num_to_keep=2)
     assert not (out / "ray").exists()
@@ -140,6 +143,8 @@ def test_training_survives_a_killed_worker_and_a_killed_node(cluster, tmp_path, 
     assert run.data.tags["mrl.stage"] == "train"
     checkpoint = Path(run.data.tags["mrl.checkpoint"])  # the path on the storage filesystem, without file://
     assert checkpoint.parent == run_dir
+    metadata = mlflow.models.get_model_info(result["model_uri"]).metadata
+    assert metadata["train_run_id"] == result["run_id"] and metadata["checkpoint"] == str(checkpoint)
     assert train_stage.read_checkpoint(checkpoint / "checkpoint.pt")["epoch"] == 2  # 0-based: the third epoch
 
 
