@@ -137,6 +137,8 @@ def test_image_folder_reads_a_file_list_in_class_then_name_order(tmp_path):
     assert sorted(order) == list(range(6)) and order != list(range(6))
     from mrl.data.readers import read_task
 
+    only = reader.tasks(rows=4, positions=np.array([5, 1]))  # a part of the split opens only its files
+    assert only[0]["ids"] == [5, 1] and [p.split("/")[-1] for p in only[0]["paths"]] == ["img2.JPEG", "img1.JPEG"]
     first = read_task(shuffled[0], (3, 8, 8))
     assert first.column("id").to_pylist() == order[:4]
     assert first.column("label").to_pylist() == [int(i >= 3) for i in order[:4]]

@@ -53,17 +53,19 @@ class SplitReader:
     n: int
     has_id: bool
 
-    def tasks(self, lo: int = 0, hi: int | None = None, rows: int = TASK_ROWS, shuffle_seed: int | None = None
-              ) -> list[dict[str, Any]]:
+    def tasks(self, lo: int = 0, hi: int | None = None, rows: int = TASK_ROWS, shuffle_seed: int | None = None,
+              positions: np.ndarray | None = None) -> list[dict[str, Any]]:
         """Read tasks covering rows lo..hi (positions), each of at most `rows` rows within one shard.
 
         An image folder's tasks take consecutive files (one or two classes each), or, with `shuffle_seed`, files
         in a seeded random order, so a training stream's blocks mix classes (random reads cost nothing more
-        there; in Parquet shards the writer's row order stays)."""
+        there; in Parquet shards the writer's row order stays). `positions` restricts an image folder's tasks
+        to those rows (a part of the split: its other files are never opened); Parquet tasks still cover lo..hi.
+        """
         hi = self.n if hi is None else min(hi, self.n)
         out = []
         if self.kind == "files":
-            order = np.arange(lo, hi)
+            order = np.arange(lo, hi) if positions is None else np.asarray(positions, dtype=np.int64)
             if shuffle_seed is not None:
                 order = np.random.default_rng(shuffle_seed).permutation(order)
             for start in range(0, len(order), rows):
@@ -352,10 +354,16 @@ def ray_dataset(reader: SplitReader, part: str | None = None, val_fraction: floa
                 order_seed: int = 0, rows_per_task: int = TASK_ROWS):
     """The split, or its training or validation part (the split seeded by `split_seed`), as a Ray Data dataset
     of id, label, image (C, H, W uint8), read by Ray Data's workers one read task a block, the blocks in an
-    order shuffled with `order_seed`."""
+    order shuffled with `order_seed`. An image folder's part reads only its own files; a part of Parquet shards
+    reads their row groups and keeps its rows."""
     import ray
 
-    tasks = reader.tasks(rows=rows_per_task, shuffle_seed=order_seed)
+    positions = None
+    if part is not None and reader.kind == "files":  # open only this part's files
+        from mrl.data.sources import train_val_indices
+
+        positions = train_val_indices(reader.n, val_fraction, split_seed)[0 if part == "train" else 1]
+    tasks = reader.tasks(rows=rows_per_task, shuffle_seed=order_seed, positions=positions)
     if not tasks:
         raise DataError(f"split {reader.name!r} has no rows")
     ds = ray.data.from_items(tasks, override_num_blocks=len(tasks)).randomize_block_order(seed=order_seed)

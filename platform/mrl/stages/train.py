@@ -116,7 +116,9 @@ def run_loop(job: TrainJobConfig, *, rank: int = 0, world: int = 1, device=None,
         started = time.time()
         batches = objective.batches(rank, world, job.train.batch_size, job.train.seed * 1000 + epoch)
         loss_sum = torch.zeros((), device=device)
+        waited, ready = 0.0, time.perf_counter()
         for step, batch in enumerate(batches):
+            waited += time.perf_counter() - ready  # time this rank stood waiting for its next batch
             with autocast():
                 loss = objective.loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
@@ -124,6 +126,7 @@ def run_loop(job: TrainJobConfig, *, rank: int = 0, world: int = 1, device=None,
             optimizer.step()
             scheduler.step()
             loss_sum += loss.detach()
+            ready = time.perf_counter()
             if rank == 0 and (step + 1) % max(1, len(batches) // 4) == 0:
                 spent = time.time() - started
                 rate = (step + 1) * job.train.batch_size * world / max(spent, 1e-9)
@@ -142,7 +145,7 @@ def run_loop(job: TrainJobConfig, *, rank: int = 0, world: int = 1, device=None,
             dist.all_reduce(totals)
         n_val, loss_total, n_steps = totals.tolist()
         metrics: dict[str, float] = {"epoch": epoch + 1, "train_loss": loss_total / max(1.0, n_steps),
-                                     "epoch_seconds": time.time() - started}
+                                     "epoch_seconds": time.time() - started, "data_wait_seconds": waited}
         if n_val > 0:
             accs = (correct.double() / n_val).tolist()
             metrics.update({f"val_top1_d{m}": a for m, a in zip(sizes, accs)})
@@ -153,7 +156,8 @@ def run_loop(job: TrainJobConfig, *, rank: int = 0, world: int = 1, device=None,
                      "scheduler": scheduler.state_dict(), "epoch": epoch, "model_spec": to_dict(job.model),
                      "tokenizer": objective.tokenizer.to_json() if objective.tokenizer is not None else None}
             shown = " ".join(f"{m}:{metrics.get(f'val_top1_d{m}', float('nan')) * 100:.2f}" for m in sizes)
-            logger.info(f"[train] epoch {epoch + 1}/{job.train.epochs} done in {metrics['epoch_seconds']:.0f}s, "
+            logger.info(f"[train] epoch {epoch + 1}/{job.train.epochs} done in {metrics['epoch_seconds']:.0f}s "
+                        f"({waited:.1f}s waiting for data), "
                         f"loss {metrics['train_loss']:.4f}, {objective.metric} % by size {shown}")
         if on_epoch is not None:
             on_epoch(metrics, state)
@@ -262,7 +266,8 @@ def streamed_datasets(job: TrainJobConfig) -> tuple[dict[str, Any], dict[str, in
     the driver opens the split from metadata only), and their row counts.
 
     The parts are `train_val_indices`' seeded split (data.seed); read blocks come in an order seeded by
-    train.seed. `job.data` must be prepared (`mrl.data.sources.prepare_data`: Fashion-MNIST as Parquet shards).
+    train.seed. The validation part is read once, here, and kept in the object store for every epoch's
+    validation. `job.data` must be prepared (`mrl.data.sources.prepare_data`: Fashion-MNIST as Parquet shards).
     """
     import ray
 
@@ -277,6 +282,8 @@ def streamed_datasets(job: TrainJobConfig) -> tuple[dict[str, Any], dict[str, in
     parts = {"train": reader.n - n_val, "val": n_val}
     datasets = {part: ray_dataset(reader, part, job.data.val_fraction, split_seed=job.data.seed,
                                   order_seed=job.train.seed) for part, n in parts.items() if n > 0}
+    if "val" in datasets:  # read once into the object store, not again every epoch (a few % of the split)
+        datasets["val"] = datasets["val"].materialize()
     return datasets, parts
 
 
