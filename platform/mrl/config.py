@@ -460,6 +460,9 @@ class ServeConfig:
     autoscaling: dict[str, int | float] | None = None
     """Ray Serve autoscaling_config, e.g. {min_replicas: 1, max_replicas: 4, target_ongoing_requests: 16};
     null: a fixed `num_replicas`."""
+    max_replicas_per_node: int | None = None
+    """At most this many search replicas on one node (1: one per node, so a node's loss takes one replica);
+    null: Ray Serve places them where it likes."""
     max_ongoing_requests: int = 64
     """Requests a replica holds at once (queued for its batches); at least batch_max_size."""
     batch_max_size: int = 32
@@ -505,6 +508,7 @@ class ServeConfig:
                "give at most one of api_key_env and api_key_file")
         _check(self.api_key_env is None or bool(self.api_key_env.strip()), "api_key_env must name a variable")
         _positive("num_replicas", self.num_replicas)
+        _positive("max_replicas_per_node", self.max_replicas_per_node, allow_none=True)
         if self.autoscaling is not None:
             known = {"min_replicas", "max_replicas", "target_ongoing_requests", "initial_replicas",
                      "upscale_delay_s", "downscale_delay_s"}
@@ -554,10 +558,15 @@ class TrainJobConfig(JobConfig):
     train: TrainConfig = field(default_factory=TrainConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    storage_path: str | None = None
+    """Where Ray Train keeps the run's checkpoints. None: <output_dir>/ray. On several nodes, storage every node
+    sees: a shared path, or a URI of pyarrow's filesystem layer (s3://bucket/prefix, gs://..., file:///mnt/...)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_modalities(self.data, self.model)
+        _check(self.storage_path is None or bool(self.storage_path.strip()),
+               "storage_path must be a path or URI, or null for <output_dir>/ray")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -725,6 +734,9 @@ class TuneJobConfig(JobConfig):
     sweep_name: str | None = None
     """Ray Tune experiment name under <output_dir>/ray. None: tune-<time>. Naming a sweep that exists resumes
     it: finished trials are kept, unfinished and errored ones run again."""
+    max_failures: int = 1
+    """Times a trial is retried after its worker or node dies (Tune's FailureConfig); a retried trial resumes
+    from its last Ray Train checkpoint."""
     winner_epochs: int | None = None
     """Epochs of the winner's training config (written as winner.yaml); None: base.train.epochs."""
     train_winner: bool = False
@@ -733,6 +745,7 @@ class TuneJobConfig(JobConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _positive("max_concurrent_trials", self.max_concurrent_trials)
+        _check(self.max_failures >= 0, f"max_failures must be >= 0, got {self.max_failures}")
         _positive("winner_epochs", self.winner_epochs, allow_none=True)
         _check(0 <= self.full_tolerance < 1, f"full_tolerance must be in [0, 1), got {self.full_tolerance}")
         dim = self.base.model.dim

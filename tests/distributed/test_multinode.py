@@ -57,7 +57,7 @@ def generation(cluster, seen: set[str], prefix: str, count: int) -> list:
 
 # ----------------------------------------------------------------------------------------------------- train
 
-def test_training_survives_a_killed_worker_and_a_killed_node(cluster, tmp_path, fashion_shards, monkeypatch):
+def test_training_survives_a_killed_worker_and_a_killed_node(cluster, tmp_path, fashion_shards):
     """run_train with 2 Ray Train workers, one per worker node, checkpoints on a `file://` URI (Ray Train's pyarrow
     filesystem layer). Once the epoch-1 checkpoint is registered, one worker process is SIGKILLed (mid-epoch 2);
     once the epoch-2 checkpoint is registered, the node of a worker is killed (mid-epoch 3) and a replacement node
@@ -71,16 +71,14 @@ def test_training_survives_a_killed_worker_and_a_killed_node(cluster, tmp_path, 
     from mrl.config import TrainJobConfig
     from mrl.configio import load_config
 
-    # run_train has no storage setting (it uses <output_dir>/ray): give fit() a file:// URI, as a cluster would
-    # give s3:// or an NFS mount. On one machine every node sees it; Ray Train V2 checks that with a marker file
-    # the driver writes and each worker looks for before it persists a checkpoint.
+    # checkpoints on a file:// URI (storage_path), as a cluster would use s3:// or an NFS mount. On one machine
+    # every node sees it; Ray Train V2 checks that with a marker file the driver writes and each worker looks for
+    # before it persists a checkpoint.
     storage = tmp_path / "shared-storage"
-    real_fit = train_stage.fit
-    monkeypatch.setattr(train_stage, "fit", lambda job, **kw: real_fit(job, **{"storage_path": storage.as_uri(),
-                                                                              **kw}))
     out = tmp_path / "out"
     job = load_config(TrainJobConfig, REPO / "jobs" / "train.yaml", [
         f"output_dir={out}", "run_name=multinode", "data.train_limit=1500", f"data.shards_path={fashion_shards}",
+        f"storage_path={storage.as_uri()}",
         "model.dim=16", "train.epochs=3", "train.batch_size=32", "resources.num_workers=2",
         "resources.cpus_per_worker=3", "resources.threads_per_worker=1", "resources.max_failures=3"])
     run_dir = storage / "multinode"
@@ -231,7 +229,7 @@ def test_serving_survives_a_killed_node_under_load(cluster, tmp_path):
     # one proxy, on the head: on one machine every node's proxy would want the same port
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     try:
-        cfg = ServeConfig(port=port, shortlist_size=8, num_replicas=2, encoder=False)
+        cfg = ServeConfig(port=port, shortlist_size=8, num_replicas=2, max_replicas_per_node=1, encoder=False)
         serve.run(build_app(str(index), cfg), name="mrl", route_prefix="/", blocking=False)
         replicas = wait_for(lambda: generation(cluster, set(), "ServeReplica:mrl:Retriever", 2), 60, "2 replicas")
         assert len({r.node_id for r in replicas}) == 2 and {r.node_id for r in replicas} <= cluster.live_worker_ids()
@@ -302,8 +300,8 @@ def test_a_sweep_retries_the_trial_whose_node_died(cluster, tmp_path, fashion_sh
     checkpoint; the other trial finishes too (restarting its Train worker from its checkpoint if that worker was
     on the dead node). No epoch is reported twice, both trials end at epoch 3.
 
-    The sweep is built here, not with run_tune: make_tuner's RunConfig has no failure_config (a trial whose node
-    dies is an error there) and no per-trial resources (trials cannot be spread over nodes)."""
+    The sweep is built here, not with run_tune: make_tuner retries failed trials (TuneJobConfig.max_failures, the
+    same FailureConfig as here) but has no per-trial resources, so it cannot pin trials to different nodes."""
     import dataclasses
 
     from ray import tune
@@ -328,7 +326,7 @@ def test_a_sweep_retries_the_trial_whose_node_died(cluster, tmp_path, fashion_sh
                      "params": tune_stage.param_space(job)},
         tune_config=tune.TuneConfig(metric=tune_stage.small_metric(job), mode="max", max_concurrent_trials=2),
         run_config=tune.RunConfig(name="nodes", storage_path=str(tmp_path / "ray"),
-                                  failure_config=tune.FailureConfig(max_failures=1)))
+                                  failure_config=tune.FailureConfig(max_failures=job.max_failures)))
     driver = Driver(tuner.fit)
     driver.start()
     train_runs = lambda: sorted((tmp_path / "ray").glob("tune-trial-*"))  # noqa: E731  one Train run per trial

@@ -83,3 +83,16 @@ def test_rank_batches_raises_without_a_full_batch():
         rank_batches(np.arange(10), 0, 2, 8, seed=0)
     with pytest.raises(ValueError, match=r"lower train\.batch_size"):
         rank_batches(np.arange(0), 0, 1, 1, seed=0)
+
+
+def test_checkpoint_uri_keeps_the_scheme_of_remote_storage():
+    import pyarrow.fs
+    import ray.train
+
+    from mrl.stages.train import checkpoint_uri
+
+    s3 = pyarrow.fs.S3FileSystem(anonymous=True, region="us-east-1")  # constructed offline, never contacted
+    assert checkpoint_uri(ray.train.Checkpoint("bucket/run/checkpoint_1", filesystem=s3)) == \
+        "s3://bucket/run/checkpoint_1"
+    assert checkpoint_uri(ray.train.Checkpoint("/mnt/shared/run/checkpoint_1")) == "/mnt/shared/run/checkpoint_1"
+    assert checkpoint_uri(ray.train.Checkpoint("file:///mnt/shared/c")) == "/mnt/shared/c"

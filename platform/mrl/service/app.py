@@ -195,6 +195,8 @@ def build_app(index_dir: str, serve_cfg, tracking_uri: str | None = None):
             manifest["model_uri"], tracking_uri, manifest, serve_cfg.encoder_batch_max_size, serve_cfg.batch_wait_ms)
     scaling = ({"autoscaling_config": dict(serve_cfg.autoscaling)} if serve_cfg.autoscaling is not None
                else {"num_replicas": serve_cfg.num_replicas})
+    if serve_cfg.max_replicas_per_node is not None:
+        scaling["max_replicas_per_node"] = serve_cfg.max_replicas_per_node
     return Retriever.options(**scaling, max_ongoing_requests=serve_cfg.max_ongoing_requests,
                              ray_actor_options={"num_cpus": 1, "num_gpus": serve_cfg.gpus_per_replica}
                              ).bind(str(Path(index_dir).resolve()), to_dict(serve_cfg), encoder)

@@ -296,6 +296,8 @@ def _embed_split(job, model_uri: str, tracking_uri: str, model_spec: dict[str, A
         eta = (todo - done) / rate if rate > 0 else float("inf")
         print(f"[embed] {split}: {done:,} / {todo:,} rows ({units_done}/{len(pending)} units), {rate:,.0f} rows/s, "
               f"ETA {eta:.0f}s ({time.time() - started:.0f}s so far)", flush=True)
+    for stale in split_dir.glob(".part-*.tmp-*"):  # an actor lost mid-unit (its unit was written again)
+        stale.unlink()
     return actor_peak
 
 

@@ -203,12 +203,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if state is not None:  # rank 0
                 torch.save(state, Path(tmp) / CHECKPOINT_FILE)
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
-                if client is not None:
-                    from mlflow.entities import Metric
-                    now = int(time.time() * 1000)
-                    client.log_batch(loop_config["mlflow_run_id"], metrics=[
-                        Metric(k, float(v), now, int(metrics["epoch"])) for k, v in metrics.items()])
             ray.train.report(metrics, checkpoint=ckpt)  # a barrier: every rank reports every epoch
+        if client is not None:  # after the checkpoint is saved: an epoch cut short by a failure is never logged
+            from mlflow.entities import Metric
+            now = int(time.time() * 1000)
+            client.log_batch(loop_config["mlflow_run_id"], metrics=[
+                Metric(k, float(v), now, int(metrics["epoch"])) for k, v in metrics.items()])
 
     run_loop(job, rank=rank, world=world, device=device, prepare=ray.train.torch.prepare_model, restore=restore,
              on_epoch=on_epoch, streamed_rows=loop_config.get("rows"))
@@ -233,8 +233,8 @@ def fit(job: TrainJobConfig, *, mlflow_run_id: str | None = None, tracking_uri: 
     Args:
         job: the validated training config.
         mlflow_run_id, tracking_uri: rank 0 logs per-epoch metrics to this run.
-        storage_path: where Ray Train keeps checkpoints (default <output_dir>/ray, absolute; on a multi-node
-            cluster it must be shared storage such as s3:// or NFS).
+        storage_path: where Ray Train keeps checkpoints (default job.storage_path, else <output_dir>/ray; on a
+            multi-node cluster it must be shared storage such as s3:// or NFS).
         callbacks: Ray Train callbacks (e.g. Tune's TuneReportCallback).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -242,7 +242,7 @@ def fit(job: TrainJobConfig, *, mlflow_run_id: str | None = None, tracking_uri: 
 
     if job.run_name is None:
         raise ValueError("fit() needs a run_name; run_train() picks one per invocation")
-    storage = storage_path or str(Path(job.output_dir).resolve() / "ray")
+    storage = storage_path or job.storage_path or str(Path(job.output_dir).resolve() / "ray")
     use_gpu = resolve_use_gpu(job.resources.use_gpu)
     datasets, rows = streamed_datasets(job) if job.model.modality == "image" else (None, None)
     trainer = TorchTrainer(
@@ -285,6 +285,16 @@ def streamed_datasets(job: TrainJobConfig) -> tuple[dict[str, Any], dict[str, in
     if "val" in datasets:  # read once into the object store, not again every epoch (a few % of the split)
         datasets["val"] = datasets["val"].materialize()
     return datasets, parts
+
+
+def checkpoint_uri(checkpoint) -> str:
+    """Where a Ray Train checkpoint lives, as a URI for remote filesystems (s3://bucket/..., gs://...) and a
+    plain path on a local (or mounted) filesystem: a checkpoint's `path` alone drops the scheme."""
+    kind = getattr(checkpoint.filesystem, "type_name", "local")
+    if kind == "local":
+        return checkpoint.path
+    scheme = {"gcs": "gs"}.get(kind, kind)
+    return f"{scheme}://{checkpoint.path}"
 
 
 def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
@@ -357,11 +367,11 @@ def run_train(job: TrainJobConfig) -> dict[str, Any]:
         if result.error is not None:
             raise result.error
         model = load_checkpoint_model(result.checkpoint)
+        checkpoint = checkpoint_uri(result.checkpoint)
         metadata = {"dim": model.dim, "sizes": model.sizes, "head": job.model.head, "encoder": job.model.encoder,
-                    "model_spec": to_dict(job.model), "train_run_id": run.info.run_id,
-                    "checkpoint": result.checkpoint.path}
+                    "model_spec": to_dict(job.model), "train_run_id": run.info.run_id, "checkpoint": checkpoint}
         info = tracking.log_model(model, job.mlflow.registered_model, metadata)
-        mlflow.set_tag("mrl.checkpoint", result.checkpoint.path)
+        mlflow.set_tag("mrl.checkpoint", checkpoint)
         seconds = time.time() - started
         mlflow.log_metric("train_wall_seconds", seconds)
     version = str(info.registered_model_version) if info.registered_model_version is not None else None

@@ -170,7 +170,8 @@ def make_tuner(job: TuneJobConfig, base: TrainJobConfig, name: str, storage: Pat
         tune_config=tune.TuneConfig(metric=small_metric(job), mode="max", num_samples=job.search.num_samples,
                                     max_concurrent_trials=job.max_concurrent_trials, search_alg=search_alg,
                                     scheduler=scheduler),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage)),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage),
+                                  failure_config=tune.FailureConfig(max_failures=job.max_failures)),
     )
 
 
