@@ -22,6 +22,33 @@ def repo() -> Path:
     return REPO
 
 
+def submit_train_job(client, out: Path, run_name: str, timeout: float = 600) -> str:
+    """Submit a small `jobs/train.py` run (1,200 Fashion-MNIST images, one epoch) with a JobSubmissionClient, wait
+    for it, and check that it succeeded and registered version 1 of its model; returns the job's logs."""
+    import sys
+    import time
+
+    from mlflow import MlflowClient
+    from ray.job_submission import JobStatus
+
+    entrypoint = (f"{sys.executable} jobs/train.py --config jobs/train.yaml output_dir={out} run_name={run_name} "
+                  "data.train_limit=1200 train.epochs=1 model.dim=32 resources.num_workers=1")
+    job_id = client.submit_job(entrypoint=entrypoint,
+                               runtime_env={"working_dir": str(REPO), "excludes": ["outputs/", ".git/"]})
+    deadline = time.time() + timeout
+    status = client.get_job_status(job_id)
+    while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED} and time.time() < deadline:
+        time.sleep(2)
+        status = client.get_job_status(job_id)
+    logs = client.get_job_logs(job_id)
+    assert status == JobStatus.SUCCEEDED, logs[-3000:]
+    assert "registered models:/mrl-fashion-mnist/1" in logs
+    versions = MlflowClient(f"sqlite:///{out}/mlflow.db").search_model_versions("name='mrl-fashion-mnist'")
+    assert [str(v.version) for v in versions] == ["1"]
+    assert (Path(out) / "ray" / run_name).is_dir()  # Ray Train's storage for the run
+    return logs
+
+
 def tiny_text_model(texts: list[str], dim: int = 16, seed: int = 0):
     """A one-layer BERT text model (d = dim, sizes [4, dim]) with a tokenizer trained on `texts`, in eval mode."""
     import torch

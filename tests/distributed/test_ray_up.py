@@ -52,7 +52,8 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-REPO = Path(__file__).resolve().parents[2]
+from conftest import REPO, submit_train_job
+
 CLUSTER_LOCAL = REPO / "cluster-local.yaml"
 LOCAL_NODE_TYPE = "local.cluster.node"  # the single node type Ray's local provider uses
 RAY = str(Path(sys.executable).parent / "ray")
@@ -326,8 +327,7 @@ def _ray_cli(args: list[str], cwd: Path, host: SSHHost, timeout: int) -> subproc
 @pytest.mark.slow
 def test_ray_up_submit_train_job_ray_down(ssh_host, tmp_path):
     import requests
-    from mlflow import MlflowClient
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobSubmissionClient
 
     host = ssh_host
     timings = {}
@@ -374,24 +374,8 @@ def test_ray_up_submit_train_job_ray_down(ssh_host, tmp_path):
 
         # --- ray job submit (the job's driver runs on the head, under the head's RAY_AUTH_MODE=token)
         start = time.time()
-        out = tmp_path / "out"
-        client = JobSubmissionClient(address, headers=bearer)
-        entrypoint = (f"{sys.executable} jobs/train.py --config jobs/train.yaml output_dir={out} run_name=x "
-                      "data.train_limit=1200 train.epochs=1 model.dim=32 resources.num_workers=1")
-        job_id = client.submit_job(entrypoint=entrypoint,
-                                   runtime_env={"working_dir": str(REPO), "excludes": ["outputs/", ".git/"]})
-        deadline = time.time() + 300
-        status = client.get_job_status(job_id)
-        while status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED} and time.time() < deadline:
-            time.sleep(2)
-            status = client.get_job_status(job_id)
-        logs = client.get_job_logs(job_id)
+        submit_train_job(JobSubmissionClient(address, headers=bearer), tmp_path / "out", "x", timeout=300)
         timings["job"] = time.time() - start
-        assert status == JobStatus.SUCCEEDED, logs[-3000:]
-        assert "registered models:/mrl-fashion-mnist/1" in logs
-        versions = MlflowClient(f"sqlite:///{out}/mlflow.db").search_model_versions("name='mrl-fashion-mnist'")
-        assert [str(v.version) for v in versions] == ["1"]
-        assert (out / "ray" / "x").is_dir()  # Ray Train's storage for run "x"
 
         # --- ray down
         start = time.time()
