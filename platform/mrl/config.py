@@ -225,8 +225,8 @@ class TrainConfig:
     """Text models: InfoNCE temperature of the contrastive Matryoshka loss, in (0, 1]."""
     seed: int = 0
     shuffle_buffer: int = 4096
-    """Image models: rows each worker draws its batches from at random (Ray Data's local shuffle buffer, seeded
-    per epoch), on top of the read blocks' seeded order; more mixes better and holds more memory."""
+    """Image models: rows each worker gathers from its stream and shuffles (seeded per epoch) before cutting them
+    into batches, on top of the read blocks' seeded order; more mixes better and holds more memory."""
 
     def __post_init__(self) -> None:
         from mrl.core.losses import LOSSES

@@ -97,10 +97,10 @@ class Classification:
 
 class StreamedClassification:
     """`Classification` with its rows streamed through Ray Data instead of held in memory: this rank's shard of
-    the training part (`ray.train.get_dataset_shard("train")`, read blocks in a seeded order, batches drawn
-    from a local shuffle buffer seeded per epoch) and of the validation part ("val"). Batches arrive as uint8
-    and are standardised on the model's device (`mrl.data.preprocess.standardize`, as the embed stage and the
-    service do). A worker holds a few blocks and the buffer, whatever the split's size.
+    the training part (`ray.train.get_dataset_shard("train")`, read blocks in a seeded order, rows shuffled in
+    windows seeded per epoch: `EpochStream`) and of the validation part ("val"). Batches arrive as uint8 and are
+    standardised on the model's device (`mrl.data.preprocess.standardize`, as the embed stage and the service
+    do). A worker holds a few blocks and one window, whatever the split's size.
 
     Args:
         rows: {"train": rows in the training part, "val": rows in the validation part}, counted by the driver
@@ -182,7 +182,8 @@ class EpochStream:
             for i in range(0, cut, self.batch_size):
                 if step < self.steps:  # past `steps` (never expected) keep draining: the epoch must end everywhere
                     take = order[i:i + self.batch_size]
-                    yield {"image": torch.from_numpy(pool["image"][take]), "label": torch.from_numpy(pool["label"][take])}
+                    yield {"image": torch.from_numpy(pool["image"][take]),
+                           "label": torch.from_numpy(pool["label"][take])}
                 step += 1
             held = [{k: v[order[cut:]] for k, v in pool.items()}] if cut < len(order) else []
             rows = len(order) - cut
