@@ -3,7 +3,8 @@
 Image rows stream to the workers through Ray Data (`streamed_datasets`: read where the data lives, local
 files here, shared storage on a cluster; the driver holds metadata only); text pairs are loaded by each worker.
 Each worker trains the DDP-wrapped model on its shard of every epoch, and every epoch all workers report
-per-size validation accuracy; rank 0 attaches a checkpoint. Rerunning with the same run name and output_dir resumes from the latest checkpoint.
+per-size validation accuracy; rank 0 attaches a checkpoint. Rerunning with the same run name and output_dir
+resumes from the latest checkpoint.
 """
 
 from __future__ import annotations
