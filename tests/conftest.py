@@ -22,6 +22,20 @@ def repo() -> Path:
     return REPO
 
 
+def run_isolated(code: str, timeout: float = 300) -> str:
+    """Run `code` (a Python script that starts and stops its own local Ray) in a fresh interpreter and return its
+    stdout; an exception there fails the caller. Ray Data keeps per-process state across `ray.shutdown()`: a
+    second cluster in the same process then loses its actor pools ("actor creation cancelled"), so tests that
+    use Ray Data against a short-lived local cluster of their own run it in a process of its own."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO / "tests")})
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout
+
+
 def submit_train_job(client, out: Path, run_name: str, timeout: float = 600) -> str:
     """Submit a small `jobs/train.py` run (1,200 Fashion-MNIST images, one epoch) with a JobSubmissionClient, wait
     for it, and check that it succeeded and registered version 1 of its model; returns the job's logs."""

@@ -13,7 +13,6 @@ from mrl.data.readers import (
     COMPLETE,
     convert_fashion_mnist,
     open_split,
-    ray_dataset,
     read_block,
     select_rows,
 )
@@ -165,19 +164,22 @@ def test_read_block_keeps_one_part_of_a_task_batch(fmnist):
 
 @pytest.mark.slow
 def test_ray_dataset_streams_the_split_in_a_seeded_block_order(fmnist):
-    import ray
+    from conftest import run_isolated
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    # blocks that finish out of turn are handed on at once unless order is kept; keep it to see the seeded order
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
-    try:
-        reader = open_split(DataConfig(shards_path=str(fmnist[1])), SHAPE, "train")
-        runs = [[row["id"] for row in ray_dataset(reader, "train", 0.2, split_seed=0, order_seed=s,
-                                                                  rows_per_task=3).iter_rows()]
-                for s in (0, 0, 1)]
-        train, _ = train_val_indices(25, 0.2, 0)
-        assert sorted(runs[0]) == train.tolist()
-        assert runs[0] == runs[1] and runs[0] != runs[2] and sorted(runs[2]) == sorted(runs[0])
-    finally:
-        ray.data.DataContext.get_current().execution_options.preserve_order = False
-        ray.shutdown()
+    out = run_isolated(f"""
+import json, ray
+from mrl.config import DataConfig
+from mrl.data.readers import open_split, ray_dataset
+ray.init(address="local", num_cpus=2, include_dashboard=False)
+# blocks that finish out of turn are handed on at once unless order is kept; keep it to see the seeded order
+ray.data.DataContext.get_current().execution_options.preserve_order = True
+reader = open_split(DataConfig(shards_path={str(fmnist[1])!r}), (1, 28, 28), "train")
+runs = [[int(row["id"]) for row in ray_dataset(reader, "train", 0.2, split_seed=0, order_seed=s,
+                                               rows_per_task=3).iter_rows()] for s in (0, 0, 1)]
+ray.shutdown()
+print(json.dumps(runs))
+""")
+    runs = json.loads(out.strip().splitlines()[-1])
+    train, _ = train_val_indices(25, 0.2, 0)
+    assert sorted(runs[0]) == train.tolist()
+    assert runs[0] == runs[1] and runs[0] != runs[2] and sorted(runs[2]) == sorted(runs[0])

@@ -77,24 +77,27 @@ def test_text_data_with_an_image_encoder_is_refused_at_load():
 @pytest.mark.slow
 def test_an_epoch_stream_gives_exactly_its_steps_of_shuffled_distinct_rows():
     """EpochStream over a real Ray Data iterator: `steps` full batches, no row twice, a seeded order."""
-    import ray
+    import json
 
-    from mrl.stages.objectives import EpochStream
+    from conftest import run_isolated
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    try:
-        ids = np.arange(1000)
-        ds = ray.data.from_numpy(ids.reshape(-1, 1)).map_batches(
-            lambda b: {"label": b["data"][:, 0], "image": np.repeat(b["data"], 4, axis=1).astype(np.uint8)},
-            batch_size=100)
-        shard = ds.repartition(10).iterator()
-        epochs = [[b["label"].tolist() for b in EpochStream(shard, 7, 128, 300, seed)] for seed in (0, 0, 1)]
-        for batches in epochs:
-            rows = [r for b in batches for r in b]
-            assert len(batches) == 7 and all(len(b) == 128 for b in batches)
-            assert len(set(rows)) == len(rows) and set(rows) <= set(ids.tolist())
-        assert epochs[0] != epochs[2]  # another epoch seed, another order
-        first = epochs[0][0]
-        assert first != sorted(first)  # rows are mixed within a window, not handed on in block order
-    finally:
-        ray.shutdown()
+    out = run_isolated("""
+import json, numpy as np, ray
+from mrl.stages.objectives import EpochStream
+ray.init(address="local", num_cpus=2, include_dashboard=False)
+ds = ray.data.from_numpy(np.arange(1000).reshape(-1, 1)).map_batches(
+    lambda b: {"label": b["data"][:, 0], "image": np.repeat(b["data"], 4, axis=1).astype(np.uint8)},
+    batch_size=100)
+shard = ds.repartition(10).iterator()
+epochs = [[b["label"].tolist() for b in EpochStream(shard, 7, 128, 300, seed)] for seed in (0, 1)]
+ray.shutdown()
+print(json.dumps(epochs))
+""")
+    epochs = json.loads(out.strip().splitlines()[-1])
+    for batches in epochs:
+        rows = [r for b in batches for r in b]
+        assert len(batches) == 7 and all(len(b) == 128 for b in batches)
+        assert len(set(rows)) == len(rows) and set(rows) <= set(range(1000))
+    assert epochs[0] != epochs[1]  # another epoch seed, another order
+    first = epochs[0][0]
+    assert first != sorted(first)  # rows are mixed within a window, not handed on in block order
