@@ -320,8 +320,13 @@ def test_a_sweep_retries_the_trial_whose_node_died(cluster, tmp_path, fashion_sh
         "space.deploy_sizes=[8]", "max_concurrent_trials=2"])
     base = dataclasses.replace(job.base, output_dir=job.output_dir, mlflow=job.mlflow,  # as run_tune does
                                data=prepare_data(job.base.data, job.output_dir))
+    def trial(config: dict) -> None:
+        # a wrapper of our own: with_resources sets an attribute on the function it is given, and on the
+        # platform's _trial that would make every later sweep in this process ask for `worker_slot`
+        tune_stage._trial(config)
+
     tuner = tune.Tuner(
-        tune.with_resources(tune_stage._trial, {"CPU": 1, "worker_slot": 1}),
+        tune.with_resources(trial, {"CPU": 1, "worker_slot": 1}),
         param_space={"base": to_dict(base), "deploy_sizes": list(job.space.deploy_sizes),
                      "params": tune_stage.param_space(job)},
         tune_config=tune.TuneConfig(metric=tune_stage.small_metric(job), mode="max", max_concurrent_trials=2),
