@@ -382,7 +382,9 @@ def test_ray_up_submit_train_job_ray_down(ssh_host, tmp_path):
         down = _ray_cli(["down", "-y", str(config_path)], stage, host, 180)
         timings["ray down"] = time.time() - start
         assert down.returncode == 0, (down.stdout + down.stderr)[-4000:]
-        assert "Stopped all" in down.stdout + down.stderr, (down.stdout + down.stderr)[-4000:]
+        # ray down ran `ray stop` on the head; under load its 16 s grace period can pass before the GCS exits,
+        # and it then kills what is left ("Stopped only 5 out of 6 ..."), so what counts is what remains
+        assert "Running `ray stop`" in down.stdout + down.stderr, (down.stdout + down.stderr)[-4000:]
         deadline = time.time() + 30
         while (left := [p for p in host.ns_processes() if p[1] != "sshd"]) and time.time() < deadline:
             time.sleep(0.5)
