@@ -41,7 +41,7 @@ def test_imagenet_layout_streams_through_training_and_embedding(tmp_path):
     cfg = load_config(TrainJobConfig, REPO / "jobs/train_resnet50_imagenet.yaml", common + [
         "model.image_size=32", "run_name=tiny-imagenet", "data.val_fraction=0.25", "train.epochs=1", "train.batch_size=4",
         "resources.num_workers=1", "resources.use_gpu=false", "resources.cpus_per_worker=1",
-        "resources.precision=fp32"])
+        "resources.precision=fp32", "train.cache_blocks=never"])  # streamed every epoch, as ImageNet itself
     assert cfg.data.source == "image_folder" and cfg.data.test_split == "val"
     try:
         trained = run_train(cfg)

@@ -96,3 +96,23 @@ def test_checkpoint_uri_keeps_the_scheme_of_remote_storage():
         "s3://bucket/run/checkpoint_1"
     assert checkpoint_uri(ray.train.Checkpoint("/mnt/shared/run/checkpoint_1")) == "/mnt/shared/run/checkpoint_1"
     assert checkpoint_uri(ray.train.Checkpoint("file:///mnt/shared/c")) == "/mnt/shared/c"
+
+
+def test_cache_blocks_auto_keeps_what_fits_a_quarter_of_the_object_store():
+    from mrl.stages.train import cache_blocks
+
+    store = 4 * 2**30
+    fashion, imagenet = 48_000 * (784 + 16), 1_281_167 * (3 * 224 * 224 + 16)
+    assert cache_blocks("auto", fashion, store) and not cache_blocks("auto", imagenet, store)
+    assert cache_blocks("auto", 2**30, store) and not cache_blocks("auto", 2**30 + 1, store)
+    assert not cache_blocks("auto", 1, 0)  # no object store reported: stream
+    assert cache_blocks("always", imagenet, store) and not cache_blocks("never", fashion, store)
+
+
+def test_cache_blocks_setting_is_validated():
+    from mrl.config import TrainJobConfig
+    from mrl.configio import ConfigError, load_config
+
+    assert load_config(TrainJobConfig, overrides=["train.cache_blocks=never"]).train.cache_blocks == "never"
+    with pytest.raises(ConfigError, match="cache_blocks"):
+        load_config(TrainJobConfig, overrides=["train.cache_blocks=sometimes"])

@@ -1,11 +1,13 @@
-"""The train stage (Ray Train, one worker, rows streamed through Ray Data) against the same training loop in one
-process over in-memory tensors, side by side in one run: same model, data, batch size, epochs and threads.
+"""The train stage (Ray Train, one worker, rows through Ray Data) against the same training loop in one process
+over in-memory tensors, side by side in one run: same model, data, batch size, epochs and threads.
 
 Both run `mrl.stages.train.run_loop`; the stage's worker takes its batches from `ray.train.get_dataset_shard`
-(`StreamedClassification`), the in-process loop indexes tensors it loaded up front (`Classification`, what
-`train_local` runs). Throughput is training rows per second of an epoch (the loop's own `epoch_seconds`,
-validation included, as both report it); the stage's wall time from the call to the registered model is
-reported beside it, Ray's start, the workers' start and MLflow included.
+(`StreamedClassification`), once with the training blocks cached in the object store after one read (what
+`train.cache_blocks=auto` does for a split this size) and once streamed from the Parquet shards every epoch
+(`never`); the in-process loop indexes tensors it loaded up front (`Classification`, what `train_local` runs).
+Throughput is training rows per second of an epoch (the loop's own `epoch_seconds`, validation included, as
+both report it); the stage's wall time from the call to the registered model is reported beside it, Ray's
+start, the workers' start and MLflow included.
 """
 
 from __future__ import annotations
@@ -45,43 +47,72 @@ def stage(job) -> tuple[list[float], float]:
     return [m.value for m in history], wall
 
 
-def run(job, train_rows: int) -> dict[str, Any]:
-    """Both ways on `job` (a TrainJobConfig with one worker); train_rows: training rows an epoch."""
+VARIANTS = {"cached": "train stage, blocks cached after one read (train.cache_blocks=auto, the default here)",
+            "streamed": "train stage, every epoch streamed from the Parquet shards (train.cache_blocks=never)",
+            "in_process": "the same loop in one process, in-memory tensors"}
+
+
+def run(job, train_rows: int, repeats: int = 1) -> dict[str, Any]:
+    """The stage with cached and with streamed blocks, and the in-process loop, `repeats` times in turn on `job`
+    (a TrainJobConfig with one worker); train_rows: training rows an epoch. Each way's throughput comes from its
+    median epoch after the first; the ratios are taken within a repeat and their median is the headline."""
+    import dataclasses
+
     import ray
 
     if job.resources.num_workers != 1:
         raise ValueError(f"the comparison is for one worker; got resources.num_workers={job.resources.num_workers}")
-    stage_epochs, stage_wall = stage(job)
-    ray.shutdown()
-    plain_epochs = in_process(job)
-    steady = slice(1, None) if len(plain_epochs) > 1 else slice(None)  # the first epoch warms caches and threads
-    stage_s, plain_s = statistics.median(stage_epochs[steady]), statistics.median(plain_epochs[steady])
-    print(f"[train_bench] {train_rows:,} rows/epoch: stage {train_rows / stage_s:,.0f} rows/s, in-process "
-          f"{train_rows / plain_s:,.0f} rows/s: {plain_s / stage_s:.2f}x (stage wall {stage_wall:.0f}s)", flush=True)
+    steady = slice(1, None) if job.train.epochs > 1 else slice(None)  # the first epoch warms caches and threads
+    rounds = []
+    for r in range(repeats):
+        row: dict[str, Any] = {}
+        for variant, cache in (("cached", job.train.cache_blocks), ("streamed", "never")):
+            staged = dataclasses.replace(job, run_name=f"{job.run_name}-{variant}-{r}",
+                                         train=dataclasses.replace(job.train, cache_blocks=cache))
+            epochs, wall = stage(staged)
+            ray.shutdown()
+            row[variant] = {"epoch_seconds": epochs, "wall_seconds": wall}
+        row["in_process"] = {"epoch_seconds": in_process(job)}
+        for way in row.values():
+            way["rows_per_s"] = train_rows / statistics.median(way["epoch_seconds"][steady])
+        for variant in ("cached", "streamed"):
+            row[variant]["over_in_process"] = row[variant]["rows_per_s"] / row["in_process"]["rows_per_s"]
+        print(f"[train_bench] repeat {r + 1}/{repeats}, {train_rows:,} rows/epoch: " + ", ".join(
+            f"{v} {row[v]['rows_per_s']:,.0f} rows/s" for v in VARIANTS) + "; cached/in-process "
+            f"{row['cached']['over_in_process']:.2f}x, streamed/in-process {row['streamed']['over_in_process']:.2f}x",
+            flush=True)
+        rounds.append(row)
     return {"train_rows": train_rows, "epochs": job.train.epochs, "batch_size": job.train.batch_size,
-            "threads": job.resources.threads_per_worker or job.resources.cpus_per_worker,
-            "stage_epoch_seconds": stage_epochs, "plain_epoch_seconds": plain_epochs,
-            "stage_rows_per_s": train_rows / stage_s, "plain_rows_per_s": train_rows / plain_s,
-            "stage_over_plain": plain_s / stage_s, "stage_wall_seconds": stage_wall,
+            "threads": job.resources.threads_per_worker or job.resources.cpus_per_worker, "repeats": rounds,
+            "median_over_in_process": {v: statistics.median(row[v]["over_in_process"] for row in rounds)
+                                       for v in ("cached", "streamed")},
             "model": {"encoder": job.model.encoder, "dim": job.model.dim}, "cpus": os.cpu_count(),
             "date": time.strftime("%Y-%m-%d")}
 
 
 def render(result: dict[str, Any], command: str) -> str:
     epochs = lambda xs: ", ".join(f"{x:.1f}" for x in xs)  # noqa: E731
-    return "\n".join([
+    rounds = result["repeats"]
+    lines = [
         "# Train stage (Ray Train + Ray Data) against the same loop in one process", "",
         f"Command: `{command}`. Date: {result['date']}. {result['cpus']} CPUs. Model {result['model']['encoder']} "
         f"d={result['model']['dim']}; {result['train_rows']:,} training rows an epoch; batch "
-        f"{result['batch_size']}; {result['threads']} threads each; {result['epochs']} epochs. Throughput from the "
-        "median epoch after the first (validation included in both).", "",
-        "| | rows/s | epoch seconds |", "|---|---:|---|",
-        f"| train stage: Ray Train, 1 worker, rows streamed by Ray Data | {result['stage_rows_per_s']:,.0f} | "
-        f"{epochs(result['stage_epoch_seconds'])} |",
-        f"| the same loop in one process, in-memory tensors | {result['plain_rows_per_s']:,.0f} | "
-        f"{epochs(result['plain_epoch_seconds'])} |", "",
-        f"Stage / in-process: **{result['stage_over_plain']:.2f}x**. The stage's wall time, call to registered "
-        f"model (Ray and worker start, MLflow): {result['stage_wall_seconds']:.0f} s.", ""])
+        f"{result['batch_size']}; {result['threads']} threads each; {result['epochs']} epochs. Ray Train runs one "
+        f"worker. The three ways run in turn, {len(rounds)} time(s). Throughput comes from each run's median "
+        "epoch after the first, validation included in both.", "",
+        "| repeat | way | rows/s | / in-process | epoch seconds | wall (s) |", "|---:|---|---:|---:|---|---:|"]
+    for r, row in enumerate(rounds, 1):
+        for v, label in VARIANTS.items():
+            way = row[v]
+            ratio = f"{way['over_in_process']:.2f}x" if "over_in_process" in way else ""
+            wall = f"{way['wall_seconds']:.0f}" if "wall_seconds" in way else ""
+            lines.append(f"| {r} | {label} | {way['rows_per_s']:,.0f} | {ratio} | {epochs(way['epoch_seconds'])} "
+                         f"| {wall} |")
+    med = result["median_over_in_process"]
+    lines += ["", f"Median over repeats, stage / in-process: **{med['cached']:.2f}x** with cached blocks, "
+              f"**{med['streamed']:.2f}x** streamed every epoch. The stage's wall time runs from the call to the "
+              "registered model (Ray's and the worker's start, the first read, MLflow).", ""]
+    return "\n".join(lines)
 
 
 def default_job(output_dir: Path, rows: int, epochs: int, threads: int):

@@ -285,7 +285,24 @@ def streamed_datasets(job: TrainJobConfig) -> tuple[dict[str, Any], dict[str, in
                                   order_seed=job.train.seed) for part, n in parts.items() if n > 0}
     if "val" in datasets:  # read once into the object store, not again every epoch (a few % of the split)
         datasets["val"] = datasets["val"].materialize()
+    row_bytes = int(np.prod(shape)) + 16  # uint8 pixels, int64 id and label
+    store = ray.cluster_resources().get("object_store_memory", 0)
+    if "train" in datasets and cache_blocks(job.train.cache_blocks, parts["train"] * row_bytes, store):
+        datasets["train"] = datasets["train"].materialize()
+        print(f"[train] training part cached in the object store after one read: {parts['train']:,} rows, "
+              f"{parts['train'] * row_bytes / 2**20:,.0f} MiB", flush=True)
+    elif "train" in datasets:
+        print(f"[train] training part streamed from split {reader.name!r} every epoch ({parts['train']:,} rows, "
+              f"train.cache_blocks={job.train.cache_blocks})", flush=True)
     return datasets, parts
+
+
+def cache_blocks(mode: str, nbytes: int, store_bytes: float) -> bool:
+    """Whether the training part (`nbytes` decoded) is kept in an object store of `store_bytes` (train.cache_blocks):
+    auto caches what takes at most a quarter of the store, leaving room for everything else the cluster holds."""
+    if mode == "auto":
+        return nbytes <= store_bytes / 4
+    return mode == "always"
 
 
 def checkpoint_uri(checkpoint) -> str:
