@@ -19,21 +19,80 @@ from pathlib import Path
 from typing import Any
 
 
-def in_process(job) -> list[float]:
-    """Per-epoch seconds of the loop in this process over in-memory tensors."""
+class CpuShares:
+    """Every process's CPU time (user + system, from /proc; Linux), sampled every `interval` seconds in a thread, so
+    the share of the machine's cores a process got between two moments can be read afterwards."""
+
+    def __init__(self, interval: float = 2.0):
+        import threading
+
+        self.interval, self.samples = interval, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "CpuShares":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
+        while True:
+            snap = {}
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:  # gone meanwhile
+                    continue
+                snap[int(pid)] = ((int(fields[11]) + int(fields[12])) / tick, cmd)
+            self.samples.append((time.time(), snap))
+            if self._stop.wait(self.interval):
+                return
+
+    def between(self, t0: float, t1: float, trainer) -> dict[str, float]:
+        """Shares of all cores from t0 to t1 (the nearest samples inside): {"trainer": the processes for which
+        `trainer(pid, command)` holds, "others": every other process}."""
+        inside = [(t, snap) for t, snap in self.samples if t0 - self.interval / 2 <= t <= t1 + self.interval / 2]
+        if len(inside) < 2:
+            return {}
+        (ta, a), (tb, b) = inside[0], inside[-1]
+        cores = (tb - ta) * (os.cpu_count() or 1)
+        used = {"trainer": 0.0, "others": 0.0}
+        for pid, (cpu, cmd) in b.items():
+            if pid in a:
+                used["trainer" if trainer(pid, cmd) else "others"] += cpu - a[pid][0]
+        return {k: v / cores for k, v in used.items()}
+
+
+def in_process(job, cpu: CpuShares | None = None) -> tuple[list[float], dict[str, float]]:
+    """Per-epoch seconds of the loop in this process over in-memory tensors, and the CPU shares from the end of
+    the first epoch to the end of the last."""
     import torch
 
     from mrl.stages.train import run_loop
 
     torch.set_num_threads(job.resources.threads_per_worker or job.resources.cpus_per_worker)
     seconds: list[float] = []
-    run_loop(job, on_epoch=lambda metrics, state: seconds.append(metrics["epoch_seconds"]))
-    return seconds
+    ends: list[float] = []
+
+    def on_epoch(metrics, state):
+        seconds.append(metrics["epoch_seconds"])
+        ends.append(time.time())
+
+    run_loop(job, on_epoch=on_epoch)
+    me = os.getpid()
+    shares = cpu.between(ends[0], ends[-1], lambda pid, cmd: pid == me) if cpu and len(ends) > 1 else {}
+    return seconds, shares
 
 
-def stage(job) -> tuple[list[float], float]:
-    """Per-epoch seconds of the train stage's Ray Train worker (from its MLflow metric history), and the stage's
-    wall time."""
+def stage(job, cpu: CpuShares | None = None) -> tuple[list[float], float, dict[str, float]]:
+    """Per-epoch seconds of the train stage's Ray Train worker (from its MLflow metric history), the stage's
+    wall time, and the CPU shares from the end of the first epoch to the end of the last (the worker: the
+    trainer)."""
     from mlflow import MlflowClient
 
     from mrl.artifacts.tracking import resolve_tracking_uri
@@ -44,7 +103,10 @@ def stage(job) -> tuple[list[float], float]:
     wall = time.perf_counter() - t0
     client = MlflowClient(resolve_tracking_uri(job.mlflow, job.output_dir))
     history = sorted(client.get_metric_history(result["run_id"], "epoch_seconds"), key=lambda m: m.step)
-    return [m.value for m in history], wall
+    ends = [m.timestamp / 1000 for m in history]  # logged when each epoch's report is done
+    worker = lambda pid, cmd: cmd.startswith("ray::RayTrainWorker")  # noqa: E731
+    shares = cpu.between(ends[0], ends[-1], worker) if cpu and len(ends) > 1 else {}
+    return [m.value for m in history], wall, shares
 
 
 VARIANTS = {"cached": "train stage, blocks cached after one read (train.cache_blocks=auto, the default here)",
@@ -69,10 +131,13 @@ def run(job, train_rows: int, repeats: int = 1) -> dict[str, Any]:
         for variant, cache in (("cached", job.train.cache_blocks), ("streamed", "never")):
             staged = dataclasses.replace(job, run_name=f"{job.run_name}-{variant}-{r}",
                                          train=dataclasses.replace(job.train, cache_blocks=cache))
-            epochs, wall = stage(staged)
+            with CpuShares() as cpu:
+                epochs, wall, shares = stage(staged, cpu)
             ray.shutdown()
-            row[variant] = {"epoch_seconds": epochs, "wall_seconds": wall}
-        row["in_process"] = {"epoch_seconds": in_process(job)}
+            row[variant] = {"epoch_seconds": epochs, "wall_seconds": wall, "cpu_shares": shares}
+        with CpuShares() as cpu:
+            epochs, shares = in_process(job, cpu)
+        row["in_process"] = {"epoch_seconds": epochs, "cpu_shares": shares}
         for way in row.values():
             way["rows_per_s"] = train_rows / statistics.median(way["epoch_seconds"][steady])
         for variant in ("cached", "streamed"):
@@ -100,14 +165,19 @@ def render(result: dict[str, Any], command: str) -> str:
         f"{result['batch_size']}; {result['threads']} threads each; {result['epochs']} epochs. Ray Train runs one "
         f"worker. The three ways run in turn, {len(rounds)} time(s). Throughput comes from each run's median "
         "epoch after the first, validation included in both.", "",
-        "| repeat | way | rows/s | / in-process | epoch seconds | wall (s) |", "|---:|---|---:|---:|---|---:|"]
+        "CPU: the share of both cores each got from the end of the first epoch to the end of the last, read from "
+        "/proc every 2 s: the training process (the Ray Train worker, or the in-process loop) and every other "
+        "process together (Ray's own when the stage runs).", "",
+        "| repeat | way | rows/s | / in-process | epoch seconds | wall (s) | CPU: trainer | CPU: others |",
+        "|---:|---|---:|---:|---|---:|---:|---:|"]
+    pct = lambda shares, k: f"{100 * shares[k]:.1f}%" if k in shares else ""  # noqa: E731
     for r, row in enumerate(rounds, 1):
         for v, label in VARIANTS.items():
             way = row[v]
             ratio = f"{way['over_in_process']:.2f}x" if "over_in_process" in way else ""
             wall = f"{way['wall_seconds']:.0f}" if "wall_seconds" in way else ""
             lines.append(f"| {r} | {label} | {way['rows_per_s']:,.0f} | {ratio} | {epochs(way['epoch_seconds'])} "
-                         f"| {wall} |")
+                         f"| {wall} | {pct(way['cpu_shares'], 'trainer')} | {pct(way['cpu_shares'], 'others')} |")
     med = result["median_over_in_process"]
     lines += ["", f"Median over repeats, stage / in-process: **{med['cached']:.2f}x** with cached blocks, "
               f"**{med['streamed']:.2f}x** streamed every epoch. The stage's wall time runs from the call to the "
