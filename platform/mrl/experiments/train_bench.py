@@ -19,47 +19,71 @@ from pathlib import Path
 from typing import Any
 
 
+def cpu_snapshot() -> dict[int, tuple[float, str]]:
+    """pid -> (CPU seconds so far, user + system; the command's first word) of every process (/proc, Linux)."""
+    tick, snap = os.sysconf("SC_CLK_TCK"), {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        snap[int(pid)] = ((int(fields[11]) + int(fields[12])) / tick, cmd)
+    return snap
+
+
+def sample_forever(path: str, interval: float) -> None:
+    """Append a timed `cpu_snapshot` to `path` (JSON lines) every `interval` seconds, until killed."""
+    import json
+
+    with open(path, "a") as f:
+        while True:
+            f.write(json.dumps([time.time(), cpu_snapshot()]) + "\n")
+            f.flush()
+            time.sleep(interval)
+
+
 class CpuShares:
-    """Every process's CPU time (user + system, from /proc; Linux), sampled every `interval` seconds in a thread, so
-    the share of the machine's cores a process got between two moments can be read afterwards."""
+    """Every process's CPU time, sampled every `interval` seconds by a process of its own (a thread here would
+    take the GIL from the in-process loop it measures), so the share of the machine's cores a process got
+    between two moments can be read afterwards."""
 
     def __init__(self, interval: float = 2.0):
-        import threading
-
         self.interval, self.samples = interval, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> "CpuShares":
-        self._thread.start()
+        import subprocess
+        import sys
+        import tempfile
+
+        self._path = tempfile.mktemp(suffix=".jsonl", prefix="cpu-shares-")
+        code = ("from mrl.experiments.train_bench import sample_forever; "
+                f"sample_forever({self._path!r}, {self.interval})")
+        self._proc = subprocess.Popen([sys.executable, "-c", code])
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+        import json
 
-    def _run(self) -> None:
-        tick = os.sysconf("SC_CLK_TCK")
-        while True:
-            snap = {}
-            for pid in filter(str.isdigit, os.listdir("/proc")):
-                try:
-                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                except OSError:  # gone meanwhile
-                    continue
-                snap[int(pid)] = ((int(fields[11]) + int(fields[12])) / tick, cmd)
-            self.samples.append((time.time(), snap))
-            if self._stop.wait(self.interval):
-                return
+        self._proc.terminate()
+        self._proc.wait()
+        lines = Path(self._path).read_text().splitlines() if Path(self._path).exists() else []
+        Path(self._path).unlink(missing_ok=True)
+        for line in lines:
+            try:
+                t, snap = json.loads(line)
+            except ValueError:  # a line cut by the kill
+                continue
+            self.samples.append((t, {int(pid): tuple(v) for pid, v in snap.items()}))
 
     def between(self, t0: float, t1: float, trainer) -> dict[str, float]:
-        """Shares of all cores from t0 to t1 (the nearest samples inside): {"trainer": the processes for which
-        `trainer(pid, command)` holds, "others": every other process}."""
-        inside = [(t, snap) for t, snap in self.samples if t0 - self.interval / 2 <= t <= t1 + self.interval / 2]
-        if len(inside) < 2:
+        """Shares of all cores from the last sample at or before t0 to the first at or after t1: {"trainer": the
+        processes for which `trainer(pid, command)` holds, "others": every other process}."""
+        before = [x for x in self.samples if x[0] <= t0] or self.samples[:1]
+        after = [x for x in self.samples if x[0] >= t1] or self.samples[-1:]
+        if not before or not after or after[0][0] <= before[-1][0]:
             return {}
-        (ta, a), (tb, b) = inside[0], inside[-1]
+        (ta, a), (tb, b) = before[-1], after[0]
         cores = (tb - ta) * (os.cpu_count() or 1)
         used = {"trainer": 0.0, "others": 0.0}
         for pid, (cpu, cmd) in b.items():
@@ -68,9 +92,8 @@ class CpuShares:
         return {k: v / cores for k, v in used.items()}
 
 
-def in_process(job, cpu: CpuShares | None = None) -> tuple[list[float], dict[str, float]]:
-    """Per-epoch seconds of the loop in this process over in-memory tensors, and the CPU shares from the end of
-    the first epoch to the end of the last."""
+def in_process(job) -> tuple[list[float], list[float]]:
+    """Per-epoch seconds of the loop in this process over in-memory tensors, and when each epoch ended."""
     import torch
 
     from mrl.stages.train import run_loop
@@ -84,15 +107,12 @@ def in_process(job, cpu: CpuShares | None = None) -> tuple[list[float], dict[str
         ends.append(time.time())
 
     run_loop(job, on_epoch=on_epoch)
-    me = os.getpid()
-    shares = cpu.between(ends[0], ends[-1], lambda pid, cmd: pid == me) if cpu and len(ends) > 1 else {}
-    return seconds, shares
+    return seconds, ends
 
 
-def stage(job, cpu: CpuShares | None = None) -> tuple[list[float], float, dict[str, float]]:
+def stage(job) -> tuple[list[float], float, list[float]]:
     """Per-epoch seconds of the train stage's Ray Train worker (from its MLflow metric history), the stage's
-    wall time, and the CPU shares from the end of the first epoch to the end of the last (the worker: the
-    trainer)."""
+    wall time, and when each epoch ended (its metrics' timestamps)."""
     from mlflow import MlflowClient
 
     from mrl.artifacts.tracking import resolve_tracking_uri
@@ -103,10 +123,12 @@ def stage(job, cpu: CpuShares | None = None) -> tuple[list[float], float, dict[s
     wall = time.perf_counter() - t0
     client = MlflowClient(resolve_tracking_uri(job.mlflow, job.output_dir))
     history = sorted(client.get_metric_history(result["run_id"], "epoch_seconds"), key=lambda m: m.step)
-    ends = [m.timestamp / 1000 for m in history]  # logged when each epoch's report is done
-    worker = lambda pid, cmd: cmd.startswith("ray::RayTrainWorker")  # noqa: E731
-    shares = cpu.between(ends[0], ends[-1], worker) if cpu and len(ends) > 1 else {}
-    return [m.value for m in history], wall, shares
+    return [m.value for m in history], wall, [m.timestamp / 1000 for m in history]
+
+
+def steady_shares(cpu: CpuShares, ends: list[float], trainer) -> dict[str, float]:
+    """CPU shares from the end of the first epoch to the end of the last ({} with one epoch)."""
+    return cpu.between(ends[0], ends[-1], trainer) if len(ends) > 1 else {}
 
 
 VARIANTS = {"cached": "train stage, blocks cached after one read (train.cache_blocks=auto, the default here)",
@@ -132,12 +154,14 @@ def run(job, train_rows: int, repeats: int = 1) -> dict[str, Any]:
             staged = dataclasses.replace(job, run_name=f"{job.run_name}-{variant}-{r}",
                                          train=dataclasses.replace(job.train, cache_blocks=cache))
             with CpuShares() as cpu:
-                epochs, wall, shares = stage(staged, cpu)
+                epochs, wall, ends = stage(staged)
             ray.shutdown()
+            shares = steady_shares(cpu, ends, lambda pid, cmd: cmd.startswith("ray::RayTrainWorker"))
             row[variant] = {"epoch_seconds": epochs, "wall_seconds": wall, "cpu_shares": shares}
         with CpuShares() as cpu:
-            epochs, shares = in_process(job, cpu)
-        row["in_process"] = {"epoch_seconds": epochs, "cpu_shares": shares}
+            epochs, ends = in_process(job)
+        me = os.getpid()
+        row["in_process"] = {"epoch_seconds": epochs, "cpu_shares": steady_shares(cpu, ends, lambda p, c: p == me)}
         for way in row.values():
             way["rows_per_s"] = train_rows / statistics.median(way["epoch_seconds"][steady])
         for variant in ("cached", "streamed"):
