@@ -320,6 +320,7 @@ def test_a_sweep_retries_the_trial_whose_node_died(cluster, tmp_path, fashion_sh
         "space.deploy_sizes=[8]", "max_concurrent_trials=2"])
     base = dataclasses.replace(job.base, output_dir=job.output_dir, mlflow=job.mlflow,  # as run_tune does
                                data=prepare_data(job.base.data, job.output_dir))
+
     def trial(config: dict) -> None:
         # a wrapper of our own: with_resources sets an attribute on the function it is given, and on the
         # platform's _trial that would make every later sweep in this process ask for `worker_slot`

@@ -268,7 +268,8 @@ def streamed_datasets(job: TrainJobConfig) -> tuple[dict[str, Any], dict[str, in
 
     The parts are `train_val_indices`' seeded split (data.seed); read blocks come in an order seeded by
     train.seed. The validation part is read once, here, and kept in the object store for every epoch's
-    validation. `job.data` must be prepared (`mrl.data.sources.prepare_data`: Fashion-MNIST as Parquet shards).
+    validation; so is the training part when `train.cache_blocks` allows (`cache_blocks`), else every epoch
+    streams it from the source. `job.data` must be prepared (`mrl.data.sources.prepare_data`: Fashion-MNIST as Parquet shards).
     """
     import ray
 
