@@ -56,9 +56,10 @@ class CpuShares:
         import sys
         import tempfile
 
-        self._path = tempfile.mktemp(suffix=".jsonl", prefix="cpu-shares-")
+        with tempfile.NamedTemporaryFile(suffix=".jsonl", prefix="cpu-shares-", delete=False) as f:
+            self._path = Path(f.name)
         code = ("from mrl.experiments.train_bench import sample_forever; "
-                f"sample_forever({self._path!r}, {self.interval})")
+                f"sample_forever({str(self._path)!r}, {self.interval})")
         self._proc = subprocess.Popen([sys.executable, "-c", code])
         return self
 
@@ -67,8 +68,8 @@ class CpuShares:
 
         self._proc.terminate()
         self._proc.wait()
-        lines = Path(self._path).read_text().splitlines() if Path(self._path).exists() else []
-        Path(self._path).unlink(missing_ok=True)
+        lines = self._path.read_text().splitlines()
+        self._path.unlink()
         for line in lines:
             try:
                 t, snap = json.loads(line)

@@ -269,7 +269,8 @@ def streamed_datasets(job: TrainJobConfig) -> tuple[dict[str, Any], dict[str, in
     The parts are `train_val_indices`' seeded split (data.seed); read blocks come in an order seeded by
     train.seed. The validation part is read once, here, and kept in the object store for every epoch's
     validation; so is the training part when `train.cache_blocks` allows (`cache_blocks`), else every epoch
-    streams it from the source. `job.data` must be prepared (`mrl.data.sources.prepare_data`: Fashion-MNIST as Parquet shards).
+    streams it from the source. `job.data` must be prepared (`mrl.data.sources.prepare_data`: Fashion-MNIST as
+    Parquet shards).
     """
     import ray
 
@@ -286,15 +287,15 @@ def streamed_datasets(job: TrainJobConfig) -> tuple[dict[str, Any], dict[str, in
                                   order_seed=job.train.seed) for part, n in parts.items() if n > 0}
     if "val" in datasets:  # read once into the object store, not again every epoch (a few % of the split)
         datasets["val"] = datasets["val"].materialize()
-    row_bytes = int(np.prod(shape)) + 16  # uint8 pixels, int64 id and label
-    store = ray.cluster_resources().get("object_store_memory", 0)
-    if "train" in datasets and cache_blocks(job.train.cache_blocks, parts["train"] * row_bytes, store):
-        datasets["train"] = datasets["train"].materialize()
-        print(f"[train] training part cached in the object store after one read: {parts['train']:,} rows, "
-              f"{parts['train'] * row_bytes / 2**20:,.0f} MiB", flush=True)
-    elif "train" in datasets:
-        print(f"[train] training part streamed from split {reader.name!r} every epoch ({parts['train']:,} rows, "
-              f"train.cache_blocks={job.train.cache_blocks})", flush=True)
+    if "train" in datasets:
+        nbytes = parts["train"] * (int(np.prod(shape)) + 16)  # uint8 pixels, int64 id and label
+        if cache_blocks(job.train.cache_blocks, nbytes, ray.cluster_resources().get("object_store_memory", 0)):
+            datasets["train"] = datasets["train"].materialize()
+            print(f"[train] training part cached in the object store after one read: {parts['train']:,} rows, "
+                  f"{nbytes / 2**20:,.0f} MiB", flush=True)
+        else:
+            print(f"[train] training part streamed from split {reader.name!r} every epoch ({parts['train']:,} "
+                  f"rows, train.cache_blocks={job.train.cache_blocks})", flush=True)
     return datasets, parts
 
 
