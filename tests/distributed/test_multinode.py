@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from .conftest import latest_checkpoint_epoch, log_tiny_model, wait_for
+from .gates import Gate, HeldTrainLoop, alive, held_embedder, hold_train_loop
 from conftest import REPO, free_port
 
 pytestmark = pytest.mark.slow
@@ -55,9 +56,15 @@ def generation(cluster, seen: set[str], prefix: str, count: int) -> list:
     return fresh if len(fresh) == count else []
 
 
+def held(gate: Gate, name: str, count: int) -> list[dict]:
+    """The `count` arrivals at gate `name` whose processes are alive (held there while it is closed), or []."""
+    live = [a for a in gate.arrivals(name) if alive(a["pid"])]
+    return live if len(live) == count else []
+
+
 # ----------------------------------------------------------------------------------------------------- train
 
-def test_training_survives_a_killed_worker_and_a_killed_node(cluster, tmp_path, fashion_shards):
+def test_training_survives_a_killed_worker_and_a_killed_node(cluster, tmp_path, fashion_shards, monkeypatch):
     """run_train with 2 Ray Train workers, one per worker node, checkpoints on a `file://` URI (Ray Train's pyarrow
     filesystem layer). Once the epoch-1 checkpoint is registered, one worker process is SIGKILLed (mid-epoch 2);
     once the epoch-2 checkpoint is registered, the node of a worker is killed (mid-epoch 3) and a replacement node
@@ -82,40 +89,49 @@ def test_training_survives_a_killed_worker_and_a_killed_node(cluster, tmp_path, 
         "model.dim=16", "train.epochs=3", "train.batch_size=32", "resources.num_workers=2",
         "resources.cpus_per_worker=3", "resources.threads_per_worker=1", "resources.max_failures=3"])
     run_dir = storage / "multinode"
+    # every worker stops before it reports epoch 2 (and again before epoch 3) until the test opens the hold: each
+    # kill below lands while the run is provably in that epoch, however slow the machine
+    gate = Gate(tmp_path / "gate")
+    gate.close("epoch-2")
+    gate.close("epoch-3")
+    monkeypatch.setattr(train_stage, "train_loop_per_worker",
+                        HeldTrainLoop(gate, train_stage.train_loop_per_worker))
     driver = Driver(train_stage.run_train, job)
     driver.start()
-    seen: set[str] = set()
 
-    # generation 1: two workers on two different worker nodes; kill one worker process mid-epoch 2
-    first = wait_for(lambda: generation(cluster, seen, "RayTrainWorker", 2), 240, "2 Train workers",
+    # generation 1: two workers on two different worker nodes, held after training epoch 2; kill one worker
+    first = wait_for(lambda: held(gate, "epoch-2", 2), 300, "2 Train workers at the end of epoch 2",
                      alive=driver.is_alive)
-    seen |= {a.actor_id for a in first}
-    assert len({a.node_id for a in first}) == 2 and {a.node_id for a in first} <= cluster.live_worker_ids(), \
-        [(a.pid, cluster.name_of(a.node_id)) for a in first]
-    wait_for(lambda: latest_checkpoint_epoch(run_dir) >= 1, 240, "the epoch-1 checkpoint", alive=driver.is_alive)
-    assert latest_checkpoint_epoch(run_dir) == 1, "epoch 2 was already checkpointed: no kill mid-epoch 2"
-    os.kill(first[0].pid, signal.SIGKILL)
+    assert len({a["node_id"] for a in first}) == 2 and {a["node_id"] for a in first} <= cluster.live_worker_ids(), \
+        [(a["pid"], cluster.name_of(a["node_id"])) for a in first]
+    wait_for(lambda: latest_checkpoint_epoch(run_dir) >= 1, 120, "the epoch-1 checkpoint", alive=driver.is_alive)
+    assert latest_checkpoint_epoch(run_dir) == 1  # epoch 2 waits at the gate: it cannot have been checkpointed
+    os.kill(first[0]["pid"], signal.SIGKILL)
     killed_worker_at = time.time()
+    wait_for(lambda: not any(alive(a["pid"]) for a in first), 120, "the first worker group torn down")
+    gate.open("epoch-2")
 
-    # generation 2: a new group (both workers restart), again on two nodes; kill a node mid-epoch 3
-    second = wait_for(lambda: generation(cluster, seen, "RayTrainWorker", 2), 240, "the restarted Train workers",
+    # generation 2: a new group (both workers restart from the epoch-1 checkpoint), again on two nodes, held
+    # before reporting epoch 3; kill a node
+    second = wait_for(lambda: held(gate, "epoch-3", 2), 300, "the restarted Train workers at the end of epoch 3",
                       alive=driver.is_alive)
-    seen |= {a.actor_id for a in second}
-    assert len({a.node_id for a in second}) == 2, [(a.pid, cluster.name_of(a.node_id)) for a in second]
-    wait_for(lambda: latest_checkpoint_epoch(run_dir) >= 2, 240, "the epoch-2 checkpoint", alive=driver.is_alive)
-    assert latest_checkpoint_epoch(run_dir) == 2, "epoch 3 was already checkpointed: no kill mid-epoch 3"
-    victim = cluster.name_of(second[0].node_id)
+    assert not {a["pid"] for a in second} & {a["pid"] for a in first}
+    assert len({a["node_id"] for a in second}) == 2, [(a["pid"], cluster.name_of(a["node_id"])) for a in second]
+    wait_for(lambda: latest_checkpoint_epoch(run_dir) >= 2, 120, "the epoch-2 checkpoint", alive=driver.is_alive)
+    assert latest_checkpoint_epoch(run_dir) == 2
+    victim = cluster.name_of(second[0]["node_id"])
     dead_node = cluster.kill(victim)
     killed_node_at = time.time()
     replacement = cluster.add()
+    wait_for(lambda: not any(alive(a["pid"]) for a in second), 120, "the second worker group torn down")
+    gate.open("epoch-3")
+    result = driver.outcome(300)
 
     # generation 3: on the surviving node and the replacement, never on the dead one
-    third = wait_for(lambda: generation(cluster, seen, "RayTrainWorker", 2), 240,
-                     "Train workers on the replacement node", alive=driver.is_alive)
-    placed = sorted(cluster.name_of(a.node_id) for a in third)
+    third = [a for a in gate.arrivals("epoch-3") if a["pid"] not in {b["pid"] for b in second}]
+    placed = sorted(cluster.name_of(a["node_id"]) for a in third)
     assert replacement in placed and victim not in placed and len(set(placed)) == 2, placed
-    assert dead_node not in {a.node_id for a in third}
-    result = driver.outcome(300)
+    assert dead_node not in {a["node_id"] for a in third}
 
     # no completed epoch repeated, none lost: rank 0 logs each epoch once, at the step of its number
     client = MlflowClient(f"sqlite:///{out}/mlflow.db")
@@ -148,14 +164,15 @@ def test_training_survives_a_killed_worker_and_a_killed_node(cluster, tmp_path, 
 
 # ----------------------------------------------------------------------------------------------------- embed
 
-def test_embedding_survives_a_killed_node(cluster, tmp_path, fashion_shards):
+def test_embedding_survives_a_killed_node(cluster, tmp_path, fashion_shards, monkeypatch):
     """run_embed with an actor pool of 2 (3 CPUs each: one actor per worker node) over 80 units of 250 rows. Once
-    a few units are written, the node of one actor is killed and a replacement joins. Lost: the unit that actor
-    was writing (its temporary file at most). Survived: every unit file written; the job finishes (Ray Data
+    3 units are written, each actor stops before its next unit (a gate), the node of one actor is killed and a
+    replacement joins. Lost: the unit that actor was about to write. Survived: every unit file written; the job finishes (Ray Data
     retries the dead actor's task on a restarted actor) or, if it fails, a rerun of the same run_name writes only
     the missing units. Either way the output holds each of the 20,000 ids exactly once."""
     import pyarrow.parquet as pq
 
+    import mrl.stages.embed as embed_stage
     from mrl.config import EmbedJobConfig
     from mrl.configio import load_config
     from mrl.stages.embed import run_embed, verify_split
@@ -166,17 +183,22 @@ def test_embedding_survives_a_killed_node(cluster, tmp_path, fashion_shards):
         "embed.rows_per_file=250", "embed.batch_size=250", "data.train_limit=20000",
         f"data.shards_path={fashion_shards}", "embed.num_actors=2", "embed.cpus_per_actor=3"])
     split = tmp_path / "embeddings" / "nodes" / "train"
-    units = lambda: sorted(split.glob("part-*.parquet"))  # noqa: E731
+    units = lambda: sorted(split.glob("part-*.parquet"))
+    gate = Gate(tmp_path / "gate")
+    gate.close("unit")
+    monkeypatch.setattr(embed_stage, "UnitEmbedder", held_embedder(gate, after_units=3))
     driver = Driver(run_embed, job)
     driver.start()
 
-    pool = wait_for(lambda: len(units()) >= 3 and generation(cluster, set(), "MapWorker(", 2), 240,
-                    "3 units written by an actor pool on two nodes", interval=0.05, alive=driver.is_alive)
-    assert len({a.node_id for a in pool}) == 2, [cluster.name_of(a.node_id) for a in pool]
-    victim = cluster.name_of(pool[0].node_id)
+    pool = wait_for(lambda: held(gate, "unit", 2), 240, "both actors of the pool held after 3 units",
+                    alive=driver.is_alive)
+    assert len({a["node_id"] for a in pool}) == 2, [cluster.name_of(a["node_id"]) for a in pool]
+    victim = cluster.name_of(pool[0]["node_id"])
     before = {p.name: p.stat().st_mtime_ns for p in units()}
     cluster.kill(victim)
     cluster.add()
+    wait_for(lambda: not alive(pool[0]["pid"]), 60, "the killed node's actor gone")
+    gate.open("unit")
     assert 3 <= len(before) < 80, f"{len(before)} of 80 units written when the node was killed"
 
     reran = False
@@ -196,20 +218,20 @@ def test_embedding_survives_a_killed_node(cluster, tmp_path, fashion_shards):
     manifest = json.loads((split.parent / "manifest.json").read_text())
     assert manifest["verified"]["train"] == {"rows": 20000, "files": 80, "duplicates": 0, "missing": 0}
     assert result["rows"] == {"train": 20000}
-    # what the kill may leave behind: the temporary file of the unit the dead actor was writing (a rerun deletes
-    # it first; a job that finishes by itself does not look)
+    # the dead actor was held between units, and a finished pool removes temporary files an actor lost mid-unit
+    # leaves anyway: none is left
     leftovers = sorted(p.name for p in split.glob(".part-*"))
     print(f"embed: {len(before)} of 80 units written before the kill; finished {'by a rerun' if reran else 'by itself'}"
           f"; temporary files left: {leftovers}")
-    assert len(leftovers) <= 1 and (not reran or not leftovers), leftovers
+    assert not leftovers, leftovers
 
 
 # ----------------------------------------------------------------------------------------------------- serve
 
 def test_serving_survives_a_killed_node_under_load(cluster, tmp_path):
     """The service (the library's build_app) with 2 replicas, on two worker nodes, behind the HTTP proxy on the
-    head. 8 client threads send /search requests for 10 s; once 50 have been answered, the node of one replica is
-    killed and a replacement node joins. Lost: at most the requests in flight at that replica at the kill (each
+    head. 8 client threads send /search requests; once 50 have been answered, the node of one replica is killed and
+    a replacement node joins; the clients stop 2 s after 10 requests were answered after the kill. Lost: at most the requests in flight at that replica at the kill (each
     client has one request outstanding, so at most 8). Survived: the other replica answers throughout (no
     silence over 5 s), the controller starts a new replica on a live node, and afterwards both answer."""
     import concurrent.futures
@@ -234,13 +256,13 @@ def test_serving_survives_a_killed_node_under_load(cluster, tmp_path):
         replicas = wait_for(lambda: generation(cluster, set(), "ServeReplica:mrl:Retriever", 2), 60, "2 replicas")
         assert len({r.node_id for r in replicas}) == 2 and {r.node_id for r in replicas} <= cluster.live_worker_ids()
 
-        concurrency, stop = 8, time.time() + 10
+        concurrency, stopping = 8, threading.Event()
         answered: list[tuple[float, float, bool]] = []  # (sent, answered, right)
         lock = threading.Lock()
 
         def client(worker: int) -> None:
             session, i = requests.Session(), worker
-            while time.time() < stop:
+            while not stopping.is_set():
                 sent = time.time()
                 try:
                     reply = session.post(f"{url}/search", json={"id": i % 500, "k": 5}, timeout=30)
@@ -253,11 +275,19 @@ def test_serving_survives_a_killed_node_under_load(cluster, tmp_path):
 
         with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
             clients = [pool.submit(client, w) for w in range(concurrency)]
-            wait_for(lambda: sum(r for *_, r in answered) >= 50, 10, "50 answers before the kill", interval=0.05)
-            victim = cluster.name_of(replicas[0].node_id)
-            cluster.kill(victim)
-            killed_at = time.time()
-            cluster.add()
+            try:
+                wait_for(lambda: sum(r for *_, r in answered) >= 50, 120, "50 answers before the kill",
+                         interval=0.05)
+                victim = cluster.name_of(replicas[0].node_id)
+                cluster.kill(victim)
+                killed_at = time.time()
+                cluster.add()
+                wait_for(lambda: sum(ok and e > killed_at for _, e, ok in answered) >= 10, 120,
+                         "10 answers after the kill", interval=0.05)
+                time.sleep(2.0)  # load goes on a little while after the service came back
+            finally:
+                stopping.set()
+                stop = time.time()
             for c in clients:
                 c.result()
         failed = [(round(s - killed_at, 2), round(e - killed_at, 2)) for s, e, ok in answered if not ok]
@@ -290,8 +320,10 @@ def test_serving_survives_a_killed_node_under_load(cluster, tmp_path):
 def test_a_sweep_retries_the_trial_whose_node_died(cluster, tmp_path, fashion_shards):
     """Two trials of the platform's trainable (mrl.stages.tune._trial: one Ray Train run per trial) at once, one
     per worker node (each trial asks for the node's `worker_slot`; its Train worker of 2 CPUs then fits only
-    beside it or on the other node, leaving a CPU per node for Ray Data). Once both trials' Train runs have
-    checkpointed epoch 1, a node is killed and a replacement joins.
+    beside it or on the other node, leaving a CPU per node for Ray Data). Every Train worker stops before it
+    reports epoch 2 (a gate); once both trials' workers are held there and their epoch-1 checkpoints are registered,
+    the node of one trial's driver is killed and a replacement joins; the gate opens once each trial's Train run is
+    held by exactly one live worker again (the retry's, or the survivor's).
 
     Lost: the trial on that node (its driver, its Train controller and worker), the epoch it was training, and
     the Tune reports of epochs it had checkpointed but not yet delivered to Tune (the trial's report queue dies
@@ -321,9 +353,17 @@ def test_a_sweep_retries_the_trial_whose_node_died(cluster, tmp_path, fashion_sh
     base = dataclasses.replace(job.base, output_dir=job.output_dir, mlflow=job.mlflow,  # as run_tune does
                                data=prepare_data(job.base.data, job.output_dir))
 
+    gate = Gate(tmp_path / "gate")
+    gate.close("epoch-2")
+
     def trial(config: dict) -> None:
         # a wrapper of our own: with_resources sets an attribute on the function it is given, and on the
-        # platform's _trial that would make every later sweep in this process ask for `worker_slot`
+        # platform's _trial that would make every later sweep in this process ask for `worker_slot`. It records
+        # each attempt (the trial's driver: pid, node) and has the trial's Train workers pass the gate.
+        import ray.tune
+
+        gate.arrive("trial", trial_id=ray.tune.get_context().get_trial_id())
+        hold_train_loop(gate)
         tune_stage._trial(config)
 
     tuner = tune.Tuner(
@@ -335,7 +375,7 @@ def test_a_sweep_retries_the_trial_whose_node_died(cluster, tmp_path, fashion_sh
                                   failure_config=tune.FailureConfig(max_failures=job.max_failures)))
     driver = Driver(tuner.fit)
     driver.start()
-    train_runs = lambda: sorted((tmp_path / "ray").glob("tune-trial-*"))  # noqa: E731  one Train run per trial
+    train_runs = lambda: sorted((tmp_path / "ray").glob("tune-trial-*"))
 
     def reports() -> dict[str, list[dict]]:
         """trial id -> the rows Tune logged for it (result.json, written by Tune's driver in this process)."""
@@ -346,23 +386,38 @@ def test_a_sweep_retries_the_trial_whose_node_died(cluster, tmp_path, fashion_sh
                 rows[lines[0]["trial_id"]] = lines
         return rows
 
-    trials = wait_for(lambda: generation(cluster, set(), "ImplicitFunc", 2), 120, "2 running trials",
-                      alive=driver.is_alive)
-    assert len({t.node_id for t in trials}) == 2 and {t.node_id for t in trials} <= cluster.live_worker_ids(), \
-        [cluster.name_of(t.node_id) for t in trials]
-    wait_for(lambda: len(train_runs()) == 2 and all(latest_checkpoint_epoch(r) >= 1 for r in train_runs()), 240,
+    def one_live_worker_per_run() -> list[dict]:
+        """The held Train workers, when each trial's run is held by exactly one live worker and by no dead one."""
+        arrivals = gate.arrivals("epoch-2")
+        runs = {a["run"] for a in arrivals}
+        live = [a for a in arrivals if alive(a["pid"])]
+        return live if len(runs) == 2 and len(live) == 2 and {a["run"] for a in live} == runs else []
+
+    first = wait_for(one_live_worker_per_run, 300, "both trials' Train workers at the end of epoch 2",
+                     alive=driver.is_alive)
+    wait_for(lambda: len(train_runs()) == 2 and all(latest_checkpoint_epoch(r) >= 1 for r in train_runs()), 120,
              "an epoch-1 checkpoint in both trials' Train runs", alive=driver.is_alive)
-    assert len(cluster.live_actors("ImplicitFunc")) == 2, "a trial finished before the kill"
+    trials = gate.arrivals("trial")  # both trials are held mid-run: neither has finished
+    assert len(trials) == 2 and all(alive(t["pid"]) for t in trials), trials
+    assert len({t["node_id"] for t in trials}) == 2 and {t["node_id"] for t in trials} <= cluster.live_worker_ids(), \
+        [cluster.name_of(t["node_id"]) for t in trials]
     checkpointed = {r.name: latest_checkpoint_epoch(r) for r in train_runs()}
+    assert set(checkpointed.values()) == {1}  # epoch 2 waits at the gate: it cannot have been checkpointed
     reported = {trial: [row["epoch"] for row in rows] for trial, rows in reports().items()}
-    cluster.kill(cluster.name_of(trials[0].node_id))
+    cluster.kill(cluster.name_of(trials[0]["node_id"]))
     replacement = cluster.add()
+    # the retry's Train worker reaches the gate (and so does the other trial's restarted one, if its worker was
+    # on the dead node); the killed attempt's worker is gone wherever it ran
+    killed_run, first_pids = f"tune-trial-{trials[0]['trial_id']}", {a["pid"] for a in first}
+    wait_for(lambda: any(a["run"] == killed_run and a["pid"] not in first_pids for a in one_live_worker_per_run()),
+             300, "the retried trial's Train worker at the end of epoch 2", alive=driver.is_alive)
+    gate.open("epoch-2")
     results = driver.outcome(300)
 
     assert results.num_errors == 0 and len(results) == 2
     assert sorted(r.metrics["epoch"] for r in results) == [3, 3]
     final = reports()
-    killed = [trial for trial, rows in final.items() if rows[0]["pid"] == trials[0].pid]
+    killed = [trial for trial, rows in final.items() if rows[0]["pid"] == trials[0]["pid"]]
     assert len(killed) == 1, {t: [(r["pid"], r["epoch"]) for r in rows] for t, rows in final.items()}
     for trial, rows in final.items():
         epochs, iterations = [r["epoch"] for r in rows], [r["training_iteration"] for r in rows]
@@ -371,20 +426,21 @@ def test_a_sweep_retries_the_trial_whose_node_died(cluster, tmp_path, fashion_sh
             continue
         # the retried trial: the first attempt's reports, then the retry's (its iterations count from 1 again),
         # resuming after the checkpoint; nothing reported twice, nothing trained from scratch
-        retry = [r for r in rows if r["pid"] != trials[0].pid]
-        first = [r["epoch"] for r in rows if r["pid"] == trials[0].pid]
+        retry = [r for r in rows if r["pid"] != trials[0]["pid"]]
+        done_first = [r["epoch"] for r in rows if r["pid"] == trials[0]["pid"]]
         assert retry and retry[0]["training_iteration"] == 1 and [r["epoch"] for r in retry][-1] == 3, rows
         resumed_from = retry[0]["epoch"] - 1  # the checkpoint the retry's Train run restored
-        assert first[:len(reported.get(trial, []))] == reported.get(trial, [])
+        assert done_first[:len(reported.get(trial, []))] == reported.get(trial, [])
         assert epochs == sorted(set(epochs)) and resumed_from >= checkpointed[f"tune-trial-{trial}"] >= 1, \
             (epochs, checkpointed)
-        lost = sorted(set(range(1, resumed_from + 1)) - set(first))  # checkpointed, never reported to Tune
-        print(f"tune: trial {trial} killed after reporting epochs {first}, resumed from its epoch-{resumed_from} "
+        lost = sorted(set(range(1, resumed_from + 1)) - set(done_first))  # checkpointed, never reported to Tune
+        print(f"tune: trial {trial} killed after reporting epochs {done_first}, resumed from its epoch-{resumed_from} "
               f"checkpoint; reports lost: {lost}")
         assert len(lost) <= 1
     assert all(latest_checkpoint_epoch(r) == 3 for r in train_runs())
-    # the retry ran on the replacement node: three trial drivers in all, the third there
-    drivers = cluster.actors("ImplicitFunc", alive_only=False)
-    retries = [d for d in drivers if d.actor_id not in {t.actor_id for t in trials}]
-    assert len(drivers) == 3 and [cluster.name_of(d.node_id) for d in retries] == [replacement], \
-        [(d.state, cluster.name_of(d.node_id)) for d in drivers]
+    # the retry ran on the replacement node (the survivor's worker_slot was taken by the other trial, held at the
+    # gate): three trial drivers in all, the third there
+    drivers = gate.arrivals("trial")
+    retries = [d for d in drivers if d["pid"] not in {t["pid"] for t in trials}]
+    assert len(drivers) == 3 and [cluster.name_of(d["node_id"]) for d in retries] == [replacement], \
+        [(d["pid"], cluster.name_of(d["node_id"])) for d in drivers]

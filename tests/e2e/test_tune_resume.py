@@ -30,16 +30,23 @@ def test_a_killed_sweep_resumes_without_retraining_finished_trials(tmp_path):
     proc = subprocess.Popen([sys.executable, str(REPO / "tuning" / "tune.py"), "--config",
                              str(REPO / "tuning" / "search_space.yaml"), *overrides],
                             cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    sweep, first = tmp_path / "ray" / "killed", None
-    deadline = time.time() + 300
-    while first is None and time.time() < deadline and proc.poll() is None:
-        time.sleep(2)
+    sweep = tmp_path / "ray" / "killed"
+
+    def finished_trial():
+        """A trial's last result.json row once it reached epoch 2 (files stay: a slow poll cannot miss one)."""
         for result in sweep.glob("*/result.json"):
             lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
             if lines and lines[-1].get("epoch") == 2:
-                first = lines[-1]
+                return lines[-1]
+        return None
+
+    first, deadline = None, time.time() + 300
+    while first is None and time.time() < deadline and proc.poll() is None:
+        time.sleep(2)
+        first = finished_trial()
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
     proc.wait()
+    first = first or finished_trial()  # one last look, should the sweep have ended between two polls
     assert first is not None, "the first trial did not finish before the deadline"
     job = load_config(TuneJobConfig, REPO / "tuning" / "search_space.yaml", overrides)
     result = run_tune(job)
