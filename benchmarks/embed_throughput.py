@@ -1,6 +1,6 @@
 """The embed stage (Ray Data, an actor pool) against a plain PyTorch loop doing the same work, in one run,
 on the Fashion-MNIST train split (60,000 rows) and on it grown by augmentation to 1,000,000 rows; peak
-resident memory of the stage's driver and actors for both (logic in mrl.experiments.embed_bench).
+resident memory of the stage's driver and actors for both (logic in mrlbench.embed_bench).
 
     ./quickstart.sh        # once: registers models:/mrl-fashion-mnist (the model embedded here)
     python benchmarks/embed_throughput.py [--model-uri URI] [--output-dir outputs]   # ~12 min on 2 cores
@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--output-dir", default=str(REPO / "outputs"))
     parser.add_argument("--large", type=int, default=1_000_000, help="rows of the augmented corpus")
     args = parser.parse_args(argv)
-    from mrl.experiments.embed_bench import render, run
+    from mrlbench.embed_bench import render, run
 
     result = run(REPO, Path(args.output_dir).resolve(), args.model_uri, {"train split": None, "augmented": args.large})
     command = " ".join(["python benchmarks/embed_throughput.py", *argv])

@@ -1,6 +1,6 @@
 """How well each prefix of the embeddings ranks on its own, on the benchmark's tuning queries: the share of
 the exact full-size top-k inside the exact top-K of the m-dim prefix (an upper bound for any shortlist of K on
-that prefix), and the prefix's own mAP@k (logic in mrl.experiments.retrieval_bench.prefix_study).
+that prefix), and the prefix's own mAP@k (logic in mrlbench.retrieval_bench.prefix_study).
 
     python benchmarks/prefix_recall.py --config benchmarks/retrieval_scale.yaml   # ~5 min at 1M x 2048
 
@@ -61,7 +61,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--config", default=str(REPO / "benchmarks" / "retrieval_scale.yaml"))
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args(argv)
-    from mrl.experiments.retrieval_bench import RetrievalBenchConfig, prefix_study
+    from mrlbench.retrieval_bench import RetrievalBenchConfig, prefix_study
 
     try:
         cfg = load_config(RetrievalBenchConfig, args.config, args.overrides)

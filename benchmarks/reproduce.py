@@ -12,8 +12,9 @@ Writes docs/results/<results_name>.{md,csv,json} and plots, and logs them to MLf
 import sys
 from pathlib import Path
 
+from mrlbench.reproduce import ReproduceConfig, run_reproduce
+
 from mrl.configio import ConfigError, load_config
-from mrl.experiments.reproduce import ReproduceConfig
 
 HERE = Path(__file__).resolve().parent
 
@@ -27,8 +28,6 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"reproduce: config error: {exc}", file=sys.stderr)
         return 2
-    from mrl.experiments.reproduce import run_reproduce
-
     run_reproduce(cfg, HERE.parent / "docs" / "results",
                   command=" ".join(["python benchmarks/reproduce.py", *argv]))
     return 0

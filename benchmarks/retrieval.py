@@ -1,5 +1,5 @@
 """Retrieval benchmark: exact full-size search against adaptive, funnel, HNSW, IVF and AdANNS-style search,
-side by side in one run with the same threads (logic in mrl.experiments.retrieval_bench).
+side by side in one run with the same threads (logic in mrlbench.retrieval_bench).
 
     python benchmarks/retrieval.py --config benchmarks/retrieval.yaml [key=value ...]        # 60k x 512, ~1.5 min
     python benchmarks/retrieval.py --config benchmarks/retrieval_scale.yaml [key=value ...]  # 1M x 2048
@@ -23,8 +23,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--config", default=str(REPO / "benchmarks" / "retrieval.yaml"))
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args(argv)
-    from mrl.experiments.retrieval_bench import RetrievalBenchConfig, run_benchmark
-    from mrl.experiments.retrieval_report import write_results
+    from mrlbench.retrieval_bench import RetrievalBenchConfig, run_benchmark
+    from mrlbench.retrieval_report import write_results
 
     try:
         cfg = load_config(RetrievalBenchConfig, args.config, args.overrides)

@@ -12,8 +12,9 @@ Writes docs/results/<results_name>.{md,csv,json} and plots, and logs them to MLf
 import sys
 from pathlib import Path
 
+from mrlbench.text_bench import TextBenchConfig, run_text_bench
+
 from mrl.configio import ConfigError, load_config
-from mrl.experiments.text_bench import TextBenchConfig
 
 HERE = Path(__file__).resolve().parent
 
@@ -27,8 +28,6 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"text: config error: {exc}", file=sys.stderr)
         return 2
-    from mrl.experiments.text_bench import run_text_bench
-
     try:
         run_text_bench(cfg, HERE.parent / "docs" / "results",
                        command=" ".join(["python benchmarks/text.py", *argv]))

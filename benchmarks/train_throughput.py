@@ -1,7 +1,7 @@
 """The train stage (Ray Train, 1 worker, image rows through Ray Data: blocks cached after one read, the default
 for a split this size, and streamed every epoch) against the same training loop in one process over in-memory
 tensors, in one run: same model (jobs/train.yaml's CNN), data, batch, epochs and threads (logic in
-mrl.experiments.train_bench).
+mrlbench.train_bench).
 
     python benchmarks/train_throughput.py [--rows 20000] [--epochs 3] [--repeats 3] [--output-dir outputs/train_bench]
     # ~11 min on 2 cores with the defaults
@@ -25,7 +25,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="times the three ways run in turn")
     parser.add_argument("--output-dir", default=str(REPO / "outputs" / "train_bench"))
     args = parser.parse_args(argv)
-    from mrl.experiments.train_bench import default_job, render, run
+    from mrlbench.train_bench import default_job, render, run
 
     job = default_job(Path(args.output_dir).resolve(), args.rows, args.epochs, args.threads)
     train_rows = args.rows - int(round(args.rows * job.data.val_fraction))

@@ -2,12 +2,12 @@
 
 import pytest
 import yaml
+from mrlbench.reproduce import ReproduceConfig
+from mrlbench.retrieval_bench import RetrievalBenchConfig
+from mrlbench.text_bench import TextBenchConfig
 
 from mrl import config as C
 from mrl.configio import ConfigError, load_config
-from mrl.experiments.reproduce import ReproduceConfig
-from mrl.experiments.retrieval_bench import RetrievalBenchConfig
-from mrl.experiments.text_bench import TextBenchConfig
 
 from conftest import REPO
 

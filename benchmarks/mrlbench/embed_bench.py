@@ -18,6 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mrl.artifacts.tracking import load_model, resolve_tracking_uri
+from mrl.config import DataConfig, MlflowConfig, ModelConfig
+from mrl.configio import from_dict
+from mrl.data.preprocess import inference_model
+from mrl.data.readers import TableRows, image_table
+from mrl.data.sources import load_split
+from mrl.stages.embed import augmented_rows, embed_rows
+
 
 def plain_loop(model_uri: str, tracking_uri: str, rows: int | None, batch_size: int, rows_per_file: int,
                threads: int, out: Path, seed: int = 0, train_limit: int | None = None) -> float:
@@ -27,14 +35,6 @@ def plain_loop(model_uri: str, tracking_uri: str, rows: int | None, batch_size: 
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
-
-    from mrl.artifacts.tracking import load_model
-    from mrl.config import DataConfig, ModelConfig
-    from mrl.configio import from_dict
-    from mrl.data.preprocess import inference_model
-    from mrl.data.readers import TableRows, image_table
-    from mrl.data.sources import load_split
-    from mrl.stages.embed import augmented_rows, embed_rows
 
     torch.set_num_threads(threads)
     mlflow.set_tracking_uri(tracking_uri)
@@ -78,9 +78,6 @@ def run(repo: Path, output_dir: Path, model_uri: str, corpora: dict[str, int | N
         rows_per_file: int = 10_000, actors: int = 2, train_limit: int | None = None) -> dict[str, Any]:
     """Stage and plain loop on every corpus (name -> rows, None = the train split as it is, cut to
     `train_limit` rows when given)."""
-    from mrl.artifacts.tracking import resolve_tracking_uri
-    from mrl.config import MlflowConfig
-
     tracking_uri = resolve_tracking_uri(MlflowConfig(), str(output_dir))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results = []

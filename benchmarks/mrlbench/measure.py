@@ -10,6 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from mrl.retrieval import kernels
+from mrl.retrieval.indexes import gpu_count
+
 
 def machine_description(threads: int) -> str:
     """CPU model, cores, memory, library versions: the line every result file states."""
@@ -23,8 +26,6 @@ def machine_description(threads: int) -> str:
     except (OSError, StopIteration):
         pass
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else float("nan")
-    from mrl.retrieval.indexes import gpu_count
-
     gpus = f"{gpu_count()} FAISS GPUs, {torch.cuda.device_count()} CUDA devices"
     return (f"{cpu}, {os.cpu_count()} CPUs, {mem:.0f} GiB RAM, {gpus}; {threads} threads for batches, 1 for "
             f"single queries; FAISS {faiss.__version__}, PyTorch {torch.__version__}, numpy {np.__version__}")
@@ -46,8 +47,6 @@ def time_search(fn, queries: np.ndarray, repeats: int, single: int, threads: int
     """
     import faiss
     import torch
-
-    from mrl.retrieval import kernels
 
     fn(queries[: min(8, len(queries))])  # warm-up: page in memory maps
     batch = []

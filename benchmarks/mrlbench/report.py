@@ -1,4 +1,4 @@
-"""Tables, plots and target checks for the reproduction benchmark (`mrl.experiments.reproduce`)."""
+"""Tables, plots and target checks for the reproduction benchmark (`mrlbench.reproduce`)."""
 
 from __future__ import annotations
 
@@ -11,33 +11,30 @@ from typing import Any
 
 import numpy as np
 
+from mrl.plots import pyplot, size_axis
+from mrlbench.comparison import (
+    by_method_size,
+    errorbars_by_size,
+    metric_table,
+    mrl_vs_ff,
+    save_figure,
+    target_lines,
+)
+
 LABELS = {"mrl": "MRL", "mrl_e": "MRL-E", "ff": "FF-m (own model per size)", "ff_first_m": "first m of FF-d",
           "ff_pca": "PCA of FF-d", "ff_random_proj": "random projection of FF-d"}
 METRIC_NAMES = {"top1": "linear top-1", "nn1": "1-NN accuracy", "map": "mAP@10"}
 
 
-def _index(summary: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
-    return {(r["method"], r["size"]): r for r in summary}
-
-
 def check_targets(summary: list[dict[str, Any]], curves: list[dict[str, Any]], sizes: list[int], targets
                   ) -> list[dict[str, Any]]:
     """Each of the config's `ReproduceTargets` as {"target", "passed", "detail"}; figures in points (percent)."""
-    at = _index(summary)
+    at = by_method_size(summary)
     d = sizes[-1]
     out = []
-
-    def spread(a: dict, b: dict, metric: str) -> float:
-        return float(np.hypot(a[f"{metric}_std"], b[f"{metric}_std"]))
-
     for metric in ("top1", "nn1"):
-        worst = []
-        for m in [s for s in sizes if s <= targets.ff_up_to]:
-            mrl, ff = at[("mrl", m)], at[("ff", m)]
-            gap = mrl[metric] - ff[metric]
-            worst.append((gap + spread(mrl, ff, metric), m, gap))
-        ok = all(w[0] >= 0 for w in worst)
-        detail = ", ".join(f"{m}: {100 * g:+.2f}" for _, m, g in worst)
+        ok, gaps = mrl_vs_ff(at, metric, [s for s in sizes if s <= targets.ff_up_to])
+        detail = ", ".join(f"{m}: {100 * g:+.2f}" for m, g, _ in gaps)
         out.append({"target": f"MRL >= FF-m on {METRIC_NAMES[metric]} at every size <= {targets.ff_up_to} "
                               "(within seed spread)",
                     "passed": ok, "detail": f"MRL - FF-m in points by size: {detail}"})
@@ -72,16 +69,10 @@ def check_targets(summary: list[dict[str, Any]], curves: list[dict[str, Any]], s
     return out
 
 
-def _cell(r: dict[str, Any], metric: str) -> str:
-    if r["seeds"] > 1:
-        return f"{100 * r[metric]:.2f} ± {100 * r[f'{metric}_std']:.2f}"
-    return f"{100 * r[metric]:.2f}"
-
-
 def write_tables(out: Path, name: str, summary: list[dict[str, Any]], rows: list[dict[str, Any]],
                  curves: list[dict[str, Any]], targets: list[dict[str, Any]], meta: dict[str, Any]) -> list[Path]:
     """<name>.md (tables + targets), <name>.csv (mean/std per method and size), <name>_per_seed.csv, <name>.json."""
-    at = _index(summary)
+    at = by_method_size(summary)
     methods = [m for m in LABELS if any(r["method"] == m for r in summary)]
     sizes = sorted({r["size"] for r in summary})
     cfg = meta["config"]
@@ -99,10 +90,7 @@ def write_tables(out: Path, name: str, summary: list[dict[str, Any]], rows: list
         f"probe on the reduced train features for the reductions of FF-d.", "",
     ]
     for metric, title in METRIC_NAMES.items():
-        lines += [f"## {title}", "", "| size | " + " | ".join(LABELS[m] for m in methods) + " |",
-                  "|---:|" + "---:|" * len(methods)]
-        lines += [f"| {s} | " + " | ".join(_cell(at[(m, s)], metric) for m in methods) + " |" for s in sizes]
-        lines.append("")
+        lines += [f"## {title}", "", *metric_table(at, metric, methods, LABELS, sizes), ""]
     lines += ["## Adaptive classification (MRL heads)", "",
               "Thresholds searched on the held-out rows of the train split for each allowed drop of held-out "
               "accuracy; test figures, mean over seeds.", "",
@@ -112,7 +100,7 @@ def write_tables(out: Path, name: str, summary: list[dict[str, Any]], rows: list
         lines.append(f"| {100 * drop:.1f} | {np.mean([p['expected_size'] for p in pts]):.1f} | "
                      f"{100 * np.mean([p['accuracy'] for p in pts]):.2f} |")
     lines += ["", "## Targets", ""]
-    lines += [f"- {'PASS' if t['passed'] else 'MISS'}: {t['target']}. {t['detail']}" for t in targets]
+    lines += target_lines(targets)
     md = out / f"{name}.md"
     md.write_text("\n".join(lines) + "\n")
     keys = ["method", "size", "seeds"] + [k for m in ("top1", "nn1", "map") for k in (m, f"{m}_std")]
@@ -129,29 +117,18 @@ def write_tables(out: Path, name: str, summary: list[dict[str, Any]], rows: list
 
 def plot_sizes_by_method(summary: list[dict[str, Any]], path: Path) -> Path:
     """Three panels (linear top-1, 1-NN, mAP@10) vs size on a log axis; one line per method, std as bars."""
-    from mrl.plots import pyplot, size_axis
-
     plt = pyplot()
     sizes = sorted({r["size"] for r in summary})
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     for ax, (metric, title) in zip(axes, METRIC_NAMES.items()):
-        for method, label in LABELS.items():
-            pts = sorted((r for r in summary if r["method"] == method), key=lambda r: r["size"])
-            if pts:
-                ax.errorbar([p["size"] for p in pts], [100 * p[metric] for p in pts],
-                            yerr=[100 * p[f"{metric}_std"] for p in pts], marker="o", ms=3, capsize=2, label=label)
+        errorbars_by_size(ax, summary, metric, LABELS)
         size_axis(ax, sizes, title)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)
 
 
 def plot_adaptive(summary: list[dict[str, Any]], curves: list[dict[str, Any]], path: Path) -> Path:
     """Adaptive classification: test accuracy vs expected size, beside MRL and FF-m at fixed sizes."""
-    from mrl.plots import pyplot, size_axis
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.4))
     for method in ("mrl", "ff"):
@@ -164,7 +141,4 @@ def plot_adaptive(summary: list[dict[str, Any]], curves: list[dict[str, Any]], p
     size_axis(ax, sorted({r["size"] for r in summary}), "Adaptive classification", "(expected) representation size")
     ax.set_ylabel("test top-1 %")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(plt, fig, path)

@@ -24,17 +24,30 @@ from typing import Any
 
 import numpy as np
 
+from mrl.artifacts import tracking
+from mrl.artifacts.model_files import load_model_dir, save_model_dir
 from mrl.config import (
     DataConfig,
     JobConfig,
     ModelConfig,
-    NestingConfig,
     RayConfig,
     TrainConfig,
     TrainJobConfig,
-    _check,
-    _positive,
+    check_paths,
 )
+from mrl.configio import check, from_dict, positive, to_dict
+from mrl.core.adaptive import adaptive_curve, softmax
+from mrl.core.metrics import top1_accuracy
+from mrl.core.models.model import head_logits
+from mrl.core.reduction import PCA, first_m, gaussian_projection, linear_probe_accuracy
+from mrl.data.formats import train_val_indices
+from mrl.data.preprocess import embed_images
+from mrl.data.sources import load_split
+from mrl.retrieval.quality import retrieval_at
+from mrl.runtime import ensure_ray
+from mrl.stages.train import train_local
+from mrlbench.comparison import aggregate, check_results_name, check_seeds, seed_jobs
+from mrlbench.report import check_targets, plot_adaptive, plot_sizes_by_method, write_tables
 
 METRICS = ("top1", "nn1", "map")
 
@@ -60,10 +73,10 @@ class ReproduceTargets:
 
     def __post_init__(self) -> None:
         for name in ("ff_up_to", "mrl_e_from", "reductions_up_to"):
-            _positive(name, getattr(self, name))
+            positive(name, getattr(self, name))
         for name in ("full_size_gap", "mrl_e_gap", "adaptive_gap"):
-            _check(0 <= getattr(self, name) < 1, f"{name} must be in [0, 1), got {getattr(self, name)}")
-        _check(0 < self.adaptive_size_fraction <= 1,
+            check(0 <= getattr(self, name) < 1, f"{name} must be in [0, 1), got {getattr(self, name)}")
+        check(0 < self.adaptive_size_fraction <= 1,
                f"adaptive_size_fraction must be in (0, 1], got {self.adaptive_size_fraction}")
 
 
@@ -93,28 +106,22 @@ class ReproduceConfig(JobConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds),
-               f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}")
-        _positive("parallel", self.parallel)
-        _positive("k", self.k)
-        _positive("max_queries", self.max_queries, allow_none=True)
-        _positive("probe_epochs", self.probe_epochs)
-        _check(self.model.head == "mrl", "model.head must be 'mrl': MRL-E is trained alongside it")
-        _check(self.data.val_fraction > 0, "data.val_fraction must be > 0: adaptive classification searches "
+        check_seeds(self.seeds)
+        positive("parallel", self.parallel)
+        positive("k", self.k)
+        positive("max_queries", self.max_queries, allow_none=True)
+        positive("probe_epochs", self.probe_epochs)
+        check(self.model.head == "mrl", "model.head must be 'mrl': MRL-E is trained alongside it")
+        check(self.data.val_fraction > 0, "data.val_fraction must be > 0: adaptive classification searches "
                                            "its thresholds on the held-out rows")
-        _check(bool(self.results_name) and "/" not in self.results_name,
-               f"results_name must be a plain file stem, got {self.results_name!r}")
+        check_results_name(self.results_name)
 
 
 def model_jobs(cfg: ReproduceConfig, seed: int) -> dict[str, TrainJobConfig]:
     """The training config of every model of one seed: {"mrl", "mrl_e", "ff_<m>" for each size m}."""
-    base = TrainJobConfig(output_dir=cfg.output_dir, data=cfg.data, model=cfg.model,
-                          train=dataclasses.replace(cfg.train, seed=seed), mlflow=cfg.mlflow)
-    jobs = {"mrl": base, "mrl_e": dataclasses.replace(base, model=dataclasses.replace(cfg.model, head="mrl_e"))}
-    for m in cfg.model.sizes:
-        ff_model = dataclasses.replace(cfg.model, dim=m, nesting=NestingConfig(schedule="list", sizes=(m,)))
-        jobs[f"ff_{m}"] = dataclasses.replace(base, model=ff_model)
-    return jobs
+    jobs = seed_jobs(cfg, seed)
+    mrl = jobs.pop("mrl")
+    return {"mrl": mrl, "mrl_e": dataclasses.replace(mrl, model=dataclasses.replace(cfg.model, head="mrl_e")), **jobs}
 
 
 def train_and_embed(job_dict: dict[str, Any], out: str) -> dict[str, Any]:
@@ -123,12 +130,6 @@ def train_and_embed(job_dict: dict[str, Any], out: str) -> dict[str, Any]:
     Writes `out` (npz: z_train, z_test) and the model directory `<out>.model/` (safetensors + spec JSON,
     see `mrl.artifacts.model_files`).
     """
-    from mrl.artifacts.model_files import save_model_dir
-    from mrl.configio import from_dict
-    from mrl.data.preprocess import embed_images
-    from mrl.data.sources import load_split
-    from mrl.stages.train import train_local
-
     job = from_dict(TrainJobConfig, job_dict)
     started = time.time()
     model = train_local(job, threads=1)
@@ -145,8 +146,6 @@ def train_and_embed(job_dict: dict[str, Any], out: str) -> dict[str, Any]:
 def run_models(cfg: ReproduceConfig, work: Path) -> dict[tuple[str, int], str]:
     """Train every (method, seed) model with at most `cfg.parallel` Ray tasks in flight; returns paths."""
     import ray
-
-    from mrl.configio import to_dict
 
     task = ray.remote(num_cpus=1, max_retries=0)(train_and_embed)
     todo = [(name, seed, job) for seed in cfg.seeds for name, job in model_jobs(cfg, seed).items()]
@@ -169,8 +168,6 @@ def run_models(cfg: ReproduceConfig, work: Path) -> dict[tuple[str, int], str]:
 
 def _load(path: str):
     """The model (eval mode, never unpickled) and the train/test embeddings saved by `train_and_embed`."""
-    from mrl.artifacts.model_files import load_model_dir
-
     arrays = np.load(path)
     return load_model_dir(f"{path}.model"), arrays["z_train"], arrays["z_test"]
 
@@ -178,13 +175,6 @@ def _load(path: str):
 def evaluate_seed(cfg: ReproduceConfig, paths: dict[tuple[str, int], str], seed: int, labels: dict[str, np.ndarray]
                   ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Rows {method, seed, size, top1, nn1, map} for every method and size, and the adaptive curve of MRL."""
-    from mrl.core.metrics import top1_accuracy
-    from mrl.core.models.model import head_logits
-    from mrl.data.sources import train_val_indices
-    from mrl.experiments.adaptive_classification import adaptive_curve, softmax
-    from mrl.experiments.baselines import PCA, first_m, gaussian_projection, linear_probe_accuracy
-    from mrl.retrieval.quality import retrieval_at
-
     sizes, k = cfg.model.sizes, cfg.k
     y_db, y_q = labels["train"], labels["test"][:cfg.max_queries]
     rows = []
@@ -221,32 +211,9 @@ def evaluate_seed(cfg: ReproduceConfig, paths: dict[tuple[str, int], str], seed:
     return rows, curve
 
 
-def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and standard deviation over seeds per (method, size)."""
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault((row["method"], row["size"]), []).append(row)
-    out = []
-    for (method, size), group in groups.items():
-        entry: dict[str, Any] = {"method": method, "size": size, "seeds": len(group)}
-        for metric in METRICS:
-            values = np.array([g[metric] for g in group])
-            entry[metric] = float(values.mean())
-            entry[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        out.append(entry)
-    return out
-
-
 def run_reproduce(cfg: ReproduceConfig, results_dir: str | Path, command: str = "") -> dict[str, Any]:
     """Train, evaluate, aggregate, write results (Markdown, CSV, JSON, plots) and log them to MLflow."""
     import mlflow
-
-    from mrl.artifacts import tracking
-    from mrl.config import check_paths
-    from mrl.configio import to_dict
-    from mrl.data.sources import load_split
-    from mrl.experiments.report import check_targets, plot_adaptive, plot_sizes_by_method, write_tables
-    from mrl.runtime import ensure_ray
 
     check_paths(cfg)  # before any Ray work
     ensure_ray(cfg.ray)
@@ -264,7 +231,7 @@ def run_reproduce(cfg: ReproduceConfig, results_dir: str | Path, command: str = 
             rows += seed_rows
             curves += curve
             print(f"[reproduce] evaluated seed {seed} ({time.time() - started:.0f}s elapsed)", flush=True)
-        summary = aggregate(rows)
+        summary = aggregate(rows, METRICS)
         seconds = time.time() - started
         meta = {"config": to_dict(cfg), "command": command or "python benchmarks/reproduce.py", "seconds": round(seconds, 1), "train_seconds": round(train_seconds, 1),
                 "mlflow_run_id": run.info.run_id}

@@ -9,7 +9,7 @@ Every search is a `QueryPlan` run by `SearchEngine.run`, the code path the servi
 shortlist of K candidates at its prefix size (or the members of the probed cells, for an AdANNS index), then
 each `rerank` stage rescores the survivors exactly at a larger prefix and keeps fewer. Exact search has no
 rerank stage; adaptive retrieval has one (D_r = d); the funnel has several. Tables and plots are written by
-`mrl.experiments.retrieval_report`.
+`mrlbench.retrieval_report`.
 
 Measured per search: 1-NN accuracy (top-1), mAP@k, P@k, recall of the exact top-k within the shortlist and
 within the results, queries/second over the whole query batch (median of `repeats`), median latency of
@@ -28,9 +28,27 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mrl.config import ConfigError, JobConfig, _check, _positive
-from mrl.retrieval.indexes import IndexParams
-from mrl.retrieval.plan import PlanError, QueryPlan, Rerank, Shortlist, check_stages
+from mrl.artifacts.embeddings import read_embeddings
+from mrl.artifacts.manifest import read_manifest
+from mrl.config import ConfigError, JobConfig
+from mrl.configio import check, positive
+from mrl.retrieval import kernels
+from mrl.retrieval.adanns import AdannsIVF
+from mrl.retrieval.engine import CellSource, FaissSource, SearchEngine
+from mrl.retrieval.indexes import (
+    INDEX_KINDS,
+    IndexParams,
+    build_prefix_index,
+    check_index,
+    check_prefix_size,
+    index_bytes,
+)
+from mrl.retrieval.modes import index_source
+from mrl.retrieval.plan import PlanError, QueryPlan, Rerank, Shortlist, check_plan, check_stages
+from mrl.retrieval.quality import exact_engine, exact_plan, label_metrics
+from mrl.retrieval.store import PrefixStore, torch_device
+from mrl.runtime import peak_rss_bytes, reset_peak_rss
+from mrlbench.measure import machine_description, recall_of, time_search
 
 log = logging.getLogger("mrl.bench")
 
@@ -52,13 +70,11 @@ class BenchIndex:
     pq_m: int = 16
 
     def __post_init__(self) -> None:
-        from mrl.retrieval.indexes import INDEX_KINDS
-
         kinds = [*INDEX_KINDS, "adanns"]
-        _check(self.kind in kinds, f"kind {self.kind!r} is not accepted; choose one of {kinds}")
-        _positive("size", self.size, allow_none=True)
+        check(self.kind in kinds, f"kind {self.kind!r} is not accepted; choose one of {kinds}")
+        positive("size", self.size, allow_none=True)
         for name in ("hnsw_m", "ef_construction", "nlist", "pq_m"):
-            _positive(name, getattr(self, name))
+            positive(name, getattr(self, name))
 
     def params(self, seed: int) -> IndexParams:
         return IndexParams(hnsw_m=self.hnsw_m, ef_construction=self.ef_construction, storage=self.storage,
@@ -89,12 +105,12 @@ class BenchSearch:
     `map_gap` of exact search's is the family's pick (None: not tuned)."""
 
     def __post_init__(self) -> None:
-        _check(bool(self.name), "name must not be empty")
-        _positive("shortlist", self.shortlist)
-        _positive("ef_search", self.ef_search, allow_none=True)
-        _positive("nprobe", self.nprobe, allow_none=True)
-        _positive("repeats", self.repeats)
-        _check(self.single >= 0, f"single must be >= 0, got {self.single}")
+        check(bool(self.name), "name must not be empty")
+        positive("shortlist", self.shortlist)
+        positive("ef_search", self.ef_search, allow_none=True)
+        positive("nprobe", self.nprobe, allow_none=True)
+        positive("repeats", self.repeats)
+        check(self.single >= 0, f"single must be >= 0, got {self.single}")
         try:
             check_stages(self.rerank)
         except PlanError as exc:
@@ -167,29 +183,29 @@ class RetrievalBenchConfig(JobConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _positive("queries", self.queries, allow_none=True)
-        _positive("k", self.k)
-        _positive("threads", self.threads, allow_none=True)
-        _check(len(self.searches) > 0, "searches must list at least one configuration")
+        positive("queries", self.queries, allow_none=True)
+        positive("k", self.k)
+        positive("threads", self.threads, allow_none=True)
+        check(len(self.searches) > 0, "searches must list at least one configuration")
         for i, s in enumerate(self.searches):
-            _check(s.index in self.indexes, f"searches[{i}].index {s.index!r} is not one of {sorted(self.indexes)}")
+            check(s.index in self.indexes, f"searches[{i}].index {s.index!r} is not one of {sorted(self.indexes)}")
             try:  # the plan's own shape rules (keeps vs k and K, a rerank after AdANNS cells), d not known yet
                 s.plan(self.indexes[s.index].kind == "adanns", dim=2**31, k=self.k)
             except PlanError as exc:
                 raise ConfigError(f"searches[{i}] ({s.name}): {exc}") from None
         first = self.searches[0]
-        _check(self.indexes[first.index].kind == "flat" and self.indexes[first.index].size is None
+        check(self.indexes[first.index].kind == "flat" and self.indexes[first.index].size is None
                and not first.rerank,
                "searches[0] must be the reference: exact full-size search (a flat index with size null, no rerank)")
-        _check(len({s.name for s in self.searches}) == len(self.searches), "search names must be unique")
-        _positive("tune_queries", self.tune_queries, allow_none=True)
-        _check(self.tune_queries is None or self.queries is not None,
+        check(len({s.name for s in self.searches}) == len(self.searches), "search names must be unique")
+        positive("tune_queries", self.tune_queries, allow_none=True)
+        check(self.tune_queries is None or self.queries is not None,
                "tune_queries needs queries (the evaluation sample) set, so the two samples can be disjoint")
-        _check(0 <= self.map_gap <= 100, f"map_gap must be within [0, 100] points, got {self.map_gap}")
+        check(0 <= self.map_gap <= 100, f"map_gap must be within [0, 100] points, got {self.map_gap}")
         families = {s.family for s in self.searches if s.family}
-        _check(self.baseline is None or self.baseline in families,
+        check(self.baseline is None or self.baseline in families,
                f"baseline {self.baseline!r} is not the family of any search; families: {sorted(families)}")
-        _check(not families or self.tune_queries is not None, "search families are tuned: set tune_queries")
+        check(not families or self.tune_queries is not None, "search families are tuned: set tune_queries")
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -199,10 +215,6 @@ def build_source(spec: BenchIndex, store, dim: int, seed: int, device: str = "cp
     """Build one benchmark index over the store's vectors as a shortlist source (moved to the GPU when `device`
     asks for it; AdANNS cells with FAISS lists at `list_sizes`, the first rerank sizes of its searches);
     returns (source, build seconds)."""
-    from mrl.retrieval.adanns import AdannsIVF
-    from mrl.retrieval.engine import CellSource, FaissSource
-    from mrl.retrieval.indexes import build_prefix_index
-
     size = spec.size or dim
     t0 = time.perf_counter()
     if spec.kind == "adanns":
@@ -221,9 +233,6 @@ def check_against(cfg: RetrievalBenchConfig, dim: int) -> None:
     Raises:
         ConfigError: naming the index or search and the rule.
     """
-    from mrl.retrieval.indexes import check_index, check_prefix_size
-    from mrl.retrieval.plan import check_plan
-
     sources = {}
     for name, spec in cfg.indexes.items():
         size = spec.size or dim
@@ -245,10 +254,6 @@ def check_against(cfg: RetrievalBenchConfig, dim: int) -> None:
 def load_data(cfg: RetrievalBenchConfig):
     """Database store, database labels, query sets ("eval", and "tune" when asked: (queries, labels) each,
     disjoint seeded samples of the test split), d, manifest."""
-    from mrl.artifacts.embeddings import read_embeddings
-    from mrl.artifacts.manifest import read_manifest
-    from mrl.retrieval.store import PrefixStore, torch_device
-
     emb = Path(cfg.embeddings).resolve()
     manifest = read_manifest(emb, stage="embed")
     check_against(cfg, manifest["dim"])
@@ -271,9 +276,6 @@ def load_data(cfg: RetrievalBenchConfig):
 
 def source_bytes(source) -> int | None:
     """Bytes a shortlist source holds (None for an index on a GPU, which this does not measure)."""
-    from mrl.retrieval.engine import CellSource
-    from mrl.retrieval.indexes import index_bytes
-
     if isinstance(source, CellSource):
         return source.nbytes()
     return None if source.on_gpu else index_bytes(source.index)
@@ -282,9 +284,6 @@ def source_bytes(source) -> int | None:
 def measure(engine, plan, queries, q_labels, db_labels, search: BenchSearch, k: int, threads: int,
             reference: np.ndarray | None, single: bool = True) -> dict[str, Any]:
     """Accuracy and speed of one plan on one query set (recalls against `reference`, the exact top-k)."""
-    from mrl.experiments.measure import recall_of, time_search
-    from mrl.retrieval.quality import label_metrics
-
     found = engine.run(plan, queries, profile=True)  # the first (untimed-for-q/s) pass doubles as the profile
     positions = found.positions
     reference = positions if reference is None else reference
@@ -346,11 +345,6 @@ def run_benchmark(cfg: RetrievalBenchConfig) -> dict[str, Any]:
     """
     import faiss
     import torch
-
-    from mrl.experiments.measure import machine_description
-    from mrl.retrieval import kernels
-    from mrl.retrieval.engine import SearchEngine
-    from mrl.runtime import peak_rss_bytes, reset_peak_rss
 
     threads = cfg.threads or os.cpu_count() or 1
     faiss.omp_set_num_threads(threads)
@@ -423,10 +417,6 @@ def prefix_study(cfg: RetrievalBenchConfig, sizes: tuple[int, ...], shortlists: 
 
     Runs on the tuning queries by default (what a search's settings may be chosen from).
     """
-    from mrl.experiments.measure import recall_of
-    from mrl.retrieval.modes import index_source
-    from mrl.retrieval.quality import exact_engine, exact_plan, label_metrics
-
     store, db_labels, query_sets, dim, manifest = load_data(cfg)
     if query_set not in query_sets:
         raise ConfigError(f"no {query_set!r} queries: set tune_queries")

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from mrl.experiments.retrieval_bench import RetrievalBenchConfig
+from mrl.artifacts import tracking
+from mrl.configio import to_dict
+from mrl.plots import pyplot
+from mrlbench.retrieval_bench import RetrievalBenchConfig
+
 
 def render(result: dict[str, Any], command: str, title: str) -> str:
     """The Markdown table: every config against the reference (first row), ratios from this one run."""
@@ -90,8 +94,6 @@ def tuning_section(result: dict[str, Any]) -> list[str]:
 
 def _flow(mapping: dict[str, Any]) -> str:
     """A one-line YAML flow mapping."""
-    import json
-
     def value(v):
         if v is None:
             return "null"
@@ -103,8 +105,6 @@ def _flow(mapping: dict[str, Any]) -> str:
 def plot(result: dict[str, Any], path: Path, title: str) -> None:
     """Pareto plot: mAP@k against queries/second, one numbered point per config (legend below), with the
     exact search's mAP@k - 0.1 drawn as the accuracy bar."""
-    from mrl.plots import pyplot
-
     plt = pyplot()
     rows = result["rows"]
     fig, ax = plt.subplots(figsize=(9, 5.5 + 0.17 * len(rows)))
@@ -145,12 +145,7 @@ def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write_results(cfg: RetrievalBenchConfig, result: dict[str, Any], command: str, repo: Path) -> Path:
     """<results>.md / .json / _pareto.png under `repo`, also logged to MLflow as a `retrieval-benchmark` run."""
-    import json
-
     import mlflow
-
-    from mrl.artifacts import tracking
-    from mrl.configio import to_dict
 
     stem = repo / cfg.results
     stem.parent.mkdir(parents=True, exist_ok=True)

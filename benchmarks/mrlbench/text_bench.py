@@ -21,9 +21,6 @@ Results go to <results_dir>/<results_name>.{md,csv,json} and two PNG plots, and 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from mrl.artifacts import tracking
 from mrl.config import (
     DataConfig,
     JobConfig,
@@ -39,16 +37,19 @@ from mrl.config import (
     NestingConfig,
     TrainConfig,
     TrainJobConfig,
-    _check,
-    _positive,
     check_modalities,
+    check_paths,
 )
-
-METRICS = ("pair_r1", "pair_rk", "pair_mrr", "class_top1", "class_map")
-"""Per-row metrics (fractions): pair R@1, R@k, MRR@k; class 1-NN top-1, mAP@k."""
-LABELS = {"mrl": "MRL", "ff": "FF-m", "ff_trunc": "FF-d truncated", "ff_pca": "PCA of FF-d", "bm25": "BM25"}
-DENSE = ("mrl", "ff", "ff_trunc", "ff_pca")
-SPARSE = "sparse"  # the size of the BM25 row
+from mrl.configio import check, positive, to_dict
+from mrl.core.metrics import pair_metrics
+from mrl.core.reduction import PCA
+from mrl.data.sources import load_text_split, prepare_text_data
+from mrl.retrieval.calibrate import candidate_settings, plan_of
+from mrl.retrieval.modes import SearchSettings, make_plan
+from mrl.retrieval.quality import exact_engine, label_metrics, pair_retrieval_at, retrieval_at
+from mrl.stages.train import run_loop
+from mrlbench.comparison import aggregate, check_results_name, check_seeds, seed_jobs
+from mrlbench.text_report import METRICS, SPARSE, check_targets, plot_metric, write_report
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,11 +67,11 @@ class TextTargets:
     """Adaptive retrieval (shortlist on a small prefix, rerank at d) within this of exact full-size R@k."""
 
     def __post_init__(self) -> None:
-        _positive("targets.ff_from", self.ff_from)
-        _positive("targets.truncated_up_to", self.truncated_up_to)
+        positive("targets.ff_from", self.ff_from)
+        positive("targets.truncated_up_to", self.truncated_up_to)
         for name in ("truncated_margin", "adaptive_gap"):
             value = getattr(self, name)
-            _check(0 <= value < 1, f"targets.{name} must be in [0, 1), got {value}")
+            check(0 <= value < 1, f"targets.{name} must be in [0, 1), got {value}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,21 +117,19 @@ class TextBenchConfig(JobConfig):
         check_modalities(self.data, self.model)
         sizes = self.model.sizes
         d = self.model.dim
-        _check(len(sizes) >= 2, f"model.nesting must give at least two sizes below and at d={d}, got {sizes}")
-        _check(len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds),
-               f"seeds must be a non-empty list of distinct integers, got {list(self.seeds)}")
-        _positive("database_limit", self.database_limit, allow_none=True)
-        _check((self.shortlist_size is None) == (self.shortlist_k is None),
+        check(len(sizes) >= 2, f"model.nesting must give at least two sizes below and at d={d}, got {sizes}")
+        check_seeds(self.seeds)
+        positive("database_limit", self.database_limit, allow_none=True)
+        check((self.shortlist_size is None) == (self.shortlist_k is None),
                "give both shortlist_size and shortlist_k, or neither (tuned on held-out queries)")
-        _check(self.shortlist_size is None or 1 <= self.shortlist_size < d,
+        check(self.shortlist_size is None or 1 <= self.shortlist_size < d,
                f"shortlist_size must be in [1, d) with d = model.dim = {d}, got {self.shortlist_size}")
-        _positive("k", self.k)
-        _check(self.shortlist_k is None or self.shortlist_k >= self.k,
+        positive("k", self.k)
+        check(self.shortlist_k is None or self.shortlist_k >= self.k,
                f"shortlist_k must be >= k={self.k}, got {self.shortlist_k}")
-        _check(0 < self.tune_fraction < 1, f"tune_fraction must be in (0, 1), got {self.tune_fraction}")
-        _positive("threads", self.threads)
-        _check(bool(self.results_name) and "/" not in self.results_name,
-               f"results_name must be a plain file stem, got {self.results_name!r}")
+        check(0 < self.tune_fraction < 1, f"tune_fraction must be in (0, 1), got {self.tune_fraction}")
+        positive("threads", self.threads)
+        check_results_name(self.results_name)
 
     @property
     def sizes(self) -> list[int]:
@@ -140,22 +139,9 @@ class TextBenchConfig(JobConfig):
 # ------------------------------------------------------------------------------------------ models
 
 
-def model_jobs(cfg: TextBenchConfig, seed: int) -> dict[str, TrainJobConfig]:
-    """Every model of one seed, in training order: {"mrl", "ff_<m>" for each size m (m = d is FF-d)}."""
-    base = TrainJobConfig(output_dir=cfg.output_dir, data=cfg.data, model=cfg.model,
-                          train=dataclasses.replace(cfg.train, seed=seed), mlflow=cfg.mlflow)
-    jobs = {"mrl": base}
-    for m in cfg.sizes:
-        ff = dataclasses.replace(cfg.model, dim=m, nesting=NestingConfig(schedule="list", sizes=(m,)))
-        jobs[f"ff_{m}"] = dataclasses.replace(base, model=ff)
-    return jobs
-
-
 def train_text_model(job: TrainJobConfig, threads: int):
     """Train in this process (the loop `train_local` runs), keeping the last epoch's metrics; (model, metrics)."""
     import torch
-
-    from mrl.stages.train import run_loop
 
     torch.set_num_threads(threads)
     last: dict[str, float] = {}
@@ -169,7 +155,10 @@ def train_text_model(job: TrainJobConfig, threads: int):
 def bm25_rankings(corpus: list[str], queries: list[str], k: int) -> np.ndarray:
     """BM25 (bm25s, its own tokenizer, English stop words) top-k corpus positions per query: (Q, k) best first,
     -1 where fewer than k documents share a term with the query (bm25s pads with arbitrary zero-score rows)."""
-    import bm25s
+    try:
+        import bm25s
+    except ImportError as exc:  # an optional dependency: the benchmarks' extra
+        raise ImportError('the text benchmark\'s BM25 needs bm25s: pip install "mrl-platform[bench]"') from exc
 
     retriever = bm25s.BM25()
     retriever.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
@@ -183,8 +172,6 @@ def bm25_rankings(corpus: list[str], queries: list[str], k: int) -> np.ndarray:
 
 def bm25_pair(queries: list[str], documents: list[str], k: int) -> dict[str, float]:
     """Pair retrieval with BM25: query i's relevant document is documents[i]; {"pair_r1", "pair_rk", "pair_mrr"}."""
-    from mrl.core.metrics import pair_metrics
-
     r = pair_metrics(bm25_rankings(documents, queries, k), np.arange(len(queries)), k)
     return {"pair_r1": r["r@1"], "pair_rk": r[f"r@{k}"], "pair_mrr": r[f"mrr@{k}"]}
 
@@ -192,8 +179,6 @@ def bm25_pair(queries: list[str], documents: list[str], k: int) -> dict[str, flo
 def bm25_class(db_texts: list[str], db_labels: np.ndarray, q_texts: list[str], q_labels: np.ndarray, k: int
                ) -> dict[str, float]:
     """Class retrieval with BM25 (relevance = same label); {"class_top1", "class_map"}."""
-    from mrl.retrieval.quality import label_metrics
-
     r = label_metrics(bm25_rankings(db_texts, q_texts, k), q_labels, db_labels, k)
     return {"class_top1": r["nn1"], "class_map": r[f"map@{k}"]}
 
@@ -205,8 +190,6 @@ def dense_row(method: str, seed: int, size: int, q: np.ndarray, docs: np.ndarray
               db: np.ndarray, db_labels: np.ndarray, q_labels: np.ndarray, k: int) -> dict[str, Any]:
     """One result row: pair retrieval (queries q -> docs) and class retrieval (q_docs -> db), exact cosine on the
     normalised prefix `size` of the given vectors."""
-    from mrl.retrieval.quality import pair_retrieval_at, retrieval_at
-
     pair = pair_retrieval_at(q, docs, size, k)
     cls = retrieval_at(db, db_labels, q_docs, q_labels, size, k)
     return {"method": method, "seed": seed, "size": size, "pair_r1": pair["r@1"], "pair_rk": pair[f"r@{k}"],
@@ -225,11 +208,6 @@ def tune_adaptive(q: np.ndarray, docs: np.ndarray, targets: np.ndarray, sizes: l
     Returns:
         {"shortlist_size", "shortlist_k", "tune_rk", "tune_full_rk", "met"}.
     """
-    from mrl.core.metrics import pair_metrics
-    from mrl.retrieval.calibrate import candidate_settings, plan_of
-    from mrl.retrieval.modes import SearchSettings, make_plan
-    from mrl.retrieval.quality import exact_engine
-
     d = docs.shape[1]
     engine = exact_engine(docs, sizes, device="cpu")
     full = pair_metrics(engine.run(make_plan("full", SearchSettings(), d, k), q).positions, targets, k)[f"r@{k}"]
@@ -254,10 +232,6 @@ def adaptive_pair(q: np.ndarray, docs: np.ndarray, shortlist_size: int, shortlis
     Args:
         targets: each query's relevant document row (default: query i -> document i).
     """
-    from mrl.core.metrics import pair_metrics
-    from mrl.retrieval.modes import SearchSettings, make_plan
-    from mrl.retrieval.quality import exact_engine
-
     d = docs.shape[1]
     settings = SearchSettings(shortlist_size=shortlist_size, shortlist_k=min(shortlist_k, len(docs)))
     engine = exact_engine(docs, [shortlist_size, d], device="cpu")
@@ -273,203 +247,11 @@ def adaptive_pair(q: np.ndarray, docs: np.ndarray, shortlist_size: int, shortlis
     return out
 
 
-# ------------------------------------------------------------------------------------------ aggregation
-
-
 def _tune_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded disjoint (held-out for tuning, measured) query rows, each sorted."""
     order = np.random.default_rng(1000 + seed).permutation(n)
     cut = int(round(n * fraction))
     return np.sort(order[:cut]), np.sort(order[cut:])
-
-
-def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean, std (ddof 1; 0 for one seed), min and max over seeds per (method, size), in first-seen order."""
-    groups: dict[tuple[str, Any], list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault((row["method"], row["size"]), []).append(row)
-    out = []
-    for (method, size), group in groups.items():
-        entry: dict[str, Any] = {"method": method, "size": size, "seeds": len(group)}
-        for metric in METRICS:
-            values = np.array([g[metric] for g in group], dtype=np.float64)
-            entry[metric] = float(values.mean())
-            entry[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-            entry[f"{metric}_min"] = float(values.min())
-            entry[f"{metric}_max"] = float(values.max())
-        out.append(entry)
-    return out
-
-
-def check_targets(summary: list[dict[str, Any]], adaptive: list[dict[str, Any]], sizes: list[int],
-                  targets: TextTargets, k: int = 10) -> list[dict[str, Any]]:
-    """Each target as {"target", "passed", "detail"}; figures in points (percent)."""
-    at = {(r["method"], r["size"]): r for r in summary}
-    names = {"pair_rk": f"pair R@{k}", "class_map": f"class mAP@{k}"}
-    out = []
-    big = [m for m in sizes if m >= targets.ff_from]
-    for metric, name in names.items():
-        parts, ok = [], True
-        for m in big:
-            mrl, ff = at[("mrl", m)], at[("ff", m)]
-            gap = mrl[metric] - ff[metric]
-            spread = float(np.hypot(mrl[f"{metric}_std"], ff[f"{metric}_std"]))
-            ok &= gap + spread >= 0
-            parts.append(f"{m}: {100 * gap:+.2f} (spread {100 * spread:.2f})")
-        out.append({"target": f"MRL >= FF-m on {name} at every size >= {targets.ff_from} (within seed spread)",
-                    "passed": bool(ok and big), "detail": "MRL - FF-m in points by size: " + ", ".join(parts)})
-    small = [m for m in sizes if m <= targets.truncated_up_to and m < sizes[-1]]  # at d it is FF-d itself
-    parts, ok = [], True
-    for metric, name in names.items():
-        gaps = [at[("mrl", m)][metric] - at[("ff_trunc", m)][metric] for m in small]
-        ok &= all(g >= targets.truncated_margin for g in gaps)
-        parts.append(f"{name}: " + ", ".join(f"{m}: {100 * g:+.2f}" for m, g in zip(small, gaps)))
-    out.append({"target": f"FF-d truncated at least {100 * targets.truncated_margin:g} points below MRL at every "
-                          f"size <= {targets.truncated_up_to}",
-                "passed": bool(ok and small), "detail": "MRL - FF-d truncated in points: " + "; ".join(parts)})
-    if adaptive:
-        a = float(np.mean([p["adaptive_rk"] for p in adaptive]))
-        f = float(np.mean([p["full_rk"] for p in adaptive]))
-        chosen = ", ".join(f"{p['shortlist_k']} at {p['shortlist_size']} dims" for p in adaptive)
-        out.append({"target": f"adaptive retrieval (shortlist {chosen}, rerank at {adaptive[0]['rerank_size']}) "
-                              f"within {100 * targets.adaptive_gap:g} points of exact full-size pair R@{k}",
-                    "passed": bool(a >= f - targets.adaptive_gap),
-                    "detail": f"adaptive {100 * a:.2f}% vs full {100 * f:.2f}% ({100 * (a - f):+.2f} points)"})
-    return out
-
-
-# ------------------------------------------------------------------------------------------ report
-
-
-def _cell(r: dict[str, Any] | None, metric: str) -> str:
-    if r is None:
-        return "-"
-    if r["seeds"] > 1:
-        return f"{100 * r[metric]:.2f} ± {100 * r[f'{metric}_std']:.2f}"
-    return f"{100 * r[metric]:.2f}"
-
-
-def write_report(out: Path, name: str, summary: list[dict[str, Any]], rows: list[dict[str, Any]],
-                 adaptive: list[dict[str, Any]], targets: list[dict[str, Any]], trained: list[dict[str, Any]],
-                 meta: dict[str, Any]) -> list[Path]:
-    """<name>.md (tables, targets, command), <name>.csv (one row per seed / method / size), <name>.json."""
-    cfg = meta["config"]
-    k = cfg["k"]
-    at = {(r["method"], r["size"]): r for r in summary}
-    sizes = sorted({r["size"] for r in summary if r["size"] != SPARSE})
-    d = sizes[-1]
-    model = cfg["model"]
-    bb = model.get("backbone") or {}
-    seeds = list(cfg["seeds"])
-    title = (f"# MRL on text: {cfg['data']['source']}, encoder {model['encoder']} "
-             f"({bb.get('num_hidden_layers', '?')}-layer, width {bb.get('hidden_size', '?')}), d = {d}")
-    run = (f"Command: `{meta['command']}`. Machine: {platform.machine()}, {os.cpu_count()} CPUs, {cfg['threads']} "
-           f"threads. Date: {time.strftime('%Y-%m-%d')}. Wall time {meta['seconds']:.0f} s (training "
-           f"{meta['train_seconds']:.0f} s). MLflow run {meta['mlflow_run_id']} (experiment "
-           f"{cfg['mlflow']['experiment']!r}).")
-    sample = " (a seeded sample)"
-    setup = (f"Data: {meta['train_rows']} training pairs ({'a seeded sample, ' if cfg['data']['train_limit'] else ''}"
-             f"{cfg['data']['val_fraction']:g} held out for validation), {meta['test_rows']} test synsets"
-             f"{sample if cfg['data']['test_limit'] else ''}, class-retrieval database {meta['database_rows']} train "
-             f"documents{sample if cfg['database_limit'] else ''}. "
-             f"Every model: same encoder, {cfg['train']['epochs']} epoch(s), batch {cfg['train']['batch_size']}, lr "
-             f"{cfg['train']['lr']}, temperature {cfg['train']['temperature']}; seeds {seeds}; figures in %, mean ± "
-             f"std over seeds.")
-    pair = (f"- Pair retrieval: each test definition finds its own synset's document among the {meta['test_rows']} "
-            f"test documents (R@1, R@{k}, MRR@{k}).")
-    cls = ("- Class retrieval: each test document retrieves from the train-document database; relevant = same "
-           f"lexicographer class (1-NN top-1, mAP@{k}).")
-    methods = ("- MRL: prefix m of the MRL model. FF-m: its own model with d = m (FF-d at m = d). FF-d truncated: "
-               "first m dimensions of FF-d. PCA of FF-d: top-m principal directions fitted on FF-d's train-document "
-               "embeddings. BM25: bm25s, its tokenizer with English stop words.")
-    lines = [title, "", run, "", setup, "", pair, cls, methods, ""]
-    dense = [m for m in DENSE if any(r["method"] == m for r in summary)]
-    tables = [("pair_rk", f"Pair retrieval R@{k}"), ("pair_mrr", f"Pair retrieval MRR@{k}"),
-              ("pair_r1", "Pair retrieval R@1"), ("class_top1", "Class retrieval top-1 (1-NN)"),
-              ("class_map", f"Class retrieval mAP@{k}")]
-    bm25 = at.get(("bm25", SPARSE))
-    for metric, title in tables:
-        note = f" (BM25: {_cell(bm25, metric)})" if bm25 else ""
-        lines += [f"## {title}{note}", "", "| size | " + " | ".join(LABELS[m] for m in dense) + " |",
-                  "|---:|" + "---:|" * len(dense)]
-        lines += [f"| {s} | " + " | ".join(_cell(at.get((m, s)), metric) for m in dense) + " |" for s in sizes]
-        lines.append("")
-    if bm25:
-        header = f"| method | size | pair R@1 | pair R@{k} | pair MRR@{k} | class top-1 | class mAP@{k} |"
-        lines += ["## BM25 (sparse)", "", header, "|---|---|---:|---:|---:|---:|---:|",
-                  "| BM25 | sparse | " + " | ".join(_cell(bm25, m) for m in METRICS) + " |", ""]
-    if adaptive:
-        p0 = adaptive[0]
-        heading = f"## Adaptive retrieval (MRL): shortlist K on prefix D_s, rerank at {p0['rerank_size']}"
-        note = ("The service's `adaptive` plan run by `SearchEngine.run`, against exact search at full size "
-                "(`full`); multiply-adds per query as the engine counts them. "
-                + (f"D_s and K were chosen per seed on {p0['tuned_on']} held-out test queries (the cheapest setting "
-                   "within the target's gap of full-size R@k on them); the figures are from the other "
-                   f"{p0['measured_on']} queries, against all {p0.get('documents', 'test')} documents."
-                   if "tune_rk" in p0 else "D_s and K were fixed by the config."))
-        header = (f"| seed | D_s | K | adaptive R@{k} | full R@{k} | gap (points) | adaptive MRR@{k} | full MRR@{k} | "
-                  "adaptive mult-adds | full mult-adds |")
-        lines += [heading, "", note, "", header, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for p in adaptive + ([_mean_adaptive(adaptive)] if len(adaptive) > 1 else []):
-            lines.append(f"| {p['seed']} | {p.get('shortlist_size', '')} | {p.get('shortlist_k', '')} | "
-                         f"{100 * p['adaptive_rk']:.2f} | {100 * p['full_rk']:.2f} | "
-                         f"{100 * (p['adaptive_rk'] - p['full_rk']):+.2f} | {100 * p['adaptive_mrr']:.2f} | "
-                         f"{100 * p['full_mrr']:.2f} | {p['adaptive_madds']:.3g} | {p['full_madds']:.3g} |")
-        lines.append("")
-    if trained:
-        lines += ["## Models", "", "| model | seed | train s | embed s | val pair R@1 at its d |",
-                  "|---|---:|---:|---:|---:|"]
-        for t in trained:
-            val = "-" if t.get("val_r1") is None else f"{100 * t['val_r1']:.2f}"
-            lines.append(f"| {t['model']} | {t['seed']} | {t['train_seconds']:.0f} | {t['embed_seconds']:.0f} | "
-                         f"{val} |")
-        lines.append("")
-    lines += ["## Targets", ""]
-    lines += [f"- {'PASS' if t['passed'] else 'MISS'}: {t['target']}. {t['detail']}" for t in targets]
-    lines += ["", "## Command", "", "```", meta["command"], "```", ""]
-    md = out / f"{name}.md"
-    md.write_text("\n".join(lines))
-
-    keys = ["method", "seed", "size", *METRICS]
-    csv_rows = [[r["method"], r["seed"], r["size"], *(f"{r[m]:.6f}" for m in METRICS)] for r in rows]
-    for p in adaptive:  # adaptive pair retrieval as its own method at the rerank size (no class figures)
-        csv_rows.append(["mrl_adaptive", p["seed"], p["rerank_size"], f"{p['adaptive_r1']:.6f}",
-                         f"{p['adaptive_rk']:.6f}", f"{p['adaptive_mrr']:.6f}", "", ""])
-    csv = out / f"{name}.csv"
-    csv.write_text("\n".join([",".join(keys)] + [",".join(str(v) for v in r) for r in csv_rows]) + "\n")
-    js = out / f"{name}.json"
-    js.write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows, "adaptive": adaptive,
-                              "targets": targets, "models": trained}, indent=1))
-    return [md, csv, js]
-
-
-def _mean_adaptive(adaptive: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("adaptive_rk", "full_rk", "adaptive_mrr", "full_mrr", "adaptive_madds", "full_madds")
-    return {"seed": "mean", **{key: float(np.mean([p[key] for p in adaptive])) for key in keys}}
-
-
-def plot_metric(summary: list[dict[str, Any]], metric: str, title: str, path: Path) -> Path:
-    """One line per dense method (std as error bars) against size on a log2 axis; BM25 as a dashed line."""
-    from mrl.plots import pyplot, size_axis
-
-    plt = pyplot()
-    sizes = sorted({r["size"] for r in summary if r["size"] != SPARSE})
-    fig, ax = plt.subplots(figsize=(6.8, 4.6))
-    for method in DENSE:
-        pts = sorted((r for r in summary if r["method"] == method), key=lambda r: r["size"])
-        if pts:
-            ax.errorbar([p["size"] for p in pts], [100 * p[metric] for p in pts],
-                        yerr=[100 * p[f"{metric}_std"] for p in pts], marker="o", ms=3, capsize=2,
-                        label=LABELS[method])
-    for r in summary:
-        if r["method"] == "bm25":
-            ax.axhline(100 * r[metric], color="gray", linestyle="--", label="BM25 (sparse)")
-    size_axis(ax, sizes, title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -488,12 +270,6 @@ def run_text_bench(cfg: TextBenchConfig, results_dir: str | Path, command: str =
     figures, targets, seconds, files and the MLflow run id."""
     import faiss
     import mlflow
-
-    from mrl.artifacts import tracking
-    from mrl.config import check_paths
-    from mrl.configio import to_dict
-    from mrl.data.sources import load_text_split, prepare_text_data
-    from mrl.experiments.baselines import PCA
 
     check_paths(cfg)
     faiss.omp_set_num_threads(cfg.threads)
@@ -527,7 +303,7 @@ def run_text_bench(cfg: TextBenchConfig, results_dir: str | Path, command: str =
         rows += [{"method": "bm25", "seed": seed, "size": SPARSE, **bm25} for seed in cfg.seeds]  # deterministic
         total = len(cfg.seeds) * (len(sizes) + 1)
         for seed in cfg.seeds:
-            for name, job in model_jobs(cfg, seed).items():
+            for name, job in seed_jobs(cfg, seed).items():
                 t0 = time.time()
                 model, metrics = train_text_model(job, cfg.threads)
                 seconds = time.time() - t0
@@ -570,7 +346,7 @@ def run_text_bench(cfg: TextBenchConfig, results_dir: str | Path, command: str =
                         pq, pd = pca.transform(zq, s), pca.transform(zd, s)
                         rows.append(dense_row("ff_pca", seed, s, pq, pd, pd, pca.transform(zdb, s), db_labels,
                                               q_labels, k))
-        summary = aggregate(rows)
+        summary = aggregate(rows, METRICS, extremes=True)
         seconds = time.time() - started
         targets = check_targets(summary, adaptive, sizes, cfg.targets, k)
         meta = {"config": to_dict(cfg), "command": command, "seconds": round(seconds, 1),

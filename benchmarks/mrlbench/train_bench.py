@@ -12,92 +12,23 @@ start, the workers' start and MLflow included.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-
-def cpu_snapshot() -> dict[int, tuple[float, str]]:
-    """pid -> (CPU seconds so far, user + system; the command's first word) of every process (/proc, Linux)."""
-    tick, snap = os.sysconf("SC_CLK_TCK"), {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        snap[int(pid)] = ((int(fields[11]) + int(fields[12])) / tick, cmd)
-    return snap
-
-
-def sample_forever(path: str, interval: float) -> None:
-    """Append a timed `cpu_snapshot` to `path` (JSON lines) every `interval` seconds, until killed."""
-    import json
-
-    with open(path, "a") as f:
-        while True:
-            f.write(json.dumps([time.time(), cpu_snapshot()]) + "\n")
-            f.flush()
-            time.sleep(interval)
-
-
-class CpuShares:
-    """Every process's CPU time, sampled every `interval` seconds by a process of its own (a thread here would
-    take the GIL from the in-process loop it measures), so the share of the machine's cores a process got
-    between two moments can be read afterwards."""
-
-    def __init__(self, interval: float = 2.0):
-        self.interval, self.samples = interval, []
-
-    def __enter__(self) -> "CpuShares":
-        import subprocess
-        import sys
-        import tempfile
-
-        with tempfile.NamedTemporaryFile(suffix=".jsonl", prefix="cpu-shares-", delete=False) as f:
-            self._path = Path(f.name)
-        code = ("from mrl.experiments.train_bench import sample_forever; "
-                f"sample_forever({str(self._path)!r}, {self.interval})")
-        self._proc = subprocess.Popen([sys.executable, "-c", code])
-        return self
-
-    def __exit__(self, *exc) -> None:
-        import json
-
-        self._proc.terminate()
-        self._proc.wait()
-        lines = self._path.read_text().splitlines()
-        self._path.unlink()
-        for line in lines:
-            try:
-                t, snap = json.loads(line)
-            except ValueError:  # a line cut by the kill
-                continue
-            self.samples.append((t, {int(pid): tuple(v) for pid, v in snap.items()}))
-
-    def between(self, t0: float, t1: float, trainer) -> dict[str, float]:
-        """Shares of all cores from the last sample at or before t0 to the first at or after t1: {"trainer": the
-        processes for which `trainer(pid, command)` holds, "others": every other process}."""
-        before = [x for x in self.samples if x[0] <= t0] or self.samples[:1]
-        after = [x for x in self.samples if x[0] >= t1] or self.samples[-1:]
-        if not before or not after or after[0][0] <= before[-1][0]:
-            return {}
-        (ta, a), (tb, b) = before[-1], after[0]
-        cores = (tb - ta) * (os.cpu_count() or 1)
-        used = {"trainer": 0.0, "others": 0.0}
-        for pid, (cpu, cmd) in b.items():
-            if pid in a:
-                used["trainer" if trainer(pid, cmd) else "others"] += cpu - a[pid][0]
-        return {k: v / cores for k, v in used.items()}
+from mrl.artifacts.tracking import resolve_tracking_uri
+from mrl.config import TrainJobConfig
+from mrl.configio import load_config
+from mrl.stages.train import run_loop, run_train
+from mrlbench.cpu_shares import CpuShares
 
 
 def in_process(job) -> tuple[list[float], list[float]]:
     """Per-epoch seconds of the loop in this process over in-memory tensors, and when each epoch ended."""
     import torch
-
-    from mrl.stages.train import run_loop
 
     torch.set_num_threads(job.resources.threads_per_worker or job.resources.cpus_per_worker)
     seconds: list[float] = []
@@ -115,9 +46,6 @@ def stage(job) -> tuple[list[float], float, list[float]]:
     """Per-epoch seconds of the train stage's Ray Train worker (from its MLflow metric history), the stage's
     wall time, and when each epoch ended (its metrics' timestamps)."""
     from mlflow import MlflowClient
-
-    from mrl.artifacts.tracking import resolve_tracking_uri
-    from mrl.stages.train import run_train
 
     t0 = time.perf_counter()
     result = run_train(job)
@@ -141,8 +69,6 @@ def run(job, train_rows: int, repeats: int = 1) -> dict[str, Any]:
     """The stage with cached and with streamed blocks, and the in-process loop, `repeats` times in turn on `job`
     (a TrainJobConfig with one worker); train_rows: training rows an epoch. Each way's throughput comes from its
     median epoch after the first; the ratios are taken within a repeat and their median is the headline."""
-    import dataclasses
-
     import ray
 
     if job.resources.num_workers != 1:
@@ -211,10 +137,7 @@ def render(result: dict[str, Any], command: str) -> str:
 
 
 def default_job(output_dir: Path, rows: int, epochs: int, threads: int):
-    from mrl.config import TrainJobConfig
-    from mrl.configio import load_config
-
-    repo = Path(__file__).resolve().parents[3]
+    repo = Path(__file__).resolve().parents[2]  # benchmarks/mrlbench/train_bench.py
     return load_config(TrainJobConfig, repo / "jobs" / "train.yaml", [
         f"output_dir={output_dir}", f"run_name=train-bench-{time.strftime('%Y%m%d-%H%M%S')}",
         f"data.train_limit={rows}", f"train.epochs={epochs}", "resources.num_workers=1",

@@ -1,12 +1,11 @@
-"""Target checks and result tables of the reproduction benchmark (mrl.experiments.report), on hand-made summaries."""
+"""Target checks and result tables of the reproduction benchmark (mrlbench.report), on hand-made summaries."""
 
 import copy
 import json
 
 import pytest
-
-from mrl.experiments.report import LABELS, check_targets, write_tables
-from mrl.experiments.reproduce import ReproduceTargets
+from mrlbench.report import LABELS, check_targets, write_tables
+from mrlbench.reproduce import ReproduceTargets
 
 TARGETS = ReproduceTargets()  # the thresholds benchmarks/reproduce.yaml sets
 

@@ -1,23 +1,17 @@
-"""The text benchmark (mrl.experiments.text_bench): config checks, the BM25 helpers on a corpus whose answers are
+"""The text benchmark (mrlbench.text_bench, mrlbench.text_report): config checks, the BM25 helpers on a corpus whose answers are
 known, aggregation and targets on hand-made numbers, and one tiny end-to-end run."""
 
 import copy
 import json
+import sys
 
 import numpy as np
 import pytest
+from mrlbench.comparison import aggregate
+from mrlbench.text_bench import TextBenchConfig, TextTargets, bm25_class, bm25_pair, bm25_rankings
+from mrlbench.text_report import METRICS, check_targets
 
 from mrl.configio import ConfigError, from_dict
-from mrl.experiments.text_bench import (
-    METRICS,
-    TextBenchConfig,
-    TextTargets,
-    aggregate,
-    bm25_class,
-    bm25_pair,
-    bm25_rankings,
-    check_targets,
-)
 
 TINY_MODEL = {"encoder": "bert", "dim": 32, "head": "none", "nesting": {"schedule": "log", "min_size": 8},
               "text": {"vocab_size": 600, "max_tokens": 32},
@@ -78,6 +72,12 @@ def test_bm25_rankings_put_the_only_matching_document_first_and_pad_the_rest():
     assert bm25_rankings(CORPUS[:2], ["dog"], k=5).tolist() == [[1, -1, -1, -1, -1]]  # k above the corpus size
 
 
+def test_bm25_without_bm25s_names_the_extra_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bm25s", None)  # as if not installed: importing it raises ImportError
+    with pytest.raises(ImportError, match=r'pip install "mrl-platform\[bench\]"'):
+        bm25_rankings(CORPUS, ["cat"], k=2)
+
+
 def test_bm25_pair_retrieval_on_known_pairs():
     queries = ["postman dog", "sea fish", "cat mat", "zebra"]  # the first three find their own row first
     documents = ["dog postman letters", "fish sea water", "cat mat sitting", "lion savanna"]
@@ -123,7 +123,7 @@ ADAPTIVE = [{"seed": s, "shortlist_size": 16, "shortlist_k": 200, "rerank_size":
 
 
 def test_aggregate_gives_mean_std_min_max_per_method_and_size():
-    summary = aggregate(synthetic_rows())
+    summary = aggregate(synthetic_rows(), METRICS, extremes=True)
     assert len(summary) == 4 * len(SIZES) + 1
     mrl8 = next(r for r in summary if r["method"] == "mrl" and r["size"] == 8)
     assert mrl8["seeds"] == 2 and mrl8["pair_rk"] == pytest.approx(0.65)
@@ -134,7 +134,7 @@ def test_aggregate_gives_mean_std_min_max_per_method_and_size():
 
 
 def test_targets_pass_on_a_clear_win():
-    targets = check_targets(aggregate(synthetic_rows()), ADAPTIVE, SIZES, TextTargets(), k=10)
+    targets = check_targets(aggregate(synthetic_rows(), METRICS, extremes=True), ADAPTIVE, SIZES, TextTargets(), k=10)
     assert [t["passed"] for t in targets] == [True, True, True, True]
     assert "adaptive 79.75% vs full 80.00%" in targets[-1]["detail"]
 
@@ -143,21 +143,21 @@ def test_targets_miss_when_ff_wins_truncation_is_close_or_adaptive_drops():
     rows = synthetic_rows(ff_gap=-0.03, trunc_gap=0.01)  # FF-m 3 points ahead (beyond the 0.7-point spread)
     adaptive = copy.deepcopy(ADAPTIVE)
     adaptive[1]["adaptive_rk"] = 0.78  # mean 0.789: 1.1 points below full
-    targets = check_targets(aggregate(rows), adaptive, SIZES, TextTargets(), k=10)
+    targets = check_targets(aggregate(rows, METRICS, extremes=True), adaptive, SIZES, TextTargets(), k=10)
     assert [t["passed"] for t in targets] == [False, False, False, False]
     assert "16: -3.00" in targets[0]["detail"]
 
 
 def test_a_small_ff_lead_within_the_seed_spread_still_passes():
     rows = synthetic_rows(ff_gap=-0.005)  # MRL 0.5 points behind, seed spread hypot(0.0071, 0.0071) = 1 point
-    assert all(t["passed"] for t in check_targets(aggregate(rows), ADAPTIVE, SIZES, TextTargets(), k=10)[:2])
+    assert all(t["passed"] for t in check_targets(aggregate(rows, METRICS, extremes=True), ADAPTIVE, SIZES, TextTargets(), k=10)[:2])
 
 
 # ------------------------------------------------------------------------------------------ end to end
 
 
 def test_a_tiny_run_writes_every_method_and_size(tmp_path, monkeypatch):
-    from mrl.experiments.text_bench import run_text_bench
+    from mrlbench.text_bench import run_text_bench
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # restored after the test (the run points it at its own store)
 
@@ -190,7 +190,7 @@ def test_a_tiny_run_writes_every_method_and_size(tmp_path, monkeypatch):
 def test_the_adaptive_setting_is_tuned_on_held_out_queries_only():
     """tune_adaptive picks the cheapest setting within the gap on the queries it is given; a split keeps tuning and
     measured queries apart."""
-    from mrl.experiments.text_bench import _tune_split, tune_adaptive
+    from mrlbench.text_bench import _tune_split, tune_adaptive
 
     rng = np.random.default_rng(0)
     docs = rng.normal(size=(400, 32)).astype(np.float32)

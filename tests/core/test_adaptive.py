@@ -1,9 +1,9 @@
-"""Adaptive classification cascade (mrl.experiments.adaptive_classification), against hand-computed values."""
+"""Adaptive classification cascade (mrl.core.adaptive), against hand-computed values."""
 
 import numpy as np
 import pytest
 
-from mrl.experiments.adaptive_classification import adaptive_curve, cascade, expected_size, search_thresholds, softmax
+from mrl.core.adaptive import adaptive_curve, cascade, expected_size, search_thresholds, softmax
 
 # --- softmax ---------------------------------------------------------------------------------------------------
 

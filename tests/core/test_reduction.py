@@ -1,9 +1,9 @@
-"""Baselines on a fixed-feature representation (mrl.experiments.baselines): first m, PCA, random projection, linear probe."""
+"""Baselines on a fixed-feature representation (mrl.core.reduction): first m, PCA, random projection, linear probe."""
 
 import numpy as np
 import pytest
 
-from mrl.experiments.baselines import PCA, first_m, gaussian_projection, linear_probe_accuracy
+from mrl.core.reduction import PCA, first_m, gaussian_projection, linear_probe_accuracy
 
 # --- first_m ---------------------------------------------------------------------------------------------------
 

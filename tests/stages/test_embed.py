@@ -101,12 +101,12 @@ def test_a_killed_embed_job_resumes_with_every_row_exactly_once(tmp_path):
 @pytest.mark.slow
 def test_the_embed_benchmark_runs_the_stage_and_the_plain_loop_on_the_same_rows(tmp_path):
     import pyarrow.parquet as pq
+    from mrlbench.embed_bench import render, run
 
     from mrl.artifacts import tracking
     from mrl.artifacts.embeddings import read_embeddings
     from mrl.config import MlflowConfig
     from mrl.core.models.model import build_model
-    from mrl.experiments.embed_bench import render, run
 
     tracking.setup(MlflowConfig(), str(tmp_path))
     import mlflow
