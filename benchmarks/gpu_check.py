@@ -99,8 +99,8 @@ def check_embed(batch: int, batches: int, rounds: int) -> dict:
     import copy
 
     from mrl.core.models.model import build_model
+    from mrl.data.formats import MEAN, STD, to_float
     from mrl.data.preprocess import embed_images, inference_model
-    from mrl.data.sources import MEAN, STD, to_float
 
     spec = {"encoder": "resnet50", "dim": 2048, "head": "mrl", "num_classes": 1000, "in_channels": 3,
             "image_size": 224, "nesting": {"schedule": "log", "min_size": 8}}

@@ -35,8 +35,8 @@ def test_search_queries_an_index_through_the_service_code(tmp_path):
 
     import numpy as np
 
+    from mrl.artifacts.index import write_index
     from mrl.cli import main
-    from mrl.retrieval.artifact import write_index
 
     vectors = np.random.default_rng(0).normal(size=(200, 32)).astype(np.float32)
     write_index(tmp_path, np.arange(200) + 1000, np.zeros(200, dtype=np.int64), vectors, [8, 32], "flat", {})

@@ -43,7 +43,7 @@ from mrl.config import (
 from mrl.configio import check, positive, to_dict
 from mrl.core.metrics import pair_metrics
 from mrl.core.reduction import PCA
-from mrl.data.sources import load_text_split, prepare_text_data
+from mrl.data.sources import load_text_split, prepare_data
 from mrl.retrieval.calibrate import candidate_settings, plan_of
 from mrl.retrieval.modes import SearchSettings, make_plan
 from mrl.retrieval.quality import exact_engine, label_metrics, pair_retrieval_at, retrieval_at
@@ -275,7 +275,7 @@ def run_text_bench(cfg: TextBenchConfig, results_dir: str | Path, command: str =
     faiss.omp_set_num_threads(cfg.threads)
     command = command or "python benchmarks/text.py"
     started = time.time()
-    data = prepare_text_data(cfg.data)  # shards in place, absolute path: every model reads the same files
+    data = prepare_data(cfg.data, cfg.output_dir)  # shards in place, absolute path: every model reads the same files
     cfg = dataclasses.replace(cfg, data=data)
     train_split = load_text_split(data, "train")
     test = load_text_split(data, "test")

@@ -20,33 +20,33 @@ from mrl.configio import ConfigError, load_config
 
 
 def _train(cfg: C.TrainJobConfig) -> Any:
-    from mrl.stages.train import run_train
+    from mrl.stages.train import run_train  # lazy: cli
     return run_train(cfg)
 
 
 def _tune(cfg: C.TuneJobConfig) -> Any:
-    from mrl.stages.tune import run_tune
+    from mrl.stages.tune import run_tune  # lazy: cli
     return run_tune(cfg)
 
 
 def _embed(cfg: C.EmbedJobConfig) -> Any:
-    from mrl.stages.embed import run_embed
+    from mrl.stages.embed import run_embed  # lazy: cli
     return run_embed(cfg)
 
 
 def _index(cfg: C.IndexJobConfig) -> Any:
-    from mrl.stages.index import run_build_index
+    from mrl.stages.index import run_build_index  # lazy: cli
     return run_build_index(cfg)
 
 
 def _evaluate(cfg: C.EvaluateJobConfig) -> Any:
-    from mrl.stages.evaluate import run_evaluate
+    from mrl.stages.evaluate import run_evaluate  # lazy: cli
     return run_evaluate(cfg)
 
 
 def _serve(cfg: C.ServeJobConfig) -> Any:
-    from mrl.runtime import ensure_ray
-    from mrl.stages.serve import run_serve
+    from mrl.runtime import ensure_ray  # lazy: cli
+    from mrl.stages.serve import run_serve  # lazy: cli
     ensure_ray(cfg.ray)
     return run_serve(cfg.index_dir, cfg.serve, cfg.mlflow, cfg.output_dir, blocking=cfg.block)
 
@@ -54,7 +54,7 @@ def _serve(cfg: C.ServeJobConfig) -> Any:
 def _search(cfg: C.SearchJobConfig) -> int:
     import json
 
-    from mrl.service.retrieval import RequestError, RetrievalService
+    from mrl.service.retrieval import RequestError, RetrievalService  # lazy: cli
 
     try:
         service = RetrievalService.from_path(cfg.index_dir, cfg.serve)
@@ -73,8 +73,8 @@ def _search(cfg: C.SearchJobConfig) -> int:
 def _lineage(cfg: C.LineageJobConfig) -> int:
     from mlflow import MlflowClient
 
-    from mrl.artifacts import tracking
-    from mrl.artifacts.lineage import trace
+    from mrl.artifacts import tracking  # lazy: cli
+    from mrl.artifacts.lineage import trace  # lazy: cli
 
     uri = tracking.resolve_tracking_uri(cfg.mlflow, cfg.output_dir)
     tracking.setup(cfg.mlflow, cfg.output_dir)
@@ -88,7 +88,7 @@ def _lineage(cfg: C.LineageJobConfig) -> int:
 
 
 def _promote(cfg: C.PromoteJobConfig) -> int:
-    from mrl.artifacts import tracking
+    from mrl.artifacts import tracking  # lazy: cli
 
     tracking.setup(cfg.mlflow, cfg.output_dir)
     try:
@@ -102,7 +102,7 @@ def _promote(cfg: C.PromoteJobConfig) -> int:
 
 
 def _pipeline(cfg: C.PipelineConfig) -> Any:
-    from mrl.stages.pipeline import run_pipeline
+    from mrl.stages.pipeline import run_pipeline  # lazy: cli
     return run_pipeline(cfg)
 
 

@@ -23,6 +23,26 @@ class ConfigError(ValueError):
     """A config value is invalid. The message names the field, the value and what is accepted."""
 
 
+def check(ok: bool, message: str) -> None:
+    """Raise ConfigError(message) unless `ok`: the one way config classes reject a value."""
+    if not ok:
+        raise ConfigError(message)
+
+
+def registered(name: str, value: str, registry) -> None:
+    """`value` must be a name in `registry` (an `mrl.registry.Registry`), checked when the config is built: an
+    encoder, head, loss, index kind or search mode registered by any module (even after this one is imported) is
+    accepted."""
+    check(value in registry, f"{name} {value!r} is not accepted; choose one of {list(registry)}")
+
+
+def positive(name: str, value: int | float | None, allow_none: bool = False) -> None:
+    """`value` must be > 0 (or None, when `allow_none`)."""
+    if value is None and allow_none:
+        return
+    check(value is not None and value > 0, f"{name} must be > 0, got {value!r}")
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """Parse `a.b=value` strings into a nested dict; values are read as YAML (`3`, `[8, 16]`, `null`).
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from mrl.core.models.model import build_model
+from mrl.data.formats import to_float
 from mrl.data.preprocess import embed_images, inference_model, standardize
-from mrl.data.sources import to_float
 
 
 def test_standardize_on_the_tensor_is_to_float_bit_for_bit():

@@ -8,15 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mrl.config import DataConfig
-from mrl.data.readers import (
-    COMPLETE,
-    convert_fashion_mnist,
-    open_split,
-    read_block,
-    select_rows,
-)
-from mrl.data.sources import DataError, load_fashion_mnist, load_image_folder, prepare_data, train_val_indices
+from mrl.config import DataConfig, ModelConfig
+from mrl.data.formats import DataError, load_fashion_mnist, train_val_indices
+from mrl.data.readers import COMPLETE, convert_fashion_mnist, read_block, select_rows
+from mrl.data.sources import load_split, open_split, prepare_data
 
 SHAPE = (1, 28, 28)
 
@@ -127,7 +122,8 @@ def test_image_folder_reads_a_file_list_in_class_then_name_order(tmp_path):
     assert reader.kind == "files" and reader.n == 6
     assert [p.split("/")[-2:] for p in reader.paths[:2]] == [["n01", "img0.JPEG"], ["n01", "img1.JPEG"]]
     table = reader.read(0, 6)
-    x, y = load_image_folder(tmp_path, "val", 8, 3)
+    x, y = load_split(DataConfig(source="image_folder", path=str(tmp_path), test_split="val"),
+                      ModelConfig(image_size=8, in_channels=3), "test")
     pixels = table.column("image").combine_chunks().flatten().to_numpy().reshape(-1, 3, 8, 8)
     assert np.array_equal(pixels, x) and table.column("label").to_pylist() == y.tolist() == [0, 0, 0, 1, 1, 1]
     assert [len(t["paths"]) for t in reader.tasks(rows=4)] == [4, 2]
@@ -169,7 +165,8 @@ def test_ray_dataset_streams_the_split_in_a_seeded_block_order(fmnist):
     out = run_isolated(f"""
 import json, ray
 from mrl.config import DataConfig
-from mrl.data.readers import open_split, ray_dataset
+from mrl.data.readers import ray_dataset
+from mrl.data.sources import open_split
 ray.init(address="local", num_cpus=2, include_dashboard=False)
 # blocks that finish out of turn are handed on at once unless order is kept; keep it to see the seeded order
 ray.data.DataContext.get_current().execution_options.preserve_order = True

@@ -6,16 +6,25 @@ import struct
 import numpy as np
 import pytest
 
-from mrl.data.sources import (
-    DataError,
-    load_fashion_mnist,
-    load_image_folder,
-    load_parquet,
-    load_split,
-    read_idx,
-    to_float,
-    train_val_indices,
-)
+from mrl.data.formats import DataError, load_fashion_mnist, read_idx, to_float, train_val_indices
+from mrl.data.sources import load_split
+
+
+def _load(source, root, split, image_size, in_channels):
+    """Split `split` as it is named on disk, through the source's entry (load_split)."""
+    from mrl.config import DataConfig, ModelConfig
+
+    data = DataConfig(source=source, path=str(root), **({} if split == "train" else {"test_split": split}))
+    model = ModelConfig(image_size=image_size, in_channels=in_channels)
+    return load_split(data, model, "train" if split == "train" else "test")
+
+
+def load_parquet(root, split, image_size, in_channels):
+    return _load("parquet", root, split, image_size, in_channels)
+
+
+def load_image_folder(root, split, image_size, in_channels):
+    return _load("image_folder", root, split, image_size, in_channels)
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

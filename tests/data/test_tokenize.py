@@ -6,7 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from mrl.data.tokenize import PAD_ID, TextTokenizer, train_tokenizer
+from mrl.core.tokens import PAD_ID
+from mrl.data.tokenize import TextTokenizer, train_tokenizer
 
 CORPUS = [
     "a domesticated carnivorous mammal that typically has a long snout",

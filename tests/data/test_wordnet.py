@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mrl.data import wordnet
-from mrl.data.sources import DataError
+from mrl.data.formats import DataError
 from mrl.data.wordnet import (
     LEXNAMES,
     document_text,

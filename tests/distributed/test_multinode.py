@@ -239,8 +239,8 @@ def test_serving_survives_a_killed_node_under_load(cluster, tmp_path):
     import requests
     from ray import serve
 
+    from mrl.artifacts.index import write_index
     from mrl.config import ServeConfig
-    from mrl.retrieval.artifact import write_index
     from mrl.service.app import build_app
 
     index = tmp_path / "index"

@@ -22,8 +22,8 @@ def service(tmp_path_factory):
     import ray
     from ray import serve
 
+    from mrl.artifacts.index import write_index
     from mrl.config import ServeConfig
-    from mrl.retrieval.artifact import write_index
     from mrl.service.app import build_app
 
     index = tmp_path_factory.mktemp("index")
@@ -119,8 +119,8 @@ def test_hot_swap_to_a_new_index_loses_no_request(service, tmp_path):
 
     from ray import serve
 
+    from mrl.artifacts.index import write_index
     from mrl.config import ServeConfig
-    from mrl.retrieval.artifact import write_index
     from mrl.service.app import build_app
 
     url, vectors = service

@@ -87,7 +87,8 @@ def test_embeddings_are_the_models_embeddings(pipeline):
     from mrl.artifacts import tracking
     from mrl.artifacts.embeddings import read_embeddings
     from mrl.artifacts.manifest import read_manifest
-    from mrl.data.sources import load_split, to_float
+    from mrl.data.formats import to_float
+    from mrl.data.sources import load_split
 
     cfg, summary = pipeline
     emb_dir = f"{cfg.output_dir}/embeddings/{summary['embed_run_id']}"
@@ -106,7 +107,7 @@ def test_embeddings_are_the_models_embeddings(pipeline):
 
 
 def test_index_refuses_corruption_and_wrong_dim(pipeline, tmp_path):
-    from mrl.retrieval.artifact import IndexMismatchError, load_index
+    from mrl.artifacts.index import IndexMismatchError, load_index
 
     cfg, summary = pipeline
     path = f"{cfg.output_dir}/index/{summary['index_run_id']}"
@@ -127,7 +128,7 @@ def test_index_refuses_corruption_and_wrong_dim(pipeline, tmp_path):
 
 
 def test_search_by_id_and_by_vector(pipeline):
-    from mrl.retrieval.artifact import load_index
+    from mrl.artifacts.index import load_index
     from mrl.retrieval.topk import exact_search
 
     cfg, summary = pipeline
@@ -149,7 +150,7 @@ def test_search_by_id_and_by_vector(pipeline):
 
 
 def test_every_search_mode_answers_over_http(pipeline):
-    from mrl.retrieval.artifact import load_index
+    from mrl.artifacts.index import load_index
     from mrl.retrieval.topk import exact_search
 
     cfg, summary = pipeline

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mrl.retrieval.artifact import load_index, write_index
+from mrl.artifacts.index import load_index, write_index
 from mrl.retrieval.calibrate import calibrate, candidate_settings, choose, plan_of
 from mrl.retrieval.topk import exact_search
 

@@ -71,8 +71,8 @@ def toy_mode():
 
 def test_a_toy_mode_is_one_registered_function(toy_mode, tmp_path):
     """Registering the function is all it takes: the service offers the mode and answers with it."""
+    from mrl.artifacts.index import write_index
     from mrl.config import ServeConfig
-    from mrl.retrieval.artifact import write_index
     from mrl.service.retrieval import RetrievalService
 
     rng = np.random.default_rng(0)

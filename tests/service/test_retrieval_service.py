@@ -4,8 +4,8 @@
 import numpy as np
 import pytest
 
+from mrl.artifacts.index import write_index
 from mrl.config import ServeConfig
-from mrl.retrieval.artifact import write_index
 from mrl.retrieval.plan import PlanError
 from mrl.retrieval.topk import exact_search
 from mrl.service.retrieval import RequestError, RetrievalService
@@ -159,10 +159,10 @@ def test_image_queries_are_embedded_by_the_index_model_and_mismatches_refused(tm
     import torch
     from PIL import Image
 
+    from mrl.artifacts.index import load_index
     from mrl.artifacts.model_files import save_model_dir
     from mrl.core.models import build_model
     from mrl.data.preprocess import embed_images
-    from mrl.retrieval.artifact import load_index
     from mrl.service.encoder import QueryEncoder
 
     torch.manual_seed(0)
@@ -196,8 +196,8 @@ def test_text_queries_are_embedded_with_the_index_models_tokenizer(tmp_path):
     """A text query is tokenised and embedded by the index's own text model, so it finds what the text's own
     embedding finds; an image sent to a text index, or text to an image index, is a 422 naming the kind."""
 
+    from mrl.artifacts.index import load_index
     from mrl.artifacts.model_files import save_model_dir
-    from mrl.retrieval.artifact import load_index
     from mrl.service.encoder import QueryEncoder
 
     from conftest import tiny_text_model
@@ -233,8 +233,8 @@ def test_budgets_pick_plans_from_the_calibration_table(index_dir, tmp_path):
     table, or a budget beside mode / shortlist_k, is a 422."""
     import shutil
 
+    from mrl.artifacts.index import load_index
     from mrl.artifacts.manifest import read_manifest, write_manifest
-    from mrl.retrieval.artifact import load_index
 
     path = tmp_path / "calibrated"
     shutil.copytree(index_dir[0], path)

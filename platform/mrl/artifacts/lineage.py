@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mrl.artifacts.manifest import read_manifest, sha256
+from mrl.artifacts.tracking import describe_model
+
 
 @dataclass
 class Link:
@@ -45,7 +48,6 @@ def _run(client, run_id: str | None) -> tuple[Any, str | None]:
 
 
 def _checksums(path: Path, manifest: dict[str, Any]) -> tuple[int, str | None]:
-    from mrl.artifacts.manifest import sha256
 
     sums = manifest.get("checksums", {})
     for name, digest in sums.items():
@@ -64,7 +66,6 @@ def trace(target: str, client) -> list[Link]:
         return _deployment(target.rstrip("/"), client)
     if target.startswith(("models:/", "runs:/")):
         return _model(target, client)
-    from mrl.artifacts.manifest import read_manifest
 
     try:
         stage = read_manifest(target).get("stage")
@@ -95,7 +96,6 @@ def _deployment(url: str, client) -> list[Link]:
 
 
 def _index(path: Path, client) -> list[Link]:
-    from mrl.artifacts.manifest import read_manifest
 
     try:
         manifest = read_manifest(path, stage="index")
@@ -110,7 +110,6 @@ def _index(path: Path, client) -> list[Link]:
 
 
 def _embeddings(path: Path, client) -> list[Link]:
-    from mrl.artifacts.manifest import read_manifest
 
     try:
         manifest = read_manifest(path, stage="embed")
@@ -123,7 +122,6 @@ def _embeddings(path: Path, client) -> list[Link]:
 
 
 def _model(uri: str, client) -> list[Link]:
-    from mrl.artifacts.tracking import describe_model
 
     try:
         info = describe_model(uri)

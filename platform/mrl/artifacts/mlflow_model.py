@@ -13,7 +13,9 @@ import mlflow
 import numpy as np
 from mlflow.pyfunc import PythonModel
 
+from mrl.artifacts.model_files import load_model_dir
 from mrl.artifacts.tracking import WEIGHTS_ARTIFACT
+from mrl.data.formats import to_float
 
 
 def as_images(data: Any, image_shape: tuple[int, ...]) -> np.ndarray:
@@ -51,7 +53,6 @@ class MRLPyfuncModel(PythonModel):
     """
 
     def load_context(self, context) -> None:
-        from mrl.artifacts.model_files import load_model_dir
 
         self.model = load_model_dir(context.artifacts[WEIGHTS_ARTIFACT], device="cpu")
         spec = self.model.spec
@@ -63,7 +64,6 @@ class MRLPyfuncModel(PythonModel):
         float32."""
         import torch
 
-        from mrl.data.sources import to_float
 
         if self.model.modality == "text":
             return self.model.embed_texts(as_texts(model_input))

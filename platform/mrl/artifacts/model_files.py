@@ -20,6 +20,9 @@ from typing import Any
 
 import torch
 
+from mrl.core.models import build_model
+from mrl.data.tokenize import TextTokenizer
+
 FORMAT = "mrl-model"
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -148,7 +151,6 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu"):
     Returns:
         The `MRLModel` with `.spec` equal to the saved spec.
     """
-    from mrl.core.models import build_model
 
     path = Path(path)
     spec = read_spec(path)
@@ -169,7 +171,6 @@ def read_tokenizer(file: str | Path, spec: dict[str, Any]):
     Raises:
         ModelFileError: the file is missing, not a tokenizer, or has more tokens than the model's embedding table.
     """
-    from mrl.data.tokenize import TextTokenizer
 
     file = Path(file)
     text = spec.get("text") or {}

@@ -10,6 +10,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mrl.artifacts.model_files import SPEC_FILE, ModelFileError, load_model_dir, save_model_dir
+from mrl.configio import flatten
+
 MODEL_PIP_REQUIREMENTS = ["torch", "mrl-platform"]
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")  # the pyfunc "model from code" of a logged model
 WEIGHTS_ARTIFACT = "weights"  # artifact key (and folder under <model>/artifacts/) of the model directory
@@ -51,7 +54,6 @@ def log_params(params: dict[str, Any]) -> None:
     """Log flattened params; values are stringified and clipped to MLflow's 6000-character limit."""
     import mlflow
 
-    from mrl.configio import flatten
 
     flat = {k: str(v)[:6000] for k, v in flatten(params).items()}
     items = list(flat.items())
@@ -78,7 +80,6 @@ def log_model(model, registered_model: str | None, metadata: dict[str, Any]):
 
     import mlflow.pyfunc
 
-    from mrl.artifacts.model_files import save_model_dir
 
     with tempfile.TemporaryDirectory() as tmp:
         weights = save_model_dir(model, Path(tmp) / WEIGHTS_ARTIFACT)  # copied into the run's artifacts
@@ -126,7 +127,6 @@ def load_model(model_uri: str):
     """
     import mlflow.artifacts
 
-    from mrl.artifacts.model_files import SPEC_FILE, ModelFileError, load_model_dir
 
     local = Path(model_uri)
     if (local / SPEC_FILE).is_file():  # a bare model directory

@@ -8,6 +8,8 @@ import io
 
 import numpy as np
 
+from mrl.data.formats import MEAN, STD
+
 
 def decode_image(data: bytes | str, image_size: int, in_channels: int) -> np.ndarray:
     """An encoded image (PNG, JPEG, ... as bytes, or a path) -> uint8 (C, H, W): converted to grayscale
@@ -35,7 +37,6 @@ def standardize(images, dtype=None):
     """
     import torch
 
-    from mrl.data.sources import MEAN, STD
 
     x = images.to(torch.float32).div_(255.0).sub_(MEAN).div_(STD)
     return x if dtype is None or dtype == torch.float32 else x.to(dtype)

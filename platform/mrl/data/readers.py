@@ -1,6 +1,7 @@
 """Streaming readers: a split known by its metadata, its rows read where the data lives, by the workers.
 
-The driver opens a split (`open_split`) from metadata alone: the Parquet footers of its shards (row counts) or
+The driver opens a split (`mrl.data.sources.open_split`, through the source's entry: `open_parquet`,
+`open_folder`) from metadata alone: the Parquet footers of its shards (row counts) or
 the file list of an image folder; no image is read there. Work is described by read tasks, small dicts (a shard
 and a row range in it, or a chunk of the file list) that ship to any worker, and each worker reads its own rows:
 `read_task` (one task), `SplitReader.read(lo, hi)` (rows by position: the embed stage's units) or `ray_dataset`
@@ -28,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from mrl.data.sources import IMAGE_SUFFIXES, DataError
+from mrl.data.formats import IMAGE_SUFFIXES, DataError, load_fashion_mnist, train_val_indices
+from mrl.data.preprocess import decode_image
 
 SHARD_ROWS = 10_000  # rows per converted Fashion-MNIST shard
 ROW_GROUP_ROWS = 1_024  # a reader of a row range decodes whole row groups: keep them small
@@ -140,7 +142,6 @@ def read_task(task: dict[str, Any], shape: tuple[int, ...]):
     Raises:
         DataError: naming the file, when pixels do not match `shape` or an image does not decode.
     """
-    from mrl.data.preprocess import decode_image
 
     lo, hi = int(task["lo"]), int(task["hi"])
     positions = task_positions(task)
@@ -191,7 +192,6 @@ def _binary_types():
 
 
 def _decode(path: str, shape: tuple[int, ...]) -> np.ndarray:
-    from mrl.data.preprocess import decode_image
 
     try:
         return decode_image(path, shape[1], shape[0])
@@ -199,35 +199,38 @@ def _decode(path: str, shape: tuple[int, ...]) -> np.ndarray:
         raise DataError(f"{path}: {exc}") from None
 
 
-def open_split(data, shape: tuple[int, int, int], split: str) -> SplitReader:
-    """The reader of `split` ("train" or "test") of an image `DataConfig`, from metadata only.
+def open_folder(base: Path, split: str, shape: tuple[int, int, int], limit: int | None) -> SplitReader:
+    """The reader of an image folder `base` (<base>/<class>/<image>) holding split `split`, from its file list.
 
     Args:
-        data: the data config; a fashion_mnist one needs `shards_path` (set by `mrl.data.sources.prepare_data`).
+        base: the split's directory on disk.
+        split: "train" or "test", the stages' name of the split.
         shape: (C, H, W) the model takes.
-        split: "train" or "test" (read from `data.test_split` on disk).
+        limit: read only the first rows (None: all).
+    """
+    paths, labels = list_image_folder(base)
+    n = len(paths) if limit is None else min(limit, len(paths))
+    return SplitReader(split, "files", tuple(paths), (), labels, shape, n, False)
+
+
+def open_parquet(base: Path, on_disk: str, split: str, shape: tuple[int, int, int], limit: int | None
+                 ) -> SplitReader:
+    """The reader of split `on_disk` of Parquet image data under `base` (`parquet_shards`), from the shards'
+    footers.
+
+    Args:
+        base: the data's root.
+        on_disk: the split's name there (<base>/<on_disk>/*.parquet or <base>/<on_disk>.parquet).
+        split: "train" or "test", the stages' name of the split.
+        shape: (C, H, W) the model takes.
+        limit: read only the first rows (None: all).
 
     Raises:
         DataError: naming the path and the layout expected there.
     """
-    on_disk = split if split == "train" else data.test_split
-    limit = data.train_limit if split == "train" else data.test_limit
-    if data.source == "image_folder":
-        paths, labels = list_image_folder(Path(data.root) / on_disk)
-        n = len(paths) if limit is None else min(limit, len(paths))
-        return SplitReader(split, "files", tuple(paths), (), labels, shape, n, False)
-    if data.source == "fashion_mnist":
-        if data.shards_path is None:
-            raise DataError("fashion_mnist data has no shards_path: prepare_data() converts the IDX files into "
-                            "Parquet shards and sets it")
-        base = Path(data.shards_path)
-    elif data.source == "parquet":
-        base = Path(data.root)
-    else:
-        raise DataError(f"data.source {data.source!r} is not an image source")
-    shards = parquet_shards(base, on_disk)
     import pyarrow.parquet as pq
 
+    shards = parquet_shards(base, on_disk)
     counts, has_id = [], True
     for path in shards:
         meta = pq.ParquetFile(path)
@@ -241,6 +244,42 @@ def open_split(data, shape: tuple[int, int, int], split: str) -> SplitReader:
     total = sum(counts)
     n = total if limit is None else min(limit, total)
     return SplitReader(split, "parquet", tuple(map(str, shards)), tuple(counts), None, shape, n, has_id)
+
+
+TEXT_COLUMNS = ("id", "label", "query", "document")
+
+
+def read_text_rows(split_dir: Path, what: str, hint: str) -> dict[str, Any]:
+    """Every row of a text split, <split_dir>/*.parquet with columns id, label, query and document, sorted by id.
+
+    Args:
+        split_dir: the split's directory.
+        what: what the data is, for errors (e.g. "text_parquet split").
+        hint: how to make the data, for errors.
+
+    Returns:
+        {"id": int64 array, "label": int64 array, "query": list[str], "document": list[str]}.
+
+    Raises:
+        DataError: the directory, its shards or a column is missing.
+    """
+    import pyarrow.parquet as pq
+
+    files = sorted(split_dir.glob("*.parquet")) if split_dir.is_dir() else []
+    if not files:
+        raise DataError(f"{what} {split_dir} not found (expected {split_dir}/*.parquet with columns "
+                        f"{', '.join(TEXT_COLUMNS)}); {hint}")
+    for path in files:
+        missing = set(TEXT_COLUMNS) - set(pq.ParquetFile(path).schema_arrow.names)
+        if missing:
+            raise DataError(f"{path}: no column {sorted(missing)}; a text split has columns {', '.join(TEXT_COLUMNS)}")
+    table = pq.read_table([str(f) for f in files], columns=list(TEXT_COLUMNS)).sort_by("id")
+    return {
+        "id": table.column("id").to_numpy().astype(np.int64),
+        "label": table.column("label").to_numpy().astype(np.int64),
+        "query": table.column("query").to_pylist(),
+        "document": table.column("document").to_pylist(),
+    }
 
 
 def parquet_shards(base: Path, split: str) -> list[Path]:
@@ -288,7 +327,6 @@ def convert_fashion_mnist(idx_root: str | Path, out_root: str | Path, rows_per_s
 
     import pyarrow.parquet as pq
 
-    from mrl.data.sources import load_fashion_mnist
 
     out_root = Path(out_root)
     for split in ("train", "test"):
@@ -315,7 +353,6 @@ def convert_fashion_mnist(idx_root: str | Path, out_root: str | Path, rows_per_s
 
 @functools.lru_cache(maxsize=8)
 def _val_positions(n: int, val_fraction: float, seed: int) -> np.ndarray:
-    from mrl.data.sources import train_val_indices
 
     return train_val_indices(n, val_fraction, seed)[1]
 
@@ -360,7 +397,6 @@ def ray_dataset(reader: SplitReader, part: str | None = None, val_fraction: floa
 
     positions = None
     if part is not None and reader.kind == "files":  # open only this part's files
-        from mrl.data.sources import train_val_indices
 
         positions = train_val_indices(reader.n, val_fraction, split_seed)[0 if part == "train" else 1]
     tasks = reader.tasks(rows=rows_per_task, shuffle_seed=order_seed, positions=positions)

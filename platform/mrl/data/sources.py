@@ -1,165 +1,203 @@
-"""Labelled data as arrays: Fashion-MNIST IDX files, image folders and Parquet tables.
+"""Data sources: `DATA_SOURCES` names every kind of labelled data a job can read (`data.source`), and each entry
+owns what is particular to it: its modality, its default root, the paths a job checks before it starts, the
+preparation the driver does before any Ray work, and how a split is read. Adding a source is one
+`DATA_SOURCES.register(name)(DataSource(...))` (here or in any module) plus its test: configs accept the name,
+and every stage reads it through the functions below.
 
-Every source yields `images` (N, C, H, W) uint8 and `labels` (N,) int64 for a split ("train" or "test").
-Row ids are the row positions in the split, stable across stages (embeddings keep them beside vectors).
+Splits are "train" and "test" to the stages; on disk the held-out one is `data.test_split` (ImageNet: val), for
+image and text sources alike. Image sources give a `SplitReader` (rows read where the data lives, by the
+workers) or, for in-process use, arrays: images (N, C, H, W) uint8 and labels (N,) int64. Text sources give
+rows {id, label, query, document}. Row ids are the data's `id` column, else the row positions in the split.
 """
 
 from __future__ import annotations
 
-import gzip
-import struct
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-IDX_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-# Fashion-MNIST pixel statistics (train split), used to standardise inputs.
-MEAN, STD = 0.2860, 0.3530
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
+from mrl.configio import ConfigError
+from mrl.data.formats import DataError, load_fashion_mnist
+from mrl.data.readers import SplitReader, convert_fashion_mnist, open_folder, open_parquet, read_text_rows
+from mrl.data.wordnet import read_text_split, write_wordnet_parquet
+from mrl.registry import Registry
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 
-class DataError(FileNotFoundError):
-    """Data is missing or malformed; the message names the path and how to get the data."""
+@dataclass(frozen=True, kw_only=True)
+class DataSource:
+    """One kind of data. `data` below is a `DataConfig`; `split` is "train" or "test" (the stages' names).
 
-
-def read_idx(path: Path) -> np.ndarray:
-    """Read one IDX file (optionally gzip-compressed) into a numpy array of its declared shape."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype_code != 0x08:
-        raise DataError(f"{path} is not an unsigned-byte IDX file")
-    shape = struct.unpack(f">{ndim}I", raw[4: 4 + 4 * ndim])
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def _find(root: Path, stem: str) -> Path:
-    for candidate in (root / stem, root / f"{stem}.gz"):
-        if candidate.is_file():
-            return candidate
-    raise DataError(
-        f"{root / stem}[.gz] not found: Fashion-MNIST is expected there; install it with "
-        "`apt-get install -y dataset-fashion-mnist` (files go to /usr/share/datasets/fashion-mnist) "
-        "or set data.path to a directory holding the four IDX files"
-    )
-
-
-def load_fashion_mnist(root: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Fashion-MNIST `split` from IDX files under `root`: images (N, 1, 28, 28) uint8, labels (N,) int64."""
-    root = Path(root)
-    images_file, labels_file = IDX_FILES[split]
-    images = read_idx(_find(root, images_file))[:, None]  # (N, 1, 28, 28)
-    labels = read_idx(_find(root, labels_file)).astype(np.int64)
-    if len(images) != len(labels):
-        raise DataError(f"{root}: {len(images)} images but {len(labels)} labels in the {split} split")
-    return images, labels
-
-
-def load_image_folder(root: str | Path, split: str, image_size: int, in_channels: int
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Images under root/split/<class>/* in memory; classes are the sorted sub-directory names."""
-    from mrl.data.readers import list_image_folder, read_task
-
-    paths, labels = list_image_folder(Path(root) / split)
-    table = read_task({"kind": "files", "paths": paths, "labels": labels.tolist(), "ids": list(range(len(paths))),
-                       "lo": 0, "hi": len(paths), "pos": 0}, (in_channels, image_size, image_size))
-    return _arrays(table, (in_channels, image_size, image_size))
-
-
-def load_parquet(root: str | Path, split: str, image_size: int, in_channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """root/split/*.parquet or root/split.parquet in memory: columns `image` (C*H*W uint8 values per row, or
-    encoded image bytes) and `label` (int)."""
-    from mrl.config import DataConfig
-    from mrl.data.readers import open_split
-
-    shape = (in_channels, image_size, image_size)
-    named = {} if split == "train" else {"test_split": split}
-    reader = open_split(DataConfig(source="parquet", path=str(root), **named), shape,
-                        "train" if split == "train" else "test")
-    return _arrays(reader.read(0, reader.n), shape)
-
-
-def _arrays(table, shape) -> tuple[np.ndarray, np.ndarray]:
-    pixels = table.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-    return pixels.reshape((-1, *shape)), table.column("label").to_numpy().astype(np.int64)
-
-
-def load_split(data, model, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Load `split` ("train"/"test") as configured by a `DataConfig` and a `ModelConfig`, with limits applied.
-
-    Returns:
-        images (N, C, H, W) uint8 and labels (N,) int64.
+    Attributes:
+        modality: "image" or "text": which encoders it feeds.
+        default_root: the root when `data.path` is not given; None: `data.path` is required.
+        check_paths: raise ConfigError when what `data` names is not there (called when a job starts).
+        prepare: the `data` workers get (absolute paths, conversions done), on the driver before any Ray work.
+        open: image sources: the split's reader, from metadata (data, split, (C, H, W)) -> SplitReader.
+        read_text: text sources: the split's rows (data, split) -> {id, label, query, document}.
+        load: image sources that read faster in memory than through `open`: (data, split) -> (images, labels).
     """
-    on_disk = split if split == "train" else data.test_split
-    if data.source == "fashion_mnist":
-        images, labels = load_fashion_mnist(data.root, split)
-    elif data.source == "image_folder":
-        images, labels = load_image_folder(data.root, on_disk, model.image_size, model.in_channels)
-    else:
-        images, labels = load_parquet(data.root, on_disk, model.image_size, model.in_channels)
-    if images.shape[1:] != (model.in_channels, model.image_size, model.image_size):
-        raise DataError(f"{data.source} images have shape {images.shape[1:]}, but the model expects "
-                        f"({model.in_channels}, {model.image_size}, {model.image_size}); set model.in_channels "
-                        "and model.image_size")
-    limit = data.train_limit if split == "train" else data.test_limit
-    if limit is not None:
-        images, labels = images[:limit], labels[:limit]
-    return images, labels
+
+    modality: str
+    default_root: str | None = None
+    check_paths: Callable[[Any, str], None]
+    prepare: Callable[[Any, str | Path], Any]
+    open: Callable[[Any, str, tuple[int, int, int]], SplitReader] | None = None
+    read_text: Callable[[Any, str], dict[str, Any]] | None = None
+    load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]] | None = None
 
 
-def train_val_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded random split of range(n) into train and validation row indices."""
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = int(round(n * val_fraction))
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
+DATA_SOURCES: Registry[DataSource] = Registry("data source")
 
 
-def to_float(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, C, H, W) -> standardised float32, the model's input."""
-    return ((images.astype(np.float32) / 255.0) - MEAN) / STD
+def on_disk(data, split: str) -> str:
+    """The directory name of `split` under the data's root: train, or `data.test_split` for test."""
+    return "train" if split == "train" else data.test_split
+
+
+def _limit(data, split: str) -> int | None:
+    return data.train_limit if split == "train" else data.test_limit
+
+
+def _root_exists(data, prefix: str) -> None:
+    if not Path(data.root).exists():
+        raise ConfigError(f"{prefix}path {str(data.root)!r} does not exist ({data.source} data); give an existing "
+                          "directory")
+
+
+def _absolute(data, output_dir: str | Path):
+    return dataclasses.replace(data, path=str(Path(data.root).resolve()))
+
+
+# ------------------------------------------------------------------------------------------------ image sources
+
+def _fashion_mnist_paths(data, prefix: str) -> None:
+    if not Path(data.root).exists():
+        raise ConfigError(f"{prefix}path {str(data.root)!r} does not exist ({data.source} data); install it with "
+                          "`apt-get install -y dataset-fashion-mnist`, or give a directory holding the four IDX files")
+
+
+def _fashion_mnist_prepare(data, output_dir: str | Path):
+    """The IDX files converted once into Parquet shards (at `data.shards_path`, default
+    <output_dir>/data/fashion-mnist) that workers stream."""
+    shards = Path(data.shards_path or Path(output_dir) / "data" / "fashion-mnist").resolve()
+    convert_fashion_mnist(data.root, shards)
+    return dataclasses.replace(data, path=str(Path(data.root).resolve()), shards_path=str(shards))
+
+
+def _fashion_mnist_open(data, split: str, shape: tuple[int, int, int]) -> SplitReader:
+    if data.shards_path is None:
+        raise DataError("fashion_mnist data has no shards_path: prepare_data() converts the IDX files into "
+                        "Parquet shards and sets it")
+    return open_parquet(Path(data.shards_path), split, split, shape, _limit(data, split))
+
+
+DATA_SOURCES.register("fashion_mnist")(DataSource(
+    modality="image", default_root=FASHION_MNIST_DIR, check_paths=_fashion_mnist_paths,
+    prepare=_fashion_mnist_prepare, open=_fashion_mnist_open,
+    load=lambda data, split: load_fashion_mnist(data.root, split)))
+DATA_SOURCES.register("image_folder")(DataSource(
+    modality="image", check_paths=_root_exists, prepare=_absolute,
+    open=lambda data, split, shape: open_folder(Path(data.root) / on_disk(data, split), split, shape,
+                                                _limit(data, split))))
+DATA_SOURCES.register("parquet")(DataSource(
+    modality="image", check_paths=_root_exists, prepare=_absolute,
+    open=lambda data, split, shape: open_parquet(Path(data.root), on_disk(data, split), split, shape,
+                                                 _limit(data, split))))
+
+
+# ------------------------------------------------------------------------------------------------- text sources
+
+def _wordnet_paths(data, prefix: str) -> None:
+    if not (Path(data.wordnet_root) / "data.noun").is_file():
+        raise ConfigError(f"{prefix}wordnet_root {data.wordnet_root!r} holds no WordNet database (data.noun); "
+                          "install it with `apt-get install -y wordnet-base`")
+
+
+def _wordnet_prepare(data, output_dir: str | Path):
+    """WordNet converted into text shards at `data.path` on first use (a cache hit afterwards)."""
+    path = str(Path(data.root).resolve())
+    write_wordnet_parquet(path, data.wordnet_root, seed=data.seed, test_fraction=data.test_fraction)
+    return dataclasses.replace(data, path=path)
+
+
+DATA_SOURCES.register("wordnet")(DataSource(
+    modality="text", check_paths=_wordnet_paths, prepare=_wordnet_prepare,
+    read_text=lambda data, split: read_text_split(data.root, on_disk(data, split))))
+DATA_SOURCES.register("text_parquet")(DataSource(
+    modality="text", check_paths=_root_exists, prepare=_absolute,
+    read_text=lambda data, split: read_text_rows(
+        Path(data.root) / on_disk(data, split), "text_parquet split",
+        "give data.path a directory holding <split>/*.parquet for train and data.test_split")))
+
+
+# ------------------------------------------------------------------------------------------ what stages call
+
+def source_of(data) -> DataSource:
+    """The registry entry of `data.source`."""
+    return DATA_SOURCES.get(data.source)
+
+
+def check_data_paths(data, prefix: str = "") -> None:
+    """Check the paths `data` names (at the start of the job that reads them); ConfigError names the field."""
+    source_of(data).check_paths(data, prefix)
 
 
 def prepare_data(data, output_dir: str | Path):
     """A `DataConfig` ready for workers that may run on other nodes, prepared on the driver before any Ray work:
-    absolute paths; Fashion-MNIST's IDX files converted once into Parquet shards (at `data.shards_path`, default
-    <output_dir>/data/fashion-mnist); WordNet converted into text shards (`prepare_text_data`)."""
-    import dataclasses
-
-    if data.modality == "text":
-        return prepare_text_data(data)
-    if data.source == "fashion_mnist":
-        from mrl.data.readers import convert_fashion_mnist
-
-        shards = Path(data.shards_path or Path(output_dir) / "data" / "fashion-mnist").resolve()
-        convert_fashion_mnist(data.root, shards)
-        return dataclasses.replace(data, path=str(Path(data.root).resolve()), shards_path=str(shards))
-    return dataclasses.replace(data, path=str(Path(data.root).resolve()))
+    absolute paths, and whatever conversion the source needs (Fashion-MNIST's IDX files into Parquet shards,
+    WordNet into text shards), done once."""
+    return source_of(data).prepare(data, output_dir)
 
 
-def prepare_text_data(data):
-    """A text `DataConfig` with its shards in place and an absolute path (workers may run elsewhere).
+def open_split(data, shape: tuple[int, int, int], split: str) -> SplitReader:
+    """The reader of `split` ("train" or "test") of an image `DataConfig`, from metadata only.
 
-    wordnet: converts the WordNet database into `data.path` on first use (a cache hit afterwards, about a
-    second otherwise); text_parquet: checks nothing more than the reader will. Image sources pass through.
+    Args:
+        data: the data config; a fashion_mnist one needs `shards_path` (set by `prepare_data`).
+        shape: (C, H, W) the model takes.
+        split: "train" or "test" (read from `data.test_split` on disk).
+
+    Raises:
+        DataError: naming the path and the layout expected there, or a text source.
     """
-    import dataclasses
+    source = source_of(data)
+    if source.open is None:
+        raise DataError(f"data.source {data.source!r} is {source.modality} data, not an image source")
+    return source.open(data, split, shape)
 
-    if data.modality != "text":
-        return data
-    path = str(Path(data.root).resolve())
-    if data.source == "wordnet":
-        from mrl.data.wordnet import write_wordnet_parquet
 
-        write_wordnet_parquet(path, data.wordnet_root, seed=data.seed, test_fraction=data.test_fraction)
-    return dataclasses.replace(data, path=path)
+def load_split(data, model, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Load `split` ("train"/"test") of image data in memory, as configured by a `DataConfig` and a
+    `ModelConfig`, with limits applied (in-process training and evaluation; stages stream instead).
+
+    Returns:
+        images (N, C, H, W) uint8 and labels (N,) int64.
+    """
+    shape = (model.in_channels, model.image_size, model.image_size)
+    source = source_of(data)
+    if source.load is not None:
+        images, labels = source.load(data, split)
+        limit = _limit(data, split)
+        images, labels = (images, labels) if limit is None else (images[:limit], labels[:limit])
+    else:
+        reader = open_split(data, shape, split)
+        table = reader.read(0, reader.n)
+        pixels = table.column("image").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        images, labels = pixels.reshape((-1, *shape)), table.column("label").to_numpy().astype(np.int64)
+    if images.shape[1:] != shape:
+        raise DataError(f"{data.source} images have shape {images.shape[1:]}, but the model expects {shape}; set "
+                        "model.in_channels and model.image_size")
+    return images, labels
 
 
 def load_text_split(data, split: str) -> dict:
-    """Text rows of `split` as configured by a text `DataConfig`, with limits applied.
+    """Text rows of `split` ("train"/"test") as configured by a text `DataConfig`, with limits applied.
 
     A limit keeps a seeded random subset (`data.seed`), not the first rows: WordNet's ids are sorted by part of
     speech, so the first rows would all be adjectives.
@@ -167,11 +205,12 @@ def load_text_split(data, split: str) -> dict:
     Returns:
         {"id": int64 (N,), "label": int64 (N,), "query": [str] * N, "document": [str] * N}, sorted by id.
     """
-    from mrl.data.wordnet import read_text_split
-
-    data = prepare_text_data(data)
-    rows = read_text_split(data.root, split)
-    limit = data.train_limit if split == "train" else data.test_limit
+    source = source_of(data)
+    if source.read_text is None:
+        raise DataError(f"data.source {data.source!r} is {source.modality} data, not a text source")
+    data = prepare_data(data, "")
+    rows = source.read_text(data, split)
+    limit = _limit(data, split)
     if limit is None or limit >= len(rows["id"]):
         return rows
     keep = np.sort(np.random.default_rng(data.seed).choice(len(rows["id"]), size=limit, replace=False))

@@ -14,8 +14,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from mrl.core.tokens import PAD_ID
+
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-PAD_ID = 0
 
 
 class TextTokenizer:
@@ -62,15 +63,6 @@ class TextTokenizer:
         from tokenizers import Tokenizer
 
         return cls(Tokenizer.from_str(text), max_tokens)
-
-
-def trim_padding(ids):
-    """Token ids (B, T) (numpy or torch) cut to the longest sequence of the batch: the columns after it are all
-    [PAD], which the encoder masks out anyway, so the result embeds identically at a fraction of the cost."""
-    used = (ids != PAD_ID).any(0)  # (T,)
-    used = used.numpy() if hasattr(used, "numpy") else np.asarray(used)
-    columns = np.flatnonzero(used)
-    return ids[:, :int(columns[-1]) + 1 if len(columns) else 1]
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, max_tokens: int, lowercase: bool = True,

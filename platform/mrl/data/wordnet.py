@@ -33,9 +33,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from mrl.data.sources import DataError
+from mrl.data.formats import DataError
+from mrl.data.readers import read_text_rows
 
 DEFAULT_ROOT = "/usr/share/wordnet"
 POS_FILES = ("noun", "verb", "adj", "adv")
@@ -268,7 +267,7 @@ def read_text_split(path: str | Path, split: str, limit: int | None = None) -> d
 
     Args:
         path: the conversion's output directory (holding <split>/part-*.parquet).
-        split: "train" or "test".
+        split: the split's directory name ("train", "test").
         limit: keep only the first `limit` rows (by id); None keeps all.
 
     Returns:
@@ -277,20 +276,8 @@ def read_text_split(path: str | Path, split: str, limit: int | None = None) -> d
     Raises:
         DataError: the split directory or its shards are missing.
     """
-    import pyarrow.parquet as pq
-
-    split_dir = Path(path) / split
-    if not split_dir.is_dir() or not any(split_dir.glob("part-*.parquet")):
-        raise DataError(f"WordNet text split {split_dir} not found (expected {split_dir}/part-*.parquet); write "
-                        "it with mrl.data.wordnet.write_wordnet_parquet or run the text pipeline, which does")
-    files = [str(f) for f in sorted(split_dir.glob("part-*.parquet"))]
-    table = pq.read_table(files, columns=["id", "label", "query", "document"])
-    table = table.sort_by("id")
-    if limit is not None:
-        table = table.slice(0, limit)
-    return {
-        "id": table.column("id").to_numpy().astype(np.int64),
-        "label": table.column("label").to_numpy().astype(np.int64),
-        "query": table.column("query").to_pylist(),
-        "document": table.column("document").to_pylist(),
-    }
+    rows = read_text_rows(Path(path) / split, "WordNet text split", "write it with "
+                          "mrl.data.wordnet.write_wordnet_parquet or run the text pipeline, which does")
+    if limit is None:
+        return rows
+    return {key: value[:limit] for key, value in rows.items()}

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 
+from mrl.retrieval.adanns import DEFAULT_NPROBE
 from mrl.retrieval.indexes import faiss_search, index_bytes, search_params, to_device
 from mrl.retrieval.plan import QueryPlan, Shortlist, check_plan
 from mrl.retrieval.store import PrefixStore, as_store, rerank
@@ -132,7 +133,6 @@ class CellSource:
         """The best `keep` members of the probed cells by cosine at prefix `size`, best first."""
         import faiss
 
-        from mrl.retrieval.adanns import DEFAULT_NPROBE
 
         ivf = self.lists(size)
         nprobe = max(1, min(spec.nprobe or DEFAULT_NPROBE, self.cells.nlist))

@@ -28,8 +28,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from mrl.artifacts.index import load_index
+from mrl.artifacts.manifest import read_manifest
+from mrl.configio import from_dict, to_dict
 from mrl.service.api import SearchRequest, validation_detail
-from mrl.service.retrieval import RequestError
+from mrl.service.config import ServeConfig
+from mrl.service.encoder import QueryEncoder, check_encoder
+from mrl.service.retrieval import RequestError, RetrievalService
 
 app = FastAPI(title="MRL adaptive retrieval", version="1",
               description="Matryoshka retrieval: shortlist with a small prefix, rerank exactly with larger ones. "
@@ -96,7 +101,6 @@ class Encoder:
 
     def __init__(self, model_uri: str, tracking_uri: str | None, manifest: dict[str, Any], batch_max_size: int = 8,
                  batch_wait_ms: float = 0.0):
-        from mrl.service.encoder import QueryEncoder, check_encoder
 
         self.encoder = QueryEncoder(model_uri, tracking_uri)
         check_encoder(manifest, self.encoder.describe())  # another model, d or nesting list: the deploy fails
@@ -126,10 +130,6 @@ class Retriever:
         import faiss
         import torch
 
-        from mrl.config import ServeConfig
-        from mrl.configio import from_dict
-        from mrl.retrieval.artifact import load_index
-        from mrl.service.retrieval import RetrievalService
 
         faiss.omp_set_num_threads(1)  # one CPU per replica
         torch.set_num_threads(1)
@@ -181,8 +181,6 @@ def build_app(index_dir: str, serve_cfg, tracking_uri: str | None = None):
     """The bound Serve application for an index directory and a `ServeConfig` (replicas or autoscaling, queue
     depth and GPUs from it). With `serve.encoder` and an index whose manifest names its model, an Encoder
     deployment loads exactly that model version from `tracking_uri` for image or text queries."""
-    from mrl.artifacts.manifest import read_manifest
-    from mrl.configio import to_dict
 
     manifest = read_manifest(index_dir, stage="index")
     encoder = None
@@ -204,8 +202,6 @@ def build_app(index_dir: str, serve_cfg, tracking_uri: str | None = None):
 
 def app_builder(args: dict[str, Any]):
     """Serve application builder: args = {"index_dir": path, **ServeConfig fields}."""
-    from mrl.config import ServeConfig
-    from mrl.configio import from_dict
 
     args = dict(args)
     index_dir = args.pop("index_dir", "outputs/index/latest")

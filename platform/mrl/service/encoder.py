@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from mrl.artifacts.tracking import load_model
+from mrl.data.preprocess import decode_image, embed_images
+
 
 class QueryEncoder:
     """Query images (bytes) or texts (str) -> embeddings with a registered model, whichever it reads.
@@ -25,7 +28,6 @@ class QueryEncoder:
         import mlflow
         import torch
 
-        from mrl.artifacts.tracking import load_model
 
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)
@@ -57,7 +59,6 @@ class QueryEncoder:
 
     def _images(self, images: list[bytes | str]) -> list[np.ndarray | str]:
         """Encoded images -> embeddings; a str in the list is an error message passed through."""
-        from mrl.data.preprocess import decode_image, embed_images
 
         decoded: list[np.ndarray | str] = []
         for data in images:

@@ -22,10 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from mrl.retrieval.artifact import IndexArtifact, load_index
+from mrl.artifacts.index import IndexArtifact, load_index
+from mrl.retrieval.calibrate import choose, plan_of
 from mrl.retrieval.modes import check_settings, make_plan
 from mrl.retrieval.plan import QueryPlan
 from mrl.service.api import SearchRequest, validation_detail
+from mrl.service.encoder import check_encoder
 
 
 class RequestError(ValueError):
@@ -52,7 +54,6 @@ class RetrievalService:
         """`encoder`: a callable list[bytes | str] -> list[(d,) array | error str] for image (bytes) and text
         (str) queries (a `QueryEncoder`); `encoder_info`: its `describe()`, checked against the index manifest (a
         caller that embeds queries itself, like the Serve deployment, passes only this)."""
-        from mrl.service.encoder import check_encoder
 
         self.artifact, self.cfg = artifact, cfg
         self.encoder = encoder
@@ -236,7 +237,6 @@ class RetrievalService:
 
     def _budget_choice(self, request: SearchRequest) -> dict[str, Any]:
         """The calibration row a request's budget picks (422 when the index has no table)."""
-        from mrl.retrieval.calibrate import choose
 
         table = self.artifact.manifest.get("calibration")
         if table is None:
@@ -263,7 +263,6 @@ class RetrievalService:
         if request.budget is not None:
             if request.mode is not None or request.shortlist_k is not None:
                 raise RequestError(422, "a budget chooses the plan: give either budget or mode / shortlist_k")
-            from mrl.retrieval.calibrate import plan_of
 
             budget = self._budget_choice(request)
             setting = budget["setting"]

@@ -26,7 +26,18 @@ from typing import Any
 
 import numpy as np
 
-from mrl.data.preprocess import embed_images
+from mrl.artifacts import tracking
+from mrl.artifacts.manifest import MANIFEST, point_latest, write_manifest
+from mrl.artifacts.tracking import load_model
+from mrl.configio import from_dict, to_dict
+from mrl.core.config import ModelConfig
+from mrl.data.augment import augment, expand_ids
+from mrl.data.config import DataConfig
+from mrl.data.preprocess import embed_images, inference_model
+from mrl.data.readers import TableRows, image_table
+from mrl.data.sources import load_text_split, open_split, prepare_data
+from mrl.runtime import ensure_ray, peak_rss_bytes
+from mrl.stages.config import check_paths
 
 
 class Embedder:
@@ -39,8 +50,6 @@ class Embedder:
 
         torch.set_num_threads(max(1, threads))
         mlflow.set_tracking_uri(tracking_uri)
-        from mrl.artifacts.tracking import load_model
-        from mrl.data.preprocess import inference_model
 
         self.image_shape = tuple(image_shape or ())  # (C, H, W): Parquet/Arrow carries flattened pixels
         self.dtype = dtype
@@ -115,8 +124,6 @@ class UnitEmbedder:
     def __init__(self, model_uri: str, tracking_uri: str, data: dict, model_spec: dict, split: str, out_dir: str,
                  batch_size: int, threads: int = 1, dtype: str = "float32", precision: str = "auto",
                  augment_seed: int | None = None):
-        from mrl.config import DataConfig
-        from mrl.configio import from_dict
 
         self.source, image_shape = split_source(from_dict(DataConfig, data), model_spec, split)
         self.embedder = Embedder(model_uri, tracking_uri, image_shape, threads, dtype, precision)
@@ -131,7 +138,6 @@ class UnitEmbedder:
     def __call__(self, batch: dict) -> dict:
         import pyarrow as pa
 
-        from mrl.runtime import peak_rss_bytes
 
         done = []
         for unit, lo, hi in zip(batch["unit"], batch["lo"], batch["hi"]):
@@ -151,8 +157,6 @@ def augmented_rows(base, lo: int, hi: int, seed: int, image_shape: tuple[int, ..
     position (a `SplitReader` or `TableRows`); consecutive ids read consecutive base rows, wrapping at n_base."""
     import pyarrow as pa
 
-    from mrl.data.augment import augment
-    from mrl.data.readers import image_table
 
     n_base = base.n
     ids = np.arange(lo, hi, dtype=np.int64)
@@ -176,13 +180,6 @@ def run_embed(job, model_uri: str | None = None) -> dict[str, Any]:
     """
     import mlflow
 
-    from mrl.artifacts import tracking
-    from mrl.artifacts.manifest import MANIFEST, point_latest, write_manifest
-    from mrl.config import check_paths
-    from mrl.configio import to_dict
-    from mrl.data.augment import expand_ids
-    from mrl.data.sources import prepare_data
-    from mrl.runtime import ensure_ray, peak_rss_bytes
 
     check_paths(job)  # before any Ray work
     job = dataclasses.replace(job, data=prepare_data(job.data, job.output_dir))
@@ -227,7 +224,7 @@ def run_embed(job, model_uri: str | None = None) -> dict[str, Any]:
                                 if job.embed.augment_rows is not None else None),
                     "verified": verified, "run_name": job.run_name,
                     "peak_rss_bytes": {"driver": peak_rss_bytes() or 0, "actors": peaks},
-                    "data": {"source": job.data.source, "path": job.data.root}}
+                    "data": to_dict(job.data)}
         write_manifest(out, manifest)
         point_latest(out)
         mlflow.log_artifact(str(out / MANIFEST))
@@ -261,7 +258,6 @@ def _embed_split(job, model_uri: str, tracking_uri: str, model_spec: dict[str, A
     Returns the largest peak resident memory an actor reported (0 when nothing was left to embed)."""
     import ray
 
-    from mrl.configio import to_dict
 
     split_dir.mkdir(parents=True, exist_ok=True)
     for stale in split_dir.glob(".part-*.tmp-*"):  # a unit cut short by a kill: written again below
@@ -351,8 +347,6 @@ def split_source(data, model_spec: dict[str, Any], split: str):
     held in memory as `TableRows`: id, label, document) and the image shape (None: text)."""
     import pyarrow as pa
 
-    from mrl.data.readers import TableRows, open_split
-    from mrl.data.sources import load_text_split
 
     if data.modality == "text":
         rows = load_text_split(data, split)
@@ -365,7 +359,5 @@ def split_source(data, model_spec: dict[str, Any], split: str):
 
 
 def _model_cfg(spec: dict[str, Any]):
-    from mrl.config import ModelConfig
-    from mrl.configio import from_dict
 
     return from_dict(ModelConfig, spec, prefix="model.")

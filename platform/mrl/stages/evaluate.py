@@ -18,11 +18,16 @@ from typing import Any
 
 import numpy as np
 
+from mrl.artifacts import tracking
 from mrl.artifacts.embeddings import read_embeddings
 from mrl.artifacts.manifest import read_manifest
+from mrl.configio import from_dict, to_dict
 from mrl.core.metrics import top1_accuracy
 from mrl.core.models.model import head_logits
-from mrl.retrieval.quality import retrieval_at
+from mrl.data.config import DataConfig
+from mrl.data.sources import source_of
+from mrl.plots import pyplot, size_axis
+from mrl.retrieval.quality import pair_retrieval_at, retrieval_at
 
 
 def evaluate_sizes(model, db_vectors: np.ndarray, db_labels: np.ndarray, q_vectors: np.ndarray,
@@ -45,7 +50,6 @@ def pair_rows(model, queries: list[str], d_vectors: np.ndarray, sizes: list[int]
               ) -> list[dict[str, float]]:
     """Pair retrieval per size: query texts i (embedded now) against document vectors, relevant = row i; and the
     reverse direction (documents against the queries' vectors)."""
-    from mrl.retrieval.quality import pair_retrieval_at
 
     q_vectors = model.embed_texts(queries)
     rows = []
@@ -67,7 +71,6 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def plot_sizes(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """Accuracy vs representation size (log2 axis), one line per metric."""
-    from mrl.plots import pyplot, size_axis
 
     plt = pyplot()
     sizes = [r["size"] for r in rows]
@@ -89,8 +92,6 @@ def run_evaluate(job, embeddings: str | None = None) -> dict[str, Any]:
     """
     import mlflow
 
-    from mrl.artifacts import tracking
-    from mrl.configio import to_dict
 
     emb_dir = Path(embeddings or job.embeddings).resolve()
     emb = read_manifest(emb_dir, stage="embed")
@@ -133,10 +134,10 @@ def run_evaluate(job, embeddings: str | None = None) -> dict[str, Any]:
 
 
 def _test_queries(data: dict[str, Any], ids: np.ndarray) -> list[str]:
-    """The query texts of the embedded test documents `ids`, from the text shards the embed run read."""
-    from mrl.data.wordnet import read_text_split
-
-    split = read_text_split(data["path"], "test")
+    """The query texts of the embedded test documents `ids`, from the text data the embed run read (its
+    manifest's `data`: the held-out split is `test_split` on disk)."""
+    config = from_dict(DataConfig, data)
+    split = source_of(config).read_text(config, "test")
     where = {int(i): n for n, i in enumerate(split["id"])}
     missing = [int(i) for i in ids if int(i) not in where]
     if missing:

@@ -1,5 +1,5 @@
 """The build_index stage: FAISS indexes per prefix size over an embed run's database (train) split, written as
-an index artifact (`mrl.retrieval.artifact`) and recorded in MLflow."""
+an index artifact (`mrl.artifacts.index`) and recorded in MLflow."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mrl.artifacts import tracking
 from mrl.artifacts.embeddings import read_embeddings
-from mrl.artifacts.manifest import point_latest, read_manifest
-from mrl.retrieval.artifact import check_index_config, write_index
+from mrl.artifacts.index import check_index_config, load_index, write_index
+from mrl.artifacts.manifest import point_latest, read_manifest, write_manifest
+from mrl.configio import to_dict
+from mrl.core.models.encoders import encoder_modality
+from mrl.retrieval.calibrate import calibrate
 
 
 def run_build_index(job, embeddings: str | None = None) -> dict[str, Any]:
@@ -20,8 +24,6 @@ def run_build_index(job, embeddings: str | None = None) -> dict[str, Any]:
     """
     import mlflow
 
-    from mrl.artifacts import tracking
-    from mrl.configio import to_dict
 
     emb_dir = Path(embeddings or job.embeddings).resolve()
     emb = read_manifest(emb_dir, stage="embed")
@@ -56,7 +58,6 @@ def run_build_index(job, embeddings: str | None = None) -> dict[str, Any]:
 
 def _modality(embed_manifest: dict) -> str:
     """What the indexed model reads ("image" or "text"): the service takes queries of that kind."""
-    from mrl.core.models.encoders import encoder_modality
 
     spec = embed_manifest.get("model_spec") or {}
     return encoder_modality(spec["encoder"]) if "encoder" in spec else "image"
@@ -67,9 +68,6 @@ def _calibrate(out: Path, emb_dir: Path, manifest: dict, n_queries: int, k: int 
     index manifest; without a test split the index has no table (budget requests then get 422)."""
     import numpy as np
 
-    from mrl.artifacts.manifest import write_manifest
-    from mrl.retrieval.artifact import load_index
-    from mrl.retrieval.calibrate import calibrate
 
     if not (emb_dir / "test").is_dir():
         print("[build_index] no test split beside the embeddings: no calibration table (budgets unavailable)",

@@ -24,7 +24,12 @@ from functools import partial
 import numpy as np
 import torch
 
-from mrl.data.tokenize import trim_padding
+from mrl.core.losses import MatryoshkaEmbeddingLoss, MatryoshkaLoss, info_nce, shrink
+from mrl.core.tokens import trim_padding
+from mrl.data.formats import to_float, train_val_indices
+from mrl.data.preprocess import standardize
+from mrl.data.sources import load_split, load_text_split
+from mrl.data.tokenize import train_tokenizer
 
 VAL_CHUNK = 1000
 
@@ -64,8 +69,6 @@ class Classification:
     metric = "val top-1"
 
     def __init__(self, job, rank: int, world: int, device):
-        from mrl.core.losses import MatryoshkaLoss
-        from mrl.data.sources import load_split, to_float, train_val_indices
 
         images, labels = load_split(job.data, job.model, "train")
         self.train_idx, val_idx = train_val_indices(len(labels), job.data.val_fraction, job.data.seed)
@@ -113,7 +116,6 @@ class StreamedClassification:
     def __init__(self, job, rank: int, world: int, device, rows: dict[str, int]):
         import ray.train
 
-        from mrl.core.losses import MatryoshkaLoss
 
         self.train = ray.train.get_dataset_shard("train")
         self.val = ray.train.get_dataset_shard("val") if rows.get("val") else None
@@ -130,13 +132,11 @@ class StreamedClassification:
         return EpochStream(self.train, steps, batch_size, min(self.buffer, self.rows["train"] // world), seed)
 
     def loss(self, model, batch: dict) -> torch.Tensor:
-        from mrl.data.preprocess import standardize
 
         x = standardize(batch["image"].to(self.device, non_blocking=True))
         return self.criterion(model(x), batch["label"].to(self.device, non_blocking=True))[0]
 
     def val_hits(self, model, autocast, batch_size: int = 1024) -> tuple[torch.Tensor | None, int]:
-        from mrl.data.preprocess import standardize
 
         correct, rows = None, 0
         if self.val is None:
@@ -200,9 +200,6 @@ class ContrastivePairs:
     metric = "val pair R@1"
 
     def __init__(self, job, rank: int, world: int, device, tokenizer=None):
-        from mrl.core.losses import MatryoshkaEmbeddingLoss, info_nce
-        from mrl.data.sources import load_text_split, train_val_indices
-        from mrl.data.tokenize import train_tokenizer
 
         split = load_text_split(job.data, "train")
         n = len(split["id"])
@@ -229,7 +226,6 @@ class ContrastivePairs:
 
     def val_hits(self, model, autocast, batch_size: int = 500) -> tuple[torch.Tensor | None, int]:
         """Queries (of this rank's validation chunks) whose own document is the nearest of the chunk, per size."""
-        from mrl.core.losses import shrink
 
         sizes = model.sizes
         hits, rows = None, 0

@@ -11,7 +11,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mrl.config import EmbedJobConfig, EvaluateJobConfig, IndexJobConfig, PipelineConfig
+from mrl.artifacts import tracking
+from mrl.artifacts.embeddings import read_embeddings
+from mrl.data.sources import load_text_split
+from mrl.runtime import ensure_ray
+from mrl.stages.config import EmbedJobConfig, EvaluateJobConfig, IndexJobConfig, PipelineConfig, check_paths
+from mrl.stages.embed import run_embed
+from mrl.stages.evaluate import run_evaluate
+from mrl.stages.index import run_build_index
+from mrl.stages.serve import run_serve
+from mrl.stages.train import run_train
 
 
 def example_query(url: str, embeddings_dir: str, k: int = 5, text: str | None = None) -> dict[str, Any]:
@@ -19,7 +28,6 @@ def example_query(url: str, embeddings_dir: str, k: int = 5, text: str | None = 
     else the embedding of the first test item."""
     import requests
 
-    from mrl.artifacts.embeddings import read_embeddings
 
     ids, labels, vectors = read_embeddings(Path(embeddings_dir) / "test")
     body = {"text": text, "k": k} if text is not None else {"vector": [round(float(v), 6) for v in vectors[0]], "k": k}
@@ -30,7 +38,6 @@ def example_query(url: str, embeddings_dir: str, k: int = 5, text: str | None = 
 
 def _first_test_query(data) -> str:
     """The query text of the first test row (the row whose embedding `example_query` would otherwise send)."""
-    from mrl.data.sources import load_text_split
 
     return load_text_split(data, "test")["query"][0]
 
@@ -47,14 +54,6 @@ def run_pipeline(cfg: PipelineConfig, shutdown: bool = True) -> dict[str, Any]:
     """
     from ray import serve
 
-    from mrl.artifacts import tracking
-    from mrl.config import check_paths
-    from mrl.runtime import ensure_ray
-    from mrl.stages.embed import run_embed
-    from mrl.stages.evaluate import run_evaluate
-    from mrl.stages.index import run_build_index
-    from mrl.stages.serve import run_serve
-    from mrl.stages.train import run_train
 
     started = time.time()
     check_paths(cfg)  # before any Ray work

@@ -7,6 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mrl.artifacts import tracking
+from mrl.artifacts.manifest import read_manifest
+from mrl.configio import to_dict
+from mrl.service.app import build_app
+
 
 def run_serve(index_dir: str, serve_cfg, mlflow_cfg, output_dir: str, blocking: bool = False) -> dict[str, Any]:
     """Deploy the service on the current Ray cluster and record a `deploy` run in MLflow.
@@ -17,10 +22,6 @@ def run_serve(index_dir: str, serve_cfg, mlflow_cfg, output_dir: str, blocking: 
     import mlflow
     from ray import serve
 
-    from mrl.artifacts import tracking
-    from mrl.artifacts.manifest import read_manifest
-    from mrl.configio import to_dict
-    from mrl.service.app import build_app
 
     manifest = read_manifest(index_dir, stage="index")
     tracking_uri = tracking.setup(mlflow_cfg, output_dir)

@@ -20,8 +20,16 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from mrl.config import TrainJobConfig
+from mrl.artifacts import tracking
+from mrl.artifacts.model_files import ModelFileError
 from mrl.configio import from_dict, to_dict
+from mrl.core.models import build_model
+from mrl.data.readers import ray_dataset
+from mrl.data.sources import open_split, prepare_data
+from mrl.data.tokenize import TextTokenizer
+from mrl.runtime import ensure_ray
+from mrl.stages.config import TrainJobConfig, check_paths
+from mrl.stages.objectives import make_objective
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # Inside workers, progress goes through logging: Ray Train tees bare print() to stdout and its logger,
@@ -70,15 +78,12 @@ def run_loop(job: TrainJobConfig, *, rank: int = 0, world: int = 1, device=None,
     """
     import torch.distributed as dist
 
-    from mrl.core.models import build_model
-    from mrl.stages.objectives import make_objective
 
     device = device or torch.device("cpu")
     torch.manual_seed(job.train.seed)
     autocast = _autocast_factory(job.resources.precision, device)
     tokenizer = None
     if restore is not None and restore.get("tokenizer"):
-        from mrl.data.tokenize import TextTokenizer
         tokenizer = TextTokenizer.from_json(restore["tokenizer"], job.model.text.max_tokens)
     objective = make_objective(job, rank, world, device, tokenizer, streamed_rows)
 
@@ -274,7 +279,6 @@ def streamed_datasets(job: TrainJobConfig) -> tuple[dict[str, Any], dict[str, in
     """
     import ray
 
-    from mrl.data.readers import open_split, ray_dataset
 
     context = ray.data.DataContext.get_current()  # datasets carry it to their executors
     context.enable_progress_bars = False  # the loop's one line per quarter epoch, not per-operator bars
@@ -336,7 +340,6 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     """
     import pickle
 
-    from mrl.artifacts.model_files import ModelFileError
 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
@@ -347,14 +350,12 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
 
 def load_checkpoint_model(checkpoint):
     """Rebuild the `MRLModel` saved in a Ray Train checkpoint (CPU, eval mode)."""
-    from mrl.core.models import build_model
 
     with checkpoint.as_directory() as ckpt_dir:
         state = read_checkpoint(Path(ckpt_dir) / CHECKPOINT_FILE)
     model = build_model(state["model_spec"])
     model.load_state_dict(state["model"])
     if state.get("tokenizer"):
-        from mrl.data.tokenize import TextTokenizer
         model.tokenizer = TextTokenizer.from_json(state["tokenizer"], model.spec["text"]["max_tokens"])
     return model.eval()
 
@@ -367,10 +368,6 @@ def run_train(job: TrainJobConfig) -> dict[str, Any]:
     """
     import mlflow
 
-    from mrl.artifacts import tracking
-    from mrl.config import check_paths
-    from mrl.data.sources import prepare_data
-    from mrl.runtime import ensure_ray
 
     check_paths(job)
     job = dataclasses.replace(job, data=prepare_data(job.data, job.output_dir))  # before any Ray work

@@ -18,8 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mrl.config import NestingConfig, TrainJobConfig, TuneJobConfig
+from mrl.artifacts import tracking
 from mrl.configio import from_dict, to_dict
+from mrl.core.config import NestingConfig
+from mrl.data.sources import prepare_data
+from mrl.plots import pyplot
+from mrl.runtime import ensure_ray
+from mrl.stages.config import TrainJobConfig, TuneJobConfig, check_paths
+from mrl.stages.train import fit, run_train
 
 FULL_METRIC = "val_top1_full"
 
@@ -103,7 +109,6 @@ def choose(points: list[tuple[float, float]], full_tolerance: float) -> int:
 def plot_front(trials: list[dict[str, Any]], front: list[int], winner: int, small: str, path: Path,
                tolerance: float) -> Path:
     """Small-size accuracy against full-size accuracy per trial, the Pareto front joined, the winner ringed."""
-    from mrl.plots import pyplot
 
     plt = pyplot()
     xs = [100 * t["metrics"][small] for t in trials]
@@ -131,7 +136,6 @@ def _trial(config: dict[str, Any]) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from mrl.stages.train import fit
 
     base = from_dict(TrainJobConfig, config["base"])
     trial_id = ray.tune.get_context().get_trial_id()
@@ -185,10 +189,6 @@ def run_tune(job: TuneJobConfig) -> dict[str, Any]:
     import mlflow
     import yaml
 
-    from mrl.artifacts import tracking
-    from mrl.config import check_paths
-    from mrl.data.sources import prepare_data
-    from mrl.runtime import ensure_ray
 
     check_paths(job)  # before any Ray work
 
@@ -250,7 +250,6 @@ def run_tune(job: TuneJobConfig) -> dict[str, Any]:
     summary = {"run_id": parent.info.run_id, "sweep": name, "trials": trials, "front": [done[i] for i in front],
                "winner": best, "winner_yaml": str(winner_yaml), "small_metric": small, "seconds": seconds}
     if job.train_winner:
-        from mrl.stages.train import run_train
 
         summary["winner_model_uri"] = run_train(winner_job)["model_uri"]
     print(f"[tune] winner config: {winner_yaml}; front plot: {plot} ({seconds:.0f}s)", flush=True)

@@ -8,8 +8,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from mrl.configio import from_dict, to_dict
+from mrl.core.config import ModelConfig
 from mrl.core.models.encoders import build_encoder
 from mrl.core.models.heads import build_head
+from mrl.core.tokens import trim_padding
 
 
 class MRLModel(nn.Module):
@@ -47,7 +50,6 @@ class MRLModel(nn.Module):
 
     def embed_texts(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
         """A text model's representations of `texts`: (N, d) float32, tokenised with its own tokenizer."""
-        from mrl.data.tokenize import trim_padding
 
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer: it is not a text model, or was built without one")
@@ -66,8 +68,6 @@ def build_model(spec: dict[str, Any]) -> MRLModel:
     Args:
         spec: encoder, dim, head, num_classes, in_channels, image_size, nesting, pretrained_path, backbone.
     """
-    from mrl.config import ModelConfig
-    from mrl.configio import from_dict, to_dict
 
     cfg = from_dict(ModelConfig, spec, prefix="model.")
     encoder = build_encoder(cfg.encoder, cfg.in_channels, cfg.image_size, cfg.dim, cfg.pretrained_path, cfg.backbone,

@@ -25,9 +25,11 @@ from typing import Any
 import numpy as np
 
 from mrl.artifacts.manifest import MANIFEST, ManifestError, read_manifest, sha256, write_manifest
+from mrl.retrieval.adanns import AdannsIVF
 from mrl.retrieval.engine import CellSource, FaissSource, SearchEngine
-from mrl.retrieval.indexes import IndexParams, check_index, check_prefix_size
+from mrl.retrieval.indexes import IndexParams, build_prefix_index, check_index, check_prefix_size
 from mrl.retrieval.modes import ADANNS_SOURCE, index_source
+from mrl.retrieval.store import PrefixStore, torch_device
 
 METRIC = "inner product of separately L2-normalised prefixes (cosine)"
 
@@ -102,8 +104,6 @@ def write_index(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndar
 
     import faiss
 
-    from mrl.retrieval.adanns import AdannsIVF
-    from mrl.retrieval.indexes import build_prefix_index
 
     dim = vectors.shape[1]
     try:
@@ -170,8 +170,6 @@ def load_index(path: str | Path, expect_dim: int | None = None, expect_model_uri
     """
     import faiss
 
-    from mrl.retrieval.adanns import AdannsIVF
-    from mrl.retrieval.store import PrefixStore, torch_device
 
     path = Path(path).resolve()
     try:

@@ -1,4 +1,4 @@
-"""The index artifact (mrl.retrieval.artifact): float16 / float32 rerank vectors, manifest and format checks,
+"""The index artifact (mrl.artifacts.index): float16 / float32 rerank vectors, manifest and format checks,
 AdANNS cells, and the engine over it."""
 
 import json
@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
+from mrl.artifacts.index import IndexMismatchError, load_index, write_index
 from mrl.artifacts.manifest import sha256
-from mrl.retrieval.artifact import IndexMismatchError, load_index, write_index
 from mrl.retrieval.modes import SearchSettings, make_plan
 from mrl.retrieval.topk import exact_search
 
@@ -101,8 +101,8 @@ def test_format_version_and_stage_are_checked(tmp_path):
 
 
 def test_index_config_rules_are_checked_before_any_build(tmp_path):
+    from mrl.artifacts.index import check_index_config
     from mrl.config import IndexConfig
-    from mrl.retrieval.artifact import check_index_config
 
     assert check_index_config(IndexConfig(), 64, [8, 16, 64]) == [8, 16, 64]
     with pytest.raises(IndexMismatchError, match=r"index.sizes \[8, 128\] go above d=64"):
@@ -118,9 +118,9 @@ def test_per_size_graph_settings_reach_each_index(tmp_path):
     keeps the defaults; both are written, read back and searched with their own settings."""
     import faiss
 
+    from mrl.artifacts.index import check_index_config
     from mrl.config import IndexConfig
     from mrl.configio import ConfigError, from_dict
-    from mrl.retrieval.artifact import check_index_config
 
     cfg = from_dict(IndexConfig, {"kind": "hnsw", "hnsw_m": 12, "ef_search": 20, "per_size": [
         {"size": 32, "hnsw_m": 6, "ef_search": 48, "index_storage": "float16", "ef_construction": 30}]})

@@ -1,0 +1,98 @@
+"""The FAISS indexes a build_index run makes (`IndexConfig`): kind, build and default search settings, per-size
+overrides, AdANNS cells, and the budget calibration."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from mrl.configio import ConfigError, check, positive, registered
+from mrl.core.nesting import NestingError, validate_sizes
+from mrl.retrieval.indexes import INDEX_KINDS, IndexParams, check_index
+
+
+@dataclass(frozen=True, kw_only=True)
+class SizeIndexParams:
+    """Build and search settings of the index on one prefix size, overriding `IndexConfig`'s (None: keep)."""
+
+    size: int
+    hnsw_m: int | None = None
+    ef_construction: int | None = None
+    ef_search: int | None = None
+    """The graph's default search breadth (a request's or a plan's ef_search still overrides it)."""
+    index_storage: Literal["float32", "float16"] | None = None
+    nlist: int | None = None
+    nprobe: int | None = None
+    pq_m: int | None = None
+
+    def __post_init__(self) -> None:
+        positive("size", self.size)
+        for name in ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "pq_m"):
+            positive(name, getattr(self, name), allow_none=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class IndexConfig:
+    """FAISS indexes over the database split, one per prefix size, each prefix L2-normalised."""
+
+    sizes: tuple[int, ...] | None = None
+    """Prefix sizes to index; None: the model's nesting list."""
+    kind: str = "flat"
+    """flat: exact; hnsw: graph; ivf: k-means cells with exact vectors; ivfpq: cells with PQ codes."""
+    hnsw_m: int = 32
+    ef_construction: int = 40
+    ef_search: int = 128
+    index_storage: Literal["float32", "float16"] = "float32"
+    """How HNSW graphs and IVF lists hold their vectors (float16: half the bytes per vector)."""
+    nlist: int = 1024
+    """IVF cells (capped at rows / 39)."""
+    nprobe: int = 16
+    pq_m: int = 16
+    """IVF-PQ sub-quantisers; must divide every indexed size."""
+    vector_dtype: Literal["float32", "float16"] = "float32"
+    """Storage of the full-size rerank vectors (float16 halves memory; scores are computed in float32)."""
+    adanns_size: int | None = None
+    """Also build AdANNS cells (k-means on this prefix size, `adanns_nlist` cells) for the service's adanns
+    mode; None: none."""
+    adanns_nlist: int = 1024
+    per_size: tuple[SizeIndexParams, ...] = ()
+    """Settings of single sizes' indexes, e.g. `[{size: 64, hnsw_m: 16, ef_search: 48}]` for a graph
+    shortlist on the 64-d prefix with its own degree and breadth."""
+    calibrate: bool = True
+    """Measure a calibration table (recall and single-query latency of candidate plans) on held-out queries
+    (the embed run's test split) into the index manifest, so requests may ask for a latency or recall budget."""
+    calibration_queries: int = 500
+    """Held-out queries the calibration uses (the first 200 are also timed one by one)."""
+
+    def __post_init__(self) -> None:
+        registered("kind", self.kind, INDEX_KINDS)
+        positive("calibration_queries", self.calibration_queries)
+        if self.sizes is not None:
+            try:
+                validate_sizes(self.sizes, dim=10**9)
+            except NestingError as exc:
+                raise ConfigError(f"sizes: {exc}") from None
+        for name in ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "pq_m", "adanns_nlist"):
+            positive(name, getattr(self, name))
+        positive("adanns_size", self.adanns_size, allow_none=True)
+        per = [o.size for o in self.per_size]
+        check(len(per) == len(set(per)), f"per_size lists a size more than once: {per}")
+        check(self.sizes is None or set(per) <= set(self.sizes),
+               f"per_size sets sizes {sorted(set(per) - set(self.sizes or ()))}, which are not in sizes {self.sizes}")
+        for m in sorted({*(self.sizes or ()), *per}):
+            try:
+                check_index(self.kind, m, 10**9, self.params(m))
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+
+    def params(self, size: int | None = None) -> IndexParams:
+        """Build and default search settings of the index on prefix `size` (`per_size` over the defaults;
+        None: the defaults) for `mrl.retrieval.indexes.build_prefix_index`."""
+        values = {"hnsw_m": self.hnsw_m, "ef_construction": self.ef_construction, "ef_search": self.ef_search,
+                  "index_storage": self.index_storage, "nlist": self.nlist, "nprobe": self.nprobe, "pq_m": self.pq_m}
+        for override in self.per_size:
+            if override.size == size:
+                values.update({k: v for k, v in dataclasses.asdict(override).items() if k != "size" and v is not None})
+        values["storage"] = values.pop("index_storage")
+        return IndexParams(**values)
