@@ -12,9 +12,8 @@ Writes docs/results/<results_name>.{md,csv,json} and plots, and logs them to MLf
 import sys
 from pathlib import Path
 
-from mrlbench.reproduce import ReproduceConfig, run_reproduce
-
 from mrl.configio import ConfigError, load_config
+from mrlbench.reproduce import ReproduceConfig, run_reproduce
 
 HERE = Path(__file__).resolve().parent
 

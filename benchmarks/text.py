@@ -12,9 +12,8 @@ Writes docs/results/<results_name>.{md,csv,json} and plots, and logs them to MLf
 import sys
 from pathlib import Path
 
-from mrlbench.text_bench import TextBenchConfig, run_text_bench
-
 from mrl.configio import ConfigError, load_config
+from mrlbench.text_bench import TextBenchConfig, run_text_bench
 
 HERE = Path(__file__).resolve().parent
 

@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"tune benchmark: config error: {exc}", file=sys.stderr)
         return 2
-    from mrl.stages.tune import run_tune
+    from mrl.stages.tune import run as run_tune
 
     rows = []
     for name, job in jobs.items():

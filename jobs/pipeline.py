@@ -1,4 +1,4 @@
-"""The whole pipeline on local Ray: train, embed, build_index, evaluate, serve, example query.
+"""The whole pipeline on local Ray: train, embed, index, evaluate, serve, example query.
 
     python jobs/pipeline.py --config jobs/pipeline.yaml [key=value ...]
     ray job submit --working-dir . -- python jobs/pipeline.py --config jobs/pipeline.yaml

@@ -260,7 +260,7 @@ def test_pipeline_rerank_and_index_sizes_bounded_by_dim(tmp_path):
     (IndexConfig(kind="ivfpq", pq_m=16), ServeConfig(), r"pq_m=16 does not divide 8"),
 ])
 def test_pipeline_serving_choices_checked_before_any_work(tmp_path, index, serve, message):
-    """The same rules build_index and the service apply to real artifacts, applied to the index to be built."""
+    """The same rules the index stage and the service apply to real artifacts, applied to the index to be built."""
     with pytest.raises(ConfigError, match=message):
         PipelineConfig(data=DataConfig(path=str(tmp_path)), model=ModelConfig(dim=64), index=index, serve=serve)
     ok = PipelineConfig(data=DataConfig(path=str(tmp_path)), model=ModelConfig(dim=64),

@@ -2,19 +2,19 @@
 
 import pytest
 import yaml
-from mrlbench.reproduce import ReproduceConfig
-from mrlbench.retrieval_bench import RetrievalBenchConfig
-from mrlbench.text_bench import TextBenchConfig
 
 from mrl import config as C
 from mrl.configio import ConfigError, load_config
+from mrlbench.reproduce import ReproduceConfig
+from mrlbench.retrieval_bench import RetrievalBenchConfig
+from mrlbench.text_bench import TextBenchConfig
 
 from conftest import REPO
 
 SHIPPED = {
     "jobs/train.yaml": C.TrainJobConfig,
     "jobs/embed.yaml": C.EmbedJobConfig,
-    "jobs/build_index.yaml": C.IndexJobConfig,
+    "jobs/index.yaml": C.IndexJobConfig,
     "jobs/evaluate.yaml": C.EvaluateJobConfig,
     "jobs/pipeline.yaml": C.PipelineConfig,
     "jobs/pipeline_text.yaml": C.PipelineConfig,

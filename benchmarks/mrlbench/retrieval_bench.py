@@ -298,7 +298,7 @@ def measure(engine, plan, queries, q_labels, db_labels, search: BenchSearch, k: 
             "stage_ms": [[stage, 1000 * sec] for stage, sec in found.stages]}
 
 
-def choose(rows: list[dict[str, Any]], gap: float) -> dict[str, str | None]:
+def pick_per_family(rows: list[dict[str, Any]], gap: float) -> dict[str, str | None]:
     """Each family's pick: the fastest search (q/s on the tuning queries) whose tuning mAP@k is within `gap`
     points of exact search's there (rows[0]); None where no setting of the family qualifies."""
     bar = rows[0]["tune"]["map"] - gap / 100
@@ -396,7 +396,7 @@ def run_benchmark(cfg: RetrievalBenchConfig) -> dict[str, Any]:
                      "" if tuned is None else f"; tuning queries: mAP@{k} {100 * tuned['map']:.2f}, "
                      f"{tuned['qps']:.0f} q/s")
         del engine, source
-    picks = choose(rows, cfg.map_gap) if "tune" in query_sets else {}
+    picks = pick_per_family(rows, cfg.map_gap) if "tune" in query_sets else {}
     eval_queries = query_sets["eval"][0]
     return {"rows": rows, "k": k, "dim": dim, "rows_database": len(store), "queries": len(eval_queries),
             "tune_queries": len(query_sets["tune"][0]) if "tune" in query_sets else 0, "map_gap": cfg.map_gap,

@@ -122,7 +122,7 @@ def plot(result: dict[str, Any], path: Path, title: str) -> None:
                    edgecolors="black" if r["config"] in picked else "none", linewidths=1.2,
                    label=f"{i}. {r['config']}" + (f" ({held[i - 1]:,.0f} B/vector)" if held[i - 1] else ""))
         ax.annotate(str(i), (r["qps"], 100 * r["map"]), fontsize=8, xytext=(3, 3), textcoords="offset points")
-    front = pareto_front(rows)
+    front = pareto_rows(rows)
     ax.plot([r["qps"] for r in front], [100 * r["map"] for r in front], color="black", lw=0.7, alpha=0.5)
     ax.set_xscale("log")
     ax.set_xlabel("queries / second (batch, log scale)")
@@ -136,7 +136,7 @@ def plot(result: dict[str, Any], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def pareto_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The searches no other search beats on both mAP and q/s, by q/s ascending."""
     front = [r for r in rows if not any(o["map"] >= r["map"] and o["qps"] >= r["qps"]
                                         and (o["map"] > r["map"] or o["qps"] > r["qps"]) for o in rows)]

@@ -22,7 +22,8 @@ from typing import Any
 from mrl.artifacts.tracking import resolve_tracking_uri
 from mrl.config import TrainJobConfig
 from mrl.configio import load_config
-from mrl.stages.train import run_loop, run_train
+from mrl.stages.train import run as run_train
+from mrl.stages.train import run_loop
 from mrlbench.cpu_shares import CpuShares
 
 

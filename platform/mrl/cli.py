@@ -1,6 +1,6 @@
 """Command line: `mrl STAGE --config FILE [key=value ...]` (also what jobs/*.py call).
 
-Stages: train, tune, embed, build-index, evaluate, serve, pipeline; and `search`, which queries an index
+Stages: train, tune, embed, index, evaluate, serve, pipeline; and `search`, which queries an index
 through the service's code without Ray (`mrl search index_dir=outputs/index/latest ids=[7] mode=funnel`), and
 `lineage`, which prints and checks the chain behind a deployment, index, embeddings or model
 (`mrl lineage target=http://127.0.0.1:8000`; exit 1 when a link is broken), and `promote`, which points the
@@ -12,49 +12,25 @@ message naming the field.
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import sys
 from typing import Any, Callable
 
 from mrl import config as C
+from mrl.artifacts import tracking
+from mrl.artifacts.lineage import trace
 from mrl.configio import ConfigError, load_config
 
 
-def _train(cfg: C.TrainJobConfig) -> Any:
-    from mrl.stages.train import run_train  # lazy: cli
-    return run_train(cfg)
-
-
-def _tune(cfg: C.TuneJobConfig) -> Any:
-    from mrl.stages.tune import run_tune  # lazy: cli
-    return run_tune(cfg)
-
-
-def _embed(cfg: C.EmbedJobConfig) -> Any:
-    from mrl.stages.embed import run_embed  # lazy: cli
-    return run_embed(cfg)
-
-
-def _index(cfg: C.IndexJobConfig) -> Any:
-    from mrl.stages.index import run_build_index  # lazy: cli
-    return run_build_index(cfg)
-
-
-def _evaluate(cfg: C.EvaluateJobConfig) -> Any:
-    from mrl.stages.evaluate import run_evaluate  # lazy: cli
-    return run_evaluate(cfg)
-
-
-def _serve(cfg: C.ServeJobConfig) -> Any:
-    from mrl.runtime import ensure_ray  # lazy: cli
-    from mrl.stages.serve import run_serve  # lazy: cli
-    ensure_ray(cfg.ray)
-    return run_serve(cfg.index_dir, cfg.serve, cfg.mlflow, cfg.output_dir, blocking=cfg.block)
+def _stage(name: str) -> Callable[[Any], Any]:
+    """The `run(job)` of stage module `mrl.stages.<name>`, imported when the command runs: each command loads
+    only its own stage (torch, Ray, MLflow), so `mrl --help` and config errors answer at once."""
+    return importlib.import_module(f"mrl.stages.{name}").run
 
 
 def _search(cfg: C.SearchJobConfig) -> int:
-    import json
-
-    from mrl.service.retrieval import RequestError, RetrievalService  # lazy: cli
+    from mrl.service.retrieval import RequestError, RetrievalService  # lazy: cli; faiss and torch, for search alone
 
     try:
         service = RetrievalService.from_path(cfg.index_dir, cfg.serve)
@@ -73,8 +49,6 @@ def _search(cfg: C.SearchJobConfig) -> int:
 def _lineage(cfg: C.LineageJobConfig) -> int:
     from mlflow import MlflowClient
 
-    from mrl.artifacts import tracking  # lazy: cli
-    from mrl.artifacts.lineage import trace  # lazy: cli
 
     uri = tracking.resolve_tracking_uri(cfg.mlflow, cfg.output_dir)
     tracking.setup(cfg.mlflow, cfg.output_dir)
@@ -88,7 +62,6 @@ def _lineage(cfg: C.LineageJobConfig) -> int:
 
 
 def _promote(cfg: C.PromoteJobConfig) -> int:
-    from mrl.artifacts import tracking  # lazy: cli
 
     tracking.setup(cfg.mlflow, cfg.output_dir)
     try:
@@ -101,19 +74,11 @@ def _promote(cfg: C.PromoteJobConfig) -> int:
     return 0
 
 
-def _pipeline(cfg: C.PipelineConfig) -> Any:
-    from mrl.stages.pipeline import run_pipeline  # lazy: cli
-    return run_pipeline(cfg)
-
-
 STAGES: dict[str, tuple[type, Callable[[Any], Any]]] = {
-    "train": (C.TrainJobConfig, _train),
-    "tune": (C.TuneJobConfig, _tune),
-    "embed": (C.EmbedJobConfig, _embed),
-    "build-index": (C.IndexJobConfig, _index),
-    "evaluate": (C.EvaluateJobConfig, _evaluate),
-    "serve": (C.ServeJobConfig, _serve),
-    "pipeline": (C.PipelineConfig, _pipeline),
+    **{name: (cls, lambda job, name=name: _stage(name)(job)) for name, cls in [
+        ("train", C.TrainJobConfig), ("tune", C.TuneJobConfig), ("embed", C.EmbedJobConfig),
+        ("index", C.IndexJobConfig), ("evaluate", C.EvaluateJobConfig), ("serve", C.ServeJobConfig),
+        ("pipeline", C.PipelineConfig)]},
     "search": (C.SearchJobConfig, _search),
     "lineage": (C.LineageJobConfig, _lineage),
     "promote": (C.PromoteJobConfig, _promote),

@@ -45,3 +45,14 @@ def peak_rss_bytes() -> int | None:
     except OSError:
         pass
     return None
+
+
+def quiet_ray_data() -> None:
+    """Ray Data without its per-operator progress bars and start-of-execution dumps (the stages print one line per
+    unit or quarter epoch instead). The current DataContext: datasets created after this carry it to their
+    executors."""
+    import ray
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False

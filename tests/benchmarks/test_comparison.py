@@ -3,6 +3,9 @@ table cells and the MRL >= FF-m check, on hand-made rows."""
 
 import numpy as np
 import pytest
+
+from mrl.config import ConfigError
+from mrl.configio import from_dict
 from mrlbench.comparison import (
     aggregate,
     by_method_size,
@@ -14,9 +17,6 @@ from mrlbench.comparison import (
     seed_jobs,
 )
 from mrlbench.reproduce import ReproduceConfig, model_jobs
-
-from mrl.config import ConfigError
-from mrl.configio import from_dict
 
 
 def rows(ff_gap: float) -> list[dict]:

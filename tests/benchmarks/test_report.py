@@ -4,6 +4,7 @@ import copy
 import json
 
 import pytest
+
 from mrlbench.report import LABELS, check_targets, write_tables
 from mrlbench.reproduce import ReproduceTargets
 

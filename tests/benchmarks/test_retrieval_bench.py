@@ -6,13 +6,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from mrlbench.measure import recall_of
-from mrlbench.retrieval_bench import RetrievalBenchConfig, run_benchmark
-from mrlbench.retrieval_report import render, write_results
 
 from mrl.configio import ConfigError, from_dict
 from mrl.retrieval.topk import exact_search
 from mrl.runtime import peak_rss_bytes, reset_peak_rss
+from mrlbench.measure import recall_of
+from mrlbench.retrieval_bench import RetrievalBenchConfig, run_benchmark
+from mrlbench.retrieval_report import render, write_results
 
 
 def write_split(path, vectors, labels, dtype=pa.float16()):
@@ -102,9 +102,8 @@ def test_benchmark_rows_match_brute_force_and_write_results(embeddings, tmp_path
 
 
 def test_staged_searches_run_on_the_engine_and_match_brute_force(embeddings, tmp_path):
-    from mrlbench.retrieval_bench import BenchIndex, BenchSearch, build_source, load_data
-
     from mrl.retrieval.engine import SearchEngine
+    from mrlbench.retrieval_bench import BenchIndex, BenchSearch, build_source, load_data
 
     emb, db, queries, _ = embeddings
     cfg = config(emb, tmp_path)
@@ -169,9 +168,8 @@ def test_families_are_tuned_on_held_out_queries_and_compared_with_the_baseline(e
 
 
 def test_prefix_study_bounds_shortlists_by_exact_prefix_search(embeddings, tmp_path):
-    from mrlbench.retrieval_bench import load_data, prefix_study
-
     from mrl.core.metrics import retrieval_metrics
+    from mrlbench.retrieval_bench import load_data, prefix_study
 
     emb, db, _, _ = embeddings
     cfg = config(emb, tmp_path, queries=60, tune_queries=40)
@@ -196,11 +194,10 @@ def test_every_benchmark_search_has_the_service_settings_that_run_its_plan(embed
     (the shortlist source renamed as an index artifact names it)."""
     import dataclasses
 
-    from mrlbench.retrieval_bench import deployment
-
     from mrl.config import IndexConfig, ServeConfig
     from mrl.configio import from_dict
     from mrl.retrieval.modes import ADANNS_SOURCE, index_source, make_plan
+    from mrlbench.retrieval_bench import deployment
 
     cfg = config(embeddings[0], tmp_path, searches=[
         {"name": "exact", "index": "flat_d", "shortlist": 5},

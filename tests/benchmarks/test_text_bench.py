@@ -7,11 +7,11 @@ import sys
 
 import numpy as np
 import pytest
+
+from mrl.configio import ConfigError, from_dict
 from mrlbench.comparison import aggregate
 from mrlbench.text_bench import TextBenchConfig, TextTargets, bm25_class, bm25_pair, bm25_rankings
 from mrlbench.text_report import METRICS, check_targets
-
-from mrl.configio import ConfigError, from_dict
 
 TINY_MODEL = {"encoder": "bert", "dim": 32, "head": "none", "nesting": {"schedule": "log", "min_size": 8},
               "text": {"vocab_size": 600, "max_tokens": 32},

@@ -67,7 +67,8 @@ def test_a_job_bigger_than_the_head_adds_nodes_that_go_away_when_idle(autoscalin
 
     from mrl.config import EmbedJobConfig
     from mrl.configio import load_config
-    from mrl.stages.embed import run_embed, verify_split
+    from mrl.stages.embed import run as run_embed
+    from mrl.stages.embed import verify_split
 
     model_uri = log_tiny_model(tmp_path)
     job = load_config(EmbedJobConfig, REPO / "jobs" / "embed.yaml", [

@@ -32,8 +32,8 @@ def jpeg_tree(root, per_class: dict[str, int]):
 def test_imagenet_layout_streams_through_training_and_embedding(tmp_path):
     import ray
 
-    from mrl.stages.embed import run_embed
-    from mrl.stages.train import run_train
+    from mrl.stages.embed import run as run_embed
+    from mrl.stages.train import run as run_train
 
     jpeg_tree(tmp_path / "imagenet", {"train": 12, "val": 4})
     out = tmp_path / "out"

@@ -5,9 +5,9 @@ import json
 
 import pytest
 from mlflow import MlflowClient
-from mrlbench.reproduce import ReproduceConfig
 
 from mrl.configio import load_config
+from mrlbench.reproduce import ReproduceConfig
 
 from conftest import REPO
 
@@ -17,6 +17,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory):
     import ray
+
     from mrlbench.reproduce import run_reproduce
 
     out = tmp_path_factory.mktemp("reproduce")

@@ -22,7 +22,7 @@ def pipeline(tmp_path_factory):
     import ray
     from ray import serve
 
-    from mrl.stages.pipeline import run_pipeline
+    from mrl.stages.pipeline import run as run_pipeline
 
     out = tmp_path_factory.mktemp("pipeline")
     port = free_port()
@@ -54,13 +54,13 @@ def test_per_size_quality_beats_chance_at_every_size(pipeline):
 def test_lineage_chain_in_mlflow(pipeline):
     cfg, summary = pipeline
     client, runs = runs_by_stage(cfg)
-    assert {"train", "embed", "index", "evaluate", "deploy"} <= set(runs)
+    assert {"train", "embed", "index", "evaluate", "serve"} <= set(runs)
     train, embed, index = runs["train"], runs["embed"], runs["index"]
     assert embed.data.tags["mrl.input_run_id"] == train.info.run_id
     assert embed.data.tags["mrl.input_uri"] == summary["model_uri"]
     assert index.data.tags["mrl.input_run_id"] == embed.info.run_id
     assert runs["evaluate"].data.tags["mrl.input_run_id"] == embed.info.run_id
-    assert runs["deploy"].data.tags["mrl.input_run_id"] == index.info.run_id
+    assert runs["serve"].data.tags["mrl.input_run_id"] == index.info.run_id
     # per-epoch validation accuracy per size was logged by rank 0 during training
     history = client.get_metric_history(train.info.run_id, "val_top1_d8")
     assert [m.step for m in history] == [1, 2]
@@ -226,7 +226,7 @@ def test_tune_sweep_stops_a_lagging_trial_picks_a_winner_and_resumes(pipeline):
     import yaml
 
     from mrl.config import TrainJobConfig, TuneJobConfig
-    from mrl.stages.tune import run_tune
+    from mrl.stages.tune import run as run_tune
 
     cfg, _ = pipeline
     overrides = [f"output_dir={cfg.output_dir}", "sweep_name=e2e-sweep", "base.data.train_limit=1500",
@@ -300,7 +300,7 @@ def test_lineage_follows_every_link_and_flags_a_broken_one(pipeline, tmp_path):
 
 def test_training_resumes_a_named_run_and_refuses_another_model(pipeline, tmp_path):
     from mrl.config import TrainJobConfig
-    from mrl.stages.train import run_train
+    from mrl.stages.train import run as run_train
 
     common = [f"output_dir={tmp_path}", "run_name=resumable", "data.train_limit=800", "model.dim=16",
               "resources.num_workers=1"]
@@ -356,12 +356,12 @@ def test_an_image_query_finds_what_its_embedding_finds(pipeline):
 
 
 def test_budget_requests_follow_the_measured_calibration_table(pipeline):
-    """build_index measured a calibration table on the test split; over HTTP every budget runs the plan that
+    """The index stage measured a calibration table on the test split; over HTTP every budget runs the plan that
     table picks for it, and the reply names the calibrated figures it was chosen by. (Which plans differ depends
     on the measured table: on this 3,000-row index the full search can be the fastest plan too. Different
     budgets choosing different plans over HTTP, on a table fixed by hand: tests/e2e/test_service_http.py.)"""
     from mrl.artifacts.manifest import read_manifest
-    from mrl.retrieval.calibrate import choose
+    from mrl.retrieval.calibrate import plan_for_budget
 
     cfg, summary = pipeline
     url = summary["url"]
@@ -371,7 +371,7 @@ def test_budget_requests_follow_the_measured_calibration_table(pipeline):
     asked = [{"recall": r["recall"]} for r in table["rows"]] + [{"latency_ms": r["p50_ms"]} for r in table["rows"]]
     for budget in asked[::3]:
         reply = requests.post(f"{url}/search", json={"id": 3, "budget": budget}, timeout=30).json()
-        want = choose(table, budget)
+        want = plan_for_budget(table, budget)
         assert reply["budget"]["setting"] == want["setting"] and reply["budget"]["met"] is want["met"] is True
         assert reply["search"]["mode"] == want["setting"]["mode"]
     bad = requests.post(f"{url}/search", json={"id": 3, "budget": {"recall": "high"}}, timeout=30)

@@ -18,7 +18,7 @@ def text_pipeline(tmp_path_factory):
     import ray
     from ray import serve
 
-    from mrl.stages.pipeline import run_pipeline
+    from mrl.stages.pipeline import run as run_pipeline
 
     out = tmp_path_factory.mktemp("text-pipeline")
     cfg = load_config(PipelineConfig, REPO / "jobs" / "pipeline_text.yaml", [

@@ -20,7 +20,7 @@ def test_a_killed_sweep_resumes_without_retraining_finished_trials(tmp_path):
     import time
 
     from mrl.config import TuneJobConfig
-    from mrl.stages.tune import run_tune
+    from mrl.stages.tune import run as run_tune
 
     overrides = [f"output_dir={tmp_path}", "sweep_name=killed", "base.data.train_limit=800", "base.model.dim=16",
                  "base.train.epochs=2", "base.resources.num_workers=1", "search.algorithm=grid",

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mrl.artifacts.index import load_index, write_index
-from mrl.retrieval.calibrate import calibrate, candidate_settings, choose, plan_of
+from mrl.retrieval.calibrate import calibrate, candidate_settings, plan_for_budget, plan_of
 from mrl.retrieval.topk import exact_search
 
 TABLE = {"k": 10, "queries": 100, "rows": [
@@ -24,13 +24,13 @@ TABLE = {"k": 10, "queries": 100, "rows": [
     ({"recall": 1.0}, 3, True),
 ])
 def test_a_budget_picks_by_hand(budget, picked, met):
-    got = choose(TABLE, budget)
+    got = plan_for_budget(TABLE, budget)
     assert got["setting"] == TABLE["rows"][picked]["setting"] and got["met"] is met
 
 
 def test_an_unreachable_recall_gets_the_most_accurate_plan_flagged():
     rows = TABLE["rows"][:3]
-    got = choose({**TABLE, "rows": rows}, {"recall": 0.99})
+    got = plan_for_budget({**TABLE, "rows": rows}, {"recall": 0.99})
     assert got["setting"] == rows[2]["setting"] and got["met"] is False
 
 

@@ -55,7 +55,7 @@ def test_a_killed_embed_job_resumes_with_every_row_exactly_once(tmp_path):
     from mrl.config import EmbedJobConfig, MlflowConfig
     from mrl.configio import load_config
     from mrl.core.models.model import build_model
-    from mrl.stages.embed import run_embed
+    from mrl.stages.embed import run as run_embed
 
     tracking.setup(MlflowConfig(), str(tmp_path))  # the store and experiment the job will use
     model = build_model({"encoder": "cnn", "dim": 16, "head": "mrl", "num_classes": 10,
@@ -101,12 +101,12 @@ def test_a_killed_embed_job_resumes_with_every_row_exactly_once(tmp_path):
 @pytest.mark.slow
 def test_the_embed_benchmark_runs_the_stage_and_the_plain_loop_on_the_same_rows(tmp_path):
     import pyarrow.parquet as pq
-    from mrlbench.embed_bench import render, run
 
     from mrl.artifacts import tracking
     from mrl.artifacts.embeddings import read_embeddings
     from mrl.config import MlflowConfig
     from mrl.core.models.model import build_model
+    from mrlbench.embed_bench import render, run
 
     tracking.setup(MlflowConfig(), str(tmp_path))
     import mlflow

@@ -5,7 +5,7 @@ import pytest
 
 from mrl.config import TuneJobConfig
 from mrl.configio import from_dict, load_config
-from mrl.stages.tune import choose, grid, nesting_weights, pareto_front, small_metric, trial_job
+from mrl.stages.tune import grid, nesting_weights, pareto_front, pick_winner, small_metric, trial_job
 
 from conftest import REPO
 
@@ -51,7 +51,7 @@ def test_small_metric_is_the_smallest_deploy_size(job):
 def test_pareto_front_and_the_winner_rule():
     points = [(0.80, 0.90), (0.85, 0.895), (0.70, 0.91), (0.84, 0.80), (0.85, 0.88)]
     assert pareto_front(points) == [0, 1, 2]  # 3 and 4 are beaten on both (or tied and beaten)
-    assert choose(points, 0.0) == 2  # only the best full-size trial qualifies
-    assert choose(points, 0.01) == 0  # within 1 point of 0.91: 0 (0.90) qualifies, 1 (0.895) does not
-    assert choose(points, 0.02) == 1  # 1 qualifies and has the best small-size accuracy
-    assert choose([(0.5, 0.5), (0.5, 0.5)], 0.0) == 0  # ties: the earlier trial
+    assert pick_winner(points, 0.0) == 2  # only the best full-size trial qualifies
+    assert pick_winner(points, 0.01) == 0  # within 1 point of 0.91: 0 (0.90) qualifies, 1 (0.895) does not
+    assert pick_winner(points, 0.02) == 1  # 1 qualifies and has the best small-size accuracy
+    assert pick_winner([(0.5, 0.5), (0.5, 0.5)], 0.0) == 0  # ties: the earlier trial

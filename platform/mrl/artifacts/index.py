@@ -1,4 +1,4 @@
-"""The index artifact: what build_index writes and the service and benchmark load.
+"""The index artifact: what the index stage writes and the service and benchmark load.
 
 An index directory holds, for the database split of one embed run:
 

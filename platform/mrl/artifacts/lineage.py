@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mrl.artifacts.manifest import read_manifest, sha256
-from mrl.artifacts.tracking import describe_model
+from mrl.artifacts.tracking import TAG_CHECKPOINT, TAG_URL, describe_model
 
 
 @dataclass
@@ -86,12 +86,12 @@ def _deployment(url: str, client) -> list[Link]:
     except Exception as exc:
         return [Link("deployment", url, problem=f"no answer from {url}/healthz ({type(exc).__name__})")]
     experiments = [e.experiment_id for e in client.search_experiments()]
-    runs = client.search_runs(experiments, f"tags.`mrl.url` = '{url}'", order_by=["attributes.start_time DESC"],
+    runs = client.search_runs(experiments, f"tags.`{TAG_URL}` = '{url}'", order_by=["attributes.start_time DESC"],
                               max_results=1) if experiments else []
     link = Link("deployment", url, {"index version": health["index"]["version"], "model": health["model"]["uri"],
-                                    "deploy run": runs[0].info.run_id if runs else None})
+                                    "serve run": runs[0].info.run_id if runs else None})
     if not runs:
-        link.problem = f"no MLflow deploy run records {url}"
+        link.problem = f"no MLflow serve run records {url}"
     return [link, *_index(Path(health["index"]["path"]), client)]
 
 
@@ -136,7 +136,7 @@ def _model(uri: str, client) -> list[Link]:
     params = run.data.params
     links.append(Link("training run", run.info.run_id, {"name": run.info.run_name, "params": len(params),
                                                         "epochs": params.get("train.epochs"),
-                                                        "checkpoint": run.data.tags.get("mrl.checkpoint")}))
+                                                        "checkpoint": run.data.tags.get(TAG_CHECKPOINT)}))
     inputs = getattr(run.inputs, "dataset_inputs", None) or []
     if not inputs:
         links.append(Link("dataset", "-", problem="the training run logged no dataset input"))

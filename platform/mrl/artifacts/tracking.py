@@ -1,7 +1,8 @@
 """MLflow helpers: where the store is, experiments, lineage tags, and model logging.
 
-Lineage is kept with tags on every run: `mrl.stage` (train, tune, embed, index, evaluate, deploy) and
-`mrl.input_run_id` / `mrl.input_uri` naming what the stage consumed.
+Lineage is kept with tags on every run: `mrl.stage` (train, tune, embed, index, evaluate, serve) and
+`mrl.input_run_id` / `mrl.input_uri` naming what the stage consumed; the tag names below are the only contract
+between the stages that write them and `mrl.artifacts.lineage`, which reads them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,15 @@ from typing import Any
 
 from mrl.artifacts.model_files import SPEC_FILE, ModelFileError, load_model_dir, save_model_dir
 from mrl.configio import flatten
+
+TAG_STAGE = "mrl.stage"  # which stage made the run
+TAG_INPUT_RUN = "mrl.input_run_id"  # the run that made the stage's input
+TAG_INPUT_URI = "mrl.input_uri"  # the input itself: a model URI or a directory
+TAG_OUTPUT = "mrl.output_path"  # the directory the stage wrote
+TAG_CHECKPOINT = "mrl.checkpoint"  # train: the final Ray Train checkpoint, as a URI
+TAG_URL = "mrl.url"  # serve: where the service answers
+TAG_SWEEP = "mrl.sweep"  # tune: the sweep's name
+TAG_EMBED_RUN_NAME = "mrl.embed_run_name"  # embed: the output directory's name
 
 MODEL_PIP_REQUIREMENTS = ["torch", "mrl-platform"]
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")  # the pyfunc "model from code" of a logged model

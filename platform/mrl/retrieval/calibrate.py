@@ -71,7 +71,7 @@ def calibrate(engine, queries: np.ndarray, sizes: list[int], k: int = 10, timed:
     return {"k": k, "queries": int(len(queries)), "rows": rows}
 
 
-def choose(table: dict[str, Any], budget: dict[str, float]) -> dict[str, Any]:
+def plan_for_budget(table: dict[str, Any], budget: dict[str, float]) -> dict[str, Any]:
     """The calibration row a budget picks, with whether the budget is met.
 
     Args:

@@ -1,4 +1,4 @@
-"""The FAISS indexes a build_index run makes (`IndexConfig`): kind, build and default search settings, per-size
+"""The FAISS indexes a index run makes (`IndexConfig`): kind, build and default search settings, per-size
 overrides, AdANNS cells, and the budget calibration."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Sharded search: several index shards searched separately, their top-k merged exactly (library only: the
-build_index stage writes one index per size and the service searches it whole)."""
+index stage writes one index per size and the service searches it whole)."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from mrl.artifacts.index import IndexArtifact, load_index
-from mrl.retrieval.calibrate import choose, plan_of
+from mrl.retrieval.calibrate import plan_for_budget, plan_of
 from mrl.retrieval.modes import check_settings, make_plan
 from mrl.retrieval.plan import QueryPlan
 from mrl.service.api import SearchRequest, validation_detail
@@ -245,7 +245,7 @@ class RetrievalService:
         budget = request.budget.model_dump(exclude_none=True)
         if len(budget) != 1:
             raise RequestError(422, "budget takes exactly one of 'latency_ms' or 'recall'")
-        chosen = choose(table, budget)
+        chosen = plan_for_budget(table, budget)
         return {"asked": budget, "calibrated": {"recall": chosen["recall"], "p50_ms": chosen["p50_ms"],
                                                 "at_k": table["k"]},
                 "met": chosen["met"], "setting": chosen["setting"]}

@@ -200,7 +200,7 @@ class EmbedJobConfig(JobConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class IndexJobConfig(JobConfig):
-    """jobs/build_index.py"""
+    """jobs/index.py"""
 
     embeddings: str = "outputs/embeddings/latest"
     """Directory written by the embed stage (holds manifest.json and <split>/*.parquet)."""
@@ -220,7 +220,7 @@ class ServeJobConfig(JobConfig):
     """serving/app.py"""
 
     index_dir: str = "outputs/index/latest"
-    """Directory written by the build_index stage (holds manifest.json)."""
+    """Directory written by the index stage (holds manifest.json)."""
     serve: ServeConfig = field(default_factory=ServeConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     block: bool = True
@@ -232,7 +232,7 @@ class SearchJobConfig:
     """mrl search: query an index from the command line, through the service's own code (no Ray, no HTTP)."""
 
     index_dir: str = "outputs/index/latest"
-    """Directory written by the build_index stage."""
+    """Directory written by the index stage."""
     serve: ServeConfig = field(default_factory=ServeConfig)
     """The search settings (only the search fields matter here)."""
     ids: tuple[int, ...] = (0,)
@@ -379,7 +379,7 @@ class TuneJobConfig(JobConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class PipelineConfig(JobConfig):
-    """jobs/pipeline.py: train -> embed -> build_index -> evaluate -> serve, on one Ray cluster."""
+    """jobs/pipeline.py: train -> embed -> index -> evaluate -> serve, on one Ray cluster."""
 
     run_name: str | None = None
     """The training run's name (see TrainJobConfig.run_name)."""
@@ -398,7 +398,7 @@ class PipelineConfig(JobConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_modalities(self.data, self.model)
-        # The same rules the build_index stage and the service apply to the real artifacts, applied to the
+        # The same rules the index stage and the service apply to the real artifacts, applied to the
         # index this pipeline will build (model.dim, its sizes and AdANNS cells).
 
         try:

@@ -19,7 +19,6 @@ tokenizer (the one registered with it). Ids are the data's: row positions for im
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -35,9 +34,10 @@ from mrl.data.augment import augment, expand_ids
 from mrl.data.config import DataConfig
 from mrl.data.preprocess import embed_images, inference_model
 from mrl.data.readers import TableRows, image_table
-from mrl.data.sources import load_text_split, open_split, prepare_data
-from mrl.runtime import ensure_ray, peak_rss_bytes
-from mrl.stages.config import check_paths
+from mrl.data.sources import load_text_split, open_split
+from mrl.runtime import peak_rss_bytes, quiet_ray_data
+from mrl.stages.config import EmbedJobConfig
+from mrl.stages.stage import StageRun, prepare, stage_run
 
 
 class Embedder:
@@ -168,24 +168,17 @@ def augmented_rows(base, lo: int, hi: int, seed: int, image_shape: tuple[int, ..
     return image_table(augment(pixels.reshape((-1, *image_shape)), ids, seed, n_base), labels, ids)
 
 
-def run_embed(job, model_uri: str | None = None) -> dict[str, Any]:
+def run(job: EmbedJobConfig) -> dict[str, Any]:
     """The embed stage for an `EmbedJobConfig`.
-
-    Args:
-        job: the validated config.
-        model_uri: overrides job.model_uri (the pipeline passes the version it just registered).
 
     Returns:
         {"run_id", "path", "rows": {split: n}, "model_uri", "dim", "seconds"}.
     """
     import mlflow
 
-
-    check_paths(job)  # before any Ray work
-    job = dataclasses.replace(job, data=prepare_data(job.data, job.output_dir))
-    ensure_ray(job.ray)
-    uri = tracking.setup(job.mlflow, job.output_dir)
-    model_info = tracking.describe_model(model_uri or job.model_uri)
+    job = prepare(job)  # paths, data and Ray before the model is looked up
+    tracking.setup(job.mlflow, job.output_dir)
+    model_info = tracking.describe_model(job.model_uri)
     model = tracking.load_model(model_info["model_uri"])  # validates the URI before any Ray work
     model_spec = model.spec
     if model.modality != job.data.modality:
@@ -193,31 +186,19 @@ def run_embed(job, model_uri: str | None = None) -> dict[str, Any]:
                          f"{model.modality} model but data.source {job.data.source!r} is {job.data.modality} data")
     if job.embed.augment_rows is not None and model.modality == "text":
         raise ValueError("embed.augment_rows augments images; it does not apply to a text model")
-    started = time.time()
-    with mlflow.start_run(run_name="embed", tags={"mrl.stage": "embed",
-                                                  "mrl.input_uri": model_info["model_uri"],
-                                                  "mrl.input_run_id": model_info.get("model_run_id", "")}) as run:
+    with stage_run("embed", job, input_run_id=model_info.get("model_run_id", ""),
+                   input_uri=model_info["model_uri"]) as stage:
         tracking.log_params({"model_uri": model_info["model_uri"], "data": to_dict(job.data),
                              "embed": to_dict(job.embed)})
-        out = Path(job.output_dir).resolve() / "embeddings" / (job.run_name or run.info.run_id)
-        mlflow.set_tag("mrl.embed_run_name", job.run_name or run.info.run_id)
-        plan = {"model_uri": model_info["model_uri"], "splits": list(job.embed.splits),
-                "rows_per_unit": job.embed.rows_per_file, "dtype": job.embed.dtype, "precision": job.embed.precision,
-                "augment_rows": job.embed.augment_rows, "augment_seed": job.embed.augment_seed,
-                "data": to_dict(job.data)}
-        _claim(out, plan)
-        rows, verified, peaks = {}, {}, {}
-        for split in job.embed.splits:
-            ids = _split_ids(job.data, model_spec, split)
-            if split == "train" and job.embed.augment_rows is not None:
-                expand_ids(len(ids), job.embed.augment_rows)  # raises when the target is below the split's size
-                ids = np.arange(job.embed.augment_rows, dtype=np.int64)
-            seed = job.embed.augment_seed if split == "train" and job.embed.augment_rows is not None else None
-            peaks[split] = _embed_split(job, model_info["model_uri"], uri, model_spec, split, ids, out / split, seed,
-                                        started)
-            verified[split] = verify_split(out / split, ids)
-            rows[split] = len(ids)
-        manifest = {"stage": "embed", "embed_run_id": run.info.run_id, **model_info, "dim": model.dim,
+        name = job.run_name or stage.run_id
+        out = Path(job.output_dir).resolve() / "embeddings" / name
+        mlflow.set_tag(tracking.TAG_EMBED_RUN_NAME, name)
+        _claim(out, {"model_uri": model_info["model_uri"], "splits": list(job.embed.splits),
+                     "rows_per_unit": job.embed.rows_per_file, "dtype": job.embed.dtype,
+                     "precision": job.embed.precision, "augment_rows": job.embed.augment_rows,
+                     "augment_seed": job.embed.augment_seed, "data": to_dict(job.data)})
+        rows, verified, peaks = _embed_splits(job, model_info["model_uri"], stage, model_spec, out)
+        manifest = {"stage": "embed", "embed_run_id": stage.run_id, **model_info, "dim": model.dim,
                     "sizes": model.sizes, "model_spec": model_spec, "rows": rows, "dtype": job.embed.dtype,
                     "precision": job.embed.precision,
                     "augment": ({"rows": job.embed.augment_rows, "seed": job.embed.augment_seed}
@@ -229,11 +210,29 @@ def run_embed(job, model_uri: str | None = None) -> dict[str, Any]:
         point_latest(out)
         mlflow.log_artifact(str(out / MANIFEST))
         mlflow.log_metrics({f"rows_{s}": n for s, n in rows.items()})
-        mlflow.set_tag("mrl.output_path", str(out))
-        seconds = time.time() - started
-        mlflow.log_metric("embed_wall_seconds", seconds)
-    return {"run_id": run.info.run_id, "path": str(out), "rows": rows, "model_uri": model_info["model_uri"],
-            "dim": model.dim, "seconds": seconds}
+        stage.wrote(out)
+        mlflow.log_metric("embed_wall_seconds", stage.seconds)
+    return {"run_id": stage.run_id, "path": str(out), "rows": rows, "model_uri": model_info["model_uri"],
+            "dim": model.dim, "seconds": stage.seconds}
+
+
+def _embed_splits(job: EmbedJobConfig, model_uri: str, stage: StageRun, model_spec: dict[str, Any], out: Path
+                  ) -> tuple[dict[str, int], dict[str, dict], dict[str, int]]:
+    """Embed every split the job names into <out>/<split>/ and verify its ids; returns rows, verification and
+    the actors' peak memory by split."""
+    rows, verified, peaks = {}, {}, {}
+    for split in job.embed.splits:
+        ids = _split_ids(job.data, model_spec, split)
+        augmented = split == "train" and job.embed.augment_rows is not None
+        if augmented:
+            expand_ids(len(ids), job.embed.augment_rows)  # raises when the target is below the split's size
+            ids = np.arange(job.embed.augment_rows, dtype=np.int64)
+        seed = job.embed.augment_seed if augmented else None
+        peaks[split] = _embed_split(job, model_uri, stage.tracking_uri, model_spec, split, ids, out / split, seed,
+                                    stage.started)
+        verified[split] = verify_split(out / split, ids)
+        rows[split] = len(ids)
+    return rows, verified, peaks
 
 
 def _claim(out: Path, plan: dict[str, Any]) -> None:
@@ -270,9 +269,7 @@ def _embed_split(job, model_uri: str, tracking_uri: str, model_spec: dict[str, A
           f"and verified, embedding {len(pending)} ({todo:,} rows)", flush=True)
     if not pending:
         return 0
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False  # one line per unit below instead of Ray Data's operator dumps
-    context.print_on_execution_start = False
+    quiet_ray_data()  # one line per unit / quarter epoch instead of Ray Data's operator dumps
     items = [{"unit": u, "lo": lo, "hi": hi} for u, lo, hi in pending]
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         UnitEmbedder, batch_size=1, batch_format="numpy",

@@ -12,7 +12,6 @@ For every size m of the model's nesting list:
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,8 @@ from mrl.data.config import DataConfig
 from mrl.data.sources import source_of
 from mrl.plots import pyplot, size_axis
 from mrl.retrieval.quality import pair_retrieval_at, retrieval_at
+from mrl.stages.config import EvaluateJobConfig
+from mrl.stages.stage import stage_run
 
 
 def evaluate_sizes(model, db_vectors: np.ndarray, db_labels: np.ndarray, q_vectors: np.ndarray,
@@ -84,7 +85,7 @@ def plot_sizes(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def run_evaluate(job, embeddings: str | None = None) -> dict[str, Any]:
+def run(job: EvaluateJobConfig) -> dict[str, Any]:
     """The evaluate stage for an `EvaluateJobConfig`; prints and logs the per-size table.
 
     Returns:
@@ -92,17 +93,13 @@ def run_evaluate(job, embeddings: str | None = None) -> dict[str, Any]:
     """
     import mlflow
 
-
-    emb_dir = Path(embeddings or job.embeddings).resolve()
+    emb_dir = Path(job.embeddings).resolve()
     emb = read_manifest(emb_dir, stage="embed")
     missing = [s for s in ("train", "test") if s not in emb["rows"]]
     if missing:
         raise FileNotFoundError(f"embeddings {emb_dir} lack split(s) {missing}; embed both train and test")
-    tracking.setup(job.mlflow, job.output_dir)
-    model = tracking.load_model(emb["model_uri"])
-    started = time.time()
-    with mlflow.start_run(run_name="evaluate", tags={"mrl.stage": "evaluate", "mrl.input_run_id": emb["embed_run_id"],
-                                                     "mrl.input_uri": str(emb_dir)}) as run:
+    with stage_run("evaluate", job, input_run_id=emb["embed_run_id"], input_uri=str(emb_dir)) as stage:
+        model = tracking.load_model(emb["model_uri"])
         tracking.log_params({"evaluate": to_dict(job.evaluate), "embeddings": str(emb_dir),
                              "model_uri": emb["model_uri"]})
         _, db_labels, db_vectors = read_embeddings(emb_dir / "train")
@@ -120,17 +117,16 @@ def run_evaluate(job, embeddings: str | None = None) -> dict[str, Any]:
             mlflow.log_metrics({f"{key.replace('@', '_at_')}_d{row['size']}": value
                                 for key, value in row.items() if key != "size"})
         table = format_table(rows)
-        out = Path(job.output_dir).resolve() / "eval" / run.info.run_id
+        out = Path(job.output_dir).resolve() / "eval" / stage.run_id
         out.mkdir(parents=True, exist_ok=True)
         (out / "per_size.md").write_text(table + "\n")
         _write_csv(rows, out / "per_size.csv")
         plot_sizes(rows, out / "accuracy_vs_size.png",
                    f"{emb.get('model_uri')}: {len(q_labels)} queries vs {len(db_labels)} database")
         mlflow.log_artifacts(str(out), artifact_path="evaluation")
-        seconds = time.time() - started
     print(f"[evaluate] test queries {len(q_labels)}, database {len(db_labels)} (train split), "
           f"model {emb['model_uri']} -- metrics in %:\n{table}", flush=True)
-    return {"run_id": run.info.run_id, "rows": rows, "table": table, "path": str(out), "seconds": seconds}
+    return {"run_id": stage.run_id, "rows": rows, "table": table, "path": str(out), "seconds": stage.seconds}
 
 
 def _test_queries(data: dict[str, Any], ids: np.ndarray) -> list[str]:

@@ -1,4 +1,4 @@
-"""The build_index stage: FAISS indexes per prefix size over an embed run's database (train) split, written as
+"""The index stage: FAISS indexes per prefix size over an embed run's database (train) split, written as
 an index artifact (`mrl.artifacts.index`) and recorded in MLflow."""
 
 from __future__ import annotations
@@ -14,28 +14,26 @@ from mrl.artifacts.manifest import point_latest, read_manifest, write_manifest
 from mrl.configio import to_dict
 from mrl.core.models.encoders import encoder_modality
 from mrl.retrieval.calibrate import calibrate
+from mrl.stages.config import IndexJobConfig
+from mrl.stages.stage import stage_run
 
 
-def run_build_index(job, embeddings: str | None = None) -> dict[str, Any]:
-    """The build_index stage for an `IndexJobConfig` over the embed run's database (train) split.
+def run(job: IndexJobConfig) -> dict[str, Any]:
+    """The index stage for an `IndexJobConfig` over the embed run's database (train) split.
 
     Returns:
         {"run_id", "path", "sizes", "rows", "seconds"}.
     """
     import mlflow
 
-
-    emb_dir = Path(embeddings or job.embeddings).resolve()
+    emb_dir = Path(job.embeddings).resolve()
     emb = read_manifest(emb_dir, stage="embed")
     sizes = check_index_config(job.index, emb["dim"], emb["sizes"])
-    tracking.setup(job.mlflow, job.output_dir)
-    started = time.time()
-    with mlflow.start_run(run_name="build_index", tags={"mrl.stage": "index", "mrl.input_run_id": emb["embed_run_id"],
-                                                        "mrl.input_uri": str(emb_dir)}) as run:
+    with stage_run("index", job, input_run_id=emb["embed_run_id"], input_uri=str(emb_dir)) as stage:
         tracking.log_params({"index": to_dict(job.index), "embeddings": str(emb_dir), "sizes": sizes})
         ids, labels, vectors = read_embeddings(emb_dir / "train", job.index.vector_dtype)
-        out = Path(job.output_dir).resolve() / "index" / run.info.run_id
-        extra = {"index_run_id": run.info.run_id, "embed_run_id": emb["embed_run_id"],
+        out = Path(job.output_dir).resolve() / "index" / stage.run_id
+        extra = {"index_run_id": stage.run_id, "embed_run_id": emb["embed_run_id"],
                  "model_uri": emb.get("model_uri"), "model_name": emb.get("model_name"),
                  "model_version": emb.get("model_version"), "embeddings": str(emb_dir),
                  "modality": _modality(emb)}
@@ -47,13 +45,12 @@ def run_build_index(job, embeddings: str | None = None) -> dict[str, Any]:
             manifest = _calibrate(out, emb_dir, manifest, job.index.calibration_queries)
         point_latest(out)
         mlflow.log_artifacts(str(out), artifact_path="index")
-        mlflow.set_tag("mrl.output_path", str(out))
-        seconds = time.time() - started
-        mlflow.log_metrics({"rows": manifest["rows"], "index_wall_seconds": seconds})
-    print(f"[build_index] {manifest['rows']} rows, sizes {sizes}, {job.index.kind} -> {out} ({seconds:.0f}s)",
+        stage.wrote(out)
+        mlflow.log_metrics({"rows": manifest["rows"], "index_wall_seconds": stage.seconds})
+    print(f"[index] {manifest['rows']} rows, sizes {sizes}, {job.index.kind} -> {out} ({stage.seconds:.0f}s)",
           flush=True)
-    return {"run_id": run.info.run_id, "path": str(out), "sizes": sizes, "rows": manifest["rows"],
-            "seconds": seconds}
+    return {"run_id": stage.run_id, "path": str(out), "sizes": sizes, "rows": manifest["rows"],
+            "seconds": stage.seconds}
 
 
 def _modality(embed_manifest: dict) -> str:
@@ -70,7 +67,7 @@ def _calibrate(out: Path, emb_dir: Path, manifest: dict, n_queries: int, k: int 
 
 
     if not (emb_dir / "test").is_dir():
-        print("[build_index] no test split beside the embeddings: no calibration table (budgets unavailable)",
+        print("[index] no test split beside the embeddings: no calibration table (budgets unavailable)",
               flush=True)
         return manifest
     _, _, queries = read_embeddings(emb_dir / "test")
@@ -80,7 +77,7 @@ def _calibrate(out: Path, emb_dir: Path, manifest: dict, n_queries: int, k: int 
     manifest = {**manifest, "calibration": table}
     write_manifest(out, manifest)
     fastest, best = table["rows"][0], max(table["rows"], key=lambda r: r["recall"])
-    print(f"[build_index] calibrated {len(table['rows'])} plans on {len(pick)} held-out queries in "
+    print(f"[index] calibrated {len(table['rows'])} plans on {len(pick)} held-out queries in "
           f"{time.time() - started:.0f}s: fastest {fastest['p50_ms']:.2f} ms at recall {fastest['recall']:.3f}, "
           f"most accurate {best['p50_ms']:.2f} ms at recall {best['recall']:.3f}", flush=True)
     return manifest

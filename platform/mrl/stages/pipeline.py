@@ -14,13 +14,10 @@ from typing import Any
 from mrl.artifacts import tracking
 from mrl.artifacts.embeddings import read_embeddings
 from mrl.data.sources import load_text_split
-from mrl.runtime import ensure_ray
-from mrl.stages.config import EmbedJobConfig, EvaluateJobConfig, IndexJobConfig, PipelineConfig, check_paths
-from mrl.stages.embed import run_embed
-from mrl.stages.evaluate import run_evaluate
-from mrl.stages.index import run_build_index
-from mrl.stages.serve import run_serve
-from mrl.stages.train import run_train
+from mrl.stages import embed, evaluate, index, train
+from mrl.stages import serve as serve_stage
+from mrl.stages.config import EmbedJobConfig, EvaluateJobConfig, IndexJobConfig, PipelineConfig, ServeJobConfig
+from mrl.stages.serve import serve_until_interrupted
 
 
 def example_query(url: str, embeddings_dir: str, k: int = 5, text: str | None = None) -> dict[str, Any]:
@@ -42,7 +39,7 @@ def _first_test_query(data) -> str:
     return load_text_split(data, "test")["query"][0]
 
 
-def run_pipeline(cfg: PipelineConfig, shutdown: bool = True) -> dict[str, Any]:
+def run(cfg: PipelineConfig, shutdown: bool = True) -> dict[str, Any]:
     """Run every stage; print the per-size table, the MLflow store and an answered example query.
 
     Args:
@@ -54,37 +51,49 @@ def run_pipeline(cfg: PipelineConfig, shutdown: bool = True) -> dict[str, Any]:
     """
     from ray import serve
 
+    started, timings = time.time(), {}
+    results = run_stages(cfg, timings)
+    text = _first_test_query(cfg.data) if cfg.model.modality == "text" and cfg.serve.encoder else None
+    example = example_query(results["serve"]["url"], results["embed"]["path"], text=text)
+    uri = tracking.resolve_tracking_uri(cfg.mlflow, cfg.output_dir)
+    summary = summarize(results, example, text, uri, timings, time.time() - started)
+    Path(cfg.output_dir, "pipeline_summary.json").write_text(json.dumps(summary, indent=2))
+    if cfg.keep_serving:
+        serve_until_interrupted(results["serve"]["url"])
+    elif shutdown:
+        serve.shutdown()
+    return summary
 
-    started = time.time()
-    check_paths(cfg)  # before any Ray work
-    ensure_ray(cfg.ray)
-    uri = tracking.setup(cfg.mlflow, cfg.output_dir)
-    timings: dict[str, float] = {}
 
-    def stage(name: str, fn, *args):
+def run_stages(cfg: PipelineConfig, timings: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """train -> embed -> index -> evaluate -> serve, each stage's job built from the previous one's result;
+    returns each stage's result by name and fills `timings` (seconds by stage)."""
+    def stage(name: str, fn, job):
         print(f"\n=== {name} ===", flush=True)
         t0 = time.time()
-        out = fn(*args)
+        out = fn(job)
         timings[name] = round(time.time() - t0, 1)
         return out
 
-    trained = stage("train", run_train, cfg.train_job())
-    embed_job = EmbedJobConfig(output_dir=cfg.output_dir, model_uri=trained["model_uri"], data=cfg.data,
-                               embed=cfg.embed, ray=cfg.ray, mlflow=cfg.mlflow)
-    embedded = stage("embed", run_embed, embed_job)
-    index_job = IndexJobConfig(output_dir=cfg.output_dir, embeddings=embedded["path"], index=cfg.index,
-                               mlflow=cfg.mlflow)
-    indexed = stage("build_index", run_build_index, index_job)
-    eval_job = EvaluateJobConfig(output_dir=cfg.output_dir, embeddings=embedded["path"], evaluate=cfg.evaluate,
-                                 mlflow=cfg.mlflow)
-    evaluated = stage("evaluate", run_evaluate, eval_job)
-    served = stage("serve", run_serve, indexed["path"], cfg.serve, cfg.mlflow, cfg.output_dir)
-    text = _first_test_query(cfg.data) if cfg.model.modality == "text" and cfg.serve.encoder else None
-    example = example_query(served["url"], embedded["path"], text=text)
-    wall = time.time() - started
+    trained = stage("train", train.run, cfg.train_job())
+    embedded = stage("embed", embed.run, EmbedJobConfig(
+        output_dir=cfg.output_dir, model_uri=trained["model_uri"], data=cfg.data, embed=cfg.embed, ray=cfg.ray,
+        mlflow=cfg.mlflow))
+    indexed = stage("index", index.run, IndexJobConfig(
+        output_dir=cfg.output_dir, embeddings=embedded["path"], index=cfg.index, mlflow=cfg.mlflow))
+    evaluated = stage("evaluate", evaluate.run, EvaluateJobConfig(
+        output_dir=cfg.output_dir, embeddings=embedded["path"], evaluate=cfg.evaluate, mlflow=cfg.mlflow))
+    served = stage("serve", serve_stage.run, ServeJobConfig(
+        output_dir=cfg.output_dir, index_dir=indexed["path"], serve=cfg.serve, ray=cfg.ray, mlflow=cfg.mlflow,
+        block=False))
+    return {"train": trained, "embed": embedded, "index": indexed, "evaluate": evaluated, "serve": served}
 
-    reply = example["reply"]
-    full = evaluated["rows"][-1]
+
+def summarize(results: dict[str, dict[str, Any]], example: dict[str, Any], text: str | None, uri: str,
+              timings: dict[str, float], wall: float) -> dict[str, Any]:
+    """Print the run's summary (table, store, the example query and its answer) and return it as a dict."""
+    trained, indexed, evaluated, served = (results[k] for k in ("train", "index", "evaluate", "serve"))
+    reply, full = example["reply"], evaluated["rows"][-1]
     print("\n=== summary ===", flush=True)
     print(f"model {trained['model_uri']}, index {indexed['path']}", flush=True)
     print(f"per-size metrics (%), test queries vs train database:\n{evaluated['table']}", flush=True)
@@ -104,20 +113,8 @@ def run_pipeline(cfg: PipelineConfig, shutdown: bool = True) -> dict[str, Any]:
           f"  the same by corpus id: curl -s -X POST {served['url']}/search -H 'content-type: application/json' "
           f"-d '{{\"id\": 0, \"k\": 5}}'", flush=True)
     print(f"stage seconds {timings}; wall time {wall:.0f}s", flush=True)
-
-    summary = {"wall_seconds": round(wall, 1), "stage_seconds": timings, "model_uri": trained["model_uri"],
-               "train_run_id": trained["run_id"], "embed_run_id": embedded["run_id"],
-               "index_run_id": indexed["run_id"], "evaluate_run_id": evaluated["run_id"],
-               "deploy_run_id": served["run_id"], "per_size": evaluated["rows"], "tracking_uri": uri,
-               "url": served["url"], "example": {k: v for k, v in example.items() if k != "request"}}
-    Path(cfg.output_dir, "pipeline_summary.json").write_text(json.dumps(summary, indent=2))
-    if cfg.keep_serving:
-        print(f"serving at {served['url']} until Ctrl-C", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-    if shutdown or cfg.keep_serving:
-        serve.shutdown()
-    return summary
+    return {"wall_seconds": round(wall, 1), "stage_seconds": timings, "model_uri": trained["model_uri"],
+            "train_run_id": trained["run_id"], "embed_run_id": results["embed"]["run_id"],
+            "index_run_id": indexed["run_id"], "evaluate_run_id": evaluated["run_id"],
+            "serve_run_id": served["run_id"], "per_size": evaluated["rows"], "tracking_uri": uri,
+            "url": served["url"], "example": {k: v for k, v in example.items() if k != "request"}}

@@ -25,11 +25,12 @@ from mrl.artifacts.model_files import ModelFileError
 from mrl.configio import from_dict, to_dict
 from mrl.core.models import build_model
 from mrl.data.readers import ray_dataset
-from mrl.data.sources import open_split, prepare_data
+from mrl.data.sources import open_split
 from mrl.data.tokenize import TextTokenizer
-from mrl.runtime import ensure_ray
-from mrl.stages.config import TrainJobConfig, check_paths
+from mrl.runtime import quiet_ray_data
+from mrl.stages.config import TrainJobConfig
 from mrl.stages.objectives import make_objective
+from mrl.stages.stage import stage_run
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # Inside workers, progress goes through logging: Ray Train tees bare print() to stdout and its logger,
@@ -56,12 +57,29 @@ def _autocast_factory(precision: str, device: torch.device):
     return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+@dataclasses.dataclass
+class Loop:
+    """What the training loop carries from epoch to epoch on one rank."""
+
+    job: TrainJobConfig
+    rank: int
+    world: int
+    device: torch.device
+    model: torch.nn.Module  # DDP-wrapped inside Ray Train
+    objective: Any  # mrl.stages.objectives: the batches, the loss and the validation hits
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    autocast: Callable
+    start_epoch: int = 0
+
+
 def run_loop(job: TrainJobConfig, *, rank: int = 0, world: int = 1, device=None,
              prepare: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
              restore: dict[str, Any] | None = None,
              on_epoch: Callable[[dict[str, float], dict[str, Any] | None], None] | None = None,
              streamed_rows: dict[str, int] | None = None):
-    """The training loop shared by Ray Train workers and in-process training.
+    """The training loop shared by Ray Train workers and in-process training: set up, then per epoch train,
+    validate and (rank 0) snapshot.
 
     Args:
         job: the validated config.
@@ -76,34 +94,39 @@ def run_loop(job: TrainJobConfig, *, rank: int = 0, world: int = 1, device=None,
     Returns:
         The trained `MRLModel` (unwrapped), in eval mode.
     """
-    import torch.distributed as dist
+    loop = setup_loop(job, rank, world, device or torch.device("cpu"), prepare, restore, streamed_rows)
+    for epoch in range(loop.start_epoch, job.train.epochs):
+        metrics = train_epoch(loop, epoch)
+        metrics.update(validate(loop, metrics))
+        state = snapshot(loop, epoch, metrics) if rank == 0 else None
+        if on_epoch is not None:
+            on_epoch(metrics, state)
+    return _unwrap(loop.model).eval()
 
 
-    device = device or torch.device("cpu")
+def setup_loop(job: TrainJobConfig, rank: int, world: int, device: torch.device,
+               prepare: Callable[[torch.nn.Module], torch.nn.Module] | None, restore: dict[str, Any] | None,
+               streamed_rows: dict[str, int] | None) -> Loop:
+    """The objective, model, optimizer and schedule of a run, restored from `restore` when given."""
     torch.manual_seed(job.train.seed)
-    autocast = _autocast_factory(job.resources.precision, device)
     tokenizer = None
     if restore is not None and restore.get("tokenizer"):
         tokenizer = TextTokenizer.from_json(restore["tokenizer"], job.model.text.max_tokens)
     objective = make_objective(job, rank, world, device, tokenizer, streamed_rows)
-
     model = build_model(to_dict(job.model)).to(device)
     model.tokenizer = objective.tokenizer
-    sizes = model.sizes
     if prepare is not None:
         model = prepare(model)
-    params = model.parameters()
     if job.train.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(params, lr=job.train.lr, weight_decay=job.train.weight_decay)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=job.train.lr, weight_decay=job.train.weight_decay)
     else:
-        optimizer = torch.optim.SGD(params, lr=job.train.lr, momentum=0.9, weight_decay=job.train.weight_decay,
-                                    nesterov=True)
-    steps_per_epoch = len(objective.batches(rank, world, job.train.batch_size, 0))
-    total_steps = steps_per_epoch * job.train.epochs
+        optimizer = torch.optim.SGD(model.parameters(), lr=job.train.lr, momentum=0.9,
+                                    weight_decay=job.train.weight_decay, nesterov=True)
+    total_steps = len(objective.batches(rank, world, job.train.batch_size, 0)) * job.train.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, schedule=job.train.schedule))
-
-    start_epoch = 0
+    loop = Loop(job=job, rank=rank, world=world, device=device, model=model, objective=objective,
+                optimizer=optimizer, scheduler=scheduler, autocast=_autocast_factory(job.resources.precision, device))
     if restore is not None:  # resume (same run name) or restart after a failure
         if restore["model_spec"] != to_dict(job.model):
             raise ValueError(f"run {job.run_name!r} under {job.output_dir} holds a checkpoint of another model "
@@ -111,63 +134,80 @@ def run_loop(job: TrainJobConfig, *, rank: int = 0, world: int = 1, device=None,
         _unwrap(model).load_state_dict(restore["model"])
         optimizer.load_state_dict(restore["optimizer"])
         scheduler.load_state_dict(restore["scheduler"])
-        start_epoch = restore["epoch"] + 1
+        loop.start_epoch = restore["epoch"] + 1
         if rank == 0:
-            left = max(0, job.train.epochs - start_epoch)
-            logger.info(f"[train] run {job.run_name!r} resumed from its checkpoint after epoch {start_epoch}; "
+            left = max(0, job.train.epochs - loop.start_epoch)
+            logger.info(f"[train] run {job.run_name!r} resumed from its checkpoint after epoch {loop.start_epoch}; "
                         f"{left} epoch(s) left of train.epochs={job.train.epochs}")
+    return loop
 
-    for epoch in range(start_epoch, job.train.epochs):
-        model.train()
-        started = time.time()
-        batches = objective.batches(rank, world, job.train.batch_size, job.train.seed * 1000 + epoch)
-        loss_sum = torch.zeros((), device=device)
-        waited, ready = 0.0, time.perf_counter()
-        for step, batch in enumerate(batches):
-            waited += time.perf_counter() - ready  # time this rank stood waiting for its next batch
-            with autocast():
-                loss = objective.loss(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach()
-            ready = time.perf_counter()
-            if rank == 0 and (step + 1) % max(1, len(batches) // 4) == 0:
-                spent = time.time() - started
-                rate = (step + 1) * job.train.batch_size * world / max(spent, 1e-9)
-                eta = spent / (step + 1) * (len(batches) - step - 1)
-                logger.info(f"[train] epoch {epoch + 1}/{job.train.epochs} step {step + 1}/{len(batches)} "
-                            f"loss {loss.item():.4f}, {rate:,.0f} rows/s, epoch ETA {eta:.0f}s ({spent:.0f}s)")
 
-        model.eval()
-        correct, n_val_mine = objective.val_hits(_unwrap(model), autocast)  # no DDP collectives: ranks may differ
-        if correct is None:  # no validation rows on this rank
-            correct = torch.zeros(len(sizes), dtype=torch.int64, device=device)
-        totals = torch.tensor([float(n_val_mine), loss_sum.item(), float(len(batches))], device=device)
-        if world > 1:
-            correct = correct.to(device)
-            dist.all_reduce(correct)
-            dist.all_reduce(totals)
-        n_val, loss_total, n_steps = totals.tolist()
-        metrics: dict[str, float] = {"epoch": epoch + 1, "train_loss": loss_total / max(1.0, n_steps),
-                                     "epoch_seconds": time.time() - started, "data_wait_seconds": waited}
-        if n_val > 0:
-            accs = (correct.double() / n_val).tolist()
-            metrics.update({f"val_top1_d{m}": a for m, a in zip(sizes, accs)})
-            metrics.update(val_top1_min=accs[0], val_top1_full=accs[-1], val_top1_mean=float(np.mean(accs)))
-        state = None
-        if rank == 0:
-            state = {"model": _unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "epoch": epoch, "model_spec": to_dict(job.model),
-                     "tokenizer": objective.tokenizer.to_json() if objective.tokenizer is not None else None}
-            shown = " ".join(f"{m}:{metrics.get(f'val_top1_d{m}', float('nan')) * 100:.2f}" for m in sizes)
-            logger.info(f"[train] epoch {epoch + 1}/{job.train.epochs} done in {metrics['epoch_seconds']:.0f}s "
-                        f"({waited:.1f}s waiting for data), "
-                        f"loss {metrics['train_loss']:.4f}, {objective.metric} % by size {shown}")
-        if on_epoch is not None:
-            on_epoch(metrics, state)
-    return _unwrap(model).eval()
+def train_epoch(loop: Loop, epoch: int) -> dict[str, float]:
+    """One epoch of optimisation on this rank's shard; its metrics so far (epoch, the loss summed over this
+    rank's steps and their count, which `validate` turns into the mean over all ranks, when it started, and the
+    seconds spent waiting for data)."""
+    job, rank = loop.job, loop.rank
+    loop.model.train()
+    started = time.time()
+    batches = loop.objective.batches(rank, loop.world, job.train.batch_size, job.train.seed * 1000 + epoch)
+    loss_sum = torch.zeros((), device=loop.device)
+    waited, ready = 0.0, time.perf_counter()
+    for step, batch in enumerate(batches):
+        waited += time.perf_counter() - ready  # time this rank stood waiting for its next batch
+        with loop.autocast():
+            loss = loop.objective.loss(loop.model, batch)
+        loop.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        loop.optimizer.step()
+        loop.scheduler.step()
+        loss_sum += loss.detach()
+        ready = time.perf_counter()
+        if rank == 0 and (step + 1) % max(1, len(batches) // 4) == 0:
+            spent = time.time() - started
+            rate = (step + 1) * job.train.batch_size * loop.world / max(spent, 1e-9)
+            eta = spent / (step + 1) * (len(batches) - step - 1)
+            logger.info(f"[train] epoch {epoch + 1}/{job.train.epochs} step {step + 1}/{len(batches)} "
+                        f"loss {loss.item():.4f}, {rate:,.0f} rows/s, epoch ETA {eta:.0f}s ({spent:.0f}s)")
+    return {"epoch": epoch + 1, "train_loss": loss_sum.item(), "steps": float(len(batches)), "started": started,
+            "data_wait_seconds": waited}
+
+
+def validate(loop: Loop, metrics: dict[str, float]) -> dict[str, float]:
+    """Per-size validation accuracy over every rank's validation rows, and the mean train loss over every rank's
+    steps (all-reduced when world > 1); `metrics` is `train_epoch`'s."""
+    import torch.distributed as dist
+
+    loop.model.eval()
+    sizes = _unwrap(loop.model).sizes
+    correct, n_val_mine = loop.objective.val_hits(_unwrap(loop.model), loop.autocast)  # no DDP collectives
+    if correct is None:  # no validation rows on this rank
+        correct = torch.zeros(len(sizes), dtype=torch.int64, device=loop.device)
+    totals = torch.tensor([float(n_val_mine), metrics.pop("train_loss"), metrics.pop("steps")], device=loop.device)
+    if loop.world > 1:
+        correct = correct.to(loop.device)
+        dist.all_reduce(correct)
+        dist.all_reduce(totals)
+    n_val, loss_total, n_steps = totals.tolist()
+    out = {"train_loss": loss_total / max(1.0, n_steps), "epoch_seconds": time.time() - metrics.pop("started")}
+    if n_val > 0:
+        accs = (correct.double() / n_val).tolist()
+        out.update({f"val_top1_d{m}": a for m, a in zip(sizes, accs)})
+        out.update(val_top1_min=accs[0], val_top1_full=accs[-1], val_top1_mean=float(np.mean(accs)))
+    return out
+
+
+def snapshot(loop: Loop, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+    """Rank 0's checkpoint state after `epoch` (model, optimizer, schedule, model spec, tokenizer), and the
+    epoch's line in the log."""
+    job, model = loop.job, _unwrap(loop.model)
+    tokenizer = loop.objective.tokenizer
+    shown = " ".join(f"{m}:{metrics.get(f'val_top1_d{m}', float('nan')) * 100:.2f}" for m in model.sizes)
+    logger.info(f"[train] epoch {epoch + 1}/{job.train.epochs} done in {metrics['epoch_seconds']:.0f}s "
+                f"({metrics['data_wait_seconds']:.1f}s waiting for data), "
+                f"loss {metrics['train_loss']:.4f}, {loop.objective.metric} % by size {shown}")
+    return {"model": model.state_dict(), "optimizer": loop.optimizer.state_dict(),
+            "scheduler": loop.scheduler.state_dict(), "epoch": epoch, "model_spec": to_dict(job.model),
+            "tokenizer": tokenizer.to_json() if tokenizer is not None else None}
 
 
 def train_local(job: TrainJobConfig, threads: int | None = None):
@@ -247,7 +287,7 @@ def fit(job: TrainJobConfig, *, mlflow_run_id: str | None = None, tracking_uri: 
     from ray.train.torch import TorchTrainer
 
     if job.run_name is None:
-        raise ValueError("fit() needs a run_name; run_train() picks one per invocation")
+        raise ValueError("fit() needs a run_name; run() picks one per invocation")
     storage = storage_path or job.storage_path or str(Path(job.output_dir).resolve() / "ray")
     use_gpu = resolve_use_gpu(job.resources.use_gpu)
     datasets, rows = streamed_datasets(job) if job.model.modality == "image" else (None, None)
@@ -280,9 +320,7 @@ def streamed_datasets(job: TrainJobConfig) -> tuple[dict[str, Any], dict[str, in
     import ray
 
 
-    context = ray.data.DataContext.get_current()  # datasets carry it to their executors
-    context.enable_progress_bars = False  # the loop's one line per quarter epoch, not per-operator bars
-    context.print_on_execution_start = False
+    quiet_ray_data()  # one line per unit / quarter epoch instead of Ray Data's operator dumps
     shape = (job.model.in_channels, job.model.image_size, job.model.image_size)
     reader = open_split(job.data, shape, "train")
     n_val = int(round(reader.n * job.data.val_fraction))
@@ -360,7 +398,7 @@ def load_checkpoint_model(checkpoint):
     return model.eval()
 
 
-def run_train(job: TrainJobConfig) -> dict[str, Any]:
+def run(job: TrainJobConfig) -> dict[str, Any]:
     """The whole train stage: Ray Train fit, then the model logged and registered in MLflow.
 
     Returns:
@@ -368,37 +406,31 @@ def run_train(job: TrainJobConfig) -> dict[str, Any]:
     """
     import mlflow
 
-
-    check_paths(job)
-    job = dataclasses.replace(job, data=prepare_data(job.data, job.output_dir))  # before any Ray work
-    ensure_ray(job.ray)
-    uri = tracking.setup(job.mlflow, job.output_dir)
     if job.run_name is None:
         job = dataclasses.replace(job, run_name=time.strftime("train-%Y%m%d-%H%M%S"))
-    started = time.time()
-    with mlflow.start_run(run_name=job.run_name, tags={"mrl.stage": "train"}) as run:
+    with stage_run("train", job, run_name=job.run_name) as stage:
+        job = stage.job  # its data prepared
         tracking.log_params(to_dict(job))
         mlflow.log_params({"model.sizes": str(job.model.sizes), "model.weights": str(job.model.weights)})
         mlflow.log_input(_dataset_input(job), context="training")
-        result = fit(job, mlflow_run_id=run.info.run_id, tracking_uri=uri)
+        result = fit(job, mlflow_run_id=stage.run_id, tracking_uri=stage.tracking_uri)
         if result.error is not None:
             raise result.error
         model = load_checkpoint_model(result.checkpoint)
         checkpoint = checkpoint_uri(result.checkpoint)
         metadata = {"dim": model.dim, "sizes": model.sizes, "head": job.model.head, "encoder": job.model.encoder,
-                    "model_spec": to_dict(job.model), "train_run_id": run.info.run_id, "checkpoint": checkpoint}
+                    "model_spec": to_dict(job.model), "train_run_id": stage.run_id, "checkpoint": checkpoint}
         info = tracking.log_model(model, job.mlflow.registered_model, metadata)
-        mlflow.set_tag("mrl.checkpoint", checkpoint)
-        seconds = time.time() - started
-        mlflow.log_metric("train_wall_seconds", seconds)
+        mlflow.set_tag(tracking.TAG_CHECKPOINT, checkpoint)
+        mlflow.log_metric("train_wall_seconds", stage.seconds)
     version = str(info.registered_model_version) if info.registered_model_version is not None else None
     model_uri = f"models:/{job.mlflow.registered_model}/{version}" if version else info.model_uri
     first = version is not None and tracking.promote_if_first(job.mlflow.registered_model, version)
     alias = f"; it is the first, so @{tracking.CHAMPION} points at it" if first else \
         f"; promote it with `mrl promote model_uri={model_uri}`"
-    print(f"[train] registered {model_uri} (run {run.info.run_id}) in {seconds:.0f}s{alias}", flush=True)
-    return {"run_id": run.info.run_id, "model_uri": model_uri, "model_version": version,
-            "metrics": dict(result.metrics or {}), "seconds": seconds}
+    print(f"[train] registered {model_uri} (run {stage.run_id}) in {stage.seconds:.0f}s{alias}", flush=True)
+    return {"run_id": stage.run_id, "model_uri": model_uri, "model_version": version,
+            "metrics": dict(result.metrics or {}), "seconds": stage.seconds}
 
 
 def _dataset_input(job: TrainJobConfig):

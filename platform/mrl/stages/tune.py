@@ -24,8 +24,9 @@ from mrl.core.config import NestingConfig
 from mrl.data.sources import prepare_data
 from mrl.plots import pyplot
 from mrl.runtime import ensure_ray
+from mrl.stages import train as train_stage
 from mrl.stages.config import TrainJobConfig, TuneJobConfig, check_paths
-from mrl.stages.train import fit, run_train
+from mrl.stages.train import fit
 
 FULL_METRIC = "val_top1_full"
 
@@ -98,7 +99,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def choose(points: list[tuple[float, float]], full_tolerance: float) -> int:
+def pick_winner(points: list[tuple[float, float]], full_tolerance: float) -> int:
     """The winner: the best small-size accuracy among points within `full_tolerance` of the best full-size
     accuracy (ties: the better full-size accuracy, then the earlier trial)."""
     best_full = max(f for _, f in points)
@@ -179,19 +180,14 @@ def make_tuner(job: TuneJobConfig, base: TrainJobConfig, name: str, storage: Pat
     )
 
 
-def run_tune(job: TuneJobConfig) -> dict[str, Any]:
+def run(job: TuneJobConfig) -> dict[str, Any]:
     """Run (or resume) the sweep, pick the winner, write its config, record everything in MLflow.
 
     Returns:
         {"run_id", "sweep", "trials": [{"params", "metrics", "epochs", "error"}], "front", "winner",
          "winner_yaml", "winner_model_uri" (with train_winner), "seconds"}.
     """
-    import mlflow
-    import yaml
-
-
     check_paths(job)  # before any Ray work
-
     ensure_ray(job.base.ray)
     tracking.setup(job.mlflow, job.output_dir)
     # data shards (text, Fashion-MNIST) are written once here, not by concurrent trials
@@ -202,39 +198,68 @@ def run_tune(job: TuneJobConfig) -> dict[str, Any]:
     print(f"[tune] sweep {name!r}: {job.search.algorithm} search, {job.search.scheduler} scheduler, objectives "
           f"{small} and {FULL_METRIC}", flush=True)
     started = time.time()
-    results = make_tuner(job, base, name, Path(job.output_dir).resolve() / "ray").fit()
+    trials = collect_trials(make_tuner(job, base, name, Path(job.output_dir).resolve() / "ray").fit())
+    done = [t for t in trials if small in t["metrics"] and FULL_METRIC in t["metrics"]]
+    if not done:
+        raise RuntimeError(f"no tune trial reported {small}; errors: {[t['error'] for t in trials]}")
+    points = [(t["metrics"][small], t["metrics"][FULL_METRIC]) for t in done]
+    front, winner = pareto_front(points), pick_winner(points, job.full_tolerance)
+    best = done[winner]
+    stopped = sum(t["epochs"] < base.train.epochs for t in done)
+    print(f"[tune] {len(trials)} trials ({stopped} stopped early); Pareto front {len(front)} trials; winner "
+          f"{best['params']}: {small} {points[winner][0]:.4f}, {FULL_METRIC} {points[winner][1]:.4f}", flush=True)
+    out = Path(job.output_dir).resolve() / "tune" / name
+    out.mkdir(parents=True, exist_ok=True)
+    winner_job, winner_yaml = write_winner(job, base, best["params"], name, out,
+                                           f"{small} {points[winner][0]:.4f}, {FULL_METRIC} {points[winner][1]:.4f}")
+    plot = plot_front(done, front, winner, small, out / "pareto.png", job.full_tolerance)
+    seconds = time.time() - started
+    run_id = log_sweep(job, base, name, trials, [done[i] for i in front], best, [plot, winner_yaml], {
+        f"best_{small}": points[winner][0], f"best_{FULL_METRIC}": points[winner][1],
+        "trials_stopped_early": stopped, "tune_wall_seconds": seconds})
+    summary = {"run_id": run_id, "sweep": name, "trials": trials, "front": [done[i] for i in front],
+               "winner": best, "winner_yaml": str(winner_yaml), "small_metric": small, "seconds": seconds}
+    if job.train_winner:
+        summary["winner_model_uri"] = train_stage.run(winner_job)["model_uri"]
+    print(f"[tune] winner config: {winner_yaml}; front plot: {plot} ({seconds:.0f}s)", flush=True)
+    return summary
+
+
+def collect_trials(results) -> list[dict[str, Any]]:
+    """Each trial of a Tune ResultGrid: its params, numeric metrics, epochs reached and error (None)."""
     trials = []
     for result in results:
         metrics = {k: float(v) for k, v in (result.metrics or {}).items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         trials.append({"params": result.config["params"], "metrics": metrics, "epochs": int(metrics.get("epoch", 0)),
                        "error": None if result.error is None else str(result.error)})
-    done = [t for t in trials if small in t["metrics"] and FULL_METRIC in t["metrics"]]
-    if not done:
-        raise RuntimeError(f"no tune trial reported {small}; errors: {[t['error'] for t in trials]}")
-    points = [(t["metrics"][small], t["metrics"][FULL_METRIC]) for t in done]
-    front, winner = pareto_front(points), choose(points, job.full_tolerance)
-    best = done[winner]
-    stopped = sum(t["epochs"] < base.train.epochs for t in done)
-    print(f"[tune] {len(trials)} trials ({stopped} stopped early); Pareto front {len(front)} trials; winner "
-          f"{best['params']}: {small} {points[winner][0]:.4f}, {FULL_METRIC} {points[winner][1]:.4f}", flush=True)
+    return trials
 
-    out = Path(job.output_dir).resolve() / "tune" / name
-    out.mkdir(parents=True, exist_ok=True)
+
+def write_winner(job: TuneJobConfig, base: TrainJobConfig, params: dict[str, Any], name: str, out: Path,
+                 scores: str) -> tuple[TrainJobConfig, Path]:
+    """The winner's training config (winner_epochs, else base's), written as <out>/winner.yaml, ready to run."""
+    import yaml
+
     winner_train = dataclasses.replace(base.train, epochs=job.winner_epochs or base.train.epochs)
-    winner_job = trial_job(dataclasses.replace(base, train=winner_train), best["params"], f"{name}-winner",
+    winner_job = trial_job(dataclasses.replace(base, train=winner_train), params, f"{name}-winner",
                            job.space.deploy_sizes)
-    winner_yaml = out / "winner.yaml"
-    winner_yaml.write_text(f"# The winner of sweep {name!r} ({small} {points[winner][0]:.4f}, {FULL_METRIC} "
-                           f"{points[winner][1]:.4f}).\n#\n#   python jobs/train.py --config {winner_yaml}\n#\n"
-                           + yaml.safe_dump(to_dict(winner_job), sort_keys=False))
-    plot = plot_front(done, front, winner, small, out / "pareto.png", job.full_tolerance)
-    seconds = time.time() - started
-    with mlflow.start_run(run_name="tune", tags={"mrl.stage": "tune", "mrl.sweep": name}) as parent:
+    path = out / "winner.yaml"
+    path.write_text(f"# The winner of sweep {name!r} ({scores}).\n#\n#   python jobs/train.py --config {path}\n#\n"
+                    + yaml.safe_dump(to_dict(winner_job), sort_keys=False))
+    return winner_job, path
+
+
+def log_sweep(job: TuneJobConfig, base: TrainJobConfig, name: str, trials: list[dict[str, Any]],
+              front: list[dict[str, Any]], best: dict[str, Any], files: list[Path], metrics: dict[str, float]) -> str:
+    """One MLflow parent run `tune` with a nested run per trial, the winner, the front and `files`; its id."""
+    import mlflow
+
+    with mlflow.start_run(run_name="tune", tags={tracking.TAG_STAGE: "tune", tracking.TAG_SWEEP: name}) as parent:
         tracking.log_params({"base": to_dict(base), "space": to_dict(job.space), "search": to_dict(job.search),
                              "full_tolerance": job.full_tolerance})
         for i, trial in enumerate(trials):
-            with mlflow.start_run(run_name=f"trial-{i}", nested=True, tags={"mrl.stage": "tune-trial"}):
+            with mlflow.start_run(run_name=f"trial-{i}", nested=True, tags={tracking.TAG_STAGE: "tune-trial"}):
                 mlflow.log_params(trial["params"])
                 if trial["metrics"]:
                     mlflow.log_metrics({k: v for k, v in trial["metrics"].items()
@@ -242,15 +267,8 @@ def run_tune(job: TuneJobConfig) -> dict[str, Any]:
                 if trial["error"]:
                     mlflow.set_tag("error", trial["error"][:5000])
         mlflow.log_params({f"best.{k}": v for k, v in best["params"].items()})
-        mlflow.log_metrics({f"best_{small}": points[winner][0], f"best_{FULL_METRIC}": points[winner][1],
-                            "trials_stopped_early": stopped, "tune_wall_seconds": seconds})
-        mlflow.log_dict({"winner": best, "front": [done[i] for i in front], "trials": trials}, "tune_results.json")
-        for file in (plot, winner_yaml):
+        mlflow.log_metrics(metrics)
+        mlflow.log_dict({"winner": best, "front": front, "trials": trials}, "tune_results.json")
+        for file in files:
             mlflow.log_artifact(str(file))
-    summary = {"run_id": parent.info.run_id, "sweep": name, "trials": trials, "front": [done[i] for i in front],
-               "winner": best, "winner_yaml": str(winner_yaml), "small_metric": small, "seconds": seconds}
-    if job.train_winner:
-
-        summary["winner_model_uri"] = run_train(winner_job)["model_uri"]
-    print(f"[tune] winner config: {winner_yaml}; front plot: {plot} ({seconds:.0f}s)", flush=True)
-    return summary
+    return parent.info.run_id
