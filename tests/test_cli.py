@@ -14,7 +14,7 @@ from conftest import REPO
     ("jobs/train.py", ["model.nesting.schedule=list", "model.nesting.sizes=[8,1024]"],
      "outside the accepted range [1, dim=512]"),
     ("jobs/train.py", ["data.path=/nonexistent/fmnist"], "data.path '/nonexistent/fmnist' does not exist"),
-    ("jobs/pipeline.py", ["serve.shortlist_size=12"], "serve.mode 'adaptive' cannot run on this index"),
+    ("jobs/pipeline.py", ["serve.search.shortlist_size=12"], "serve.mode 'adaptive' cannot run on this index"),
     ("jobs/embed.py", ["embed.num_actors=0"], "embed.num_actors must be > 0"),
     ("tuning/tune.py", ["search.algorithm=bayes"], "search.algorithm: 'bayes' is not accepted"),
     ("serving/app.py", ["serve.port=70000"], "serve.port must be in [1, 65535]"),
@@ -41,11 +41,11 @@ def test_search_queries_an_index_through_the_service_code(tmp_path):
     vectors = np.random.default_rng(0).normal(size=(200, 32)).astype(np.float32)
     write_index(tmp_path, np.arange(200) + 1000, np.zeros(200, dtype=np.int64), vectors, [8, 32], "flat", {})
     out = subprocess.run([sys.executable, "-m", "mrl.cli", "search", f"index_dir={tmp_path}", "ids=[1007,1010]",
-                          "mode=funnel", "k=3", "serve.shortlist_size=8"], capture_output=True, text=True, timeout=120)
+                          "mode=funnel", "k=3", "serve.search.shortlist_size=8"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     replies = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["ids"][0] for r in replies] == [1007, 1010] and all(len(r["ids"]) == 3 for r in replies)
     assert replies[0]["search"]["mode"] == "funnel" and replies[0]["search"]["reranks"] == [[16, 100], [32, 3]]
-    assert main(["search", f"index_dir={tmp_path}", "ids=[5]", "serve.shortlist_size=8"]) == 2  # not in the corpus
+    assert main(["search", f"index_dir={tmp_path}", "ids=[5]", "serve.search.shortlist_size=8"]) == 2  # not in the corpus
     assert main(["search", f"index_dir={tmp_path / 'nope'}"]) == 2  # no index there
-    assert main(["search", f"index_dir={tmp_path}", "serve.shortlist_size=16"]) == 2  # no index at 16
+    assert main(["search", f"index_dir={tmp_path}", "serve.search.shortlist_size=16"]) == 2  # no index at 16

@@ -24,6 +24,7 @@ from mrl.config import (
     check_paths,
 )
 from mrl.configio import ConfigError, from_dict, load_config, to_dict
+from mrl.retrieval.modes import SearchSettings
 
 
 def _list(*sizes, weights=None):
@@ -217,11 +218,11 @@ def test_section_ranges_in_a_job_config_name_the_full_path(tmp_path, cls, job_cl
 
 
 def test_serve_default_k_above_shortlist_k_rejected():
-    with pytest.raises(ConfigError, match=r"^default_k \(300\) must be <= shortlist_k \(200\)$"):
-        ServeConfig(default_k=300, shortlist_k=200)
-    assert ServeConfig(default_k=200, shortlist_k=200, max_k=200).default_k == 200
-    with pytest.raises(ConfigError, match=r"^serve\.default_k \(300\) must be <= shortlist_k \(200\)$"):
-        load_config(ServeJobConfig, overrides=["serve.default_k=300", "serve.shortlist_k=200"])
+    with pytest.raises(ConfigError, match=r"^default_k \(300\) must be <= search\.shortlist_k \(200\)$"):
+        ServeConfig(default_k=300, search=SearchSettings(shortlist_k=200))
+    assert ServeConfig(default_k=200, max_k=200, search=SearchSettings(shortlist_k=200)).default_k == 200
+    with pytest.raises(ConfigError, match=r"^serve\.default_k \(300\) must be <= search\.shortlist_k \(200\)$"):
+        load_config(ServeJobConfig, overrides=["serve.default_k=300", "serve.search.shortlist_k=200"])
 
 
 def test_configs_are_frozen():
@@ -236,25 +237,25 @@ def test_pipeline_shortlist_size_must_be_indexed(tmp_path):
     data = DataConfig(path=str(tmp_path))
     with pytest.raises(ConfigError, match=r"serve\.mode 'adaptive' cannot run on this index: .*"
                                           r"index\.sizes must include 12\. Modes it can serve: \['full'\]"):
-        PipelineConfig(data=data, serve=ServeConfig(shortlist_size=12))
+        PipelineConfig(data=data, serve=ServeConfig(search=SearchSettings(shortlist_size=12)))
     with pytest.raises(ConfigError, match=r"index\.sizes must include 16"):
-        PipelineConfig(data=data, index=IndexConfig(sizes=(8, 32)), serve=ServeConfig(shortlist_size=16))
-    ok = PipelineConfig(data=data, index=IndexConfig(sizes=(8, 32)), serve=ServeConfig(shortlist_size=32))
-    assert ok.serve.shortlist_size == 32
+        PipelineConfig(data=data, index=IndexConfig(sizes=(8, 32)), serve=ServeConfig(search=SearchSettings(shortlist_size=16)))
+    ok = PipelineConfig(data=data, index=IndexConfig(sizes=(8, 32)), serve=ServeConfig(search=SearchSettings(shortlist_size=32)))
+    assert ok.serve.search.shortlist_size == 32
 
 
 def test_pipeline_rerank_and_index_sizes_bounded_by_dim(tmp_path):
     data = DataConfig(path=str(tmp_path))
     model = ModelConfig(dim=64)
-    with pytest.raises(ConfigError, match=r"serve\.rerank_size 128 is above d=64"):
-        PipelineConfig(data=data, model=model, serve=ServeConfig(rerank_size=128))
+    with pytest.raises(ConfigError, match=r"serve\.search\.rerank_size 128 is above d=64"):
+        PipelineConfig(data=data, model=model, serve=ServeConfig(search=SearchSettings(rerank_size=128)))
     with pytest.raises(ConfigError, match=r"index\.sizes \[16, 128\] go above d=64"):
         PipelineConfig(data=data, model=model, index=IndexConfig(sizes=(16, 128)))
 
 
 @pytest.mark.parametrize("index, serve, message", [
     (IndexConfig(adanns_size=128), ServeConfig(), r"index\.adanns_size 128 is outside \[1, d=64\]"),
-    (IndexConfig(), ServeConfig(funnel=((32, 100), (128, 10))), r"serve\.funnel sizes \[128\] are above d=64"),
+    (IndexConfig(), ServeConfig(search=SearchSettings(funnel=((32, 100), (128, 10)))), r"serve\.search\.funnel sizes \[128\] are above d=64"),
     (IndexConfig(), ServeConfig(mode="adanns"), r"serve\.mode 'adanns' cannot run .*set index\.adanns_size"),
     (IndexConfig(sizes=(8, 16, 32)), ServeConfig(mode="full"), r"serve\.mode 'full' cannot run .*must include 64"),
     (IndexConfig(kind="ivfpq", pq_m=16), ServeConfig(), r"pq_m=16 does not divide 8"),
@@ -304,7 +305,7 @@ def test_serve_funnel_stages_are_validated(funnel, message):
     from mrl.config import ServeConfig
 
     with pytest.raises(ConfigError, match=message):
-        ServeConfig(funnel=funnel)
+        ServeConfig(search=SearchSettings(funnel=funnel))
 
 
 def test_embed_augmentation_fields_are_validated():
@@ -350,8 +351,8 @@ def test_an_encoder_registered_after_import_is_accepted():
     ({"api_key_env": "A", "api_key_file": "/k"}, "at most one of api_key_env and api_key_file"),
     ({"autoscaling": {"min_replicas": 1, "max_replicas": 4, "target": 2}}, r"autoscaling keys \['target'\]"),
     ({"autoscaling": {"min_replicas": 3, "max_replicas": 2}}, "min_replicas <= max_replicas"),
-    ({"default_k": 50, "max_k": 20, "shortlist_k": 200}, r"default_k \(50\) must be <= max_k \(20\)"),
-    ({"shortlist_k": 5000}, r"shortlist_k \(5000\) must be <= max_shortlist_k \(2000\)"),
+    ({"default_k": 50, "max_k": 20, "search": SearchSettings(shortlist_k=200)}, r"default_k \(50\) must be <= max_k \(20\)"),
+    ({"search": SearchSettings(shortlist_k=5000)}, r"search\.shortlist_k \(5000\) must be <= max_shortlist_k \(2000\)"),
     ({"batch_wait_ms": -1.0}, r"batch_wait_ms must be in \[0, 1000\]"),
 ])
 def test_serve_limits_auth_scaling_and_batching_are_validated(kwargs, message):

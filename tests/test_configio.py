@@ -227,9 +227,9 @@ def test_non_finite_floats_are_rejected(raw):
 def test_fixed_length_tuples_are_checked_item_by_item():
     from mrl.config import ServeJobConfig
 
-    cfg = from_dict(ServeJobConfig, {"serve": {"funnel": [[64, 100], [None, 10]]}})
-    assert cfg.serve.funnel == ((64, 100), (None, 10))
-    with pytest.raises(ConfigError, match=r"serve.funnel\[0\]: expected 2 items"):
-        from_dict(ServeJobConfig, {"serve": {"funnel": [[64]]}})
-    with pytest.raises(ConfigError, match=r"serve.funnel\[0\]\[1\]: expected an integer, got None"):
-        from_dict(ServeJobConfig, {"serve": {"funnel": [[64, None]]}})
+    cfg = from_dict(ServeJobConfig, {"serve": {"search": {"funnel": [[64, 100], [None, 10]]}}})
+    assert cfg.serve.search.funnel == ((64, 100), (None, 10))
+    with pytest.raises(ConfigError, match=r"serve.search.funnel\[0\]: expected 2 items"):
+        from_dict(ServeJobConfig, {"serve": {"search": {"funnel": [[64]]}}})
+    with pytest.raises(ConfigError, match=r"serve.search.funnel\[0\]\[1\]: expected an integer, got None"):
+        from_dict(ServeJobConfig, {"serve": {"search": {"funnel": [[64, None]]}}})

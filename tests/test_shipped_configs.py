@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from mrl import config as C
-from mrl.configio import ConfigError, load_config
+from mrl.configio import ConfigError, from_dict, load_config
 from mrlbench.reproduce import ReproduceConfig
 from mrlbench.retrieval_bench import RetrievalBenchConfig
 from mrlbench.text_bench import TextBenchConfig
@@ -72,7 +72,7 @@ def test_serve_config_file_matches_rays_schema_and_our_config():
     assert app.import_path == "mrl.service.app:app_builder"
     args = dict(app.args)
     args.pop("index_dir")
-    C.ServeConfig(**args)  # the args are valid ServeConfig fields
+    from_dict(C.ServeConfig, args, prefix="serve.")  # the args are valid ServeConfig fields
 
 
 def test_serve_app_builder_imports():

@@ -148,8 +148,9 @@ def deployment(search: BenchSearch, index: BenchIndex, dim: int, k: int) -> dict
         idx.update({"hnsw_m": index.hnsw_m, "ef_construction": index.ef_construction, "index_storage": index.storage})
     elif index.kind in ("ivf", "ivfpq"):
         idx.update({"nlist": index.nlist, "index_storage": index.storage})
-    serve["default_k"] = k
-    return {"index": idx, "serve": {key: value for key, value in serve.items() if value is not None}}
+    mode = serve.pop("mode")
+    return {"index": idx, "serve": {"mode": mode, "default_k": k,
+                                    "search": {key: value for key, value in serve.items() if value is not None}}}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -216,7 +216,7 @@ def test_every_benchmark_search_has_the_service_settings_that_run_its_plan(embed
             continue
         index_cfg = from_dict(IndexConfig, deploy["index"])  # valid pipeline settings
         serve = from_dict(ServeConfig, deploy["serve"])
-        got = make_plan(serve.mode, serve.search_settings(), 64, 5)
+        got = make_plan(serve.mode, serve.search, 64, 5)
         want = search.plan(spec.kind == "adanns", 64, 5)
         source = ADANNS_SOURCE if spec.kind == "adanns" else index_source(spec.size or 64)
         assert got.shortlist == dataclasses.replace(want.shortlist, source=source)

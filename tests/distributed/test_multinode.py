@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mrl.retrieval.modes import SearchSettings
+
 from .conftest import latest_checkpoint_epoch, log_tiny_model, wait_for
 from .gates import Gate, HeldTrainLoop, alive, held_embedder, hold_train_loop
 from conftest import REPO, free_port
@@ -257,7 +259,7 @@ def test_serving_survives_a_killed_node_under_load(cluster, tmp_path):
     # one proxy, on the head: on one machine every node's proxy would want the same port
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     try:
-        cfg = ServeConfig(port=port, shortlist_size=8, num_replicas=2, max_replicas_per_node=1, encoder=False)
+        cfg = ServeConfig(port=port, num_replicas=2, max_replicas_per_node=1, encoder=False, search=SearchSettings(shortlist_size=8))
         serve.run(build_app(str(index), cfg), name="mrl", route_prefix="/", blocking=False)
         replicas = wait_for(lambda: generation(cluster, set(), "ServeReplica:mrl:Retriever", 2), 60, "2 replicas")
         assert len({r.node_id for r in replicas}) == 2 and {r.node_id for r in replicas} <= cluster.live_worker_ids()

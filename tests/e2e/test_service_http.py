@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import requests
 
+from mrl.retrieval.modes import SearchSettings
+
 from conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -33,8 +35,7 @@ def service(tmp_path_factory):
     port = free_port()
     ray.init(address="local", num_cpus=4)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    cfg = ServeConfig(port=port, shortlist_size=8, api_key_file=str(index.parent / "key"), max_k=20,
-                      max_body_bytes=4000, batch_max_size=16, batch_wait_ms=20.0)
+    cfg = ServeConfig(port=port, api_key_file=str(index.parent / "key"), max_k=20, max_body_bytes=4000, batch_max_size=16, batch_wait_ms=20.0, search=SearchSettings(shortlist_size=8))
     serve.run(build_app(str(index), cfg), name="mrl", route_prefix="/", blocking=False)
     yield f"http://127.0.0.1:{port}", vectors
     serve.shutdown()
@@ -139,7 +140,7 @@ def test_hot_swap_to_a_new_index_loses_no_request(service, tmp_path):
         c.start()
     time.sleep(1.0)
     port = int(url.rsplit(":", 1)[1])
-    cfg = ServeConfig(port=port, shortlist_size=8, api_key_file=str(tmp_path.parent / "key"), max_k=20)
+    cfg = ServeConfig(port=port, api_key_file=str(tmp_path.parent / "key"), max_k=20, search=SearchSettings(shortlist_size=8))
     (tmp_path.parent / "key").write_text(KEY + "\n")
     serve.run(build_app(str(tmp_path), cfg), name="mrl", route_prefix="/", blocking=False)  # waits for the new replica
     time.sleep(2.0)

@@ -42,9 +42,9 @@ def test_available_modes_follow_the_index_sources():
 @pytest.mark.parametrize("settings, mode, message", [
     (SearchSettings(), "adanns", "set index.adanns_size to build AdANNS cells"),
     (SearchSettings(shortlist_size=32), "adaptive", "index.sizes must include 32"),
-    (SearchSettings(rerank_size=128), "adaptive", "serve.rerank_size 128 is above d=64"),
-    (SearchSettings(funnel=((32, 10), (128, 10))), "funnel", r"serve.funnel sizes \[128\] are above d=64"),
-    (SearchSettings(funnel=((64, 20), (None, 10))), "adaptive", r"serve.funnel at d=64: rerank sizes must .* "
+    (SearchSettings(rerank_size=128), "adaptive", "serve.search.rerank_size 128 is above d=64"),
+    (SearchSettings(funnel=((32, 10), (128, 10))), "funnel", r"serve.search.funnel sizes \[128\] are above d=64"),
+    (SearchSettings(funnel=((64, 20), (None, 10))), "adaptive", r"serve.search.funnel at d=64: rerank sizes must .* "
                                                                 r"got \[\[64, 20\], \[64, 10\]\]"),
     (SearchSettings(), "fastest", r"serve.mode 'fastest': search mode 'fastest' is not accepted"),
 ])

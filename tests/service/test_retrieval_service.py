@@ -6,6 +6,7 @@ import pytest
 
 from mrl.artifacts.index import write_index
 from mrl.config import ServeConfig
+from mrl.retrieval.modes import SearchSettings
 from mrl.retrieval.plan import PlanError
 from mrl.retrieval.topk import exact_search
 from mrl.service.retrieval import RequestError, RetrievalService
@@ -106,11 +107,11 @@ def test_extreme_but_finite_vectors_search_by_direction(service):
 def test_start_up_refuses_settings_the_index_cannot_serve(index_dir):
     path = str(index_dir[0])
     with pytest.raises(PlanError, match="serve.mode 'adaptive' cannot run on this index: .*index.sizes must include 32"):
-        RetrievalService.from_path(path, ServeConfig(shortlist_size=32))
-    with pytest.raises(PlanError, match="serve.rerank_size 128 is above d=64"):
-        RetrievalService.from_path(path, ServeConfig(rerank_size=128))
+        RetrievalService.from_path(path, ServeConfig(search=SearchSettings(shortlist_size=32)))
+    with pytest.raises(PlanError, match="serve.search.rerank_size 128 is above d=64"):
+        RetrievalService.from_path(path, ServeConfig(search=SearchSettings(rerank_size=128)))
     # a mode whose source is missing (no index at 32) is simply not offered
-    only_full = RetrievalService.from_path(path, ServeConfig(mode="full", shortlist_size=32))
+    only_full = RetrievalService.from_path(path, ServeConfig(mode="full", search=SearchSettings(shortlist_size=32)))
     assert only_full.health()["modes"] == ["adanns", "full"]  # adanns: cells at 16, members scored at 32
 
 
@@ -174,7 +175,7 @@ def test_image_queries_are_embedded_by_the_index_model_and_mismatches_refused(tm
     write_index(tmp_path / "index", np.arange(200), np.zeros(200, dtype=np.int64), vectors, [4, 16], "flat",
                 {"model_uri": str(model_dir)})
     encoder = QueryEncoder(str(model_dir))
-    service = RetrievalService(load_index(tmp_path / "index"), ServeConfig(shortlist_size=4), encoder=encoder)
+    service = RetrievalService(load_index(tmp_path / "index"), ServeConfig(search=SearchSettings(shortlist_size=4)), encoder=encoder)
     png = io.BytesIO()
     Image.fromarray(images[17, 0]).save(png, format="PNG")
     reply = service.search({"image": base64.b64encode(png.getvalue()).decode(), "k": 5})
@@ -186,9 +187,9 @@ def test_image_queries_are_embedded_by_the_index_model_and_mismatches_refused(tm
             service.search(body)
     other = {**encoder.describe(), "model_uri": "models:/other/2"}
     with pytest.raises(ValueError, match="built with model .* but the encoder loads 'models:/other/2'"):
-        RetrievalService(service.artifact, ServeConfig(shortlist_size=4), encoder_info=other)
+        RetrievalService(service.artifact, ServeConfig(search=SearchSettings(shortlist_size=4)), encoder_info=other)
     with pytest.raises(ValueError, match="d=16 vectors but the encoder's model makes d=32"):
-        RetrievalService(service.artifact, ServeConfig(shortlist_size=4), encoder_info={**encoder.describe(),
+        RetrievalService(service.artifact, ServeConfig(search=SearchSettings(shortlist_size=4)), encoder_info={**encoder.describe(),
                                                                                          "dim": 32})
 
 
@@ -209,7 +210,7 @@ def test_text_queries_are_embedded_with_the_index_models_tokenizer(tmp_path):
     vectors = model.embed_texts(texts)
     write_index(tmp_path / "index", np.arange(200), np.zeros(200, dtype=np.int64), vectors, [4, 16], "flat",
                 {"model_uri": str(model_dir), "modality": "text"})
-    service = RetrievalService(load_index(tmp_path / "index"), ServeConfig(shortlist_size=4),
+    service = RetrievalService(load_index(tmp_path / "index"), ServeConfig(search=SearchSettings(shortlist_size=4)),
                                encoder=QueryEncoder(str(model_dir)))
     reply = service.search({"text": texts[42], "k": 3})
     assert reply["ids"] == service.search({"vector": vectors[42].tolist(), "k": 3})["ids"]
@@ -225,7 +226,7 @@ def test_text_queries_are_embedded_with_the_index_models_tokenizer(tmp_path):
     with pytest.raises(ValueError, match="holds image embeddings but the encoder's model reads text"):
         image_index = load_index(tmp_path / "index")
         image_index.manifest.pop("modality")
-        RetrievalService(image_index, ServeConfig(shortlist_size=4), encoder=QueryEncoder(str(model_dir)))
+        RetrievalService(image_index, ServeConfig(search=SearchSettings(shortlist_size=4)), encoder=QueryEncoder(str(model_dir)))
 
 
 def test_budgets_pick_plans_from_the_calibration_table(index_dir, tmp_path):
@@ -244,7 +245,7 @@ def test_budgets_pick_plans_from_the_calibration_table(index_dir, tmp_path):
         {"setting": {"mode": "adaptive", "shortlist_size": 16, "shortlist_k": 200}, "recall": 0.98, "p50_ms": 0.5},
         {"setting": {"mode": "full"}, "recall": 1.0, "p50_ms": 2.0}]}
     write_manifest(path, {**manifest, "calibration": table})
-    service = RetrievalService(load_index(path), ServeConfig(shortlist_size=8))
+    service = RetrievalService(load_index(path), ServeConfig(search=SearchSettings(shortlist_size=8)))
     fast = service.search({"id": 10, "budget": {"latency_ms": 0.2}})
     exact = service.search({"id": 10, "budget": {"recall": 0.99}})
     assert fast["search"]["shortlist"] == {"source": "size_8", "k": 20} and fast["budget"]["met"]
@@ -259,7 +260,7 @@ def test_budgets_pick_plans_from_the_calibration_table(index_dir, tmp_path):
                           ({"id": 10, "budget": {"speed": 1}}, "Extra inputs")):
         with pytest.raises(RequestError, match=message):
             service.search(body)
-    plain = RetrievalService(load_index(index_dir[0]), ServeConfig(shortlist_size=8))
+    plain = RetrievalService(load_index(index_dir[0]), ServeConfig(search=SearchSettings(shortlist_size=8)))
     assert plain.health()["budgets"] is None
     with pytest.raises(RequestError, match="no calibration table"):
         plain.search({"id": 10, "budget": {"recall": 0.9}})

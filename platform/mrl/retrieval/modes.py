@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from mrl.configio import check, positive
 from mrl.registry import Registry
 from mrl.retrieval.plan import PlanError, QueryPlan, Rerank, Shortlist, check_plan, check_stages
 
@@ -27,23 +28,32 @@ def index_source(size: int) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class SearchSettings:
-    """What the modes read (the service's `serve` config supplies it; a request may override K).
-
-    Attributes:
-        shortlist_size: D_s, the prefix whose index shortlists.
-        shortlist_k: K, candidates shortlisted (never below k).
-        rerank_size: D_r of adaptive retrieval; None: d.
-        funnel: funnel stages (size, keep) after the shortlist, size None = d; None: `default_funnel`.
-        nprobe: IVF / AdANNS cells probed; None: the index's own.
-        ef_search: HNSW breadth; None: the index's own.
-    """
+    """What the search modes read: the service's default (`serve.search`), which a request may override in part
+    (a request's K clips the configured funnel's keeps into [k, K]). Each field is checked when built; the default
+    funnel against the default shortlist by `ServeConfig`, and whether an index can run them by `check_settings`."""
 
     shortlist_size: int = 16
+    """D_s: the prefix size whose index shortlists."""
     shortlist_k: int = 200
+    """K: candidates shortlisted (never below k), reranked exactly with the rerank size."""
     rerank_size: int | None = None
+    """D_r: the prefix size adaptive retrieval reranks with; None: the full d."""
     funnel: tuple[tuple[int | None, int], ...] | None = None
+    """Funnel rerank stages (size, keep) after the shortlist, size null = d; None: sizes double from 2 D_s to d
+    while keeps halve from K/2 (never below k), e.g. 16/200 -> 32/100 -> 64/50 -> 128/25 -> 256/12 -> ... -> d/k."""
     nprobe: int | None = None
+    """IVF cells / AdANNS cells probed per query; None: the index's own setting (AdANNS: 8)."""
     ef_search: int | None = None
+    """HNSW search breadth; None: the index's own setting."""
+
+    def __post_init__(self) -> None:
+        positive("shortlist_size", self.shortlist_size)
+        positive("shortlist_k", self.shortlist_k)
+        positive("rerank_size", self.rerank_size, allow_none=True)
+        positive("nprobe", self.nprobe, allow_none=True)
+        positive("ef_search", self.ef_search, allow_none=True)
+        check(self.funnel is None or len(self.funnel) > 0,
+              "funnel must list at least one (size, keep) stage, or be null")
 
 
 def make_plan(mode: str, settings: SearchSettings, dim: int, k: int) -> QueryPlan:
@@ -134,15 +144,15 @@ def check_settings(settings: SearchSettings, mode: str, sources: Mapping[str, in
         PlanError: naming the setting and what the index has.
     """
     if (settings.rerank_size or dim) > dim:
-        raise PlanError(f"serve.rerank_size {settings.rerank_size} is above d={dim}")
+        raise PlanError(f"serve.search.rerank_size {settings.rerank_size} is above d={dim}")
     too_big = [m for m, _ in settings.funnel or () if m is not None and m > dim]
     if too_big:
-        raise PlanError(f"serve.funnel sizes {too_big} are above d={dim}")
+        raise PlanError(f"serve.search.funnel sizes {too_big} are above d={dim}")
     if settings.funnel is not None:  # null = d, now that d is known: e.g. [[64, 20], [null, 10]] at d = 64 repeats 64
         try:
             check_stages([(m or dim, keep) for m, keep in settings.funnel], after_size=settings.shortlist_size)
         except PlanError as exc:
-            raise PlanError(f"serve.funnel at d={dim}: {exc}") from None
+            raise PlanError(f"serve.search.funnel at d={dim}: {exc}") from None
     available = available_modes(settings, sources, dim, k)
     plan = None
     try:

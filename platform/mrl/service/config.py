@@ -3,7 +3,7 @@ key, replicas, batching, placement."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from mrl.configio import ConfigError, check, positive, registered
@@ -19,19 +19,9 @@ class ServeConfig:
     """Default search mode, one of `mrl.retrieval.modes.SEARCH_MODES` (a request may name another): adaptive = shortlist K with D_s, rerank with D_r;
     funnel = shortlist, then rerank through `funnel` stages; adanns = members of the `nprobe` nearest AdANNS
     cells scored with D_s, then the funnel (needs index.adanns_size); full = one search of the size-d index."""
-    shortlist_size: int = 16
-    """D_s: prefix size used to shortlist."""
-    shortlist_k: int = 200
-    """K: shortlist length, reranked exactly with the rerank size."""
-    rerank_size: int | None = None
-    """D_r: prefix size used to rerank; None: the full d."""
-    funnel: tuple[tuple[int | None, int], ...] | None = None
-    """Funnel rerank stages (size, keep) after the shortlist, size null = d; None: sizes double from 2 D_s to d
-    while keeps halve from K/2 (never below k), e.g. 16/200 -> 32/100 -> 64/50 -> 128/25 -> 256/12 -> ... -> d/k."""
-    nprobe: int | None = None
-    """IVF cells / AdANNS cells probed per query; None: the index's own setting (AdANNS: 8)."""
-    ef_search: int | None = None
-    """HNSW search breadth; None: the index's own setting."""
+    search: SearchSettings = field(default_factory=SearchSettings)
+    """The default search settings (D_s, K, D_r, funnel stages, nprobe, ef_search; see
+    `mrl.retrieval.modes.SearchSettings`); a request may override them in part."""
     default_k: int = 10
     max_k: int = 100
     """The largest k a request may ask for (422 above it)."""
@@ -75,24 +65,19 @@ class ServeConfig:
     port: int = 8000
 
     def __post_init__(self) -> None:
-        positive("shortlist_size", self.shortlist_size)
-        positive("shortlist_k", self.shortlist_k)
-        positive("rerank_size", self.rerank_size, allow_none=True)
         positive("default_k", self.default_k)
-        positive("nprobe", self.nprobe, allow_none=True)
-        positive("ef_search", self.ef_search, allow_none=True)
         registered("mode", self.mode, SEARCH_MODES)
-        if self.funnel is not None:
-            check(len(self.funnel) > 0, "funnel must list at least one (size, keep) stage, or be null")
+        if self.search.funnel is not None:
             try:
-                check_stages(self.funnel, after_size=self.shortlist_size, after_keep=self.shortlist_k)
+                check_stages(self.search.funnel, after_size=self.search.shortlist_size,
+                             after_keep=self.search.shortlist_k)
             except PlanError as exc:
-                raise ConfigError(f"funnel: {exc}") from None
-        check(self.default_k <= self.shortlist_k,
-               f"default_k ({self.default_k}) must be <= shortlist_k ({self.shortlist_k})")
+                raise ConfigError(f"search.funnel: {exc}") from None
+        check(self.default_k <= self.search.shortlist_k,
+               f"default_k ({self.default_k}) must be <= search.shortlist_k ({self.search.shortlist_k})")
         check(self.default_k <= self.max_k, f"default_k ({self.default_k}) must be <= max_k ({self.max_k})")
-        check(self.shortlist_k <= self.max_shortlist_k,
-               f"shortlist_k ({self.shortlist_k}) must be <= max_shortlist_k ({self.max_shortlist_k})")
+        check(self.search.shortlist_k <= self.max_shortlist_k,
+               f"search.shortlist_k ({self.search.shortlist_k}) must be <= max_shortlist_k ({self.max_shortlist_k})")
         positive("max_body_bytes", self.max_body_bytes)
         check(self.api_key_env is None or self.api_key_file is None,
                "give at most one of api_key_env and api_key_file")
@@ -115,9 +100,3 @@ class ServeConfig:
                f"({self.batch_max_size}), or batches never fill")
         check(self.gpus_per_replica >= 0, f"gpus_per_replica must be >= 0, got {self.gpus_per_replica}")
         check(0 < self.port < 65536, f"port must be in [1, 65535], got {self.port}")
-
-    def search_settings(self) -> SearchSettings:
-        """What the search modes read."""
-        return SearchSettings(shortlist_size=self.shortlist_size, shortlist_k=self.shortlist_k,
-                              rerank_size=self.rerank_size, funnel=self.funnel, nprobe=self.nprobe,
-                              ef_search=self.ef_search)

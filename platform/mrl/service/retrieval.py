@@ -61,7 +61,7 @@ class RetrievalService:
         if self.encoder_info is not None:
             check_encoder(artifact.manifest, self.encoder_info)
         self.engine = artifact.engine
-        self.settings = cfg.search_settings()
+        self.settings = cfg.search
         # Ray Serve runs sync requests on a thread pool: FAISS GPU indexes must not be searched concurrently
         self._gpu_lock = threading.Lock() if self.engine.on_gpu else contextlib.nullcontext()
         self.modes = check_settings(self.settings, cfg.mode, self.engine.source_sizes(), artifact.dim,

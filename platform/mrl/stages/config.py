@@ -403,7 +403,7 @@ class PipelineConfig(JobConfig):
 
         try:
             sizes = check_index_config(self.index, self.model.dim, self.model.sizes)
-            check_settings(self.serve.search_settings(), self.serve.mode,
+            check_settings(self.serve.search, self.serve.mode,
                            planned_sources(sizes, self.index.adanns_size), self.model.dim, self.serve.default_k)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None

@@ -33,8 +33,8 @@ def run(job: ServeJobConfig) -> dict[str, Any]:
         serve.start(http_options={"host": cfg.host, "port": cfg.port})
         serve.run(build_app(index_dir, cfg, stage.tracking_uri), name="mrl", route_prefix="/", blocking=False)
         tracking.log_params({"serve": to_dict(cfg), "index_dir": index_dir, "model_uri": manifest.get("model_uri")})
-    print(f"[serve] retrieval at {url}/search (default mode {cfg.mode}; D_s={cfg.shortlist_size}, "
-          f"K={cfg.shortlist_k}, D_r={cfg.rerank_size or manifest['dim']})", flush=True)
+    print(f"[serve] retrieval at {url}/search (default mode {cfg.mode}; D_s={cfg.search.shortlist_size}, "
+          f"K={cfg.search.shortlist_k}, D_r={cfg.search.rerank_size or manifest['dim']})", flush=True)
     if job.block:
         serve_until_interrupted(url)
     return {"url": url, "run_id": stage.run_id, "index_version": manifest.get("index_run_id")}
