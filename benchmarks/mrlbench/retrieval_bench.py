@@ -145,9 +145,9 @@ def deployment(search: BenchSearch, index: BenchIndex, dim: int, k: int) -> dict
         serve = {"mode": "funnel", "shortlist_size": size, "shortlist_k": search.shortlist,
                  "ef_search": search.ef_search, "nprobe": search.nprobe, "funnel": [list(st) for st in search.rerank]}
     if index.kind == "hnsw":
-        idx.update({"hnsw_m": index.hnsw_m, "ef_construction": index.ef_construction, "index_storage": index.storage})
+        idx.update({"hnsw_m": index.hnsw_m, "ef_construction": index.ef_construction, "storage": index.storage})
     elif index.kind in ("ivf", "ivfpq"):
-        idx.update({"nlist": index.nlist, "index_storage": index.storage})
+        idx.update({"nlist": index.nlist, "storage": index.storage})
     mode = serve.pop("mode")
     return {"index": idx, "serve": {"mode": mode, "default_k": k,
                                     "search": {key: value for key, value in serve.items() if value is not None}}}

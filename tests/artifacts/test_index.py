@@ -123,7 +123,7 @@ def test_per_size_graph_settings_reach_each_index(tmp_path):
     from mrl.configio import ConfigError, from_dict
 
     cfg = from_dict(IndexConfig, {"kind": "hnsw", "hnsw_m": 12, "ef_search": 20, "per_size": [
-        {"size": 32, "hnsw_m": 6, "ef_search": 48, "index_storage": "float16", "ef_construction": 30}]})
+        {"size": 32, "hnsw_m": 6, "ef_search": 48, "storage": "float16", "ef_construction": 30}]})
     ids, labels, vectors = corpus(n=800)
     sizes = check_index_config(cfg, 32, [8, 32])
     manifest = write_index(tmp_path, ids, labels, vectors, sizes, "hnsw", {}, {m: cfg.params(m) for m in sizes})
@@ -142,7 +142,7 @@ def test_per_size_graph_settings_reach_each_index(tmp_path):
         check_index_config(from_dict(IndexConfig, {"per_size": [{"size": 16, "hnsw_m": 4}]}), 32, [8, 32])
     with pytest.raises(ConfigError, match="per_size lists a size more than once"):
         from_dict(IndexConfig, {"per_size": [{"size": 8}, {"size": 8}]})
-    with pytest.raises(ConfigError, match="index_storage"):
-        from_dict(IndexConfig, {"per_size": [{"size": 8, "index_storage": "int8"}]})
+    with pytest.raises(ConfigError, match="storage"):
+        from_dict(IndexConfig, {"per_size": [{"size": 8, "storage": "int8"}]})
     with pytest.raises(ConfigError, match="per_size sets sizes \\[16\\], which are not in sizes"):
         from_dict(IndexConfig, {"sizes": [8], "per_size": [{"size": 16}]})

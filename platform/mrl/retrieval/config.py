@@ -1,9 +1,10 @@
-"""The FAISS indexes a index run makes (`IndexConfig`): kind, build and default search settings, per-size
+"""The FAISS indexes an index run makes (`IndexConfig`): kind, build and default search settings, per-size
 overrides, AdANNS cells, and the budget calibration."""
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Literal
 
@@ -11,45 +12,36 @@ from mrl.configio import ConfigError, check, positive, registered
 from mrl.core.nesting import NestingError, validate_sizes
 from mrl.retrieval.indexes import INDEX_KINDS, IndexParams, check_index
 
+POSITIVE = ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "pq_m", "pq_bits")
+
+
+def _check_size_overrides(self) -> None:
+    positive("size", self.size)
+    for name in POSITIVE:
+        positive(name, getattr(self, name), allow_none=True)
+
+
+_hints = typing.get_type_hints(IndexParams)
+SizeIndexParams = dataclasses.make_dataclass(
+    "SizeIndexParams",
+    [("size", int)] + [(f.name, _hints[f.name] | None, dataclasses.field(default=None))
+                       for f in dataclasses.fields(IndexParams)],
+    namespace={"__module__": __name__, "__post_init__": _check_size_overrides,
+               "__doc__": "Build and search settings of the index on one prefix size: `size`, and any field of "
+                          "`IndexParams` to override `IndexConfig`'s (None: keep)."},
+    frozen=True, kw_only=True)
+
 
 @dataclass(frozen=True, kw_only=True)
-class SizeIndexParams:
-    """Build and search settings of the index on one prefix size, overriding `IndexConfig`'s (None: keep)."""
-
-    size: int
-    hnsw_m: int | None = None
-    ef_construction: int | None = None
-    ef_search: int | None = None
-    """The graph's default search breadth (a request's or a plan's ef_search still overrides it)."""
-    index_storage: Literal["float32", "float16"] | None = None
-    nlist: int | None = None
-    nprobe: int | None = None
-    pq_m: int | None = None
-
-    def __post_init__(self) -> None:
-        positive("size", self.size)
-        for name in ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "pq_m"):
-            positive(name, getattr(self, name), allow_none=True)
-
-
-@dataclass(frozen=True, kw_only=True)
-class IndexConfig:
-    """FAISS indexes over the database split, one per prefix size, each prefix L2-normalised."""
+class IndexConfig(IndexParams):
+    """FAISS indexes over the database split, one per prefix size, each prefix L2-normalised: the `IndexParams`
+    fields (hnsw_m, ef_construction, ef_search, storage, nlist, nprobe, pq_m, pq_bits, seed) are every size's
+    defaults; `per_size` overrides them for single sizes."""
 
     sizes: tuple[int, ...] | None = None
     """Prefix sizes to index; None: the model's nesting list."""
     kind: str = "flat"
     """flat: exact; hnsw: graph; ivf: k-means cells with exact vectors; ivfpq: cells with PQ codes."""
-    hnsw_m: int = 32
-    ef_construction: int = 40
-    ef_search: int = 128
-    index_storage: Literal["float32", "float16"] = "float32"
-    """How HNSW graphs and IVF lists hold their vectors (float16: half the bytes per vector)."""
-    nlist: int = 1024
-    """IVF cells (capped at rows / 39)."""
-    nprobe: int = 16
-    pq_m: int = 16
-    """IVF-PQ sub-quantisers; must divide every indexed size."""
     vector_dtype: Literal["float32", "float16"] = "float32"
     """Storage of the full-size rerank vectors (float16 halves memory; scores are computed in float32)."""
     adanns_size: int | None = None
@@ -73,7 +65,7 @@ class IndexConfig:
                 validate_sizes(self.sizes, dim=10**9)
             except NestingError as exc:
                 raise ConfigError(f"sizes: {exc}") from None
-        for name in ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "pq_m", "adanns_nlist"):
+        for name in (*POSITIVE, "adanns_nlist"):
             positive(name, getattr(self, name))
         positive("adanns_size", self.adanns_size, allow_none=True)
         per = [o.size for o in self.per_size]
@@ -89,10 +81,8 @@ class IndexConfig:
     def params(self, size: int | None = None) -> IndexParams:
         """Build and default search settings of the index on prefix `size` (`per_size` over the defaults;
         None: the defaults) for `mrl.retrieval.indexes.build_prefix_index`."""
-        values = {"hnsw_m": self.hnsw_m, "ef_construction": self.ef_construction, "ef_search": self.ef_search,
-                  "index_storage": self.index_storage, "nlist": self.nlist, "nprobe": self.nprobe, "pq_m": self.pq_m}
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(IndexParams)}
         for override in self.per_size:
             if override.size == size:
                 values.update({k: v for k, v in dataclasses.asdict(override).items() if k != "size" and v is not None})
-        values["storage"] = values.pop("index_storage")
         return IndexParams(**values)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -23,26 +24,29 @@ ADD_BLOCK_ROWS = 1 << 16  # rows normalised and added at a time: a 1M x 2048 bui
 
 @dataclass(frozen=True, kw_only=True)
 class IndexParams:
-    """Build and default search settings of a prefix index (the fields a kind does not use are ignored).
-
-    Attributes:
-        hnsw_m, ef_construction, ef_search: HNSW graph degree, build breadth and default search breadth.
-        storage: how an HNSW graph or an IVF's lists hold their vectors: float32, or float16 (half the bytes
-            per vector; the query stays float32, and FAISS widens each vector as it scores it). IVF-PQ ignores it.
-        nlist, nprobe: IVF cells (capped at N / 39, FAISS's minimum points per centroid) and cells searched.
-        pq_m, pq_bits: IVF-PQ sub-quantisers (must divide the prefix size) and bits per code.
-        seed: k-means and sampling seed.
-    """
+    """Build and default search settings of a prefix index (the fields a kind does not use are ignored): the one
+    declaration of them, which `IndexConfig` (the defaults of every size) and `SizeIndexParams` (one size's
+    overrides) take their fields from."""
 
     hnsw_m: int = 32
+    """HNSW graph degree."""
     ef_construction: int = 40
+    """HNSW build breadth."""
     ef_search: int = 128
-    storage: str = "float32"
+    """HNSW default search breadth (a request's or a plan's ef_search still overrides it)."""
+    storage: Literal["float32", "float16"] = "float32"
+    """How an HNSW graph or an IVF's lists hold their vectors: float32, or float16 (half the bytes per vector; the
+    query stays float32, and FAISS widens each vector as it scores it). IVF-PQ ignores it."""
     nlist: int = 1024
+    """IVF cells (capped at N / 39, FAISS's minimum points per centroid)."""
     nprobe: int = 16
+    """IVF cells searched."""
     pq_m: int = 16
+    """IVF-PQ sub-quantisers; must divide the prefix size."""
     pq_bits: int = 8
+    """IVF-PQ bits per code."""
     seed: int = 0
+    """k-means and sampling seed."""
 
 
 INDEX_KINDS: Registry = Registry("index kind")
