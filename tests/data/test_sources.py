@@ -2,6 +2,7 @@
 
 import gzip
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -252,3 +253,82 @@ def test_a_text_limit_is_a_seeded_sample_across_the_whole_split(tmp_path):
     assert np.array_equal(again["id"], rows["id"]) and again["query"] == rows["query"]
     other = load_text_split(DataConfig(source="wordnet", path=str(tmp_path / "wn"), train_limit=3000, seed=1), "train")
     assert not np.array_equal(other["id"], rows["id"])
+
+
+# ---------------------------------------------------------------- the DATA_SOURCES registry
+
+def test_a_source_registered_by_a_test_is_accepted_and_read_through_its_entry(tmp_path):
+    """Adding a source is one registered entry: configs accept its name, its modality and default root come from
+    it, and the stages' functions (load_split, prepare_data, check_paths) go through it."""
+    from mrl.config import ConfigError, DataConfig, ModelConfig, TrainJobConfig, check_paths
+    from mrl.data.sources import DATA_SOURCES, DataSource, prepare_data
+
+    rng = np.random.default_rng(0)
+    splits = {"train": rng.integers(0, 256, (5, 1, 28, 28), dtype=np.uint8), "holdout": np.zeros((2, 1, 28, 28),
+                                                                                                dtype=np.uint8)}
+    seen = []
+
+    def load(data, split):
+        seen.append(split)
+        images = splits["train" if split == "train" else data.test_split]
+        return images, np.arange(len(images), dtype=np.int64) % 3
+
+    def paths(data, prefix):
+        if not Path(data.root).is_dir():
+            raise ConfigError(f"{prefix}path {data.root!r}: no toy data there")
+
+    with pytest.raises(ConfigError, match=r"^source 'toy' is not accepted; choose one of \['fashion_mnist'"):
+        DataConfig(source="toy")
+    DATA_SOURCES.register("toy")(DataSource(modality="image", default_root=str(tmp_path), check_paths=paths,
+                                            prepare=lambda data, out: data, load=load))
+    try:
+        data = DataConfig(source="toy", test_split="holdout", train_limit=4)
+        assert data.root == str(tmp_path) and data.modality == "image" and prepare_data(data, "out") is data
+        x, y = load_split(data, ModelConfig(), "train")
+        assert np.array_equal(x, splits["train"][:4]) and y.tolist() == [0, 1, 2, 0]
+        assert len(load_split(data, ModelConfig(), "test")[0]) == 2 and seen == ["train", "test"]
+        check_paths(DataConfig(source="toy"))
+        with pytest.raises(ConfigError, match=r"data\.path '/nowhere': no toy data there"):
+            check_paths(TrainJobConfig(data=DataConfig(source="toy", path="/nowhere")))
+    finally:
+        DATA_SOURCES.unregister("toy")
+
+
+def _text_split(path, ids):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"id": pa.array(ids, pa.int64()), "label": pa.array([i % 2 for i in ids], pa.int64()),
+                             "query": [f"q{i}" for i in ids], "document": [f"doc {i}" for i in ids]}), path)
+
+
+def test_text_parquet_reads_every_parquet_file_of_a_split_and_honours_test_split(tmp_path):
+    """text_parquet is <path>/<split>/*.parquet (any file name) with columns id, label, query, document; the
+    held-out split is data.test_split on disk, as for image sources."""
+    from mrl.config import DataConfig
+    from mrl.data.sources import load_text_split
+
+    _text_split(tmp_path / "train" / "b.parquet", [5, 3])
+    _text_split(tmp_path / "train" / "a.parquet", [4])
+    _text_split(tmp_path / "dev" / "only.parquet", [9, 7, 8])
+    data = DataConfig(source="text_parquet", path=str(tmp_path), test_split="dev")
+    train = load_text_split(data, "train")
+    assert train["id"].tolist() == [3, 4, 5] and train["document"] == ["doc 3", "doc 4", "doc 5"]
+    assert train["query"] == ["q3", "q4", "q5"] and train["label"].tolist() == [1, 0, 1]
+    assert load_text_split(data, "test")["id"].tolist() == [7, 8, 9]
+    with pytest.raises(DataError, match=r"text_parquet split .*/test not found \(expected .*/test/\*\.parquet"):
+        load_text_split(DataConfig(source="text_parquet", path=str(tmp_path)), "test")
+
+
+def test_text_parquet_names_a_missing_column(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mrl.config import DataConfig
+    from mrl.data.sources import load_text_split
+
+    (tmp_path / "train").mkdir()
+    pq.write_table(pa.table({"id": [1], "label": [0], "query": ["q"]}), tmp_path / "train" / "x.parquet")
+    with pytest.raises(DataError, match=r"x\.parquet: no column \['document'\]"):
+        load_text_split(DataConfig(source="text_parquet", path=str(tmp_path)), "train")

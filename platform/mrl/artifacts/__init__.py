@@ -1,0 +1,11 @@
+"""What stages leave on disk and record in MLflow (above `mrl.retrieval`).
+
+- `tracking`: the MLflow store, model logging and loading, and the lineage tag names (`TAG_*`).
+- `lineage`: the chain from a deployment, index, embeddings or model down to the data, checked.
+- `index`: the index artifact (FAISS indexes per size, vectors, manifest) written and loaded.
+- `embeddings`, `manifest`, `model_files`, `mlflow_model`: Parquet embeddings, checksummed manifests, model
+  directories (safetensors + spec) and the MLflow pyfunc around them.
+- `config`: `MlflowConfig`.
+"""
+
+__all__ = ["config", "embeddings", "index", "lineage", "manifest", "mlflow_model", "model_files", "tracking"]

@@ -1,3 +1,5 @@
-"""The retrieval service: `RetrievalService` (a plain class: load an index artifact, validate a request,
-answer it) in `mrl.service.retrieval`, its request model in `mrl.service.api`, and the thin Ray Serve
-deployment + FastAPI app around it in `mrl.service.app`."""
+"""The retrieval service (above `mrl.artifacts`): `RetrievalService` (a plain class: load an index artifact,
+validate a request, answer it) in `retrieval`, its request model in `api`, the query encoder in `encoder`, the
+thin Ray Serve deployment + FastAPI app around them in `app`, and `ServeConfig` in `config`."""
+
+__all__ = ["api", "app", "config", "encoder", "retrieval"]
