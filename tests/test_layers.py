@@ -1,6 +1,6 @@
 """The library's shape, checked: the import-linter layers contract (pyproject's [tool.importlinter]), no import
 cycle among `mrl` modules counting every import (module- and function-level), few function-level imports of our
-own modules (each with a `# lazy:` reason), and no benchmark code inside the library."""
+own modules (each with a `# lazy:` reason), no function past 60 lines, and no benchmark code inside the library."""
 
 import ast
 import subprocess
@@ -87,3 +87,10 @@ def test_the_library_never_imports_the_benchmark_package():
                  for i, line in enumerate(p.read_text().splitlines())
                  if line.lstrip().startswith(("import mrlbench", "from mrlbench"))]
     assert not offenders, offenders
+
+
+def test_no_library_function_runs_past_60_lines():
+    long = [f"{p.relative_to(REPO)}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)"
+            for p in LIBRARY.rglob("*.py") for n in ast.walk(ast.parse(p.read_text()))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 60]
+    assert not long, f"split these by what they do: {long}"

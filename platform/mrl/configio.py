@@ -97,35 +97,14 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        if len(options) == 1:  # Optional[X]: X's own message, which names the bad element
-            return _coerce(value, options[0], name)
-        for arg in options:
-            try:
-                return _coerce(value, arg, name)
-            except ConfigError:
-                pass
-        raise ConfigError(f"{name}: {value!r} is not accepted; expected {' or '.join(_describe(a) for a in args)}")
+        return _coerce_union(value, typing.get_args(tp), name)
     if origin is typing.Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
             raise ConfigError(f"{name}: {value!r} is not accepted; choose one of {list(allowed)}")
         return value
     if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name}: expected a list, got {value!r}")
-        args = typing.get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:  # fixed length: tuple[X, Y]
-            if len(value) != len(args):
-                raise ConfigError(f"{name}: expected {len(args)} items ({', '.join(_describe(a) for a in args)}), "
-                                  f"got {list(value)!r}")
-            return tuple(_coerce(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        item_tp = args[0] if args else Any
-        items = [_coerce(v, item_tp, f"{name}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+        return _coerce_sequence(value, origin, typing.get_args(tp), name)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{name}: expected a mapping, got {value!r}")
@@ -139,6 +118,37 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{name}: expected a mapping of {tp.__name__} fields, got {value!r}")
         return from_dict(tp, value, prefix=f"{name}.")
+    return _coerce_scalar(value, tp, name)
+
+
+def _coerce_union(value: Any, args: tuple, name: str) -> Any:
+    if value is None and type(None) in args:
+        return None
+    options = [a for a in args if a is not type(None)]
+    if len(options) == 1:  # Optional[X]: X's own message, which names the bad element
+        return _coerce(value, options[0], name)
+    for arg in options:
+        try:
+            return _coerce(value, arg, name)
+        except ConfigError:
+            pass
+    raise ConfigError(f"{name}: {value!r} is not accepted; expected {' or '.join(_describe(a) for a in args)}")
+
+
+def _coerce_sequence(value: Any, origin: type, args: tuple, name: str) -> Any:
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{name}: expected a list, got {value!r}")
+    if origin is tuple and args and args[-1] is not Ellipsis:  # fixed length: tuple[X, Y]
+        if len(value) != len(args):
+            raise ConfigError(f"{name}: expected {len(args)} items ({', '.join(_describe(a) for a in args)}), "
+                              f"got {list(value)!r}")
+        return tuple(_coerce(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    item_tp = args[0] if args else Any
+    items = [_coerce(v, item_tp, f"{name}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if origin is tuple else items
+
+
+def _coerce_scalar(value: Any, tp: Any, name: str) -> Any:
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
             try:
@@ -148,18 +158,9 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"{name}: expected a finite number, got {value!r}")
         return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name}: expected an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name}: expected true or false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{name}: expected a string, got {value!r}")
-        return value
+    expected = {int: "an integer", bool: "true or false", str: "a string"}
+    if tp in expected and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"{name}: expected {expected[tp]}, got {value!r}")
     return value
 
 
