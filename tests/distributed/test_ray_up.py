@@ -4,8 +4,8 @@ SSH on this machine's loopback, a training job submitted to it, and `ray down`.
 The fast tests check cluster-local.yaml offline against Ray's schema (Ray's own `prepare_config` and
 `validate_config`, as tests/test_cluster_yaml.py does for the AWS cluster.yaml).
 
-The slow test runs the real launcher. It needs `sshd`, `ssh`, `ssh-keygen` and `rsync` (./setup.sh installs
-them) and root. What it sets up, all of it private to the test and removed afterwards:
+The slow test runs the real launcher. It needs `sshd`, `ssh`, `ssh-keygen` and `rsync` (`./setup.sh --test`, which
+./test.sh runs, installs them) and root. What it sets up, all of it private to the test and removed afterwards:
 
 - an ed25519 client key and host key, and an `sshd` of its own on a free loopback port (its own config,
   AuthorizedKeysFile and HostKey; the system's sshd and ~/.ssh are not touched). The launcher has no SSH
@@ -212,7 +212,7 @@ def _missing_prerequisites() -> str | None:
         return "needs root (a private sshd that logs in root, and a PID namespace)"
     for tool in ("/usr/sbin/sshd", "ssh", "ssh-keygen", "rsync", "unshare"):
         if not shutil.which(tool):
-            return f"{tool} is missing (./setup.sh installs openssh-server, openssh-client and rsync)"
+            return f"{tool} is missing (./setup.sh --test installs openssh-server, openssh-client and rsync)"
     probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True, text=True)
     if probe.returncode != 0:
         return ("cannot create a PID namespace, and without one `ray down`'s `ray stop` would kill every Ray "
