@@ -158,6 +158,11 @@ class JobConfig:
     def __post_init__(self) -> None:
         check(bool(self.output_dir), "output_dir must be a non-empty path")
 
+    def _default(self, name: str, stage_dir: str) -> None:
+        """Field `name` left None points at the newest output of a stage: <output_dir>/<stage_dir>/latest."""
+        if getattr(self, name) is None:
+            object.__setattr__(self, name, str(Path(self.output_dir) / stage_dir / "latest"))
+
 
 @dataclass(frozen=True, kw_only=True)
 class TrainJobConfig(JobConfig):
@@ -202,29 +207,43 @@ class EmbedJobConfig(JobConfig):
 class IndexJobConfig(JobConfig):
     """jobs/index.py"""
 
-    embeddings: str = "outputs/embeddings/latest"
-    """Directory written by the embed stage (holds manifest.json and <split>/*.parquet)."""
+    embeddings: str | None = None
+    """Directory written by the embed stage (holds manifest.json and <split>/*.parquet); None: the newest one,
+    <output_dir>/embeddings/latest."""
     index: IndexConfig = field(default_factory=IndexConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._default("embeddings", "embeddings")
 
 
 @dataclass(frozen=True, kw_only=True)
 class EvaluateJobConfig(JobConfig):
     """jobs/evaluate.py"""
 
-    embeddings: str = "outputs/embeddings/latest"
+    embeddings: str | None = None
+    """Directory written by the embed stage (train and test splits); None: <output_dir>/embeddings/latest."""
     evaluate: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._default("embeddings", "embeddings")
 
 
 @dataclass(frozen=True, kw_only=True)
 class ServeJobConfig(JobConfig):
     """serving/app.py"""
 
-    index_dir: str = "outputs/index/latest"
-    """Directory written by the index stage (holds manifest.json)."""
+    index_dir: str | None = None
+    """Directory written by the index stage (holds manifest.json); None: <output_dir>/index/latest."""
     serve: ServeConfig = field(default_factory=ServeConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     block: bool = True
     """Keep serving until interrupted (False: deploy and return)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._default("index_dir", "index")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -247,11 +266,13 @@ class SearchJobConfig:
 class LineageJobConfig(JobConfig):
     """mrl lineage: print the chain from a deployment, index, embeddings directory or model down to the data."""
 
-    target: str = "outputs/index/latest"
-    """A running service's URL (http://...), an index or embeddings directory, or a model URI (models:/...)."""
+    target: str | None = None
+    """A running service's URL (http://...), an index or embeddings directory, or a model URI (models:/...);
+    None: the newest index, <output_dir>/index/latest."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self._default("target", "index")
         check(bool(self.target), "target must name a URL, a directory or a model URI")
 
 
