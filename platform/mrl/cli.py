@@ -49,7 +49,6 @@ def _search(cfg: C.SearchJobConfig) -> int:
 def _lineage(cfg: C.LineageJobConfig) -> int:
     from mlflow import MlflowClient
 
-
     uri = tracking.resolve_tracking_uri(cfg.mlflow, cfg.output_dir)
     tracking.setup(cfg.mlflow, cfg.output_dir)
     links = trace(cfg.target, MlflowClient(uri))
@@ -62,7 +61,6 @@ def _lineage(cfg: C.LineageJobConfig) -> int:
 
 
 def _promote(cfg: C.PromoteJobConfig) -> int:
-
     tracking.setup(cfg.mlflow, cfg.output_dir)
     try:
         done = tracking.promote(cfg.model_uri, cfg.alias)

@@ -104,7 +104,6 @@ def write_index(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndar
 
     import faiss
 
-
     dim = vectors.shape[1]
     try:
         check_build(kind, sizes, dim, params, None if adanns is None else adanns[0])
@@ -169,7 +168,6 @@ def load_index(path: str | Path, expect_dim: int | None = None, expect_model_uri
         IndexMismatchError: format version, checksum, shape, dimension or model mismatch.
     """
     import faiss
-
 
     path = Path(path).resolve()
     try:

@@ -48,7 +48,6 @@ def _run(client, run_id: str | None) -> tuple[Any, str | None]:
 
 
 def _checksums(path: Path, manifest: dict[str, Any]) -> tuple[int, str | None]:
-
     sums = manifest.get("checksums", {})
     for name, digest in sums.items():
         file = path / name
@@ -96,7 +95,6 @@ def _deployment(url: str, client) -> list[Link]:
 
 
 def _index(path: Path, client) -> list[Link]:
-
     try:
         manifest = read_manifest(path, stage="index")
     except (FileNotFoundError, ValueError) as exc:
@@ -110,7 +108,6 @@ def _index(path: Path, client) -> list[Link]:
 
 
 def _embeddings(path: Path, client) -> list[Link]:
-
     try:
         manifest = read_manifest(path, stage="embed")
     except (FileNotFoundError, ValueError) as exc:
@@ -122,7 +119,6 @@ def _embeddings(path: Path, client) -> list[Link]:
 
 
 def _model(uri: str, client) -> list[Link]:
-
     try:
         info = describe_model(uri)
     except Exception as exc:  # unknown name or version

@@ -53,7 +53,6 @@ class MRLPyfuncModel(PythonModel):
     """
 
     def load_context(self, context) -> None:
-
         self.model = load_model_dir(context.artifacts[WEIGHTS_ARTIFACT], device="cpu")
         spec = self.model.spec
         self.image_shape = (spec.get("in_channels", 1), spec.get("image_size", 28), spec.get("image_size", 28))
@@ -63,7 +62,6 @@ class MRLPyfuncModel(PythonModel):
         also works), or for a text model a list (or one-column DataFrame) of strings -> embeddings z (N, d)
         float32."""
         import torch
-
 
         if self.model.modality == "text":
             return self.model.embed_texts(as_texts(model_input))

@@ -64,7 +64,6 @@ def log_params(params: dict[str, Any]) -> None:
     """Log flattened params; values are stringified and clipped to MLflow's 6000-character limit."""
     import mlflow
 
-
     flat = {k: str(v)[:6000] for k, v in flatten(params).items()}
     items = list(flat.items())
     for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
@@ -89,7 +88,6 @@ def log_model(model, registered_model: str | None, metadata: dict[str, Any]):
     import tempfile
 
     import mlflow.pyfunc
-
 
     with tempfile.TemporaryDirectory() as tmp:
         weights = save_model_dir(model, Path(tmp) / WEIGHTS_ARTIFACT)  # copied into the run's artifacts
@@ -136,7 +134,6 @@ def load_model(model_uri: str):
         The `MRLModel`.
     """
     import mlflow.artifacts
-
 
     local = Path(model_uri)
     if (local / SPEC_FILE).is_file():  # a bare model directory

@@ -37,7 +37,6 @@ def standardize(images, dtype=None):
     """
     import torch
 
-
     x = images.to(torch.float32).div_(255.0).sub_(MEAN).div_(STD)
     return x if dtype is None or dtype == torch.float32 else x.to(dtype)
 

@@ -192,7 +192,6 @@ def _binary_types():
 
 
 def _decode(path: str, shape: tuple[int, ...]) -> np.ndarray:
-
     try:
         return decode_image(path, shape[1], shape[0])
     except ValueError as exc:
@@ -327,7 +326,6 @@ def convert_fashion_mnist(idx_root: str | Path, out_root: str | Path, rows_per_s
 
     import pyarrow.parquet as pq
 
-
     out_root = Path(out_root)
     for split in ("train", "test"):
         final = out_root / split
@@ -353,7 +351,6 @@ def convert_fashion_mnist(idx_root: str | Path, out_root: str | Path, rows_per_s
 
 @functools.lru_cache(maxsize=8)
 def _val_positions(n: int, val_fraction: float, seed: int) -> np.ndarray:
-
     return train_val_indices(n, val_fraction, seed)[1]
 
 

@@ -42,7 +42,6 @@ class ShortlistSource(Protocol):
 
     size: int  # the prefix it reads
     label: str  # how profiles name it, e.g. "ivf@16"
-
     def candidates(self, queries: np.ndarray, spec: Shortlist) -> Candidates: ...
 
 
@@ -132,7 +131,6 @@ class CellSource:
     def ranked(self, queries: np.ndarray, spec: Shortlist, size: int, keep: int) -> Candidates:
         """The best `keep` members of the probed cells by cosine at prefix `size`, best first."""
         import faiss
-
 
         ivf = self.lists(size)
         nprobe = max(1, min(spec.nprobe or DEFAULT_NPROBE, self.cells.nlist))

@@ -101,7 +101,6 @@ class Encoder:
 
     def __init__(self, model_uri: str, tracking_uri: str | None, manifest: dict[str, Any], batch_max_size: int = 8,
                  batch_wait_ms: float = 0.0):
-
         self.encoder = QueryEncoder(model_uri, tracking_uri)
         check_encoder(manifest, self.encoder.describe())  # another model, d or nesting list: the deploy fails
         self.embed.set_max_batch_size(batch_max_size)
@@ -129,7 +128,6 @@ class Retriever:
     def __init__(self, index_dir: str, serve_cfg: dict[str, Any], encoder=None):
         import faiss
         import torch
-
 
         faiss.omp_set_num_threads(1)  # one CPU per replica
         torch.set_num_threads(1)

@@ -28,7 +28,6 @@ class QueryEncoder:
         import mlflow
         import torch
 
-
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)
         torch.set_num_threads(1)

@@ -51,7 +51,6 @@ class TrainConfig:
     (Fashion-MNIST does, ImageNet does not); never: every epoch streams from the source."""
 
     def __post_init__(self) -> None:
-
         registered("loss", self.loss, LOSSES)
         check(0 < self.temperature <= 1, f"temperature must be in (0, 1], got {self.temperature}")
         positive("epochs", self.epochs)

@@ -124,7 +124,6 @@ class UnitEmbedder:
     def __init__(self, model_uri: str, tracking_uri: str, data: dict, model_spec: dict, split: str, out_dir: str,
                  batch_size: int, threads: int = 1, dtype: str = "float32", precision: str = "auto",
                  augment_seed: int | None = None):
-
         self.source, image_shape = split_source(from_dict(DataConfig, data), model_spec, split)
         self.embedder = Embedder(model_uri, tracking_uri, image_shape, threads, dtype, precision)
         self.out, self.batch_size, self.augment_seed = Path(out_dir), batch_size, augment_seed
@@ -137,7 +136,6 @@ class UnitEmbedder:
 
     def __call__(self, batch: dict) -> dict:
         import pyarrow as pa
-
 
         done = []
         for unit, lo, hi in zip(batch["unit"], batch["lo"], batch["hi"]):
@@ -156,7 +154,6 @@ def augmented_rows(base, lo: int, hi: int, seed: int, image_shape: tuple[int, ..
     ids below n_base) with the augmentation seeded by (seed, i); see `mrl.data.augment`. `base` reads rows by
     position (a `SplitReader` or `TableRows`); consecutive ids read consecutive base rows, wrapping at n_base."""
     import pyarrow as pa
-
 
     n_base = base.n
     ids = np.arange(lo, hi, dtype=np.int64)
@@ -257,7 +254,6 @@ def _embed_split(job, model_uri: str, tracking_uri: str, model_spec: dict[str, A
     Returns the largest peak resident memory an actor reported (0 when nothing was left to embed)."""
     import ray
 
-
     split_dir.mkdir(parents=True, exist_ok=True)
     for stale in split_dir.glob(".part-*.tmp-*"):  # a unit cut short by a kill: written again below
         stale.unlink()
@@ -344,7 +340,6 @@ def split_source(data, model_spec: dict[str, Any], split: str):
     held in memory as `TableRows`: id, label, document) and the image shape (None: text)."""
     import pyarrow as pa
 
-
     if data.modality == "text":
         rows = load_text_split(data, split)
         return TableRows(pa.table({"id": pa.array(rows["id"], pa.int64()),
@@ -356,5 +351,4 @@ def split_source(data, model_spec: dict[str, Any], split: str):
 
 
 def _model_cfg(spec: dict[str, Any]):
-
     return from_dict(ModelConfig, spec, prefix="model.")

@@ -65,7 +65,6 @@ def _calibrate(out: Path, emb_dir: Path, manifest: dict, n_queries: int, k: int 
     index manifest; without a test split the index has no table (budget requests then get 422)."""
     import numpy as np
 
-
     if not (emb_dir / "test").is_dir():
         print("[index] no test split beside the embeddings: no calibration table (budgets unavailable)",
               flush=True)

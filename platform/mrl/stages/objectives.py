@@ -69,7 +69,6 @@ class Classification:
     metric = "val top-1"
 
     def __init__(self, job, rank: int, world: int, device):
-
         images, labels = load_split(job.data, job.model, "train")
         self.train_idx, val_idx = train_val_indices(len(labels), job.data.val_fraction, job.data.seed)
         self.val_mine = val_idx[rank::world]
@@ -116,7 +115,6 @@ class StreamedClassification:
     def __init__(self, job, rank: int, world: int, device, rows: dict[str, int]):
         import ray.train
 
-
         self.train = ray.train.get_dataset_shard("train")
         self.val = ray.train.get_dataset_shard("val") if rows.get("val") else None
         self.rows, self.buffer = rows, job.train.shuffle_buffer
@@ -132,12 +130,10 @@ class StreamedClassification:
         return EpochStream(self.train, steps, batch_size, min(self.buffer, self.rows["train"] // world), seed)
 
     def loss(self, model, batch: dict) -> torch.Tensor:
-
         x = standardize(batch["image"].to(self.device, non_blocking=True))
         return self.criterion(model(x), batch["label"].to(self.device, non_blocking=True))[0]
 
     def val_hits(self, model, autocast, batch_size: int = 1024) -> tuple[torch.Tensor | None, int]:
-
         correct, rows = None, 0
         if self.val is None:
             return None, 0
@@ -200,7 +196,6 @@ class ContrastivePairs:
     metric = "val pair R@1"
 
     def __init__(self, job, rank: int, world: int, device, tokenizer=None):
-
         split = load_text_split(job.data, "train")
         n = len(split["id"])
         text = job.model.text

@@ -25,7 +25,6 @@ def example_query(url: str, embeddings_dir: str, k: int = 5, text: str | None = 
     else the embedding of the first test item."""
     import requests
 
-
     ids, labels, vectors = read_embeddings(Path(embeddings_dir) / "test")
     body = {"text": text, "k": k} if text is not None else {"vector": [round(float(v), 6) for v in vectors[0]], "k": k}
     reply = requests.post(f"{url}/search", json=body, timeout=30)

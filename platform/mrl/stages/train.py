@@ -319,7 +319,6 @@ def streamed_datasets(job: TrainJobConfig) -> tuple[dict[str, Any], dict[str, in
     """
     import ray
 
-
     quiet_ray_data()  # one line per unit / quarter epoch instead of Ray Data's operator dumps
     shape = (job.model.in_channels, job.model.image_size, job.model.image_size)
     reader = open_split(job.data, shape, "train")
@@ -377,7 +376,6 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         ModelFileError: the file is not a plain-data checkpoint.
     """
     import pickle
-
 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)

@@ -137,7 +137,6 @@ def _trial(config: dict[str, Any]) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-
     base = from_dict(TrainJobConfig, config["base"])
     trial_id = ray.tune.get_context().get_trial_id()
     job = trial_job(base, config["params"], f"tune-trial-{trial_id}", tuple(config.get("deploy_sizes", ())))
