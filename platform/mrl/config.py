@@ -2,7 +2,7 @@
 
 The classes live with the packages that use them (`mrl.core.config`, `mrl.data.config`, `mrl.retrieval.config`,
 `mrl.service.config`, `mrl.artifacts.config`) and the job configs that compose them in `mrl.stages.config`. This
-module sits above them all; nothing inside the library imports it.
+module sits above them all; only `mrl.cli` imports it.
 """
 
 from mrl.artifacts.config import MlflowConfig
