@@ -27,7 +27,6 @@ import numpy as np
 
 from mrl.artifacts import tracking
 from mrl.artifacts.manifest import MANIFEST, point_latest, write_manifest
-from mrl.artifacts.tracking import load_model
 from mrl.configio import from_dict, to_dict
 from mrl.core.config import ModelConfig
 from mrl.data.augment import augment, expand_ids
@@ -54,7 +53,7 @@ class Embedder:
         self.image_shape = tuple(image_shape or ())  # (C, H, W): Parquet/Arrow carries flattened pixels
         self.dtype = dtype
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = inference_model(load_model(model_uri), device, precision)
+        self.model = inference_model(tracking.load_model(model_uri), device, precision)
 
     def __call__(self, batch):
         """batch: a pyarrow Table with id, label and image (flattened uint8 pixels) or document (text)
@@ -184,7 +183,7 @@ def run(job: EmbedJobConfig) -> dict[str, Any]:
     if job.embed.augment_rows is not None and model.modality == "text":
         raise ValueError("embed.augment_rows augments images; it does not apply to a text model")
     with stage_run("embed", job, input_run_id=model_info.get("model_run_id", ""),
-                   input_uri=model_info["model_uri"]) as stage:
+                   input_uri=model_info["model_uri"], prepared=True) as stage:
         tracking.log_params({"model_uri": model_info["model_uri"], "data": to_dict(job.data),
                              "embed": to_dict(job.embed)})
         name = job.run_name or stage.run_id

@@ -59,7 +59,7 @@ def prepare(job: Any) -> Any:
 
 @contextlib.contextmanager
 def stage_run(stage: str, job: Any, *, input_run_id: str = "", input_uri: str = "", run_name: str | None = None,
-              tags: dict[str, str] | None = None) -> Iterator[StageRun]:
+              tags: dict[str, str] | None = None, prepared: bool = False) -> Iterator[StageRun]:
     """Start stage `stage` for `job` (see the module docstring) and hold its MLflow run open.
 
     Args:
@@ -68,10 +68,11 @@ def stage_run(stage: str, job: Any, *, input_run_id: str = "", input_uri: str = 
         input_run_id, input_uri: the run that made the stage's input and the input itself (lineage).
         run_name: the MLflow run's name (default: the stage's name).
         tags: more tags of the run.
+        prepared: `job` is already what `prepare` returned (a stage that looks its input up first).
     """
     import mlflow
 
-    job = prepare(job)
+    job = job if prepared else prepare(job)
     uri = tracking.setup(job.mlflow, job.output_dir)
     lineage = {tracking.TAG_STAGE: stage, tracking.TAG_INPUT_RUN: input_run_id or "",
                tracking.TAG_INPUT_URI: input_uri or ""}
