@@ -174,6 +174,18 @@ def cluster(multinode):
     return multinode
 
 
+@pytest.fixture
+def gate(tmp_path):
+    """A `gates.Gate` in the test's directory; every hold is opened when the test ends, so a test that fails while
+    workers wait at a hold leaves none of them holding the cluster's CPUs for the next test."""
+    from .gates import Gate
+
+    gate = Gate(tmp_path / "gate")
+    yield gate
+    for hold in gate.directory.glob("hold-*"):
+        hold.unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="session")
 def fashion_shards(tmp_path_factory) -> str:
     """Where stages convert Fashion-MNIST into Parquet shards (data.shards_path), shared by the tests of a session

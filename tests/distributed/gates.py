@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-HOLD_TIMEOUT = 600.0
+HOLD_TIMEOUT = 1800.0
 """Seconds a worker waits at a closed hold before it gives up (raises): a test that never opens a hold fails with
 its own timeout, not with workers stuck forever."""
 

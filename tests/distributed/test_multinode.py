@@ -27,7 +27,11 @@ from .conftest import latest_checkpoint_epoch, log_tiny_model, wait_for
 from .gates import Gate, HeldTrainLoop, alive, held_embedder, hold_train_loop
 from conftest import REPO, free_port
 
-pytestmark = pytest.mark.slow
+# Gated waits cannot be missed, only be slow: on this 2-core machine beside two busy processes a Train worker
+# group took 104 s just to start. WAIT bounds what a gate or the run's end may take, SHORT what follows a kill or
+# a checkpoint; each test may take up to 40 minutes before pytest-timeout calls it hung.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
+WAIT, SHORT = 900, 300
 
 
 class Driver(threading.Thread):
@@ -66,7 +70,7 @@ def held(gate: Gate, name: str, count: int) -> list[dict]:
 
 # ----------------------------------------------------------------------------------------------------- train
 
-def test_training_survives_a_killed_worker_and_a_killed_node(cluster, tmp_path, fashion_shards, monkeypatch):
+def test_training_survives_a_killed_worker_and_a_killed_node(cluster, tmp_path, fashion_shards, monkeypatch, gate):
     """run_train with 2 Ray Train workers, one per worker node, checkpoints on a `file://` URI (Ray Train's pyarrow
     filesystem layer). Once the epoch-1 checkpoint is registered, one worker process is SIGKILLed (mid-epoch 2);
     once the epoch-2 checkpoint is registered, the node of a worker is killed (mid-epoch 3) and a replacement node
@@ -93,7 +97,6 @@ def test_training_survives_a_killed_worker_and_a_killed_node(cluster, tmp_path, 
     run_dir = storage / "multinode"
     # every worker stops before it reports epoch 2 (and again before epoch 3) until the test opens the hold: each
     # kill below lands while the run is provably in that epoch, however slow the machine
-    gate = Gate(tmp_path / "gate")
     gate.close("epoch-2")
     gate.close("epoch-3")
     monkeypatch.setattr(train_stage, "train_loop_per_worker",
@@ -102,32 +105,32 @@ def test_training_survives_a_killed_worker_and_a_killed_node(cluster, tmp_path, 
     driver.start()
 
     # generation 1: two workers on two different worker nodes, held after training epoch 2; kill one worker
-    first = wait_for(lambda: held(gate, "epoch-2", 2), 300, "2 Train workers at the end of epoch 2",
+    first = wait_for(lambda: held(gate, "epoch-2", 2), WAIT, "2 Train workers at the end of epoch 2",
                      alive=driver.is_alive)
     assert len({a["node_id"] for a in first}) == 2 and {a["node_id"] for a in first} <= cluster.live_worker_ids(), \
         [(a["pid"], cluster.name_of(a["node_id"])) for a in first]
-    wait_for(lambda: latest_checkpoint_epoch(run_dir) >= 1, 120, "the epoch-1 checkpoint", alive=driver.is_alive)
+    wait_for(lambda: latest_checkpoint_epoch(run_dir) >= 1, SHORT, "the epoch-1 checkpoint", alive=driver.is_alive)
     assert latest_checkpoint_epoch(run_dir) == 1  # epoch 2 waits at the gate: it cannot have been checkpointed
     os.kill(first[0]["pid"], signal.SIGKILL)
     killed_worker_at = time.time()
-    wait_for(lambda: not any(alive(a["pid"]) for a in first), 120, "the first worker group torn down")
+    wait_for(lambda: not any(alive(a["pid"]) for a in first), SHORT, "the first worker group torn down")
     gate.open("epoch-2")
 
     # generation 2: a new group (both workers restart from the epoch-1 checkpoint), again on two nodes, held
     # before reporting epoch 3; kill a node
-    second = wait_for(lambda: held(gate, "epoch-3", 2), 300, "the restarted Train workers at the end of epoch 3",
+    second = wait_for(lambda: held(gate, "epoch-3", 2), WAIT, "the restarted Train workers at the end of epoch 3",
                       alive=driver.is_alive)
     assert not {a["pid"] for a in second} & {a["pid"] for a in first}
     assert len({a["node_id"] for a in second}) == 2, [(a["pid"], cluster.name_of(a["node_id"])) for a in second]
-    wait_for(lambda: latest_checkpoint_epoch(run_dir) >= 2, 120, "the epoch-2 checkpoint", alive=driver.is_alive)
+    wait_for(lambda: latest_checkpoint_epoch(run_dir) >= 2, SHORT, "the epoch-2 checkpoint", alive=driver.is_alive)
     assert latest_checkpoint_epoch(run_dir) == 2
     victim = cluster.name_of(second[0]["node_id"])
     dead_node = cluster.kill(victim)
     killed_node_at = time.time()
     replacement = cluster.add()
-    wait_for(lambda: not any(alive(a["pid"]) for a in second), 120, "the second worker group torn down")
+    wait_for(lambda: not any(alive(a["pid"]) for a in second), SHORT, "the second worker group torn down")
     gate.open("epoch-3")
-    result = driver.outcome(300)
+    result = driver.outcome(WAIT)
 
     # generation 3: on the surviving node and the replacement, never on the dead one
     third = [a for a in gate.arrivals("epoch-3") if a["pid"] not in {b["pid"] for b in second}]
@@ -166,7 +169,7 @@ def test_training_survives_a_killed_worker_and_a_killed_node(cluster, tmp_path, 
 
 # ----------------------------------------------------------------------------------------------------- embed
 
-def test_embedding_survives_a_killed_node(cluster, tmp_path, fashion_shards, monkeypatch):
+def test_embedding_survives_a_killed_node(cluster, tmp_path, fashion_shards, monkeypatch, gate):
     """run_embed with an actor pool of 2 (3 CPUs each: one actor per worker node) over 80 units of 250 rows. Once
     3 units are written, each actor stops before its next unit (a gate), the node of one actor is killed and a
     replacement joins. Lost: the unit that actor was about to write. Survived: every unit file written; the job finishes (Ray Data
@@ -187,26 +190,25 @@ def test_embedding_survives_a_killed_node(cluster, tmp_path, fashion_shards, mon
         f"data.shards_path={fashion_shards}", "embed.num_actors=2", "embed.cpus_per_actor=3"])
     split = tmp_path / "embeddings" / "nodes" / "train"
     units = lambda: sorted(split.glob("part-*.parquet"))
-    gate = Gate(tmp_path / "gate")
     gate.close("unit")
     monkeypatch.setattr(embed_stage, "UnitEmbedder", held_embedder(gate, after_units=3))
     driver = Driver(run_embed, job)
     driver.start()
 
-    pool = wait_for(lambda: held(gate, "unit", 2), 240, "both actors of the pool held after 3 units",
+    pool = wait_for(lambda: held(gate, "unit", 2), WAIT, "both actors of the pool held after 3 units",
                     alive=driver.is_alive)
     assert len({a["node_id"] for a in pool}) == 2, [cluster.name_of(a["node_id"]) for a in pool]
     victim = cluster.name_of(pool[0]["node_id"])
     before = {p.name: p.stat().st_mtime_ns for p in units()}
     cluster.kill(victim)
     cluster.add()
-    wait_for(lambda: not alive(pool[0]["pid"]), 60, "the killed node's actor gone")
+    wait_for(lambda: not alive(pool[0]["pid"]), SHORT, "the killed node's actor gone")
     gate.open("unit")
     assert 3 <= len(before) < 80, f"{len(before)} of 80 units written when the node was killed"
 
     reran = False
     try:
-        result = driver.outcome(300)
+        result = driver.outcome(WAIT)
     except Exception as exc:  # noqa: BLE001 - the documented way back: rerun the same run_name
         print(f"embed job failed after the node kill ({exc!r}); rerunning run_name=nodes")
         reran = True
@@ -329,7 +331,7 @@ def test_serving_survives_a_killed_node_under_load(cluster, tmp_path):
 
 # ------------------------------------------------------------------------------------------------------ tune
 
-def test_a_sweep_retries_the_trial_whose_node_died(cluster, tmp_path, fashion_shards):
+def test_a_sweep_retries_the_trial_whose_node_died(cluster, tmp_path, fashion_shards, gate):
     """Two trials of the platform's trainable (mrl.stages.tune._trial: one Ray Train run per trial) at once, one
     per worker node (each trial asks for the node's `worker_slot`; its Train worker of 2 CPUs then fits only
     beside it or on the other node, leaving a CPU per node for Ray Data). Every Train worker stops before it
@@ -365,7 +367,6 @@ def test_a_sweep_retries_the_trial_whose_node_died(cluster, tmp_path, fashion_sh
     base = dataclasses.replace(job.base, output_dir=job.output_dir, mlflow=job.mlflow,  # as run_tune does
                                data=prepare_data(job.base.data, job.output_dir))
 
-    gate = Gate(tmp_path / "gate")
     gate.close("epoch-2")
 
     def trial(config: dict) -> None:
@@ -405,9 +406,9 @@ def test_a_sweep_retries_the_trial_whose_node_died(cluster, tmp_path, fashion_sh
         live = [a for a in arrivals if alive(a["pid"])]
         return live if len(runs) == 2 and len(live) == 2 and {a["run"] for a in live} == runs else []
 
-    first = wait_for(one_live_worker_per_run, 300, "both trials' Train workers at the end of epoch 2",
+    first = wait_for(one_live_worker_per_run, WAIT, "both trials' Train workers at the end of epoch 2",
                      alive=driver.is_alive)
-    wait_for(lambda: len(train_runs()) == 2 and all(latest_checkpoint_epoch(r) >= 1 for r in train_runs()), 120,
+    wait_for(lambda: len(train_runs()) == 2 and all(latest_checkpoint_epoch(r) >= 1 for r in train_runs()), SHORT,
              "an epoch-1 checkpoint in both trials' Train runs", alive=driver.is_alive)
     trials = gate.arrivals("trial")  # both trials are held mid-run: neither has finished
     assert len(trials) == 2 and all(alive(t["pid"]) for t in trials), trials
@@ -422,9 +423,9 @@ def test_a_sweep_retries_the_trial_whose_node_died(cluster, tmp_path, fashion_sh
     # on the dead node); the killed attempt's worker is gone wherever it ran
     killed_run, first_pids = f"tune-trial-{trials[0]['trial_id']}", {a["pid"] for a in first}
     wait_for(lambda: any(a["run"] == killed_run and a["pid"] not in first_pids for a in one_live_worker_per_run()),
-             300, "the retried trial's Train worker at the end of epoch 2", alive=driver.is_alive)
+             WAIT, "the retried trial's Train worker at the end of epoch 2", alive=driver.is_alive)
     gate.open("epoch-2")
-    results = driver.outcome(300)
+    results = driver.outcome(WAIT)
 
     assert results.num_errors == 0 and len(results) == 2
     assert sorted(r.metrics["epoch"] for r in results) == [3, 3]
