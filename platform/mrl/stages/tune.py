@@ -21,11 +21,10 @@ from typing import Any
 from mrl.artifacts import tracking
 from mrl.configio import from_dict, to_dict
 from mrl.core.config import NestingConfig
-from mrl.data.sources import prepare_data
 from mrl.plots import pyplot
-from mrl.runtime import ensure_ray
 from mrl.stages import train as train_stage
-from mrl.stages.config import TrainJobConfig, TuneJobConfig, check_paths
+from mrl.stages.config import TrainJobConfig, TuneJobConfig
+from mrl.stages.stage import prepare
 from mrl.stages.train import fit
 
 FULL_METRIC = "val_top1_full"
@@ -186,12 +185,10 @@ def run(job: TuneJobConfig) -> dict[str, Any]:
         {"run_id", "sweep", "trials": [{"params", "metrics", "epochs", "error"}], "front", "winner",
          "winner_yaml", "winner_model_uri" (with train_winner), "seconds"}.
     """
-    check_paths(job)  # before any Ray work
-    ensure_ray(job.base.ray)
+    # the trials' base job, prepared once here as every stage's job is (paths, data shards, Ray), not by
+    # concurrent trials
+    base = prepare(dataclasses.replace(job.base, output_dir=job.output_dir, mlflow=job.mlflow))
     tracking.setup(job.mlflow, job.output_dir)
-    # data shards (text, Fashion-MNIST) are written once here, not by concurrent trials
-    base = dataclasses.replace(job.base, output_dir=job.output_dir, mlflow=job.mlflow,
-                               data=prepare_data(job.base.data, job.output_dir))
     name = job.sweep_name or time.strftime("tune-%Y%m%d-%H%M%S")
     small = small_metric(job)
     print(f"[tune] sweep {name!r}: {job.search.algorithm} search, {job.search.scheduler} scheduler, objectives "
