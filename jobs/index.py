@@ -1,7 +1,7 @@
 """Build FAISS indexes per prefix size over the embedded database split, with a manifest.
 
     python jobs/index.py --config jobs/index.yaml [key=value ...]
-    ray job submit --working-dir . -- python jobs/index.py --config jobs/index.yaml
+    ray job submit --runtime-env jobs/runtime_env.yaml -- python jobs/index.py --config jobs/index.yaml
 
 All logic lives in the `mrl` library (`mrl.cli`); this file is only the entry point.
 """
