@@ -40,7 +40,8 @@ SHIPPED = {
 CLUSTER_ONLY = {
     "jobs/train_resnet50_imagenet.yaml": (C.TrainJobConfig, ["data.path", "output_dir"]),
 }
-NOT_OURS = {"serving/config.yaml"}  # a Ray Serve config file, checked against Ray's schema below
+# a Ray Serve config file and a job's runtime environment, checked against Ray's own classes below
+NOT_OURS = {"serving/config.yaml", "jobs/runtime_env.yaml"}
 
 
 def test_every_config_file_is_covered():
@@ -73,6 +74,16 @@ def test_serve_config_file_matches_rays_schema_and_our_config():
     args = dict(app.args)
     args.pop("index_dir")
     from_dict(C.ServeConfig, args, prefix="serve.")  # the args are valid ServeConfig fields
+
+
+def test_job_runtime_env_ships_the_library():
+    from ray.runtime_env import RuntimeEnv
+
+    raw = yaml.safe_load((REPO / "jobs/runtime_env.yaml").read_text())
+    env = RuntimeEnv(**raw)  # Ray's own validation of the fields
+    assert env["working_dir"] == "." and env["py_modules"] == ["platform/mrl"]
+    assert (REPO / env["py_modules"][0] / "__init__.py").is_file()  # the path names the package, from the repo
+    assert {".git/", "outputs/", ".venv/"} <= set(env["excludes"])
 
 
 def test_serve_app_builder_imports():

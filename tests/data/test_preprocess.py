@@ -1,12 +1,14 @@
 """The shared preprocessing and per-batch embed path (mrl.data.preprocess): callable without Ray."""
 
+import io
+
 import numpy as np
 import pytest
 import torch
 
 from mrl.core.models.model import build_model
 from mrl.data.formats import to_float
-from mrl.data.preprocess import embed_images, inference_model, standardize
+from mrl.data.preprocess import decode_image, embed_images, inference_model, standardize
 
 
 def test_standardize_on_the_tensor_is_to_float_bit_for_bit():
@@ -38,3 +40,58 @@ def test_inference_precision_is_checked(precision, message):
                          "nesting": {"schedule": "list", "sizes": [8]}, "backbone": {"channels": [4, 8]}})
     with pytest.raises(ValueError, match=message):
         inference_model(model, "cpu", precision)
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A valid PNG header for a width x height grayscale image followed by an almost empty image stream: a few
+    dozen bytes that announce width x height pixels (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_a_value_error_naming_the_limit():
+    bomb = png_declaring(20000, 20000)
+    assert len(bomb) < 100
+    with pytest.raises(ValueError, match=r"too large: .*400000000 pixels.*the limit is 16777216 pixels"):
+        decode_image(bomb, 28, 1, max_pixels=4096 * 4096, formats=("PNG",))
+    # one under Pillow's own limit (~179 Mpx) but over ours: refused from the header, nothing decoded
+    with pytest.raises(ValueError, match=r"12000 x 12000 = 144000000 pixels, above the limit of 16777216"):
+        decode_image(png_declaring(12000, 12000), 28, 1, max_pixels=4096 * 4096, formats=("PNG",))
+    # without a limit (the corpus readers) Pillow's bomb check still ends as a ValueError, not its exception
+    with pytest.raises(ValueError, match="too large"):
+        decode_image(bomb, 28, 1)
+
+
+def test_only_the_allowed_formats_are_parsed():
+    from PIL import Image
+
+    gif, png = io.BytesIO(), io.BytesIO()
+    Image.new("L", (8, 8), 200).save(gif, format="GIF")
+    Image.new("L", (8, 8), 200).save(png, format="PNG")
+    with pytest.raises(ValueError, match=r"not a readable image \(accepted formats: PNG, JPEG\)"):
+        decode_image(gif.getvalue(), 4, 1, max_pixels=100, formats=("PNG", "JPEG"))
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nshowpage\n"
+    with pytest.raises(ValueError, match="not a readable image"):
+        decode_image(eps, 4, 1, max_pixels=100, formats=("PNG", "JPEG"))
+    assert decode_image(png.getvalue(), 4, 1, max_pixels=64, formats=("PNG",)).shape == (1, 4, 4)
+    with pytest.raises(ValueError, match="8 x 8 = 64 pixels, above the limit of 63"):
+        decode_image(png.getvalue(), 4, 1, max_pixels=63, formats=("PNG",))
+    with pytest.raises(ValueError, match="could not be decoded"):  # a header that promises more than it holds
+        decode_image(png.getvalue()[:50], 4, 1, max_pixels=64, formats=("PNG",))
+
+
+def test_a_large_jpeg_is_decoded_in_draft_mode_to_the_same_size():
+    from PIL import Image
+
+    big = io.BytesIO()
+    Image.radial_gradient("L").resize((2048, 2048)).save(big, format="JPEG", quality=90)
+    out = decode_image(big.getvalue(), 28, 1, max_pixels=4096 * 4096, formats=("JPEG",))
+    full = decode_image(big.getvalue(), 28, 1)  # no draft: every pixel decoded
+    assert out.shape == full.shape == (1, 28, 28)
+    assert np.abs(out.astype(int) - full.astype(int)).mean() < 4  # the same picture, decoded at 1/8 scale

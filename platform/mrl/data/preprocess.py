@@ -5,26 +5,53 @@ standardise-and-embed, so a query image is embedded exactly as the corpus was.""
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 
 from mrl.data.formats import MEAN, STD
 
 
-def decode_image(data: bytes | str, image_size: int, in_channels: int) -> np.ndarray:
+def decode_image(data: bytes | str, image_size: int, in_channels: int, *, max_pixels: int | None = None,
+                 formats: tuple[str, ...] | None = None) -> np.ndarray:
     """An encoded image (PNG, JPEG, ... as bytes, or a path) -> uint8 (C, H, W): converted to grayscale
     (in_channels 1) or RGB (3) and resized to image_size x image_size.
 
+    For untrusted input (the service's queries) give `max_pixels` and `formats`: the size is read from the
+    header and checked before any pixel is decoded, only the named Pillow formats are tried (no EPS through
+    Ghostscript, no format a client picks), and a large JPEG is decoded at a reduced scale (JPEG draft mode)
+    no smaller than image_size.
+
     Raises:
-        ValueError: the data is not an image PIL can read.
+        ValueError: the data is not an image of an accepted format, is larger than max_pixels, or fails to
+            decode (whatever Pillow raised: a truncated or malformed file raises many kinds of exception).
     """
     from PIL import Image, UnidentifiedImageError
 
+    mode = "L" if in_channels == 1 else "RGB"
     try:
-        img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
-        img = img.convert("L" if in_channels == 1 else "RGB").resize((image_size, image_size))
+        with warnings.catch_warnings():  # Pillow warns above ~89 Mpx; with max_pixels the check below decides
+            if max_pixels is not None:
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data, formats=formats)
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, checked inside open() before ours
+        limit = f"the limit is {max_pixels} pixels (serve.max_image_pixels)" if max_pixels else "refused"
+        raise ValueError(f"the image is too large: {exc}; {limit}") from None
     except (UnidentifiedImageError, OSError) as exc:
-        raise ValueError(f"not a readable image ({exc})") from None
+        accepted = f" (accepted formats: {', '.join(formats)})" if formats else ""
+        raise ValueError(f"not a readable image{accepted}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow's header parsers raise SyntaxError, struct.error, ...
+        raise ValueError(f"not a readable image: {type(exc).__name__}: {exc}") from None
+    width, height = img.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ValueError(f"the image is {width} x {height} = {width * height} pixels, above the limit of "
+                         f"{max_pixels} (serve.max_image_pixels)")
+    try:
+        if img.format == "JPEG" and formats is not None:
+            img.draft(mode, (image_size, image_size))  # decode at 1/2, 1/4 or 1/8 scale when that still covers it
+        img = img.convert(mode).resize((image_size, image_size))
+    except Exception as exc:  # noqa: BLE001 - truncated data, decompression bombs, decoder errors
+        raise ValueError(f"the image could not be decoded: {type(exc).__name__}: {exc}") from None
     arr = np.asarray(img, dtype=np.uint8)
     return arr[None] if in_channels == 1 else arr.transpose(2, 0, 1)
 

@@ -44,7 +44,8 @@ class SearchRequest(BaseModel):
                                             "default serve.default_k")
     shortlist_k: int | None = Field(None, description="shortlist length K, in [1, min(corpus rows, "
                                                       "serve.max_shortlist_k)] (raised to k)")
-    mode: str | None = Field(None, description="search mode (GET /healthz lists the index's); default serve.mode")
+    mode: str | None = Field(None, min_length=1, description="search mode (GET /healthz lists the index's); "
+                                                             "default serve.mode (omit it or send null, not \"\")")
     budget: Budget | None = Field(None, description="pick the plan by the index's calibration table instead of "
                                                     "mode / shortlist_k (GET /healthz: budgets)")
 

@@ -3,6 +3,7 @@ key, replicas, batching, placement."""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -31,8 +32,9 @@ class ServeConfig:
     max_body_bytes: int = 1_000_000
     """Larger request bodies get 413 before they are read (a 2048-d vector is about 40 kB of JSON)."""
     api_key_env: str | None = None
-    """Name of an environment variable holding the API key; with a key, every route but /healthz answers 401
-    unless the request sends `Authorization: Bearer <key>`. None (and no api_key_file): no key."""
+    """Name of an environment variable holding the API key (at least 16 characters); with a key, every route
+    but /healthz answers 401, before the body is read, unless the request sends `Authorization: Bearer <key>`,
+    and /healthz says only "ok". None (and no api_key_file): no key."""
     api_key_file: str | None = None
     """A file holding the API key (first line), e.g. a mounted secret; never put the key itself in a config."""
     num_replicas: int = 1
@@ -63,6 +65,20 @@ class ServeConfig:
     """Where replicas search: auto = the GPU(s) when faiss-gpu is installed and sees one, else the CPU."""
     host: str = "127.0.0.1"
     port: int = 8000
+    allow_anonymous: bool = False
+    """Serve a host other than loopback without an API key. False: such a config is refused (anybody who can
+    reach the port could search and read the corpus)."""
+    docs: bool = True
+    """Serve the OpenAPI pages (/docs, /redoc, /openapi.json), behind the key when there is one; false: 404."""
+    max_image_pixels: int = 4096 * 4096
+    """Query images with more pixels (width x height, read from the header before any decoding) get 422."""
+    image_formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+    """The image formats a query may send (Pillow format names); any other is refused without being parsed."""
+    request_timeout_s: float | None = 60.0
+    """The HTTP proxy answers 408 to a request not finished after this long; null: no limit."""
+    max_queued_requests: int = 1000
+    """Requests waiting for a search replica beyond its max_ongoing_requests; more get 503 at once (the
+    client should back off) instead of an ever longer queue. -1: unbounded."""
 
     def __post_init__(self) -> None:
         positive("default_k", self.default_k)
@@ -100,3 +116,28 @@ class ServeConfig:
                f"({self.batch_max_size}), or batches never fill")
         check(self.gpus_per_replica >= 0, f"gpus_per_replica must be >= 0, got {self.gpus_per_replica}")
         check(0 < self.port < 65536, f"port must be in [1, 65535], got {self.port}")
+        keyed = self.api_key_env is not None or self.api_key_file is not None
+        check(keyed or self.allow_anonymous or is_loopback(self.host),
+              f"host {self.host!r} serves other machines, and the service has no API key: set serve.api_key_env "
+              "or serve.api_key_file, or serve.allow_anonymous: true to serve it open on purpose")
+        positive("max_image_pixels", self.max_image_pixels)
+        unknown = sorted(set(self.image_formats) - IMAGE_FORMATS)
+        check(bool(self.image_formats) and not unknown,
+              f"image_formats {list(self.image_formats)} must be a non-empty subset of {sorted(IMAGE_FORMATS)}")
+        positive("request_timeout_s", self.request_timeout_s, allow_none=True)
+        check(self.max_queued_requests == -1 or self.max_queued_requests >= 1,
+              f"max_queued_requests must be -1 (unbounded) or >= 1, got {self.max_queued_requests}")
+
+
+# Raster formats Pillow decodes itself (no external program), a query may be allowed to send.
+IMAGE_FORMATS = {"PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "PPM"}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is a loopback address or name (reachable from this machine only)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -22,9 +22,12 @@ class QueryEncoder:
     Args:
         model_uri: the model version to load (the index manifest's `model_uri`).
         tracking_uri: the MLflow store that holds it.
+        max_pixels: query images with more pixels (read from the header, before decoding) are refused.
+        formats: the Pillow formats a query image may have; others are refused unread.
     """
 
-    def __init__(self, model_uri: str, tracking_uri: str | None = None):
+    def __init__(self, model_uri: str, tracking_uri: str | None = None, max_pixels: int = 4096 * 4096,
+                 formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF", "BMP")):
         import mlflow
         import torch
 
@@ -32,6 +35,7 @@ class QueryEncoder:
             mlflow.set_tracking_uri(tracking_uri)
         torch.set_num_threads(1)
         self.model_uri = model_uri
+        self.max_pixels, self.formats = max_pixels, tuple(formats)
         self.model = load_model(model_uri)
         spec = self.model.spec
         self.image_size, self.in_channels = int(spec.get("image_size", 28)), int(spec.get("in_channels", 1))
@@ -65,7 +69,8 @@ class QueryEncoder:
                 decoded.append(data)
                 continue
             try:
-                decoded.append(decode_image(data, self.image_size, self.in_channels))
+                decoded.append(decode_image(data, self.image_size, self.in_channels, max_pixels=self.max_pixels,
+                                            formats=self.formats))
             except ValueError as exc:
                 decoded.append(f"image: {exc}")
         good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]

@@ -30,7 +30,7 @@ def run(job: ServeJobConfig) -> dict[str, Any]:
     url = f"http://{cfg.host}:{cfg.port}"
     with stage_run("serve", job, input_run_id=manifest.get("index_run_id", ""), input_uri=index_dir,
                    tags={tracking.TAG_URL: url}) as stage:
-        serve.start(http_options={"host": cfg.host, "port": cfg.port})
+        serve.start(http_options=http_options(cfg))
         serve.run(build_app(index_dir, cfg, stage.tracking_uri), name="mrl", route_prefix="/", blocking=False)
         tracking.log_params({"serve": to_dict(cfg), "index_dir": index_dir, "model_uri": manifest.get("model_uri")})
     print(f"[serve] retrieval at {url}/search (default mode {cfg.mode}; D_s={cfg.search.shortlist_size}, "
@@ -38,6 +38,14 @@ def run(job: ServeJobConfig) -> dict[str, Any]:
     if job.block:
         serve_until_interrupted(url)
     return {"url": url, "run_id": stage.run_id, "index_version": manifest.get("index_run_id")}
+
+
+def http_options(cfg) -> dict[str, Any]:
+    """Ray Serve's HTTP proxy options for a `ServeConfig`: where it listens, and how long a request may take."""
+    options: dict[str, Any] = {"host": cfg.host, "port": cfg.port}
+    if cfg.request_timeout_s is not None:
+        options["request_timeout_s"] = cfg.request_timeout_s
+    return options
 
 
 def serve_until_interrupted(url: str) -> None:
