@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import re
 import socket
+import subprocess
 from pathlib import Path
 
 import jsonschema
@@ -161,7 +162,7 @@ def test_start_commands(raw):
     worker = raw["worker_start_ray_commands"]
     assert head[0] == "ray stop" and worker[0] == "ray stop"
     head_start = head[-1]
-    for flag in ("--head", "--port=6379", "--dashboard-host=0.0.0.0",
+    for flag in ("--head", "--port=6379", "--dashboard-host=127.0.0.1",
                  "--autoscaling-config=~/ray_bootstrap_config.yaml"):
         assert flag in head_start.split(), flag
     assert "--address=$RAY_HEAD_IP:6379" in worker[-1].split()
@@ -170,14 +171,110 @@ def test_start_commands(raw):
     assert any("ray get-auth-token --generate" in cmd for cmd in head[:-1])
 
 
+def header() -> str:
+    return "".join(line for line in CLUSTER_YAML.read_text().splitlines(keepends=True) if line.startswith("#"))
+
+
 def test_header_explains_how_to_launch():
-    header = "".join(
-        line for line in CLUSTER_YAML.read_text().splitlines(keepends=True) if line.startswith("#")
-    )
     for text in ("ray up cluster.yaml", "RAY_AUTH_MODE=token", "ray job submit",
                  "--working-dir .", "--config jobs/train.yaml", "output_dir", "NFS",
-                 "sandbox"):
-        assert text in header, text
+                 "sandbox", "'mlflow.tracking_uri=$MLFLOW_TRACKING_URI'"):
+        assert text in header(), text
+
+
+def test_the_dashboard_is_reached_through_ssh_only():
+    """The token travels in clear HTTP: the header sends clients through `ray dashboard` (an SSH tunnel to the
+    head's loopback, where the dashboard listens), never through an opened port."""
+    text = " ".join(header().replace("#", " ").split())
+    assert "ray dashboard cluster.yaml" in text and "--address http://localhost:8265" in text
+    assert not re.search(r"open (TCP )?(port )?(8265|6379|10001)\b", text, re.I), "the header opens a Ray port"
+    assert "http://<head>:8265" not in text
+
+
+# --- what the security group lets in -----------------------------------------------------------------------------
+
+RAY_PORTS = (8265, 6379, 10001, 5000)  # dashboard + job API, GCS, Ray client, MLflow
+
+
+def ray_inbound_rules():
+    """Ray's own `_create_default_inbound_rules` (ray/autoscaler/_private/aws/config.py), taken from its source: the
+    module imports boto3 at the top, which the tests do not install, and these three functions need only itertools."""
+    import ast
+    import itertools
+
+    import ray.autoscaler
+
+    path = Path(ray.autoscaler.__file__).parent / "_private" / "aws" / "config.py"
+    wanted = {"_create_default_inbound_rules", "_create_default_intracluster_inbound_rules",
+              "_create_default_ssh_inbound_rules"}
+    functions = [n for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef) and n.name in wanted]
+    assert {f.name for f in functions} == wanted, f"Ray's {path} no longer defines {sorted(wanted)}"
+    namespace = {"itertools": itertools}
+    exec(compile(ast.Module(functions, type_ignores=[]), str(path), "exec"), namespace)
+    return namespace["_create_default_inbound_rules"]
+
+
+def world_open_ports(config: dict) -> set[int]:
+    """The ports of RAY_PORTS that the inbound rules Ray creates for this config open to any address.
+
+    Ray's AWS provider makes one security group per cluster with `_create_default_inbound_rules` (all traffic
+    between the cluster's nodes, SSH from anywhere) plus provider.security_group.IpPermissions; a security group
+    named in a node_config is used as it is and cannot be checked here, so none may be named."""
+    for name, node in config["available_node_types"].items():
+        assert "SecurityGroupIds" not in node["node_config"], f"{name} names a security group checked nowhere"
+    extra = config["provider"].get("security_group", {}).get("IpPermissions", [])
+    opened = set()
+    for rule in ray_inbound_rules()(["sg-cluster"], extra):
+        anyone = {r.get("CidrIp") for r in rule.get("IpRanges", [])} & {"0.0.0.0/0"} or \
+            {r.get("CidrIpv6") for r in rule.get("Ipv6Ranges", [])} & {"::/0"}
+        if not anyone:
+            continue
+        if rule.get("IpProtocol") == "-1" or rule.get("FromPort", -1) == -1:
+            opened |= set(RAY_PORTS)
+        else:
+            opened |= {p for p in RAY_PORTS if rule["FromPort"] <= p <= rule["ToPort"]}
+    return opened
+
+
+def test_no_inbound_rule_opens_ray_or_mlflow_ports_to_the_world(raw, prepared):
+    for config in (raw, prepared):
+        assert world_open_ports(config) == set()
+
+
+@pytest.mark.parametrize("rule", [
+    {"FromPort": 8265, "ToPort": 8265, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
+    {"FromPort": 6000, "ToPort": 11000, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
+    {"FromPort": 10001, "ToPort": 10001, "IpProtocol": "tcp", "Ipv6Ranges": [{"CidrIpv6": "::/0"}]},
+    {"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
+])
+def test_a_rule_opening_a_ray_port_to_the_world_is_refused(raw, rule):
+    config = copy.deepcopy(raw)
+    config["provider"]["security_group"] = {"GroupName": "mrl", "IpPermissions": [rule]}
+    validate_config(copy.deepcopy(config))  # Ray itself accepts it...
+    assert world_open_ports(config)  # ...this check does not
+    config["provider"]["security_group"]["IpPermissions"] = [
+        {"FromPort": 8265, "ToPort": 8265, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": "10.0.0.0/16"}]}]
+    assert world_open_ports(config) == set()  # a private range is not the world
+    config["available_node_types"][HEAD]["node_config"]["SecurityGroupIds"] = ["sg-0123"]
+    with pytest.raises(AssertionError, match="names a security group"):
+        world_open_ports(config)
+
+
+# --- MLflow on PostgreSQL on the head ----------------------------------------------------------------------------
+
+
+def test_the_head_serves_mlflow_from_postgresql_to_the_cluster(raw, prepared):
+    setup, start = prepared["head_setup_commands"], raw["head_start_ray_commands"]
+    assert "bash ~/mrl/scripts/head-mlflow.sh setup" in setup
+    ray_start = next(i for i, cmd in enumerate(start) if "ray start --head" in cmd)
+    assert start.index("bash ~/mrl/scripts/head-mlflow.sh start") < ray_start  # Ray inherits the server's URI
+    assert "export MLFLOW_TRACKING_URI=$(bash ~/mrl/scripts/head-mlflow.sh uri);" in start[ray_start]
+    assert not any("head-mlflow" in cmd for cmd in prepared["worker_setup_commands"] + raw["worker_start_ray_commands"])
+    script = (REPO / "scripts" / "head-mlflow.sh").read_text()
+    assert 'MLFLOW_BACKEND_STORE_URI="postgresql+psycopg2://mlflow@127.0.0.1:5432/mlflow"' in script
+    assert '"$here/mlflow-server.sh"' in script and "MLFLOW_HOST=0.0.0.0 MLFLOW_PORT=5000" in script
+    for name in ("head-mlflow.sh", "mlflow-server.sh"):
+        subprocess.run(["bash", "-n", str(REPO / "scripts" / name)], check=True)  # parses
 
 
 # --- broken copies must be rejected -------------------------------------------------------------
