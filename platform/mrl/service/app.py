@@ -3,8 +3,21 @@
     POST /search  `SearchRequest` (a vector, a corpus id, a base64 image or a text)
                   -> {"ids", "scores", "labels", "model", "index", "search", "took_ms", "batch"}
     GET  /healthz -> {"status": "ok", "rows", "dim", "model", "index", "modes", "limits", "auth", "encoder",
-                      "queries"}
+                      "queries", "budgets", "modality"}
     GET  /docs    OpenAPI page with every request field and its limits
+    GET  /items/{id}   an indexed item, read from the data the index's lineage names: a PNG for image corpora,
+                       {"id", "label", "text"} for text corpora (404: not in the index; 503: data not readable here)
+    GET  /calibration  the index's calibration table (recall and p50 latency of each plan budgets choose from)
+    GET  /        the search page (`mrl/service/page/`: index.html, app.js and style.css under /page/; no build
+                  step, no CDN, works offline): a query box for the index's modality (an image file, a text, or a
+                  corpus id), the results as a grid of items, a mode selector and a budget slider over the
+                  calibration table, the plan each answer ran with its calibrated figures, and the calibration
+                  curve (recall vs p50 latency) with the chosen plan marked
+
+With an API key (`serve.api_key_env` / `serve.api_key_file`) /search, /items and /calibration answer 401 without
+`Authorization: Bearer <key>`. The page's files stay open: they are static and carry no data (no index path,
+model or item); the page asks for the key in a field, keeps it in the tab's memory only, and sends it as that
+header on every call, images included (fetched with the header and shown from blob: URLs).
 
 Image and text queries go to an Encoder deployment (model composition through a DeploymentHandle) that loads the
 model version the index manifest names and refuses to start on another model, d or nesting list. All
@@ -25,13 +38,14 @@ from typing import Any
 
 from fastapi import FastAPI, Header, HTTPException
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from mrl.artifacts.index import load_index
 from mrl.artifacts.manifest import read_manifest
 from mrl.configio import from_dict, to_dict
 from mrl.service.api import SearchRequest, validation_detail
+from mrl.service.browse import PAGE_FILES, page_asset
 from mrl.service.config import ServeConfig
 from mrl.service.encoder import QueryEncoder, check_encoder
 from mrl.service.retrieval import RequestError, RetrievalService
@@ -43,6 +57,7 @@ app = FastAPI(title="MRL adaptive retrieval", version="1",
 # ships the FastAPI app and the deployment class to replicas by value, each with its own copy of this module's
 # globals, so a module-level variable set in __init__ would not be the one the middleware reads.
 BODY_LIMIT_ENV, DEFAULT_BODY_LIMIT = "MRL_SERVE_MAX_BODY_BYTES", 1_000_000
+KEY_HEADER = "Bearer <API key>, when the service has one"
 
 
 @app.exception_handler(RequestValidationError)
@@ -93,6 +108,15 @@ async def _refuse(send, size: str, limit: int) -> None:
 
 
 app.add_middleware(BodyLimit)
+
+
+def _page_file(name: str) -> Response:
+    """One of the search page's static files, or 404 naming the files there are. (Defined above the deployments:
+    `serve.ingress` ships the class by value when it is decorated, with the module globals that exist then.)"""
+    if name not in PAGE_FILES:
+        raise HTTPException(status_code=404, detail=f"no page file {name!r}; the page's files are {sorted(PAGE_FILES)}")
+    body, media_type = page_asset(name)
+    return Response(body, media_type=media_type, headers={"Cache-Control": "no-cache"})
 
 
 @serve.deployment(name="Encoder", health_check_period_s=10)
@@ -151,17 +175,48 @@ class Retriever:
 
     @app.post("/search")
     async def search(self, request: SearchRequest,
-                     authorization: str | None = Header(None, description="Bearer <API key>, when the service "
-                                                                          "has one")) -> dict[str, Any]:
+                     authorization: str | None = Header(None, description=KEY_HEADER)) -> dict[str, Any]:
+        self._authorize(authorization)
+        reply = await self._batched(request)
+        if isinstance(reply, RequestError):
+            raise HTTPException(status_code=reply.status, detail=reply.detail)
+        return reply
+
+    @app.get("/items/{item_id}", responses={200: {"content": {"image/png": {}},
+                                                  "description": "a PNG (image corpora) or {id, label, text}"}})
+    def item(self, item_id: int, authorization: str | None = Header(None, description=KEY_HEADER)):
+        self._authorize(authorization)
+        try:
+            item = self.service.item(item_id)
+        except RequestError as exc:
+            raise HTTPException(status_code=exc.status, detail=exc.detail) from None
+        if "png" in item:
+            return Response(item["png"], media_type="image/png",
+                            headers={"X-Item-Id": str(item["id"]), "X-Item-Label": str(item["label"])})
+        return item
+
+    @app.get("/calibration")
+    def calibration(self, authorization: str | None = Header(None, description=KEY_HEADER)) -> dict[str, Any]:
+        self._authorize(authorization)
+        try:
+            return self.service.calibration()
+        except RequestError as exc:
+            raise HTTPException(status_code=exc.status, detail=exc.detail) from None
+
+    @app.get("/", include_in_schema=False)
+    def page(self) -> Response:
+        return _page_file("index.html")
+
+    @app.get("/page/{name}", include_in_schema=False)
+    def page_file(self, name: str) -> Response:
+        return _page_file(name)
+
+    def _authorize(self, authorization: str | None) -> None:
         try:
             self.service.check_key(authorization)
         except RequestError as exc:
             raise HTTPException(status_code=exc.status, detail=exc.detail,
                                 headers={"WWW-Authenticate": "Bearer"}) from None
-        reply = await self._batched(request)
-        if isinstance(reply, RequestError):
-            raise HTTPException(status_code=reply.status, detail=reply.detail)
-        return reply
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _batched(self, requests: list[SearchRequest]) -> list[dict[str, Any] | RequestError]:

@@ -5,6 +5,11 @@ answers requests: validate (types by `SearchRequest`, ranges against the index h
 `QueryPlan`, run it on the index's `SearchEngine`, and reply with ids, scores, labels and the model and
 index versions. A bad request raises `RequestError` with the HTTP status and a message naming the field and
 the accepted range; nothing about the service changes, so it keeps answering.
+
+For the search page (`mrl/service/page/`, served at GET / by the app) it also answers `item` (an indexed item
+read from the data the index's lineage names, `mrl.service.browse.CorpusItems`) and `calibration` (the index's
+calibration table, the curve the page draws). Both are data, so both are behind the API key like `search`; the
+page itself is static and carries no data.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from mrl.retrieval.calibrate import plan_for_budget, plan_of
 from mrl.retrieval.modes import check_settings, make_plan
 from mrl.retrieval.plan import QueryPlan
 from mrl.service.api import SearchRequest, validation_detail
+from mrl.service.browse import CorpusItems, ItemsUnavailable
 from mrl.service.encoder import check_encoder
 
 
@@ -73,6 +79,8 @@ class RetrievalService:
                            "sizes": manifest["sizes"]}
         self._order = np.argsort(artifact.ids, kind="stable")  # id -> position lookup
         self._key = read_api_key(cfg)
+        self._items: CorpusItems | None = None  # opened on the first item request (the data may be elsewhere)
+        self._items_lock = threading.Lock()
 
     @classmethod
     def from_path(cls, index_dir: str, cfg) -> "RetrievalService":
@@ -90,7 +98,7 @@ class RetrievalService:
                 "limits": {"max_k": self.max_k, "max_shortlist_k": self.max_shortlist_k,
                            "max_body_bytes": self.cfg.max_body_bytes}, "auth": self._key is not None,
                 "encoder": None if self.encoder_info is None else self.encoder_info["model_uri"],
-                "queries": self.query_kinds, "budgets": self.budgets}
+                "queries": self.query_kinds, "budgets": self.budgets, "modality": self.modality}
 
     @property
     def budgets(self) -> dict[str, Any] | None:
@@ -133,6 +141,35 @@ class RetrievalService:
         """Raise when the service cannot answer (Ray Serve's health check)."""
         if not self.rows:
             raise RuntimeError("index is empty")
+
+    def item(self, item_id: int) -> dict[str, Any]:
+        """GET /items/{id}: an indexed item, read from the data the index's lineage names.
+
+        Returns:
+            {"id", "label", "text"} for text corpora; {"id", "label", "png"} (PNG bytes) for image corpora.
+
+        Raises:
+            RequestError: 404 for an id that is not in the index; 503 when the items cannot be read here (the
+                lineage names no data, the data is not on this machine, or it changed since the index was built).
+        """
+        if not -2**63 <= item_id < 2**63:
+            raise RequestError(404, f"id {item_id} is not in the corpus ({self.rows} items)")
+        label = int(self.artifact.labels[self._position(item_id)])
+        try:
+            with self._items_lock:
+                if self._items is None:
+                    self._items = CorpusItems(self.artifact.manifest)
+            return self._items.read(item_id, label)
+        except ItemsUnavailable as exc:
+            raise RequestError(503, f"item {item_id} is in the index, but its data cannot be read here: {exc}") from None
+
+    def calibration(self) -> dict[str, Any]:
+        """GET /calibration: the index's calibration table {"k", "queries", "rows": [{"setting", "recall",
+        "p50_ms"}]} (the plans budgets choose from), or 404 when the index has none."""
+        table = self.artifact.manifest.get("calibration")
+        if table is None:
+            raise RequestError(404, "this index has no calibration table; rebuild it with index.calibrate: true")
+        return table
 
     def plan(self, mode: str, k: int, shortlist_k: int | None = None) -> QueryPlan:
         """The plan a request for `mode`, k results and an optional shortlist length runs."""
