@@ -4,7 +4,8 @@
 #
 #   Debian packages  dataset-fashion-mnist and wordnet-base (the real data); with --test also openssh-server,
 #                    openssh-client and rsync (tests/distributed/test_ray_up.py runs a private sshd), installed
-#                    without letting their services start
+#                    without letting their services start, and chromium and chromium-driver (the search page's
+#                    browser test, tests/e2e/test_search_page.py)
 #   Python           the interpreter scripts/python.sh chooses: PYTHON=, an activated venv or conda env, else
 #                    the project venv .venv, created here on first use (with the apt package python3-venv when
 #                    python3 cannot make venvs); into it the CPU build of PyTorch, then the project with its test
@@ -67,6 +68,25 @@ if $TEST; then
     if $NEW_SSHD && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
       $SUDO systemctl disable --now ssh.service ssh.socket \
         || echo "setup.sh: could not disable ssh.service/ssh.socket; check with: systemctl status ssh" >&2
+    fi
+  fi
+  # tests/e2e/test_search_page.py drives this chromium through this chromedriver with Selenium, which downloads
+  # nothing. Debian ships both as packages (no service to keep from starting); Ubuntu only as snap wrappers, which do
+  # not run in containers: there, say so and go on (that one test then fails naming what it needs).
+  BROWSER_PACKAGES=()
+  [ -x /usr/bin/chromium ] || BROWSER_PACKAGES+=(chromium)
+  [ -x /usr/bin/chromedriver ] || BROWSER_PACKAGES+=(chromium-driver)
+  if [ ${#BROWSER_PACKAGES[@]} -gt 0 ]; then
+    apt_update
+    MISSING=()
+    for package in "${BROWSER_PACKAGES[@]}"; do
+      apt-cache show "$package" >/dev/null 2>&1 || MISSING+=("$package")
+    done
+    if [ ${#MISSING[@]} -eq 0 ]; then
+      apt_install "${BROWSER_PACKAGES[@]}"
+    else
+      echo "setup.sh: no package ${MISSING[*]} here (Debian's chromium and chromium-driver); without" \
+           "/usr/bin/chromium and /usr/bin/chromedriver tests/e2e/test_search_page.py fails" >&2
     fi
   fi
 fi
