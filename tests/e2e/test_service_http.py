@@ -49,10 +49,18 @@ def post(url, body, key=KEY, **kwargs):
 
 def test_every_route_but_health_needs_the_key(service):
     url, _ = service
-    assert requests.get(f"{url}/healthz", timeout=30).json()["auth"] is True
+    bearer = {"Authorization": f"Bearer {KEY}"}
+    assert requests.get(f"{url}/healthz", timeout=30).json() == {"status": "ok"}  # a probe learns nothing more
+    assert requests.get(f"{url}/healthz", headers=bearer, timeout=30).json()["auth"] is True
     for key in (None, "wrong"):
         resp = post(url, {"id": 3}, key=key)
         assert resp.status_code == 401 and "Authorization: Bearer" in resp.text
+    # refused from the headers: a malformed body is not parsed, so its problems are not reported to a stranger
+    resp = requests.post(f"{url}/search", data=b'{"id": "not json', timeout=30)
+    assert resp.status_code == 401 and "id" not in resp.json()["detail"]
+    for path in ("/docs", "/redoc", "/openapi.json", "/items/3", "/calibration", "/no-such-route"):
+        assert requests.get(f"{url}{path}", timeout=30).status_code == 401, path
+    assert requests.get(f"{url}/docs", headers=bearer, timeout=30).status_code == 200
     assert post(url, {"id": 3}).json()["ids"][0] == 3
 
 
@@ -62,6 +70,7 @@ def test_every_route_but_health_needs_the_key(service):
     ({"id": 3, "k": "10"}, "valid integer"),
     ({"vector": ["0.5"] * 32}, "valid number"),
     ({"id": 3, "k": 21}, "k=21 is outside the accepted range [1, 20] (serve.max_k)"),
+    ({"id": 3, "mode": ""}, "at least 1 character"),  # an empty enumerated field is not the default
 ])
 def test_strict_types_and_bounds_get_422_naming_the_field(service, body, message):
     url, _ = service
@@ -91,11 +100,11 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(service):
 
 def test_openapi_page_documents_the_request_fields(service):
     url, _ = service
-    schema = requests.get(f"{url}/openapi.json", timeout=30).json()
+    schema = requests.get(f"{url}/openapi.json", headers={"Authorization": f"Bearer {KEY}"}, timeout=30).json()
     fields = schema["components"]["schemas"]["SearchRequest"]["properties"]
     assert {"vector", "id", "k", "shortlist_k", "mode"} <= set(fields)
     assert "serve.max_k" in fields["k"]["description"]
-    assert requests.get(f"{url}/docs", timeout=30).status_code == 200
+    assert requests.get(f"{url}/docs", headers={"Authorization": f"Bearer {KEY}"}, timeout=30).status_code == 200
 
 
 def test_budgets_choose_different_plans_over_http(service):

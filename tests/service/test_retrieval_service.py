@@ -132,17 +132,24 @@ def test_a_batch_answers_each_request_as_alone_and_keeps_errors_apart(service, i
 
 
 def test_api_key_from_env_or_file_guards_search_not_health(index_dir, tmp_path, monkeypatch):
+    import base64
+
     path = str(index_dir[0])
-    monkeypatch.setenv("MRL_TEST_KEY", "s3cret")
+    key = "s3cret-of-16-chars"
+    monkeypatch.setenv("MRL_TEST_KEY", key)
     service = RetrievalService.from_path(path, ServeConfig(api_key_env="MRL_TEST_KEY"))
     assert service.health()["auth"] is True
-    service.check_key("Bearer s3cret")
-    for header in (None, "", "Bearer wrong", "s3cret", "Basic s3cret"):
+    service.check_key(f"Bearer {key}")
+    service.check_key("Basic " + base64.b64encode(f"browser:{key}".encode()).decode())  # the page's login
+    for header in (None, "", "Bearer wrong", key, f"Basic {key}", f"Bearer {key[:-1]}"):
         with pytest.raises(RequestError) as err:
             service.check_key(header)
         assert err.value.status == 401 and "Authorization: Bearer" in err.value.detail
-    (tmp_path / "key").write_text("from-file\n")
-    assert RetrievalService.from_path(path, ServeConfig(api_key_file=str(tmp_path / "key")))._key == "from-file"
+    (tmp_path / "key").write_text("from-file-0123456789\n")
+    assert RetrievalService.from_path(path, ServeConfig(api_key_file=str(tmp_path / "key")))._key == "from-file-0123456789"
+    (tmp_path / "short").write_text("s3cret\n")
+    with pytest.raises(ValueError, match="holds a key of 6 characters; use at least 16"):
+        RetrievalService.from_path(path, ServeConfig(api_key_file=str(tmp_path / "short")))
     monkeypatch.delenv("MRL_TEST_KEY")
     with pytest.raises(ValueError, match="api_key_env names MRL_TEST_KEY, which is not set"):
         RetrievalService.from_path(path, ServeConfig(api_key_env="MRL_TEST_KEY"))

@@ -47,8 +47,10 @@ from mrl.configio import from_dict, to_dict
 from mrl.service.api import SearchRequest, validation_detail
 from mrl.service.browse import PAGE_FILES, page_asset
 from mrl.service.config import ServeConfig
+from mrl.service import guard
 from mrl.service.encoder import QueryEncoder, check_encoder
-from mrl.service.retrieval import RequestError, RetrievalService
+from mrl.service.guard import Guard
+from mrl.service.retrieval import RequestError, RetrievalService, read_api_key
 
 app = FastAPI(title="MRL adaptive retrieval", version="1",
               description="Matryoshka retrieval: shortlist with a small prefix, rerank exactly with larger ones. "
@@ -108,6 +110,7 @@ async def _refuse(send, size: str, limit: int) -> None:
 
 
 app.add_middleware(BodyLimit)
+app.add_middleware(Guard)  # added last, so it runs first: the key before the body limit, before any body is read
 
 
 def _page_file(name: str) -> Response:
@@ -124,8 +127,9 @@ class Encoder:
     """The index's model, embedding query images or texts (model composition: the Retriever holds a handle to it)."""
 
     def __init__(self, model_uri: str, tracking_uri: str | None, manifest: dict[str, Any], batch_max_size: int = 8,
-                 batch_wait_ms: float = 0.0):
-        self.encoder = QueryEncoder(model_uri, tracking_uri)
+                 batch_wait_ms: float = 0.0, max_pixels: int = 4096 * 4096,
+                 formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF", "BMP")):
+        self.encoder = QueryEncoder(model_uri, tracking_uri, max_pixels=max_pixels, formats=tuple(formats))
         check_encoder(manifest, self.encoder.describe())  # another model, d or nesting list: the deploy fails
         self.embed.set_max_batch_size(batch_max_size)
         self.embed.set_batch_wait_timeout_s(batch_wait_ms / 1000)
@@ -166,12 +170,14 @@ class Retriever:
                                               "modality": manifest.get("modality", "image")}
         self.service = RetrievalService(artifact, cfg, encoder_info=info)
         os.environ[BODY_LIMIT_ENV] = str(cfg.max_body_bytes)
+        guard.configure(read_api_key(cfg), cfg.docs)
         self._batched.set_max_batch_size(cfg.batch_max_size)
         self._batched.set_batch_wait_timeout_s(cfg.batch_wait_ms / 1000)
 
     @app.get("/healthz")
-    def healthz(self) -> dict[str, Any]:
-        return self.service.health()
+    def healthz(self, authorization: str | None = Header(None, description=KEY_HEADER)) -> dict[str, Any]:
+        # open to probes; with a key, only the key's holders learn the model, the index and the limits
+        return self.service.health() if guard.authorized(authorization) else {"status": "ok"}
 
     @app.post("/search")
     async def search(self, request: SearchRequest,
@@ -222,7 +228,11 @@ class Retriever:
     async def _batched(self, requests: list[SearchRequest]) -> list[dict[str, Any] | RequestError]:
         embedded, todo = self.service.pending_content(requests)
         if todo:  # one call to the encoder deployment for the batch's images or texts
-            embedded.update(zip(todo, await self.encoder.embed.remote(list(todo.values()))))
+            try:
+                embedded.update(zip(todo, await self.encoder.embed.remote(list(todo.values()))))
+            except Exception as exc:  # noqa: BLE001 - the encoder's fault: its requests get 503, the rest go on
+                detail = f"the encoder could not embed this query ({type(exc).__name__}); retry later"
+                embedded.update({i: RequestError(503, detail) for i in todo})
         # the search runs in a worker thread, so the replica keeps queueing the next batch meanwhile
         return await asyncio.to_thread(self.service.search_batch, requests, embedded)
 
@@ -242,13 +252,16 @@ def build_app(index_dir: str, serve_cfg, tracking_uri: str | None = None):
             raise ValueError(f"serve.encoder loads the index's model {manifest['model_uri']!r} from MLflow: give the "
                              "store's tracking URI (tracking_uri, or MLFLOW_TRACKING_URI), or set serve.encoder "
                              "to false to serve vector and id queries only")
-        encoder = Encoder.options(ray_actor_options={"num_cpus": 1}).bind(
-            manifest["model_uri"], tracking_uri, manifest, serve_cfg.encoder_batch_max_size, serve_cfg.batch_wait_ms)
+        encoder = Encoder.options(ray_actor_options={"num_cpus": 1}, max_queued_requests=serve_cfg.max_queued_requests
+                                  ).bind(manifest["model_uri"], tracking_uri, manifest,
+                                         serve_cfg.encoder_batch_max_size, serve_cfg.batch_wait_ms,
+                                         serve_cfg.max_image_pixels, serve_cfg.image_formats)
     scaling = ({"autoscaling_config": dict(serve_cfg.autoscaling)} if serve_cfg.autoscaling is not None
                else {"num_replicas": serve_cfg.num_replicas})
     if serve_cfg.max_replicas_per_node is not None:
         scaling["max_replicas_per_node"] = serve_cfg.max_replicas_per_node
     return Retriever.options(**scaling, max_ongoing_requests=serve_cfg.max_ongoing_requests,
+                             max_queued_requests=serve_cfg.max_queued_requests,
                              ray_actor_options={"num_cpus": 1, "num_gpus": serve_cfg.gpus_per_replica}
                              ).bind(str(Path(index_dir).resolve()), to_dict(serve_cfg), encoder)
 

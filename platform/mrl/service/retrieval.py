@@ -34,6 +34,7 @@ from mrl.retrieval.plan import QueryPlan
 from mrl.service.api import SearchRequest, validation_detail
 from mrl.service.browse import CorpusItems, ItemsUnavailable
 from mrl.service.encoder import check_encoder
+from mrl.service.guard import presented_key
 
 
 class RequestError(ValueError):
@@ -130,11 +131,12 @@ class RetrievalService:
         return min(self.rows, self.cfg.max_shortlist_k)
 
     def check_key(self, authorization: str | None) -> None:
-        """Raise 401 unless the service has no key or `authorization` is `Bearer <key>`."""
+        """Raise 401 unless the service has no key or `authorization` carries it (`Bearer <key>`, or HTTP Basic
+        with the key as password: `mrl.service.guard.presented_key`)."""
         if self._key is None:
             return
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._key.encode()):
+        given = presented_key(authorization)
+        if given is None or not hmac.compare_digest(given.encode(), self._key.encode()):
             raise RequestError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
 
     def check(self) -> None:
@@ -374,18 +376,25 @@ def read_api_key(cfg) -> str | None:
     """The service's API key from `serve.api_key_env` or `serve.api_key_file`, or None when neither is set.
 
     Raises:
-        ValueError: the variable is unset or empty, or the file is missing or empty (the service refuses to
-            start open when a key was asked for).
+        ValueError: the variable is unset or empty, the file is missing or empty (the service refuses to start
+            open when a key was asked for), or the key is shorter than MIN_KEY_CHARS.
     """
     if cfg.api_key_env:
-        key = os.environ.get(cfg.api_key_env, "").strip()
+        key, where = os.environ.get(cfg.api_key_env, "").strip(), f"serve.api_key_env names {cfg.api_key_env}, which"
         if not key:
-            raise ValueError(f"serve.api_key_env names {cfg.api_key_env}, which is not set (or empty) here")
-        return key
-    if cfg.api_key_file:
+            raise ValueError(f"{where} is not set (or empty) here")
+    elif cfg.api_key_file:
         path = Path(cfg.api_key_file)
         key = path.read_text().splitlines()[0].strip() if path.is_file() and path.read_text().strip() else ""
+        where = f"serve.api_key_file {str(path)!r}"
         if not key:
-            raise ValueError(f"serve.api_key_file {str(path)!r} is missing or empty")
-        return key
-    return None
+            raise ValueError(f"{where} is missing or empty")
+    else:
+        return None
+    if len(key) < MIN_KEY_CHARS:
+        raise ValueError(f"{where} holds a key of {len(key)} characters; use at least {MIN_KEY_CHARS} (e.g. the "
+                         "output of: python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    return key
+
+
+MIN_KEY_CHARS = 16
