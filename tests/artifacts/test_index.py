@@ -2,12 +2,13 @@
 AdANNS cells, and the engine over it."""
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 from mrl.artifacts.index import IndexMismatchError, load_index, write_index
-from mrl.artifacts.manifest import sha256
+from mrl.artifacts.manifest import sha256, write_manifest
 from mrl.retrieval.modes import SearchSettings, make_plan
 from mrl.retrieval.topk import exact_search
 
@@ -146,3 +147,54 @@ def test_per_size_graph_settings_reach_each_index(tmp_path):
         from_dict(IndexConfig, {"per_size": [{"size": 8, "storage": "int8"}]})
     with pytest.raises(ConfigError, match="per_size sets sizes \\[16\\], which are not in sizes"):
         from_dict(IndexConfig, {"sizes": [8], "per_size": [{"size": 16}]})
+
+
+def rewrite_manifest(path, change):
+    manifest = json.loads((path / "manifest.json").read_text())
+    change(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_file_the_loader_opens_must_be_listed_in_the_manifest(tmp_path, verify):
+    """The manifest vouches for every file load_index opens: one it does not list is refused, checksums or not."""
+    ids, labels, vectors = corpus(n=100, d=16)
+    write_index(tmp_path, ids, labels, vectors, [8, 16], "flat", {}, adanns=(8, 4))
+    assert set(json.loads((tmp_path / "manifest.json").read_text())["checksums"]) == {
+        "vectors.npy", "ids.npy", "labels.npy", "size_8.faiss", "size_16.faiss", "adanns.npz"}
+    for name in ("size_16.faiss", "adanns.npz", "labels.npy"):
+        rewrite_manifest(tmp_path, lambda m: m["checksums"].pop(name))
+        with pytest.raises(IndexMismatchError, match=f"{name} is not listed in the manifest"):
+            load_index(tmp_path, verify=verify)
+        rewrite_manifest(tmp_path, lambda m: m["checksums"].update({name: sha256(tmp_path / name)}))
+    load_index(tmp_path, verify=verify)
+
+
+@pytest.mark.parametrize("name", ["../outside.npy", "/tmp/outside.npy", "sub/x.npy", "..", "."])
+def test_a_manifest_naming_a_path_is_refused_naming_it(tmp_path, name):
+    """Names are plain file names of the index directory: '../x', absolute paths and separators are refused,
+    even when the file they point at exists and matches the checksum."""
+    ids, labels, vectors = corpus(n=100, d=16)
+    write_index(tmp_path / "ix", ids, labels, vectors, [8], "flat", {})
+    (tmp_path / "outside.npy").write_bytes(b"not the index's")
+    rewrite_manifest(tmp_path / "ix", lambda m: m["checksums"].update({name: sha256(tmp_path / "outside.npy")}))
+    with pytest.raises(IndexMismatchError, match=f"lists the file {re.escape(repr(name))}: a manifest lists plain"):
+        load_index(tmp_path / "ix")
+    with pytest.raises(ValueError, match="plain file names"):
+        write_manifest(tmp_path / "ix", {"stage": "index", "checksums": {name: "0" * 64}})
+
+
+def test_an_index_directory_appears_whole_or_not_at_all(tmp_path):
+    """Written under a temporary sibling and renamed: a write that fails midway (ids that are not integers, found
+    after the vectors were saved) leaves neither the directory nor a temporary one; a finished directory is never
+    written over."""
+    ids, labels, vectors = corpus(n=50, d=16)
+    with pytest.raises(ValueError, match="invalid literal"):
+        write_index(tmp_path / "ix", np.array(["x"] * 50), labels, vectors, [8], "flat", {})
+    assert list(tmp_path.iterdir()) == []
+    write_index(tmp_path / "ix", ids, labels, vectors, [8], "flat", {})
+    assert [p.name for p in tmp_path.iterdir()] == ["ix"]
+    before = (tmp_path / "ix" / "manifest.json").read_bytes()
+    with pytest.raises(FileExistsError, match="exists and is not empty"):
+        write_index(tmp_path / "ix", ids, labels, vectors * 2, [8], "flat", {})
+    assert (tmp_path / "ix" / "manifest.json").read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["ix"]

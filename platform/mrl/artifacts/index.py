@@ -17,6 +17,7 @@ mismatch; `IndexArtifact.engine` is the `SearchEngine` over it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from mrl.artifacts.manifest import MANIFEST, ManifestError, read_manifest, sha256, write_manifest
+from mrl.artifacts.files import publish_dir, remove_dir, temp_name
+from mrl.artifacts.manifest import ManifestError, read_manifest, sha256, verify_files, write_manifest
 from mrl.retrieval.adanns import AdannsIVF
 from mrl.retrieval.engine import CellSource, FaissSource, SearchEngine
 from mrl.retrieval.indexes import IndexParams, build_prefix_index, check_index, check_prefix_size
@@ -95,21 +97,51 @@ def write_index(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndar
                 vector_dtype: str = "float32", adanns: tuple[int, int] | None = None) -> dict[str, Any]:
     """Build one FAISS index per prefix size and write the artifact; returns the manifest.
 
+    The directory is written under a temporary sibling name, every file fsynced, then renamed to `out` at once:
+    `out` holds a complete artifact or nothing (a killed build leaves only a hidden .<name>.tmp-* sibling).
+
     Args:
+        out: the directory to create (absent, or an empty directory).
         params: index build settings (graph degree and storage, IVF cells, PQ codes), for every size or per size.
         vector_dtype: float32 or float16 storage of the full-size rerank vectors.
         adanns: (cell prefix size, cells) to also build AdANNS cells, or None.
+
+    Raises:
+        IndexMismatchError: settings an index cannot be built with (before anything is written).
+        FileExistsError: `out` exists and is not empty.
     """
-    import dataclasses
-
-    import faiss
-
     dim = vectors.shape[1]
     try:
         check_build(kind, sizes, dim, params, None if adanns is None else adanns[0])
     except ValueError as exc:
         raise IndexMismatchError(str(exc)) from None
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty: an index directory is written once; give a new one")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(out)
+    try:
+        tmp.mkdir()
+        _write_files(tmp, ids, labels, vectors, sizes, kind, params, vector_dtype, adanns)
+        files = sorted(p.name for p in tmp.iterdir())
+        manifest = {"stage": "index", "dim": dim, "sizes": list(sizes), "kind": kind, "metric": METRIC,
+                    "dtype": np.dtype(vector_dtype).name,
+                    "params": {str(m): dataclasses.asdict(params_for(params, m)) for m in sizes},
+                    "rows": int(len(ids)),
+                    "adanns": None if adanns is None else {"size": adanns[0], "nlist": adanns[1]},
+                    "checksums": {name: sha256(tmp / name) for name in files}, **extra}
+        write_manifest(tmp, manifest)
+        publish_dir(tmp, out)
+    finally:
+        remove_dir(tmp)  # gone after the rename; what a failed write left otherwise
+    return read_manifest(out)
+
+
+def _write_files(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndarray, sizes: list[int], kind: str,
+                 params, vector_dtype: str, adanns: tuple[int, int] | None) -> None:
+    """The index's files: rerank vectors, ids, labels, a FAISS index per size, the AdANNS cells."""
+    import faiss
+
     np.save(out / "vectors.npy", np.ascontiguousarray(vectors, dtype=np.dtype(vector_dtype)))
     np.save(out / "ids.npy", ids.astype(np.int64))
     np.save(out / "labels.npy", labels.astype(np.int64))
@@ -118,13 +150,12 @@ def write_index(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndar
         faiss.write_index(index, str(out / f"{index_source(m)}.faiss"))
     if adanns is not None:
         AdannsIVF.build(vectors, cluster_size=adanns[0], nlist=adanns[1]).save(out / "adanns.npz")
-    files = sorted(p.name for p in out.iterdir() if p.name != MANIFEST)
-    manifest = {"stage": "index", "dim": dim, "sizes": list(sizes), "kind": kind, "metric": METRIC,
-                "dtype": np.dtype(vector_dtype).name, "params": {str(m): dataclasses.asdict(params_for(params, m)) for m in sizes}, "rows": int(len(ids)),
-                "adanns": None if adanns is None else {"size": adanns[0], "nlist": adanns[1]},
-                "checksums": {name: sha256(out / name) for name in files}, **extra}
-    write_manifest(out, manifest)
-    return read_manifest(out)
+
+
+def index_files(manifest: dict[str, Any]) -> list[str]:
+    """The files `load_index` opens for this manifest (each must be listed in its checksums)."""
+    files = ["vectors.npy", "ids.npy", "labels.npy", *(f"{index_source(m)}.faiss" for m in manifest["sizes"])]
+    return files + (["adanns.npz"] if manifest.get("adanns") else [])
 
 
 @dataclass
@@ -160,12 +191,13 @@ def load_index(path: str | Path, expect_dim: int | None = None, expect_model_uri
         path: the directory.
         expect_dim: refuse unless the index was built for vectors of this size.
         expect_model_uri: refuse unless the index was built from this model version.
-        verify: check the sha256 of every file.
+        verify: check the sha256 of every listed file (every file opened must be listed either way).
         device: cpu, gpu or auto (faiss-gpu indexes, CUDA rerank store).
 
     Raises:
         FileNotFoundError: not an index directory.
-        IndexMismatchError: format version, checksum, shape, dimension or model mismatch.
+        IndexMismatchError: format version, a file opened but not listed in the manifest (or listed under a name
+            that is not a plain file name), checksum, shape, dimension or model mismatch.
     """
     import faiss
 
@@ -179,14 +211,10 @@ def load_index(path: str | Path, expect_dim: int | None = None, expect_model_uri
     if expect_model_uri is not None and manifest.get("model_uri") != expect_model_uri:
         raise IndexMismatchError(f"index {path} was built for model {manifest.get('model_uri')!r}, "
                                  f"not {expect_model_uri!r}")
-    if verify:
-        for name, digest in manifest["checksums"].items():
-            file = path / name
-            if not file.is_file():
-                raise IndexMismatchError(f"index file {file} listed in the manifest is missing")
-            if sha256(file) != digest:
-                raise IndexMismatchError(f"index file {file} does not match its manifest checksum "
-                                         "(modified or corrupt); rebuild the index")
+    try:
+        verify_files(path, manifest.get("checksums") or {}, index_files(manifest), verify)
+    except ManifestError as exc:
+        raise IndexMismatchError(f"index {exc}") from None
     vectors = np.load(path / "vectors.npy", mmap_mode="r")
     ids, labels = np.load(path / "ids.npy"), np.load(path / "labels.npy")
     if vectors.dtype.name != manifest.get("dtype", "float32"):

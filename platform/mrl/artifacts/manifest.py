@@ -1,21 +1,55 @@
 """Manifests: the JSON file every stage's output directory carries (what produced it, from what, in which
-format), checksums, and the `latest` link beside each run's directory."""
+format), checksums, and the `latest` link beside each run's directory.
+
+A manifest vouches for the files a reader opens: each is listed by a plain file name (no path separator, not
+`.` or `..`, not absolute) with its sha256, and `verify_files` refuses a file the reader opens that is not listed,
+missing, or changed. Manifests are written atomically (`mrl.artifacts.files.replace_file`).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
+import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from mrl.artifacts.files import fsync_path, replace_file, temp_name
+
 MANIFEST = "manifest.json"
 # The artifact layouts this platform writes and reads; a change to a layout bumps its version.
-FORMAT_VERSIONS = {"embed": 1, "index": 1}
+# embed 2: the manifest lists every Parquet file of every split with its sha256 ("files").
+FORMAT_VERSIONS = {"embed": 2, "index": 1}
 
 
 class ManifestError(ValueError):
-    """A directory's manifest is of another stage or format version than the reader expects."""
+    """A directory's manifest is of another stage or format version than the reader expects, or does not vouch
+    for a file the reader opens."""
+
+
+def check_file_name(name: Any, where: str | Path) -> str:
+    """`name` when it is a plain file name a manifest may list; ManifestError naming it otherwise."""
+    if (not isinstance(name, str) or name in ("", ".", "..", MANIFEST) or "/" in name or "\\" in name
+            or "\0" in name or os.path.isabs(name)):
+        raise ManifestError(f"the manifest of {where} lists the file {name!r}: a manifest lists plain file names "
+                            "of its own directory (no path separator, '.', '..' or absolute path); refusing it")
+    return name
+
+
+def _listings(manifest: dict[str, Any]) -> list[Mapping[str, Any]]:
+    """Every name -> sha256 listing in a manifest: index `checksums`, embed `files` (one per split)."""
+    found = [manifest.get("checksums") or {}]
+    found += list((manifest.get("files") or {}).values())
+    return found
+
+
+def _check_listing(manifest: dict[str, Any], where: str | Path) -> None:
+    for split in manifest.get("files") or {}:
+        check_file_name(split, where)
+    for listing in _listings(manifest):
+        for name in listing:
+            check_file_name(name, where)
 
 
 def read_manifest(path: str | Path, stage: str | None = None) -> dict[str, Any]:
@@ -28,7 +62,7 @@ def read_manifest(path: str | Path, stage: str | None = None) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: no manifest there.
-        ManifestError: wrong stage or format version.
+        ManifestError: wrong stage or format version, or a listed name that is not a plain file name.
     """
     file = Path(path) / MANIFEST
     if not file.is_file():
@@ -41,13 +75,45 @@ def read_manifest(path: str | Path, stage: str | None = None) -> dict[str, Any]:
         if version != FORMAT_VERSIONS[stage]:
             raise ManifestError(f"{path} is a format version {version} {stage} artifact; this platform reads "
                                 f"version {FORMAT_VERSIONS[stage]}: rerun the {stage} stage to rewrite it")
+    _check_listing(manifest, path)
     return manifest
 
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
-    """Write `manifest` (with its stage's current format version) as <path>/manifest.json."""
+    """Write `manifest` (with its stage's current format version) as <path>/manifest.json, atomically."""
+    _check_listing(manifest, path)
     stage = manifest["stage"]
-    (path / MANIFEST).write_text(json.dumps({"format_version": FORMAT_VERSIONS[stage], **manifest}, indent=2))
+    data = json.dumps({"format_version": FORMAT_VERSIONS[stage], **manifest}, indent=2)
+    replace_file(Path(path) / MANIFEST, data.encode())
+
+
+def verify_files(path: Path, listing: Mapping[str, str], opened: Iterable[str], verify: bool = True) -> None:
+    """Check the files a reader opens in directory `path` against the manifest's `listing` (name -> sha256).
+
+    Args:
+        opened: the names the reader opens: each must be listed (the listing vouches for nothing else).
+        verify: also check every listed file exists and matches its sha256.
+
+    Raises:
+        ManifestError: a name not plain, an opened file the manifest does not list, a listed file missing or
+            not matching its checksum; the message names the file.
+    """
+    for name in listing:
+        check_file_name(name, path)
+    unlisted = sorted(set(opened) - set(listing))
+    if unlisted:
+        raise ManifestError(f"{path / unlisted[0]} is not listed in the manifest of {path} "
+                            f"({len(unlisted)} unlisted file(s) the reader opens: {unlisted[:5]}); the manifest "
+                            "vouches only for what it lists: rewrite the artifact")
+    if not verify:
+        return
+    for name, digest in listing.items():
+        file = path / name
+        if not file.is_file():
+            raise ManifestError(f"{file} listed in the manifest is missing")
+        if sha256(file) != digest:
+            raise ManifestError(f"{file} does not match its manifest checksum (modified or corrupt); rewrite the "
+                                "artifact")
 
 
 def sha256(path: Path) -> str:
@@ -59,8 +125,10 @@ def sha256(path: Path) -> str:
 
 
 def point_latest(target: Path) -> None:
-    """Make <parent>/latest a symlink to `target` (atomic replace)."""
+    """Make <parent>/latest a symlink to `target` (atomic replace). Call it last: once the artifact is complete
+    and recorded, so `latest` never names an output whose run failed."""
     link = target.parent / "latest"
-    tmp = target.parent / f".latest-{time.time_ns()}"
+    tmp = temp_name(link)
     tmp.symlink_to(target.name)
     tmp.replace(link)
+    fsync_path(target.parent)
