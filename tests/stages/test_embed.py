@@ -1,5 +1,6 @@
-"""The embed stage's units of work (mrl.stages.embed): planning, atomic unit files, verification, and a job
-killed mid-run that resumes by name with every row written exactly once (real Ray Data and MLflow)."""
+"""The embed stage's units of work (mrl.stages.embed): planning, atomic unit files, verification, a job
+killed mid-run that resumes by name with every row written exactly once, and a second run of a running name
+refused by its lock (real Ray Data and MLflow)."""
 
 import numpy as np
 import pytest
@@ -36,50 +37,74 @@ def test_verification_names_duplicates_and_missing_ids(tmp_path):
         verify_split(tmp_path, np.arange(3))
 
 
-@pytest.mark.slow
-def test_a_killed_embed_job_resumes_with_every_row_exactly_once(tmp_path):
-    """Kill the embed job (driver and its local Ray) once a few units are written; rerunning the same run_name
-    keeps those files untouched, embeds the rest, and the output holds each of the 30,000 ids once. A rerun with
-    other settings is refused."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
+def tiny_model_store(tmp_path):
+    """The MLflow store an embed job in `tmp_path` uses, holding a tiny CNN registered as models:/tiny/1."""
     import mlflow
-    import pyarrow.parquet as pq
 
     from mrl.artifacts import tracking
-    from mrl.artifacts.embeddings import read_embeddings
-    from mrl.config import EmbedJobConfig, MlflowConfig
-    from mrl.configio import load_config
+    from mrl.config import MlflowConfig
     from mrl.core.models.model import build_model
-    from mrl.stages.embed import run as run_embed
 
     tracking.setup(MlflowConfig(), str(tmp_path))  # the store and experiment the job will use
     model = build_model({"encoder": "cnn", "dim": 16, "head": "mrl", "num_classes": 10,
                          "nesting": {"schedule": "list", "sizes": [8, 16]}, "backbone": {"channels": [8, 16]}})
     with mlflow.start_run():
         tracking.log_model(model, "tiny", {"dim": 16, "sizes": [8, 16]})
+
+
+def start_embed_job(tmp_path, overrides):
+    """jobs/embed.py in a process (and session) of its own: it starts its own local Ray."""
+    import subprocess
+    import sys
+
+    log = open(tmp_path / "embed-job.log", "w")  # a file, not a pipe nobody reads while it runs
+    return subprocess.Popen([sys.executable, str(REPO / "jobs" / "embed.py"), "--config",
+                             str(REPO / "jobs" / "embed.yaml"), *overrides], cwd=tmp_path, start_new_session=True,
+                            stdout=log, stderr=subprocess.STDOUT)
+
+
+def wait_for_units(proc, split, n: int, timeout: float = 300) -> None:
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and len(list(split.glob("part-*.parquet"))) < n:
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_killed_embed_job_resumes_with_every_row_exactly_once(tmp_path):
+    """Kill the embed job (driver and its local Ray) once a few units are written; rerunning the same run_name
+    clears the dead job's lock, keeps those files untouched, embeds the rest, and the output holds each of the
+    30,000 ids once. Until then the run's directory does not exist: it works in .resumable.partial. A rerun with
+    other settings is refused."""
+    import os
+    import signal
+
+    import pyarrow.parquet as pq
+
+    from mrl.artifacts.embeddings import read_embeddings
+    from mrl.config import EmbedJobConfig
+    from mrl.configio import load_config
+    from mrl.stages.embed import run as run_embed
+
+    tiny_model_store(tmp_path)
     overrides = [f"output_dir={tmp_path}", "model_uri=models:/tiny/1", "run_name=resumable", "embed.splits=[train]",
                  "embed.rows_per_file=500", "embed.augment_rows=30000", "embed.batch_size=250",
                  "data.train_limit=5000", "ray.num_cpus=4"]
-    proc = subprocess.Popen([sys.executable, str(REPO / "jobs" / "embed.py"), "--config",
-                             str(REPO / "jobs" / "embed.yaml"), *overrides], cwd=tmp_path, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    split = tmp_path / "embeddings" / "resumable" / "train"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and len(list(split.glob("part-*.parquet"))) < 3:
-        time.sleep(0.05)
+    proc = start_embed_job(tmp_path, overrides)
+    work = tmp_path / "embeddings" / ".resumable.partial" / "train"
+    wait_for_units(proc, work, 3)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
     proc.wait()
-    before = {p.name: p.stat().st_mtime_ns for p in split.glob("part-*.parquet")}
+    before = {p.name: p.stat().st_mtime_ns for p in work.glob("part-*.parquet")}
     assert 3 <= len(before) < 60, f"{len(before)} of 60 units written when the job was killed"
-    assert not (split.parent / "manifest.json").exists()  # an unfinished run publishes nothing
+    assert not (tmp_path / "embeddings" / "resumable").exists()  # an unfinished run publishes nothing
+    assert (tmp_path / "embeddings" / ".resumable.lock").is_file()  # the killed job's lock, stale now
 
     job = load_config(EmbedJobConfig, REPO / "jobs" / "embed.yaml", overrides)
     result = run_embed(job)
+    split = tmp_path / "embeddings" / "resumable" / "train"
+    assert not work.parent.exists() and not (tmp_path / "embeddings" / ".resumable.lock").exists()
     after = {p.name: p.stat().st_mtime_ns for p in split.glob("part-*.parquet")}
     assert len(after) == 60 and all(after[name] == mtime for name, mtime in before.items() if name in after)
     assert not list(split.glob(".part-*"))  # temporary files of the killed units are gone
@@ -93,9 +118,42 @@ def test_a_killed_embed_job_resumes_with_every_row_exactly_once(tmp_path):
 
     with pytest.raises(ValueError, match="started with other settings \\(dtype differ\\)"):
         run_embed(load_config(EmbedJobConfig, REPO / "jobs" / "embed.yaml", [*overrides, "embed.dtype=float16"]))
+    again = run_embed(job)  # the finished run asked for again: verified and left as it is
+    assert again["rows"] == {"train": 30000} and {p.name: p.stat().st_mtime_ns for p in split.glob("*")} == after
     import ray
 
     ray.shutdown()
+
+
+@pytest.mark.slow
+def test_a_second_run_of_a_running_name_is_refused_and_the_first_finishes_intact(tmp_path):
+    """Two embed jobs with one run_name: while the first (its own process and Ray) is writing units, the second
+    fails at once, naming the lock file and how to clear a stale one, before touching anything; the first then
+    finishes with every row once, its files verified against its manifest, and releases the lock."""
+    from mrl.artifacts.embeddings import read_embeddings
+    from mrl.artifacts.files import LockedError
+    from mrl.config import EmbedJobConfig
+    from mrl.configio import load_config
+    from mrl.stages.embed import run as run_embed
+
+    tiny_model_store(tmp_path)
+    overrides = [f"output_dir={tmp_path}", "model_uri=models:/tiny/1", "run_name=shared", "embed.splits=[train]",
+                 "embed.rows_per_file=400", "embed.augment_rows=12000", "embed.batch_size=200",
+                 "data.train_limit=1000", "ray.num_cpus=4"]
+    first = start_embed_job(tmp_path, overrides)
+    work = tmp_path / "embeddings" / ".shared.partial" / "train"
+    lock = tmp_path / "embeddings" / ".shared.lock"
+    wait_for_units(first, work, 1)
+    assert first.poll() is None and len(list(work.glob("part-*.parquet"))) < 30, "the first run was not running"
+    written = sorted(work.glob("*"))
+    with pytest.raises(LockedError, match=(f"embed run 'shared' is already running: the lock {lock} is held by "
+                                            f"pid {first.pid} on host .*rm '{lock}'")):
+        run_embed(load_config(EmbedJobConfig, REPO / "jobs" / "embed.yaml", overrides))
+    assert set(written) <= set(work.glob("*"))  # nothing of the first run's was removed
+    assert first.wait(timeout=600) == 0, (tmp_path / "embed-job.log").read_text()[-3000:]
+    ids, _, vectors = read_embeddings(tmp_path / "embeddings" / "shared" / "train")  # every file verified
+    assert np.array_equal(ids, np.arange(12000)) and vectors.shape == (12000, 16)
+    assert not lock.exists() and not work.parent.exists()
 
 
 @pytest.mark.slow
@@ -103,7 +161,7 @@ def test_the_embed_benchmark_runs_the_stage_and_the_plain_loop_on_the_same_rows(
     import pyarrow.parquet as pq
 
     from mrl.artifacts import tracking
-    from mrl.artifacts.embeddings import read_embeddings
+    from mrl.artifacts.embeddings import read_embedding_files, read_embeddings
     from mrl.config import MlflowConfig
     from mrl.core.models.model import build_model
     from mrlbench.embed_bench import render, run
@@ -126,7 +184,7 @@ def test_the_embed_benchmark_runs_the_stage_and_the_plain_loop_on_the_same_rows(
     plain = sorted(next((tmp_path / "embed_bench_plain").glob("grown-*")).glob("*.parquet"))
     plain_ids = np.concatenate([pq.read_table(f, columns=["id"]).column("id").to_numpy() for f in plain])
     assert np.array_equal(stage_ids, np.sort(plain_ids))
-    _, _, plain_z = read_embeddings(plain[0].parent)
+    _, _, plain_z = read_embedding_files(plain)  # the plain loop's files: no manifest vouches for them
     np.testing.assert_allclose(stage_z, plain_z, rtol=1e-5, atol=1e-6)
     text = render(result, "cmd")
     assert "| grown | 3,000 |" in text and "Peak RSS, 3,000 rows against 1,000" in text

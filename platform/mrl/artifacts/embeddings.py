@@ -1,28 +1,71 @@
 """The embeddings artifact written by the embed stage, one directory per run:
 
-    <output_dir>/embeddings/<mlflow run id>/
-        manifest.json             model URI/version, d, sizes, rows per split, producing run ids
-        <split>/*.parquet         columns id (int64), label (int64), embedding (fixed_size_list<float>[d])
+    <output_dir>/embeddings/<run name, or the MLflow run id>/
+        manifest.json             model URI/version, d, sizes, rows per split, producing run ids, and under
+                                  "files" every split's Parquet files with their sha256
+        <split>/part-*.parquet    columns id (int64), label (int64), embedding (fixed_size_list<float>[d])
+
+`read_embeddings` opens exactly the files the manifest lists for a split, each verified against its sha256;
+`read_embedding_files` reads Parquet files no manifest vouches for (a benchmark's own output).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from mrl.artifacts.manifest import ManifestError, read_manifest, sha256, verify_files
 
-def read_embeddings(path: str | Path, dtype: str = "float32") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Read one split's Parquet shards: ids (N,), labels (N,), vectors (N, d) of `dtype`, sorted by id.
+UNIT_GLOB = "part-*.parquet"  # the files of a split
 
-    float16 and float32 embedding columns are both accepted; dtype="float16" keeps a 1M x 2048 split at 4 GB.
+
+def embedding_files(path: Path, splits: Iterable[str]) -> dict[str, dict[str, str]]:
+    """The manifest's "files": {split: {file name: sha256}} of every split's Parquet files under `path`."""
+    return {split: {f.name: sha256(f) for f in sorted((Path(path) / split).glob(UNIT_GLOB))} for split in splits}
+
+
+def read_embeddings(path: str | Path, dtype: str = "float32", verify: bool = True
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Read one split of an embed run: ids (N,), labels (N,), vectors (N, d) of `dtype`, sorted by id.
+
+    Args:
+        path: <embed run directory>/<split>; the run directory's manifest lists the split's files.
+        dtype: float32, or float16 (keeps a 1M x 2048 split at 4 GB); either column type is accepted.
+        verify: check each file's sha256 before reading it (the files read are the listed ones either way).
+
+    Raises:
+        FileNotFoundError: no such split, or no manifest beside it (not written by the embed stage).
+        ManifestError: the manifest lists no such split, names a file that is not a plain file name, or a
+            listed file is missing or changed.
     """
-    import pyarrow.parquet as pq
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"embeddings {path} do not exist; run the embed stage first (jobs/embed.py)")
-    table = pq.read_table(path, columns=["id", "label", "embedding"])
+    manifest = read_manifest(path.parent, stage="embed")
+    listing = (manifest.get("files") or {}).get(path.name)
+    if listing is None:
+        raise ManifestError(f"the manifest of {path.parent} lists no split {path.name!r} (splits: "
+                            f"{sorted(manifest.get('files') or {})})")
+    verify_files(path, listing, listing, verify)
+    return read_embedding_files([path / name for name in sorted(listing)], dtype)
+
+
+def read_embedding_files(files: Sequence[str | Path], dtype: str = "float32"
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parquet files of id, label and embedding columns, unverified: ids, labels, vectors sorted by id."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not files:
+        raise FileNotFoundError("no embedding files to read")
+    table = pa.concat_tables([pq.read_table(f, columns=["id", "label", "embedding"]) for f in files])
+    return _arrays(table, dtype)
+
+
+def _arrays(table: Any, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     column = table.column("embedding").combine_chunks()
     dim = column.type.list_size
     vectors = np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=dtype).reshape(-1, dim)

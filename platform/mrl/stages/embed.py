@@ -4,8 +4,16 @@ Output layout (one directory per embed run, `latest` pointing at the newest):
 
     <output_dir>/embeddings/<run_name, or the MLflow run id>/
         plan.json                 what the run embeds (model, splits, rows per unit, dtype, ...): a rerun must match
-        manifest.json             model URI/version, d, sizes, rows per split, verification, producing run ids
+        manifest.json             model URI/version, d, sizes, rows per split, verification, producing run ids,
+                                  and every unit file with its sha256
         <split>/part-<unit>.parquet   columns id (int64), label (int64), embedding (fixed_size_list<float>[d])
+
+A run works in `.<name>.partial/` beside it and renames that directory to `<name>` when every split is written,
+verified and listed in the manifest (files fsynced first), so `<name>` is complete or absent; `latest` moves
+after the run's MLflow record is written. A named run holds the lock `.<name>.lock` (pid, host, start time)
+while it works: a second run of that name fails at once, naming the lock (a lock whose process is gone from this
+host is cleared; one from another node is removed by hand, as the message says). Rerunning a finished named
+run re-verifies its files and leaves it as it is.
 
 Work is cut into units of `embed.rows_per_file` consecutive rows of a split; an actor of the pool embeds a
 whole unit and writes its file atomically (a temporary name, then a rename), so a unit file exists complete
@@ -26,7 +34,9 @@ from typing import Any
 import numpy as np
 
 from mrl.artifacts import tracking
-from mrl.artifacts.manifest import MANIFEST, point_latest, write_manifest
+from mrl.artifacts.embeddings import embedding_files
+from mrl.artifacts.files import create_exclusive, exclusive_lock, fsync_path, publish_dir, temp_name
+from mrl.artifacts.manifest import MANIFEST, point_latest, read_manifest, verify_files, write_manifest
 from mrl.configio import from_dict, to_dict
 from mrl.core.config import ModelConfig
 from mrl.data.augment import augment, expand_ids
@@ -104,14 +114,19 @@ def unit_written(path: Path, expected_ids: np.ndarray) -> bool:
 
 
 def write_atomically(table, path: Path) -> None:
-    """Write a Parquet file under a temporary name in the same directory, then rename it into place."""
+    """Write a Parquet file under a temporary name in the same directory (unique across hosts, processes and
+    threads), fsync it, then rename it into place."""
     import os
 
     import pyarrow.parquet as pq
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    tmp = temp_name(path)
+    try:
+        pq.write_table(table, tmp)
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class UnitEmbedder:
@@ -169,14 +184,24 @@ def run(job: EmbedJobConfig) -> dict[str, Any]:
 
     Returns:
         {"run_id", "path", "rows": {split: n}, "model_uri", "dim", "seconds"}.
+
+    Raises:
+        LockedError: another run of the same `run_name` is running (checked before any other work).
     """
+    root = Path(job.output_dir).resolve() / "embeddings"
+    if job.run_name is None:  # the directory is named by this run's new MLflow run id: no other run writes it
+        return _run(job, root)
+    with exclusive_lock(root / f".{job.run_name}.lock", f"embed run {job.run_name!r}"):
+        return _run(job, root)
+
+
+def _run(job: EmbedJobConfig, root: Path) -> dict[str, Any]:
     import mlflow
 
     job = prepare(job)  # paths, data and Ray before the model is looked up
     tracking.setup(job.mlflow, job.output_dir)
     model_info = tracking.describe_model(job.model_uri)
     model = tracking.load_model(model_info["model_uri"])  # validates the URI before any Ray work
-    model_spec = model.spec
     if model.modality != job.data.modality:
         raise ValueError(f"model {model_info['model_uri']} is a{'n' if model.modality == 'image' else ''} "
                          f"{model.modality} model but data.source {job.data.source!r} is {job.data.modality} data")
@@ -187,29 +212,58 @@ def run(job: EmbedJobConfig) -> dict[str, Any]:
         tracking.log_params({"model_uri": model_info["model_uri"], "data": to_dict(job.data),
                              "embed": to_dict(job.embed)})
         name = job.run_name or stage.run_id
-        out = Path(job.output_dir).resolve() / "embeddings" / name
+        out = root / name
         mlflow.set_tag(tracking.TAG_EMBED_RUN_NAME, name)
-        _claim(out, {"model_uri": model_info["model_uri"], "splits": list(job.embed.splits),
-                     "rows_per_unit": job.embed.rows_per_file, "dtype": job.embed.dtype,
-                     "precision": job.embed.precision, "augment_rows": job.embed.augment_rows,
-                     "augment_seed": job.embed.augment_seed, "data": to_dict(job.data)})
-        rows, verified, peaks = _embed_splits(job, model_info["model_uri"], stage, model_spec, out)
-        manifest = {"stage": "embed", "embed_run_id": stage.run_id, **model_info, "dim": model.dim,
-                    "sizes": model.sizes, "model_spec": model_spec, "rows": rows, "dtype": job.embed.dtype,
-                    "precision": job.embed.precision,
-                    "augment": ({"rows": job.embed.augment_rows, "seed": job.embed.augment_seed}
-                                if job.embed.augment_rows is not None else None),
-                    "verified": verified, "run_name": job.run_name,
-                    "peak_rss_bytes": {"driver": peak_rss_bytes() or 0, "actors": peaks},
-                    "data": to_dict(job.data)}
-        write_manifest(out, manifest)
-        point_latest(out)
+        plan = {"model_uri": model_info["model_uri"], "splits": list(job.embed.splits),
+                "rows_per_unit": job.embed.rows_per_file, "dtype": job.embed.dtype,
+                "precision": job.embed.precision, "augment_rows": job.embed.augment_rows,
+                "augment_seed": job.embed.augment_seed, "data": to_dict(job.data)}
+        if out.exists():
+            manifest = _finished(out, plan)
+        else:
+            manifest = _embed_into(job, model_info, model, stage, root / f".{name}.partial", plan)
+            publish_dir(root / f".{name}.partial", out)
         mlflow.log_artifact(str(out / MANIFEST))
-        mlflow.log_metrics({f"rows_{s}": n for s, n in rows.items()})
+        mlflow.log_metrics({f"rows_{s}": n for s, n in manifest["rows"].items()})
         stage.wrote(out)
         mlflow.log_metric("embed_wall_seconds", stage.seconds)
-    return {"run_id": stage.run_id, "path": str(out), "rows": rows, "model_uri": model_info["model_uri"],
+    point_latest(out)  # last: only an output whose run is recorded becomes the default input
+    return {"run_id": stage.run_id, "path": str(out), "rows": manifest["rows"], "model_uri": model_info["model_uri"],
             "dim": model.dim, "seconds": stage.seconds}
+
+
+def _embed_into(job: EmbedJobConfig, model_info: dict[str, Any], model, stage: StageRun, work: Path,
+                plan: dict[str, Any]) -> dict[str, Any]:
+    """Embed every split into the work directory `work` (resuming what a killed run of this name wrote there),
+    then write its manifest listing every unit file; returns the manifest."""
+    _claim(work, plan)
+    rows, verified, peaks = _embed_splits(job, model_info["model_uri"], stage, model.spec, work)
+    manifest = {"stage": "embed", "embed_run_id": stage.run_id, **model_info, "dim": model.dim,
+                "sizes": model.sizes, "model_spec": model.spec, "rows": rows, "dtype": job.embed.dtype,
+                "precision": job.embed.precision,
+                "augment": ({"rows": job.embed.augment_rows, "seed": job.embed.augment_seed}
+                            if job.embed.augment_rows is not None else None),
+                "verified": verified, "run_name": job.run_name,
+                "peak_rss_bytes": {"driver": peak_rss_bytes() or 0, "actors": peaks},
+                "data": to_dict(job.data), "files": embedding_files(work, job.embed.splits)}
+    write_manifest(work, manifest)
+    return manifest
+
+
+def _finished(out: Path, plan: dict[str, Any]) -> dict[str, Any]:
+    """A finished run directory asked for again: the same settings, every listed file verified; it is left as it
+    is (its manifest names the run that wrote it). Returns its manifest."""
+    _check_plan(out, plan)
+    try:
+        manifest = read_manifest(out, stage="embed")
+        for split, listing in manifest["files"].items():
+            verify_files(out / split, listing, listing)
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"embed run directory {out} is finished but cannot be reused ({exc}); use another "
+                         "run_name") from None
+    print(f"[embed] {out.name} is finished (run {manifest['embed_run_id']}): its files verified, nothing to embed",
+          flush=True)
+    return manifest
 
 
 def _embed_splits(job: EmbedJobConfig, model_uri: str, stage: StageRun, model_spec: dict[str, Any], out: Path
@@ -232,19 +286,23 @@ def _embed_splits(job: EmbedJobConfig, model_uri: str, stage: StageRun, model_sp
 
 
 def _claim(out: Path, plan: dict[str, Any]) -> None:
-    """Record what this run directory embeds, or check a rerun asks for the same (else its units would mix)."""
+    """Record what this run directory embeds (created exclusively, complete or not at all), or check a rerun asks
+    for the same (else its units would mix)."""
     import json
 
     out.mkdir(parents=True, exist_ok=True)
-    file = out / "plan.json"
-    if file.is_file():
-        before = json.loads(file.read_text())
-        changed = sorted(key for key in set(plan) | set(before) if plan.get(key) != before.get(key))
-        if changed:
-            raise ValueError(f"embed run directory {out} was started with other settings ({', '.join(changed)} "
-                             "differ); use another run_name, or the same settings to resume it")
-    else:
-        file.write_text(json.dumps(plan, indent=1))
+    if not create_exclusive(out / "plan.json", json.dumps(plan, indent=1).encode()):
+        _check_plan(out, plan)
+
+
+def _check_plan(out: Path, plan: dict[str, Any]) -> None:
+    import json
+
+    before = json.loads((out / "plan.json").read_text())
+    changed = sorted(key for key in set(plan) | set(before) if plan.get(key) != before.get(key))
+    if changed:
+        raise ValueError(f"embed run directory {out} was started with other settings ({', '.join(changed)} "
+                         "differ); use another run_name, or the same settings to resume it")
 
 
 def _embed_split(job, model_uri: str, tracking_uri: str, model_spec: dict[str, Any], split: str, ids: np.ndarray,
