@@ -43,10 +43,10 @@ def run(job: IndexJobConfig) -> dict[str, Any]:
                                job.index.vector_dtype, adanns)
         if job.index.calibrate:
             manifest = _calibrate(out, emb_dir, manifest, job.index.calibration_queries)
-        point_latest(out)
         mlflow.log_artifacts(str(out), artifact_path="index")
         stage.wrote(out)
         mlflow.log_metrics({"rows": manifest["rows"], "index_wall_seconds": stage.seconds})
+    point_latest(out)  # last: `latest` moves only to an index MLflow holds (a failed copy leaves the previous one)
     print(f"[index] {manifest['rows']} rows, sizes {sizes}, {job.index.kind} -> {out} ({stage.seconds:.0f}s)",
           flush=True)
     return {"run_id": stage.run_id, "path": str(out), "sizes": sizes, "rows": manifest["rows"],
