@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from mrl import config as C
 from mrl.artifacts import tracking
+from mrl.artifacts.datasets import digest_cache
 from mrl.artifacts.lineage import trace
 from mrl.configio import ConfigError, load_config
 
@@ -51,7 +52,7 @@ def _lineage(cfg: C.LineageJobConfig) -> int:
 
     uri = tracking.resolve_tracking_uri(cfg.mlflow, cfg.output_dir)
     tracking.setup(cfg.mlflow, cfg.output_dir)
-    links = trace(cfg.target, MlflowClient(uri))
+    links = trace(cfg.target, MlflowClient(uri), digest_cache(cfg.output_dir))
     for link in links:
         print(link.line(), flush=True)
     broken = [link for link in links if link.problem]

@@ -5,7 +5,10 @@
 - `index`: the index artifact (FAISS indexes per size, vectors, manifest) written and loaded.
 - `embeddings`, `manifest`, `model_files`, `mlflow_model`: Parquet embeddings, checksummed manifests, model
   directories (safetensors + spec) and the MLflow pyfunc around them.
+- `files`: atomic writes (temporary names, fsync, rename), directories published whole, the run lock.
+- `datasets`: content digests of training data, recorded by the train stage and re-checked by `lineage`.
 - `config`: `MlflowConfig`.
 """
 
-__all__ = ["config", "embeddings", "index", "lineage", "manifest", "mlflow_model", "model_files", "tracking"]
+__all__ = ["config", "datasets", "embeddings", "files", "index", "lineage", "manifest", "mlflow_model", "model_files",
+           "tracking"]

@@ -2,8 +2,9 @@
 
 Every stage records what it consumed (manifests on disk, `mrl.*` tags and registered models in MLflow);
 `trace` follows those records link by link and checks each: the run exists and is not deleted, the
-manifest's checksums match the files, the registered model version exists. `mrl lineage target=...`
-prints the chain and exits non-zero when a link is broken.
+manifest's checksums match the files, the registered model version exists, and the training data still has the
+content digest the training run recorded (a shard changed, removed or added since training breaks that link,
+naming the files). `mrl lineage target=...` prints the chain and exits non-zero when a link is broken.
 
     deployment (URL) -> index (directory, run) -> embeddings (directory, run) -> model (registry version)
         -> training run (params) -> dataset (source, digest)
@@ -15,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mrl.artifacts.manifest import read_manifest, sha256
-from mrl.artifacts.tracking import TAG_CHECKPOINT, TAG_URL, describe_model
+from mrl.artifacts.datasets import dataset_digest, describe_changes, file_digests
+from mrl.artifacts.manifest import read_manifest, verify_files
+from mrl.artifacts.tracking import (DATA_FILES_ARTIFACT, TAG_CHECKPOINT, TAG_DATA_DIGEST, TAG_DATA_PATH, TAG_URL,
+                                    describe_model)
 
 
 @dataclass
@@ -47,37 +50,37 @@ def _run(client, run_id: str | None) -> tuple[Any, str | None]:
     return run, None
 
 
-def _checksums(path: Path, manifest: dict[str, Any]) -> tuple[int, str | None]:
-    sums = manifest.get("checksums", {})
-    for name, digest in sums.items():
-        file = path / name
-        if not file.is_file():
-            return len(sums), f"{file} listed in the manifest is missing"
-        if sha256(file) != digest:
-            return len(sums), f"{file} does not match its manifest checksum"
-    return len(sums), None
+def _checksums(listings: dict[Path, dict[str, str]]) -> tuple[int, str | None]:
+    """(files verified, the first problem) over {directory: {file name: sha256}}."""
+    try:
+        for directory, listing in listings.items():
+            verify_files(directory, listing, listing)
+    except ValueError as exc:
+        return sum(map(len, listings.values())), str(exc)
+    return sum(map(len, listings.values())), None
 
 
-def trace(target: str, client) -> list[Link]:
+def trace(target: str, client, cache: Path | None = None) -> list[Link]:
     """The chain of links from `target` (an http(s) URL of a running service, an index or embeddings
-    directory, or a model URI) down to the training data, each checked."""
+    directory, or a model URI) down to the training data, each checked. `cache`: the file-digest cache the
+    data re-check may use (`mrl.artifacts.datasets.digest_cache`)."""
     if target.startswith(("http://", "https://")):
-        return _deployment(target.rstrip("/"), client)
+        return _deployment(target.rstrip("/"), client, cache)
     if target.startswith(("models:/", "runs:/")):
-        return _model(target, client)
+        return _model(target, client, cache)
 
     try:
         stage = read_manifest(target).get("stage")
     except (FileNotFoundError, ValueError) as exc:
         return [Link("artifact", target, problem=str(exc))]
     if stage == "index":
-        return _index(Path(target).resolve(), client)
+        return _index(Path(target).resolve(), client, cache)
     if stage == "embed":
-        return _embeddings(Path(target).resolve(), client)
+        return _embeddings(Path(target).resolve(), client, cache)
     return [Link("artifact", target, problem=f"manifest of stage {stage!r}: not an index or embeddings directory")]
 
 
-def _deployment(url: str, client) -> list[Link]:
+def _deployment(url: str, client, cache: Path | None) -> list[Link]:
     import requests
 
     try:
@@ -91,34 +94,35 @@ def _deployment(url: str, client) -> list[Link]:
                                     "serve run": runs[0].info.run_id if runs else None})
     if not runs:
         link.problem = f"no MLflow serve run records {url}"
-    return [link, *_index(Path(health["index"]["path"]), client)]
+    return [link, *_index(Path(health["index"]["path"]), client, cache)]
 
 
-def _index(path: Path, client) -> list[Link]:
+def _index(path: Path, client, cache: Path | None) -> list[Link]:
     try:
         manifest = read_manifest(path, stage="index")
     except (FileNotFoundError, ValueError) as exc:
         return [Link("index", str(path), problem=str(exc))]
-    files, bad = _checksums(path, manifest)
+    files, bad = _checksums({path: manifest.get("checksums") or {}})
     _, problem = _run(client, manifest.get("index_run_id"))
     link = Link("index", str(path), {"run": manifest.get("index_run_id"), "rows": manifest.get("rows"),
                                      "sizes": manifest.get("sizes"), "files verified": files},
                 problem=bad or problem)
-    return [link, *_embeddings(Path(manifest.get("embeddings", "")), client)]
+    return [link, *_embeddings(Path(manifest.get("embeddings", "")), client, cache)]
 
 
-def _embeddings(path: Path, client) -> list[Link]:
+def _embeddings(path: Path, client, cache: Path | None) -> list[Link]:
     try:
         manifest = read_manifest(path, stage="embed")
     except (FileNotFoundError, ValueError) as exc:
         return [Link("embeddings", str(path), problem=str(exc))]
+    files, bad = _checksums({path / split: listing for split, listing in (manifest.get("files") or {}).items()})
     _, problem = _run(client, manifest.get("embed_run_id"))
     link = Link("embeddings", str(path), {"run": manifest.get("embed_run_id"), "rows": manifest.get("rows"),
-                                          "dim": manifest.get("dim")}, problem=problem)
-    return [link, *_model(manifest.get("model_uri", ""), client)]
+                                          "dim": manifest.get("dim"), "files verified": files}, problem=bad or problem)
+    return [link, *_model(manifest.get("model_uri", ""), client, cache)]
 
 
-def _model(uri: str, client) -> list[Link]:
+def _model(uri: str, client, cache: Path | None = None) -> list[Link]:
     try:
         info = describe_model(uri)
     except Exception as exc:  # unknown name or version
@@ -137,6 +141,40 @@ def _model(uri: str, client) -> list[Link]:
     if not inputs:
         links.append(Link("dataset", "-", problem="the training run logged no dataset input"))
     for item in inputs:
-        ds = item.dataset
-        links.append(Link("dataset", ds.name, {"source": ds.source, "digest": ds.digest}))
+        links.append(_dataset(item.dataset, run, client, cache))
     return links
+
+
+def _dataset(ds, run, client, cache: Path | None) -> Link:
+    """The training data's link: its content digest recomputed and compared with what the training run recorded
+    (runs from before digests were recorded say so and are not checked)."""
+    recorded, location = run.data.tags.get(TAG_DATA_DIGEST), run.data.tags.get(TAG_DATA_PATH)
+    link = Link("dataset", ds.name, {"source": ds.source, "digest": ds.digest})
+    if not recorded or not location:
+        link.details["content"] = "not recorded (trained before content digests)"
+        return link
+    try:
+        now = file_digests(location, cache)
+    except OSError as exc:
+        link.problem = f"the training data {location} cannot be read now ({type(exc).__name__}: {exc})"
+        return link
+    if dataset_digest(now) == recorded:
+        link.details["content"] = f"verified, {len(now)} files"
+        return link
+    link.problem = (f"the training data at {location} changed since training run {run.info.run_id}: "
+                    f"{_changes(client, run.info.run_id, now)} (recorded digest {recorded[:16]}..., "
+                    f"now {dataset_digest(now)[:16]}...); retrain, or restore the data")
+    return link
+
+
+def _changes(client, run_id: str, now: dict[str, list[Any]]) -> str:
+    """Which files differ from the training run's recorded file list (when it was logged and can be read)."""
+    import json
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            recorded = json.loads(Path(client.download_artifacts(run_id, DATA_FILES_ARTIFACT, tmp)).read_text())
+    except Exception:  # noqa: BLE001 - not logged (a very large dataset) or the artifact store is unreachable
+        return "its content digest differs"
+    return describe_changes(recorded["files"], now)

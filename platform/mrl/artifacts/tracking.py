@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mrl.artifacts.datasets import dataset_digest, file_digests
 from mrl.artifacts.model_files import SPEC_FILE, ModelFileError, load_model_dir, save_model_dir
 from mrl.configio import flatten
 
@@ -22,6 +23,11 @@ TAG_CHECKPOINT = "mrl.checkpoint"  # train: the final Ray Train checkpoint, as a
 TAG_URL = "mrl.url"  # serve: where the service answers
 TAG_SWEEP = "mrl.sweep"  # tune: the sweep's name
 TAG_EMBED_RUN_NAME = "mrl.embed_run_name"  # embed: the output directory's name
+TAG_DATA_DIGEST = "mrl.data_digest"  # train: sha256 over the training data's files (names, sizes, contents)
+TAG_DATA_PATH = "mrl.data_path"  # train: where those files are (a directory or one file)
+DATA_FILES_ARTIFACT = "dataset/files.json"  # train: each data file's size and sha256, to name what changed
+DATA_FILES_LOGGED = 100_000  # larger file lists are not logged (the digest alone is checked)
+MLFLOW_DIGEST_CHARS = 32  # MLflow's dataset digest holds 36 characters: the first 32 hex digits of the digest
 
 MODEL_PIP_REQUIREMENTS = ["torch", "mrl-platform"]
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")  # the pyfunc "model from code" of a logged model
@@ -68,6 +74,31 @@ def log_params(params: dict[str, Any]) -> None:
     items = list(flat.items())
     for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
         mlflow.log_params(dict(items[i:i + 100]))
+
+
+def log_dataset(name: str, location: str | Path, cache: Path | None = None, context: str = "training") -> str:
+    """Record the dataset at `location` in the active run by its content: an MLflow dataset input (its digest
+    the first 32 hex digits), the full digest and the location as tags, and each file's size and sha256 as the
+    artifact `dataset/files.json` (`mrl lineage` re-checks them). Returns the digest.
+
+    Args:
+        name: the dataset's name ("fashion_mnist-train").
+        location: a directory (every file under it) or one file; see `mrl.artifacts.datasets`.
+        cache: the file-digest cache (`datasets.digest_cache(output_dir)`), or None to hash every file.
+    """
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    location = Path(location).resolve()
+    files = file_digests(location, cache)
+    digest = dataset_digest(files)
+    mlflow.log_input(MetaDataset(source=resolve_dataset_source(str(location)), name=name,
+                                 digest=digest[:MLFLOW_DIGEST_CHARS]), context=context)
+    mlflow.set_tags({TAG_DATA_DIGEST: digest, TAG_DATA_PATH: str(location)})
+    if len(files) <= DATA_FILES_LOGGED:
+        mlflow.log_dict({"location": str(location), "digest": digest, "files": files}, DATA_FILES_ARTIFACT)
+    return digest
 
 
 def log_model(model, registered_model: str | None, metadata: dict[str, Any]):

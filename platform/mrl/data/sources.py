@@ -41,6 +41,8 @@ class DataSource:
         open: image sources: the split's reader, from metadata (data, split, (C, H, W)) -> SplitReader.
         read_text: text sources: the split's rows (data, split) -> {id, label, query, document}.
         load: image sources that read faster in memory than through `open`: (data, split) -> (images, labels).
+        location: where a split's files are, a directory or one file (data, split) -> Path (what the train stage
+            digests and `mrl lineage` re-checks); None: <data.path>/<split on disk>.
     """
 
     modality: str
@@ -50,6 +52,7 @@ class DataSource:
     open: Callable[[Any, str, tuple[int, int, int]], SplitReader] | None = None
     read_text: Callable[[Any, str], dict[str, Any]] | None = None
     load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]] | None = None
+    location: Callable[[Any, str], Path] | None = None
 
 
 DATA_SOURCES: Registry[DataSource] = Registry("data source")
@@ -97,16 +100,29 @@ def _fashion_mnist_open(data, split: str, shape: tuple[int, int, int]) -> SplitR
     return open_parquet(Path(data.shards_path), split, split, shape, _limit(data, split))
 
 
+def _fashion_mnist_location(data, split: str) -> Path:
+    """The Parquet shards workers read (the IDX files are converted once; a changed IDX file is not reread)."""
+    if data.shards_path is None:
+        raise DataError("fashion_mnist data has no shards_path: prepare_data() sets it")
+    return Path(data.shards_path) / split
+
+
+def _parquet_location(data, split: str) -> Path:
+    """<root>/<split>/ or the single file <root>/<split>.parquet (the layouts `parquet_shards` reads)."""
+    directory = Path(data.root) / on_disk(data, split)
+    return directory if directory.is_dir() else directory.with_name(f"{directory.name}.parquet")
+
+
 DATA_SOURCES.register("fashion_mnist")(DataSource(
     modality="image", default_root=FASHION_MNIST_DIR, check_paths=_fashion_mnist_paths,
-    prepare=_fashion_mnist_prepare, open=_fashion_mnist_open,
+    prepare=_fashion_mnist_prepare, open=_fashion_mnist_open, location=_fashion_mnist_location,
     load=lambda data, split: load_fashion_mnist(data.root, split)))
 DATA_SOURCES.register("image_folder")(DataSource(
     modality="image", check_paths=_root_exists, prepare=_absolute,
     open=lambda data, split, shape: open_folder(Path(data.root) / on_disk(data, split), split, shape,
                                                 _limit(data, split))))
 DATA_SOURCES.register("parquet")(DataSource(
-    modality="image", check_paths=_root_exists, prepare=_absolute,
+    modality="image", check_paths=_root_exists, prepare=_absolute, location=_parquet_location,
     open=lambda data, split, shape: open_parquet(Path(data.root), on_disk(data, split), split, shape,
                                                  _limit(data, split))))
 
@@ -153,6 +169,15 @@ def prepare_data(data, output_dir: str | Path):
     absolute paths, and whatever conversion the source needs (Fashion-MNIST's IDX files into Parquet shards,
     WordNet into text shards), done once."""
     return source_of(data).prepare(data, output_dir)
+
+
+def split_location(data, split: str) -> Path:
+    """Where the files of `split` ("train" or "test") of a prepared `DataConfig` are: a directory (every file
+    under it) or one file. The train stage records their content digest; `mrl lineage` re-checks it."""
+    source = source_of(data)
+    if source.location is not None:
+        return source.location(data, split)
+    return Path(data.root) / on_disk(data, split)
 
 
 def open_split(data, shape: tuple[int, int, int], split: str) -> SplitReader:

@@ -21,11 +21,12 @@ import numpy as np
 import torch
 
 from mrl.artifacts import tracking
+from mrl.artifacts.datasets import digest_cache
 from mrl.artifacts.model_files import ModelFileError
 from mrl.configio import from_dict, to_dict
 from mrl.core.models import build_model
 from mrl.data.readers import ray_dataset
-from mrl.data.sources import open_split
+from mrl.data.sources import open_split, split_location
 from mrl.data.tokenize import TextTokenizer
 from mrl.runtime import quiet_ray_data
 from mrl.stages.config import TrainJobConfig
@@ -410,7 +411,8 @@ def run(job: TrainJobConfig) -> dict[str, Any]:
         job = stage.job  # its data prepared
         tracking.log_params(to_dict(job))
         mlflow.log_params({"model.sizes": str(job.model.sizes), "model.weights": str(job.model.weights)})
-        mlflow.log_input(_dataset_input(job), context="training")
+        tracking.log_dataset(f"{job.data.source}-train", split_location(job.data, "train"),
+                             digest_cache(job.output_dir))
         result = fit(job, mlflow_run_id=stage.run_id, tracking_uri=stage.tracking_uri)
         if result.error is not None:
             raise result.error
@@ -429,13 +431,3 @@ def run(job: TrainJobConfig) -> dict[str, Any]:
     print(f"[train] registered {model_uri} (run {stage.run_id}) in {stage.seconds:.0f}s{alias}", flush=True)
     return {"run_id": stage.run_id, "model_uri": model_uri, "model_version": version,
             "metrics": dict(result.metrics or {}), "seconds": stage.seconds}
-
-
-def _dataset_input(job: TrainJobConfig):
-    """An MLflow dataset record for the training data (name, source path, row count digest)."""
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-
-    source = resolve_dataset_source(str(Path(job.data.root).resolve()))
-    return MetaDataset(source=source, name=f"{job.data.source}-train",
-                       digest=f"limit-{job.data.train_limit}-val-{job.data.val_fraction}-seed-{job.data.seed}")

@@ -1,0 +1,102 @@
+"""Content digests of a dataset's files: what the train stage records with its MLflow dataset input and what
+`mrl lineage` re-checks, so a model's lineage tells when the data changed under it.
+
+A dataset is a directory (every regular file under it, recursively; hidden names such as temporary files left
+out) or one file. Its digest is the sha256 of one line per file, `<relative path>\\t<size>\\t<sha256 of its
+bytes>`, in path order: names, sizes and contents all count. Each file's bytes are streamed once; with a cache
+file, a file's sha256 is kept under (path, size, mtime) and a large image folder is read again only where it
+changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from mrl.artifacts.files import replace_file
+from mrl.artifacts.manifest import sha256
+
+CACHE = Path("cache") / "file-digests.json"  # under a job's output_dir
+RACY_NS = 2_000_000_000  # a file modified this recently is hashed again rather than cached (its mtime may not move)
+
+
+def digest_cache(output_dir: str | Path) -> Path:
+    """The file-digest cache of jobs writing to `output_dir`."""
+    return Path(output_dir).resolve() / CACHE
+
+
+def dataset_files(location: str | Path) -> list[tuple[str, Path]]:
+    """(relative name, path) of every file of the dataset at `location`, in name order.
+
+    Raises:
+        FileNotFoundError: nothing at `location`.
+    """
+    location = Path(location)
+    if location.is_file():
+        return [(location.name, location)]
+    if not location.is_dir():
+        raise FileNotFoundError(f"dataset {location} does not exist")
+    found = []
+    for root, dirs, names in os.walk(location):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [(Path(root, n).relative_to(location).as_posix(), Path(root, n)) for n in names
+                  if not n.startswith(".")]
+    return sorted(found)
+
+
+def file_digests(location: str | Path, cache: Path | None = None) -> dict[str, list[Any]]:
+    """{relative name: [size, sha256]} of every file of the dataset at `location`.
+
+    Args:
+        cache: a JSON file keeping each file's sha256 under (absolute path, size, mtime_ns); None: hash all.
+    """
+    known = _load(cache)
+    found, grown = {}, False
+    now = time.time_ns()
+    for name, path in dataset_files(location):
+        st = path.stat()
+        key = str(path.resolve())
+        hit = known.get(key)
+        if hit and hit[:2] == [st.st_size, st.st_mtime_ns]:
+            digest = hit[2]
+        else:
+            digest = sha256(path)
+            if now - st.st_mtime_ns > RACY_NS:
+                known[key], grown = [st.st_size, st.st_mtime_ns, digest], True
+        found[name] = [st.st_size, digest]
+    if cache is not None and grown:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        replace_file(cache, json.dumps(known).encode())
+    return found
+
+
+def _load(cache: Path | None) -> dict[str, list[Any]]:
+    if cache is None:
+        return {}
+    try:
+        found = json.loads(Path(cache).read_text())
+    except (OSError, ValueError):  # absent or unreadable: every file is hashed
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def dataset_digest(files: dict[str, list[Any]]) -> str:
+    """The dataset's sha256 over its files' names, sizes and sha256s (what `file_digests` returns)."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        size, sha = files[name]
+        digest.update(f"{name}\t{size}\t{sha}\n".encode())
+    return digest.hexdigest()
+
+
+def describe_changes(recorded: dict[str, list[Any]], now: dict[str, list[Any]]) -> str:
+    """What differs between two `file_digests` results, naming up to three files of each kind."""
+    kinds = {"changed": [n for n in recorded if n in now and list(recorded[n]) != list(now[n])],
+             "missing": [n for n in recorded if n not in now], "new": [n for n in now if n not in recorded]}
+    parts = [f"{len(names)} {kind} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+             for kind, names in kinds.items() if names]
+    return "; ".join(parts) or "the same files"
