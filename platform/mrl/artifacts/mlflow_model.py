@@ -2,7 +2,9 @@
 
 MLflow copies this file into the logged model and runs it when the model is loaded as a pyfunc; nothing is
 pickled. The weights travel as the `weights` artifact: a model directory of `mrl.artifacts.model_files`
-(model.safetensors + model_spec.json).
+(model.safetensors + model_spec.json). The imports below resolve to the installed `mrl` where there is one, else
+to the copy of the package the model carries (<model>/code/mrl, which MLflow puts on sys.path before running this
+file), so the model loads where this project is not installed (tests/artifacts/test_model_environment.py).
 """
 
 from __future__ import annotations
