@@ -20,6 +20,7 @@ from conftest import REPO
     ("serving/app.py", ["serve.port=70000"], "serve.port must be in [1, 65535]"),
     ("jobs/train.py", ["train.epochs"], "is not of the form key=value"),
     ("jobs/train.py", ["trian.epochs=2"], "unknown config key(s) ['trian']"),
+    ("jobs/pipeline.py", ["log_level=loud"], "log_level: 'loud' is not accepted; choose one of ['info', 'debug']"),
 ])
 def test_bad_config_exits_2_before_ray(script, args, message, tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / script), *args], cwd=tmp_path, capture_output=True,
@@ -49,3 +50,20 @@ def test_search_queries_an_index_through_the_service_code(tmp_path):
     assert main(["search", f"index_dir={tmp_path}", "ids=[5]", "serve.search.shortlist_size=8"]) == 2  # not in the corpus
     assert main(["search", f"index_dir={tmp_path / 'nope'}"]) == 2  # no index there
     assert main(["search", f"index_dir={tmp_path}", "serve.search.shortlist_size=16"]) == 2  # no index at 16
+
+
+def test_verbose_is_log_level_debug_for_the_commands_that_have_one(tmp_path):
+    """`--verbose` (anywhere on the line) is log_level=debug; without it a stage is quiet (info); a command whose
+    config has no log_level (search) takes the flag and ignores it; a config built directly refuses a bad level."""
+    from mrl.cli import job_config, parse
+    from mrl.config import TrainJobConfig
+    from mrl.configio import ConfigError
+
+    assert job_config(parse(["train", f"output_dir={tmp_path}"])).log_level == "info"
+    assert job_config(parse(["train", "--verbose", f"output_dir={tmp_path}"])).log_level == "debug"
+    assert job_config(parse(["pipeline", "--config", str(REPO / "jobs/pipeline.yaml"), "train.epochs=1",
+                             "-v"])).log_level == "debug"
+    assert job_config(parse(["embed", "log_level=debug"])).log_level == "debug"
+    assert not hasattr(job_config(parse(["search", "-v", f"index_dir={tmp_path}"])), "log_level")
+    with pytest.raises(ConfigError, match=r"log_level 'loud' is not accepted; choose one of \['info', 'debug'\]"):
+        TrainJobConfig(log_level="loud")

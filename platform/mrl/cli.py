@@ -6,12 +6,15 @@ through the service's code without Ray (`mrl search index_dir=outputs/index/late
 (`mrl lineage target=http://127.0.0.1:8000`; exit 1 when a link is broken), and `promote`, which points the
 registry alias the embed stage loads at a model version (`mrl promote model_uri=models:/mrl-fashion-mnist/3`).
 The config is loaded and validated before any Ray work starts; a bad value exits with status 2 and a
-message naming the field.
+message naming the field. A stage prints its own lines (progress, tables, where things are) and actionable
+warnings; the rest of Ray's, MLflow's and the workers' output goes to <output_dir>/logs/<stage>-<time>.log, whose
+path it prints first. `--verbose` (or log_level=debug) prints everything instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import sys
@@ -22,6 +25,7 @@ from mrl.artifacts import tracking
 from mrl.artifacts.datasets import digest_cache
 from mrl.artifacts.lineage import trace
 from mrl.configio import ConfigError, load_config
+from mrl.runtime import captured_output
 
 
 def _stage(name: str) -> Callable[[Any], Any]:
@@ -73,31 +77,56 @@ def _promote(cfg: C.PromoteJobConfig) -> int:
     return 0
 
 
+STAGE_COMMANDS = ("train", "tune", "embed", "index", "evaluate", "serve", "pipeline")
+"""The commands that run a stage module; what they print follows their config's log_level (or --verbose)."""
 STAGES: dict[str, tuple[type, Callable[[Any], Any]]] = {
-    **{name: (cls, lambda job, name=name: _stage(name)(job)) for name, cls in [
-        ("train", C.TrainJobConfig), ("tune", C.TuneJobConfig), ("embed", C.EmbedJobConfig),
-        ("index", C.IndexJobConfig), ("evaluate", C.EvaluateJobConfig), ("serve", C.ServeJobConfig),
-        ("pipeline", C.PipelineConfig)]},
+    **{name: (cls, lambda job, name=name: _stage(name)(job)) for name, cls in zip(STAGE_COMMANDS, [
+        C.TrainJobConfig, C.TuneJobConfig, C.EmbedJobConfig, C.IndexJobConfig, C.EvaluateJobConfig,
+        C.ServeJobConfig, C.PipelineConfig])},
     "search": (C.SearchJobConfig, _search),
     "lineage": (C.LineageJobConfig, _lineage),
     "promote": (C.PromoteJobConfig, _promote),
 }
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line: the command, `--config FILE`, `--verbose` and the `key=value` overrides."""
     parser = argparse.ArgumentParser(prog="mrl", description="Matryoshka Representation Learning on Ray")
     parser.add_argument("stage", choices=sorted(STAGES))
     parser.add_argument("--config", help="YAML config file (defaults apply without one)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="print everything Ray, MLflow and the workers print (log_level=debug); by default a "
+                             "stage prints its own lines and the rest goes to <output_dir>/logs/<stage>-<time>.log")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=2 model.dim=256")
-    args = parser.parse_intermixed_args(argv)
-    cls, run = STAGES[args.stage]
+    return parser.parse_intermixed_args(argv)
+
+
+def job_config(args: argparse.Namespace) -> Any:
+    """The command's validated config; `--verbose` is log_level=debug for the commands whose config has one.
+
+    Raises:
+        ConfigError: a bad value or a missing path, named.
+    """
+    cls = STAGES[args.stage][0]
+    verbose = args.verbose and "log_level" in {f.name for f in dataclasses.fields(cls)}
+    cfg = load_config(cls, args.config, [*args.overrides, *(["log_level=debug"] if verbose else [])])
+    C.check_paths(cfg)  # the paths this job reads, on the machine it runs on
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     try:
-        cfg = load_config(cls, args.config, args.overrides)
-        C.check_paths(cfg)  # the paths this job reads, on the machine it runs on
+        cfg = job_config(args)
     except ConfigError as exc:
         print(f"mrl {args.stage}: config error: {exc}", file=sys.stderr)
         return 2
-    result = run(cfg)
+    run = STAGES[args.stage][1]
+    if args.stage not in STAGE_COMMANDS:
+        result = run(cfg)
+    else:  # from the first line on: the embed and tune stages connect to Ray before their stage_run
+        with captured_output(args.stage, cfg.output_dir, cfg.log_level):
+            result = run(cfg)
     return result if isinstance(result, int) else 0
 
 

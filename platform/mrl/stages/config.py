@@ -22,6 +22,7 @@ from mrl.data.config import DataConfig
 from mrl.data.sources import check_data_paths
 from mrl.retrieval.config import IndexConfig
 from mrl.retrieval.modes import check_settings
+from mrl.runtime import LOG_LEVELS
 from mrl.service.config import ServeConfig
 
 
@@ -153,9 +154,15 @@ class JobConfig:
     """Root of every artifact (Ray Train storage, embeddings, indexes, the sqlite MLflow store). On a
     multi-node cluster: a path every node sees (NFS)."""
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    log_level: Literal["info", "debug"] = "info"
+    """What a run prints (`mrl.runtime.captured_output`). info: the platform's own lines (progress, tables, where
+    things are) and actionable warnings; the rest of Ray's, MLflow's and the workers' output goes to
+    <output_dir>/logs/<stage>-<time>.log. debug: everything, as it comes (`--verbose` on the command line)."""
 
     def __post_init__(self) -> None:
         check(bool(self.output_dir), "output_dir must be a non-empty path")
+        check(self.log_level in LOG_LEVELS, f"log_level {self.log_level!r} is not accepted; choose one of "
+                                            f"{list(LOG_LEVELS)}")
 
     def _default(self, name: str, stage_dir: str) -> None:
         """Field `name` left None points at the newest output of a stage: <output_dir>/<stage_dir>/latest."""
@@ -430,7 +437,8 @@ class PipelineConfig(JobConfig):
 
     def train_job(self) -> TrainJobConfig:
         return TrainJobConfig(output_dir=self.output_dir, run_name=self.run_name, data=self.data, model=self.model,
-                              train=self.train, resources=self.resources, ray=self.ray, mlflow=self.mlflow)
+                              train=self.train, resources=self.resources, ray=self.ray, mlflow=self.mlflow,
+                              log_level=self.log_level)
 
 
 def check_modalities(data: DataConfig, model: ModelConfig, prefix: str = "") -> None:

@@ -14,6 +14,7 @@ from typing import Any
 from mrl.artifacts import tracking
 from mrl.artifacts.embeddings import read_embeddings
 from mrl.data.sources import load_text_split
+from mrl.runtime import captured_output
 from mrl.stages import embed, evaluate, index, train
 from mrl.stages import serve as serve_stage
 from mrl.stages.config import EmbedJobConfig, EvaluateJobConfig, IndexJobConfig, PipelineConfig, ServeJobConfig
@@ -39,7 +40,8 @@ def _first_test_query(data) -> str:
 
 
 def run(cfg: PipelineConfig, shutdown: bool = True) -> dict[str, Any]:
-    """Run every stage; print the per-size table, the MLflow store and an answered example query.
+    """Run every stage; print the per-size table, the MLflow store and an answered example query. What Ray,
+    MLflow and the workers print goes to <output_dir>/logs/pipeline-<time>.log unless cfg.log_level is debug.
 
     Args:
         cfg: the validated pipeline config.
@@ -50,17 +52,18 @@ def run(cfg: PipelineConfig, shutdown: bool = True) -> dict[str, Any]:
     """
     from ray import serve
 
-    started, timings = time.time(), {}
-    results = run_stages(cfg, timings)
-    text = _first_test_query(cfg.data) if cfg.model.modality == "text" and cfg.serve.encoder else None
-    example = example_query(results["serve"]["url"], results["embed"]["path"], text=text)
-    uri = tracking.resolve_tracking_uri(cfg.mlflow, cfg.output_dir)
-    summary = summarize(results, example, text, uri, timings, time.time() - started)
-    Path(cfg.output_dir, "pipeline_summary.json").write_text(json.dumps(summary, indent=2))
-    if cfg.keep_serving:
-        serve_until_interrupted(results["serve"]["url"])
-    elif shutdown:
-        serve.shutdown()
+    with captured_output("pipeline", cfg.output_dir, cfg.log_level):
+        started, timings = time.time(), {}
+        results = run_stages(cfg, timings)
+        text = _first_test_query(cfg.data) if cfg.model.modality == "text" and cfg.serve.encoder else None
+        example = example_query(results["serve"]["url"], results["embed"]["path"], text=text)
+        uri = tracking.resolve_tracking_uri(cfg.mlflow, cfg.output_dir)
+        summary = summarize(results, example, text, uri, timings, time.time() - started)
+        Path(cfg.output_dir, "pipeline_summary.json").write_text(json.dumps(summary, indent=2))
+        if cfg.keep_serving:
+            serve_until_interrupted(results["serve"]["url"])
+        elif shutdown:
+            serve.shutdown()
     return summary
 
 
@@ -75,27 +78,26 @@ def run_stages(cfg: PipelineConfig, timings: dict[str, float]) -> dict[str, dict
         return out
 
     trained = stage("train", train.run, cfg.train_job())
+    common = {"output_dir": cfg.output_dir, "mlflow": cfg.mlflow, "log_level": cfg.log_level}
     embedded = stage("embed", embed.run, EmbedJobConfig(
-        output_dir=cfg.output_dir, model_uri=trained["model_uri"], data=cfg.data, embed=cfg.embed, ray=cfg.ray,
-        mlflow=cfg.mlflow))
-    indexed = stage("index", index.run, IndexJobConfig(
-        output_dir=cfg.output_dir, embeddings=embedded["path"], index=cfg.index, mlflow=cfg.mlflow))
+        model_uri=trained["model_uri"], data=cfg.data, embed=cfg.embed, ray=cfg.ray, **common))
+    indexed = stage("index", index.run, IndexJobConfig(embeddings=embedded["path"], index=cfg.index, **common))
     evaluated = stage("evaluate", evaluate.run, EvaluateJobConfig(
-        output_dir=cfg.output_dir, embeddings=embedded["path"], evaluate=cfg.evaluate, mlflow=cfg.mlflow))
+        embeddings=embedded["path"], evaluate=cfg.evaluate, **common))
     served = stage("serve", serve_stage.run, ServeJobConfig(
-        output_dir=cfg.output_dir, index_dir=indexed["path"], serve=cfg.serve, ray=cfg.ray, mlflow=cfg.mlflow,
-        block=False))
+        index_dir=indexed["path"], serve=cfg.serve, ray=cfg.ray, block=False, **common))
     return {"train": trained, "embed": embedded, "index": indexed, "evaluate": evaluated, "serve": served}
 
 
 def summarize(results: dict[str, dict[str, Any]], example: dict[str, Any], text: str | None, uri: str,
               timings: dict[str, float], wall: float) -> dict[str, Any]:
-    """Print the run's summary (table, store, the example query and its answer) and return it as a dict."""
+    """Print the run's summary (the full size's figures and where the per-size table is, the store, the example query
+    and its answer) and return it as a dict."""
     trained, indexed, evaluated, served = (results[k] for k in ("train", "index", "evaluate", "serve"))
     reply, full = example["reply"], evaluated["rows"][-1]
     print("\n=== summary ===", flush=True)
     print(f"model {trained['model_uri']}, index {indexed['path']}", flush=True)
-    print(f"per-size metrics (%), test queries vs train database:\n{evaluated['table']}", flush=True)
+    print(f"per-size metrics: the evaluate table above, also in {evaluated['path']}/per_size.md and .csv", flush=True)
     if "top1" in full:
         print(f"full size d={full['size']}: linear top-1 {100 * full['top1']:.2f}%, 1-NN {100 * full['nn1']:.2f}%",
               flush=True)

@@ -1,7 +1,8 @@
-"""One start-up for every stage: `stage_run` checks the paths the job reads, prepares its data (before any Ray
-work), connects to Ray, points MLflow at the store and opens the stage's run, tagged with what the stage consumed
-(the tag names of `mrl.artifacts.tracking`, which `mrl.artifacts.lineage` reads back). A stage module is then
-its work alone:
+"""One start-up for every stage: `stage_run` decides what the run prints (`mrl.runtime.captured_output`: by
+default the platform's own lines, the rest in <output_dir>/logs), checks the paths the job reads, prepares its
+data (before any Ray work), connects to Ray, points MLflow at the store and opens the stage's run, tagged with
+what the stage consumed (the tag names of `mrl.artifacts.tracking`, which `mrl.artifacts.lineage` reads back). A
+stage module is then its work alone:
 
     def run(job: IndexJobConfig) -> dict:
         with stage_run("index", job, input_run_id=..., input_uri=...) as stage:
@@ -22,7 +23,7 @@ from typing import Any
 from mrl.artifacts import tracking
 from mrl.data.config import DataConfig
 from mrl.data.sources import prepare_data
-from mrl.runtime import ensure_ray
+from mrl.runtime import captured_output, ensure_ray
 from mrl.stages.config import check_paths
 
 
@@ -72,9 +73,10 @@ def stage_run(stage: str, job: Any, *, input_run_id: str = "", input_uri: str = 
     """
     import mlflow
 
-    job = job if prepared else prepare(job)
-    uri = tracking.setup(job.mlflow, job.output_dir)
-    lineage = {tracking.TAG_STAGE: stage, tracking.TAG_INPUT_RUN: input_run_id or "",
-               tracking.TAG_INPUT_URI: input_uri or ""}
-    with mlflow.start_run(run_name=run_name or stage, tags={**lineage, **(tags or {})}) as run:
-        yield StageRun(job=job, run_id=run.info.run_id, tracking_uri=uri)
+    with captured_output(stage, job.output_dir, getattr(job, "log_level", "info")):
+        job = job if prepared else prepare(job)
+        uri = tracking.setup(job.mlflow, job.output_dir)
+        lineage = {tracking.TAG_STAGE: stage, tracking.TAG_INPUT_RUN: input_run_id or "",
+                   tracking.TAG_INPUT_URI: input_uri or ""}
+        with mlflow.start_run(run_name=run_name or stage, tags={**lineage, **(tags or {})}) as run:
+            yield StageRun(job=job, run_id=run.info.run_id, tracking_uri=uri)

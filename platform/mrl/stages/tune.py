@@ -174,7 +174,9 @@ def make_tuner(job: TuneJobConfig, base: TrainJobConfig, name: str, storage: Pat
                                     max_concurrent_trials=job.max_concurrent_trials, search_alg=search_alg,
                                     scheduler=scheduler),
         run_config=tune.RunConfig(name=name, storage_path=str(storage),
-                                  failure_config=tune.FailureConfig(max_failures=job.max_failures)),
+                                  failure_config=tune.FailureConfig(max_failures=job.max_failures),
+                                  # Tune's trial tables only with log_level=debug: the stage prints its own lines
+                                  verbose=0 if job.log_level == "info" else None),
     )
 
 
