@@ -33,9 +33,10 @@ def main() -> int:
     summary = json.loads((out / "pipeline_summary.json").read_text())
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     rows = summary["per_size"]
-    table = ["| size | linear top-1 | 1-NN | mAP@10 | P@10 | R@10 |", "|---:|---:|---:|---:|---:|---:|"]
+    # recall@10 (10 hits over ~6,000 same-class items, ~0.17% at best) stays in quickstart.json, not the table
+    table = ["| size | linear top-1 | 1-NN | mAP@10 | P@10 |", "|---:|---:|---:|---:|---:|"]
     table += [f"| {r['size']} | {100 * r['top1']:.2f} | {100 * r['nn1']:.2f} | {100 * r['map@10']:.2f} | "
-              f"{100 * r['precision@10']:.2f} | {100 * r['recall@10']:.2f} |" for r in rows]
+              f"{100 * r['precision@10']:.2f} |" for r in rows]
     RESULTS.mkdir(parents=True, exist_ok=True)
     text = [
         "# Quickstart pipeline: measured", "",
