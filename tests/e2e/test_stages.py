@@ -1,7 +1,12 @@
 """End to end on a small slice of Fashion-MNIST: the pipeline through real Ray Train, Ray Data, FAISS,
 Ray Serve over HTTP and MLflow in a temp dir, then probes of every artifact and of the HTTP API."""
 
+import contextlib
+import os
+import re
 import shutil
+import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -30,10 +35,31 @@ def pipeline(tmp_path_factory):
         f"output_dir={out}", "run_name=e2e", "data.train_limit=3000", "data.test_limit=600", "train.epochs=2",
         "model.dim=64", f"serve.port={port}", "embed.rows_per_file=1000", "ray.num_cpus=8",
         "serve.max_shortlist_k=3000"])  # lets tests shortlist the whole 3,000-row corpus
-    summary = run_pipeline(cfg, shutdown=False)
+    with printed_to(out / "printed.txt"):  # what a user of the pipeline would see (test_the_run_prints_...)
+        summary = run_pipeline(cfg, shutdown=False)
     yield cfg, summary
     serve.shutdown()
     ray.shutdown()
+
+
+@contextlib.contextmanager
+def printed_to(path):
+    """Everything this process prints while the block runs, at both levels (file descriptors 1 and 2, which C++ code
+    and child processes write to, and sys.stdout / sys.stderr, which pytest replaces), into `path`."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(path, "a", buffering=1) as out:
+        os.dup2(out.fileno(), 1)
+        os.dup2(out.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+                yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
 
 
 def runs_by_stage(cfg):
@@ -41,6 +67,35 @@ def runs_by_stage(cfg):
     exp = client.get_experiment_by_name(cfg.mlflow.experiment)
     runs = client.search_runs([exp.experiment_id])
     return client, {r.data.tags.get("mrl.stage"): r for r in runs}
+
+
+# What the pipeline prints by default: the platform's own lines (banner, stage headers, lines tagged [stage], from
+# the driver or a Ray worker, tables, the summary) and warnings a user can act on; Ray's, MLflow's and the workers'
+# other output goes to <output_dir>/logs/pipeline-<time>.log.
+OWN_LINES = re.compile("|".join([
+    r"", r"=== \w+ ===", r"\[[a-z]+\] .*", r"(\x1b\[\d+m)?\(RayTrainWorker pid=\d+\)(\x1b\[0m)? \[train\] .*",
+    r"\|.*\|", r"model models:/.*, index .*", r"per-size metrics: the evaluate table above, also in .*",
+    r"full size d=\d+: .*", r"MLflow store: .*", r"  open the UI with: .*", r"example query: POST .*",
+    r"  answered ids .*", r"  by model .*", r"  the same by corpus id: curl .*", r"stage seconds .*",
+]))
+ACTIONABLE = [  # warnings this small run earns and a user could act on
+    re.compile(r"WARNING clustering 3000 points to \d+ centroids: please provide at least \d+ training points"),
+]
+
+
+def test_the_run_prints_the_platforms_lines_and_logs_the_rest(pipeline):
+    cfg, summary = pipeline
+    lines = (Path(cfg.output_dir) / "printed.txt").read_text().splitlines()
+    foreign = [line for line in lines if not OWN_LINES.fullmatch(line) and not any(p.search(line) for p in ACTIONABLE)]
+    assert not foreign, "\n".join(foreign)
+    assert 40 <= len(lines) <= 60, "\n".join(lines)
+    logs = list((Path(cfg.output_dir) / "logs").glob("pipeline-*.log"))
+    assert len(logs) == 1 and f"output: {logs[0]} (log_level=debug or --verbose" in lines[0], lines[0]
+    assert sum("[train] epoch 2/2 step" in line for line in lines) >= 3  # rank 0's progress, relayed by Ray
+    assert not any("recall@" in line for line in lines)  # ~0.17% at best: logged, not printed
+    logged = logs[0].read_text()
+    for noise in ["Checkpoint successfully created", "core_worker.cc", "Failed to infer model signature"]:
+        assert noise in logged, noise
 
 
 def test_per_size_quality_beats_chance_at_every_size(pipeline):
