@@ -14,10 +14,12 @@
                   calibration table, the plan each answer ran with its calibrated figures, and the calibration
                   curve (recall vs p50 latency) with the chosen plan marked
 
-With an API key (`serve.api_key_env` / `serve.api_key_file`) /search, /items and /calibration answer 401 without
-`Authorization: Bearer <key>`. The page's files stay open: they are static and carry no data (no index path,
-model or item); the page asks for the key in a field, keeps it in the tab's memory only, and sends it as that
-header on every call, images included (fetched with the header and shown from blob: URLs).
+With an API key (`serve.api_key_env` / `serve.api_key_file`) every route but /healthz answers 401 without it
+(`mrl.service.guard`, before any body is read; each route also asks `RetrievalService.check_key`). The page too:
+GET / answers 401 with an HTTP Basic challenge, so a browser asks for the key once (any user name, the key as
+password) and then sends it with the page's files and with every call the page makes, image loads included
+(fetched, then shown from blob: URLs). The page itself is static and carries no data (no index path, model or
+item): all it shows comes from the JSON routes.
 
 Image and text queries go to an Encoder deployment (model composition through a DeploymentHandle) that loads the
 model version the index manifest names and refuses to start on another model, d or nesting list. All
@@ -44,10 +46,10 @@ from ray import serve
 from mrl.artifacts.index import load_index
 from mrl.artifacts.manifest import read_manifest
 from mrl.configio import from_dict, to_dict
+from mrl.service import guard
 from mrl.service.api import SearchRequest, validation_detail
 from mrl.service.browse import PAGE_FILES, page_asset
 from mrl.service.config import ServeConfig
-from mrl.service import guard
 from mrl.service.encoder import QueryEncoder, check_encoder
 from mrl.service.guard import Guard
 from mrl.service.retrieval import RequestError, RetrievalService, read_api_key

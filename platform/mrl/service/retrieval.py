@@ -8,8 +8,8 @@ the accepted range; nothing about the service changes, so it keeps answering.
 
 For the search page (`mrl/service/page/`, served at GET / by the app) it also answers `item` (an indexed item
 read from the data the index's lineage names, `mrl.service.browse.CorpusItems`) and `calibration` (the index's
-calibration table, the curve the page draws). Both are data, so both are behind the API key like `search`; the
-page itself is static and carries no data.
+calibration table, the curve the page draws), behind the API key like `search`; the page itself is static and
+carries no data.
 """
 
 from __future__ import annotations

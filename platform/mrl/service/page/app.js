@@ -1,13 +1,15 @@
 // The search page's logic: plain JavaScript, no libraries. Everything shown comes from the service's JSON API:
-//   GET /healthz      what the index is (rows, d, modality), which queries and modes it takes, whether it needs a key
+//   GET /healthz      what the index is (rows, d, modality), which queries and modes it takes
 //   GET /calibration  the plans budgets choose from (recall and p50 latency each), drawn as the curve
 //   POST /search      the query; the reply's `search` is the plan that ran, `budget` the calibrated row it chose
-//   GET /items/{id}   each result: a PNG (image corpora, shown from a blob: URL) or {id, label, text}
-// The API key, when the service has one, lives in this tab's memory only and goes with every call as
-// "Authorization: Bearer <key>". Data is written into the page with textContent only, never as HTML.
+//   GET /items/{id}   each result: a PNG (image corpora, fetched and shown from a blob: URL) or {id, label, text}
+// With an API key the service asked for it when the page was opened (HTTP Basic: any user name, the key as
+// password; mrl.service.guard), and the browser sends it with each of these calls: the page never sees the key.
+// Data is written into the page with textContent only, never as HTML.
 "use strict";
 
-const state = { key: null, health: null, table: null, image: null, blobs: [], chosen: null };
+const state = { health: null, table: null, image: null, blobs: [], chosen: null };
+const LOGIN = "reload the page and log in with the service's API key (any user name, the key as password)";
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
 
@@ -27,9 +29,7 @@ function detailText(detail) {
 }
 
 async function api(path, options = {}) {
-  const headers = Object.assign({}, options.headers || {});
-  if (state.key) headers.Authorization = `Bearer ${state.key}`;
-  const resp = await fetch(path, Object.assign({}, options, { headers }));
+  const resp = await fetch(path, options); // same origin: the browser adds the login it holds
   if (!resp.ok) {
     let detail = resp.statusText;
     try {
@@ -55,15 +55,13 @@ async function start() {
     setStatus(`the service did not answer /healthz (${err.message})`, "error");
     return;
   }
+  if (state.health.rows === undefined) { // /healthz tells a caller without the key only that it is up
+    setStatus(`the service did not recognise this browser's login: ${LOGIN}`, "error");
+    return;
+  }
   describeService(state.health);
   setUpQuery(state.health);
-  if (state.health.auth) {
-    $("key-box").hidden = false;
-    setStatus("this service needs its API key", "key");
-    $("key").focus();
-  } else {
-    await loadCalibration();
-  }
+  await loadCalibration();
 }
 
 function describeService(h) {
@@ -93,25 +91,17 @@ function setUpQuery(h) {
 }
 
 async function loadCalibration() {
-  $("key-box").hidden = true;
   if (state.health.budgets) {
     try {
       state.table = await (await api("calibration")).json();
     } catch (err) {
-      if (err.status === 401) return askKeyAgain(err);
-      setStatus(`no calibration table (${err.message})`, "error");
+      setStatus(`no calibration table (${err.message})${err.status === 401 ? `: ${LOGIN}` : ""}`, "error");
       return;
     }
     setUpBudget();
   }
   drawCurve();
   setStatus("ready: choose a query", "ready");
-}
-
-function askKeyAgain(err) {
-  state.key = null;
-  $("key-box").hidden = false;
-  setStatus(`the key was refused (${err.message})`, "key");
 }
 
 // ------------------------------------------------------------------------------------------------ the query
@@ -201,13 +191,16 @@ async function search(event) {
     reply = await (await api("search", { method: "POST", headers: { "Content-Type": "application/json" },
                                           body: JSON.stringify(body) })).json();
   } catch (err) {
-    if (err.status === 401) return askKeyAgain(err);
-    setStatus(`the search failed: ${err.message}`, "error");
+    setStatus(`the search failed: ${err.message}${err.status === 401 ? `: ${LOGIN}` : ""}`, "error");
     return;
   }
   const roundTrip = performance.now() - started;
   showPlan(reply, roundTrip);
-  await showResults(reply);
+  const summary = await showResults(reply);
+  // for benchmarks/search_page.py: the search's round trip, and the time until every result was shown
+  $("status").dataset.searchMs = roundTrip.toFixed(2);
+  $("status").dataset.resultsMs = (performance.now() - started).toFixed(2);
+  setStatus(summary, "done");
 }
 
 // ------------------------------------------------------------------------------------------------ the answer
@@ -253,7 +246,7 @@ function showPlan(reply, roundTrip) {
     if (reply.budget) calibrated += reply.budget.met ? "; budget met" : "; budget not met: the closest plan";
   }
   if (state.table) addFact(list, "calibrated", calibrated).id = "plan-calibrated";
-  addFact(list, "time", `${reply.took_ms.toFixed(1)} ms in the service, ${roundTrip.toFixed(0)} ms round trip` +
+  addFact(list, "time", `${reply.took_ms.toFixed(1)} ms searching in the service, ${roundTrip.toFixed(0)} ms round trip` +
                         (reply.batch > 1 ? ` (batched with ${reply.batch - 1} other)` : ""));
   drawCurve();
 }
@@ -312,7 +305,7 @@ async function showResults(reply) {
     }
   });
   const note = failed.length ? `; ${failed.length} item(s) could not be shown` : "";
-  setStatus(`${reply.ids.length} results${note}`, "done");
+  return `${reply.ids.length} results${note}`;
 }
 
 // ------------------------------------------------------------------------------------------------ the curve
@@ -330,9 +323,10 @@ function scales(rows) {
   const lo = Math.min(...lat), hi = Math.max(...lat);
   const log = hi / lo > 20; // a wide latency range reads better on a log axis
   const tx = (v) => (log ? Math.log10(v) : v);
-  const [x0, x1] = hi > lo ? [tx(lo), tx(hi)] : [tx(lo) - 1, tx(lo) + 1];
+  const pad = hi > lo ? 0.05 * (tx(hi) - tx(lo)) : 1; // keep the points off the axes
+  const [x0, x1] = [tx(lo) - pad, tx(hi) + pad];
   const recalls = rows.map((r) => r.recall);
-  const y0 = Math.max(0, Math.min(...recalls) - 0.05), y1 = 1;
+  const y0 = Math.max(0, Math.min(...recalls) - 0.05), y1 = 1.02;
   return { box, log, lo, hi, y0, y1,
     x: (v) => box.left + (box.right - box.left) * (tx(v) - x0) / (x1 - x0 || 1),
     y: (v) => box.bottom - (box.bottom - box.top) * (v - y0) / (y1 - y0 || 1) };
@@ -342,7 +336,7 @@ function drawAxes(svg, s) {
   const { box } = s;
   svg.append(svgEl("line", { x1: box.left, y1: box.bottom, x2: box.right, y2: box.bottom, class: "axis" }),
              svgEl("line", { x1: box.left, y1: box.top, x2: box.left, y2: box.bottom, class: "axis" }));
-  for (const v of [s.y0, (s.y0 + s.y1) / 2, s.y1]) {
+  for (const v of [s.y0, (s.y0 + 1) / 2, 1]) {
     svg.append(svgEl("text", { x: box.left - 4, y: s.y(v) + 3, class: "tick", "text-anchor": "end" }, v.toFixed(2)));
   }
   for (const v of [s.lo, s.log ? Math.sqrt(s.lo * s.hi) : (s.lo + s.hi) / 2, s.hi]) {
@@ -395,11 +389,6 @@ function drawCurve() {
 // ------------------------------------------------------------------------------------------------ wiring
 
 function wire() {
-  $("key-form").addEventListener("submit", (event) => {
-    event.preventDefault();
-    state.key = $("key").value.trim() || null;
-    loadCalibration();
-  });
   document.querySelectorAll("input[name=kind]").forEach((radio) =>
     radio.addEventListener("change", () => showKind(radio.value)));
   $("image-file").addEventListener("change", () => readImage($("image-file").files[0]));
