@@ -20,6 +20,8 @@ with captured_output("unit", sys.argv[1], sys.argv[2]) as path:
     print("[unit] a platform line", flush=True)
     print("| 8 | 90.00 |", flush=True)
     print("(raylet) Task ServeController.graceful_shutdown failed. There are infinite retries remaining", flush=True)
+    print("(raylet) WARNING: 8 PYTHON worker processes have been started on node: 4999 with address: 192.0.2.2, "
+          "which is 4x the maximum expected startup concurrency (2).", flush=True)
     os.write(2, b"[2026-12-04 20:41:07,320 E 1 2] core_worker.cc:2465: Actor with class name: X has constructor\\n")
     logging.getLogger("ray.data").info("Dataset execution finished in 0.1 seconds")
     logging.getLogger("mlflow.pyfunc").warning("Failed to infer model signature: no hints")
@@ -32,7 +34,7 @@ with captured_output("unit", sys.argv[1], sys.argv[2]) as path:
 print(f"after {path}", flush=True)
 """
 PLATFORM = ["[unit] a platform line", "| 8 | 90.00 |"]
-HIDDEN = ["graceful_shutdown failed", "core_worker.cc:2465", "Dataset execution finished",
+HIDDEN = ["graceful_shutdown failed", "PYTHON worker processes have been started", "core_worker.cc:2465", "Dataset execution finished",
           "Failed to infer model signature", "a library's UserWarning"]
 
 

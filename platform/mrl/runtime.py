@@ -30,6 +30,9 @@ HARMLESS = {
                                        "texts, by the model's modality); loading it does not need one",
     "Task ServeController.graceful_shutdown failed": "serve.shutdown() kills Serve's controller while it waits "
                                                      "on it; the retry Ray announces never comes",
+    "PYTHON worker processes have been started on node": "the raylet counts workers against the cores; a local "
+                                                         "cluster has more logical CPUs than cores on purpose "
+                                                         "(ray.num_cpus), so Train, Data and Serve do not starve",
 }
 """Warnings Ray and MLflow print on every run that ask nothing of the user: in quiet mode they go to the log alone."""
 
