@@ -24,7 +24,7 @@ KEY_DIGEST_ENV = "MRL_SERVE_KEY_SHA256"
 DOCS_ENV = "MRL_SERVE_DOCS"
 OPEN_PATHS = frozenset({"/healthz"})
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
-PAGE_PATHS = frozenset({"/", "/index.html"})  # where a browser is told to ask for the key (HTTP Basic)
+PAGE_PATHS = frozenset({"/"})  # where a browser is told to ask for the key (HTTP Basic); the page files follow
 
 
 def configure(key: str | None, docs: bool) -> None:
