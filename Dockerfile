@@ -14,8 +14,10 @@ FROM rayproject/ray:${RAY_VERSION}-py311-gpu
 ARG RAY_VERSION
 
 # The base image's unprivileged user (uid 1000, group users); its conda Python under /home/ray is writable by it,
-# so nothing below runs as root.
+# so nothing below runs as root. The source folder is made by that user (WORKDIR alone would make it root's, and
+# the install writes its build files into it).
 USER ray
+RUN mkdir -p /home/ray/mrl
 WORKDIR /home/ray/mrl
 
 # PyPI's Linux torch wheel is the CUDA build (its CUDA runtime comes as nvidia-* wheels). Installed first, at the
