@@ -73,7 +73,10 @@ def test_serve_config_file_matches_rays_schema_and_our_config():
     assert app.import_path == "mrl.service.app:app_builder"
     args = dict(app.args)
     args.pop("index_dir")
-    from_dict(C.ServeConfig, args, prefix="serve.")  # the args are valid ServeConfig fields
+    cfg = from_dict(C.ServeConfig, args, prefix="serve.")  # the args are valid ServeConfig fields
+    # the app's open-host check sees args.host only: it must be where the proxy listens
+    assert cfg.host == raw["http_options"]["host"] and cfg.port == raw["http_options"]["port"]
+    assert cfg.request_timeout_s == raw["http_options"]["request_timeout_s"]
 
 
 def test_job_runtime_env_ships_the_library():

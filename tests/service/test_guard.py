@@ -34,7 +34,7 @@ def app(monkeypatch):
     return guard.Guard(inner)
 
 
-def call(app, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b""):
+def call(app, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b"", root: str = ""):
     """Send one request through the ASGI app; returns (status, headers, body (parsed when JSON), whether the
     body was read)."""
     sent, read = [], []
@@ -47,7 +47,7 @@ def call(app, method: str, path: str, headers: dict[str, str] | None = None, bod
         sent.append(message)
 
     scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
-             "root_path": "", "scheme": "http", "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5000),
+             "root_path": root, "scheme": "http", "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5000),
              "http_version": "1.1", "asgi": {"version": "3.0"},
              "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]}
     asyncio.run(app(scope, receive, send))
@@ -95,3 +95,28 @@ def test_docs_can_be_switched_off(app):
                                          ("Bearer ", None), (None, None), ("Basic bm9jb2xvbg==", None)])
 def test_presented_key(header, key):
     assert guard.presented_key(header) == key
+
+
+def test_an_app_under_a_route_prefix_is_guarded_on_its_own_paths(app):
+    """Ray Serve gives an app served at /mrl the root_path /mrl: the guard judges /mrl/healthz as /healthz."""
+    guard.configure(KEY, docs=False)
+    assert call(app, "GET", "/mrl/healthz", root="/mrl")[0] == 200
+    assert call(app, "GET", "/mrl/openapi.json", {"Authorization": f"Bearer {KEY}"}, root="/mrl")[0] == 404
+    status, headers, _, _ = call(app, "GET", "/mrl", root="/mrl")
+    assert status == 401 and headers[b"www-authenticate"].startswith(b"Basic")
+    assert call(app, "GET", "/mrlx/healthz", root="/mrl")[0] == 401  # not under the prefix: not /healthz
+
+
+def test_a_websocket_without_the_key_is_closed(app):
+    guard.configure(KEY, docs=True)
+    sent = []
+
+    async def receive():
+        return {"type": "websocket.connect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/ws", "root_path": "", "headers": [], "query_string": b""}
+    asyncio.run(app(scope, receive, send))
+    assert sent == [{"type": "websocket.close", "code": 1008}]

@@ -103,3 +103,32 @@ def test_loopback_hosts(host, loopback):
 def test_limits_are_validated(fields, message):
     with pytest.raises(ConfigError, match=message):
         from_dict(ServeConfig, fields, prefix="serve.")
+
+
+def test_an_encoder_fault_answers_503_to_its_requests_and_the_batch_goes_on(image_service):
+    """The Retriever's batch path (`answer_batch`) with an encoder that fails: a real QueryEncoder whose model
+    was moved to PyTorch's meta device, so every forward pass raises."""
+    import asyncio
+    import copy
+
+    from mrl.service.app import answer_batch
+
+    service, images = image_service
+    broken = copy.copy(service.encoder)
+    broken.model = copy.deepcopy(service.encoder.model).to("meta")
+
+    async def embed(queries):
+        return await asyncio.to_thread(broken, queries)
+
+    requests = [{"id": 5, "k": 2}, {"image": b64_png(images[3, 0])}, {"vector": [0.5] * 16, "k": 1},
+                {"image": b64_png(images[4, 0])}]
+    replies = asyncio.run(answer_batch(service, embed, requests))
+    for i in (1, 3):
+        assert isinstance(replies[i], RequestError) and replies[i].status == 503
+        assert "the encoder could not embed this query" in replies[i].detail
+    assert replies[0]["ids"][0] == 5 and len(replies[2]["ids"]) == 1
+
+    async def working(queries):
+        return await asyncio.to_thread(service.encoder, queries)
+
+    assert asyncio.run(answer_batch(service, working, requests))[1]["ids"][0] == 3  # the same batch, a sound encoder

@@ -124,6 +124,21 @@ def _page_file(name: str) -> Response:
     return Response(body, media_type=media_type, headers={"Cache-Control": "no-cache"})
 
 
+async def answer_batch(service: RetrievalService, embed, requests: list) -> list[dict[str, Any] | RequestError]:
+    """A batch of requests answered by `service`, the batch's images or texts embedded with one awaited
+    `embed(queries)` call (the Encoder deployment's handle). An encoder that fails answers 503 to the requests
+    that needed it, and the batch's other requests are answered as usual."""
+    embedded, todo = service.pending_content(requests)
+    if todo:
+        try:
+            embedded.update(zip(todo, await embed(list(todo.values()))))
+        except Exception as exc:  # noqa: BLE001 - the encoder's fault, not the request's: 503, the rest go on
+            detail = f"the encoder could not embed this query ({type(exc).__name__}); retry later"
+            embedded.update({i: RequestError(503, detail) for i in todo})
+    # the search runs in a worker thread, so the replica keeps queueing the next batch meanwhile
+    return await asyncio.to_thread(service.search_batch, requests, embedded)
+
+
 @serve.deployment(name="Encoder", health_check_period_s=10)
 class Encoder:
     """The index's model, embedding query images or texts (model composition: the Retriever holds a handle to it)."""
@@ -228,15 +243,7 @@ class Retriever:
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _batched(self, requests: list[SearchRequest]) -> list[dict[str, Any] | RequestError]:
-        embedded, todo = self.service.pending_content(requests)
-        if todo:  # one call to the encoder deployment for the batch's images or texts
-            try:
-                embedded.update(zip(todo, await self.encoder.embed.remote(list(todo.values()))))
-            except Exception as exc:  # noqa: BLE001 - the encoder's fault: its requests get 503, the rest go on
-                detail = f"the encoder could not embed this query ({type(exc).__name__}); retry later"
-                embedded.update({i: RequestError(503, detail) for i in todo})
-        # the search runs in a worker thread, so the replica keeps queueing the next batch meanwhile
-        return await asyncio.to_thread(self.service.search_batch, requests, embedded)
+        return await answer_batch(self.service, self.encoder.embed.remote if self.encoder else None, requests)
 
     def check_health(self) -> None:
         self.service.check()

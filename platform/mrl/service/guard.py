@@ -75,20 +75,37 @@ class Guard:
         self.inner = inner
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        if scope["type"] == "websocket":  # no route takes one; refused like any other request without the key
+            if not authorized(_header(scope, b"authorization")):
+                return await send({"type": "websocket.close", "code": 1008})
             return await self.inner(scope, receive, send)
-        path = scope.get("path", "")
+        if scope["type"] != "http":  # lifespan
+            return await self.inner(scope, receive, send)
+        path = route_path(scope)
         if path in DOCS_PATHS and os.environ.get(DOCS_ENV, "1") == "0":
             return await _reply(send, 404, {"detail": "the API docs are off on this service (serve.docs: false)"})
         if path in OPEN_PATHS:
             return await self.inner(scope, receive, send)
-        header = dict(scope.get("headers", ())).get(b"authorization")
-        if not authorized(header.decode("latin-1") if header is not None else None):
+        if not authorized(_header(scope, b"authorization")):
             challenge = 'Basic realm="mrl search", charset="UTF-8"' if path in PAGE_PATHS else "Bearer"
             return await _reply(send, 401, {"detail": "missing or wrong API key: send the header "
                                                       "'Authorization: Bearer <key>'"},
                                 [(b"www-authenticate", challenge.encode())])
         return await self.inner(scope, receive, send)
+
+
+def route_path(scope) -> str:
+    """The path the app routes on: the request path less the application's route prefix (`root_path`, which Ray
+    Serve sets when the app is not at /), so `/mrl/healthz` under prefix `/mrl` is `/healthz`."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
+        path = path[len(root):]
+    return path or "/"
+
+
+def _header(scope, name: bytes) -> str | None:
+    value = dict(scope.get("headers", ())).get(name)
+    return value.decode("latin-1") if value is not None else None
 
 
 async def _reply(send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
