@@ -3,9 +3,10 @@
 # machine (run as root or with sudo). Idempotent: a second run installs nothing.
 #
 #   Debian packages  dataset-fashion-mnist and wordnet-base (the real data); with --test also openssh-server,
-#                    openssh-client and rsync (tests/distributed/test_ray_up.py runs a private sshd), installed
-#                    without letting their services start, and chromium and chromium-driver (the search page's
-#                    browser test, tests/e2e/test_search_page.py)
+#                    openssh-client and rsync (tests/distributed/test_ray_up.py runs a private sshd) and
+#                    postgresql (tests/e2e/test_mlflow_postgres.py runs a private cluster), installed without
+#                    letting their services start, and chromium and chromium-driver (the search page's browser
+#                    test, tests/e2e/test_search_page.py)
 #   Python           the interpreter scripts/python.sh chooses: PYTHON=, an activated venv or conda env, else
 #                    the project venv .venv, created here on first use (with the apt package python3-venv when
 #                    python3 cannot make venvs); into it the CPU build of PyTorch, then the project with its test
@@ -68,6 +69,15 @@ if $TEST; then
     if $NEW_SSHD && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
       $SUDO systemctl disable --now ssh.service ssh.socket \
         || echo "setup.sh: could not disable ssh.service/ssh.socket; check with: systemctl status ssh" >&2
+    fi
+  fi
+  # tests/e2e/test_mlflow_postgres.py runs a throwaway PostgreSQL cluster of its own (initdb in a temp dir): the
+  # package's own cluster and service are not wanted, so its service is kept from starting like sshd's.
+  if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    apt_install_without_services postgresql
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+      $SUDO systemctl disable --now postgresql.service \
+        || echo "setup.sh: could not disable postgresql.service; check with: systemctl status postgresql" >&2
     fi
   fi
   # tests/e2e/test_search_page.py drives this chromium through this chromedriver with Selenium, which downloads

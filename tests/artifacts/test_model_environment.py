@@ -31,10 +31,6 @@ from mrl.core.models import build_model
 
 from conftest import tiny_text_model
 
-WAITS_FOR_LOG_MODEL = pytest.mark.xfail(
-    strict=True, reason="waits for mrl.artifacts.tracking.log_model to ship the package (code_paths) and pin its "
-    "requirements instead of naming mrl-platform (issue 27); remove this mark with that change")
-
 IMAGE_SPEC = {"encoder": "cnn", "dim": 16, "nesting": {"schedule": "list", "sizes": [4, 8, 16]},
               "backbone": {"channels": [4, 8]}}
 TEXTS = ["a small dog", "a large boat on the river", "to run fast", "a red house"]
@@ -147,7 +143,6 @@ def monkeypatch_module():
         yield patch
 
 
-@WAITS_FOR_LOG_MODEL
 def test_the_logged_model_pins_its_requirements_and_names_no_package_of_ours(logged):
     _, cases = logged
     for case in cases:
@@ -157,7 +152,6 @@ def test_the_logged_model_pins_its_requirements_and_names_no_package_of_ours(log
         assert not list((model_dir / "code").rglob("__pycache__"))
 
 
-@WAITS_FOR_LOG_MODEL
 def test_the_logged_model_loads_and_predicts_with_its_requirements_alone(logged):
     store, cases = logged
     requirements = [r for c in cases for r in check_requirements(Path(c["model"]))]

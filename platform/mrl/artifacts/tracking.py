@@ -8,6 +8,7 @@ between the stages that write them and `mrl.artifacts.lineage`, which reads them
 from __future__ import annotations
 
 import os
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,12 @@ DATA_FILES_ARTIFACT = "dataset/files.json"  # train: each data file's size and s
 DATA_FILES_LOGGED = 100_000  # larger file lists are not logged (the digest alone is checked)
 MLFLOW_DIGEST_CHARS = 32  # MLflow's dataset digest holds 36 characters: the first 32 hex digits of the digest
 
-MODEL_PIP_REQUIREMENTS = ["torch", "mrl-platform"]
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")  # the pyfunc "model from code" of a logged model
+MODEL_PACKAGE = Path(__file__).resolve().parents[1]  # the `mrl` package: shipped in every logged model (code/mrl)
+# What a logged model's code imports when it loads and predicts (the `mrl` package travels with it), installed
+# by `mlflow models serve` at the versions this process runs. `mrl-platform` is not among them: that name is
+# not ours on the public index, so whatever is published under it would be installed.
+MODEL_DEPENDENCIES = ("torch", "numpy", "safetensors", "tokenizers", "transformers", "pyyaml")
 WEIGHTS_ARTIFACT = "weights"  # artifact key (and folder under <model>/artifacts/) of the model directory
 
 
@@ -101,10 +106,16 @@ def log_dataset(name: str, location: str | Path, cache: Path | None = None, cont
     return digest
 
 
+def model_pip_requirements() -> list[str]:
+    """MODEL_DEPENDENCIES pinned to the installed versions (a local label such as +cpu dropped: the index has none)."""
+    return [f"{name}=={version(name).split('+')[0]}" for name in MODEL_DEPENDENCIES]
+
+
 def log_model(model, registered_model: str | None, metadata: dict[str, Any]):
     """Log an `MRLModel` to the active MLflow run without pickle, and register it.
 
-    The model is an MLflow "models from code" pyfunc: `mrl/artifacts/mlflow_model.py` is the code, and the
+    The model is an MLflow "models from code" pyfunc: `mrl/artifacts/mlflow_model.py` is the code, the `mrl`
+    package travels with it (code_paths: <model>/code/mrl, so it loads where mrl is not installed), and the
     `weights` artifact is a `mrl.artifacts.model_files` directory (model.safetensors + model_spec.json).
     `load_model` reads that directory back; `mlflow.pyfunc.load_model` also works (predict -> embeddings).
 
@@ -124,7 +135,8 @@ def log_model(model, registered_model: str | None, metadata: dict[str, Any]):
         weights = save_model_dir(model, Path(tmp) / WEIGHTS_ARTIFACT)  # copied into the run's artifacts
         return mlflow.pyfunc.log_model(
             name="model", python_model=str(MODEL_CODE), artifacts={WEIGHTS_ARTIFACT: str(weights)},
-            registered_model_name=registered_model, pip_requirements=MODEL_PIP_REQUIREMENTS, metadata=metadata,
+            registered_model_name=registered_model, pip_requirements=model_pip_requirements(), metadata=metadata,
+            code_paths=[str(MODEL_PACKAGE)],
         )
 
 
