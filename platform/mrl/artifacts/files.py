@@ -6,7 +6,9 @@
 - `create_exclusive`: a file created only if absent (like O_CREAT|O_EXCL), appearing with its whole content.
 - `publish_dir`: a directory written under a temporary sibling name, every file fsynced, renamed into place.
 - `exclusive_lock`: a lock file (O_CREAT|O_EXCL) naming its holder (pid, host, start time), released at the end;
-  a lock left by a process that is gone from this host is cleared, any other refuses with how to clear it.
+  a lock left by a process that is gone from this host is cleared (one clearer at a time, through a `.clearing`
+  guard that expires after `CLEARING_STALE_S`), any other refuses with how to clear it; a lock whose holder
+  could not be written is removed, never left empty.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+CLEARING_STALE_S = 60.0  # a lock's .clearing guard older than this was left by a clearer that died
 
 
 class LockedError(RuntimeError):
@@ -84,7 +87,8 @@ def publish_dir(tmp: Path, final: Path) -> None:
     then it is renamed (atomic on one filesystem) and the parent fsynced. `final` may be an empty directory.
 
     Raises:
-        FileExistsError: `final` exists and is not empty (an artifact directory is written once).
+        FileExistsError: `final` exists and is not empty (an artifact directory is written once); `tmp` is left
+            where it was, for the caller to keep or remove.
     """
     for root, _, names in os.walk(tmp):
         for name in names:
@@ -95,7 +99,8 @@ def publish_dir(tmp: Path, final: Path) -> None:
     except OSError as exc:
         if Path(final).is_dir() and any(Path(final).iterdir()):
             raise FileExistsError(f"{final} exists and is not empty: an artifact directory is written once; "
-                                  f"write to a new directory (the finished output is left at {tmp})") from exc
+                                  f"{final} is left as it was and this output is not published there: write to "
+                                  "a new directory") from exc
         raise
     fsync_path(Path(final).parent)
 
@@ -139,11 +144,15 @@ def _acquire(lock: Path, holder: dict[str, Any]) -> None:
                             owner["host"])
                 continue
             raise LockedError(_locked_message(lock, owner, holder["what"])) from None
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(holder))
-            f.flush()
-            os.fsync(f.fileno())
-        fsync_path(lock.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(holder))
+                f.flush()
+                os.fsync(f.fileno())
+            fsync_path(lock.parent)
+        except BaseException:  # disk full, quota, a signal: an empty or torn lock would read as held forever
+            Path(lock).unlink(missing_ok=True)
+            raise
         return
 
 
@@ -172,9 +181,8 @@ def _stale(owner: dict[str, Any]) -> bool:
 def _clear(lock: Path, owner: dict[str, Any]) -> bool:
     """Remove the stale lock, unless it changed; one clearer at a time (a guard file, O_EXCL)."""
     guard = lock.with_name(lock.name + ".clearing")
-    try:
-        fd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
+    fd = _open_guard(guard)
+    if fd is None:
         return False
     try:
         if _holder(lock) != owner:
@@ -184,6 +192,24 @@ def _clear(lock: Path, owner: dict[str, Any]) -> bool:
     finally:
         os.close(fd)
         guard.unlink(missing_ok=True)
+
+
+def _open_guard(guard: Path) -> int | None:
+    """The clearing guard, created exclusively; None while another clearer holds it. A guard older than
+    `CLEARING_STALE_S` was left by a clearer that died (clearing takes microseconds) and is removed first."""
+    for attempt in range(2):
+        try:
+            return os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                age = time.time() - guard.stat().st_mtime
+            except FileNotFoundError:  # its clearer just finished: try once more
+                continue
+            if attempt or age < CLEARING_STALE_S:
+                return None
+            log.warning("removed %s, left %.0f s ago by a lock clearer that stopped", guard, age)
+            guard.unlink(missing_ok=True)
+    return None
 
 
 def _locked_message(lock: Path, owner: dict[str, Any], what: str) -> str:
