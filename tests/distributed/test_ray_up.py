@@ -111,14 +111,14 @@ def test_cluster_local_yaml_content(raw):
     assert any("ray get-auth-token --generate" in cmd for cmd in head[:-1])
     head_start, worker_start = head[-1].split(), worker[-1].split()
     # the slow test below rewrites exactly these port flags
-    for flag in ("--head", "--port=6379", "--dashboard-port=8265", "--dashboard-host=0.0.0.0",
+    for flag in ("--head", "--port=6379", "--dashboard-port=8265", "--dashboard-host=127.0.0.1",
                  "--autoscaling-config=~/ray_bootstrap_config.yaml"):
         assert head_start.count(flag) == 1, flag
     assert "--address=$RAY_HEAD_IP:6379" in worker_start
     assert "RAY_AUTH_MODE=token" in head_start and "RAY_AUTH_MODE=token" in worker_start
     header = "".join(line for line in CLUSTER_LOCAL.read_text().splitlines(keepends=True) if line.startswith("#"))
     for text in ("ray up cluster-local.yaml", "ray down cluster-local.yaml", "RAY_AUTH_MODE=token",
-                 "ray job submit", "openssh-server", "rsync", "ray stop", "NFS"):
+                 "ray job submit", "openssh-server", "rsync", "ray stop", "NFS", "ray dashboard cluster-local.yaml"):
         assert text in header, text
 
 
