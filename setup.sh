@@ -23,14 +23,26 @@ case "${1:-}" in
 esac
 SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
 
+# apt's own output (a few lines per package) goes to a log file; a failure prints its end.
+LOG_DIR=outputs/logs
+APT_LOG="$LOG_DIR/setup-apt.log"
+apt_run() {
+  mkdir -p "$LOG_DIR"
+  if ! "$@" >>"$APT_LOG" 2>&1; then
+    tail -n 30 "$APT_LOG" >&2
+    echo "setup.sh: '$*' failed; its whole output is in $APT_LOG" >&2
+    exit 1
+  fi
+}
 APT_UPDATED=false
 apt_update() {
-  $APT_UPDATED || $SUDO apt-get update -qq
+  $APT_UPDATED || apt_run $SUDO apt-get update -qq
   APT_UPDATED=true
 }
 apt_install() {
   apt_update
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+  echo "setup.sh: installing the Debian packages $* (apt's output: $APT_LOG)"
+  apt_run $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
 }
 
 # apt-get install while the packages' maintainer scripts may not start services: openssh-server's would enable
@@ -131,6 +143,7 @@ WANT="$(sha256sum pyproject.toml | cut -d' ' -f1) $PWD ${PIP_TORCH[*]} ${PIP_PRO
 if [ -n "$STAMP" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$WANT" ]; then
   exit 0
 fi
+echo "setup.sh: pip install of the CPU build of PyTorch and the project into $("$PYTHON" -c 'import sys; print(sys.prefix)')"
 # The CPU build first: otherwise pip resolves `torch` to a multi-GB CUDA build.
 "$PYTHON" -m pip install -q --disable-pip-version-check "${PIP_TORCH[@]}"
 "$PYTHON" -m pip install -q --disable-pip-version-check "${PIP_PROJECT[@]}"

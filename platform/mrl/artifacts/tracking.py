@@ -8,6 +8,7 @@ between the stages that write them and `mrl.artifacts.lineage`, which reads them
 from __future__ import annotations
 
 import os
+import warnings
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -98,8 +99,10 @@ def log_dataset(name: str, location: str | Path, cache: Path | None = None, cont
     location = Path(location).resolve()
     files = file_digests(location, cache)
     digest = dataset_digest(files)
-    mlflow.log_input(MetaDataset(source=resolve_dataset_source(str(location)), name=name,
-                                 digest=digest[:MLFLOW_DIGEST_CHARS]), context=context)
+    with warnings.catch_warnings():  # MLflow 3.17 registers its local-file source twice and says it is ambiguous
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        source = resolve_dataset_source(str(location))
+    mlflow.log_input(MetaDataset(source=source, name=name, digest=digest[:MLFLOW_DIGEST_CHARS]), context=context)
     mlflow.set_tags({TAG_DATA_DIGEST: digest, TAG_DATA_PATH: str(location)})
     if len(files) <= DATA_FILES_LOGGED:
         mlflow.log_dict({"location": str(location), "digest": digest, "files": files}, DATA_FILES_ARTIFACT)
