@@ -1,18 +1,22 @@
 """Content digests of a dataset's files: what the train stage records with its MLflow dataset input and what
 `mrl lineage` re-checks, so a model's lineage tells when the data changed under it.
 
-A dataset is a directory (every regular file under it, recursively; hidden names such as temporary files left
-out) or one file. Its digest is the sha256 of one line per file, `<relative path>\\t<size>\\t<sha256 of its
-bytes>`, in path order: names, sizes and contents all count. Each file's bytes are streamed once; with a cache
-file, a file's sha256 is kept under (path, size, mtime) and a large image folder is read again only where it
-changed.
+A dataset is a directory or one file. A directory's files are every regular file under it, recursively, as the
+readers see them: symlinked directories are followed (an image folder's class may be a link; a link back to a
+directory it is inside is not followed twice) and hidden names count (the readers open `.x.jpg` and
+`.x.parquet`); only the platform's own temporary files (`.<name>.tmp-<host>-<pid>-<uuid>`, see
+`mrl.artifacts.files.temp_name`), which no reader opens, are left out. Its digest is the sha256 of one line per
+file, `<relative path>\t<size>\t<sha256 of its bytes>`, in path order: names, sizes and contents all count.
+Each file's bytes are streamed once; with a cache file, a file's sha256 is kept under (path, size, mtime, inode,
+ctime), so a large image folder is read again only where it changed, and a file replaced with the same size and
+its mtime restored (`cp -p`, `rsync -a`) still has a new inode or ctime and is read again.
 """
-
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,7 @@ from mrl.artifacts.manifest import sha256
 
 CACHE = Path("cache") / "file-digests.json"  # under a job's output_dir
 RACY_NS = 2_000_000_000  # a file modified this recently is hashed again rather than cached (its mtime may not move)
+TEMPORARY = re.compile(r"\..+\.tmp-.+-\d+-[0-9a-f]{32}")  # `mrl.artifacts.files.temp_name`: a writer's file
 
 
 def digest_cache(output_dir: str | Path) -> Path:
@@ -40,33 +45,49 @@ def dataset_files(location: str | Path) -> list[tuple[str, Path]]:
         return [(location.name, location)]
     if not location.is_dir():
         raise FileNotFoundError(f"dataset {location} does not exist")
+    return sorted(_walk(location, "", frozenset({_identity(location)})))
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    st = path.stat()  # through links: the directory itself
+    return st.st_dev, st.st_ino
+
+
+def _walk(directory: Path, prefix: str, inside: frozenset[tuple[int, int]]) -> list[tuple[str, Path]]:
+    """The files under `directory` (named `prefix` in the dataset), following symlinked directories except one
+    that leads back into a directory of `inside` (the directories this one is in: a loop)."""
     found = []
-    for root, dirs, names in os.walk(location):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [(Path(root, n).relative_to(location).as_posix(), Path(root, n)) for n in names
-                  if not n.startswith(".")]
-    return sorted(found)
+    for entry in os.scandir(directory):
+        path, name = Path(entry.path), prefix + entry.name
+        if entry.is_dir():  # follows a link
+            identity = _identity(path)
+            if identity not in inside:
+                found += _walk(path, name + "/", inside | {identity})
+        elif entry.is_file() and not TEMPORARY.fullmatch(entry.name):
+            found.append((name, path))
+    return found
 
 
 def file_digests(location: str | Path, cache: Path | None = None) -> dict[str, list[Any]]:
     """{relative name: [size, sha256]} of every file of the dataset at `location`.
 
     Args:
-        cache: a JSON file keeping each file's sha256 under (absolute path, size, mtime_ns); None: hash all.
+        cache: a JSON file keeping each file's sha256 under (absolute path, size, mtime_ns, inode, ctime_ns);
+            None: hash every file (what `mrl lineage` does by default).
     """
     known = _load(cache)
     found, grown = {}, False
     now = time.time_ns()
     for name, path in dataset_files(location):
         st = path.stat()
-        key = str(path.resolve())
+        key, stamp = str(path.resolve()), [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
         hit = known.get(key)
-        if hit and hit[:2] == [st.st_size, st.st_mtime_ns]:
-            digest = hit[2]
+        if isinstance(hit, list) and len(hit) == len(stamp) + 1 and hit[:-1] == stamp:
+            digest = hit[-1]
         else:
             digest = sha256(path)
-            if now - st.st_mtime_ns > RACY_NS:
-                known[key], grown = [st.st_size, st.st_mtime_ns, digest], True
+            if now - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_NS:
+                known[key], grown = [*stamp, digest], True
         found[name] = [st.st_size, digest]
     if cache is not None and grown:
         cache.parent.mkdir(parents=True, exist_ok=True)
