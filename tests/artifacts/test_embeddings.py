@@ -74,3 +74,15 @@ def test_a_manifest_naming_a_path_outside_its_split_is_refused(tmp_path, name):
     (tmp_path / "run" / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ManifestError, match=f"lists the file {name!r}.*plain file names"):
         read_embeddings(split, verify=False)
+
+
+def test_format_1_embeddings_are_refused_by_the_parquet_reader_saying_to_rerun_the_embed_stage(tmp_path):
+    """Format 1 manifests list no files, so nothing vouches for the Parquet files: readers of them refuse (the
+    item reader and lineage, which need only the manifest, take format 1)."""
+    split = embed_run(tmp_path / "run", np.ones((6, 4), np.float32))
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    manifest.pop("files")
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    with pytest.raises(ManifestError, match="format version 1 embed artifact; this platform reads version 2: "
+                                            "rerun the embed stage"):
+        read_embeddings(split)

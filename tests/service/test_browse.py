@@ -6,6 +6,7 @@ browser: tests/e2e/test_search_page.py."""
 
 import fnmatch
 import io
+import json
 import re
 import shutil
 
@@ -199,3 +200,23 @@ def test_the_page_is_static_offline_and_shipped_with_the_package():
     on_disk = sorted(p.name for p in (REPO / "platform" / "mrl" / "service" / "page").iterdir())
     assert on_disk == sorted(PAGE_FILES)
     assert all(any(fnmatch.fnmatch(f"service/page/{name}", g) for g in globs) for name in on_disk)
+
+
+def as_format_1(embeddings):
+    """Rewrite an embed manifest as the embed stage wrote it before manifests listed files (format 1)."""
+    manifest = json.loads((embeddings / "manifest.json").read_text())
+    manifest.pop("files", None)
+    (embeddings / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+
+
+def test_an_index_over_format_1_embeddings_still_serves_its_items(image_corpus, tmp_path):
+    """Indexes built before embed format 2 keep their items: the items need the embed manifest's data, model
+    spec and augmentation, which format 1 holds; no Parquet file of it is read."""
+    _, images, ids, _ = image_corpus
+    tmp = tmp_path / "old"
+    tmp.mkdir()
+    write_images(tmp / "data", images, np.arange(N) % 4, ids)
+    service = write_lineage(tmp, DataConfig(source="parquet", path=str(tmp / "data")), ids, np.arange(N) % 4)
+    as_format_1(tmp / "embeddings")
+    item = service.item(int(ids[5]))
+    assert item["label"] == 5 % 4 and np.array_equal(decode_png(item["png"]), images[5, 0])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,9 @@ from mrl.artifacts.files import fsync_path, replace_file, temp_name
 
 MANIFEST = "manifest.json"
 # The artifact layouts this platform writes and reads; a change to a layout bumps its version.
-# embed 2: the manifest lists every Parquet file of every split with its sha256 ("files").
+# embed 2: the manifest lists every Parquet file of every split with its sha256 ("files"). Version 1 directories
+# hold what 2 holds but "files": the service's item reader and `mrl lineage` still read them (files unverified);
+# readers of the Parquet files refuse them.
 FORMAT_VERSIONS = {"embed": 2, "index": 1}
 
 
@@ -52,13 +54,17 @@ def _check_listing(manifest: dict[str, Any], where: str | Path) -> None:
             check_file_name(name, where)
 
 
-def read_manifest(path: str | Path, stage: str | None = None) -> dict[str, Any]:
+def read_manifest(path: str | Path, stage: str | None = None, versions: Collection[int] | None = None
+                  ) -> dict[str, Any]:
     """The manifest.json of a stage's output directory.
 
     Args:
         path: the directory.
         stage: when given, refuse a manifest of another stage ("embed", "index") or of a format version this
             platform does not read (manifests written before the field existed count as version 1).
+        versions: the format versions the caller reads (None: the stage's current one). A reader of what every
+            version records (an embed run's data config, say) may take older ones too: `format_version(manifest)`
+            tells which it got.
 
     Raises:
         FileNotFoundError: no manifest there.
@@ -71,12 +77,17 @@ def read_manifest(path: str | Path, stage: str | None = None) -> dict[str, Any]:
     if stage is not None:
         if manifest.get("stage") != stage:
             raise ManifestError(f"{path} holds a {manifest.get('stage')!r} manifest, not an {stage!r} one")
-        version = manifest.get("format_version", 1)
-        if version != FORMAT_VERSIONS[stage]:
+        version, accepted = format_version(manifest), sorted(versions or (FORMAT_VERSIONS[stage],))
+        if version not in accepted:
             raise ManifestError(f"{path} is a format version {version} {stage} artifact; this platform reads "
-                                f"version {FORMAT_VERSIONS[stage]}: rerun the {stage} stage to rewrite it")
+                                f"version {' or '.join(map(str, accepted))}: rerun the {stage} stage to rewrite it")
     _check_listing(manifest, path)
     return manifest
+
+
+def format_version(manifest: dict[str, Any]) -> int:
+    """A manifest's format version (1 for manifests written before the field existed)."""
+    return manifest.get("format_version", 1)
 
 
 def write_manifest(path: Path, manifest: dict[str, Any]) -> None:

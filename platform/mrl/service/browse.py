@@ -28,6 +28,9 @@ from mrl.data.config import DataConfig
 from mrl.data.formats import DataError
 from mrl.data.sources import load_text_split, open_split
 
+# the embed formats whose manifests hold what the items need (data, model_spec, augment): all of them; no Parquet
+# file is read here, so format 1's unlisted files do not matter
+EMBED_VERSIONS = (1, 2)
 # the page's files, by the name the app serves them under, and their media types (nothing else is served)
 PAGE_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
               "style.css": "text/css; charset=utf-8"}
@@ -64,7 +67,7 @@ class CorpusItems:
             raise ItemsUnavailable("the index manifest names no embeddings directory, so the service cannot tell "
                                    "which data its items come from (indexes built by the index stage name one)")
         try:
-            embed = read_manifest(embeddings, stage="embed")
+            embed = read_manifest(embeddings, stage="embed", versions=EMBED_VERSIONS)
             self.data = from_dict(DataConfig, embed["data"], prefix="data.")
         except (FileNotFoundError, ManifestError, ConfigError, KeyError) as exc:
             raise ItemsUnavailable(f"the index's embeddings {embeddings}: {exc}") from None
