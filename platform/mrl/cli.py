@@ -3,8 +3,9 @@
 Stages: train, tune, embed, index, evaluate, serve, pipeline; and `search`, which queries an index
 through the service's code without Ray (`mrl search index_dir=outputs/index/latest ids=[7] mode=funnel`), and
 `lineage`, which prints and checks the chain behind a deployment, index, embeddings or model
-(`mrl lineage target=http://127.0.0.1:8000`; exit 1 when a link is broken), and `promote`, which points the
-registry alias the embed stage loads at a model version (`mrl promote model_uri=models:/mrl-fashion-mnist/3`).
+(`mrl lineage target=http://127.0.0.1:8000 api_key_env=MRL_API_KEY`; exit 1 when a link is broken), and
+`promote`, which points the registry alias the embed stage loads at a model version
+(`mrl promote model_uri=models:/mrl-fashion-mnist/3`).
 The config is loaded and validated before any Ray work starts; a bad value exits with status 2 and a
 message naming the field. A stage prints its own lines (progress, tables, where things are) and actionable
 warnings; the rest of Ray's, MLflow's and the workers' output goes to <output_dir>/logs/<stage>-<time>.log, whose
@@ -17,6 +18,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import os
 import sys
 from typing import Any, Callable
 
@@ -54,9 +56,14 @@ def _search(cfg: C.SearchJobConfig) -> int:
 def _lineage(cfg: C.LineageJobConfig) -> int:
     from mlflow import MlflowClient
 
+    key = os.environ.get(cfg.api_key_env, "").strip() if cfg.api_key_env else None
+    if cfg.api_key_env and not key:
+        print(f"mrl lineage: api_key_env names {cfg.api_key_env}, which is not set (or empty) here: export the "
+              "service's API key in it", file=sys.stderr)
+        return 2
     uri = tracking.resolve_tracking_uri(cfg.mlflow, cfg.output_dir)
     tracking.setup(cfg.mlflow, cfg.output_dir)
-    links = trace(cfg.target, MlflowClient(uri), digest_cache(cfg.output_dir))
+    links = trace(cfg.target, MlflowClient(uri), None if cfg.rehash else digest_cache(cfg.output_dir), key)
     for link in links:
         print(link.line(), flush=True)
     broken = [link for link in links if link.problem]

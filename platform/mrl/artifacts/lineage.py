@@ -6,6 +6,11 @@ manifest's checksums match the files, the registered model version exists, and t
 content digest the training run recorded (a shard changed, removed or added since training breaks that link,
 naming the files). `mrl lineage target=...` prints the chain and exits non-zero when a link is broken.
 
+A service with an API key tells only its key's holders which index and model it serves (its /healthz answers
+anyone else "ok" alone): the key goes along as `Authorization: Bearer <key>`, and without it that link says so.
+Embeddings directories from before manifests listed their files (embed format 1) are followed, their files noted
+as not verified.
+
     deployment (URL) -> index (directory, run) -> embeddings (directory, run) -> model (registry version)
         -> training run (params) -> dataset (source, digest)
 """
@@ -17,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from mrl.artifacts.datasets import dataset_digest, describe_changes, file_digests
-from mrl.artifacts.manifest import read_manifest, verify_files
+from mrl.artifacts.manifest import format_version, read_manifest, verify_files
 from mrl.artifacts.tracking import (DATA_FILES_ARTIFACT, TAG_CHECKPOINT, TAG_DATA_DIGEST, TAG_DATA_PATH, TAG_URL,
                                     describe_model)
+
+EMBED_VERSIONS = (1, 2)  # lineage reads what every embed format records; format 1 lists no files to verify
 
 
 @dataclass
@@ -60,12 +67,18 @@ def _checksums(listings: dict[Path, dict[str, str]]) -> tuple[int, str | None]:
     return sum(map(len, listings.values())), None
 
 
-def trace(target: str, client, cache: Path | None = None) -> list[Link]:
+def trace(target: str, client, cache: Path | None = None, api_key: str | None = None) -> list[Link]:
     """The chain of links from `target` (an http(s) URL of a running service, an index or embeddings
-    directory, or a model URI) down to the training data, each checked. `cache`: the file-digest cache the
-    data re-check may use (`mrl.artifacts.datasets.digest_cache`)."""
+    directory, or a model URI) down to the training data, each checked.
+
+    Args:
+        cache: the file-digest cache the data re-check may use (`mrl.artifacts.datasets.digest_cache`); None:
+            every file of the training data is read again.
+        api_key: the service's API key, sent as `Authorization: Bearer <key>` (a service with a key tells only
+            its key's holders which index and model it serves).
+    """
     if target.startswith(("http://", "https://")):
-        return _deployment(target.rstrip("/"), client, cache)
+        return _deployment(target.rstrip("/"), client, cache, api_key)
     if target.startswith(("models:/", "runs:/")):
         return _model(target, client, cache)
 
@@ -80,21 +93,30 @@ def trace(target: str, client, cache: Path | None = None) -> list[Link]:
     return [Link("artifact", target, problem=f"manifest of stage {stage!r}: not an index or embeddings directory")]
 
 
-def _deployment(url: str, client, cache: Path | None) -> list[Link]:
+def _deployment(url: str, client, cache: Path | None, api_key: str | None = None) -> list[Link]:
     import requests
 
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        health = requests.get(f"{url}/healthz", timeout=10).json()
+        health = requests.get(f"{url}/healthz", headers=headers, timeout=10).json()
     except Exception as exc:
         return [Link("deployment", url, problem=f"no answer from {url}/healthz ({type(exc).__name__})")]
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(experiments, f"tags.`{TAG_URL}` = '{url}'", order_by=["attributes.start_time DESC"],
                               max_results=1) if experiments else []
-    link = Link("deployment", url, {"index version": health["index"]["version"], "model": health["model"]["uri"],
-                                    "serve run": runs[0].info.run_id if runs else None})
+    link = Link("deployment", url, {"serve run": runs[0].info.run_id if runs else None})
+    index = health.get("index") if isinstance(health, dict) else None
+    if not isinstance(index, dict) or not index.get("path"):  # a keyed service's answer to a caller without it
+        link.problem = (f"the service withholds its details without the API key: give api_key_env=<the name of "
+                        f"an environment variable holding the key> (its /healthz answered {health!r})"
+                        if not api_key else f"the service withholds its details from the API key given (wrong "
+                        f"key?): its /healthz answered {health!r}")
+        return [link]
+    link.details = {"index version": index.get("version"), "model": (health.get("model") or {}).get("uri"),
+                    **link.details}
     if not runs:
         link.problem = f"no MLflow serve run records {url}"
-    return [link, *_index(Path(health["index"]["path"]), client, cache)]
+    return [link, *_index(Path(index["path"]), client, cache)]
 
 
 def _index(path: Path, client, cache: Path | None) -> list[Link]:
@@ -112,10 +134,13 @@ def _index(path: Path, client, cache: Path | None) -> list[Link]:
 
 def _embeddings(path: Path, client, cache: Path | None) -> list[Link]:
     try:
-        manifest = read_manifest(path, stage="embed")
+        manifest = read_manifest(path, stage="embed", versions=EMBED_VERSIONS)
     except (FileNotFoundError, ValueError) as exc:
         return [Link("embeddings", str(path), problem=str(exc))]
-    files, bad = _checksums({path / split: listing for split, listing in (manifest.get("files") or {}).items()})
+    if format_version(manifest) == 1:  # written before manifests listed their files: nothing to verify them by
+        files, bad = "not verified (format 1: the manifest lists none; rerunning the embed stage lists them)", None
+    else:
+        files, bad = _checksums({path / split: listing for split, listing in (manifest.get("files") or {}).items()})
     _, problem = _run(client, manifest.get("embed_run_id"))
     link = Link("embeddings", str(path), {"run": manifest.get("embed_run_id"), "rows": manifest.get("rows"),
                                           "dim": manifest.get("dim"), "files verified": files}, problem=bad or problem)

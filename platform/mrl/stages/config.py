@@ -275,11 +275,20 @@ class LineageJobConfig(JobConfig):
     target: str | None = None
     """A running service's URL (http://...), an index or embeddings directory, or a model URI (models:/...);
     None: the newest index, <output_dir>/index/latest."""
+    api_key_env: str | None = None
+    """Name of an environment variable holding the service's API key (what its serve.api_key_env or
+    serve.api_key_file holds), sent as `Authorization: Bearer <key>`: a service with a key tells only its key's
+    holders which index and model it serves. None: no key sent."""
+    rehash: bool = True
+    """Read every file of the training data again to check its digest. false: trust the file-digest cache of
+    <output_dir>/cache for files whose path, size, mtime, inode and ctime did not move (faster on a large image
+    folder, blind to a change that kept all five)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._default("target", "index")
         check(bool(self.target), "target must name a URL, a directory or a model URI")
+        check(self.api_key_env is None or bool(self.api_key_env.strip()), "api_key_env must name a variable")
 
 
 @dataclass(frozen=True, kw_only=True)
