@@ -203,3 +203,50 @@ def test_data_with_repeated_ids_is_refused_before_embedding(tmp_path):
     spec = {"encoder": "cnn", "in_channels": 1, "image_size": 2}
     with pytest.raises(ValueError, match="1 ids of the train split appear more than once"):
         _split_ids(DataConfig(source="parquet", path=str(tmp_path)), spec, "train")
+
+
+def test_a_run_directory_of_the_old_in_place_layout_is_refused_naming_what_to_do(tmp_path):
+    """Before runs worked in .<name>.partial, a named run wrote its units straight into <name>/: one interrupted
+    there has plan.json but no manifest (older ones no plan.json either). Asking for that name again must say
+    so, naming the directory and the missing file, instead of failing with a bare FileNotFoundError."""
+    import json
+    import re
+
+    from mrl.stages.embed import _finished
+
+    plan = {"model_uri": "models:/tiny/1", "splits": ["train"], "rows_per_unit": 4}
+    out = tmp_path / "embeddings" / "nightly"
+    (out / "train").mkdir(parents=True)
+    write_atomically(embedding_table(np.arange(4), np.zeros(4), np.ones((4, 2), np.float32), "float32"),
+                     unit_path(out / "train", 0))
+    (out / "plan.json").write_text(json.dumps(plan))
+    for missing in (out / "manifest.json", out / "plan.json"):
+        with pytest.raises(ValueError, match=re.escape(f"embed run directory {out} has no {missing.name} ({missing})")
+                           + r".* earlier version .* cannot be resumed or reused\. Pick a new run_name, or move "
+                           + re.escape(f"{out} out of the way")):
+            _finished(out, plan)
+        (out / "plan.json").unlink(missing_ok=True)  # the older layout: not even a plan
+    assert (out / "train" / "part-00000.parquet").is_file()  # left as it was
+
+
+def test_a_finished_run_asked_for_again_is_verified_and_other_settings_are_refused(tmp_path):
+    import json
+
+    from mrl.artifacts.embeddings import embedding_files
+    from mrl.artifacts.manifest import write_manifest
+    from mrl.stages.embed import _finished
+
+    plan = {"model_uri": "models:/tiny/1", "splits": ["train"], "rows_per_unit": 4}
+    out = tmp_path / "nightly"
+    (out / "train").mkdir(parents=True)
+    write_atomically(embedding_table(np.arange(4), np.zeros(4), np.ones((4, 2), np.float32), "float32"),
+                     unit_path(out / "train", 0))
+    (out / "plan.json").write_text(json.dumps(plan))
+    write_manifest(out, {"stage": "embed", "embed_run_id": "r1", "rows": {"train": 4},
+                         "files": embedding_files(out, ["train"])})
+    assert _finished(out, plan)["embed_run_id"] == "r1"
+    with pytest.raises(ValueError, match=r"^embed run directory .* was started with other settings \(rows_per_unit"):
+        _finished(out, {**plan, "rows_per_unit": 8})
+    (out / "train" / "part-00000.parquet").write_bytes(b"changed")
+    with pytest.raises(ValueError, match="is finished but cannot be reused .*does not match its manifest checksum"):
+        _finished(out, plan)

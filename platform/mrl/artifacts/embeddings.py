@@ -6,7 +6,8 @@
         <split>/part-*.parquet    columns id (int64), label (int64), embedding (fixed_size_list<float>[d])
 
 `read_embeddings` opens exactly the files the manifest lists for a split, each verified against its sha256;
-`read_embedding_files` reads Parquet files no manifest vouches for (a benchmark's own output).
+`read_embedding_files` reads Parquet files no manifest vouches for (a benchmark's own output); `verify_split`
+reads a split's ids back before the embed stage lists its files.
 """
 
 from __future__ import annotations
@@ -74,3 +75,36 @@ def _arrays(table: Any, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     labels = table.column("label").to_numpy()
     order = np.argsort(ids, kind="stable")
     return ids[order], labels[order], vectors[order]
+
+
+def verify_split(split_dir: Path, ids: np.ndarray) -> dict[str, Any]:
+    """Read back every id of a split's units: the rows must be exactly `ids`, each once.
+
+    The driver's memory for this is two id arrays (the found ids, read file by file into one array, and a
+    sorted copy of the expected ones), sorted in place: 16 bytes a row, nothing per file.
+
+    Raises:
+        RuntimeError: naming how many ids are duplicated or missing.
+    """
+    import pyarrow.parquet as pq
+
+    files = sorted(split_dir.glob(UNIT_GLOB))
+    found = np.empty(sum(pq.ParquetFile(f).metadata.num_rows for f in files), dtype=np.int64)
+    at = 0
+    for f in files:
+        part = pq.read_table(f, columns=["id"]).column("id").to_numpy()
+        found[at:at + len(part)] = part
+        at += len(part)
+    found.sort()
+    repeated = np.zeros(len(found), dtype=bool)
+    repeated[1:] = found[1:] == found[:-1]
+    duplicates = int(repeated.sum())
+    unique = found[~repeated]
+    expected = np.sort(ids)  # unique: `_split_ids` refuses data with repeated ids
+    at = np.minimum(np.searchsorted(unique, expected), max(len(unique) - 1, 0))
+    present = int((unique[at] == expected).sum()) if len(unique) else 0
+    missing, extra = len(expected) - present, len(unique) - present
+    if duplicates or missing or extra:
+        raise RuntimeError(f"{split_dir}: {duplicates} duplicate, {missing} missing and {extra} unexpected ids "
+                           f"among {len(found):,} rows in {len(files)} files")
+    return {"rows": int(len(found)), "files": len(files), "duplicates": 0, "missing": 0}

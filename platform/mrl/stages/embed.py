@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from mrl.artifacts import tracking
-from mrl.artifacts.embeddings import embedding_files
+from mrl.artifacts.embeddings import embedding_files, verify_split
 from mrl.artifacts.files import create_exclusive, exclusive_lock, fsync_path, publish_dir, temp_name
 from mrl.artifacts.manifest import MANIFEST, point_latest, read_manifest, verify_files, write_manifest
 from mrl.configio import from_dict, to_dict
@@ -252,18 +252,35 @@ def _embed_into(job: EmbedJobConfig, model_info: dict[str, Any], model, stage: S
 
 def _finished(out: Path, plan: dict[str, Any]) -> dict[str, Any]:
     """A finished run directory asked for again: the same settings, every listed file verified; it is left as it
-    is (its manifest names the run that wrote it). Returns its manifest."""
-    _check_plan(out, plan)
+    is (its manifest names the run that wrote it). Returns its manifest.
+
+    Raises:
+        ValueError: other settings, files that do not verify, or a directory of the layout before runs worked in
+            `.<name>.partial` (no plan.json, or no manifest: a run that was interrupted), which cannot be resumed.
+    """
+    try:
+        _check_plan(out, plan)
+    except FileNotFoundError:
+        raise _old_layout(out, out / "plan.json") from None
     try:
         manifest = read_manifest(out, stage="embed")
         for split, listing in manifest["files"].items():
             verify_files(out / split, listing, listing)
+    except FileNotFoundError:
+        raise _old_layout(out, out / MANIFEST) from None
     except (ValueError, KeyError) as exc:
         raise ValueError(f"embed run directory {out} is finished but cannot be reused ({exc}); use another "
                          "run_name") from None
     print(f"[embed] {out.name} is finished (run {manifest['embed_run_id']}): its files verified, nothing to embed",
           flush=True)
     return manifest
+
+
+def _old_layout(out: Path, missing: Path) -> ValueError:
+    return ValueError(f"embed run directory {out} has no {missing.name} ({missing}): it is from an earlier version "
+                      "of the platform, which wrote runs in place (an interrupted one has no manifest), and cannot be "
+                      f"resumed or reused. Pick a new run_name, or move {out} out of the way (e.g. to {out}.old) and "
+                      "run again")
 
 
 def _embed_splits(job: EmbedJobConfig, model_uri: str, stage: StageRun, model_spec: dict[str, Any], out: Path
@@ -345,39 +362,6 @@ def _embed_split(job, model_uri: str, tracking_uri: str, model_spec: dict[str, A
     for stale in split_dir.glob(".part-*.tmp-*"):  # an actor lost mid-unit (its unit was written again)
         stale.unlink()
     return actor_peak
-
-
-def verify_split(split_dir: Path, ids: np.ndarray) -> dict[str, Any]:
-    """Read back every id of a split's units: the rows must be exactly `ids`, each once.
-
-    The driver's memory for this is two id arrays (the found ids, read file by file into one array, and a
-    sorted copy of the expected ones), sorted in place: 16 bytes a row, nothing per file.
-
-    Raises:
-        RuntimeError: naming how many ids are duplicated or missing.
-    """
-    import pyarrow.parquet as pq
-
-    files = sorted(split_dir.glob("part-*.parquet"))
-    found = np.empty(sum(pq.ParquetFile(f).metadata.num_rows for f in files), dtype=np.int64)
-    at = 0
-    for f in files:
-        part = pq.read_table(f, columns=["id"]).column("id").to_numpy()
-        found[at:at + len(part)] = part
-        at += len(part)
-    found.sort()
-    repeated = np.zeros(len(found), dtype=bool)
-    repeated[1:] = found[1:] == found[:-1]
-    duplicates = int(repeated.sum())
-    unique = found[~repeated]
-    expected = np.sort(ids)  # unique: `_split_ids` refuses data with repeated ids
-    at = np.minimum(np.searchsorted(unique, expected), max(len(unique) - 1, 0))
-    present = int((unique[at] == expected).sum()) if len(unique) else 0
-    missing, extra = len(expected) - present, len(unique) - present
-    if duplicates or missing or extra:
-        raise RuntimeError(f"{split_dir}: {duplicates} duplicate, {missing} missing and {extra} unexpected ids "
-                           f"among {len(found):,} rows in {len(files)} files")
-    return {"rows": int(len(found)), "files": len(files), "duplicates": 0, "missing": 0}
 
 
 def _split_ids(data, model_spec: dict[str, Any], split: str) -> np.ndarray:
