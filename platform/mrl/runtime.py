@@ -282,9 +282,9 @@ class _Capture:
 
 
 def _relay(printer: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
-    """Ray's printer of a batch of worker lines, filtered: the platform's lines print as stdout (the terminal),
-    every other line of a worker as stderr (the log, or the terminal when `actionable`). Cluster events
-    (raylet, autoscaler) print as Ray would."""
+    """Ray's printer of a batch of worker lines, filtered: the platform's lines go to stdout (the terminal) as they
+    are, without Ray's worker prefix; every other line of a worker prints as stderr (the log, or the terminal when
+    `actionable`). Cluster events (raylet, autoscaler) print as Ray would."""
 
     def relay(batch: dict[str, Any]) -> None:
         if not str(batch.get("pid", "")).isdigit():
@@ -293,8 +293,9 @@ def _relay(printer: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any
         lines = batch.get("lines") or []
         mine = [line for line in lines if PLATFORM_LINE.match(line)]
         rest = [line for line in lines if not PLATFORM_LINE.match(line)]
-        if mine:
-            printer({**batch, "lines": mine, "is_err": False})
+        if mine:  # as the driver's own lines: Ray's "(RayTrainWorker pid=...)" prefix says nothing to the reader
+            sys.stdout.write("".join(line + "\n" for line in mine))
+            sys.stdout.flush()
         if rest:
             printer({**batch, "lines": rest, "is_err": True})
 

@@ -73,7 +73,7 @@ def runs_by_stage(cfg):
 # the driver or a Ray worker, tables, the summary) and warnings a user can act on; Ray's, MLflow's and the workers'
 # other output goes to <output_dir>/logs/pipeline-<time>.log.
 OWN_LINES = re.compile("|".join([
-    r"", r"=== \w+ ===", r"\[[a-z]+\] .*", r"(\x1b\[\d+m)?\(RayTrainWorker pid=\d+\)(\x1b\[0m)? \[train\] .*",
+    r"", r"=== \w+ ===", r"\[[a-z]+\] .*",  # a worker's [train] lines too: printed without Ray's worker prefix
     r"\|.*\|", r"model models:/.*, index .*", r"per-size metrics: the evaluate table above, also in .*",
     r"full size d=\d+: .*", r"MLflow store: .*", r"  open the UI with: .*", r"example query: POST .*",
     r"  answered ids .*", r"  by model .*", r"  the same by corpus id: curl .*", r"stage seconds .*",
