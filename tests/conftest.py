@@ -77,3 +77,16 @@ def tiny_text_model(texts: list[str], dim: int = 16, seed: int = 0):
                                       "intermediate_size": 32}}).eval()
     model.tokenizer = train_tokenizer(texts, 300, 16)
     return model
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A valid PNG header for a width x height grayscale image followed by an almost empty image stream: a few
+    dozen bytes that announce width x height pixels (a decompression bomb's header)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))

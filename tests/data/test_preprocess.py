@@ -10,6 +10,8 @@ from mrl.core.models.model import build_model
 from mrl.data.formats import to_float
 from mrl.data.preprocess import decode_image, embed_images, inference_model, standardize
 
+from conftest import png_declaring
+
 
 def test_standardize_on_the_tensor_is_to_float_bit_for_bit():
     images = np.random.default_rng(0).integers(0, 256, size=(7, 3, 5, 4), dtype=np.uint8)
@@ -40,19 +42,6 @@ def test_inference_precision_is_checked(precision, message):
                          "nesting": {"schedule": "list", "sizes": [8]}, "backbone": {"channels": [4, 8]}})
     with pytest.raises(ValueError, match=message):
         inference_model(model, "cpu", precision)
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A valid PNG header for a width x height grayscale image followed by an almost empty image stream: a few
-    dozen bytes that announce width x height pixels (a decompression bomb's header)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
 
 
 def test_a_decompression_bomb_is_a_value_error_naming_the_limit():

@@ -13,17 +13,7 @@ from mrl.retrieval.modes import SearchSettings
 from mrl.service.config import ServeConfig, is_loopback
 from mrl.service.retrieval import RequestError, RetrievalService
 
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A PNG header announcing width x height pixels with an almost empty image stream (69 bytes)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+from conftest import png_declaring
 
 
 @pytest.fixture(scope="module")
