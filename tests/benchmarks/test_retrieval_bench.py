@@ -7,6 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from mrl.artifacts.embeddings import embedding_files
+from mrl.artifacts.manifest import write_manifest
 from mrl.configio import ConfigError, from_dict
 from mrl.retrieval.topk import exact_search
 from mrl.runtime import peak_rss_bytes, reset_peak_rss
@@ -36,8 +38,8 @@ def embeddings(tmp_path):
     emb = tmp_path / "emb"
     write_split(emb / "train", x[:1500], labels[:1500])
     write_split(emb / "test", x[1500:], labels[1500:])
-    (emb / "manifest.json").write_text(json.dumps({"stage": "embed", "embed_run_id": "r", "model_uri": "m",
-                                                   "dim": 64, "sizes": [8, 16, 32, 64]}))
+    write_manifest(emb, {"stage": "embed", "embed_run_id": "r", "model_uri": "m", "dim": 64, "sizes": [8, 16, 32, 64],
+                         "files": embedding_files(emb, ["train", "test"])})
     db = x[:1500].astype(np.float16).astype(np.float32)
     return emb, db, x[1500:], labels
 
