@@ -102,7 +102,8 @@ def log_models(store: Path) -> list[dict]:
     np.save(store / "image-expected.npy", embed_images(image_model, images))
     np.save(store / "text-expected.npy", text_model.embed_texts(TEXTS))
     mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
-    mlflow.set_experiment("environments")
+    # the artifacts in the temp dir too (a new experiment's default is ./mlruns, in the repository)
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment("environments", artifact_location=(store / "art").as_uri()))
     cases = []
     for name, model, inputs in (("image", image_model, "images.npy"), ("text", text_model, "texts.json")):
         with mlflow.start_run():
