@@ -189,7 +189,8 @@ def test_embedding_survives_a_killed_node(cluster, tmp_path, fashion_shards, mon
         "embed.rows_per_file=250", "embed.batch_size=250", "data.train_limit=20000",
         f"data.shards_path={fashion_shards}", "embed.num_actors=2", "embed.cpus_per_actor=3"])
     split = tmp_path / "embeddings" / "nodes" / "train"
-    units = lambda: sorted(split.glob("part-*.parquet"))
+    working = tmp_path / "embeddings" / ".nodes.partial" / "train"  # where the run writes until it is complete
+    units = lambda where=split: sorted(where.glob("part-*.parquet"))
     gate.close("unit")
     monkeypatch.setattr(embed_stage, "UnitEmbedder", held_embedder(gate, after_units=3))
     driver = Driver(run_embed, job)
@@ -199,7 +200,8 @@ def test_embedding_survives_a_killed_node(cluster, tmp_path, fashion_shards, mon
                     alive=driver.is_alive)
     assert len({a["node_id"] for a in pool}) == 2, [cluster.name_of(a["node_id"]) for a in pool]
     victim = cluster.name_of(pool[0]["node_id"])
-    before = {p.name: p.stat().st_mtime_ns for p in units()}
+    before = {p.name: p.stat().st_mtime_ns for p in units(working)}
+    assert not split.parent.exists()  # nothing published while the run is incomplete
     cluster.kill(victim)
     cluster.add()
     wait_for(lambda: not alive(pool[0]["pid"]), SHORT, "the killed node's actor gone")
