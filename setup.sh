@@ -23,17 +23,22 @@ case "${1:-}" in
 esac
 SUDO=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
 
-# apt's own output (a few lines per package) goes to a log file; a failure prints its end.
+# apt's and pip's own output (a few lines per package, and whatever the machine's pip configuration warns about)
+# goes to log files; a failure prints the end of its log.
 LOG_DIR=outputs/logs
 APT_LOG="$LOG_DIR/setup-apt.log"
-apt_run() {
+PIP_LOG="$LOG_DIR/setup-pip.log"
+logged() {  # logged LOG command...: run the command with its output appended to LOG
+  local log=$1
+  shift
   mkdir -p "$LOG_DIR"
-  if ! "$@" >>"$APT_LOG" 2>&1; then
-    tail -n 30 "$APT_LOG" >&2
-    echo "setup.sh: '$*' failed; its whole output is in $APT_LOG" >&2
+  if ! "$@" >>"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    echo "setup.sh: '$*' failed; its whole output is in $log" >&2
     exit 1
   fi
 }
+apt_run() { logged "$APT_LOG" "$@"; }
 APT_UPDATED=false
 apt_update() {
   $APT_UPDATED || apt_run $SUDO apt-get update -qq
@@ -132,7 +137,7 @@ if [ "$PYTHON" = "$VENV/bin/python" ] && ! "$PYTHON" -m pip --version >/dev/null
   fi
   echo "setup.sh: creating the project venv $VENV with $(command -v python3)"
   python3 -m venv "$VENV"
-  "$PYTHON" -m pip install -q --disable-pip-version-check "pip>=21.3"  # editable installs from pyproject.toml
+  logged "$PIP_LOG" "$PYTHON" -m pip install -q --disable-pip-version-check "pip>=21.3"  # editable installs from pyproject.toml
 fi
 
 PIP_TORCH=(torch==2.13.0)
@@ -143,8 +148,8 @@ WANT="$(sha256sum pyproject.toml | cut -d' ' -f1) $PWD ${PIP_TORCH[*]} ${PIP_PRO
 if [ -n "$STAMP" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$WANT" ]; then
   exit 0
 fi
-echo "setup.sh: pip install of the CPU build of PyTorch and the project into $("$PYTHON" -c 'import sys; print(sys.prefix)')"
+echo "setup.sh: pip install of the CPU build of PyTorch and the project into $("$PYTHON" -c 'import sys; print(sys.prefix)') (pip's output: $PIP_LOG)"
 # The CPU build first: otherwise pip resolves `torch` to a multi-GB CUDA build.
-"$PYTHON" -m pip install -q --disable-pip-version-check "${PIP_TORCH[@]}"
-"$PYTHON" -m pip install -q --disable-pip-version-check "${PIP_PROJECT[@]}"
+logged "$PIP_LOG" "$PYTHON" -m pip install -q --disable-pip-version-check "${PIP_TORCH[@]}"
+logged "$PIP_LOG" "$PYTHON" -m pip install -q --disable-pip-version-check "${PIP_PROJECT[@]}"
 [ -z "$STAMP" ] || echo "$WANT" > "$STAMP"
