@@ -105,10 +105,8 @@ class BodyLimit:
 
 
 async def _refuse(send, size: str, limit: int) -> None:
-    body = JSONResponse(status_code=413, content={
-        "detail": f"request body of {size} bytes is above the limit of {limit} bytes (serve.max_body_bytes)"})
-    await send({"type": "http.response.start", "status": 413, "headers": body.raw_headers})
-    await send({"type": "http.response.body", "body": body.body})
+    await guard.reply(send, 413, {"detail": f"request body of {size} bytes is above the limit of {limit} bytes "
+                                            "(serve.max_body_bytes)"})
 
 
 app.add_middleware(BodyLimit)
@@ -143,9 +141,8 @@ async def answer_batch(service: RetrievalService, embed, requests: list) -> list
 class Encoder:
     """The index's model, embedding query images or texts (model composition: the Retriever holds a handle to it)."""
 
-    def __init__(self, model_uri: str, tracking_uri: str | None, manifest: dict[str, Any], batch_max_size: int = 8,
-                 batch_wait_ms: float = 0.0, max_pixels: int = 4096 * 4096,
-                 formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF", "BMP")):
+    def __init__(self, model_uri: str, tracking_uri: str | None, manifest: dict[str, Any], batch_max_size: int,
+                 batch_wait_ms: float, max_pixels: int, formats: tuple[str, ...]):
         self.encoder = QueryEncoder(model_uri, tracking_uri, max_pixels=max_pixels, formats=tuple(formats))
         check_encoder(manifest, self.encoder.describe())  # another model, d or nesting list: the deploy fails
         self.embed.set_max_batch_size(batch_max_size)

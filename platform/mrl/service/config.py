@@ -11,6 +11,11 @@ from mrl.configio import ConfigError, check, positive, registered
 from mrl.retrieval.modes import SEARCH_MODES, SearchSettings
 from mrl.retrieval.plan import PlanError, check_stages
 
+# Raster formats Pillow decodes itself (no external program), a query may be allowed to send.
+IMAGE_FORMATS = {"PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "PPM"}
+QUERY_IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")  # the ones allowed unless serve.image_formats says
+MAX_IMAGE_PIXELS = 4096 * 4096  # the largest query image (width x height) unless serve.max_image_pixels says
+
 
 @dataclass(frozen=True, kw_only=True)
 class ServeConfig:
@@ -70,9 +75,9 @@ class ServeConfig:
     reach the port could search and read the corpus)."""
     docs: bool = True
     """Serve the OpenAPI pages (/docs, /redoc, /openapi.json), behind the key when there is one; false: 404."""
-    max_image_pixels: int = 4096 * 4096
+    max_image_pixels: int = MAX_IMAGE_PIXELS
     """Query images with more pixels (width x height, read from the header before any decoding) get 422."""
-    image_formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+    image_formats: tuple[str, ...] = QUERY_IMAGE_FORMATS
     """The image formats a query may send (Pillow format names); any other is refused without being parsed."""
     request_timeout_s: float | None = 60.0
     """The HTTP proxy answers 408 to a request not finished after this long; null: no limit."""
@@ -128,9 +133,6 @@ class ServeConfig:
         check(self.max_queued_requests == -1 or self.max_queued_requests >= 1,
               f"max_queued_requests must be -1 (unbounded) or >= 1, got {self.max_queued_requests}")
 
-
-# Raster formats Pillow decodes itself (no external program), a query may be allowed to send.
-IMAGE_FORMATS = {"PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "PPM"}
 
 
 def is_loopback(host: str) -> bool:

@@ -14,6 +14,7 @@ import numpy as np
 
 from mrl.artifacts.tracking import load_model
 from mrl.data.preprocess import decode_image, embed_images
+from mrl.service.config import MAX_IMAGE_PIXELS, QUERY_IMAGE_FORMATS
 
 
 class QueryEncoder:
@@ -26,8 +27,8 @@ class QueryEncoder:
         formats: the Pillow formats a query image may have; others are refused unread.
     """
 
-    def __init__(self, model_uri: str, tracking_uri: str | None = None, max_pixels: int = 4096 * 4096,
-                 formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF", "BMP")):
+    def __init__(self, model_uri: str, tracking_uri: str | None = None, max_pixels: int = MAX_IMAGE_PIXELS,
+                 formats: tuple[str, ...] = QUERY_IMAGE_FORMATS):
         import mlflow
         import torch
 

@@ -83,12 +83,12 @@ class Guard:
             return await self.inner(scope, receive, send)
         path = route_path(scope)
         if path in DOCS_PATHS and os.environ.get(DOCS_ENV, "1") == "0":
-            return await _reply(send, 404, {"detail": "the API docs are off on this service (serve.docs: false)"})
+            return await reply(send, 404, {"detail": "the API docs are off on this service (serve.docs: false)"})
         if path in OPEN_PATHS:
             return await self.inner(scope, receive, send)
         if not authorized(_header(scope, b"authorization")):
             challenge = 'Basic realm="mrl search", charset="UTF-8"' if path in PAGE_PATHS else "Bearer"
-            return await _reply(send, 401, {"detail": "missing or wrong API key: send the header "
+            return await reply(send, 401, {"detail": "missing or wrong API key: send the header "
                                                       "'Authorization: Bearer <key>'"},
                                 [(b"www-authenticate", challenge.encode())])
         return await self.inner(scope, receive, send)
@@ -108,7 +108,8 @@ def _header(scope, name: bytes) -> str | None:
     return value.decode("latin-1") if value is not None else None
 
 
-async def _reply(send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
+async def reply(send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    """Answer an ASGI request with a JSON body from middleware, before (or instead of) the app."""
     payload = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()),
