@@ -2,7 +2,8 @@
 
 - `temp_name`: a sibling name no other writer uses (host, pid and a uuid4), so writers on several nodes of a
   shared filesystem never meet on one temporary file.
-- `replace_file`: a single file rewritten through a temporary file, fsynced, then `os.replace`d into place.
+- `replace_with` / `replace_file`: a file written at a temporary name (by any writer, or from bytes), fsynced, then
+  `os.replace`d into place.
 - `create_exclusive`: a file created only if absent (like O_CREAT|O_EXCL), appearing with its whole content.
 - `publish_dir`: a directory written under a temporary sibling name, every file fsynced, renamed into place.
 - `exclusive_lock`: a lock file (O_CREAT|O_EXCL) naming its holder (pid, host, start time), released at the end;
@@ -21,7 +22,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,16 +55,24 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def replace_file(path: Path, data: bytes) -> None:
-    """Write `data` as `path` atomically: readers see the old file or the new one, never a part of either."""
+def replace_with(path: Path, write: Callable[[Path], None]) -> None:
+    """Make `path` the file `write(tmp)` writes at a temporary name beside it (`temp_name`), fsynced, then
+    `os.replace`d into place: readers see the old file or the new one, never a part of either. The temporary
+    file is gone afterwards, whether `write` succeeded or not."""
     path = Path(path)
     tmp = temp_name(path)
     try:
-        _write_synced(tmp, data)
+        write(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    fsync_path(path.parent)
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Write `data` as `path` atomically (`replace_with`), the directory entry synced too."""
+    replace_with(path, lambda tmp: _write_synced(tmp, data))
+    fsync_path(Path(path).parent)
 
 
 def create_exclusive(path: Path, data: bytes) -> bool:

@@ -35,7 +35,7 @@ import numpy as np
 
 from mrl.artifacts import tracking
 from mrl.artifacts.embeddings import embedding_files, verify_split
-from mrl.artifacts.files import create_exclusive, exclusive_lock, fsync_path, publish_dir, temp_name
+from mrl.artifacts.files import create_exclusive, exclusive_lock, publish_dir, replace_with
 from mrl.artifacts.manifest import MANIFEST, point_latest, read_manifest, verify_files, write_manifest
 from mrl.configio import from_dict, to_dict
 from mrl.core.config import ModelConfig
@@ -114,19 +114,11 @@ def unit_written(path: Path, expected_ids: np.ndarray) -> bool:
 
 
 def write_atomically(table, path: Path) -> None:
-    """Write a Parquet file under a temporary name in the same directory (unique across hosts, processes and
-    threads), fsync it, then rename it into place."""
-    import os
-
+    """Write a Parquet file atomically (`mrl.artifacts.files.replace_with`: a temporary name unique across hosts,
+    processes and threads, fsynced, then renamed into place)."""
     import pyarrow.parquet as pq
 
-    tmp = temp_name(path)
-    try:
-        pq.write_table(table, tmp)
-        fsync_path(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    replace_with(path, lambda tmp: pq.write_table(table, tmp))
 
 
 class UnitEmbedder:
