@@ -28,9 +28,10 @@ OBJECT_STORE_BYTES = 200 * 1024 * 1024
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.2,
-             alive: Callable[[], bool] | None = None) -> Any:
+             alive: Callable[[], bool] | None = None, explain: Callable[[], str] | None = None) -> Any:
     """Poll `condition` until it returns something truthy (returned) or `timeout` seconds pass (AssertionError
-    naming `what`). `alive`: stop early, with the same error, once it returns False (e.g. the driver thread ended)."""
+    naming `what`). `alive`: stop early, with the same error, once it returns False (e.g. the driver thread ended).
+    `explain`: called when giving up; what it returns (e.g. the cluster's state) ends the error message."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = condition()
@@ -40,9 +41,18 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: 
             value = condition()  # one last look: the condition may have been met just before the end
             if value:
                 return value
-            raise AssertionError(f"gave up waiting for {what}: the watched work ended first")
+            raise AssertionError(f"gave up waiting for {what}: the watched work ended first{_explained(explain)}")
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{_explained(explain)}")
+
+
+def _explained(explain: Callable[[], str] | None) -> str:
+    if explain is None:
+        return ""
+    try:
+        return "\n" + explain()
+    except Exception as exc:  # noqa: BLE001 - the explanation must not hide the timeout
+        return f"\n(could not describe the state: {exc!r})"
 
 
 class MultiNode:
@@ -51,14 +61,15 @@ class MultiNode:
     `worker_slot: 1` and the label `mrl-test/node: <name>`. Work placed on CPUs therefore runs on worker nodes,
     which tests kill and replace; the head, which the driver is attached to, is never killed."""
 
-    def __init__(self) -> None:
+    def __init__(self, gcs_port: int) -> None:
         from ray.cluster_utils import Cluster
 
         # Cluster writes its address into the machine-wide /tmp/ray/ray_current_cluster (and its shutdown deletes
         # that file): put back what was there, so `ray.init("auto")` elsewhere on the machine is not sent here.
+        # Processes of this cluster must not read that file: the caller sets RAY_ADDRESS (see `multinode`).
         before = _address_file()
         self.cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 0, "gcs_server_port": free_port(), "include_dashboard": True,  # the State API needs it
+            "num_cpus": 0, "gcs_server_port": gcs_port, "include_dashboard": True,  # the State API needs it
             "dashboard_port": free_port(), "dashboard_agent_listen_port": free_port(),
             "object_store_memory": OBJECT_STORE_BYTES, "resources": {"head": 1}})
         _restore_address_file(before, ours=self.cluster.address)
@@ -119,6 +130,30 @@ class MultiNode:
         live = self.live_worker_ids() | {self.cluster.head_node.node_id}
         return [a for a in self.actors(prefix) if a.node_id in live]
 
+    def describe(self) -> str:
+        """What a stalled test needs to see: each live node's free and total resources, the placement groups that
+        are not removed (state, bundles, the node of each bundle) and the actors waiting to be placed."""
+        import ray
+        from ray.util.state import list_actors, list_placement_groups
+
+        lines = ["cluster state:"]
+        free = ray._private.state.available_resources_per_node()
+        for node in ray.nodes():
+            if node["Alive"]:
+                total = {k: v for k, v in node["Resources"].items() if not k.startswith(("node:", "object_store", "memory"))}
+                have = {k: round(v, 3) for k, v in free.get(node["NodeID"], {}).items() if k in total}
+                lines.append(f"  node {self.name_of(node['NodeID'])}: free {have} of {total}")
+        for pg in list_placement_groups(address=self.address, detail=True, limit=1000, timeout=20):
+            if pg.state != "REMOVED":
+                bundles = [(b.get("unit_resources"), self.name_of(b.get("node_id") or "")) for b in pg.bundles or []]
+                lines.append(f"  placement group {pg.placement_group_id[:8]} {pg.state} creator job "
+                             f"{pg.creator_job_id} bundles {bundles}")
+        for actor in list_actors(address=self.address, detail=True, limit=10000, timeout=20):
+            if actor.state not in ("ALIVE", "DEAD"):
+                lines.append(f"  actor {actor.class_name} {actor.state} on {self.name_of(actor.node_id or '')} "
+                             f"needs {actor.required_resources} pg {(actor.placement_group_id or '')[:8]}")
+        return "\n".join(lines)
+
     def shutdown(self) -> None:
         before, ours = _address_file(), self.address
         self.cluster.shutdown()
@@ -155,13 +190,32 @@ def multinode():
     with pytest.MonkeyPatch.context() as mp:
         # Token auth is on once ~/.ray/auth_token exists (see docs/ray-notes.md): off for nodes and driver alike.
         mp.setenv("RAY_AUTH_MODE", "disabled")
+        # Every process of the cluster (raylets, and the workers they start, inherit this process's environment)
+        # finds it by RAY_ADDRESS. Without it, Ray code running in a worker that asks the State API with no address
+        # reads /tmp/ray/ray_current_cluster, which holds whatever cluster was there before (MultiNode puts it
+        # back; often a dead one). Ray Train's PlacementGroupCleaner does exactly that: it then never saw a dead
+        # Train controller, the placement group of a trial whose node was killed stayed reserved (rescheduled onto
+        # the replacement node) and the retried trial's Train worker waited for CPUs for ever.
+        gcs_port = free_port()
+        mp.setenv("RAY_ADDRESS", f"{ray.util.get_node_ip_address()}:{gcs_port}")
         if ray.is_initialized():
             ray.shutdown()
-        cluster = MultiNode()
+        cluster = MultiNode(gcs_port)
         try:
+            assert cluster.address == os.environ["RAY_ADDRESS"], (cluster.address, os.environ["RAY_ADDRESS"])
             cluster.add()
             cluster.add()
             ray.init(address=cluster.address)
+
+            def state_api_address() -> str:  # nested, so Ray ships it by value: workers cannot import this module
+                """The cluster a worker's State API call without an address goes to (Ray Train's cleaner's)."""
+                from ray._private.services import canonicalize_bootstrap_address_or_die
+
+                return canonicalize_bootstrap_address_or_die(None)
+
+            on_a_worker = ray.remote(num_cpus=0, resources={"worker_slot": 0.01})(state_api_address)
+            found = ray.get(on_a_worker.remote())
+            assert found == cluster.address, f"a worker's State API would ask {found}, not this cluster"
             yield cluster
         finally:
             ray.shutdown()

@@ -425,7 +425,8 @@ def test_a_sweep_retries_the_trial_whose_node_died(cluster, tmp_path, fashion_sh
     # on the dead node); the killed attempt's worker is gone wherever it ran
     killed_run, first_pids = f"tune-trial-{trials[0]['trial_id']}", {a["pid"] for a in first}
     wait_for(lambda: any(a["run"] == killed_run and a["pid"] not in first_pids for a in one_live_worker_per_run()),
-             WAIT, "the retried trial's Train worker at the end of epoch 2", alive=driver.is_alive)
+             WAIT, "the retried trial's Train worker at the end of epoch 2", alive=driver.is_alive,
+             explain=cluster.describe)
     gate.open("epoch-2")
     results = driver.outcome(WAIT)
 
