@@ -3,6 +3,7 @@ file descriptors: quiet mode keeps the platform's lines and actionable warnings 
 (Python logging, warnings, C++-style writes to fd 2, known-harmless lines) to the run's log; debug changes
 nothing; a failed run names its log."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +95,34 @@ def test_quiet_mode_holds_where_sys_stderr_is_not_fd_2(tmp_path, capfd):
     assert out.splitlines()[1:] == ["[unit] kept"] and err.splitlines() == [
         "2026-12-04 20:40:51,891\tWARNING x.py:1 -- act on this"]
     assert "a library's chatter" in path.read_text()
+
+
+LOCAL_CLUSTER = """
+import os
+import ray
+from ray._private.services import canonicalize_bootstrap_address_or_die
+from mrl.runtime import ensure_ray
+from mrl.stages.config import RayConfig
+
+ensure_ray(RayConfig(num_cpus=1))
+
+@ray.remote(num_cpus=0)
+def seen_from_a_worker():
+    return os.environ.get("RAY_ADDRESS"), canonicalize_bootstrap_address_or_die(None)
+
+ours = ray.get_runtime_context().gcs_address
+env, resolved = ray.get(seen_from_a_worker.remote())
+assert env == ours and resolved == ours, (ours, env, resolved)
+print("workers see", ours)
+"""
+
+
+@pytest.mark.slow
+def test_workers_of_a_local_cluster_find_it_and_not_the_machines_last_ray_start():
+    """Workers of the local cluster ensure_ray starts carry its address in RAY_ADDRESS, so Ray code in them that
+    calls the State API without an address (Ray Train's PlacementGroupCleaner) asks this cluster, not the one
+    /tmp/ray/ray_current_cluster names (another cluster on the machine, or a dead one)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    run = subprocess.run([sys.executable, "-c", LOCAL_CLUSTER], capture_output=True, text=True, timeout=300, env=env,
+                         cwd=REPO)
+    assert run.returncode == 0 and "workers see" in run.stdout, run.stdout + run.stderr[-3000:]

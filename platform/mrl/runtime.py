@@ -57,8 +57,10 @@ def ensure_ray(ray_cfg) -> None:
         what = f"joined the cluster at {address}"
     else:
         # address="local": always a new cluster, never one left by `ray start` on this machine. The
-        # dashboard stays on: Ray Train's placement-group cleaner polls the State API it serves.
-        context = ray.init(address="local", num_cpus=ray_cfg.num_cpus)
+        # dashboard stays on: Ray Train's placement-group cleaner polls the State API it serves, and every
+        # worker is told this cluster's address (see point_at_this_cluster).
+        context = ray.init(address="local", num_cpus=ray_cfg.num_cpus,
+                           runtime_env={"worker_process_setup_hook": "mrl.runtime.point_at_this_cluster"})
         what = f"started a local cluster with {ray_cfg.num_cpus} logical CPUs"
     if _capture is not None:
         _capture.relay_workers()
@@ -66,6 +68,19 @@ def ensure_ray(ray_cfg) -> None:
     session = getattr(context, "address_info", {}).get("session_dir")
     logs = f"; Ray's own logs: {Path(session) / 'logs'}" if session else ""
     print(f"[ray] {what}{dashboard}{logs}", flush=True)
+
+
+def point_at_this_cluster() -> None:
+    """Run in every worker of a local cluster as it starts: RAY_ADDRESS = this cluster's GCS.
+
+    Ray code in workers that asks the State API without an address (Ray Train's PlacementGroupCleaner asks whether
+    the Train controller is alive) otherwise takes the address `ray start` left in /tmp/ray/ray_current_cluster:
+    another cluster on the machine, or a dead one. Asked about a controller it cannot find, the cleaner took it for
+    dead and quit (seen here: "Failed to register placement group with cleaner"), or removed the live run's
+    placement group; with a dead address it never cleaned up after a crashed controller."""
+    import ray
+
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
 
 
 def reset_peak_rss() -> bool:
