@@ -58,7 +58,7 @@ def test_every_route_but_health_needs_the_key(service):
     # refused from the headers: a malformed body is not parsed, so its problems are not reported to a stranger
     resp = requests.post(f"{url}/search", data=b'{"id": "not json', timeout=30)
     assert resp.status_code == 401 and "id" not in resp.json()["detail"]
-    for path in ("/docs", "/redoc", "/openapi.json", "/items/3", "/calibration", "/no-such-route"):
+    for path in ("/docs", "/redoc", "/openapi.json", "/items/3", "/calibration", "/v1/models", "/no-such-route"):
         assert requests.get(f"{url}{path}", timeout=30).status_code == 401, path
     assert requests.get(f"{url}/docs", headers=bearer, timeout=30).status_code == 200
     assert post(url, {"id": 3}).json()["ids"][0] == 3
@@ -160,3 +160,19 @@ def test_hot_swap_to_a_new_index_loses_no_request(service, tmp_path):
     assert versions[-1] == "v2" and set(versions) <= {versions[0], "v2"}
     assert post(url, {"id": 1}).json()["index"]["version"] == "v2"
 
+
+
+def test_the_openai_client_sends_the_api_key(service):
+    """/v1/embeddings is behind the key like /search: the `openai` client's api_key is the service's key. This
+    index's service has no model, so with the key the answer is 404 (nothing to embed with), without it 401."""
+    import openai
+
+    url, _ = service
+    assert requests.post(f"{url}/v1/embeddings", json={"model": "m", "input": "x"}, timeout=30).status_code == 401
+    keyed = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=30)
+    assert keyed.models.list().data == []
+    with pytest.raises(openai.NotFoundError, match="embeds nothing"):
+        keyed.embeddings.create(model="m", input="x")
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{url}/v1", api_key="wrong-key-of-enough-length", max_retries=0,
+                      timeout=30).embeddings.create(model="m", input="x")

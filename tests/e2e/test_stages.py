@@ -431,3 +431,40 @@ def test_budget_requests_follow_the_measured_calibration_table(pipeline):
         assert reply["search"]["mode"] == want["setting"]["mode"]
     bad = requests.post(f"{url}/search", json={"id": 3, "budget": {"recall": "high"}}, timeout=30)
     assert bad.status_code == 422
+
+
+def test_the_openai_client_embeds_with_the_index_model_at_every_trained_size(pipeline):
+    """The official `openai` client, pointed at the service (base_url), embeds query images with the index's own
+    model version: for every nesting size its vectors are the stored embeddings' unit prefixes, whether the client
+    asks for base64 (its default) or floats; a size the model was not trained for is refused (422)."""
+    import base64
+    import io
+
+    import openai
+    from PIL import Image
+
+    from mrl.artifacts.embeddings import read_embeddings
+    from mrl.data.sources import load_split
+
+    cfg, summary = pipeline
+    client = openai.OpenAI(base_url=f"{summary['url']}/v1", api_key="no key on this service", max_retries=0,
+                           timeout=60)
+    assert [m.id for m in client.models.list().data] == [summary["model_uri"]]
+    images, _ = load_split(cfg.data, cfg.model, "test")
+    _, _, vectors = read_embeddings(f"{cfg.output_dir}/embeddings/{summary['embed_run_id']}/test")
+    inputs = []
+    for i in range(8):
+        png = io.BytesIO()
+        Image.fromarray(images[i, 0]).save(png, format="PNG")
+        inputs.append(f"data:image/png;base64,{base64.b64encode(png.getvalue()).decode()}")
+    for size in cfg.model.sizes:
+        for fmt in (openai.omit, "float"):  # omitted: the client asks for base64 and decodes it
+            reply = client.embeddings.create(model=summary["model_uri"], input=inputs, dimensions=size,
+                                             encoding_format=fmt)
+            got = np.array([d.embedding for d in reply.data])
+            want = vectors[:8, :size] / np.linalg.norm(vectors[:8, :size], axis=1, keepdims=True)
+            assert got.shape == (8, size) and np.sum(got * want, axis=1).min() >= 0.9999, (size, fmt)
+    with pytest.raises(openai.UnprocessableEntityError, match="not one of this model's trained sizes"):
+        client.embeddings.create(model=summary["model_uri"], input=inputs[:1], dimensions=max(cfg.model.sizes) - 1)
+    with pytest.raises(openai.NotFoundError, match="is not served here"):
+        client.embeddings.create(model="text-embedding-3-small", input=inputs[:1])

@@ -92,3 +92,25 @@ def test_bad_text_requests_get_422_and_the_service_keeps_answering(text_pipeline
     resp = requests.post(f"{summary['url']}/search", json=body, timeout=30)
     assert resp.status_code == 422 and message in resp.text, resp.text
     assert requests.post(f"{summary['url']}/search", json={"text": "a small dog"}, timeout=30).status_code == 200
+
+
+def test_the_openai_client_embeds_texts_with_the_index_model(text_pipeline):
+    """/v1/embeddings on a text index: the `openai` client's vectors are the model's unit prefixes of the texts'
+    embeddings (its own tokenizer) at every nesting size, by the model's registered name as well as its URI."""
+    import openai
+
+    from mrl.artifacts import tracking
+    from mrl.data.sources import load_text_split
+
+    cfg, summary = text_pipeline
+    tracking.setup(cfg.mlflow, cfg.output_dir)
+    model = tracking.load_model(summary["model_uri"])
+    texts = list(load_text_split(cfg.data, "test")["query"][:16])
+    full = model.embed_texts(texts)
+    client = openai.OpenAI(base_url=f"{summary['url']}/v1", api_key="none", max_retries=0, timeout=60)
+    name = summary["model_uri"].split("/")[1]  # models:/<name>/<version>
+    for size in model.sizes:
+        reply = client.embeddings.create(model=name, input=texts, dimensions=size)
+        got = np.array([d.embedding for d in reply.data])
+        want = full[:, :size] / np.linalg.norm(full[:, :size], axis=1, keepdims=True)
+        assert np.sum(got * want, axis=1).min() >= 0.9999, size

@@ -7,7 +7,7 @@ the corpus size, the vector's length against d, which modes it serves) are the s
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -48,6 +48,22 @@ class SearchRequest(BaseModel):
                                                              "default serve.mode (omit it or send null, not \"\")")
     budget: Budget | None = Field(None, description="pick the plan by the index's calibration table instead of "
                                                     "mode / shortlist_k (GET /healthz: budgets)")
+
+
+class EmbeddingsRequest(BaseModel):
+    """POST /v1/embeddings, OpenAI's request shape (see `mrl.service.embeddings`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str = Field(..., min_length=1, description="the served model: its URI (models:/name/version) or its "
+                                                      "name (GET /v1/models)")
+    input: str | list[str] = Field(..., description="texts (text models), or images as data URLs / base64 (image "
+                                                    "models): one, or a list of up to serve.max_embed_inputs")
+    dimensions: int | None = Field(None, description="the prefix length m, one of the model's trained nesting "
+                                                     "sizes (GET /healthz: index.sizes); default d")
+    encoding_format: Literal["float", "base64"] = Field("float", description="float: JSON numbers; base64: the "
+                                                                             "little-endian float32 bytes")
+    user: str | None = Field(None, description="accepted for compatibility, not used")
 
 
 def validation_detail(exc: ValidationError | Any) -> list[dict[str, Any]]:

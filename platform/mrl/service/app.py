@@ -2,6 +2,10 @@
 
     POST /search  `SearchRequest` (a vector, a corpus id, a base64 image or a text)
                   -> {"ids", "scores", "labels", "model", "index", "search", "took_ms", "batch"}
+    POST /v1/embeddings  OpenAI-compatible (`mrl.service.embeddings`): {"model", "input", "dimensions",
+                  "encoding_format"} -> {"object": "list", "data": [{"embedding", "index", ...}], "model", "usage"},
+                  the index's model's first `dimensions` coordinates (a nesting size), L2-normalised
+    GET  /v1/models  the model /v1/embeddings serves (OpenAI's list shape)
     GET  /healthz -> {"status": "ok", "rows", "dim", "model", "index", "modes", "limits", "auth", "encoder",
                       "queries", "budgets", "modality"}
     GET  /docs    OpenAPI page with every request field and its limits
@@ -47,7 +51,7 @@ from mrl.artifacts.index import load_index
 from mrl.artifacts.manifest import read_manifest
 from mrl.configio import from_dict, to_dict
 from mrl.service import guard
-from mrl.service.api import SearchRequest, validation_detail
+from mrl.service.api import EmbeddingsRequest, SearchRequest, validation_detail
 from mrl.service.browse import PAGE_FILES, page_asset
 from mrl.service.config import ServeConfig
 from mrl.service.encoder import QueryEncoder, check_encoder
@@ -67,7 +71,19 @@ KEY_HEADER = "Bearer <API key>, when the service has one"
 @app.exception_handler(RequestValidationError)
 async def invalid_request(request, exc: RequestValidationError):
     # FastAPI's default handler echoes the input back, which fails (500) when it holds NaN or inf.
-    return JSONResponse(status_code=422, content={"detail": validation_detail(exc)})
+    detail = validation_detail(exc)
+    if "/v1/" in request.url.path:
+        return openai_error(422, "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in detail), detail)
+    return JSONResponse(status_code=422, content={"detail": detail})
+
+
+def openai_error(status: int, message: str, detail: Any = None) -> JSONResponse:
+    """An error of the OpenAI-compatible routes: OpenAI's shape ({"error": {"message", "type", ...}}, which its
+    clients put in their exceptions) beside this API's usual "detail"."""
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return JSONResponse(status_code=status, content={
+        "error": {"message": message, "type": kind, "param": None, "code": None},
+        "detail": message if detail is None else detail})
 
 
 class _TooLarge(Exception):
@@ -201,6 +217,27 @@ class Retriever:
         if isinstance(reply, RequestError):
             raise HTTPException(status_code=reply.status, detail=reply.detail)
         return reply
+
+    @app.post("/v1/embeddings")
+    async def embeddings(self, request: EmbeddingsRequest,
+                         authorization: str | None = Header(None, description=KEY_HEADER)) -> Any:
+        """OpenAI-compatible embeddings: the index's model, the first `dimensions` coordinates, L2-normalised."""
+        self._authorize(authorization)
+        try:
+            inputs, size = self.service.embedding_inputs(request)
+            try:
+                vectors = await self.encoder.embed.remote(inputs)
+            except Exception as exc:  # noqa: BLE001 - the encoder's fault, not the request's
+                raise RequestError(503, f"the encoder could not embed these inputs ({type(exc).__name__}); "
+                                        "retry later") from None
+            return self.service.embeddings_reply(request, vectors, size)
+        except RequestError as exc:
+            return openai_error(exc.status, str(exc.detail), exc.detail)
+
+    @app.get("/v1/models")
+    def models(self, authorization: str | None = Header(None, description=KEY_HEADER)) -> dict[str, Any]:
+        self._authorize(authorization)
+        return self.service.models()
 
     @app.get("/items/{item_id}", responses={200: {"content": {"image/png": {}},
                                                   "description": "a PNG (image corpora) or {id, label, text}"}})

@@ -36,6 +36,8 @@ class ServeConfig:
     the whole corpus."""
     max_body_bytes: int = 1_000_000
     """Larger request bodies get 413 before they are read (a 2048-d vector is about 40 kB of JSON)."""
+    max_embed_inputs: int = 256
+    """The most inputs one POST /v1/embeddings request may carry (422 above it)."""
     api_key_env: str | None = None
     """Name of an environment variable holding the API key (at least 16 characters); with a key, every route
     but /healthz answers 401, before the body is read, unless the request sends `Authorization: Bearer <key>`,
@@ -100,6 +102,7 @@ class ServeConfig:
         check(self.search.shortlist_k <= self.max_shortlist_k,
                f"search.shortlist_k ({self.search.shortlist_k}) must be <= max_shortlist_k ({self.max_shortlist_k})")
         positive("max_body_bytes", self.max_body_bytes)
+        positive("max_embed_inputs", self.max_embed_inputs)
         check(self.api_key_env is None or self.api_key_file is None,
                "give at most one of api_key_env and api_key_file")
         check(self.api_key_env is None or bool(self.api_key_env.strip()), "api_key_env must name a variable")

@@ -31,7 +31,8 @@ from mrl.artifacts.index import IndexArtifact, load_index
 from mrl.retrieval.calibrate import plan_for_budget, plan_of
 from mrl.retrieval.modes import check_settings, make_plan
 from mrl.retrieval.plan import QueryPlan
-from mrl.service.api import SearchRequest, validation_detail
+from mrl.service import embeddings
+from mrl.service.api import MAX_TEXT_CHARS, EmbeddingsRequest, SearchRequest, validation_detail
 from mrl.service.browse import CorpusItems, ItemsUnavailable
 from mrl.service.encoder import check_encoder
 from mrl.service.guard import presented_key
@@ -97,7 +98,7 @@ class RetrievalService:
         return {"status": "ok", "rows": self.rows, "dim": self.artifact.dim, "model": self.model_info,
                 "index": self.index_info, "modes": self.modes,
                 "limits": {"max_k": self.max_k, "max_shortlist_k": self.max_shortlist_k,
-                           "max_body_bytes": self.cfg.max_body_bytes}, "auth": self._key is not None,
+                           "max_body_bytes": self.cfg.max_body_bytes, "max_embed_inputs": self.cfg.max_embed_inputs}, "auth": self._key is not None,
                 "encoder": None if self.encoder_info is None else self.encoder_info["model_uri"],
                 "queries": self.query_kinds, "budgets": self.budgets, "modality": self.modality}
 
@@ -172,6 +173,50 @@ class RetrievalService:
         if table is None:
             raise RequestError(404, "this index has no calibration table; rebuild it with index.calibrate: true")
         return table
+
+    def models(self) -> dict[str, Any]:
+        """GET /v1/models (OpenAI's list): the one model this service embeds with, or none without an encoder."""
+        served = [] if self.encoder_info is None else [self.encoder_info["model_uri"]]
+        return {"object": "list", "data": [{"id": uri, "object": "model", "created": 0, "owned_by": "mrl"}
+                                           for uri in served]}
+
+    def embedding_inputs(self, request: EmbeddingsRequest | dict[str, Any]) -> tuple[list[bytes | str], int]:
+        """POST /v1/embeddings before the model runs: the inputs to embed (texts, or decoded image bytes) and the
+        prefix length m to return (`mrl.service.embeddings`).
+
+        Raises:
+            RequestError: 404 without an encoder or for another model; 422 for a malformed request, a size that
+                is not a nesting size (listing them), too many inputs, or an input that is not the model's kind.
+        """
+        parsed = self.parse(request, EmbeddingsRequest)
+        if self.encoder_info is None:
+            raise RequestError(404, "this service embeds nothing: it runs without the index's model (serve.encoder "
+                                    "is off, or the index manifest names no model)")
+        info = self.encoder_info
+        try:
+            embeddings.check_model(parsed.model, embeddings.served_names(info["model_uri"], self.model_info["name"]))
+            size = embeddings.check_size(parsed.dimensions, list(info["sizes"]), info["dim"])
+            inputs = embeddings.as_inputs(parsed.input, self.modality, self.cfg.max_embed_inputs, MAX_TEXT_CHARS)
+        except embeddings.EmbeddingsRefused as exc:
+            raise RequestError(exc.status, exc.detail) from None
+        return inputs, size
+
+    def embeddings_reply(self, request: EmbeddingsRequest | dict[str, Any], vectors: list[np.ndarray | str],
+                         size: int) -> dict[str, Any]:
+        """The OpenAI-shaped reply for the embedded inputs (422 naming any input the model could not read)."""
+        parsed = self.parse(request, EmbeddingsRequest)
+        try:
+            return embeddings.reply(vectors, size, parsed.encoding_format, self.encoder_info["model_uri"])
+        except embeddings.EmbeddingsRefused as exc:
+            raise RequestError(exc.status, exc.detail) from None
+
+    def embed(self, request: EmbeddingsRequest | dict[str, Any]) -> dict[str, Any]:
+        """POST /v1/embeddings with this service's own encoder (a `QueryEncoder`; no Ray, no HTTP)."""
+        inputs, size = self.embedding_inputs(request)
+        if self.encoder is None:
+            raise RequestError(503, "this service has the model's description but not the model: embed through "
+                                    "the Serve deployment's encoder")
+        return self.embeddings_reply(request, self.encoder(inputs), size)
 
     def plan(self, mode: str, k: int, shortlist_k: int | None = None) -> QueryPlan:
         """The plan a request for `mode`, k results and an optional shortlist length runs."""
@@ -327,14 +372,15 @@ class RetrievalService:
         return plan, np.asarray(self.artifact.vectors[self._position(request.id)], dtype=np.float32)[None], budget
 
     @staticmethod
-    def parse(request: SearchRequest | dict[str, Any]) -> SearchRequest:
-        """A `SearchRequest` from a request model or a raw JSON object (422 naming each bad field)."""
-        if isinstance(request, SearchRequest):
+    def parse(request: Any, model: type = SearchRequest) -> Any:
+        """A `model` (`SearchRequest`, `EmbeddingsRequest`) from one or from a raw JSON object (422 naming each bad
+        field)."""
+        if isinstance(request, model):
             return request
         from pydantic import ValidationError
 
         try:
-            return SearchRequest.model_validate(request)
+            return model.model_validate(request)
         except ValidationError as exc:
             raise RequestError(422, validation_detail(exc)) from None
 
