@@ -35,7 +35,7 @@ def service(tmp_path_factory):
     port = free_port()
     ray.init(address="local", num_cpus=4)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    cfg = ServeConfig(port=port, api_key_file=str(index.parent / "key"), max_k=20, max_body_bytes=4000, batch_max_size=16, batch_wait_ms=20.0, search=SearchSettings(shortlist_size=8))
+    cfg = ServeConfig(port=port, api_key_file=str(index.parent / "key"), max_k=20, max_body_bytes=4000, max_batch_queries=8, batch_max_size=16, batch_wait_ms=20.0, search=SearchSettings(shortlist_size=8))
     serve.run(build_app(str(index), cfg), name="mrl", route_prefix="/", blocking=False)
     yield f"http://127.0.0.1:{port}", vectors
     serve.shutdown()
@@ -121,6 +121,50 @@ def test_budgets_choose_different_plans_over_http(service):
 
 
 # runs last: it replaces the deployed index (with one that has no calibration table)
+def test_the_openai_client_sends_the_api_key(service):
+    """/v1/embeddings is behind the key like /search: the `openai` client's api_key is the service's key. This
+    index's service has no model, so with the key the answer is 404 (nothing to embed with), without it 401."""
+    import openai
+
+    url, _ = service
+    assert requests.post(f"{url}/v1/embeddings", json={"model": "m", "input": "x"}, timeout=30).status_code == 401
+    keyed = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=30)
+    assert keyed.models.list().data == []
+    with pytest.raises(openai.NotFoundError, match="embeds nothing"):
+        keyed.embeddings.create(model="m", input="x")
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{url}/v1", api_key="wrong-key-of-enough-length", max_retries=0,
+                      timeout=30).embeddings.create(model="m", input="x")
+
+
+def test_batches_as_json_or_binary_answer_like_single_requests(service):
+    """POST /search with `queries` or a `vectors` matrix over HTTP: each result equals the single request's, in
+    order; a bad query fails alone with its position; a batch above serve.max_batch_queries is a 422, one above
+    the body limit a 413, and without the key a 401."""
+    import base64
+
+    url, vectors = service
+    rows = vectors[[3, 50, 99, 250]] * 2.0  # any vectors: each is compared with the same vector sent alone
+    singles = [post(url, {"vector": row.tolist(), "k": 5}).json() for row in rows]
+    matrix = {"dtype": "float32", "shape": [4, 32], "data": base64.b64encode(rows.astype("<f4").tobytes()).decode()}
+    binary = post(url, {"vectors": matrix, "k": 5})
+    assert binary.status_code == 200, binary.text
+    assert [r["ids"] for r in binary.json()["results"]] == [s["ids"] for s in singles]
+    mixed = post(url, {"queries": [{"id": 3}, {"id": 3, "k": 99}, {"id": 50}], "k": 5})
+    assert mixed.status_code == 200 and mixed.json()["failed"] == 1
+    results = mixed.json()["results"]
+    # by id, against single requests by id (a test above may have swapped the index: ids, not `vectors`)
+    assert [results[0]["ids"], results[2]["ids"]] == [post(url, {"id": i, "k": 5}).json()["ids"] for i in (3, 50)]
+    assert results[1]["index"] == 1 and results[1]["status"] == 422 and "k=99" in results[1]["detail"]
+    too_many = post(url, {"queries": [{"id": i} for i in range(9)]})
+    assert too_many.status_code == 422 and "serve.max_batch_queries" in too_many.text
+    assert post(url, {"queries": [{"id": i} for i in range(600)]}).status_code == 413
+    assert post(url, {"vectors": matrix}, key=None).status_code == 401
+    assert requests.get(f"{url}/healthz", headers={"Authorization": f"Bearer {KEY}"},
+                        timeout=30).json()["limits"]["max_batch_queries"] == 8
+
+
+# last: it redeploys the service with another index and config
 def test_hot_swap_to_a_new_index_loses_no_request(service, tmp_path):
     """Redeploying the app over another index version under a short bounded load: every request answers 200,
     each reply names one index version, and once the swap is done only the new one answers."""
@@ -159,20 +203,3 @@ def test_hot_swap_to_a_new_index_loses_no_request(service, tmp_path):
     assert len(statuses) > 20 and set(statuses) == {200}, sorted(set(statuses))
     assert versions[-1] == "v2" and set(versions) <= {versions[0], "v2"}
     assert post(url, {"id": 1}).json()["index"]["version"] == "v2"
-
-
-
-def test_the_openai_client_sends_the_api_key(service):
-    """/v1/embeddings is behind the key like /search: the `openai` client's api_key is the service's key. This
-    index's service has no model, so with the key the answer is 404 (nothing to embed with), without it 401."""
-    import openai
-
-    url, _ = service
-    assert requests.post(f"{url}/v1/embeddings", json={"model": "m", "input": "x"}, timeout=30).status_code == 401
-    keyed = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0, timeout=30)
-    assert keyed.models.list().data == []
-    with pytest.raises(openai.NotFoundError, match="embeds nothing"):
-        keyed.embeddings.create(model="m", input="x")
-    with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=f"{url}/v1", api_key="wrong-key-of-enough-length", max_retries=0,
-                      timeout=30).embeddings.create(model="m", input="x")

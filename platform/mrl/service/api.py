@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 MAX_TEXT_CHARS = 4000  # a query longer than this is refused (the model reads at most text.max_tokens tokens)
@@ -48,6 +48,44 @@ class SearchRequest(BaseModel):
                                                              "default serve.mode (omit it or send null, not \"\")")
     budget: Budget | None = Field(None, description="pick the plan by the index's calibration table instead of "
                                                     "mode / shortlist_k (GET /healthz: budgets)")
+
+
+class VectorMatrix(BaseModel):
+    """Many query vectors as one binary matrix: base64 of the little-endian float32 or float16 values, row by row."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    dtype: Literal["float32", "float16"] = Field(..., description="the element type of `data`")
+    shape: list[int] = Field(..., min_length=2, max_length=2, description="[queries, d]")
+    data: str = Field(..., description="base64 of the rows' little-endian values (queries * d * 4 or 2 bytes)")
+
+
+class BatchSearchRequest(BaseModel):
+    """POST /search with many queries: `queries` (each what a single request accepts) or `vectors` (one binary
+    matrix), up to serve.max_batch_queries. `k`, `shortlist_k`, `mode` and `budget` given here apply to every
+    query that does not set its own. Each query is answered, or refused, alone."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    queries: list[dict[str, Any]] | None = Field(None, description="single-query requests (vector, id, image or "
+                                                                   "text, with their own k, mode, ...)")
+    vectors: VectorMatrix | None = Field(None, description="query vectors as one binary matrix")
+    k: int | None = Field(None, description="results per query (default for the batch)")
+    shortlist_k: int | None = Field(None, description="shortlist length K (default for the batch)")
+    mode: str | None = Field(None, min_length=1, description="search mode (default for the batch)")
+    budget: Budget | None = Field(None, description="a budget for every query (default for the batch)")
+
+
+def _search_kind(body: Any) -> str:
+    """Which request a POST /search body is: a batch names `queries` or `vectors`."""
+    if isinstance(body, dict):
+        return "batch" if "queries" in body or "vectors" in body else "single"
+    return "batch" if isinstance(body, BatchSearchRequest) else "single"
+
+
+SearchBody = Annotated[Annotated[SearchRequest, Tag("single")] | Annotated[BatchSearchRequest, Tag("batch")],
+                       Discriminator(_search_kind)]
+"""POST /search's body: one query (`SearchRequest`) or many (`BatchSearchRequest`)."""
 
 
 class EmbeddingsRequest(BaseModel):

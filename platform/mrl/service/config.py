@@ -38,6 +38,8 @@ class ServeConfig:
     """Larger request bodies get 413 before they are read (a 2048-d vector is about 40 kB of JSON)."""
     max_embed_inputs: int = 256
     """The most inputs one POST /v1/embeddings request may carry (422 above it)."""
+    max_batch_queries: int = 256
+    """The most queries one POST /search batch may carry (`queries` or `vectors`; 422 above it)."""
     api_key_env: str | None = None
     """Name of an environment variable holding the API key (at least 16 characters); with a key, every route
     but /healthz answers 401, before the body is read, unless the request sends `Authorization: Bearer <key>`,
@@ -103,6 +105,7 @@ class ServeConfig:
                f"search.shortlist_k ({self.search.shortlist_k}) must be <= max_shortlist_k ({self.max_shortlist_k})")
         positive("max_body_bytes", self.max_body_bytes)
         positive("max_embed_inputs", self.max_embed_inputs)
+        positive("max_batch_queries", self.max_batch_queries)
         check(self.api_key_env is None or self.api_key_file is None,
                "give at most one of api_key_env and api_key_file")
         check(self.api_key_env is None or bool(self.api_key_env.strip()), "api_key_env must name a variable")

@@ -32,7 +32,8 @@ from mrl.retrieval.calibrate import plan_for_budget, plan_of
 from mrl.retrieval.modes import check_settings, make_plan
 from mrl.retrieval.plan import QueryPlan
 from mrl.service import embeddings
-from mrl.service.api import MAX_TEXT_CHARS, EmbeddingsRequest, SearchRequest, validation_detail
+from mrl.service.api import (MAX_TEXT_CHARS, BatchSearchRequest, EmbeddingsRequest, SearchRequest,
+                             validation_detail)
 from mrl.service.browse import CorpusItems, ItemsUnavailable
 from mrl.service.encoder import check_encoder
 from mrl.service.guard import presented_key
@@ -98,7 +99,8 @@ class RetrievalService:
         return {"status": "ok", "rows": self.rows, "dim": self.artifact.dim, "model": self.model_info,
                 "index": self.index_info, "modes": self.modes,
                 "limits": {"max_k": self.max_k, "max_shortlist_k": self.max_shortlist_k,
-                           "max_body_bytes": self.cfg.max_body_bytes, "max_embed_inputs": self.cfg.max_embed_inputs}, "auth": self._key is not None,
+                           "max_body_bytes": self.cfg.max_body_bytes, "max_embed_inputs": self.cfg.max_embed_inputs,
+                           "max_batch_queries": self.cfg.max_batch_queries}, "auth": self._key is not None,
                 "encoder": None if self.encoder_info is None else self.encoder_info["model_uri"],
                 "queries": self.query_kinds, "budgets": self.budgets, "modality": self.modality}
 
@@ -270,6 +272,72 @@ class RetrievalService:
                          for i in todo})
             todo = {}
         return done, todo
+
+    def search_many(self, request: BatchSearchRequest | dict[str, Any]) -> dict[str, Any]:
+        """POST /search with a batch (`queries` or a `vectors` matrix): `batch_requests`, then `search_batch`, then
+        `batch_reply`. Raises RequestError (422) only for a batch that is malformed as a whole."""
+        started = time.perf_counter()
+        return self.batch_reply(self.search_batch(self.batch_requests(request)), started)
+
+    def batch_requests(self, request: BatchSearchRequest | dict[str, Any]) -> list[SearchRequest | dict[str, Any]]:
+        """A batch as the single requests `search_batch` answers, in order: each of `queries` with the batch's k
+        where it sets none and the batch's plan (mode, shortlist_k, budget) where it sets none of these (each
+        validated later, alone), or one request per row of
+        the `vectors` matrix (decoded and checked here: dtype, shape [n, d], byte count, finite values).
+
+        Raises:
+            RequestError: 422 for neither or both of queries / vectors, no queries, more than
+                serve.max_batch_queries, or a matrix that does not match its shape or holds NaN / infinity.
+        """
+        parsed = self.parse(request, BatchSearchRequest)
+        if (parsed.queries is None) == (parsed.vectors is None):
+            raise RequestError(422, "a batch gives exactly one of 'queries' (a list of single requests) or "
+                                    "'vectors' (one binary matrix)")
+        shared = {name: getattr(parsed, name) for name in ("k", "shortlist_k", "mode", "budget")
+                  if getattr(parsed, name) is not None}
+        count = len(parsed.queries) if parsed.queries is not None else parsed.vectors.shape[0]
+        if not 1 <= count <= self.cfg.max_batch_queries:
+            raise RequestError(422, f"a batch holds {count} queries; the accepted range is [1, "
+                                    f"{self.cfg.max_batch_queries}] (serve.max_batch_queries)")
+        if parsed.queries is not None:  # the plan fields (mode, shortlist_k, budget) go as a group: a query's own
+            plain = {name: (value.model_dump(exclude_none=True) if name == "budget" else value)
+                     for name, value in shared.items()}
+            plan_fields = {"mode", "shortlist_k", "budget"}
+            return [{**{n: v for n, v in plain.items() if n == "k" or not plan_fields & query.keys()}, **query}
+                    for query in parsed.queries]
+        rows = self._matrix(parsed.vectors)
+        return [SearchRequest.model_construct(vector=row, **shared) for row in rows]
+
+    def _matrix(self, matrix) -> np.ndarray:
+        """(n, d) float32 from a `VectorMatrix` (422 naming what does not match)."""
+        n, d = matrix.shape
+        if d != self.artifact.dim:
+            raise RequestError(422, f"vectors.shape is [{n}, {d}]; this index expects d={self.artifact.dim}")
+        dtype = np.dtype("<f4" if matrix.dtype == "float32" else "<f2")
+        try:
+            raw = base64.b64decode(matrix.data, validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError(422, "vectors.data is not valid base64") from None
+        if len(raw) != n * d * dtype.itemsize:
+            raise RequestError(422, f"vectors.data holds {len(raw)} bytes; shape [{n}, {d}] of {matrix.dtype} needs "
+                                    f"{n * d * dtype.itemsize}")
+        rows = np.frombuffer(raw, dtype=dtype).reshape(n, d).astype(np.float32)
+        bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+        if bad.size:
+            raise RequestError(422, f"vectors rows {bad[:10].tolist()} hold NaN or infinity; finite values only")
+        return rows
+
+    def batch_reply(self, replies: list[dict[str, Any] | RequestError], started: float) -> dict[str, Any]:
+        """The reply to a batch: per query, in order, its ids, scores, labels and the plan that ran, or its
+        status and reason; the model and index once."""
+        results = []
+        for i, reply in enumerate(replies):
+            if isinstance(reply, RequestError):
+                results.append({"index": i, "status": reply.status, "detail": reply.detail})
+                continue
+            results.append({key: reply[key] for key in ("ids", "scores", "labels", "search", "budget") if key in reply})
+        return {"results": results, "model": self.model_info, "index": self.index_info,
+                "failed": sum("status" in r for r in results), "took_ms": 1000 * (time.perf_counter() - started)}
 
     def search_batch(self, requests: list[SearchRequest | dict[str, Any]],
                      embedded: dict[int, np.ndarray | str] | None = None) -> list[dict[str, Any] | RequestError]:
