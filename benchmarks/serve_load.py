@@ -4,6 +4,7 @@
                                     [--queries vector image] [key=value ...]
                                     (ServeConfig overrides, e.g. num_replicas=2)
     python benchmarks/serve_load.py --kill-replica [--index ...] [--seconds 30] [key=value ...]
+    python benchmarks/serve_load.py --api [--index ...] [--seconds 30] [--concurrency 1 8 32] [key=value ...]
 
 Deploys the service (serving/serve.yaml's settings) over the index on a local Ray cluster, then for each query
 kind and concurrency runs that many closed-loop clients (a new request as soon as the last one answered, spread
@@ -19,6 +20,14 @@ throughput, one line per query kind) and logs them to MLflow.
 and success are recorded; reports failed requests (against those in flight at the kill), the longest gap
 between consecutive successful answers across all clients, latency before and after the kill and when Serve
 had two replicas running again. Writes docs/results/serve_kill.md and .json and logs them to MLflow.
+
+--api: the API's figures, each beside its reference measured in the same run on the same cores. Single-query
+requests against a no-op Serve app with the same ingress (FastAPI, the same middlewares, parsing the same body,
+answering nothing) at each concurrency, the two alternating level by level: req/s and p99 as ratios to it.
+Batches of 64 and 256 vector queries a request, as JSON floats and as one binary matrix, from 4 clients:
+queries/s over HTTP against `RetrievalService.search_many` on the same batches in this process (one thread).
+/v1/embeddings with 64 images a request from 4 clients: images/s against the model's in-process rate (decode +
+forward, and forward only: the embed stage's per-batch call). Writes docs/results/serve_api.md, .json, .png.
 
 The load goes only to 127.0.0.1 and stops by itself; Serve and Ray are shut down at the end.
 """
@@ -140,7 +149,7 @@ def png_base64(image: np.ndarray) -> str:
 
 
 def client_process(port: int, bodies: list[bytes], threads: int, seconds: float, out: mp.Queue,
-                   records: bool = False) -> None:
+                   records: bool = False, path: str = "/search") -> None:
     """`threads` closed-loop clients for `seconds`; puts (latencies in s, errors) on `out`, or with `records` an
     (n, 3) array of per-request (t_start, t_done, ok) on time.monotonic() (CLOCK_MONOTONIC: one clock for all
     processes on the machine)."""
@@ -156,7 +165,7 @@ def client_process(port: int, bodies: list[bytes], threads: int, seconds: float,
             i += threads
             t0 = time.monotonic()
             try:
-                conn.request("POST", "/search", body, {"Content-Type": "application/json"})
+                conn.request("POST", path, body, {"Content-Type": "application/json"})
                 resp = conn.getresponse()
                 resp.read()
                 ok = resp.status == 200
@@ -185,13 +194,13 @@ def client_process(port: int, bodies: list[bytes], threads: int, seconds: float,
 
 
 def run_clients(port: int, bodies: list[bytes], concurrency: int, seconds: float, records: bool = False,
-                during=None) -> tuple[list, float, float]:
+                during=None, path: str = "/search") -> tuple[list, float, float]:
     """`concurrency` closed-loop clients over up to 4 processes for `seconds`: (each process's result, monotonic
     start, wall seconds). `during(started)` runs in this process while the load runs (the kill drill)."""
     per = split_clients(concurrency)
     queue: mp.Queue = mp.Queue()
     started = time.monotonic()
-    workers = [mp.Process(target=client_process, args=(port, bodies[i::len(per)], n, seconds, queue, records))
+    workers = [mp.Process(target=client_process, args=(port, bodies[i::len(per)], n, seconds, queue, records, path))
                for i, n in enumerate(per)]
     try:
         for w in workers:
@@ -209,9 +218,10 @@ def run_clients(port: int, bodies: list[bytes], concurrency: int, seconds: float
     return parts, started, time.monotonic() - started
 
 
-def run_level(port: int, bodies: list[bytes], concurrency: int, seconds: float, queries: str = "vector") -> dict:
+def run_level(port: int, bodies: list[bytes], concurrency: int, seconds: float, queries: str = "vector",
+              path: str = "/search") -> dict:
     """One (query kind, concurrency) level; returns the measured row."""
-    parts, _, wall = run_clients(port, bodies, concurrency, seconds)
+    parts, _, wall = run_clients(port, bodies, concurrency, seconds, path=path)
     lat = np.concatenate([np.asarray(p[0], dtype=float) for p in parts]) * 1000
     errors = sum(p[1] for p in parts)
     return {"queries": queries, "concurrency": concurrency, "requests": int(len(lat)), "errors": int(errors),
@@ -412,6 +422,255 @@ def load_mode(args, argv: list[str], index: Path, manifest: dict, cfg, tracking_
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- api mode
+
+BATCH_SIZES, BATCH_CLIENTS, EMBED_BATCH = (64, 256), 4, 64
+
+
+def noop_app(body_limit: int):
+    """A Ray Serve app with the service's ingress and no work behind it: FastAPI with the same middlewares (Guard,
+    BodyLimit), one replica of 1 CPU, a POST /search that parses the same body model (`SearchBody`) and answers an
+    empty result. What it sustains is the framework's ceiling on this machine, measured beside the service."""
+    from fastapi import FastAPI, Header
+    from ray import serve
+
+    from mrl.service import guard
+    from mrl.service.api import SearchBody
+    from mrl.service.app import BODY_LIMIT_ENV, BodyLimit
+    from mrl.service.guard import Guard
+
+    app = FastAPI()
+    app.add_middleware(BodyLimit)
+    app.add_middleware(Guard)
+
+    @serve.deployment(name="NoOp")
+    @serve.ingress(app)
+    class NoOp:
+        def __init__(self, limit: int):
+            os.environ[BODY_LIMIT_ENV] = str(limit)
+            guard.configure(None, True)
+
+        @app.post("/search")
+        async def search(self, request: SearchBody, authorization: str | None = Header(None)) -> dict:
+            return {"ids": [], "scores": [], "labels": []}
+
+    return NoOp.options(num_replicas=1, ray_actor_options={"num_cpus": 1}).bind(body_limit)
+
+
+def query_vectors(manifest: dict, n: int = 2048) -> np.ndarray:
+    from mrl.artifacts.embeddings import read_embeddings
+
+    _, _, queries = read_embeddings(Path(manifest["embeddings"]) / "test")
+    pick = np.random.default_rng(0).permutation(len(queries))[:n]
+    return np.asarray(queries[pick], dtype=np.float32)
+
+
+def matrix_body(rows: np.ndarray) -> dict:
+    """The binary form of a batch: base64 of little-endian float32 rows."""
+    return {"dtype": "float32", "shape": list(rows.shape),
+            "data": base64.b64encode(rows.astype("<f4").tobytes()).decode("ascii")}
+
+
+def batch_bodies(vectors: np.ndarray, size: int, fmt: str, k: int = 10) -> list[bytes]:
+    """POST /search bodies of `size` vector queries each, as JSON floats (`queries`) or one binary matrix."""
+    out = []
+    for start in range(0, len(vectors) - size + 1, size):
+        rows = vectors[start:start + size]
+        body = ({"vectors": matrix_body(rows), "k": k} if fmt == "binary" else
+                {"queries": [{"vector": [round(float(x), 6) for x in row]} for row in rows], "k": k})
+        out.append(json.dumps(body).encode())
+    return out
+
+
+def embedding_bodies(manifest: dict, size: int, n: int = 1024) -> list[bytes]:
+    """POST /v1/embeddings bodies of `size` test images each (data URLs), full size d."""
+    images = [json.loads(b)["image"] for b in image_bodies(manifest, n)]
+    return [json.dumps({"model": manifest["model_uri"], "input": [f"data:image/png;base64,{b}" for b in
+                                                                  images[i:i + size]]}).encode()
+            for i in range(0, len(images) - size + 1, size)]
+
+
+def rate(fn, items: list, per_item: int, seconds: float) -> float:
+    """Items per second of `fn` called on `items` in turn for about `seconds` (after one warm-up call)."""
+    fn(items[0])
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        fn(items[done % len(items)])
+        done += 1
+    return done * per_item / (time.perf_counter() - started)
+
+
+def in_process_rates(index: Path, cfg, vectors: np.ndarray, manifest: dict, tracking_uri: str | None,
+                     seconds: float) -> dict[str, float]:
+    """What the replicas' own calls sustain in this process on one thread, measured in the same run: the
+    service's search of a binary batch (RetrievalService.search_many: decode, validate, one engine run per plan)
+    per batch size, and the model's embedding of batches of query images (QueryEncoder: decode + forward) and of
+    already decoded images (embed_images, the embed stage's per-batch call)."""
+    import faiss
+    import torch
+
+    from mrl.service.retrieval import RetrievalService
+
+    faiss.omp_set_num_threads(1)
+    torch.set_num_threads(1)
+    service = RetrievalService.from_path(str(index), cfg)
+    out = {}
+    for size in BATCH_SIZES:
+        bodies = [{"vectors": matrix_body(vectors[i:i + size]), "k": 10} for i in range(0, len(vectors) - size + 1, size)]
+        out[f"search_{size}_qps"] = rate(service.search_many, bodies, size, seconds)
+    if tracking_uri is not None and manifest.get("model_uri"):
+        from mrl.data.preprocess import decode_image, embed_images
+        from mrl.service.encoder import QueryEncoder
+
+        encoder = QueryEncoder(manifest["model_uri"], tracking_uri)
+        pngs = [base64.b64decode(json.loads(b)["image"]) for b in image_bodies(manifest, 8 * EMBED_BATCH)]
+        calls = [pngs[i:i + EMBED_BATCH] for i in range(0, len(pngs), EMBED_BATCH)]
+        out["encoder_ips"] = rate(encoder, calls, EMBED_BATCH, seconds)
+        arrays = [np.stack([decode_image(p, encoder.image_size, encoder.in_channels) for p in call]) for call in calls]
+        out["embed_images_ips"] = rate(lambda a: embed_images(encoder.model, a), arrays, EMBED_BATCH, seconds)
+    return out
+
+
+def check_bodies(port: int, path: str, body: bytes, expect: int) -> None:
+    """One request of a kind before its load: 200 with `expect` answers and no failed query, or stop here."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    conn.request("POST", path, body, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    reply = json.loads(resp.read())
+    conn.close()
+    answers = len(reply.get("results", reply.get("data", [])))
+    if resp.status != 200 or answers != expect or reply.get("failed", 0):
+        raise RuntimeError(f"POST {path} answered {resp.status} with {answers} answers (expected {expect}): "
+                           f"{str(reply)[:300]}")
+
+
+def api_mode(args, argv: list[str], index: Path, manifest: dict, cfg, tracking_uri: str | None, port: int) -> int:
+    """--api: the service beside a no-op Serve app of the same ingress (single queries, ratios at each
+    concurrency), batched requests (queries/s over HTTP against the in-process search of the same batches) and
+    /v1/embeddings (images/s over HTTP against the in-process encoder)."""
+    from ray import serve
+
+    from mrl.config import ServeConfig
+    from mrl.configio import from_dict, to_dict
+
+    cfg = from_dict(ServeConfig, {**to_dict(cfg), "max_body_bytes": max(cfg.max_body_bytes, 16_000_000),
+                                  "max_batch_queries": max(cfg.max_batch_queries, *BATCH_SIZES),
+                                  "max_embed_inputs": max(cfg.max_embed_inputs, EMBED_BATCH)}, "serve.")
+    images = image_unavailable(manifest, cfg, tracking_uri, index.parent.parent / "mlflow.db")
+    vectors = query_vectors(manifest)
+    singles = vector_bodies(manifest)
+    batches = {(size, fmt): batch_bodies(vectors, size, fmt) for size in BATCH_SIZES for fmt in ("json", "binary")}
+    embeds = embedding_bodies(manifest, EMBED_BATCH) if images is None else None
+    print(f"[serve-api] bodies ready; measuring the in-process rates ({args.seconds / 3:.0f} s each)", flush=True)
+    local = in_process_rates(index, cfg, vectors, manifest, tracking_uri if images is None else None,
+                             args.seconds / 3)
+    print("[serve-api] in process: " + ", ".join(f"{k} {v:,.0f}" for k, v in local.items()), flush=True)
+
+    single_rows, batch_rows, embed_rows = [], [], []
+    start_service(index, cfg, tracking_uri, port)
+    try:
+        serve.run(noop_app(cfg.max_body_bytes), name="noop", route_prefix="/noop", blocking=False)
+        for path in ("/noop/search", "/search"):
+            run_level(port, singles, 1, 3.0, "warm-up", path=path)
+        for c in args.concurrency:  # the no-op app and the service alternate, level by level, on the same cores
+            noop = run_level(port, singles, c, args.seconds, "no-op app", path="/noop/search")
+            svc = run_level(port, singles, c, args.seconds, "service")
+            single_rows.append({"concurrency": c, "noop": noop, "service": svc,
+                                "rps_ratio": svc["rps"] / noop["rps"], "p99_ratio": svc["p99_ms"] / noop["p99_ms"]})
+            print(f"[serve-api] single queries c={c}: service {svc['rps']:.0f} req/s (p99 {svc['p99_ms']:.1f} ms, "
+                  f"{svc['errors']} errors), no-op app {noop['rps']:.0f} req/s (p99 {noop['p99_ms']:.1f} ms): "
+                  f"{single_rows[-1]['rps_ratio']:.2f}x req/s, {single_rows[-1]['p99_ratio']:.2f}x p99", flush=True)
+        for (size, fmt), bodies in batches.items():
+            check_bodies(port, "/search", bodies[0], size)
+            row = run_level(port, bodies, BATCH_CLIENTS, args.seconds, f"batch {size} {fmt}")
+            row.update(size=size, format=fmt, qps=row["rps"] * size, local_qps=local[f"search_{size}_qps"])
+            row["ratio"] = row["qps"] / row["local_qps"]
+            batch_rows.append(row)
+            print(f"[serve-api] batches of {size} ({fmt}), {BATCH_CLIENTS} clients: {row['qps']:,.0f} queries/s "
+                  f"over HTTP ({row['errors']} errors) = {row['ratio']:.2f}x the in-process search", flush=True)
+        if embeds:
+            check_bodies(port, "/v1/embeddings", embeds[0], EMBED_BATCH)
+            row = run_level(port, embeds, BATCH_CLIENTS, args.seconds, "embeddings", path="/v1/embeddings")
+            row.update(size=EMBED_BATCH, ips=row["rps"] * EMBED_BATCH, local_ips=local["encoder_ips"],
+                       forward_ips=local["embed_images_ips"])
+            embed_rows.append(row)
+            print(f"[serve-api] /v1/embeddings, {EMBED_BATCH} images a request, {BATCH_CLIENTS} clients: "
+                  f"{row['ips']:,.0f} images/s ({row['errors']} errors); in process {row['local_ips']:,.0f} "
+                  f"(decode + forward), {row['forward_ips']:,.0f} (forward only)", flush=True)
+    finally:
+        stop_service()
+
+    lines = write_api_report(argv, index, manifest, cfg, args, single_rows, batch_rows, embed_rows, local, images)
+    metrics = {f"c{r['concurrency']}_rps_ratio": r["rps_ratio"] for r in single_rows}
+    metrics.update({f"c{r['concurrency']}_p99_ratio": r["p99_ratio"] for r in single_rows})
+    metrics.update({f"batch{r['size']}_{r['format']}_ratio": r["ratio"] for r in batch_rows})
+    metrics.update({"embeddings_ips": r["ips"] for r in embed_rows})
+    log_to_mlflow("serve-api", index, metrics, ["serve_api.md", "serve_api.json", "serve_api.png"])
+    print("\n".join(lines))
+    return 0
+
+
+def write_api_report(argv, index, manifest, cfg, args, single_rows, batch_rows, embed_rows, local, images) -> list:
+    """docs/results/serve_api.md, .json and .png (req/s and p99 of the service and the no-op app by concurrency)."""
+    lines = ["# The service against the framework's ceiling, batches and /v1/embeddings", "",
+             f"Command: `python benchmarks/serve_load.py {' '.join(argv)}`. Date: {time.strftime('%Y-%m-%d')}. "
+             f"Machine: {os.cpu_count()} CPUs, shared by the service, the no-op app and the load generator. Index: "
+             f"{manifest['rows']:,} x {manifest['dim']} ({index.name}), mode {cfg.mode}, one Retriever replica "
+             f"(1 CPU) and one Encoder replica. Closed-loop clients on 127.0.0.1, {args.seconds:.0f} s per level; "
+             "the no-op app (same FastAPI ingress and middlewares, parses the same body, does nothing) and the "
+             "service alternate level by level.", "",
+             "## Single queries (one vector per request, JSON), service / no-op app", "",
+             "| clients | no-op req/s | service req/s | req/s ratio | no-op p99 (ms) | service p99 (ms) | p99 ratio | "
+             "errors |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['concurrency']} | {r['noop']['rps']:,.0f} | {r['service']['rps']:,.0f} | {r['rps_ratio']:.2f} | "
+              f"{r['noop']['p99_ms']:.1f} | {r['service']['p99_ms']:.1f} | {r['p99_ratio']:.2f} | "
+              f"{r['service']['errors'] + r['noop']['errors']} |" for r in single_rows]
+    lines += ["", f"## Batched requests ({BATCH_CLIENTS} clients), queries/s over HTTP against the same search in "
+                  "process", "", "In process: `RetrievalService.search_many` on binary batches of the same size, one "
+                  "thread, in the benchmark's own process (decode, validate, one engine run per plan).", "",
+              "| queries a request | body | req/s | queries/s over HTTP | in process queries/s | ratio | p99 (ms) | "
+              "errors |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['size']} | {r['format']} | {r['rps']:,.1f} | {r['qps']:,.0f} | {r['local_qps']:,.0f} | "
+              f"{r['ratio']:.2f} | {r['p99_ms']:.0f} | {r['errors']} |" for r in batch_rows]
+    lines += ["", f"## /v1/embeddings ({EMBED_BATCH} images a request, {BATCH_CLIENTS} clients)", ""]
+    if embed_rows:
+        lines += ["| images/s over HTTP | in process: decode + forward | in process: forward only (embed stage's "
+                  "per-batch call) | p99 (ms) | errors |", "|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['ips']:,.0f} | {r['local_ips']:,.0f} | {r['forward_ips']:,.0f} | {r['p99_ms']:.0f} | "
+                  f"{r['errors']} |" for r in embed_rows]
+    else:
+        lines.append(f"Skipped: {images}.")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "serve_api.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "serve_api.json").write_text(json.dumps({"single": single_rows, "batches": batch_rows,
+                                                        "embeddings": embed_rows, "in_process": local}, indent=1))
+    plot_api(single_rows, RESULTS / "serve_api.png")
+    return lines
+
+
+def plot_api(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    clients = [r["concurrency"] for r in rows]
+    for key, label in (("noop", "no-op Serve app"), ("service", "retrieval service")):
+        left.plot(clients, [r[key]["rps"] for r in rows], marker="o", label=label)
+        right.plot(clients, [r[key]["p99_ms"] for r in rows], marker="o", label=label)
+    for ax, ylabel in ((left, "requests / s"), (right, "p99 latency (ms)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("closed-loop clients")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("single-query requests: the service beside the framework's ceiling (same run, same cores)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 # ---------------------------------------------------------------------------------------------- kill mode
 
 
@@ -557,6 +816,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--kill-replica", action="store_true",
                         help=f"crash drill: {KILL_REPLICAS} replicas, {KILL_CONCURRENCY} clients of vector queries, "
                              "one replica SIGKILLed half-way")
+    parser.add_argument("--api", action="store_true",
+                        help="the service beside a no-op Serve app (single queries), batches of 64 and 256 queries "
+                             "(JSON and binary) against the in-process search, and /v1/embeddings (docs/results/"
+                             "serve_api.*)")
     parser.add_argument("overrides", nargs="*", help="ServeConfig key=value overrides")
     args = parser.parse_args(argv)
     import yaml
@@ -574,7 +837,7 @@ def main(argv: list[str]) -> int:
     tracking_uri = f"sqlite:///{store}" if store.is_file() else None
     if tracking_uri is None:
         cfg = from_dict(ServeConfig, {**to_dict(cfg), "encoder": False}, "serve.")
-    mode = kill_mode if args.kill_replica else load_mode
+    mode = kill_mode if args.kill_replica else api_mode if args.api else load_mode
     return mode(args, argv, index, manifest, cfg, tracking_uri, port)
 
 

@@ -111,3 +111,28 @@ def test_png_base64_roundtrip(bench, shape):
     back = np.asarray(Image.open(io.BytesIO(data)))
     back = back[None] if back.ndim == 2 else back.transpose(2, 0, 1)
     np.testing.assert_array_equal(back, img)
+
+
+def test_batch_bodies_carry_the_same_vectors_as_json_or_one_binary_matrix(bench):
+    import json
+
+    from mrl.service.api import BatchSearchRequest
+
+    vectors = np.random.default_rng(0).normal(size=(10, 6)).astype(np.float32)
+    as_json = [json.loads(b) for b in bench.batch_bodies(vectors, 4, "json")]
+    binary = [json.loads(b) for b in bench.batch_bodies(vectors, 4, "binary")]
+    assert len(as_json) == len(binary) == 2  # whole batches only
+    for j, b in zip(as_json, binary):
+        BatchSearchRequest.model_validate(j)
+        BatchSearchRequest.model_validate(b)
+        rows = np.frombuffer(base64.b64decode(b["vectors"]["data"]), "<f4").reshape(b["vectors"]["shape"])
+        assert np.allclose(rows, [q["vector"] for q in j["queries"]], atol=1e-6) and j["k"] == b["k"] == 10
+    assert np.array_equal(np.frombuffer(base64.b64decode(binary[1]["vectors"]["data"]), "<f4").reshape(4, 6),
+                          vectors[4:8])
+
+
+def test_rate_counts_items_per_second(bench):
+    calls = []
+    per_second = bench.rate(calls.append, ["a", "b"], 64, 0.05)
+    # one warm-up call, then the items in turn; the rate is timed calls * items per call over at least 0.05 s
+    assert calls[:3] == ["a", "a", "b"] and 0 < per_second <= (len(calls) - 1) * 64 / 0.05
