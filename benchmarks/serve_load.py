@@ -26,8 +26,9 @@ requests against a no-op Serve app with the same ingress (FastAPI, the same midd
 answering nothing) at each concurrency, the two alternating level by level: req/s and p99 as ratios to it.
 Batches of 64 and 256 vector queries a request, as JSON floats and as one binary matrix, from 4 clients:
 queries/s over HTTP against `RetrievalService.search_many` on the same batches in this process (one thread).
-/v1/embeddings with 64 images a request from 4 clients: images/s against the model's in-process rate (decode +
-forward, and forward only: the embed stage's per-batch call). Writes docs/results/serve_api.md, .json, .png.
+/v1/embeddings with 64 inputs a request (images, or texts on a text index) from 4 clients: inputs/s against the
+model's in-process rate (the Encoder's call, and the embed stage's per-batch call). Writes
+docs/results/serve_api.md, .json, .png (`--results-name` to keep a second index's run beside the first).
 
 The load goes only to 127.0.0.1 and stops by itself; Serve and Ray are shut down at the end.
 """
@@ -258,6 +259,11 @@ def image_unavailable(manifest: dict, cfg, tracking_uri: str | None, store: Path
     """Why this service cannot answer image queries (None: it can); `store` is where the MLflow store was sought."""
     if manifest.get("modality", "image") != "image":
         return f"the index's model reads {manifest.get('modality')}, not images"
+    return encoder_unavailable(manifest, cfg, tracking_uri, store)
+
+
+def encoder_unavailable(manifest: dict, cfg, tracking_uri: str | None, store: Path) -> str | None:
+    """Why this service has no Encoder deployment (None: it has one)."""
     if not manifest.get("model_uri"):
         return "the index manifest names no model, so there is no Encoder deployment"
     if tracking_uri is None:
@@ -485,12 +491,25 @@ def batch_bodies(vectors: np.ndarray, size: int, fmt: str, k: int = 10) -> list[
     return out
 
 
+def embedding_inputs(manifest: dict, n: int) -> list[str]:
+    """`n` test-split inputs for /v1/embeddings: images as data URLs (image models), or the queries of a text
+    corpus (text models), read through the embed run's data source."""
+    if manifest.get("modality", "image") == "image":
+        return [f"data:image/png;base64,{json.loads(b)['image']}" for b in image_bodies(manifest, n)]
+    from mrl.artifacts.manifest import read_manifest
+    from mrl.config import DataConfig
+    from mrl.data.sources import load_text_split
+
+    embed = read_manifest(manifest["embeddings"], stage="embed")
+    data = DataConfig(source=embed["data"]["source"], path=embed["data"]["path"])
+    return [str(text) for text in load_text_split(data, "test")["query"][:n]]
+
+
 def embedding_bodies(manifest: dict, size: int, n: int = 1024) -> list[bytes]:
-    """POST /v1/embeddings bodies of `size` test images each (data URLs), full size d."""
-    images = [json.loads(b)["image"] for b in image_bodies(manifest, n)]
-    return [json.dumps({"model": manifest["model_uri"], "input": [f"data:image/png;base64,{b}" for b in
-                                                                  images[i:i + size]]}).encode()
-            for i in range(0, len(images) - size + 1, size)]
+    """POST /v1/embeddings bodies of `size` test inputs each (`embedding_inputs`), full size d."""
+    inputs = embedding_inputs(manifest, n)
+    return [json.dumps({"model": manifest["model_uri"], "input": inputs[i:i + size]}).encode()
+            for i in range(0, len(inputs) - size + 1, size)]
 
 
 def rate(fn, items: list, per_item: int, seconds: float) -> float:
@@ -507,8 +526,9 @@ def in_process_rates(index: Path, cfg, vectors: np.ndarray, manifest: dict, trac
                      seconds: float) -> dict[str, float]:
     """What the replicas' own calls sustain in this process on one thread, measured in the same run: the
     service's search of a binary batch (RetrievalService.search_many: decode, validate, one engine run per plan)
-    per batch size, and the model's embedding of batches of query images (QueryEncoder: decode + forward) and of
-    already decoded images (embed_images, the embed stage's per-batch call)."""
+    per batch size, and the model's embedding of batches of inputs: the Encoder deployment's call (QueryEncoder:
+    image decode + forward, or tokenise + forward) and the embed stage's per-batch call (embed_images on decoded
+    images, MRLModel.embed_texts on texts)."""
     import faiss
     import torch
 
@@ -523,14 +543,21 @@ def in_process_rates(index: Path, cfg, vectors: np.ndarray, manifest: dict, trac
         out[f"search_{size}_qps"] = rate(service.search_many, bodies, size, seconds)
     if tracking_uri is not None and manifest.get("model_uri"):
         from mrl.data.preprocess import decode_image, embed_images
+        from mrl.service.embeddings import decode_image_input
         from mrl.service.encoder import QueryEncoder
 
         encoder = QueryEncoder(manifest["model_uri"], tracking_uri)
-        pngs = [base64.b64decode(json.loads(b)["image"]) for b in image_bodies(manifest, 8 * EMBED_BATCH)]
-        calls = [pngs[i:i + EMBED_BATCH] for i in range(0, len(pngs), EMBED_BATCH)]
+        inputs = embedding_inputs(manifest, 8 * EMBED_BATCH)
+        if encoder.model.modality == "image":  # what the Encoder deployment is handed: the encoded images
+            inputs = [decode_image_input(item, i) for i, item in enumerate(inputs)]
+        calls = [inputs[i:i + EMBED_BATCH] for i in range(0, len(inputs), EMBED_BATCH)]
         out["encoder_ips"] = rate(encoder, calls, EMBED_BATCH, seconds)
-        arrays = [np.stack([decode_image(p, encoder.image_size, encoder.in_channels) for p in call]) for call in calls]
-        out["embed_images_ips"] = rate(lambda a: embed_images(encoder.model, a), arrays, EMBED_BATCH, seconds)
+        if encoder.model.modality == "image":  # the embed stage's per-batch call on decoded images
+            arrays = [np.stack([decode_image(b, encoder.image_size, encoder.in_channels) for b in call])
+                      for call in calls]
+            out["forward_ips"] = rate(lambda a: embed_images(encoder.model, a), arrays, EMBED_BATCH, seconds)
+        else:  # the embed stage's call for texts: the model's tokenizer and forward pass
+            out["forward_ips"] = rate(encoder.model.embed_texts, calls, EMBED_BATCH, seconds)
     return out
 
 
@@ -550,7 +577,7 @@ def check_bodies(port: int, path: str, body: bytes, expect: int) -> None:
 def api_mode(args, argv: list[str], index: Path, manifest: dict, cfg, tracking_uri: str | None, port: int) -> int:
     """--api: the service beside a no-op Serve app of the same ingress (single queries, ratios at each
     concurrency), batched requests (queries/s over HTTP against the in-process search of the same batches) and
-    /v1/embeddings (images/s over HTTP against the in-process encoder)."""
+    /v1/embeddings (inputs/s over HTTP against the in-process encoder)."""
     from ray import serve
 
     from mrl.config import ServeConfig
@@ -559,13 +586,14 @@ def api_mode(args, argv: list[str], index: Path, manifest: dict, cfg, tracking_u
     cfg = from_dict(ServeConfig, {**to_dict(cfg), "max_body_bytes": max(cfg.max_body_bytes, 16_000_000),
                                   "max_batch_queries": max(cfg.max_batch_queries, *BATCH_SIZES),
                                   "max_embed_inputs": max(cfg.max_embed_inputs, EMBED_BATCH)}, "serve.")
-    images = image_unavailable(manifest, cfg, tracking_uri, index.parent.parent / "mlflow.db")
+    no_encoder = encoder_unavailable(manifest, cfg, tracking_uri, index.parent.parent / "mlflow.db")
+    kind = "texts" if manifest.get("modality") == "text" else "images"
     vectors = query_vectors(manifest)
     singles = vector_bodies(manifest)
     batches = {(size, fmt): batch_bodies(vectors, size, fmt) for size in BATCH_SIZES for fmt in ("json", "binary")}
-    embeds = embedding_bodies(manifest, EMBED_BATCH) if images is None else None
+    embeds = embedding_bodies(manifest, EMBED_BATCH) if no_encoder is None else None
     print(f"[serve-api] bodies ready; measuring the in-process rates ({args.seconds / 3:.0f} s each)", flush=True)
-    local = in_process_rates(index, cfg, vectors, manifest, tracking_uri if images is None else None,
+    local = in_process_rates(index, cfg, vectors, manifest, tracking_uri if no_encoder is None else None,
                              args.seconds / 3)
     print("[serve-api] in process: " + ", ".join(f"{k} {v:,.0f}" for k, v in local.items()), flush=True)
 
@@ -594,26 +622,29 @@ def api_mode(args, argv: list[str], index: Path, manifest: dict, cfg, tracking_u
         if embeds:
             check_bodies(port, "/v1/embeddings", embeds[0], EMBED_BATCH)
             row = run_level(port, embeds, BATCH_CLIENTS, args.seconds, "embeddings", path="/v1/embeddings")
-            row.update(size=EMBED_BATCH, ips=row["rps"] * EMBED_BATCH, local_ips=local["encoder_ips"],
-                       forward_ips=local["embed_images_ips"])
+            row.update(size=EMBED_BATCH, kind=kind, ips=row["rps"] * EMBED_BATCH, local_ips=local["encoder_ips"],
+                       forward_ips=local["forward_ips"])
             embed_rows.append(row)
-            print(f"[serve-api] /v1/embeddings, {EMBED_BATCH} images a request, {BATCH_CLIENTS} clients: "
-                  f"{row['ips']:,.0f} images/s ({row['errors']} errors); in process {row['local_ips']:,.0f} "
-                  f"(decode + forward), {row['forward_ips']:,.0f} (forward only)", flush=True)
+            print(f"[serve-api] /v1/embeddings, {EMBED_BATCH} {kind} a request, {BATCH_CLIENTS} clients: "
+                  f"{row['ips']:,.0f} {kind}/s ({row['errors']} errors); in process {row['local_ips']:,.0f} "
+                  f"(the encoder), {row['forward_ips']:,.0f} (the embed stage's call)", flush=True)
     finally:
         stop_service()
 
-    lines = write_api_report(argv, index, manifest, cfg, args, single_rows, batch_rows, embed_rows, local, images)
+    name = args.results_name
+    lines = write_api_report(argv, index, manifest, cfg, args, single_rows, batch_rows, embed_rows, local,
+                             no_encoder)
     metrics = {f"c{r['concurrency']}_rps_ratio": r["rps_ratio"] for r in single_rows}
     metrics.update({f"c{r['concurrency']}_p99_ratio": r["p99_ratio"] for r in single_rows})
     metrics.update({f"batch{r['size']}_{r['format']}_ratio": r["ratio"] for r in batch_rows})
-    metrics.update({"embeddings_ips": r["ips"] for r in embed_rows})
-    log_to_mlflow("serve-api", index, metrics, ["serve_api.md", "serve_api.json", "serve_api.png"])
+    metrics.update({f"embeddings_{r['kind']}_per_s": r["ips"] for r in embed_rows})
+    log_to_mlflow("serve-api", index, metrics, [f"{name}.md", f"{name}.json", f"{name}.png"])
     print("\n".join(lines))
     return 0
 
 
-def write_api_report(argv, index, manifest, cfg, args, single_rows, batch_rows, embed_rows, local, images) -> list:
+def write_api_report(argv, index, manifest, cfg, args, single_rows, batch_rows, embed_rows, local,
+                     no_encoder) -> list:
     """docs/results/serve_api.md, .json and .png (req/s and p99 of the service and the no-op app by concurrency)."""
     lines = ["# The service against the framework's ceiling, batches and /v1/embeddings", "",
              f"Command: `python benchmarks/serve_load.py {' '.join(argv)}`. Date: {time.strftime('%Y-%m-%d')}. "
@@ -635,19 +666,23 @@ def write_api_report(argv, index, manifest, cfg, args, single_rows, batch_rows, 
               "errors |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['size']} | {r['format']} | {r['rps']:,.1f} | {r['qps']:,.0f} | {r['local_qps']:,.0f} | "
               f"{r['ratio']:.2f} | {r['p99_ms']:.0f} | {r['errors']} |" for r in batch_rows]
-    lines += ["", f"## /v1/embeddings ({EMBED_BATCH} images a request, {BATCH_CLIENTS} clients)", ""]
+    lines += ["", f"## /v1/embeddings ({EMBED_BATCH} inputs a request, {BATCH_CLIENTS} clients)", ""]
     if embed_rows:
-        lines += ["| images/s over HTTP | in process: decode + forward | in process: forward only (embed stage's "
-                  "per-batch call) | p99 (ms) | errors |", "|---:|---:|---:|---:|---:|"]
-        lines += [f"| {r['ips']:,.0f} | {r['local_ips']:,.0f} | {r['forward_ips']:,.0f} | {r['p99_ms']:.0f} | "
-                  f"{r['errors']} |" for r in embed_rows]
+        lines += ["In process, one thread: the Encoder deployment's call (`QueryEncoder`: image decode + forward, "
+                  "or tokenise + forward) and the embed stage's per-batch call (`embed_images` on decoded images, "
+                  "`MRLModel.embed_texts` on texts).", "",
+                  "| inputs | per second over HTTP | in process: encoder | in process: embed stage's call | ratio to "
+                  "the encoder | p99 (ms) | errors |", "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['kind']} | {r['ips']:,.0f} | {r['local_ips']:,.0f} | {r['forward_ips']:,.0f} | "
+                  f"{r['ips'] / r['local_ips']:.2f} | {r['p99_ms']:.0f} | {r['errors']} |" for r in embed_rows]
     else:
-        lines.append(f"Skipped: {images}.")
+        lines.append(f"Skipped: {no_encoder}.")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "serve_api.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "serve_api.json").write_text(json.dumps({"single": single_rows, "batches": batch_rows,
-                                                        "embeddings": embed_rows, "in_process": local}, indent=1))
-    plot_api(single_rows, RESULTS / "serve_api.png")
+    name = args.results_name
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps({"single": single_rows, "batches": batch_rows,
+                                                      "embeddings": embed_rows, "in_process": local}, indent=1))
+    plot_api(single_rows, RESULTS / f"{name}.png")
     return lines
 
 
@@ -823,6 +858,8 @@ def main(argv: list[str]) -> int:
                         help="the service beside a no-op Serve app (single queries), batches of 64 and 256 queries "
                              "(JSON and binary) against the in-process search, and /v1/embeddings (docs/results/"
                              "serve_api.*)")
+    parser.add_argument("--results-name", default="serve_api",
+                        help="--api: the name of the results files under docs/results (default serve_api)")
     parser.add_argument("overrides", nargs="*", help="ServeConfig key=value overrides")
     args = parser.parse_args(argv)
     import yaml
