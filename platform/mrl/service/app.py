@@ -235,7 +235,7 @@ class Retriever:
         try:
             inputs, size = self.service.embedding_inputs(request)
             try:
-                vectors = await self.encoder.embed.remote(inputs)
+                vectors = await self._embed(inputs)
             except Exception as exc:  # noqa: BLE001 - the encoder's fault, not the request's
                 raise RequestError(503, f"the encoder could not embed these inputs ({type(exc).__name__}); "
                                         "retry later") from None
@@ -284,6 +284,11 @@ class Retriever:
             raise HTTPException(status_code=exc.status, detail=exc.detail,
                                 headers={"WWW-Authenticate": "Bearer"}) from None
 
+    @property
+    def _embed(self):
+        """The Encoder deployment's embed call (awaitable), or None without an encoder."""
+        return self.encoder.embed.remote if self.encoder else None
+
     async def _search_many(self, request: BatchSearchRequest) -> dict[str, Any]:
         """A batch request: already a batch, so it bypasses dynamic batching and runs as one `answer_batch`
         (its images or texts in one encoder call, then one engine run per plan)."""
@@ -292,12 +297,12 @@ class Retriever:
             singles = await asyncio.to_thread(self.service.batch_requests, request)
         except RequestError as exc:
             raise HTTPException(status_code=exc.status, detail=exc.detail) from None
-        replies = await answer_batch(self.service, self.encoder.embed.remote if self.encoder else None, singles)
+        replies = await answer_batch(self.service, self._embed, singles)
         return self.service.batch_reply(replies, started)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _batched(self, requests: list[SearchRequest]) -> list[dict[str, Any] | RequestError]:
-        return await answer_batch(self.service, self.encoder.embed.remote if self.encoder else None, requests)
+        return await answer_batch(self.service, self._embed, requests)
 
     def check_health(self) -> None:
         self.service.check()

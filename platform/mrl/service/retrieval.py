@@ -214,11 +214,12 @@ class RetrievalService:
 
     def embed(self, request: EmbeddingsRequest | dict[str, Any]) -> dict[str, Any]:
         """POST /v1/embeddings with this service's own encoder (a `QueryEncoder`; no Ray, no HTTP)."""
-        inputs, size = self.embedding_inputs(request)
+        parsed = self.parse(request, EmbeddingsRequest)  # once: both calls below take the parsed request as is
+        inputs, size = self.embedding_inputs(parsed)
         if self.encoder is None:
             raise RequestError(503, "this service has the model's description but not the model: embed through "
                                     "the Serve deployment's encoder")
-        return self.embeddings_reply(request, self.encoder(inputs), size)
+        return self.embeddings_reply(parsed, self.encoder(inputs), size)
 
     def plan(self, mode: str, k: int, shortlist_k: int | None = None) -> QueryPlan:
         """The plan a request for `mode`, k results and an optional shortlist length runs."""
