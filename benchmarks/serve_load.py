@@ -232,16 +232,28 @@ def run_level(port: int, bodies: list[bytes], concurrency: int, seconds: float, 
 # ---------------------------------------------------------------------------------------------- queries
 
 
-def vector_bodies(manifest: dict, n: int = 2000) -> list[bytes]:
+def query_vectors(manifest: dict, n: int = 2000) -> np.ndarray:
+    """`n` of the embed run's test-split embeddings, in a seeded random order: (n, d) float32."""
     from mrl.artifacts.embeddings import read_embeddings
 
     _, _, queries = read_embeddings(Path(manifest["embeddings"]) / "test")
     pick = np.random.default_rng(0).permutation(len(queries))[:n]
-    return [json.dumps({"vector": [round(float(x), 6) for x in queries[i]], "k": 10}).encode() for i in pick]
+    return np.asarray(queries[pick], dtype=np.float32)
+
+
+def vector_bodies(vectors: np.ndarray) -> list[bytes]:
+    """One single-query POST /search body per row, k = 10."""
+    return [json.dumps({"vector": [round(float(x), 6) for x in row], "k": 10}).encode() for row in vectors]
 
 
 def image_bodies(manifest: dict, n: int = 2000) -> list[bytes]:
-    """Base64 PNG bodies of test-split images, read through the embed run's data source and model spec."""
+    """Base64 PNG bodies of test-split images (`split_images_base64`), k = 10."""
+    return [json.dumps({"image": image, "k": 10}).encode() for image in split_images_base64(manifest, n)]
+
+
+def split_images_base64(manifest: dict, n: int) -> list[str]:
+    """`n` test-split images in a seeded random order as base64 PNGs, read through the embed run's data source
+    and model spec."""
     from mrl.artifacts.manifest import read_manifest
     from mrl.config import DataConfig, ModelConfig
     from mrl.configio import from_dict
@@ -252,7 +264,7 @@ def image_bodies(manifest: dict, n: int = 2000) -> list[bytes]:
     model = from_dict(ModelConfig, embed["model_spec"], prefix="model.")
     images, _ = load_split(data, model, "test")
     pick = np.random.default_rng(0).permutation(len(images))[:n]
-    return [json.dumps({"image": png_base64(images[i]), "k": 10}).encode() for i in pick]
+    return [png_base64(images[i]) for i in pick]
 
 
 def image_unavailable(manifest: dict, cfg, tracking_uri: str | None, store: Path) -> str | None:
@@ -384,7 +396,7 @@ def load_mode(args, argv: list[str], index: Path, manifest: dict, cfg, tracking_
     bodies = {}
     for kind in kinds:
         t0 = time.monotonic()
-        bodies[kind] = vector_bodies(manifest) if kind == "vector" else image_bodies(manifest)
+        bodies[kind] = vector_bodies(query_vectors(manifest)) if kind == "vector" else image_bodies(manifest)
         print(f"[serve-load] {len(bodies[kind])} {kind} bodies ready ({time.monotonic() - t0:.1f}s, "
               f"{np.mean([len(b) for b in bodies[kind]]):.0f} bytes each)", flush=True)
 
@@ -466,14 +478,6 @@ def noop_app(cfg):
                         max_queued_requests=cfg.max_queued_requests).bind(cfg.max_body_bytes)
 
 
-def query_vectors(manifest: dict, n: int = 2048) -> np.ndarray:
-    from mrl.artifacts.embeddings import read_embeddings
-
-    _, _, queries = read_embeddings(Path(manifest["embeddings"]) / "test")
-    pick = np.random.default_rng(0).permutation(len(queries))[:n]
-    return np.asarray(queries[pick], dtype=np.float32)
-
-
 def matrix_body(rows: np.ndarray) -> dict:
     """The binary form of a batch: base64 of little-endian float32 rows."""
     return {"dtype": "float32", "shape": list(rows.shape),
@@ -495,7 +499,7 @@ def embedding_inputs(manifest: dict, n: int) -> list[str]:
     """`n` test-split inputs for /v1/embeddings: images as data URLs (image models), or the queries of a text
     corpus (text models), read through the embed run's data source."""
     if manifest.get("modality", "image") == "image":
-        return [f"data:image/png;base64,{json.loads(b)['image']}" for b in image_bodies(manifest, n)]
+        return [f"data:image/png;base64,{image}" for image in split_images_base64(manifest, n)]
     from mrl.artifacts.manifest import read_manifest
     from mrl.config import DataConfig
     from mrl.data.sources import load_text_split
@@ -505,10 +509,9 @@ def embedding_inputs(manifest: dict, n: int) -> list[str]:
     return [str(text) for text in load_text_split(data, "test")["query"][:n]]
 
 
-def embedding_bodies(manifest: dict, size: int, n: int = 1024) -> list[bytes]:
-    """POST /v1/embeddings bodies of `size` test inputs each (`embedding_inputs`), full size d."""
-    inputs = embedding_inputs(manifest, n)
-    return [json.dumps({"model": manifest["model_uri"], "input": inputs[i:i + size]}).encode()
+def embedding_bodies(inputs: list[str], size: int, model: str) -> list[bytes]:
+    """POST /v1/embeddings bodies of `size` inputs each (`embedding_inputs`), full size d."""
+    return [json.dumps({"model": model, "input": inputs[i:i + size]}).encode()
             for i in range(0, len(inputs) - size + 1, size)]
 
 
@@ -522,13 +525,14 @@ def rate(fn, items: list, per_item: int, seconds: float) -> float:
     return done * per_item / (time.perf_counter() - started)
 
 
-def in_process_rates(index: Path, cfg, vectors: np.ndarray, manifest: dict, tracking_uri: str | None,
-                     seconds: float) -> dict[str, float]:
+def in_process_rates(index: Path, cfg, vectors: np.ndarray, manifest: dict, inputs: list[str] | None,
+                     tracking_uri: str | None, seconds: float) -> dict[str, float]:
     """What the replicas' own calls sustain in this process on one thread, measured in the same run: the
     service's search of a binary batch (RetrievalService.search_many: decode, validate, one engine run per plan)
     per batch size, and the model's embedding of batches of inputs: the Encoder deployment's call (QueryEncoder:
     image decode + forward, or tokenise + forward) and the embed stage's per-batch call (embed_images on decoded
-    images, MRLModel.embed_texts on texts)."""
+    images, MRLModel.embed_texts on texts) on the first inputs /v1/embeddings is sent (`inputs`; None: there is
+    no encoder, so only the search is measured)."""
     import faiss
     import torch
 
@@ -541,13 +545,13 @@ def in_process_rates(index: Path, cfg, vectors: np.ndarray, manifest: dict, trac
     for size in BATCH_SIZES:
         bodies = [{"vectors": matrix_body(vectors[i:i + size]), "k": 10} for i in range(0, len(vectors) - size + 1, size)]
         out[f"search_{size}_qps"] = rate(service.search_many, bodies, size, seconds)
-    if tracking_uri is not None and manifest.get("model_uri"):
+    if inputs is not None:
         from mrl.data.preprocess import decode_image, embed_images
         from mrl.service.embeddings import decode_image_input
         from mrl.service.encoder import QueryEncoder
 
         encoder = QueryEncoder(manifest["model_uri"], tracking_uri)
-        inputs = embedding_inputs(manifest, 8 * EMBED_BATCH)
+        inputs = inputs[:8 * EMBED_BATCH]
         if encoder.model.modality == "image":  # what the Encoder deployment is handed: the encoded images
             inputs = [decode_image_input(item, i) for i, item in enumerate(inputs)]
         calls = [inputs[i:i + EMBED_BATCH] for i in range(0, len(inputs), EMBED_BATCH)]
@@ -588,13 +592,13 @@ def api_mode(args, argv: list[str], index: Path, manifest: dict, cfg, tracking_u
                                   "max_embed_inputs": max(cfg.max_embed_inputs, EMBED_BATCH)}, "serve.")
     no_encoder = encoder_unavailable(manifest, cfg, tracking_uri, index.parent.parent / "mlflow.db")
     kind = "texts" if manifest.get("modality") == "text" else "images"
-    vectors = query_vectors(manifest)
-    singles = vector_bodies(manifest)
+    vectors = query_vectors(manifest, 2048)
+    singles = vector_bodies(vectors[:2000])
     batches = {(size, fmt): batch_bodies(vectors, size, fmt) for size in BATCH_SIZES for fmt in ("json", "binary")}
-    embeds = embedding_bodies(manifest, EMBED_BATCH) if no_encoder is None else None
+    inputs = embedding_inputs(manifest, 1024) if no_encoder is None else None
+    embeds = embedding_bodies(inputs, EMBED_BATCH, manifest["model_uri"]) if inputs else None
     print(f"[serve-api] bodies ready; measuring the in-process rates ({args.seconds / 3:.0f} s each)", flush=True)
-    local = in_process_rates(index, cfg, vectors, manifest, tracking_uri if no_encoder is None else None,
-                             args.seconds / 3)
+    local = in_process_rates(index, cfg, vectors, manifest, inputs, tracking_uri, args.seconds / 3)
     print("[serve-api] in process: " + ", ".join(f"{k} {v:,.0f}" for k, v in local.items()), flush=True)
 
     single_rows, batch_rows, embed_rows = [], [], []
@@ -760,7 +764,7 @@ def kill_mode(args, argv: list[str], index: Path, manifest: dict, cfg, tracking_
     # two replicas, vector queries only: the Encoder deployment would only take CPU from the drill
     cfg = from_dict(ServeConfig, {**to_dict(cfg), "num_replicas": KILL_REPLICAS, "autoscaling": None,
                                   "encoder": False}, "serve.")
-    bodies = vector_bodies(manifest)
+    bodies = vector_bodies(query_vectors(manifest))
     drill = KillDrill(args.seconds, KILL_REPLICAS)
     start_service(index, cfg, None, port)
     try:
