@@ -109,8 +109,13 @@ def test_the_openai_client_embeds_texts_with_the_index_model(text_pipeline):
     full = model.embed_texts(texts)
     client = openai.OpenAI(base_url=f"{summary['url']}/v1", api_key="none", max_retries=0, timeout=60)
     name = summary["model_uri"].split("/")[1]  # models:/<name>/<version>
+    ids = model.tokenizer.encode(texts)
+    read = int(np.count_nonzero(ids))  # [CLS], the pieces and [SEP] of each text, padding excluded
+    arrays = [[int(t) for t in row if t] for row in ids]  # the same texts as token arrays of the model's vocabulary
     for size in model.sizes:
-        reply = client.embeddings.create(model=name, input=texts, dimensions=size)
-        got = np.array([d.embedding for d in reply.data])
         want = full[:, :size] / np.linalg.norm(full[:, :size], axis=1, keepdims=True)
-        assert np.sum(got * want, axis=1).min() >= 0.9999, size
+        for given in (texts, arrays):
+            reply = client.embeddings.create(model=name, input=given, dimensions=size)
+            got = np.array([d.embedding for d in reply.data])
+            assert np.sum(got * want, axis=1).min() >= 0.9999, size
+            assert reply.usage.prompt_tokens == reply.usage.total_tokens == read

@@ -108,7 +108,7 @@ def test_an_encoder_fault_answers_503_to_its_requests_and_the_batch_goes_on(imag
     broken.model = copy.deepcopy(service.encoder.model).to("meta")
 
     async def embed(queries):
-        return await asyncio.to_thread(broken, queries)
+        return await asyncio.to_thread(broken.embed, queries)  # the Encoder deployment's answer: (vectors, tokens)
 
     requests = [{"id": 5, "k": 2}, {"image": b64_png(images[3, 0])}, {"vector": [0.5] * 16, "k": 1},
                 {"image": b64_png(images[4, 0])}]
@@ -119,6 +119,6 @@ def test_an_encoder_fault_answers_503_to_its_requests_and_the_batch_goes_on(imag
     assert replies[0]["ids"][0] == 5 and len(replies[2]["ids"]) == 1
 
     async def working(queries):
-        return await asyncio.to_thread(service.encoder, queries)
+        return await asyncio.to_thread(service.encoder.embed, queries)
 
     assert asyncio.run(answer_batch(service, working, requests))[1]["ids"][0] == 3  # the same batch, a sound encoder

@@ -95,8 +95,9 @@ class EmbeddingsRequest(BaseModel):
 
     model: str = Field(..., min_length=1, description="the served model: its URI (models:/name/version) or its "
                                                       "name (GET /v1/models)")
-    input: str | list[str] = Field(..., description="texts (text models), or images as data URLs / base64 (image "
-                                                    "models): one, or a list of up to serve.max_embed_inputs")
+    input: str | list[str] | list[int] | list[list[int]] = Field(
+        ..., description="texts or token arrays of the model's own vocabulary (text models), or images as data URLs "
+                         "/ base64 (image models): one, or a list of up to serve.max_embed_inputs")
     dimensions: int | None = Field(None, description="the prefix length m, one of the model's trained nesting "
                                                      "sizes (GET /healthz: index.sizes); default d")
     encoding_format: Literal["float", "base64"] = Field("float", description="float: JSON numbers; base64: the "

@@ -147,12 +147,13 @@ def _page_file(name: str) -> Response:
 
 async def answer_batch(service: RetrievalService, embed, requests: list) -> list[dict[str, Any] | RequestError]:
     """A batch of requests answered by `service`, the batch's images or texts embedded with one awaited
-    `embed(queries)` call (the Encoder deployment's handle). An encoder that fails answers 503 to the requests
-    that needed it, and the batch's other requests are answered as usual."""
+    `embed(queries)` call (the Encoder deployment's handle, answering (embeddings, tokens)). An encoder that fails
+    answers 503 to the requests that needed it, and the batch's other requests are answered as usual."""
     embedded, todo = service.pending_content(requests)
     if todo:
         try:
-            embedded.update(zip(todo, await embed(list(todo.values()))))
+            vectors, _ = await embed(list(todo.values()))
+            embedded.update(zip(todo, vectors))
         except Exception as exc:  # noqa: BLE001 - the encoder's fault, not the request's: 503, the rest go on
             detail = f"the encoder could not embed this query ({type(exc).__name__}); retry later"
             embedded.update({i: RequestError(503, detail) for i in todo})
@@ -172,15 +173,16 @@ class Encoder:
         self.embed.set_batch_wait_timeout_s(batch_wait_ms / 1000)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
-    async def embed(self, calls: list[list[bytes | str]]) -> list[list]:
+    async def embed(self, calls: list[list[bytes | str | tuple[int, ...]]]) -> list[tuple[list, list[int]]]:
         """Dynamic batching across Retriever replicas: the query lists of concurrent calls go through the model
-        in one forward pass, and each call gets its own slice back."""
+        in one forward pass, and each call gets its own slice back: (embeddings or reasons, tokens read)."""
         flat = [query for call in calls for query in call]
-        vectors = await asyncio.to_thread(self.encoder, flat)
+        vectors, tokens = await asyncio.to_thread(self.encoder.embed, flat)
         out, start = [], 0
         for call in calls:
-            out.append(vectors[start:start + len(call)])
-            start += len(call)
+            end = start + len(call)
+            out.append((vectors[start:end], tokens[start:end]))
+            start = end
         return out
 
 
@@ -235,11 +237,11 @@ class Retriever:
         try:
             inputs, size = self.service.embedding_inputs(request)
             try:
-                vectors = await self._embed(inputs)
+                vectors, tokens = await self._embed(inputs)
             except Exception as exc:  # noqa: BLE001 - the encoder's fault, not the request's
                 raise RequestError(503, f"the encoder could not embed these inputs ({type(exc).__name__}); "
                                         "retry later") from None
-            return self.service.embeddings_reply(request, vectors, size)
+            return self.service.embeddings_reply(request, vectors, size, tokens)
         except RequestError as exc:
             return openai_error(exc.status, str(exc.detail), exc.detail)
 

@@ -5,13 +5,20 @@ first m coordinates of the model's d-dim representation, L2-normalised (what the
 and what OpenAI's `dimensions` parameter means). Clients that speak OpenAI's API (the `openai` Python client,
 LangChain, LlamaIndex) work unchanged with `base_url` pointed at the service.
 
-    request  {"model", "input": str | [str], "dimensions": m, "encoding_format": "float" | "base64", "user"}
+    request  {"model", "input": str | [str] | [int] | [[int]], "dimensions": m, "encoding_format": "float" | "base64",
+              "user"}
     reply    {"object": "list", "data": [{"object": "embedding", "index": i, "embedding": [...] | "<base64>"}],
               "model", "usage": {"prompt_tokens", "total_tokens"}}
 
 Inputs are texts for a text model, and images for an image model: a data URL (`data:image/png;base64,...`) or
-bare base64 of an encoded image (PNG, JPEG, ...), checked like `POST /search`'s images. "base64" replies carry
-the little-endian float32 bytes of each vector, as OpenAI's do. Token counts are not kept (usage reports 0).
+bare base64 of an encoded image (PNG, JPEG, ...), checked like `POST /search`'s images. A text model also takes
+token arrays, as OpenAI's API does: one list of ids, or a list of them, in the model's own vocabulary (its
+`tokenizer.json`), taken as they are ([CLS] and [SEP] included as its tokenizer makes them). Clients that
+tokenise for OpenAI's models before sending (LangChain's `OpenAIEmbeddings` with its default
+`check_embedding_ctx_length=True` sends tiktoken ids) must send text instead: ids beyond the vocabulary are
+refused, but ids inside it would embed another text. `usage` counts the tokens the model read ([CLS] and [SEP]
+included, after truncation to its sequence length; 0 for images). "base64" replies carry the little-endian
+float32 bytes of each vector, as OpenAI's do.
 """
 
 from __future__ import annotations
@@ -54,10 +61,25 @@ def check_size(dimensions: int | None, sizes: list[int], dim: int) -> int:
     return dimensions
 
 
-def as_inputs(given: str | list[str], modality: str, max_inputs: int, max_text_chars: int) -> list[bytes | str]:
-    """The request's inputs as the encoder takes them: texts as they are, images decoded from a data URL or
-    base64 to their encoded bytes. 422 naming the input for an empty list, too many inputs, an empty or too long
-    text, or an image that is not base64."""
+def as_inputs(given: str | list[str] | list[int] | list[list[int]], modality: str, max_inputs: int,
+              max_text_chars: int) -> list[bytes | str | tuple[int, ...]]:
+    """The request's inputs as the encoder takes them: texts as they are, token arrays (one list of ints, or a
+    list of them) as tuples of ids, images decoded from a data URL or base64 to their encoded bytes. 422 naming
+    the input for an empty list, too many inputs, an empty or too long text or token array, token arrays sent to
+    an image model, or an image that is not base64. (Token ids are checked against the vocabulary by the encoder,
+    which has it.)"""
+    if isinstance(given, list) and given and not isinstance(given[0], str):  # token arrays
+        if modality != "text":
+            raise EmbeddingsRefused(422, "input holds token ids, which only text models read; this model reads "
+                                         "images, sent as data URLs or base64")
+        arrays = [given] if isinstance(given[0], int) else given
+        if len(arrays) > max_inputs:
+            raise EmbeddingsRefused(422, f"input holds {len(arrays)} token arrays, above the limit of {max_inputs} "
+                                         "(serve.max_embed_inputs); split the request")
+        for i, ids in enumerate(arrays):
+            if not ids or len(ids) > max_text_chars:
+                raise EmbeddingsRefused(422, f"input[{i}] holds {len(ids)} token ids; give 1 to {max_text_chars}")
+        return [tuple(ids) for ids in arrays]
     items = [given] if isinstance(given, str) else list(given)
     if not items:
         raise EmbeddingsRefused(422, "input is empty: give a string or a list of 1 to "
@@ -101,9 +123,11 @@ def prefix_unit(vector: np.ndarray, size: int) -> np.ndarray:
     return head / norm if norm > 0 else head
 
 
-def reply(vectors: list[np.ndarray | str], size: int, encoding_format: str, model: str) -> dict[str, Any]:
-    """The OpenAI-shaped reply for embedded inputs; an input the encoder could not read (a str in `vectors`:
-    the reason) refuses the request with 422 naming it."""
+def reply(vectors: list[np.ndarray | str], size: int, encoding_format: str, model: str,
+          tokens: list[int]) -> dict[str, Any]:
+    """The OpenAI-shaped reply for embedded inputs, with `usage` the sum of `tokens` (what the model read for each
+    input); an input the encoder could not read (a str in `vectors`: the reason) refuses the request with 422
+    naming it."""
     failed = [(i, v) for i, v in enumerate(vectors) if isinstance(v, str)]
     if failed:
         raise EmbeddingsRefused(422, "; ".join(f"input[{i}]: {why}" for i, why in failed))
@@ -113,4 +137,5 @@ def reply(vectors: list[np.ndarray | str], size: int, encoding_format: str, mode
         value = (base64.b64encode(unit.astype("<f4").tobytes()).decode() if encoding_format == "base64"
                  else unit.tolist())
         data.append({"object": "embedding", "index": i, "embedding": value})
-    return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+    used = int(sum(tokens))
+    return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": used, "total_tokens": used}}

@@ -1,6 +1,7 @@
 """`QueryEncoder`: the model an index was built with, embedding query images or texts exactly as the embed
 stage embedded the corpus: images through `mrl.data.preprocess` (the same decode, standardisation and forward
-pass), texts through the model's own tokenizer (`MRLModel.embed_texts`, the embed stage's call).
+pass), texts through the model's own tokenizer (`MRLModel.embed_texts`, the embed stage's call, is the tokenizer
+then `MRLModel.embed_ids`), and token ids of that tokenizer's vocabulary as given (OpenAI's token-array inputs).
 
 It loads the model version the index manifest names, never another; `check_encoder` refuses a pairing whose
 model, d or nesting list differ, naming both sides.
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from mrl.artifacts.tracking import load_model
+from mrl.core.tokens import PAD_ID
 from mrl.data.preprocess import decode_image, embed_images
 from mrl.service.config import MAX_IMAGE_PIXELS, QUERY_IMAGE_FORMATS
 
@@ -46,20 +48,38 @@ class QueryEncoder:
         return {"model_uri": self.model_uri, "dim": self.model.dim, "sizes": list(self.model.sizes),
                 "modality": self.model.modality, "image_size": self.image_size, "in_channels": self.in_channels}
 
-    def __call__(self, queries: list[bytes | str]) -> list[np.ndarray | str]:
-        """Encoded images (bytes) or texts (str) -> one (d,) float32 embedding each, or the reason it could not
-        be embedded (a query of the kind the model does not read, an unreadable image)."""
+    def __call__(self, queries: list[bytes | str | tuple[int, ...]]) -> list[np.ndarray | str]:
+        """Encoded images (bytes), texts (str) or token ids (a tuple of ints) -> one (d,) float32 embedding each,
+        or the reason it could not be embedded (a query of the kind the model does not read, an unreadable image,
+        a token id outside the vocabulary)."""
+        return self.embed(queries)[0]
+
+    def embed(self, queries: list[bytes | str | tuple[int, ...]]) -> tuple[list[np.ndarray | str], list[int]]:
+        """`__call__`'s embeddings, and the tokens the model read for each query: [CLS], the pieces and [SEP]
+        after truncation, or the token ids given (0 for images and refused queries)."""
         kind = self.model.modality
-        wrong = [f"this model reads {kind}, not {'text' if isinstance(q, str) else 'images'}" for q in queries]
+        tokens = [0] * len(queries)
+        if kind != "text":
+            return self._images([f"this model reads images, not {'text' if isinstance(q, str) else 'token ids'}"
+                                 if not isinstance(q, bytes) else q for q in queries]), tokens
+        out: list[np.ndarray | str] = ["this model reads text, not images" if isinstance(q, bytes) else ""
+                                       for q in queries]
+        tokenizer = self.model.tokenizer
         texts = [i for i, q in enumerate(queries) if isinstance(q, str)]
-        if kind == "text":
-            out: list[np.ndarray | str] = list(wrong)
-            if texts:
-                vectors = self.model.embed_texts([queries[i] for i in texts])  # (B, d)
-                for row, i in enumerate(texts):
-                    out[i] = vectors[row]
-            return out
-        return self._images([q if not isinstance(q, str) else w for q, w in zip(queries, wrong)])
+        rows = dict(zip(texts, tokenizer.encode([queries[i] for i in texts]))) if texts else {}  # one batch call
+        for i, query in enumerate(queries):
+            if isinstance(query, tuple):
+                try:
+                    rows[i] = token_row(query, tokenizer.vocab_size, tokenizer.max_tokens)
+                except ValueError as exc:
+                    out[i] = str(exc)
+        if rows:
+            order = sorted(rows)
+            block = np.stack([rows[i] for i in order])
+            vectors = self.model.embed_ids(block)  # (B, d): texts and token arrays in one forward pass
+            for row, i in enumerate(order):
+                out[i], tokens[i] = vectors[row], int(np.count_nonzero(block[row] != PAD_ID))
+        return out, tokens
 
     def _images(self, images: list[bytes | str]) -> list[np.ndarray | str]:
         """Encoded images -> embeddings; a str in the list is an error message passed through."""
@@ -80,6 +100,24 @@ class QueryEncoder:
             for row, i in enumerate(good):
                 decoded[i] = vectors[row]
         return decoded
+
+
+def token_row(ids: tuple[int, ...], vocab_size: int, max_tokens: int) -> np.ndarray:
+    """Token ids given by a client -> the model's (max_tokens,) input row, taken as they are ([CLS] and [SEP] are
+    the client's to include, as the tokenizer makes them; 0 is [PAD], masked out) and right-padded.
+
+    Raises:
+        ValueError: a sequence longer than the model reads, or an id outside its vocabulary.
+    """
+    if len(ids) > max_tokens:
+        raise ValueError(f"{len(ids)} token ids, above this model's sequence length of {max_tokens}")
+    bad = [t for t in ids if not 0 <= t < vocab_size]
+    if bad:
+        raise ValueError(f"token id {bad[0]} is outside this model's vocabulary (ids 0 to {vocab_size - 1}; token "
+                         "arrays are ids of the model's own tokenizer, not another model's)")
+    row = np.full(max_tokens, PAD_ID, dtype=np.int64)
+    row[:len(ids)] = ids
+    return row
 
 
 def check_encoder(manifest: dict[str, Any], encoder: dict[str, Any]) -> None:

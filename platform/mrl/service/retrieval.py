@@ -204,11 +204,12 @@ class RetrievalService:
         return inputs, size
 
     def embeddings_reply(self, request: EmbeddingsRequest | dict[str, Any], vectors: list[np.ndarray | str],
-                         size: int) -> dict[str, Any]:
-        """The OpenAI-shaped reply for the embedded inputs (422 naming any input the model could not read)."""
+                         size: int, tokens: list[int]) -> dict[str, Any]:
+        """The OpenAI-shaped reply for the embedded inputs and the tokens the model read for each (422 naming any
+        input the model could not read)."""
         parsed = self.parse(request, EmbeddingsRequest)
         try:
-            return embeddings.reply(vectors, size, parsed.encoding_format, self.encoder_info["model_uri"])
+            return embeddings.reply(vectors, size, parsed.encoding_format, self.encoder_info["model_uri"], tokens)
         except embeddings.EmbeddingsRefused as exc:
             raise RequestError(exc.status, exc.detail) from None
 
@@ -219,7 +220,8 @@ class RetrievalService:
         if self.encoder is None:
             raise RequestError(503, "this service has the model's description but not the model: embed through "
                                     "the Serve deployment's encoder")
-        return self.embeddings_reply(parsed, self.encoder(inputs), size)
+        vectors, tokens = self.encoder.embed(inputs)
+        return self.embeddings_reply(parsed, vectors, size, tokens)
 
     def plan(self, mode: str, k: int, shortlist_k: int | None = None) -> QueryPlan:
         """The plan a request for `mode`, k results and an optional shortlist length runs."""

@@ -53,12 +53,17 @@ class MRLModel(nn.Module):
 
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer: it is not a text model, or was built without one")
+        return self.embed_ids(self.tokenizer.encode(texts), batch_size)
+
+    def embed_ids(self, ids: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """A text model's representations of token ids (N, T) int64 of its own vocabulary, [PAD] (0) masked:
+        (N, d) float32. `embed_texts` is this after the tokenizer."""
         device = next(self.parameters()).device
         out = []
         with torch.no_grad():
-            for i in range(0, len(texts), batch_size):
-                ids = torch.from_numpy(trim_padding(self.tokenizer.encode(texts[i:i + batch_size]))).to(device)
-                out.append(self.embed(ids).float().cpu().numpy())
+            for i in range(0, len(ids), batch_size):
+                block = torch.from_numpy(trim_padding(np.asarray(ids[i:i + batch_size], dtype=np.int64))).to(device)
+                out.append(self.embed(block).float().cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
 
