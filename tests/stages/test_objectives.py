@@ -101,3 +101,113 @@ print(json.dumps(epochs))
     assert epochs[0] != epochs[1]  # another epoch seed, another order
     first = epochs[0][0]
     assert first != sorted(first)  # rows are mixed within a window, not handed on in block order
+
+
+def _text_job(tmp_path, **train):
+    return from_dict(TrainJobConfig, {
+        "data": {"source": "wordnet", "path": str(tmp_path / "wordnet"), "train_limit": 600, "val_fraction": 0.2},
+        "model": TINY_TEXT_MODEL, "train": {"batch_size": 16, **train},
+        "resources": {"num_workers": 2, "cpus_per_worker": 1}})
+
+
+def _loss_and_grads(job, tokenizer_json: str, batch: np.ndarray, rank: int = 0, world: int = 1, port: int = 0):
+    """One step's loss and parameter gradients of `ContrastivePairs` on this rank's share of `batch`: in process
+    for world 1; for world > 1 inside a real gloo process group, the model wrapped in DDP as Ray Train does."""
+    import torch.distributed as dist
+
+    from mrl.core.models import build_model
+    from mrl.data.tokenize import TextTokenizer
+    from mrl.stages.objectives import ContrastivePairs
+
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = build_model(TINY_TEXT_MODEL).eval()  # eval: no dropout, so both runs compute the same function
+        tokenizer = TextTokenizer.from_json(tokenizer_json, job.model.text.max_tokens)
+        objective = ContrastivePairs(job, rank, world, torch.device("cpu"), tokenizer)
+        wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+        loss = objective.loss(wrapped, np.array_split(batch, world)[rank], (0, 0))
+        loss.backward()
+        return loss.item(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def _rank_main(rank, world, port, job, tokenizer_json, batch, out):
+    loss, grads = _loss_and_grads(job, tokenizer_json, batch, rank, world, port)
+    out.put((rank, (loss, {name: g.numpy() for name, g in grads.items()})))  # arrays: tensors travel by fd
+
+
+def _two_workers(job, tokenizer_json: str, batch: np.ndarray) -> dict:
+    import multiprocessing as mp
+
+    from conftest import free_port
+
+    ctx = mp.get_context("spawn")
+    out, port = ctx.Queue(), free_port()
+    procs = [ctx.Process(target=_rank_main, args=(r, 2, port, job, tokenizer_json, batch, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    got = dict(out.get(timeout=240) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    return got
+
+
+def test_two_workers_of_batch_b_train_as_one_worker_of_batch_2b_with_global_negatives(tmp_path):
+    """train.negatives=global: the loss of 2 workers x 8 pairs (a real gloo group, DDP) equals 1 worker x 16 on
+    every rank, and so do DDP's averaged gradients; local negatives (each worker's 8) give another loss."""
+    from mrl.data.sources import load_text_split
+    from mrl.data.tokenize import train_tokenizer
+
+    job = _text_job(tmp_path)
+    rows = load_text_split(job.data, "train")
+    text = job.model.text
+    tokenizer_json = train_tokenizer(rows["query"] + rows["document"], text.vocab_size, text.max_tokens).to_json()
+    batch = np.arange(16)
+    loss_1, grads_1 = _loss_and_grads(job, tokenizer_json, batch)
+    ranks = _two_workers(job, tokenizer_json, batch)
+    for rank, (loss_2, grads_2) in ranks.items():
+        assert abs(loss_2 - loss_1) < 1e-5 * max(1.0, abs(loss_1)), (rank, loss_2, loss_1)
+        assert grads_2.keys() == grads_1.keys()
+        for name, g in grads_1.items():
+            torch.testing.assert_close(torch.from_numpy(grads_2[name]), g, atol=1e-6, rtol=1e-4,
+                                       msg=f"rank {rank}: {name}")
+    local = _two_workers(_text_job(tmp_path, negatives="local"), tokenizer_json, batch)
+    assert all(abs(loss - loss_1) > 1e-3 for loss, _ in local.values())  # 8 negatives, not 16
+
+
+def test_sampled_sizes_are_seeded_by_step_keep_d_and_weight_only_the_drawn_sizes():
+    from mrl.core.losses import MatryoshkaEmbeddingLoss, info_nce, sample_sizes
+
+    draws = [sample_sizes(7, 3, (0, 0, step)) for step in range(50)]
+    assert all(len(d) == 3 and d[-1] == 6 and d == sorted(set(d)) for d in draws)  # d (position 6) every step
+    assert draws == [sample_sizes(7, 3, (0, 0, step)) for step in range(50)]  # seeded: a rerun draws the same
+    assert len({tuple(d) for d in draws}) > 5  # and the draw changes from step to step
+    assert {i for d in draws for i in d} == set(range(7))
+    assert sample_sizes(7, 0, (0, 0, 0)) == sample_sizes(7, 9, (0, 0, 0)) == list(range(7))
+    assert all(len(sample_sizes(4, 2, (1, 2, s), keep_last=False)) == 2 for s in range(10))
+    assert any(3 not in sample_sizes(4, 2, (1, 2, s), keep_last=False) for s in range(10))
+
+    torch.manual_seed(0)
+    a, b = torch.randn(8, 16), torch.randn(8, 16)
+    loss = MatryoshkaEmbeddingLoss([4, 8, 16], [1.0, 2.0, 3.0], info_nce)
+    total, per_size = loss(a, b, [0, 2])
+    _, every = loss(a, b)
+    torch.testing.assert_close(per_size, every[[0, 2]])
+    torch.testing.assert_close(total, 1.0 * every[0] + 3.0 * every[2])
+
+
+def test_sampled_sizes_are_for_text_models_and_at_most_the_nesting_list():
+    from mrl.configio import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.sizes_per_step=2 samples the sizes of the contrastive text loss"):
+        from_dict(TrainJobConfig, {"train": {"sizes_per_step": 2}})
+    with pytest.raises(ConfigError, match=r"train.sizes_per_step=9 is above the 3 sizes of the nesting list"):
+        from_dict(TrainJobConfig, {"data": {"source": "wordnet", "path": "/tmp/x"}, "model": TINY_TEXT_MODEL,
+                                   "train": {"sizes_per_step": 9}})
+    with pytest.raises(ConfigError, match="sizes_per_step must be >= 0"):
+        from_dict(TrainJobConfig, {"train": {"sizes_per_step": -1}})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -76,9 +77,63 @@ class MatryoshkaEmbeddingLoss(nn.Module):
         self.register_buffer("weights", torch.tensor(list(weights), dtype=torch.float32), persistent=False)
         self.loss_fn = loss_fn
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        per_size = [self.loss_fn(shrink(a, m), shrink(b, m)) for m in self.sizes]
-        return weighted_sum(per_size, self.weights), torch.stack(per_size).detach()
+    def forward(self, a: torch.Tensor, b: torch.Tensor, active: Sequence[int] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`active`: positions in the nesting list trained this step (`sample_sizes`; None: all). The total is
+        the weighted sum over them, per_size their losses in that order."""
+        active = range(len(self.sizes)) if active is None else active
+        per_size = [self.loss_fn(shrink(a, self.sizes[i]), shrink(b, self.sizes[i])) for i in active]
+        return weighted_sum(per_size, self.weights[list(active)]), torch.stack(per_size).detach()
+
+
+def sample_sizes(count: int, per_step: int, seed: Sequence[int], keep_last: bool = True) -> list[int]:
+    """Positions in a nesting list of `count` sizes that one step trains: `per_step` of them drawn without
+    replacement by a generator seeded with `seed` (e.g. (train seed, epoch, step): every rank draws the same,
+    and a resumed run the same as an uninterrupted one), the last (d) always among them when `keep_last`.
+    `per_step` 0 or >= count: all. Sorted."""
+    if per_step <= 0 or per_step >= count:
+        return list(range(count))
+    rng = np.random.default_rng(list(seed))
+    if keep_last:
+        return sorted([*rng.choice(count - 1, size=per_step - 1, replace=False).tolist(), count - 1])
+    return sorted(rng.choice(count, size=per_step, replace=False).tolist())
+
+
+def gather_across_workers(x: torch.Tensor) -> torch.Tensor:
+    """Every data-parallel worker's `x` (B, ...) stacked in rank order (world * B, ...), when a process group is
+    up with several ranks (else `x`). Every rank must pass the same shape. The gradient flows back to each rank's
+    own part: the backward pass sums, across ranks, the gradient every rank's loss sends to that part, so with
+    DDP (which averages gradients) a loss computed identically on every rank from the gathered batch trains
+    exactly as one worker with the whole batch would."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    return _GatherRows.apply(x)
+
+
+class _GatherRows(torch.autograd.Function):
+    """all_gather forward; backward all-reduces (sums) the whole gradient and keeps this rank's rows. (An
+    all-reduce, which every backend has, where a reduce-scatter would move 1/world of the bytes: gloo lacks
+    one, and the tensors are one batch of embeddings.)"""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x)
+        ctx.rows, ctx.rank = x.shape[0], dist.get_rank()
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:

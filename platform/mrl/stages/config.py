@@ -42,6 +42,16 @@ class TrainConfig:
     their weights). Text models are trained contrastively instead (in-batch InfoNCE on every prefix)."""
     temperature: float = 0.05
     """Text models: InfoNCE temperature of the contrastive Matryoshka loss, in (0, 1]."""
+    negatives: Literal["global", "local"] = "global"
+    """Text models with several workers: global: every worker's batch is a negative for every query (all-gather,
+    the gradient reaching each worker's own part), so W workers of batch B train as one worker of batch W*B;
+    local: each worker's own batch only."""
+    sizes_per_step: int = 0
+    """Text models: nesting sizes each step trains, drawn anew every step (seeded by train.seed, the epoch and
+    the step, so every worker and a resumed run draw the same) and summed with their nesting weights; the other
+    sizes skip that step's loss (cheaper with long nesting lists). 0: every size every step."""
+    full_size_every_step: bool = True
+    """With sizes_per_step: d is always one of the drawn sizes."""
     seed: int = 0
     shuffle_buffer: int = 4096
     """Image models: rows each worker gathers from its stream and shuffles (seeded per epoch) before cutting them
@@ -54,6 +64,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         registered("loss", self.loss, LOSSES)
         check(0 < self.temperature <= 1, f"temperature must be in (0, 1], got {self.temperature}")
+        check(self.sizes_per_step >= 0, f"sizes_per_step must be >= 0 (0: every size), got {self.sizes_per_step}")
         positive("epochs", self.epochs)
         positive("batch_size", self.batch_size)
         positive("shuffle_buffer", self.shuffle_buffer)
@@ -189,6 +200,7 @@ class TrainJobConfig(JobConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_modalities(self.data, self.model)
+        check_sampled_sizes(self.train, self.model)
         check(self.storage_path is None or bool(self.storage_path.strip()),
                "storage_path must be a path or URI, or null for <output_dir>/ray")
 
@@ -434,6 +446,7 @@ class PipelineConfig(JobConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_modalities(self.data, self.model)
+        check_sampled_sizes(self.train, self.model)
         # The same rules the index stage and the service apply to the real artifacts, applied to the
         # index this pipeline will build (model.dim, its sizes and AdANNS cells).
 
@@ -455,6 +468,17 @@ def check_modalities(data: DataConfig, model: ModelConfig, prefix: str = "") -> 
     check(data.modality == model.modality,
            f"{prefix}data.source {data.source!r} is {data.modality} data but {prefix}model.encoder "
            f"{model.encoder!r} is a{'n' if model.modality == 'image' else ''} {model.modality} encoder")
+
+
+def check_sampled_sizes(train: TrainConfig, model: ModelConfig, prefix: str = "") -> None:
+    """train.sizes_per_step is for the contrastive (text) loss, and at most the nesting list's length."""
+    if train.sizes_per_step == 0:
+        return
+    check(model.modality == "text", f"{prefix}train.sizes_per_step={train.sizes_per_step} samples the sizes of the "
+                                    "contrastive text loss; image models train every size's head each step (set 0)")
+    check(train.sizes_per_step <= len(model.sizes),
+           f"{prefix}train.sizes_per_step={train.sizes_per_step} is above the {len(model.sizes)} sizes of the nesting "
+           f"list {model.sizes}")
 
 
 def check_paths(cfg: Any) -> None:

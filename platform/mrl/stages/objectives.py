@@ -13,7 +13,10 @@ this rank, the batches of an epoch, the loss of a batch and the per-size validat
   the documents of its chunk of `VAL_CHUNK` validation pairs (chunks are fixed, so the figure does not
   depend on the number of workers).
 
-With several workers, each rank's in-batch negatives are its own batch (no cross-rank gather).
+With several workers, a text model's negatives are every worker's batch (`train.negatives: global`, an
+all-gather whose gradient reaches each rank's own part: W workers of batch B train exactly as one of batch
+W*B), or each rank's own (`local`). `train.sizes_per_step` trains a seeded draw of the nesting sizes per step
+(`mrl.core.losses.sample_sizes`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from functools import partial
 import numpy as np
 import torch
 
-from mrl.core.losses import MatryoshkaEmbeddingLoss, MatryoshkaLoss, info_nce, shrink
+from mrl.core.losses import (MatryoshkaEmbeddingLoss, MatryoshkaLoss, gather_across_workers, info_nce,
+                             sample_sizes, shrink)
 from mrl.core.tokens import trim_padding
 from mrl.data.formats import to_float, train_val_indices
 from mrl.data.preprocess import standardize
@@ -81,7 +85,7 @@ class Classification:
     def batches(self, rank: int, world: int, batch_size: int, seed: int) -> list[np.ndarray]:
         return rank_batches(self.train_idx, rank, world, batch_size, seed)
 
-    def loss(self, model, batch: np.ndarray) -> torch.Tensor:
+    def loss(self, model, batch: np.ndarray, step: tuple[int, int] = (0, 0)) -> torch.Tensor:
         xb, yb = self.x[batch].to(self.device), self.y[batch].to(self.device)
         return self.criterion(model(xb), yb)[0]
 
@@ -129,7 +133,7 @@ class StreamedClassification:
                              "workers; lower train.batch_size")
         return EpochStream(self.train, steps, batch_size, min(self.buffer, self.rows["train"] // world), seed)
 
-    def loss(self, model, batch: dict) -> torch.Tensor:
+    def loss(self, model, batch: dict, step: tuple[int, int] = (0, 0)) -> torch.Tensor:
         x = standardize(batch["image"].to(self.device, non_blocking=True))
         return self.criterion(model(x), batch["label"].to(self.device, non_blocking=True))[0]
 
@@ -209,15 +213,22 @@ class ContrastivePairs:
         self.criterion = MatryoshkaEmbeddingLoss(job.model.sizes, job.model.weights,
                                                  partial(info_nce, temperature=job.train.temperature)).to(device)
         self.lengths = np.maximum((self.queries != 0).sum(1).numpy(), (self.documents != 0).sum(1).numpy())
-        self.device = device
+        self.device, self.train = device, job.train
 
     def batches(self, rank: int, world: int, batch_size: int, seed: int) -> list[np.ndarray]:
         return bucket_by_length(rank_batches(self.train_idx, rank, world, batch_size, seed), self.lengths, seed)
 
-    def loss(self, model, batch: np.ndarray) -> torch.Tensor:
+    def loss(self, model, batch: np.ndarray, step: tuple[int, int] = (0, 0)) -> torch.Tensor:
+        """InfoNCE on every trained prefix; `step` (epoch, step) seeds the sizes a step draws
+        (train.sizes_per_step)."""
         ids = trim_padding(torch.cat([self.queries[batch], self.documents[batch]]))  # (2B, T'): one forward
         z = model(ids.to(self.device), embed_only=True)
-        return self.criterion(z[:len(batch)], z[len(batch):])[0]
+        queries, documents = z[:len(batch)], z[len(batch):]
+        if self.train.negatives == "global":  # every worker's pairs, in rank order; the gradient reaches ours
+            queries, documents = gather_across_workers(queries), gather_across_workers(documents)
+        active = sample_sizes(len(self.criterion.sizes), self.train.sizes_per_step, (self.train.seed, *step),
+                              self.train.full_size_every_step)
+        return self.criterion(queries, documents, active)[0]
 
     def val_hits(self, model, autocast, batch_size: int = 500) -> tuple[torch.Tensor | None, int]:
         """Queries (of this rank's validation chunks) whose own document is the nearest of the chunk, per size."""

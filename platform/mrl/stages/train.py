@@ -156,7 +156,7 @@ def train_epoch(loop: Loop, epoch: int) -> dict[str, float]:
     for step, batch in enumerate(batches):
         waited += time.perf_counter() - ready  # time this rank stood waiting for its next batch
         with loop.autocast():
-            loss = loop.objective.loss(loop.model, batch)
+            loss = loop.objective.loss(loop.model, batch, (epoch, step))
         loop.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         loop.optimizer.step()
