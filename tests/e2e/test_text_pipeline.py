@@ -119,3 +119,32 @@ def test_the_openai_client_embeds_texts_with_the_index_model(text_pipeline):
             got = np.array([d.embedding for d in reply.data])
             assert np.sum(got * want, axis=1).min() >= 0.9999, size
             assert reply.usage.prompt_tokens == reply.usage.total_tokens == read
+
+
+def test_a_text_sweep_runs_on_ray_tune_and_picks_by_pair_recall(text_pipeline):
+    """tuning/search_space_text.yaml, shrunk: two Ray Tune trials (Ray Train runs) of a text model that differ in
+    InfoNCE temperature, each drawing 2 sizes a step; the sweep compares them on pair R@10 and writes the
+    winner's config with its temperature."""
+    from mrl.config import TrainJobConfig, TuneJobConfig
+    from mrl.stages.tune import pick_winner
+    from mrl.stages.tune import run as run_tune
+
+    cfg, _ = text_pipeline
+    overrides = [f"output_dir={cfg.output_dir}", f"base.data.path={cfg.data.path}", "sweep_name=e2e-text-sweep",
+                 "base.data.train_limit=3000", "base.train.epochs=1", "base.train.batch_size=64", "base.train.lr=0.003",
+                 "base.model.dim=32", "base.model.text.vocab_size=1000", "base.model.text.max_tokens=32",
+                 "base.model.backbone.hidden_size=32", "base.model.backbone.num_hidden_layers=1",
+                 "base.model.backbone.intermediate_size=64", "base.resources.num_workers=1", "search.algorithm=grid",
+                 "search.num_samples=1", "search.scheduler=fifo", "space.schedules=[log]", "space.deploy_sizes=[8]",
+                 "space.smallest_weight=[1.0]", "space.weight_alpha=[0.0]", "space.temperature=[0.05, 1.0]",
+                 "space.sizes_per_step=[2]"]
+    result = run_tune(load_config(TuneJobConfig, REPO / "tuning" / "search_space_text.yaml", overrides))
+    trials = sorted(result["trials"], key=lambda t: t["params"]["temperature"])
+    assert [t["error"] for t in trials] == [None, None] and [t["params"]["sizes_per_step"] for t in trials] == [2, 2]
+    assert (result["small_metric"], result["full_metric"]) == ("val_r10_d8", "val_r10_full")
+    for t in trials:
+        assert 0 < t["metrics"]["val_top1_d8"] <= t["metrics"]["val_r10_d8"] <= 1
+    points = [(t["metrics"]["val_r10_d8"], t["metrics"]["val_r10_full"]) for t in result["trials"]]
+    assert result["winner"] == result["trials"][pick_winner(points, 0.003)]
+    winner = load_config(TrainJobConfig, result["winner_yaml"])
+    assert winner.train.temperature == result["winner"]["params"]["temperature"] and winner.train.sizes_per_step == 2

@@ -51,6 +51,24 @@ def test_a_text_model_trains_contrastively_and_keeps_its_tokenizer(tmp_path):
     assert again.tokenizer.to_json() == model.tokenizer.to_json()
 
 
+def test_text_validation_reports_pair_recall_at_1_and_at_10_per_size(tmp_path):
+    """The per-epoch metrics of a text model: val_top1_* (pair R@1) and val_r10_* (pair R@10) for every size,
+    R@10 >= R@1, both the share of validation queries whose own document ranks first / in the top 10."""
+    from mrl.stages.train import run_loop
+
+    job = _text_job(tmp_path, epochs=1, batch_size=32)
+    seen = []
+    model = run_loop(job, on_epoch=lambda metrics, state: seen.append(metrics))
+    metrics = seen[-1]
+    for m in model.sizes:
+        assert 0 <= metrics[f"val_top1_d{m}"] <= metrics[f"val_r10_d{m}"] <= 1
+    assert metrics["val_r10_full"] == metrics[f"val_r10_d{model.sizes[-1]}"] > metrics["val_top1_full"]
+    from mrl.stages.objectives import _pair_hits
+
+    scores = torch.tensor([[0.9, 0.1, 0.2], [0.5, 0.4, 0.6], [0.3, 0.2, 0.1]])
+    assert _pair_hits(scores, torch.arange(3)).tolist() == [1, 3]  # ranks 0, 2, 2: one first, all in the top 10
+
+
 def _pair_recall(model, rows, n=200) -> float:
     q = model.embed_texts(rows["query"][:n])
     d = model.embed_texts(rows["document"][:n])

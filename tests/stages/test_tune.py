@@ -5,7 +5,7 @@ import pytest
 
 from mrl.config import TuneJobConfig
 from mrl.configio import from_dict, load_config
-from mrl.stages.tune import grid, nesting_weights, pareto_front, pick_winner, small_metric, trial_job
+from mrl.stages.tune import full_metric, grid, nesting_weights, pareto_front, pick_winner, small_metric, trial_job
 
 from conftest import REPO
 
@@ -55,3 +55,40 @@ def test_pareto_front_and_the_winner_rule():
     assert pick_winner(points, 0.01) == 0  # within 1 point of 0.91: 0 (0.90) qualifies, 1 (0.895) does not
     assert pick_winner(points, 0.02) == 1  # 1 qualifies and has the best small-size accuracy
     assert pick_winner([(0.5, 0.5), (0.5, 0.5)], 0.0) == 0  # ties: the earlier trial
+
+
+@pytest.fixture
+def text_job(tmp_path):
+    return load_config(TuneJobConfig, REPO / "tuning" / "search_space_text.yaml", [f"base.data.path={tmp_path}"])
+
+
+def test_a_text_sweep_trades_pair_recall_at_10_and_searches_temperature_and_sampled_sizes(text_job):
+    assert (small_metric(text_job), full_metric(text_job)) == ("val_r10_d16", "val_r10_full")
+    params = {"schedule": "uniform", "min_size": 8, "count": 4, "smallest_weight": 1.0, "weight_alpha": 0.5,
+              "temperature": 0.02, "sizes_per_step": 3}
+    trial = trial_job(text_job.base, params, "t", (16,))
+    assert trial.model.sizes == [8, 16, 48, 88, 128] and trial.train.temperature == 0.02
+    assert trial.train.sizes_per_step == 3 and trial.train.negatives == "global"
+    assert trial.model.weights == sorted(trial.model.weights)  # alpha > 0 favours the full size
+    capped = trial_job(text_job.base, {**params, "schedule": "log", "min_size": 64, "sizes_per_step": 3}, "t")
+    assert capped.model.sizes == [64, 128] and capped.train.sizes_per_step == 2  # capped at the nesting list
+    kept = trial_job(text_job.base, {k: v for k, v in params.items() if k not in ("temperature", "sizes_per_step")}, "t")
+    assert kept.train.temperature == 0.05 and kept.train.sizes_per_step == 0  # base's values
+    combos = grid(from_dict(TuneJobConfig, {**_as_dict(text_job), "search": {"algorithm": "grid"}}))
+    assert {(c["temperature"], c["sizes_per_step"]) for c in combos} == {(0.02, 0), (0.02, 3), (0.1, 0), (0.1, 3)}
+
+
+def _as_dict(job):
+    from mrl.configio import to_dict
+
+    return to_dict(job)
+
+
+def test_text_only_knobs_are_refused_on_an_image_sweep(job):
+    from mrl.configio import ConfigError
+
+    with pytest.raises(ConfigError, match="space.temperature searches a text model's contrastive loss, but "
+                                          "base.model.encoder 'cnn' is an image encoder"):
+        from_dict(TuneJobConfig, {**_as_dict(job), "space": {**_as_dict(job)["space"], "temperature": [0.05]}})
+    with pytest.raises(ConfigError, match="temperature values must be in"):
+        from_dict(TuneJobConfig, {**_as_dict(job), "space": {**_as_dict(job)["space"], "temperature": [2.0]}})

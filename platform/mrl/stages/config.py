@@ -342,6 +342,12 @@ class TuneSpace:
     deploy_sizes: tuple[int, ...] = ()
     """Sizes you will deploy: added to every trial's nesting list, and the smallest of them is the size whose
     accuracy the sweep trades against full-size accuracy (empty: each trial's own smallest size)."""
+    temperature: tuple[float, ...] = ()
+    """Text models: InfoNCE temperatures (grid: the values; random / optuna: the log range); empty keeps
+    base.train.temperature."""
+    sizes_per_step: tuple[int, ...] = ()
+    """Text models: nesting sizes trained per step (train.sizes_per_step; 0: all), sampled as choices; empty keeps
+    base.train.sizes_per_step."""
 
     def __post_init__(self) -> None:
         check(len(self.schedules) > 0, "schedules must list at least one of ['log', 'uniform']")
@@ -355,6 +361,10 @@ class TuneSpace:
                f"weight_alpha must be a non-empty list of numbers in [-4, 4], got {list(self.weight_alpha)}")
         check(all(0 < x < 10 for x in self.lr), f"lr values must be in (0, 10), got {list(self.lr)}")
         check(all(m >= 1 for m in self.deploy_sizes), f"deploy_sizes must be >= 1, got {list(self.deploy_sizes)}")
+        check(all(0 < t <= 1 for t in self.temperature), f"temperature values must be in (0, 1], got "
+                                                          f"{list(self.temperature)}")
+        check(all(n >= 0 for n in self.sizes_per_step), f"sizes_per_step values must be >= 0 (0: all), got "
+                                                        f"{list(self.sizes_per_step)}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -412,6 +422,10 @@ class TuneJobConfig(JobConfig):
         dim = self.base.model.dim
         too_big = [m for m in self.space.deploy_sizes if m > dim]
         check(not too_big, f"space.deploy_sizes {too_big} go above base.model.dim {dim}")
+        text_only = [name for name in ("temperature", "sizes_per_step") if getattr(self.space, name)]
+        check(not text_only or self.base.model.modality == "text",
+               f"space.{text_only[0] if text_only else ''} searches a text model's contrastive loss, but "
+               f"base.model.encoder {self.base.model.encoder!r} is an image encoder (leave it empty)")
         check(self.search.scheduler != "asha" or self.search.grace_period <= self.base.train.epochs,
                f"search.grace_period {self.search.grace_period} is more than base.train.epochs "
                f"{self.base.train.epochs}: ASHA could stop nothing")

@@ -71,6 +71,7 @@ class Classification:
     """Labelled images, one classification loss per nesting size (see the module docstring)."""
 
     metric = "val top-1"
+    measures = ("top1",)
 
     def __init__(self, job, rank: int, world: int, device):
         images, labels = load_split(job.data, job.model, "train")
@@ -115,6 +116,7 @@ class StreamedClassification:
     """
 
     metric = "val top-1"
+    measures = ("top1",)
 
     def __init__(self, job, rank: int, world: int, device, rows: dict[str, int]):
         import ray.train
@@ -198,6 +200,7 @@ class ContrastivePairs:
     """
 
     metric = "val pair R@1"
+    measures = ("top1", "r10")  # pair R@1 (logged as val_top1_*, the key every objective shares) and R@10
 
     def __init__(self, job, rank: int, world: int, device, tokenizer=None):
         split = load_text_split(job.data, "train")
@@ -231,7 +234,8 @@ class ContrastivePairs:
         return self.criterion(queries, documents, active)[0]
 
     def val_hits(self, model, autocast, batch_size: int = 500) -> tuple[torch.Tensor | None, int]:
-        """Queries (of this rank's validation chunks) whose own document is the nearest of the chunk, per size."""
+        """Queries (of this rank's validation chunks) whose own document is the nearest of the chunk, and among
+        its 10 nearest, per size: (2, G)."""
 
         sizes = model.sizes
         hits, rows = None, 0
@@ -241,10 +245,17 @@ class ContrastivePairs:
                                            embed_only=True) for i in range(0, len(chunk), batch_size)]).float()
                           for ids in (self.queries, self.documents))
                 target = torch.arange(len(chunk), device=zq.device)
-                found = torch.stack([((shrink(zq, m) @ shrink(zd, m).T).argmax(1) == target).sum() for m in sizes])
+                found = torch.stack([_pair_hits(shrink(zq, m) @ shrink(zd, m).T, target) for m in sizes], dim=1)
                 hits = found if hits is None else hits + found
                 rows += len(chunk)
         return hits, rows
+
+
+def _pair_hits(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(R@1 hits, R@10 hits) of queries against their chunk's documents: R@1 the own document is the argmax,
+    R@10 fewer than 10 documents score above it."""
+    above = (scores > scores.gather(1, target[:, None])).sum(1)
+    return torch.stack([(scores.argmax(1) == target).sum(), (above < 10).sum()])
 
 
 def make_objective(job, rank: int, world: int, device, tokenizer=None, streamed_rows: dict[str, int] | None = None):

@@ -174,15 +174,17 @@ def train_epoch(loop: Loop, epoch: int) -> dict[str, float]:
 
 
 def validate(loop: Loop, metrics: dict[str, float]) -> dict[str, float]:
-    """Per-size validation accuracy over every rank's validation rows, and the mean train loss over every rank's
-    steps (all-reduced when world > 1); `metrics` is `train_epoch`'s."""
+    """Per-size validation accuracy over every rank's validation rows (each of the objective's measures: top-1,
+    and a text model's pair R@10 too), and the mean train loss over every rank's steps (all-reduced when
+    world > 1); `metrics` is `train_epoch`'s."""
     import torch.distributed as dist
 
     loop.model.eval()
-    sizes = _unwrap(loop.model).sizes
+    sizes, measures = _unwrap(loop.model).sizes, loop.objective.measures
     correct, n_val_mine = loop.objective.val_hits(_unwrap(loop.model), loop.autocast)  # no DDP collectives
     if correct is None:  # no validation rows on this rank
-        correct = torch.zeros(len(sizes), dtype=torch.int64, device=loop.device)
+        correct = torch.zeros((len(measures), len(sizes)), dtype=torch.int64, device=loop.device)
+    correct = correct.reshape(len(measures), len(sizes))  # a single measure may come as (G,)
     totals = torch.tensor([float(n_val_mine), metrics.pop("train_loss"), metrics.pop("steps")], device=loop.device)
     if loop.world > 1:
         correct = correct.to(loop.device)
@@ -190,10 +192,11 @@ def validate(loop: Loop, metrics: dict[str, float]) -> dict[str, float]:
         dist.all_reduce(totals)
     n_val, loss_total, n_steps = totals.tolist()
     out = {"train_loss": loss_total / max(1.0, n_steps), "epoch_seconds": time.time() - metrics.pop("started")}
-    if n_val > 0:
-        accs = (correct.double() / n_val).tolist()
-        out.update({f"val_top1_d{m}": a for m, a in zip(sizes, accs)})
-        out.update(val_top1_min=accs[0], val_top1_full=accs[-1], val_top1_mean=float(np.mean(accs)))
+    if n_val > 0:  # val_<measure>_d<m> per size, and _min, _full, _mean, for each of the objective's measures
+        for measure, accs in zip(measures, (correct.double() / n_val).tolist()):
+            out.update({f"val_{measure}_d{m}": a for m, a in zip(sizes, accs)})
+            out.update({f"val_{measure}_min": accs[0], f"val_{measure}_full": accs[-1],
+                        f"val_{measure}_mean": float(np.mean(accs))})
     return out
 
 

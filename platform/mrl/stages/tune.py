@@ -1,10 +1,12 @@
-"""The tune stage: Ray Tune over nesting schedules, per-size loss weights and lr; each trial is a Ray Train run.
+"""The tune stage: Ray Tune over nesting schedules, per-size loss weights and lr (and, for text models, the InfoNCE
+temperature and the sizes trained per step); each trial is a Ray Train run.
 
 Each trial's driver function builds a TorchTrainer from the base training config plus the trial's choice
 and passes Tune's `TuneReportCallback`, so the workers' per-epoch, per-size validation accuracy reaches Tune
 (and ASHA, which stops lagging trials at its rungs). Trials are sampled from the grid, at random, or by
 Optuna. The sweep's answer is a trade-off across sizes, not one number: the Pareto front of (accuracy at the
-small deployed size, accuracy at d) over trials, and the winner by the rule `full_tolerance` states. The
+small deployed size, accuracy at d) over trials (validation top-1 for image models, pair R@10 on the held-out
+validation pairs for text models), and the winner by the rule `full_tolerance` states. The
 winner's training config is written as YAML (and, with `train_winner`, trained and registered). The driver
 records one MLflow parent run `tune` with a nested run per trial, the front's plot and the winner.
 A sweep named after an existing one resumes it.
@@ -27,12 +29,25 @@ from mrl.stages.config import TrainJobConfig, TuneJobConfig
 from mrl.stages.stage import prepare
 from mrl.stages.train import fit
 
-FULL_METRIC = "val_top1_full"
+def measure(job: TuneJobConfig) -> str:
+    """What the sweep trades across sizes: validation top-1 for image models, pair R@10 on the held-out
+    validation pairs for text models."""
+    return "r10" if job.base.model.modality == "text" else "top1"
+
+
+def measure_label(job: TuneJobConfig) -> str:
+    return "pair R@10" if measure(job) == "r10" else "top-1"
 
 
 def small_metric(job: TuneJobConfig) -> str:
-    """The reported metric of accuracy at the small deployed size (every trial trains that size)."""
-    return f"val_top1_d{min(job.space.deploy_sizes)}" if job.space.deploy_sizes else "val_top1_min"
+    """The reported metric at the small deployed size (every trial trains that size)."""
+    family = measure(job)
+    return f"val_{family}_d{min(job.space.deploy_sizes)}" if job.space.deploy_sizes else f"val_{family}_min"
+
+
+def full_metric(job: TuneJobConfig) -> str:
+    """The reported metric at d."""
+    return f"val_{measure(job)}_full"
 
 
 def nesting_weights(sizes: list[int], dim: int, alpha: float, smallest_boost: float) -> list[float]:
@@ -47,7 +62,8 @@ def nesting_weights(sizes: list[int], dim: int, alpha: float, smallest_boost: fl
 def trial_job(base: TrainJobConfig, params: dict[str, Any], run_name: str,
               deploy_sizes: tuple[int, ...] = ()) -> TrainJobConfig:
     """The training config of one trial: the base config with the trial's nesting list (the schedule's sizes
-    plus the deploy sizes and d), its weights and lr."""
+    plus the deploy sizes and d), its weights, lr and, for text models, InfoNCE temperature and sizes trained
+    per step (capped at the trial's nesting list)."""
     dim = base.model.dim
     scheduled = NestingConfig(schedule=params["schedule"], min_size=params["min_size"],
                               count=params.get("count", base.model.nesting.count)).resolve(dim)
@@ -55,20 +71,23 @@ def trial_job(base: TrainJobConfig, params: dict[str, Any], run_name: str,
     weights = nesting_weights(sizes, dim, params.get("weight_alpha", 0.0), params["smallest_weight"])
     nesting = NestingConfig(schedule="list", sizes=tuple(sizes), weights=tuple(weights))
     model = dataclasses.replace(base.model, nesting=nesting)
-    train = dataclasses.replace(base.train, lr=params.get("lr") or base.train.lr)
+    train = dataclasses.replace(base.train, lr=params.get("lr") or base.train.lr,
+                                temperature=params.get("temperature") or base.train.temperature,
+                                sizes_per_step=min(len(sizes), params.get("sizes_per_step", base.train.sizes_per_step)))
     return dataclasses.replace(base, model=model, train=train, run_name=run_name)
 
 
 def grid(job: TuneJobConfig) -> list[dict[str, Any]]:
     """Every combination of the listed values (the uniform schedule's counts only vary the uniform schedule)."""
     space = job.space
+    train = job.base.train
     combos = []
-    for schedule, min_size, w, alpha, lr in itertools.product(space.schedules, space.min_sizes,
-                                                              space.smallest_weight, space.weight_alpha,
-                                                              space.lr or (job.base.train.lr,)):
+    for schedule, min_size, w, alpha, lr, temperature, per_step in itertools.product(
+            space.schedules, space.min_sizes, space.smallest_weight, space.weight_alpha, space.lr or (train.lr,),
+            space.temperature or (train.temperature,), space.sizes_per_step or (train.sizes_per_step,)):
         for count in space.counts if schedule == "uniform" else space.counts[:1]:
             combos.append({"schedule": schedule, "min_size": min_size, "count": count, "smallest_weight": w,
-                           "weight_alpha": alpha, "lr": lr})
+                           "weight_alpha": alpha, "lr": lr, "temperature": temperature, "sizes_per_step": per_step})
     return combos
 
 
@@ -84,9 +103,13 @@ def param_space(job: TuneJobConfig) -> dict[str, Any]:
         lo, hi = min(values), max(values)
         return lo if lo == hi else (tune.loguniform(lo, hi) if log else tune.uniform(lo, hi))
 
+    train = job.base.train
     return {"schedule": tune.choice(list(space.schedules)), "min_size": tune.choice(list(space.min_sizes)),
             "count": tune.choice(list(space.counts)), "smallest_weight": span(space.smallest_weight),
-            "weight_alpha": span(space.weight_alpha), "lr": span(space.lr, log=True) if space.lr else job.base.train.lr}
+            "weight_alpha": span(space.weight_alpha), "lr": span(space.lr, log=True) if space.lr else train.lr,
+            "temperature": span(space.temperature, log=True) if space.temperature else train.temperature,
+            "sizes_per_step": (tune.choice(list(space.sizes_per_step)) if space.sizes_per_step
+                               else train.sizes_per_step)}
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -106,13 +129,14 @@ def pick_winner(points: list[tuple[float, float]], full_tolerance: float) -> int
     return max(eligible, key=lambda i: (points[i][0], points[i][1], -i))
 
 
-def plot_front(trials: list[dict[str, Any]], front: list[int], winner: int, small: str, path: Path,
-               tolerance: float) -> Path:
-    """Small-size accuracy against full-size accuracy per trial, the Pareto front joined, the winner ringed."""
+def plot_front(trials: list[dict[str, Any]], front: list[int], winner: int, small: str, full: str, label: str,
+               path: Path, tolerance: float) -> Path:
+    """Small-size against full-size validation `label` (top-1, pair R@10) per trial, the Pareto front joined, the
+    winner ringed."""
 
     plt = pyplot()
     xs = [100 * t["metrics"][small] for t in trials]
-    ys = [100 * t["metrics"][FULL_METRIC] for t in trials]
+    ys = [100 * t["metrics"][full] for t in trials]
     fig, ax = plt.subplots(figsize=(6.5, 4.6))
     ax.scatter(xs, ys, s=22, color="grey", label="trials")
     order = sorted(front, key=lambda i: xs[i])
@@ -120,8 +144,8 @@ def plot_front(trials: list[dict[str, Any]], front: list[int], winner: int, smal
     ax.scatter([xs[winner]], [ys[winner]], s=140, facecolors="none", edgecolors="tab:red", linewidths=2,
                label=f"winner (best small size within {100 * tolerance:g} pt of best full)")
     ax.axhline(max(ys) - 100 * tolerance, color="tab:red", lw=0.8, ls="--")
-    ax.set_xlabel(f"validation top-1 at the small size ({small}), %")
-    ax.set_ylabel(f"validation top-1 at d ({FULL_METRIC}), %")
+    ax.set_xlabel(f"validation {label} at the small size ({small}), %")
+    ax.set_ylabel(f"validation {label} at d ({full}), %")
     ax.set_title("MRL sweep: accuracy at the deployed size against full size", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -192,31 +216,32 @@ def run(job: TuneJobConfig) -> dict[str, Any]:
     base = prepare(dataclasses.replace(job.base, output_dir=job.output_dir, mlflow=job.mlflow))
     tracking.setup(job.mlflow, job.output_dir)
     name = job.sweep_name or time.strftime("tune-%Y%m%d-%H%M%S")
-    small = small_metric(job)
+    small, full = small_metric(job), full_metric(job)
     print(f"[tune] sweep {name!r}: {job.search.algorithm} search, {job.search.scheduler} scheduler, objectives "
-          f"{small} and {FULL_METRIC}", flush=True)
+          f"{small} and {full}", flush=True)
     started = time.time()
     trials = collect_trials(make_tuner(job, base, name, Path(job.output_dir).resolve() / "ray").fit())
-    done = [t for t in trials if small in t["metrics"] and FULL_METRIC in t["metrics"]]
+    done = [t for t in trials if small in t["metrics"] and full in t["metrics"]]
     if not done:
         raise RuntimeError(f"no tune trial reported {small}; errors: {[t['error'] for t in trials]}")
-    points = [(t["metrics"][small], t["metrics"][FULL_METRIC]) for t in done]
+    points = [(t["metrics"][small], t["metrics"][full]) for t in done]
     front, winner = pareto_front(points), pick_winner(points, job.full_tolerance)
     best = done[winner]
     stopped = sum(t["epochs"] < base.train.epochs for t in done)
     print(f"[tune] {len(trials)} trials ({stopped} stopped early); Pareto front {len(front)} trials; winner "
-          f"{best['params']}: {small} {points[winner][0]:.4f}, {FULL_METRIC} {points[winner][1]:.4f}", flush=True)
+          f"{best['params']}: {small} {points[winner][0]:.4f}, {full} {points[winner][1]:.4f}", flush=True)
     out = Path(job.output_dir).resolve() / "tune" / name
     out.mkdir(parents=True, exist_ok=True)
     winner_job, winner_yaml = write_winner(job, base, best["params"], name, out,
-                                           f"{small} {points[winner][0]:.4f}, {FULL_METRIC} {points[winner][1]:.4f}")
-    plot = plot_front(done, front, winner, small, out / "pareto.png", job.full_tolerance)
+                                           f"{small} {points[winner][0]:.4f}, {full} {points[winner][1]:.4f}")
+    plot = plot_front(done, front, winner, small, full, measure_label(job), out / "pareto.png", job.full_tolerance)
     seconds = time.time() - started
     run_id = log_sweep(job, base, name, trials, [done[i] for i in front], best, [plot, winner_yaml], {
-        f"best_{small}": points[winner][0], f"best_{FULL_METRIC}": points[winner][1],
+        f"best_{small}": points[winner][0], f"best_{full}": points[winner][1],
         "trials_stopped_early": stopped, "tune_wall_seconds": seconds})
     summary = {"run_id": run_id, "sweep": name, "trials": trials, "front": [done[i] for i in front],
-               "winner": best, "winner_yaml": str(winner_yaml), "small_metric": small, "seconds": seconds}
+               "winner": best, "winner_yaml": str(winner_yaml), "small_metric": small, "full_metric": full,
+               "seconds": seconds}
     if job.train_winner:
         summary["winner_model_uri"] = train_stage.run(winner_job)["model_uri"]
     print(f"[tune] winner config: {winner_yaml}; front plot: {plot} ({seconds:.0f}s)", flush=True)
