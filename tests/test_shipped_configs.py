@@ -20,6 +20,7 @@ SHIPPED = {
     "jobs/pipeline_text.yaml": C.PipelineConfig,
     "tuning/search_space.yaml": C.TuneJobConfig,
     "tuning/search_space_text.yaml": C.TuneJobConfig,
+    "benchmarks/text_tune_quick.yaml": C.TuneJobConfig,
     "serving/serve.yaml": C.ServeJobConfig,
     "benchmarks/reproduce.yaml": ReproduceConfig,
     "benchmarks/reproduce_quick.yaml": ReproduceConfig,

@@ -76,12 +76,13 @@ def by_method_size(summary: list[dict[str, Any]]) -> dict[tuple[str, Any], dict[
     return {(r["method"], r["size"]): r for r in summary}
 
 
-def mrl_vs_ff(at: dict[tuple[str, Any], dict[str, Any]], metric: str, sizes: Sequence[int]
+def mrl_vs_ff(at: dict[tuple[str, Any], dict[str, Any]], metric: str, sizes: Sequence[int], method: str = "mrl"
               ) -> tuple[bool, list[tuple[int, float, float]]]:
-    """MRL against FF-m on one metric at each of `sizes`, within seed spread.
+    """MRL (or another `method`'s rows, e.g. "mrl_tuned") against FF-m on one metric at each of `sizes`, within
+    seed spread.
 
     Args:
-        at: a summary keyed by (method, size) (`by_method_size`), with "mrl" and "ff" rows at every size.
+        at: a summary keyed by (method, size) (`by_method_size`), with `method` and "ff" rows at every size.
 
     Returns:
         (whether MRL - FF-m + spread >= 0 at every size, [(m, MRL - FF-m, spread)]) where spread is the two
@@ -89,7 +90,7 @@ def mrl_vs_ff(at: dict[tuple[str, Any], dict[str, Any]], metric: str, sizes: Seq
     """
     gaps = []
     for m in sizes:
-        mrl, ff = at[("mrl", m)], at[("ff", m)]
+        mrl, ff = at[(method, m)], at[("ff", m)]
         gaps.append((m, mrl[metric] - ff[metric], float(np.hypot(mrl[f"{metric}_std"], ff[f"{metric}_std"]))))
     return all(gap + spread >= 0 for _, gap, spread in gaps), gaps
 

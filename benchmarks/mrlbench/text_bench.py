@@ -108,6 +108,10 @@ class TextBenchConfig(JobConfig):
     threads: int = 2
     """PyTorch and FAISS threads (training, embedding, search)."""
     targets: TextTargets = field(default_factory=TextTargets)
+    tuned: str | None = None
+    """A text sweep's winner.yaml (e.g. of benchmarks/text_tune_quick.yaml): its nesting weights, InfoNCE
+    temperature and sizes per step train one more model per seed, MRL-tuned, at this benchmark's data and budget
+    (epochs, batch, lr); its nesting sizes must be model.nesting's."""
     results_name: str = "text"
     """Files are named <results_name>.{md,csv,json} and <results_name>_*.png."""
     mlflow: MlflowConfig = field(default_factory=lambda: MlflowConfig(experiment="text-bench"))
@@ -134,6 +138,39 @@ class TextBenchConfig(JobConfig):
     @property
     def sizes(self) -> list[int]:
         return self.model.sizes
+
+
+def bench_jobs(cfg: TextBenchConfig, seed: int) -> dict[str, TrainJobConfig]:
+    """Every model of one seed in training order (`seed_jobs`), with MRL-tuned right after MRL when `tuned`
+    names a sweep's winner."""
+    jobs = seed_jobs(cfg, seed)
+    if not cfg.tuned:
+        return jobs
+    mrl = jobs.pop("mrl")
+    return {"mrl": mrl, "mrl_tuned": tuned_job(cfg, mrl), **jobs}
+
+
+def tuned_job(cfg: TextBenchConfig, mrl: TrainJobConfig) -> TrainJobConfig:
+    """MRL-tuned's training config: the benchmark's MRL job (data, encoder, epochs, batch, lr, seed) with the
+    winner's nesting weights, temperature and sizes per step.
+
+    Raises:
+        ConfigError: `tuned` is not a readable training config, or its nesting sizes are not the benchmark's.
+    """
+    from mrl.configio import ConfigError, load_config
+
+    path = Path(cfg.tuned)
+    if not path.is_file():
+        raise ConfigError(f"tuned: {cfg.tuned!r} is not a file; give a sweep's winner.yaml (python tuning/tune.py "
+                          "--config benchmarks/text_tune_quick.yaml writes outputs/tune/text-quick/winner.yaml)")
+    winner = load_config(TrainJobConfig, path)
+    if winner.model.sizes != cfg.sizes:
+        raise ConfigError(f"tuned: the winner in {cfg.tuned} trains sizes {winner.model.sizes}, this benchmark "
+                          f"{cfg.sizes}; sweep with the benchmark's nesting list (space.schedules, min_sizes)")
+    train = dataclasses.replace(mrl.train, temperature=winner.train.temperature,
+                                sizes_per_step=winner.train.sizes_per_step,
+                                full_size_every_step=winner.train.full_size_every_step)
+    return dataclasses.replace(mrl, model=dataclasses.replace(mrl.model, nesting=winner.model.nesting), train=train)
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -301,9 +338,11 @@ def run_text_bench(cfg: TextBenchConfig, results_dir: str | Path, command: str =
         print(f"[text-bench] BM25: pair R@{k} {100 * bm25['pair_rk']:.2f}, class mAP@{k} "
               f"{100 * bm25['class_map']:.2f} ({time.time() - t0:.0f}s)", flush=True)
         rows += [{"method": "bm25", "seed": seed, "size": SPARSE, **bm25} for seed in cfg.seeds]  # deterministic
-        total = len(cfg.seeds) * (len(sizes) + 1)
+        first = bench_jobs(cfg, cfg.seeds[0])  # a bad `tuned` stops here, before any training
+        tuned_model = first.get("mrl_tuned")
+        total = len(cfg.seeds) * len(first)
         for seed in cfg.seeds:
-            for name, job in seed_jobs(cfg, seed).items():
+            for name, job in bench_jobs(cfg, seed).items():
                 t0 = time.time()
                 model, metrics = train_text_model(job, cfg.threads)
                 seconds = time.time() - t0
@@ -314,7 +353,8 @@ def run_text_bench(cfg: TextBenchConfig, results_dir: str | Path, command: str =
                 embed_seconds = time.time() - t1
                 del model
                 val = metrics.get("val_top1_full")
-                label = "MRL" if name == "mrl" else ("FF-d" if job.model.dim == d else "FF") + f" (m={job.model.dim})"
+                label = {"mrl": "MRL", "mrl_tuned": "MRL-tuned"}.get(
+                    name, ("FF-d" if job.model.dim == d else "FF") + f" (m={job.model.dim})")
                 trained.append({"model": name, "seed": seed, "train_seconds": seconds,
                                 "embed_seconds": embed_seconds, "val_r1": val})
                 print(f"[text-bench] {len(trained)}/{total} {label} seed {seed}: trained in {seconds:.0f}s, "
@@ -322,6 +362,9 @@ def run_text_bench(cfg: TextBenchConfig, results_dir: str | Path, command: str =
                                                               f"{100 * val:.2f}%")
                       + f" ({time.time() - started:.0f}s elapsed)", flush=True)
                 args = (zq, zd, zd, zdb, db_labels, q_labels, k)  # class queries: the test documents
+                if name == "mrl_tuned":
+                    rows += [dense_row("mrl_tuned", seed, m, *args) for m in sizes]
+                    continue
                 if name == "mrl":
                     rows += [dense_row("mrl", seed, m, *args) for m in sizes]
                     held, scored = _tune_split(len(zq), cfg.tune_fraction, seed)
@@ -351,7 +394,9 @@ def run_text_bench(cfg: TextBenchConfig, results_dir: str | Path, command: str =
         targets = check_targets(summary, adaptive, sizes, cfg.targets, k)
         meta = {"config": to_dict(cfg), "command": command, "seconds": round(seconds, 1),
                 "train_seconds": round(train_seconds, 1), "mlflow_run_id": run.info.run_id,
-                "train_rows": len(train_split["id"]), "test_rows": len(test["id"]), "database_rows": len(pick)}
+                "train_rows": len(train_split["id"]), "test_rows": len(test["id"]), "database_rows": len(pick),
+                **({"tuned": {"weights": tuned_model.model.weights, "temperature": tuned_model.train.temperature,
+                              "sizes_per_step": tuned_model.train.sizes_per_step}} if tuned_model else {})}
         out = Path(results_dir)
         out.mkdir(parents=True, exist_ok=True)
         files = write_report(out, cfg.results_name, summary, rows, adaptive, targets, trained, meta)

@@ -153,6 +153,63 @@ def test_a_small_ff_lead_within_the_seed_spread_still_passes():
     assert all(t["passed"] for t in check_targets(aggregate(rows, METRICS, extremes=True), ADAPTIVE, SIZES, TextTargets(), k=10)[:2])
 
 
+def with_tuned(rows: list[dict], full: float, small: float) -> list[dict]:
+    """`rows` plus MRL-tuned: MRL's values, `full` more at d and `small` more at 16."""
+    extra = []
+    for r in rows:
+        if r["method"] == "mrl":
+            shift = full if r["size"] == SIZES[-1] else small if r["size"] == 16 else 0.0
+            extra.append({**r, "method": "mrl_tuned", **{m: r[m] + shift for m in METRICS}})
+    return rows + extra
+
+
+def test_tuned_mrl_targets_need_ff_parity_from_16_and_a_point_more_at_d():
+    rows = synthetic_rows()
+    targets = check_targets(aggregate(with_tuned(rows, 0.012, -0.004), METRICS, extremes=True), ADAPTIVE, SIZES,
+                            TextTargets(), k=10)
+    tuned = [t for t in targets if "MRL-tuned" in t["target"]]
+    assert [t["passed"] for t in tuned] == [True, True]
+    assert "+1.20 points at 64, -0.40 at 16" in tuned[1]["detail"]
+    for full, small in ((0.005, 0.0), (0.02, -0.01)):  # too little at d; too much lost at 16
+        missed = check_targets(aggregate(with_tuned(rows, full, small), METRICS, extremes=True), ADAPTIVE, SIZES,
+                               TextTargets(), k=10)
+        assert [t["passed"] for t in missed if "MRL-tuned" in t["target"]] == [True, False]
+    behind = check_targets(aggregate(with_tuned(synthetic_rows(ff_gap=-0.03), 0.0, 0.0), METRICS, extremes=True),
+                           ADAPTIVE, SIZES, TextTargets(), k=10)
+    assert not next(t for t in behind if t["target"].startswith("MRL-tuned >= FF-m"))["passed"]
+    assert len(check_targets(aggregate(rows, METRICS, extremes=True), ADAPTIVE, SIZES, TextTargets(), k=10)) == 4
+
+
+def winner_yaml(path, sizes=(8, 16, 32), weights=(0.5, 1.0, 1.5)) -> str:
+    import yaml
+
+    from mrl.config import TrainJobConfig
+    from mrl.configio import to_dict
+
+    winner = from_dict(TrainJobConfig, {
+        "data": {"source": "wordnet", "path": "/tmp/unused-wordnet"},
+        "model": {**TINY_MODEL, "nesting": {"schedule": "list", "sizes": list(sizes), "weights": list(weights)}},
+        "train": {"temperature": 0.1, "sizes_per_step": 2, "epochs": 9, "lr": 0.5}})
+    path.write_text(yaml.safe_dump(to_dict(winner)))
+    return str(path)
+
+
+def test_the_tuned_model_takes_the_winners_loss_and_the_benchmarks_budget(tmp_path):
+    from mrlbench.text_bench import bench_jobs
+
+    cfg = config(tuned=winner_yaml(tmp_path / "winner.yaml"), seeds=[3], train={"epochs": 1, "lr": 0.003})
+    jobs = bench_jobs(cfg, 3)
+    assert list(jobs)[:2] == ["mrl", "mrl_tuned"] and len(jobs) == 5  # MRL, MRL-tuned, FF-8, FF-16, FF-32
+    tuned = jobs["mrl_tuned"]
+    assert tuned.model.weights == [0.5, 1.0, 1.5] and jobs["mrl"].model.weights == [1.0, 1.0, 1.0]
+    assert (tuned.train.temperature, tuned.train.sizes_per_step) == (0.1, 2)
+    assert (tuned.train.epochs, tuned.train.lr, tuned.train.seed) == (1, 0.003, 3)  # the benchmark's budget
+    with pytest.raises(ConfigError, match=r"trains sizes \[8, 32\], this benchmark \[8, 16, 32\]"):
+        bench_jobs(config(tuned=winner_yaml(tmp_path / "other.yaml", (8, 32), (1.0, 1.0))), 0)
+    with pytest.raises(ConfigError, match="is not a file"):
+        bench_jobs(config(tuned=str(tmp_path / "missing.yaml")), 0)
+
+
 # ------------------------------------------------------------------------------------------ end to end
 
 
@@ -164,22 +221,25 @@ def test_a_tiny_run_writes_every_method_and_size(tmp_path, monkeypatch):
     cfg = from_dict(TextBenchConfig, {
         "output_dir": str(tmp_path / "out"), "results_name": "tiny", "seeds": [0], "database_limit": 600,
         "data": {"source": "wordnet", "path": str(tmp_path / "wordnet"), "train_limit": 600, "test_limit": 300},
-        "model": TINY_MODEL, "train": {"epochs": 1, "batch_size": 64, "lr": 3e-3}})  # shortlist tuned
+        "model": TINY_MODEL, "train": {"epochs": 1, "batch_size": 64, "lr": 3e-3},  # shortlist tuned
+        "tuned": winner_yaml(tmp_path / "winner.yaml")})
     result = run_text_bench(cfg, tmp_path, command="pytest tiny")
     for name in ("tiny.md", "tiny.csv", "tiny.json", "tiny_pair_r10.png", "tiny_class_map10.png"):
         assert (tmp_path / name).is_file(), name
     lines = (tmp_path / "tiny.csv").read_text().splitlines()
     assert lines[0] == "method,seed,size," + ",".join(METRICS)
     found = {(line.split(",")[0], line.split(",")[2]) for line in lines[1:]}
-    expected = {(m, str(s)) for m in ("mrl", "ff", "ff_trunc", "ff_pca") for s in (8, 16, 32)}
+    expected = {(m, str(s)) for m in ("mrl", "mrl_tuned", "ff", "ff_trunc", "ff_pca") for s in (8, 16, 32)}
     assert expected | {("bm25", "sparse"), ("mrl_adaptive", "32")} == found
     assert len(lines) == 1 + len(found)  # one row per seed / method / size
     for row in result["rows"]:
         assert all(0 <= row[m] <= 1 for m in METRICS)
     js = json.loads((tmp_path / "tiny.json").read_text())
-    assert len(js["targets"]) == 4 and js["meta"]["database_rows"] == 600 and len(js["models"]) == 4
+    assert len(js["targets"]) == 6 and js["meta"]["database_rows"] == 600 and len(js["models"]) == 5
+    assert js["meta"]["tuned"] == {"weights": [0.5, 1.0, 1.5], "temperature": 0.1, "sizes_per_step": 2}
     md = (tmp_path / "tiny.md").read_text()
-    assert "## Targets" in md and "pytest tiny" in md and "BM25" in md
+    assert "## Targets" in md and "pytest tiny" in md and "BM25" in md and "| size | MRL | MRL-tuned | FF-m |" in md
+    assert "MRL-tuned: prefix m of an MRL model trained at the same budget" in md
     assert "chosen per seed on 150 held-out test queries" in md and "the other 150 queries" in md
     import mlflow
 

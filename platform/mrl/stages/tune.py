@@ -180,7 +180,9 @@ def make_tuner(job: TuneJobConfig, base: TrainJobConfig, name: str, storage: Pat
     if job.search.algorithm == "random":
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        search_alg = BasicVariantGenerator(random_state=job.search.seed)
+        # its own limit: Tune ignores max_concurrent_trials for a generator given as search_alg, and starting every
+        # trial at once can leave no CPU for any trial's Train workers (each waits for the others: a hang)
+        search_alg = BasicVariantGenerator(random_state=job.search.seed, max_concurrent=job.max_concurrent_trials)
     elif job.search.algorithm == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
