@@ -121,7 +121,7 @@ def test_the_openai_client_embeds_texts_with_the_index_model(text_pipeline):
             assert reply.usage.prompt_tokens == reply.usage.total_tokens == read
 
 
-def test_a_text_sweep_runs_on_ray_tune_and_picks_by_pair_recall(text_pipeline):
+def test_a_text_sweep_runs_on_ray_tune_and_picks_by_pair_recall(text_pipeline, capsys):
     """tuning/search_space_text.yaml, shrunk: two Ray Tune trials (Ray Train runs) of a text model that differ in
     InfoNCE temperature, each drawing 2 sizes a step; the sweep compares them on pair R@10 and writes the
     winner's config with its temperature."""
@@ -148,3 +148,6 @@ def test_a_text_sweep_runs_on_ray_tune_and_picks_by_pair_recall(text_pipeline):
     assert result["winner"] == result["trials"][pick_winner(points, 0.003)]
     winner = load_config(TrainJobConfig, result["winner_yaml"])
     assert winner.train.temperature == result["winner"]["params"]["temperature"] and winner.train.sizes_per_step == 2
+    shown = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[tune] trial ")]
+    assert len(shown) == 2 and all("val_r10_d8" in line and "1 epoch(s)" in line for line in shown), shown
+    assert shown[-1].startswith("[tune] trial 2/2 ")

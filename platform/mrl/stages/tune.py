@@ -168,6 +168,35 @@ def _trial(config: dict[str, Any]) -> None:
         raise result.error
 
 
+def trial_progress(job: TuneJobConfig):
+    """A Tune callback that prints one line as each trial ends: its params, the sweep's two objectives, the epochs
+    it ran (fewer: ASHA stopped it) or its error."""
+    from ray.tune import Callback
+
+    small, full = small_metric(job), full_metric(job)
+    planned = job.search.num_samples if job.search.algorithm != "grid" else job.search.num_samples * len(grid(job))
+
+    class TrialProgress(Callback):
+        ended = 0
+
+        def _line(self, trial, outcome: str) -> None:
+            self.ended += 1
+            params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in trial.config["params"].items())
+            print(f"[tune] trial {self.ended}/{planned} {outcome}: {params}", flush=True)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            last = trial.last_result or {}
+            scores = (f"{small} {100 * last[small]:.2f}%, {full} {100 * last[full]:.2f}%, "
+                      if small in last and full in last else "")
+            self._line(trial, f"{scores}{last.get('epoch', 0)} epoch(s)")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._line(trial, "failed (see the log)")
+
+    return TrialProgress()
+
+
 def make_tuner(job: TuneJobConfig, base: TrainJobConfig, name: str, storage: Path):
     """A new Tuner for the sweep, or the restored one when `storage/name` holds an interrupted sweep."""
     from ray import tune
@@ -199,7 +228,7 @@ def make_tuner(job: TuneJobConfig, base: TrainJobConfig, name: str, storage: Pat
         tune_config=tune.TuneConfig(metric=small_metric(job), mode="max", num_samples=job.search.num_samples,
                                     max_concurrent_trials=job.max_concurrent_trials, search_alg=search_alg,
                                     scheduler=scheduler),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage), callbacks=[trial_progress(job)],
                                   failure_config=tune.FailureConfig(max_failures=job.max_failures),
                                   # Tune's trial tables only with log_level=debug: the stage prints its own lines
                                   verbose=0 if job.log_level == "info" else None),
