@@ -96,26 +96,9 @@ def report(argv, args, levels: list[dict]) -> list[str]:
 
 
 def plot(levels: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    clients = [r["concurrency"] for r in levels]
-    for key, label in (("http", "HTTP proxy (FastAPI, JSON)"), ("grpc", "gRPC proxy (protobuf)")):
-        left.plot(clients, [r[key]["rps"] for r in levels], marker="o", label=label)
-        right.plot(clients, [r[key]["p99_ms"] for r in levels], marker="o", label=label)
-    for ax, ylabel in ((left, "requests / s"), (right, "p99 latency (ms)")):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("closed-loop clients")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle("Ray Serve's ceiling for single-query requests, no work behind either proxy (same run, same cores)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    serve_load.plot_beside(levels, {"http": "HTTP proxy (FastAPI, JSON)", "grpc": "gRPC proxy (protobuf)"},
+                           "Ray Serve's ceiling for single-query requests, no work behind either proxy (same run, "
+                           "same cores)", path)
 
 
 def main(argv: list[str]) -> int:

@@ -691,6 +691,13 @@ def write_api_report(argv, index, manifest, cfg, args, single_rows, batch_rows, 
 
 
 def plot_api(rows: list[dict], path: Path) -> None:
+    plot_beside(rows, {"noop": "no-op Serve app", "service": "retrieval service"},
+                "single-query requests: the service beside the framework's ceiling (same run, same cores)", path)
+
+
+def plot_beside(rows: list[dict], series: dict[str, str], title: str, path: Path) -> None:
+    """req/s and p99 against closed-loop clients, one line per `series` key of each row ({"concurrency", key:
+    {"rps", "p99_ms"}}): what was measured beside what."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -698,7 +705,7 @@ def plot_api(rows: list[dict], path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     clients = [r["concurrency"] for r in rows]
-    for key, label in (("noop", "no-op Serve app"), ("service", "retrieval service")):
+    for key, label in series.items():
         left.plot(clients, [r[key]["rps"] for r in rows], marker="o", label=label)
         right.plot(clients, [r[key]["p99_ms"] for r in rows], marker="o", label=label)
     for ax, ylabel in ((left, "requests / s"), (right, "p99 latency (ms)")):
@@ -707,7 +714,7 @@ def plot_api(rows: list[dict], path: Path) -> None:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle("single-query requests: the service beside the framework's ceiling (same run, same cores)")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
