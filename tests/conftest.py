@@ -79,6 +79,28 @@ def tiny_text_model(texts: list[str], dim: int = 16, seed: int = 0):
     return model
 
 
+def tiny_image_index(directory: Path, rows: int, nesting: tuple[int, ...] = (4, 16)):
+    """A saved compact-CNN model (d = 16, seeded) and a flat index of its embeddings of `rows` seeded random 28x28
+    images at sizes [4, 16], under `directory`: (model_dir, images (rows, 1, 28, 28) uint8, vectors, index_dir)."""
+    import numpy as np
+    import torch
+
+    from mrl.artifacts.index import write_index
+    from mrl.artifacts.model_files import save_model_dir
+    from mrl.core.models import build_model
+    from mrl.data.preprocess import embed_images
+
+    torch.manual_seed(0)
+    model = build_model({"encoder": "cnn", "dim": 16, "nesting": {"schedule": "list", "sizes": list(nesting)},
+                         "backbone": {"channels": [4, 8]}}).eval()
+    model_dir = save_model_dir(model, directory / "model")
+    images = np.random.default_rng(0).integers(0, 256, size=(rows, 1, 28, 28), dtype=np.uint8)
+    vectors = embed_images(model, images)
+    write_index(directory / "index", np.arange(rows), np.zeros(rows, dtype=np.int64), vectors, [4, 16], "flat",
+                {"model_uri": str(model_dir)})
+    return model_dir, images, vectors, directory / "index"
+
+
 def png_declaring(width: int, height: int) -> bytes:
     """A valid PNG header for a width x height grayscale image followed by an almost empty image stream: a few
     dozen bytes that announce width x height pixels (a decompression bomb's header)."""

@@ -7,33 +7,21 @@ import io
 import numpy as np
 import pytest
 
-from mrl.artifacts.index import load_index, write_index
+from mrl.artifacts.index import load_index
 from mrl.configio import ConfigError, from_dict
 from mrl.retrieval.modes import SearchSettings
 from mrl.service.config import ServeConfig, is_loopback
 from mrl.service.retrieval import RequestError, RetrievalService
 
-from conftest import png_declaring
+from conftest import png_declaring, tiny_image_index
 
 
 @pytest.fixture(scope="module")
 def image_service(tmp_path_factory):
-    import torch
-
-    from mrl.artifacts.model_files import save_model_dir
-    from mrl.core.models import build_model
-    from mrl.data.preprocess import embed_images
     from mrl.service.encoder import QueryEncoder
 
-    tmp = tmp_path_factory.mktemp("hardening")
-    torch.manual_seed(0)
-    model = build_model({"encoder": "cnn", "dim": 16, "nesting": {"schedule": "list", "sizes": [4, 16]},
-                         "backbone": {"channels": [4, 8]}}).eval()
-    model_dir = save_model_dir(model, tmp / "model")
-    images = np.random.default_rng(0).integers(0, 256, size=(100, 1, 28, 28), dtype=np.uint8)
-    write_index(tmp / "index", np.arange(100), np.zeros(100, dtype=np.int64), embed_images(model, images), [4, 16],
-                "flat", {"model_uri": str(model_dir)})
-    service = RetrievalService(load_index(tmp / "index"), ServeConfig(search=SearchSettings(shortlist_size=4)),
+    model_dir, images, _, index = tiny_image_index(tmp_path_factory.mktemp("hardening"), 100)
+    service = RetrievalService(load_index(index), ServeConfig(search=SearchSettings(shortlist_size=4)),
                                encoder=QueryEncoder(str(model_dir)))
     return service, images
 

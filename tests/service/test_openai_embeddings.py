@@ -75,23 +75,12 @@ def test_reply_is_the_unit_prefix_as_floats_or_little_endian_base64():
 
 @pytest.fixture(scope="module")
 def image_service(tmp_path_factory):
-    import torch
-
-    from mrl.artifacts.model_files import save_model_dir
-    from mrl.core.models import build_model
-    from mrl.data.preprocess import embed_images
     from mrl.service.encoder import QueryEncoder
 
-    tmp = tmp_path_factory.mktemp("embeddings")
-    torch.manual_seed(0)
-    model = build_model({"encoder": "cnn", "dim": 16, "nesting": {"schedule": "list", "sizes": [4, 8, 16]},
-                         "backbone": {"channels": [4, 8]}}).eval()
-    model_dir = save_model_dir(model, tmp / "model")
-    images = np.random.default_rng(0).integers(0, 256, size=(50, 1, 28, 28), dtype=np.uint8)
-    vectors = embed_images(model, images)
-    write_index(tmp / "index", np.arange(50), np.zeros(50, dtype=np.int64), vectors, [4, 16], "flat",
-                {"model_uri": str(model_dir)})
-    service = RetrievalService(load_index(tmp / "index"), CFG, encoder=QueryEncoder(str(model_dir)))
+    from conftest import tiny_image_index
+
+    model_dir, images, vectors, index = tiny_image_index(tmp_path_factory.mktemp("embeddings"), 50, (4, 8, 16))
+    service = RetrievalService(load_index(index), CFG, encoder=QueryEncoder(str(model_dir)))
     return service, images, vectors, str(model_dir)
 
 

@@ -164,25 +164,16 @@ def test_image_queries_are_embedded_by_the_index_model_and_mismatches_refused(tm
     import base64
     import io
 
-    import torch
     from PIL import Image
 
     from mrl.artifacts.index import load_index
-    from mrl.artifacts.model_files import save_model_dir
-    from mrl.core.models import build_model
-    from mrl.data.preprocess import embed_images
     from mrl.service.encoder import QueryEncoder
 
-    torch.manual_seed(0)
-    model = build_model({"encoder": "cnn", "dim": 16, "nesting": {"schedule": "list", "sizes": [4, 16]},
-                         "backbone": {"channels": [4, 8]}}).eval()
-    model_dir = save_model_dir(model, tmp_path / "model")
-    images = np.random.default_rng(0).integers(0, 256, size=(200, 1, 28, 28), dtype=np.uint8)
-    vectors = embed_images(model, images)
-    write_index(tmp_path / "index", np.arange(200), np.zeros(200, dtype=np.int64), vectors, [4, 16], "flat",
-                {"model_uri": str(model_dir)})
+    from conftest import tiny_image_index
+
+    model_dir, images, vectors, index = tiny_image_index(tmp_path, 200)
     encoder = QueryEncoder(str(model_dir))
-    service = RetrievalService(load_index(tmp_path / "index"), ServeConfig(search=SearchSettings(shortlist_size=4)), encoder=encoder)
+    service = RetrievalService(load_index(index), ServeConfig(search=SearchSettings(shortlist_size=4)), encoder=encoder)
     png = io.BytesIO()
     Image.fromarray(images[17, 0]).save(png, format="PNG")
     reply = service.search({"image": base64.b64encode(png.getvalue()).decode(), "k": 5})
