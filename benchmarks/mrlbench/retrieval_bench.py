@@ -12,9 +12,12 @@ rerank stage; adaptive retrieval has one (D_r = d); the funnel has several. Tabl
 `mrlbench.retrieval_report`.
 
 Measured per search: 1-NN accuracy (top-1), mAP@k, P@k, recall of the exact top-k within the shortlist and
-within the results, queries/second over the whole query batch (median of `repeats`), median latency of
-single queries, multiply-adds per query (counted by FAISS for graph and IVF indexes), and the process's peak
-resident memory while the index was built and searched.
+within the results (recall@k, the ann-benchmarks measure), queries/second over the whole query batch (median
+of `repeats`), median latency of single queries, multiply-adds per query (counted by FAISS for graph and IVF
+indexes), the process's peak resident memory while the index was built and searched, the bytes per row a
+deployment keeps resident (`SearchEngine.resident_bytes`: its index, its code stores, and the full vectors
+only when they are held in memory rather than memory-mapped, `vectors: mmap`), and the bytes of full vectors
+its float reranks read per query.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ from mrl.retrieval.indexes import (
     index_bytes,
 )
 from mrl.retrieval.modes import index_source
-from mrl.retrieval.plan import PlanError, QueryPlan, Rerank, Shortlist, check_plan, check_stages
+from mrl.retrieval.codes import CodeStore
+from mrl.retrieval.plan import PlanError, QueryPlan, Rerank, Shortlist, check_plan, check_stages, stage_codes
 from mrl.retrieval.quality import exact_engine, exact_plan, label_metrics
 from mrl.retrieval.store import PrefixStore, torch_device
 from mrl.runtime import peak_rss_bytes, reset_peak_rss
@@ -64,7 +68,7 @@ class BenchIndex:
     """Prefix size the index is built on; None: the full d."""
     hnsw_m: int = 32
     ef_construction: int = 40
-    storage: Literal["float32", "float16"] = "float32"
+    storage: Literal["float32", "float16", "int8"] = "float32"
     """How an HNSW graph or an IVF's lists hold their vectors."""
     nlist: int = 1024
     pq_m: int = 16
@@ -90,8 +94,9 @@ class BenchSearch:
     """Key into `indexes`."""
     shortlist: int = 10
     """K: candidates taken from the index (ignored by adanns, whose candidates are the probed cells' members)."""
-    rerank: tuple[tuple[int | None, int], ...] = ()
-    """(size, keep) stages, size None = full d; sizes increasing, keeps not growing."""
+    rerank: tuple[tuple, ...] = ()
+    """(size, keep) or (size, keep, codes) stages, size None = full d, codes binary | int8 | float (default);
+    sizes increasing (a repeated size only with finer codes), keeps not growing."""
     ef_search: int | None = None
     """HNSW search breadth; None: the index's own setting."""
     nprobe: int | None = None
@@ -122,7 +127,7 @@ class BenchSearch:
         return QueryPlan(mode=self.name, k=k,
                          shortlist=Shortlist(source=self.index, k=None if cells else self.shortlist,
                                              nprobe=self.nprobe, ef_search=self.ef_search),
-                         reranks=tuple(Rerank(m or dim, keep) for m, keep in self.rerank))
+                         reranks=tuple(Rerank(st[0] or dim, st[1], stage_codes(st)) for st in self.rerank))
 
 
 def deployment(search: BenchSearch, index: BenchIndex, dim: int, k: int) -> dict[str, Any] | None:
@@ -131,7 +136,7 @@ def deployment(search: BenchSearch, index: BenchIndex, dim: int, k: int) -> dict
     None for a search the service has no mode for (a prefix index's own ranking, without a rerank to d)."""
     size = index.size or dim
     if index.kind == "adanns":
-        (first_size, first_keep), *later = search.rerank
+        (first_size, first_keep, *_), *later = search.rerank
         idx = {"adanns_size": size, "adanns_nlist": index.nlist}
         serve = {"mode": "adanns", "shortlist_size": first_size or dim, "shortlist_k": first_keep,
                  "nprobe": search.nprobe, "funnel": [list(st) for st in later] or None}
@@ -144,10 +149,15 @@ def deployment(search: BenchSearch, index: BenchIndex, dim: int, k: int) -> dict
         idx = {"kind": index.kind, "sizes": [size]}
         serve = {"mode": "funnel", "shortlist_size": size, "shortlist_k": search.shortlist,
                  "ef_search": search.ef_search, "nprobe": search.nprobe, "funnel": [list(st) for st in search.rerank]}
-    if index.kind == "hnsw":
-        idx.update({"hnsw_m": index.hnsw_m, "ef_construction": index.ef_construction, "storage": index.storage})
-    elif index.kind in ("ivf", "ivfpq"):
-        idx.update({"nlist": index.nlist, "storage": index.storage})
+    if index.kind in ("hnsw", "binary_hnsw"):
+        idx.update({"hnsw_m": index.hnsw_m, "ef_construction": index.ef_construction})
+    elif index.kind in ("ivf", "ivfpq", "binary_ivf"):
+        idx.update({"nlist": index.nlist})
+    if index.kind in ("hnsw", "ivf"):
+        idx["storage"] = index.storage
+    codes = [[st[0] or dim, stage_codes(st)] for st in search.rerank if stage_codes(st) != "float"]
+    if codes:
+        idx["codes"] = codes
     mode = serve.pop("mode")
     return {"index": idx, "serve": {"mode": mode, "default_k": k,
                                     "search": {key: value for key, value in serve.items() if value is not None}}}
@@ -172,7 +182,11 @@ class RetrievalBenchConfig(JobConfig):
     threads: int | None = None
     """FAISS and PyTorch threads; None: all cores."""
     vector_dtype: Literal["float32", "float16"] = "float32"
-    """How the database is held in memory for reranking."""
+    """How the database is held for reranking."""
+    vectors: Literal["memory", "mmap"] = "memory"
+    """memory: the full vectors are read into the process's memory; mmap: written once to
+    <output_dir>/vectors-<dtype>.npy and memory-mapped, as a service replica holds them (float reranks then read
+    candidates from file pages, and the resident bytes per row count only indexes and codes)."""
     device: Literal["auto", "cpu", "gpu"] = "auto"
     """auto: flat and IVF indexes and the rerank store on the GPU when faiss-gpu and CUDA see one, else CPU."""
     seed: int = 0
@@ -247,7 +261,8 @@ def check_against(cfg: RetrievalBenchConfig, dim: int) -> None:
         sources[name] = size
     for s in cfg.searches:
         try:
-            check_plan(s.plan(cfg.indexes[s.index].kind == "adanns", dim, cfg.k), sources, dim)
+            plan = s.plan(cfg.indexes[s.index].kind == "adanns", dim, cfg.k)
+            check_plan(plan, sources, dim, plan.code_stages())
         except PlanError as exc:
             raise ConfigError(f"search {s.name!r}: {exc}") from None
 
@@ -259,6 +274,8 @@ def load_data(cfg: RetrievalBenchConfig):
     manifest = read_manifest(emb, stage="embed")
     check_against(cfg, manifest["dim"])
     _, db_labels, db = read_embeddings(emb / "train", cfg.vector_dtype)
+    if cfg.vectors == "mmap":
+        db = mapped_copy(db, Path(cfg.output_dir).resolve() / f"vectors-{db.dtype.name}.npy")
     _, q_labels, test = read_embeddings(emb / "test")
     order = np.random.default_rng(cfg.seed).permutation(len(test))
     n_eval = len(test) if cfg.queries is None else min(cfg.queries, len(test))
@@ -273,6 +290,20 @@ def load_data(cfg: RetrievalBenchConfig):
     log.info("database %d x %d %s, %d evaluation queries, %d tuning queries", len(db), dim, db.dtype, n_eval,
              len(picks.get("tune", ())))
     return store, db_labels, query_sets, dim, manifest
+
+
+def mapped_copy(db: np.ndarray, path: Path) -> np.ndarray:
+    """`db` written to `path` (once: an existing file of the same shape and dtype is reused) and memory-mapped
+    back; the in-memory array is freed by the caller dropping it."""
+    if path.is_file():
+        old = np.load(path, mmap_mode="r")
+        if old.shape == db.shape and old.dtype == db.dtype:
+            return old
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")  # ends in .npy, which np.save would otherwise append
+    np.save(tmp, db)
+    tmp.rename(path)
+    return np.load(path, mmap_mode="r")
 
 
 def source_bytes(source) -> int | None:
@@ -295,6 +326,7 @@ def measure(engine, plan, queries, q_labels, db_labels, search: BenchSearch, k: 
             "precision": metrics[f"precision@{k}"], "shortlist": int(found.shortlist.shape[1]),
             "shortlist_recall": recall_of(reference, found.shortlist), "result_recall": recall_of(reference, positions),
             "qps": len(queries) / batch_s, "batch_seconds": batch_s, "queries": len(queries),
+            "vector_kib_per_query": found.vector_bytes / 1024,
             "single_ms": None if single_s is None else 1000 * single_s, "madds_per_query": found.madds,
             "stage_ms": [[stage, 1000 * sec] for stage, sec in found.stages]}
 
@@ -333,7 +365,10 @@ def compare(rows: list[dict[str, Any]], picks: dict[str, str | None], baseline: 
                 "vs_baseline_build": r["build_seconds"] / base["build_seconds"],
                 "vs_baseline_peak_rss": r["peak_rss_gib"] / base["peak_rss_gib"],
                 "vs_baseline_bytes": (r["bytes_per_vector"] / base["bytes_per_vector"])
-                if r["bytes_per_vector"] and base["bytes_per_vector"] else None})
+                if r["bytes_per_vector"] and base["bytes_per_vector"] else None,
+                "vs_baseline_resident": (r["resident_bytes_per_vector"] / base["resident_bytes_per_vector"])
+                if r.get("resident_bytes_per_vector") and base.get("resident_bytes_per_vector") else None,
+                "vs_baseline_recall": r["result_recall"] - base["result_recall"]})
         out.append(entry)
     return out
 
@@ -356,6 +391,7 @@ def run_benchmark(cfg: RetrievalBenchConfig) -> dict[str, Any]:
     store, db_labels, query_sets, dim, manifest = load_data(cfg)
     load_peak = peak_rss_bytes()
     store_bytes = store.vectors.nbytes / len(store)
+    codes: dict[tuple[str, int], tuple[CodeStore, float]] = {}  # (kind, size) -> (store, build seconds), kept
     k = cfg.k
     rows: list[dict[str, Any]] = []
     reference: dict[str, np.ndarray] = {}
@@ -366,11 +402,17 @@ def run_benchmark(cfg: RetrievalBenchConfig) -> dict[str, Any]:
         first_sizes = tuple({s.rerank[0][0] or dim for s in cfg.searches if s.index == name and s.rerank})
         source, build_seconds = build_source(spec, store, dim, cfg.seed, cfg.device,
                                              first_sizes if spec.kind == "adanns" else ())
-        engine = SearchEngine(store, {name: source})
         held = source_bytes(source)
         log.info("index %s (%s) built in %.1fs", name, source.label, build_seconds)
         for search in (s for s in cfg.searches if s.index == name):
             plan = search.plan(spec.kind == "adanns", dim, k)
+            for key in plan.code_stages():
+                if key not in codes:
+                    t0 = time.perf_counter()
+                    codes[key] = (CodeStore.build(store.vectors, key[0], key[1], seed=cfg.seed),
+                                  time.perf_counter() - t0)
+                    log.info("%s codes of the %d-prefix built in %.1fs", *key, codes[key][1])
+            engine = SearchEngine(store, {name: source}, [codes[key][0] for key in plan.code_stages()])
             tuned = None
             if "tune" in query_sets:
                 queries, labels = query_sets["tune"]
@@ -380,20 +422,28 @@ def run_benchmark(cfg: RetrievalBenchConfig) -> dict[str, Any]:
             queries, labels = query_sets["eval"]
             row = measure(engine, plan, queries, labels, db_labels, search, k, threads, reference.get("eval"))
             reference.setdefault("eval", row.pop("positions"))
-            # what a deployment of this search holds: its index, plus the full-size vectors when it reranks
-            per_vector = None if held is None else (held + (len(store) * store_bytes if plan.reranks else 0)) / len(store)
+            # what a deployment of this search holds: its index and codes, plus the full-size vectors when it
+            # reranks with them (in memory or as file pages: `resident` leaves out the latter)
+            code_bytes = sum(codes[key][0].nbytes for key in plan.code_stages())
+            floats = any(r.codes == "float" for r in plan.reranks)
+            per_vector = None if held is None else (held + code_bytes + (len(store) * store_bytes if floats else 0)
+                                                    ) / len(store)
+            resident = None if held is None else engine.resident_bytes(plan) / len(store)
             rows.append({
                 "config": search.name, "family": search.family, "index": name, "index_kind": spec.kind,
                 "deploy": deployment(search, spec, dim, k),
                 "index_size": source.size, "rerank": [[r.size, r.keep] for r in plan.reranks],
                 "ef_search": search.ef_search, "nprobe": search.nprobe, **row, "tune": tuned,
-                "build_seconds": build_seconds, "peak_rss_gib": (peak_rss_bytes() or 0) / 2**30,
-                "bytes_per_vector": per_vector,
+                "build_seconds": build_seconds + sum(codes[key][1] for key in plan.code_stages()),
+                "peak_rss_gib": (peak_rss_bytes() or 0) / 2**30,
+                "bytes_per_vector": per_vector, "resident_bytes_per_vector": resident,
             })
             r = rows[-1]
-            log.info("%s: top-1 %.2f mAP@%d %.2f, %.0f q/s, single %s ms, %.3g mult-adds/query%s", search.name,
-                     100 * r["top1"], k, 100 * r["map"], r["qps"],
+            log.info("%s: top-1 %.2f mAP@%d %.2f recall@%d %.3f, %.0f q/s, single %s ms, %.3g mult-adds/query, "
+                     "%s B/row resident%s", search.name,
+                     100 * r["top1"], k, 100 * r["map"], k, r["result_recall"], r["qps"],
                      "-" if r["single_ms"] is None else f"{r['single_ms']:.2f}", r["madds_per_query"],
+                     "-" if resident is None else f"{resident:,.0f}",
                      "" if tuned is None else f"; tuning queries: mAP@{k} {100 * tuned['map']:.2f}, "
                      f"{tuned['qps']:.0f} q/s")
         del engine, source
@@ -403,7 +453,7 @@ def run_benchmark(cfg: RetrievalBenchConfig) -> dict[str, Any]:
             "tune_queries": len(query_sets["tune"][0]) if "tune" in query_sets else 0, "map_gap": cfg.map_gap,
             "picks": picks, "comparison": compare(rows, picks, cfg.baseline) if picks else [],
             "baseline": cfg.baseline,
-            "dtype": str(store.vectors.dtype), "threads": threads, "machine": machine_description(threads),
+            "dtype": str(store.vectors.dtype), "vectors": cfg.vectors, "threads": threads, "machine": machine_description(threads),
             "load_peak_rss_gib": (load_peak or 0) / 2**30, "seconds": time.perf_counter() - started,
             "model_uri": manifest.get("model_uri"), "augment": manifest.get("augment"),
             "embeddings": str(Path(cfg.embeddings).resolve())}

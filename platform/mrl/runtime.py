@@ -103,6 +103,18 @@ def peak_rss_bytes() -> int | None:
     return None
 
 
+def rss_anon_bytes() -> int | None:
+    """RssAnon: the process's anonymous resident memory now (Linux; not file pages such as memory-mapped files),
+    else None."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def quiet_ray_data() -> None:
     """Ray Data without its per-operator progress bars and start-of-execution dumps (the stages print one line per
     unit or quarter epoch instead). The current DataContext: datasets created after this carry it to their

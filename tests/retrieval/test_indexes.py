@@ -81,5 +81,5 @@ def test_float16_storage_halves_the_vectors_and_finds_the_same_neighbours(kind):
     for index in (half, full):
         _, found = faiss_search(index, q, 32, 10, ef_search=200)
         assert np.mean([np.isin(e, f).mean() for e, f in zip(exact, found)]) > 0.95
-    with pytest.raises(ValueError, match="storage 'int8' is not accepted"):
-        build_prefix_index(db, 32, kind, IndexParams(storage="int8"))
+    with pytest.raises(ValueError, match="storage 'int4' is not accepted"):
+        build_prefix_index(db, 32, kind, IndexParams(storage="int4"))

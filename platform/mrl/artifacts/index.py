@@ -6,6 +6,12 @@ An index directory holds, for the database split of one embed run:
     size_<m>.faiss      a FAISS index over the L2-normalised prefix z[:m], one per indexed size
     vectors.npy         raw full-size vectors (N, d) float32 or float16, memory-mapped at load for exact reranking
     adanns.npz          optional AdANNS cells (k-means on one prefix size) for the adanns search mode
+    <kind>_<m>.npy      optional compact codes of prefix m (binary sign bits, or int8 with <kind>_<m>_scale.npy)
+                        for code rerank stages, read into memory at load
+
+The size_<m>.faiss of a binary kind (binary_flat, binary_hnsw, binary_ivf) is a FAISS binary index of the
+prefix's sign bits. What a loaded index keeps in the process's memory is its FAISS indexes and codes; the
+full vectors stay a memory map of vectors.npy, read a candidate at a time.
     ids.npy, labels.npy row ids and labels, aligned with the FAISS positions
 
 `check_index_config` holds the rules between an index config and the vectors' d (checked by the build stage
@@ -18,7 +24,7 @@ mismatch; `IndexArtifact.engine` is the `SearchEngine` over it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +34,9 @@ import numpy as np
 from mrl.artifacts.files import publish_dir, remove_dir, temp_name
 from mrl.artifacts.manifest import ManifestError, read_manifest, sha256, verify_files, write_manifest
 from mrl.retrieval.adanns import AdannsIVF
+from mrl.retrieval.codes import CodeStore, check_code, code_files
 from mrl.retrieval.engine import CellSource, FaissSource, SearchEngine
-from mrl.retrieval.indexes import IndexParams, build_prefix_index, check_index, check_prefix_size
+from mrl.retrieval.indexes import BINARY_KINDS, IndexParams, build_prefix_index, check_index, check_prefix_size
 from mrl.retrieval.modes import ADANNS_SOURCE, index_source
 from mrl.retrieval.store import PrefixStore, torch_device
 
@@ -52,7 +59,7 @@ def check_index_config(index_cfg, dim: int, default_sizes: list[int]) -> list[in
         The sizes it indexes.
 
     Raises:
-        IndexMismatchError: a size or the AdANNS size outside [1, d], or pq_m not dividing a size.
+        IndexMismatchError: a size, a code's size or the AdANNS size outside [1, d], or pq_m not dividing a size.
     """
     sizes = list(index_cfg.sizes if index_cfg.sizes is not None else default_sizes)
     if max(sizes) > dim:
@@ -61,7 +68,8 @@ def check_index_config(index_cfg, dim: int, default_sizes: list[int]) -> list[in
         unknown = sorted({o.size for o in index_cfg.per_size} - set(sizes))
         if unknown:
             raise ValueError(f"index.per_size sets sizes {unknown}, which are not indexed (sizes {sizes})")
-        check_build(index_cfg.kind, sizes, dim, {m: index_cfg.params(m) for m in sizes}, index_cfg.adanns_size)
+        check_build(index_cfg.kind, sizes, dim, {m: index_cfg.params(m) for m in sizes}, index_cfg.adanns_size,
+                    index_cfg.codes)
     except ValueError as exc:
         raise IndexMismatchError(f"{exc} (set index.sizes, index.per_size, index.adanns_size or index.pq_m)") from None
     return sizes
@@ -75,13 +83,24 @@ def params_for(params: IndexParams | Mapping[int, IndexParams] | None, size: int
 
 
 def check_build(kind: str, sizes: list[int], dim: int, params: IndexParams | Mapping[int, IndexParams],
-                adanns_size: int | None) -> None:
+                adanns_size: int | None, codes: Sequence[tuple[int, str]] = ()) -> None:
     """Every rule an index build must pass, before anything is built: each size's index (kind, size within d,
-    pq_m, graph storage) and the AdANNS cells' size. Raises ValueError naming the first broken rule."""
+    pq_m, graph storage), the AdANNS cells' size and the code stores' (size, kind). Raises ValueError naming
+    the first broken rule."""
     if adanns_size is not None:
         check_prefix_size("index.adanns_size", adanns_size, dim)
+    for size, code in codes:
+        try:
+            check_code(code, size, dim)
+        except ValueError as exc:
+            raise ValueError(f"index.codes: {exc}") from None
     for m in sizes:
         check_index(kind, m, dim, params_for(params, m))
+
+
+def planned_codes(codes: Sequence[tuple[int, str]]) -> list[tuple[str, int]]:
+    """(kind, size) of the code stores an index built with `index.codes` (size, kind) pairs keeps."""
+    return [(kind, int(size)) for size, kind in codes]
 
 
 def planned_sources(sizes: list[int], adanns_size: int | None) -> dict[str, int]:
@@ -94,7 +113,8 @@ def planned_sources(sizes: list[int], adanns_size: int | None) -> dict[str, int]
 
 def write_index(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndarray, sizes: list[int],
                 kind: str, extra: dict[str, Any], params: IndexParams | Mapping[int, IndexParams] | None = None,
-                vector_dtype: str = "float32", adanns: tuple[int, int] | None = None) -> dict[str, Any]:
+                vector_dtype: str = "float32", adanns: tuple[int, int] | None = None,
+                codes: Sequence[tuple[int, str]] = ()) -> dict[str, Any]:
     """Build one FAISS index per prefix size and write the artifact; returns the manifest.
 
     The directory is written under a temporary sibling name, every file fsynced, then renamed to `out` at once:
@@ -105,6 +125,7 @@ def write_index(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndar
         params: index build settings (graph degree and storage, IVF cells, PQ codes), for every size or per size.
         vector_dtype: float32 or float16 storage of the full-size rerank vectors.
         adanns: (cell prefix size, cells) to also build AdANNS cells, or None.
+        codes: (size, kind) code stores to keep for code rerank stages (binary | int8).
 
     Raises:
         IndexMismatchError: settings an index cannot be built with (before anything is written).
@@ -112,7 +133,7 @@ def write_index(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndar
     """
     dim = vectors.shape[1]
     try:
-        check_build(kind, sizes, dim, params, None if adanns is None else adanns[0])
+        check_build(kind, sizes, dim, params, None if adanns is None else adanns[0], codes)
     except ValueError as exc:
         raise IndexMismatchError(str(exc)) from None
     out = Path(out)
@@ -122,13 +143,14 @@ def write_index(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndar
     tmp = temp_name(out)
     try:
         tmp.mkdir()
-        _write_files(tmp, ids, labels, vectors, sizes, kind, params, vector_dtype, adanns)
+        _write_files(tmp, ids, labels, vectors, sizes, kind, params, vector_dtype, adanns, codes)
         files = sorted(p.name for p in tmp.iterdir())
         manifest = {"stage": "index", "dim": dim, "sizes": list(sizes), "kind": kind, "metric": METRIC,
                     "dtype": np.dtype(vector_dtype).name,
                     "params": {str(m): dataclasses.asdict(params_for(params, m)) for m in sizes},
                     "rows": int(len(ids)),
                     "adanns": None if adanns is None else {"size": adanns[0], "nlist": adanns[1]},
+                    "codes": [[int(size), code] for size, code in codes],
                     "checksums": {name: sha256(tmp / name) for name in files}, **extra}
         write_manifest(tmp, manifest)
         publish_dir(tmp, out)
@@ -138,8 +160,9 @@ def write_index(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndar
 
 
 def _write_files(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndarray, sizes: list[int], kind: str,
-                 params, vector_dtype: str, adanns: tuple[int, int] | None) -> None:
-    """The index's files: rerank vectors, ids, labels, a FAISS index per size, the AdANNS cells."""
+                 params, vector_dtype: str, adanns: tuple[int, int] | None,
+                 codes: Sequence[tuple[int, str]] = ()) -> None:
+    """The index's files: rerank vectors, ids, labels, a FAISS index per size, the AdANNS cells, the codes."""
     import faiss
 
     np.save(out / "vectors.npy", np.ascontiguousarray(vectors, dtype=np.dtype(vector_dtype)))
@@ -147,14 +170,18 @@ def _write_files(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.nda
     np.save(out / "labels.npy", labels.astype(np.int64))
     for m in sizes:
         index = build_prefix_index(vectors, m, kind, params_for(params, m))
-        faiss.write_index(index, str(out / f"{index_source(m)}.faiss"))
+        write = faiss.write_index_binary if kind in BINARY_KINDS else faiss.write_index
+        write(index, str(out / f"{index_source(m)}.faiss"))
     if adanns is not None:
         AdannsIVF.build(vectors, cluster_size=adanns[0], nlist=adanns[1]).save(out / "adanns.npz")
+    for size, code in codes:
+        CodeStore.build(vectors, code, size).save(out)
 
 
 def index_files(manifest: dict[str, Any]) -> list[str]:
     """The files `load_index` opens for this manifest (each must be listed in its checksums)."""
     files = ["vectors.npy", "ids.npy", "labels.npy", *(f"{index_source(m)}.faiss" for m in manifest["sizes"])]
+    files += [name for size, code in manifest.get("codes") or () for name in code_files(code, size)]
     return files + (["adanns.npz"] if manifest.get("adanns") else [])
 
 
@@ -226,7 +253,10 @@ def load_index(path: str | Path, expect_dim: int | None = None, expect_model_uri
     sources: dict[str, Any] = {}
     for m in manifest["sizes"]:
         file = path / f"{index_source(m)}.faiss"
-        index = faiss.read_index(str(file), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        if manifest["kind"] in BINARY_KINDS:
+            index = faiss.read_index_binary(str(file))
+        else:
+            index = faiss.read_index(str(file), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
         if index.d != m or index.ntotal != manifest["rows"]:
             raise IndexMismatchError(f"{file} has d={index.d}, rows={index.ntotal}; "
                                      f"the manifest says d={m}, rows={manifest['rows']}")
@@ -234,5 +264,10 @@ def load_index(path: str | Path, expect_dim: int | None = None, expect_model_uri
     if manifest.get("adanns"):
         # members scored by FAISS from IVF lists built from the vectors on first use of a rerank size
         sources[ADANNS_SOURCE] = CellSource(AdannsIVF.load(path / "adanns.npz"), vectors)
-    engine = SearchEngine(PrefixStore(vectors, device=torch_device(device)), sources)
+    codes = [CodeStore.load(path, code, size) for size, code in manifest.get("codes") or ()]
+    for store in codes:
+        if len(store) != manifest["rows"]:
+            raise IndexMismatchError(f"index {path}: {store.name} codes hold {len(store)} rows, the manifest says "
+                                     f"{manifest['rows']}")
+    engine = SearchEngine(PrefixStore(vectors, device=torch_device(device)), sources, codes)
     return IndexArtifact(path, manifest, ids, labels, engine)

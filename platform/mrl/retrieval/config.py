@@ -10,6 +10,7 @@ from typing import Literal
 
 from mrl.configio import ConfigError, check, positive, registered
 from mrl.core.nesting import NestingError, validate_sizes
+from mrl.retrieval.codes import check_code
 from mrl.retrieval.indexes import INDEX_KINDS, IndexParams, check_index
 
 POSITIVE = ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "pq_m", "pq_bits")
@@ -41,13 +42,20 @@ class IndexConfig(IndexParams):
     sizes: tuple[int, ...] | None = None
     """Prefix sizes to index; None: the model's nesting list."""
     kind: str = "flat"
-    """flat: exact; hnsw: graph; ivf: k-means cells with exact vectors; ivfpq: cells with PQ codes."""
+    """flat: exact; hnsw: graph; ivf: k-means cells with exact vectors; ivfpq: cells with PQ codes;
+    binary_flat, binary_hnsw, binary_ivf: the same over the prefix's sign bits (Hamming distance, m / 8 bytes a
+    row; sizes must be multiples of 8)."""
     vector_dtype: Literal["float32", "float16"] = "float32"
     """Storage of the full-size rerank vectors (float16 halves memory; scores are computed in float32)."""
     adanns_size: int | None = None
     """Also build AdANNS cells (k-means on this prefix size, `adanns_nlist` cells) for the service's adanns
     mode; None: none."""
     adanns_nlist: int = 1024
+    codes: tuple[tuple[int, str], ...] = ()
+    """Compact codes to keep in RAM for code rerank stages, as (size, kind) pairs with kind binary (sign bits,
+    size / 8 bytes a row) or int8 (size bytes a row), e.g. `[[1024, int8]]` for a funnel stage
+    `[1024, 40, int8]` before the float rerank, which then reads only the survivors from the memory-mapped
+    full vectors."""
     per_size: tuple[SizeIndexParams, ...] = ()
     """Settings of single sizes' indexes, e.g. `[{size: 64, hnsw_m: 16, ef_search: 48}]` for a graph
     shortlist on the 64-d prefix with its own degree and breadth."""
@@ -68,6 +76,14 @@ class IndexConfig(IndexParams):
         for name in (*POSITIVE, "adanns_nlist"):
             positive(name, getattr(self, name))
         positive("adanns_size", self.adanns_size, allow_none=True)
+        for i, pair in enumerate(self.codes):
+            check(len(pair) == 2, f"codes[{i}] must be [size, kind], got {list(pair)}")
+            try:
+                check_code(pair[1], pair[0], 10**9)
+            except ValueError as exc:
+                raise ConfigError(f"codes[{i}]: {exc}") from None
+        check(len(set(map(tuple, self.codes))) == len(self.codes), f"codes lists a pair more than once: "
+              f"{[list(p) for p in self.codes]}")
         per = [o.size for o in self.per_size]
         check(len(per) == len(set(per)), f"per_size lists a size more than once: {per}")
         check(self.sizes is None or set(per) <= set(self.sizes),

@@ -1,13 +1,16 @@
 """The search executor: runs a `QueryPlan` over a batch of queries.
 
-`SearchEngine` holds the rerank store (full-size vectors) and named shortlist sources (FAISS indexes on a
-prefix, AdANNS cells). `run(plan, queries)` shortlists, then reranks stage by stage; nothing else in the
+`SearchEngine` holds the rerank store (full-size vectors, in memory or memory-mapped from the index's file),
+named shortlist sources (FAISS indexes on a prefix, float or binary, AdANNS cells) and compact code stores
+(`mrl.retrieval.codes.CodeStore`, binary or int8 codes of a prefix, for code rerank stages). `run(plan, queries)` shortlists, then reranks stage by stage; nothing else in the
 platform orchestrates staged search (the library-only `mrl.retrieval.sharded` merges whole-index searches):
 the service, the evaluation stage, the benchmark and the CLI all build plans and call `run`, so the benchmark
 times exactly what the service runs.
 
-Every run also reports the multiply-adds per query (FAISS's own counters for graph and IVF indexes) and,
-when asked, the seconds each stage took.
+Every run also reports the multiply-adds per query (FAISS's own counters for graph and IVF indexes; a Hamming
+distance on m bits counts as m / 64 operations, one XOR and popcount per 64-bit word), the bytes it read
+from the full vectors per query (the float stages' candidate prefixes: file reads when the vectors are
+memory-mapped) and, when asked, the seconds each stage took.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from typing import Protocol
 import numpy as np
 
 from mrl.retrieval.adanns import DEFAULT_NPROBE
-from mrl.retrieval.indexes import faiss_search, index_bytes, search_params, to_device
+from mrl.retrieval.codes import CodeStore
+from mrl.retrieval.indexes import BINARY_KINDS, faiss_search, index_bytes, is_binary, search_params, to_device
 from mrl.retrieval.plan import QueryPlan, Shortlist, check_plan
 from mrl.retrieval.store import PrefixStore, as_store, rerank
 from mrl.retrieval.topk import normalize_prefix
@@ -61,7 +65,7 @@ class FaissSource:
         self.label = f"{self.kind}@{size}"
         # what the multiply-add count needs, read off the CPU index (a multi-GPU replica has no such fields)
         self._nlist = getattr(index, "nlist", 0)
-        self._per_code = index.pq.M if self.kind == "ivfpq" else size
+        self._per_code = index.pq.M if self.kind == "ivfpq" else size / 64 if self.kind in BINARY_KINDS else size
         self.index = to_device(index, device)
         self.on_gpu = self.index is not index
 
@@ -79,12 +83,12 @@ class FaissSource:
         faiss.cvar.hnsw_stats.reset()
         faiss.cvar.indexIVF_stats.reset()
         scores, positions = faiss_search(self.index, queries, self.size, spec.k, spec.nprobe, spec.ef_search)
-        if self.kind == "hnsw":
-            madds = faiss.cvar.hnsw_stats.ndis / q * self.size
-        elif self.kind in ("ivf", "ivfpq"):  # (faiss-gpu does not update these counters: GPU counts are low)
-            madds = self._nlist * self.size + faiss.cvar.indexIVF_stats.ndis / q * self._per_code
+        if self.kind in ("hnsw", "binary_hnsw"):
+            madds = faiss.cvar.hnsw_stats.ndis / q * self._per_code
+        elif self.kind in ("ivf", "ivfpq", "binary_ivf"):  # (faiss-gpu does not update these: GPU counts are low)
+            madds = self._nlist * self._per_code + faiss.cvar.indexIVF_stats.ndis / q * self._per_code
         else:
-            madds = float(self.index.ntotal * self.size)
+            madds = float(self.index.ntotal * self._per_code)
         return Candidates(positions, madds, positions.shape[1], scores)
 
 
@@ -151,6 +155,11 @@ class CellSource:
 def _kind_of(index) -> str:
     import faiss
 
+    if is_binary(index):
+        for cls, kind in ((faiss.IndexBinaryHNSW, "binary_hnsw"), (faiss.IndexBinaryIVF, "binary_ivf")):
+            if isinstance(index, cls):
+                return kind
+        return "binary_flat"
     for cls, kind in ((faiss.IndexHNSW, "hnsw"), (faiss.IndexIVFPQ, "ivfpq"), (faiss.IndexIVF, "ivf")):
         if isinstance(index, cls):
             return kind
@@ -166,6 +175,8 @@ class SearchResult:
             a plan without rerank returns FAISS's own filler score).
         shortlist: (Q, L) the first stage's candidates (for recall measurements).
         madds: multiply-adds per query.
+        vector_bytes: bytes of the full vectors the float rerank stages read per query (candidates x prefix x
+            item size; the page cache or disk serves them when the vectors are memory-mapped).
         stages: (label, seconds) per stage when profiled, else empty.
     """
 
@@ -173,6 +184,7 @@ class SearchResult:
     positions: np.ndarray
     shortlist: np.ndarray
     madds: float
+    vector_bytes: float = 0.0
     stages: list[tuple[str, float]] = field(default_factory=list)
 
 
@@ -182,11 +194,14 @@ class SearchEngine:
     Args:
         store: the full-size vectors (a `PrefixStore`, or an (N, d) array to wrap in one).
         sources: shortlist source name -> source (`FaissSource`, `CellSource`, or any `ShortlistSource`).
+        codes: compact code stores for code rerank stages (each found by its kind and size).
     """
 
-    def __init__(self, store, sources: Mapping[str, ShortlistSource] | None = None):
+    def __init__(self, store, sources: Mapping[str, ShortlistSource] | None = None,
+                 codes: list[CodeStore] | tuple[CodeStore, ...] = ()):
         self.store: PrefixStore = as_store(store)
         self.sources: dict[str, ShortlistSource] = dict(sources or {})
+        self.codes: dict[tuple[str, int], CodeStore] = {(c.kind, c.size): c for c in codes}
 
     @property
     def dim(self) -> int:
@@ -199,9 +214,33 @@ class SearchEngine:
         """Source name -> the prefix size it reads (what `check_plan` needs)."""
         return {name: src.size for name, src in self.sources.items()}
 
+    def code_keys(self) -> list[tuple[str, int]]:
+        """(kind, size) of every code store (what `check_plan` needs)."""
+        return sorted(self.codes)
+
     def check(self, plan: QueryPlan) -> None:
         """Raise `PlanError` unless this engine can run `plan` (see `mrl.retrieval.plan.check_plan`)."""
-        check_plan(plan, self.source_sizes(), self.dim)
+        check_plan(plan, self.source_sizes(), self.dim, self.code_keys())
+
+    def resident_bytes(self, plan: QueryPlan | None = None) -> int:
+        """Bytes of the structures a deployment keeps in memory: the shortlist sources (FAISS index data, AdANNS
+        cells), the code stores, and the full vectors unless they are memory-mapped from a file (then they are
+        file pages the kernel may drop and read back, not the process's own memory). With `plan`, only what the
+        plan reads. An index on a GPU counts 0 here."""
+        names = [plan.shortlist.source] if plan is not None else list(self.sources)
+        held = 0
+        for name in names:
+            source = self.sources[name]
+            if isinstance(source, CellSource):
+                held += source.nbytes()
+            elif not getattr(source, "on_gpu", False):
+                held += index_bytes(source.index)
+        keys = plan.code_stages() if plan is not None else list(self.codes)
+        held += sum(self.codes[key].nbytes for key in keys)
+        reads_vectors = plan is None or any(r.codes == "float" for r in plan.reranks)
+        if reads_vectors and not self.store.mapped:
+            held += self.store.vectors.nbytes
+        return held
 
     @property
     def on_gpu(self) -> bool:
@@ -223,7 +262,7 @@ class SearchEngine:
         source = self.sources[plan.shortlist.source]
         reranks = plan.reranks
         t0 = time.perf_counter()
-        if plan.shortlist.k is None and reranks and getattr(source, "can_rank", False):
+        if plan.shortlist.k is None and reranks and reranks[0].codes == "float" and getattr(source, "can_rank", False):
             # a candidate set the source can score itself at the first rerank's size (AdANNS lists in FAISS)
             found = source.ranked(queries, plan.shortlist, reranks[0].size, reranks[0].keep)
             label, reranks = f"{source.label}->{reranks[0].size}", reranks[1:]
@@ -232,13 +271,20 @@ class SearchEngine:
         if profile:
             stages.append((label, time.perf_counter() - t0))
         scores, positions, kept, madds = found.scores, found.positions, found.width, found.madds
+        read = 0.0
         for i, stage in enumerate(reranks):
             t0 = time.perf_counter()
-            madds += kept * stage.size
-            scores, positions = rerank(positions, self.store, queries, stage.size, stage.keep,
-                                       sort=i == len(reranks) - 1)
+            last = i == len(reranks) - 1
+            if stage.codes == "float":
+                madds += kept * stage.size
+                read += kept * stage.size * self.store.vectors.itemsize
+                scores, positions = rerank(positions, self.store, queries, stage.size, stage.keep, sort=last)
+            else:
+                madds += kept * (stage.size / 64 if stage.codes == "binary" else stage.size)
+                scores, positions = self.codes[(stage.codes, stage.size)].rerank(positions, queries, stage.keep,
+                                                                               sort=last)
             kept = stage.keep
             if profile:
-                stages.append((f"rerank@{stage.size}", time.perf_counter() - t0))
-        return SearchResult(scores[:, :plan.k], positions[:, :plan.k], found.positions, madds, stages)
+                stages.append((stage.label, time.perf_counter() - t0))
+        return SearchResult(scores[:, :plan.k], positions[:, :plan.k], found.positions, madds, read, stages)
 

@@ -2,7 +2,9 @@
 
 Every index scores by inner product of L2-normalised prefixes (cosine). Rows are normalised and added in
 blocks, so the database may be float16 or a memory map and a build never holds a second float32 copy.
-Search-time knobs (IVF `nprobe`, HNSW `efSearch`) are passed per call as FAISS search parameters, so
+Binary kinds (`binary_flat`, `binary_hnsw`, `binary_ivf`) hold one sign bit per dimension of the prefix
+(`mrl.retrieval.codes.binary_codes`, m / 8 bytes a row) and rank by Hamming distance; their scores are minus
+that distance. Search-time knobs (IVF `nprobe`, HNSW `efSearch`) are passed per call as FAISS search parameters, so
 concurrent searches with different settings never leak into each other.
 """
 
@@ -15,6 +17,7 @@ from typing import Literal
 import numpy as np
 
 from mrl.registry import Registry
+from mrl.retrieval.codes import binary_codes
 from mrl.retrieval.topk import normalize_prefix
 
 log = logging.getLogger("mrl.retrieval")
@@ -34,9 +37,10 @@ class IndexParams:
     """HNSW build breadth."""
     ef_search: int = 128
     """HNSW default search breadth (a request's or a plan's ef_search still overrides it)."""
-    storage: Literal["float32", "float16"] = "float32"
-    """How an HNSW graph or an IVF's lists hold their vectors: float32, or float16 (half the bytes per vector; the
-    query stays float32, and FAISS widens each vector as it scores it). IVF-PQ ignores it."""
+    storage: Literal["float32", "float16", "int8"] = "float32"
+    """How an HNSW graph or an IVF's lists hold their vectors: float32, float16 (half the bytes per vector; the
+    query stays float32, and FAISS widens each vector as it scores it) or int8 (a quarter: FAISS's 8-bit scalar
+    quantiser, per-dimension ranges trained on a sample). IVF-PQ and the binary kinds ignore it."""
     nlist: int = 1024
     """IVF cells (capped at N / 39, FAISS's minimum points per centroid)."""
     nprobe: int = 16
@@ -50,7 +54,9 @@ class IndexParams:
 
 
 INDEX_KINDS: Registry = Registry("index kind")
-STORAGE_DTYPES = ("float32", "float16")
+STORAGE_DTYPES = ("float32", "float16", "int8")
+BINARY_KINDS = ("binary_flat", "binary_hnsw", "binary_ivf")
+TRAIN_SAMPLE_ROWS = 100_000  # rows an 8-bit scalar quantiser's ranges are trained on
 
 
 def check_prefix_size(what: str, size: int, dim: int) -> None:
@@ -70,6 +76,8 @@ def check_index(kind: str, size: int, dim: int, params: IndexParams) -> None:
     check_prefix_size("index size", size, dim)
     if params.storage not in STORAGE_DTYPES:
         raise ValueError(f"storage {params.storage!r} is not accepted; choose one of {sorted(STORAGE_DTYPES)}")
+    if kind in BINARY_KINDS and size % 8:
+        raise ValueError(f"{kind} holds sign bits in whole bytes: the prefix size must be a multiple of 8, got {size}")
     if kind == "ivfpq" and size % params.pq_m:
         raise ValueError(f"ivfpq needs pq_m dividing the prefix size: pq_m={params.pq_m} does not divide {size}")
 
@@ -79,9 +87,10 @@ def build_prefix_index(database: np.ndarray, size: int, kind: str = "flat", para
     params = params or IndexParams()
     check_index(kind, size, database.shape[1], params)
     index = INDEX_KINDS.get(kind)(database, size, params)
+    encode = binary_codes if kind in BINARY_KINDS else normalize_prefix
     n = len(database)
     for lo in range(0, n, ADD_BLOCK_ROWS):
-        index.add(normalize_prefix(database[lo:lo + ADD_BLOCK_ROWS], size))
+        index.add(encode(database[lo:lo + ADD_BLOCK_ROWS], size))
         if n > 4 * ADD_BLOCK_ROWS:
             log.info("%s index at %d dims: %d / %d rows added", kind, size, min(n, lo + ADD_BLOCK_ROWS), n)
     return index
@@ -95,14 +104,25 @@ def _flat(database: np.ndarray, size: int, params: IndexParams):
     return faiss.IndexFlatIP(size)
 
 
+def _sample_prefix(database: np.ndarray, size: int, rows: int, seed: int) -> np.ndarray:
+    """Normalised prefixes of a seeded sample of at most `rows` rows (in position order)."""
+    n = len(database)
+    pick = np.sort(np.random.default_rng(seed).permutation(n)[:rows]) if n > rows else slice(None)
+    return normalize_prefix(np.asarray(database[pick]), size)
+
+
+SQ_TYPES = {"float16": "QT_fp16", "int8": "QT_8bit"}
+
+
 @INDEX_KINDS.register("hnsw")
 def _hnsw(database: np.ndarray, size: int, params: IndexParams):
-    """Graph search (HNSW), nodes' vectors held as float32 or float16 (`params.storage`)."""
+    """Graph search (HNSW), nodes' vectors held as float32, float16 or int8 (`params.storage`)."""
     import faiss
 
-    if params.storage == "float16":
-        index = faiss.IndexHNSWSQ(size, faiss.ScalarQuantizer.QT_fp16, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.train(np.zeros((1, size), dtype=np.float32))  # float16 codes need no statistics
+    if params.storage in SQ_TYPES:
+        qtype = getattr(faiss.ScalarQuantizer, SQ_TYPES[params.storage])
+        index = faiss.IndexHNSWSQ(size, qtype, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.train(_sample_prefix(database, size, TRAIN_SAMPLE_ROWS, params.seed))  # int8: per-dimension ranges
     else:
         index = faiss.IndexHNSWFlat(size, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efSearch = params.ef_search
@@ -120,8 +140,9 @@ def _trained_ivf(database: np.ndarray, size: int, params: IndexParams, pq: bool)
     quantizer = faiss.IndexFlatIP(size)
     if pq:
         index = faiss.IndexIVFPQ(quantizer, size, cells, params.pq_m, params.pq_bits, faiss.METRIC_INNER_PRODUCT)
-    elif params.storage == "float16":
-        index = faiss.IndexIVFScalarQuantizer(quantizer, size, cells, faiss.ScalarQuantizer.QT_fp16,
+    elif params.storage in SQ_TYPES:
+        index = faiss.IndexIVFScalarQuantizer(quantizer, size, cells,
+                                              getattr(faiss.ScalarQuantizer, SQ_TYPES[params.storage]),
                                               faiss.METRIC_INNER_PRODUCT)
     else:
         index = faiss.IndexIVFFlat(quantizer, size, cells, faiss.METRIC_INNER_PRODUCT)
@@ -145,15 +166,59 @@ def _ivfpq(database: np.ndarray, size: int, params: IndexParams):
     return _trained_ivf(database, size, params, pq=True)
 
 
-def search_params(index, nprobe: int | None = None, ef_search: int | None = None):
-    """FAISS per-call search parameters for `index` overriding nprobe (IVF, CPU or GPU) / efSearch (HNSW), or
-    None (no override asked, or a knob the index does not have, e.g. nprobe of a flat index)."""
+@INDEX_KINDS.register("binary_flat")
+def _binary_flat(database: np.ndarray, size: int, params: IndexParams):
+    """Exact Hamming search over the prefix's sign bits."""
     import faiss
 
-    ivf = (faiss.IndexIVF, faiss.GpuIndexIVF) if hasattr(faiss, "GpuIndexIVF") else (faiss.IndexIVF,)
+    return faiss.IndexBinaryFlat(size)
+
+
+@INDEX_KINDS.register("binary_hnsw")
+def _binary_hnsw(database: np.ndarray, size: int, params: IndexParams):
+    """Graph search (HNSW) over the prefix's sign bits, by Hamming distance."""
+    import faiss
+
+    index = faiss.IndexBinaryHNSW(size, params.hnsw_m)
+    index.hnsw.efSearch = params.ef_search
+    index.hnsw.efConstruction = params.ef_construction
+    return index
+
+
+@INDEX_KINDS.register("binary_ivf")
+def _binary_ivf(database: np.ndarray, size: int, params: IndexParams):
+    """Inverted lists of sign bits over Hamming k-means cells (trained on a seeded sample of at most 256 rows a
+    cell, as the float IVF)."""
+    import faiss
+
+    n = len(database)
+    cells = max(1, min(params.nlist, n // 39))
+    index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(size), size, cells)
+    index.cp.seed = params.seed
+    sample = np.sort(np.random.default_rng(params.seed).permutation(n)[:256 * cells]) if n > 256 * cells \
+        else slice(None)
+    index.train(binary_codes(np.asarray(database[sample]), size))
+    index.nprobe = min(params.nprobe, cells)
+    return index
+
+
+def is_binary(index) -> bool:
+    """Whether `index` is a FAISS binary index (searched with sign-bit codes, by Hamming distance)."""
+    import faiss
+
+    return isinstance(index, faiss.IndexBinary)
+
+
+def search_params(index, nprobe: int | None = None, ef_search: int | None = None):
+    """FAISS per-call search parameters for `index` overriding nprobe (IVF, CPU or GPU, float or binary) /
+    efSearch (HNSW, float or binary), or None (no override asked, or a knob the index does not have, e.g.
+    nprobe of a flat index)."""
+    import faiss
+
+    ivf = (faiss.IndexIVF, faiss.IndexBinaryIVF) + ((faiss.GpuIndexIVF,) if hasattr(faiss, "GpuIndexIVF") else ())
     if nprobe is not None and isinstance(index, ivf):
         return faiss.SearchParametersIVF(nprobe=nprobe)
-    if ef_search is not None and isinstance(index, faiss.IndexHNSW):
+    if ef_search is not None and isinstance(index, (faiss.IndexHNSW, faiss.IndexBinaryHNSW)):
         return faiss.SearchParametersHNSW(efSearch=ef_search)
     return None
 
@@ -166,8 +231,11 @@ def faiss_search(index, queries: np.ndarray, size: int, k: int, nprobe: int | No
         nprobe, ef_search: per-call overrides of the index's own IVF / HNSW settings (None: the index's).
     """
     k = min(k, index.ntotal)
-    unit = normalize_prefix(queries, size)
     params = search_params(index, nprobe, ef_search)
+    if is_binary(index):
+        distances, positions = index.search(binary_codes(queries, size), k, params=params)
+        return np.where(positions >= 0, -distances.astype(np.float32), -np.inf).astype(np.float32), positions
+    unit = normalize_prefix(queries, size)
     return index.search(unit, k) if params is None else index.search(unit, k, params=params)
 
 
@@ -176,6 +244,8 @@ def index_bytes(index) -> int:
     coarse centroids (what memory per vector counts; Python and allocator overheads are not included)."""
     import faiss
 
+    if is_binary(index):
+        return _binary_bytes(index)
     index = faiss.downcast_index(index)
     if isinstance(index, faiss.IndexHNSW):
         graph = index.hnsw
@@ -184,6 +254,21 @@ def index_bytes(index) -> int:
     if isinstance(index, faiss.IndexIVF):
         return index.ntotal * (index.invlists.code_size + 8) + index_bytes(index.quantizer)  # codes and ids
     if isinstance(index, faiss.IndexFlatCodes):
+        return index.ntotal * index.code_size
+    raise TypeError(f"index_bytes does not know {type(index).__name__}")
+
+
+def _binary_bytes(index) -> int:
+    import faiss
+
+    index = faiss.downcast_IndexBinary(index)
+    if isinstance(index, faiss.IndexBinaryHNSW):
+        graph = index.hnsw
+        links = graph.neighbors.size() * 4 + graph.offsets.size() * 8 + graph.levels.size() * 4
+        return links + _binary_bytes(index.storage)
+    if isinstance(index, faiss.IndexBinaryIVF):
+        return index.ntotal * (index.code_size + 8) + _binary_bytes(index.quantizer)
+    if isinstance(index, faiss.IndexBinaryFlat):
         return index.ntotal * index.code_size
     raise TypeError(f"index_bytes does not know {type(index).__name__}")
 
@@ -198,13 +283,14 @@ def gpu_count() -> int:
 def to_device(index, device: str = "auto"):
     """Move a FAISS index to all GPUs when asked (or when `auto` and faiss-gpu sees one); else unchanged.
 
-    Flat and IVF indexes move; HNSW stays on the CPU (faiss-gpu has no HNSW).
+    Flat and IVF indexes move; HNSW and the binary kinds stay on the CPU (faiss-gpu has no HNSW, and its binary
+    flat index alone would not serve the binary graph or lists).
     """
     import faiss
 
     gpus = gpu_count()
     if device == "gpu" and gpus == 0:
         raise RuntimeError("device is 'gpu' but FAISS sees no GPU (is faiss-gpu installed?)")
-    if device in ("gpu", "auto") and gpus > 0 and not isinstance(index, faiss.IndexHNSW):
+    if device in ("gpu", "auto") and gpus > 0 and not isinstance(index, (faiss.IndexHNSW, faiss.IndexBinary)):
         return faiss.index_cpu_to_all_gpus(index)
     return index

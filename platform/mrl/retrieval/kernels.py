@@ -113,6 +113,72 @@ if numba is not None:
         return out
 
 
+    @njit(inline="always", cache=True)
+    def _popcount(x):
+        """Set bits of a uint64 (the idiom LLVM turns into one popcnt instruction)."""
+        x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+        x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+        x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+        return (x * np.uint64(0x0101010101010101)) >> np.uint64(56)
+
+    @njit(parallel=True, cache=True)
+    def _hamming_words(codes, positions, queries):
+        q, kk = positions.shape
+        words = codes.shape[1]
+        out = np.zeros((q, kk), np.int32)
+        for i in prange(q):
+            u = queries[i]
+            for j in range(kk):
+                p = positions[i, j]
+                if p < 0:
+                    continue
+                r = codes[p]
+                acc = np.uint64(0)
+                for t in range(words):
+                    acc += _popcount(np.uint64(r[t] ^ u[t]))
+                out[i, j] = np.int32(acc)
+        return out
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _int8_dots(codes, positions, queries):
+        q, kk = positions.shape
+        size = codes.shape[1]
+        out = np.zeros((q, kk), np.float32)
+        for i in prange(q):
+            u = queries[i]
+            for j in range(kk):
+                p = positions[i, j]
+                if p < 0:
+                    continue
+                r = codes[p]
+                acc = np.float32(0.0)
+                for t in range(size):
+                    acc += np.float32(r[t]) * u[t]
+                out[i, j] = acc
+        return out
+
+
+def hamming(codes: np.ndarray, positions: np.ndarray, query_codes: np.ndarray) -> np.ndarray:
+    """(Q, K) int32 Hamming distances between packed codes: each query's (Q, W) bytes and its candidate rows of
+    `codes` (N, W) uint8 at `positions` (Q, K) (-1: empty, distance 0). Rows are compared 8 bytes at a time when
+    W is a multiple of 8 (one popcount per word), else byte by byte."""
+    if numba is None:
+        raise RuntimeError("numba is not installed: use the numpy path")
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    query_codes = np.ascontiguousarray(query_codes, dtype=np.uint8)
+    word = np.uint64 if codes.shape[1] % 8 == 0 else np.uint8
+    return _hamming_words(codes.view(word), np.ascontiguousarray(positions, dtype=np.int64), query_codes.view(word))
+
+
+def int8_dots(codes: np.ndarray, positions: np.ndarray, scaled_queries: np.ndarray) -> np.ndarray:
+    """(Q, K) float32 dot products of each query row (Q, m) with its candidates' int8 codes (N, m) at
+    `positions` (-1: empty, 0)."""
+    if numba is None:
+        raise RuntimeError("numba is not installed: use the numpy path")
+    return _int8_dots(codes, np.ascontiguousarray(positions, dtype=np.int64),
+                      np.ascontiguousarray(scaled_queries, dtype=np.float32))
+
+
 def warm_up(dtype) -> None:
     """Load (or, the first time on a machine, compile) the kernel for rows of `dtype` now, so the first query
     a service answers does not pay for it (about 0.2 s to load from Numba's cache, seconds to compile)."""

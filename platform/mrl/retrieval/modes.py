@@ -10,12 +10,12 @@ AdANNS cells.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from mrl.configio import check, positive
 from mrl.registry import Registry
-from mrl.retrieval.plan import PlanError, QueryPlan, Rerank, Shortlist, check_plan, check_stages
+from mrl.retrieval.plan import PlanError, QueryPlan, Rerank, Shortlist, check_plan, check_stages, stage_codes
 
 SEARCH_MODES: Registry = Registry("search mode")
 ADANNS_SOURCE = "adanns"
@@ -38,8 +38,10 @@ class SearchSettings:
     """K: candidates shortlisted (never below k), reranked exactly with the rerank size."""
     rerank_size: int | None = None
     """D_r: the prefix size adaptive retrieval reranks with; None: the full d."""
-    funnel: tuple[tuple[int | None, int], ...] | None = None
-    """Funnel rerank stages (size, keep) after the shortlist, size null = d; None: sizes double from 2 D_s to d
+    funnel: tuple[tuple, ...] | None = None
+    """Funnel rerank stages (size, keep) or (size, keep, codes) after the shortlist, size null = d, codes binary
+    | int8 | float (default: exact, from the float vectors; binary and int8 need the index to keep those codes,
+    `index.codes`); None: sizes double from 2 D_s to d
     while keeps halve from K/2 (never below k), e.g. 16/200 -> 32/100 -> 64/50 -> 128/25 -> 256/12 -> ... -> d/k."""
     nprobe: int | None = None
     """IVF cells / AdANNS cells probed per query; None: the index's own setting (AdANNS: 8)."""
@@ -81,8 +83,8 @@ def funnel_stages(settings: SearchSettings, dim: int, k: int) -> tuple[Rerank, .
     if settings.funnel is None:
         stages = default_funnel(settings.shortlist_size, shortlist_k, dim, k)
     else:
-        stages = [(m or dim, min(shortlist_k, max(k, keep))) for m, keep in settings.funnel]
-    return tuple(Rerank(m, keep) for m, keep in stages)
+        stages = [(st[0] or dim, min(shortlist_k, max(k, st[1])), stage_codes(st)) for st in settings.funnel]
+    return tuple(Rerank(*st) for st in stages)
 
 
 def _index_shortlist(settings: SearchSettings, size: int, k: int) -> Shortlist:
@@ -120,19 +122,22 @@ def full(settings: SearchSettings, dim: int, k: int) -> QueryPlan:
     return QueryPlan(mode="full", k=k, shortlist=_index_shortlist(settings, dim, k))
 
 
-def available_modes(settings: SearchSettings, sources: Mapping[str, int], dim: int, k: int) -> list[str]:
-    """The registered modes whose plans an index with these shortlist `sources` (name -> size) can run."""
+def available_modes(settings: SearchSettings, sources: Mapping[str, int], dim: int, k: int,
+                    codes: Collection[tuple[str, int]] = ()) -> list[str]:
+    """The registered modes whose plans an index with these shortlist `sources` (name -> size) and code stores
+    (`codes`, (kind, size) pairs) can run."""
     out = []
     for name in SEARCH_MODES:
         try:
-            check_plan(make_plan(name, settings, dim, k), sources, dim)
+            check_plan(make_plan(name, settings, dim, k), sources, dim, codes)
         except PlanError:
             continue
         out.append(name)
     return out
 
 
-def check_settings(settings: SearchSettings, mode: str, sources: Mapping[str, int], dim: int, k: int) -> list[str]:
+def check_settings(settings: SearchSettings, mode: str, sources: Mapping[str, int], dim: int, k: int,
+                   codes: Collection[tuple[str, int]] = ()) -> list[str]:
     """The rules between the service's search settings and an index (its shortlist `sources` and d): sizes
     within d, and the default `mode` runnable. The service checks them at start against the loaded index; the
     pipeline checks them before any work against the index it is about to build.
@@ -145,19 +150,19 @@ def check_settings(settings: SearchSettings, mode: str, sources: Mapping[str, in
     """
     if (settings.rerank_size or dim) > dim:
         raise PlanError(f"serve.search.rerank_size {settings.rerank_size} is above d={dim}")
-    too_big = [m for m, _ in settings.funnel or () if m is not None and m > dim]
+    too_big = [m for m, *_ in settings.funnel or () if m is not None and m > dim]
     if too_big:
         raise PlanError(f"serve.search.funnel sizes {too_big} are above d={dim}")
     if settings.funnel is not None:  # null = d, now that d is known: e.g. [[64, 20], [null, 10]] at d = 64 repeats 64
         try:
-            check_stages([(m or dim, keep) for m, keep in settings.funnel], after_size=settings.shortlist_size)
+            check_stages([(m or dim, *rest) for m, *rest in settings.funnel], after_size=settings.shortlist_size)
         except PlanError as exc:
             raise PlanError(f"serve.search.funnel at d={dim}: {exc}") from None
-    available = available_modes(settings, sources, dim, k)
+    available = available_modes(settings, sources, dim, k, codes)
     plan = None
     try:
         plan = make_plan(mode, settings, dim, k)
-        check_plan(plan, sources, dim)
+        check_plan(plan, sources, dim, codes)
     except ValueError as exc:  # an unknown mode, a plan that cannot be made, or one the index cannot run
         if plan is None:
             raise PlanError(f"serve.mode {mode!r}: {exc}") from None

@@ -49,6 +49,12 @@ class PrefixStore:
         return len(self.vectors)
 
     @property
+    def mapped(self) -> bool:
+        """Whether the rows are memory-mapped from a file on the CPU (the page cache holds them, not the
+        process's own memory)."""
+        return self.device.type == "cpu" and isinstance(self.vectors, np.memmap)
+
+    @property
     def dim(self) -> int:
         return self.vectors.shape[1]
 

@@ -36,6 +36,7 @@ from mrl.service.api import (MAX_TEXT_CHARS, BatchSearchRequest, EmbeddingsReque
                              validation_detail)
 from mrl.service.browse import CorpusItems, ItemsUnavailable
 from mrl.service.encoder import check_encoder
+from mrl.runtime import rss_anon_bytes
 from mrl.service.guard import presented_key
 
 
@@ -74,12 +75,13 @@ class RetrievalService:
         # Ray Serve runs sync requests on a thread pool: FAISS GPU indexes must not be searched concurrently
         self._gpu_lock = threading.Lock() if self.engine.on_gpu else contextlib.nullcontext()
         self.modes = check_settings(self.settings, cfg.mode, self.engine.source_sizes(), artifact.dim,
-                                    cfg.default_k)
+                                    cfg.default_k, self.engine.code_keys())
         manifest = artifact.manifest
         self.model_info = {"uri": manifest.get("model_uri"), "name": manifest.get("model_name"),
                            "version": manifest.get("model_version")}
         self.index_info = {"version": artifact.version, "path": str(artifact.path), "rows": manifest["rows"],
-                           "sizes": manifest["sizes"]}
+                           "sizes": manifest["sizes"], "kind": manifest.get("kind"),
+                           "codes": manifest.get("codes") or []}
         self._order = np.argsort(artifact.ids, kind="stable")  # id -> position lookup
         self._key = read_api_key(cfg)
         self._items: CorpusItems | None = None  # opened on the first item request (the data may be elsewhere)
@@ -102,7 +104,8 @@ class RetrievalService:
                            "max_body_bytes": self.cfg.max_body_bytes, "max_embed_inputs": self.cfg.max_embed_inputs,
                            "max_batch_queries": self.cfg.max_batch_queries}, "auth": self._key is not None,
                 "encoder": None if self.encoder_info is None else self.encoder_info["model_uri"],
-                "queries": self.query_kinds, "budgets": self.budgets, "modality": self.modality}
+                "queries": self.query_kinds, "budgets": self.budgets, "modality": self.modality,
+                "memory": memory_report(self.engine)}
 
     @property
     def budgets(self) -> dict[str, Any] | None:
@@ -515,3 +518,17 @@ def read_api_key(cfg) -> str | None:
 
 
 MIN_KEY_CHARS = 16
+
+
+def memory_report(engine) -> dict[str, Any]:
+    """What the replica holds for its index (GET /healthz: memory): the bytes of the structures it keeps in its
+    own memory (FAISS indexes, AdANNS cells, codes; the full vectors too unless memory-mapped) in all and per
+    row, the size of the memory-mapped vector file (file pages: the kernel caches and drops them), and the
+    process's anonymous resident memory now (Linux; everything the process holds that is not file pages, Python
+    and the model included)."""
+    rows = max(1, len(engine))
+    held = engine.resident_bytes()
+    store = engine.store
+    return {"structures_bytes": held, "bytes_per_vector": held / rows,
+            "vector_file_bytes": int(store.vectors.nbytes) if store.mapped else 0,
+            "process_rss_anon_bytes": rss_anon_bytes()}

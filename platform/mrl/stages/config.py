@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mrl.artifacts.config import MlflowConfig
-from mrl.artifacts.index import check_index_config, planned_sources
+from mrl.artifacts.index import check_index_config, planned_codes, planned_sources
 from mrl.configio import ConfigError, check, positive, registered
 from mrl.core.config import ModelConfig, NestingConfig
 from mrl.core.losses import LOSSES
@@ -467,7 +467,8 @@ class PipelineConfig(JobConfig):
         try:
             sizes = check_index_config(self.index, self.model.dim, self.model.sizes)
             check_settings(self.serve.search, self.serve.mode,
-                           planned_sources(sizes, self.index.adanns_size), self.model.dim, self.serve.default_k)
+                           planned_sources(sizes, self.index.adanns_size), self.model.dim, self.serve.default_k,
+                           planned_codes(self.index.codes))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
 

@@ -40,7 +40,7 @@ def run(job: IndexJobConfig) -> dict[str, Any]:
         adanns = None if job.index.adanns_size is None else (job.index.adanns_size, job.index.adanns_nlist)
         manifest = write_index(out, ids, labels, vectors, sizes, job.index.kind, extra,
                                {m: job.index.params(m) for m in sizes},
-                               job.index.vector_dtype, adanns)
+                               job.index.vector_dtype, adanns, job.index.codes)
         if job.index.calibrate:
             manifest = _calibrate(out, emb_dir, manifest, job.index.calibration_queries)
         mlflow.log_artifacts(str(out), artifact_path="index")
