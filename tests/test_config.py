@@ -259,9 +259,14 @@ def test_pipeline_rerank_and_index_sizes_bounded_by_dim(tmp_path):
     (IndexConfig(), ServeConfig(mode="adanns"), r"serve\.mode 'adanns' cannot run .*set index\.adanns_size"),
     (IndexConfig(sizes=(8, 16, 32)), ServeConfig(mode="full"), r"serve\.mode 'full' cannot run .*must include 64"),
     (IndexConfig(kind="ivfpq", pq_m=16), ServeConfig(), r"pq_m=16 does not divide 8"),
+    (IndexConfig(codes=((32, "int8"),)), ServeConfig(mode="funnel", search=SearchSettings(
+        funnel=((64, 100, "binary"), (None, 10)))), r"reranks with codes \['binary@64'\], which this index lacks"),
+    (IndexConfig(codes=((128, "binary"),)), ServeConfig(), r"index\.codes: binary code size 128 is outside"),
 ])
 def test_pipeline_serving_choices_checked_before_any_work(tmp_path, index, serve, message):
     """The same rules the index stage and the service apply to real artifacts, applied to the index to be built."""
+    with pytest.raises(ConfigError, match=r"multiple of 8, got 12"):
+        IndexConfig(kind="binary_hnsw", sizes=(12, 64))
     with pytest.raises(ConfigError, match=message):
         PipelineConfig(data=DataConfig(path=str(tmp_path)), model=ModelConfig(dim=64), index=index, serve=serve)
     ok = PipelineConfig(data=DataConfig(path=str(tmp_path)), model=ModelConfig(dim=64),

@@ -198,3 +198,24 @@ def test_an_index_directory_appears_whole_or_not_at_all(tmp_path):
     with pytest.raises(FileExistsError, match="exists and is not empty"):
         write_index(tmp_path / "ix", ids, labels, vectors * 2, [8], "flat", {})
     assert (tmp_path / "ix" / "manifest.json").read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["ix"]
+
+
+def test_a_binary_index_with_codes_round_trips_and_its_code_files_are_checked(tmp_path):
+    ids, labels, vectors = corpus(n=400, d=32)
+    manifest = write_index(tmp_path / "lean", ids, labels, vectors, [16], "binary_hnsw", {},
+                           codes=[(32, "binary"), (16, "int8")])
+    assert manifest["codes"] == [[32, "binary"], [16, "int8"]]
+    assert {"binary_32.npy", "int8_16.npy", "int8_16_scale.npy"} <= set(manifest["checksums"])
+    artifact = load_index(tmp_path / "lean")
+    assert artifact.engine.code_keys() == [("binary", 32), ("int8", 16)]
+    assert artifact.engine.store.mapped  # the full vectors stay a memory map
+    plan = make_plan("funnel", SearchSettings(shortlist_size=16, shortlist_k=400, ef_search=400,
+                                              funnel=((32, 400, "binary"), (16, 400, "int8"), (None, 10))), 32, 10)
+    found = artifact.engine.run(plan, vectors[:5])
+    _, exact = exact_search(vectors, vectors[:5], 10)
+    assert np.array_equal(found.positions, exact)  # every row shortlisted and kept: the float stage decides
+    codes = np.load(tmp_path / "lean" / "int8_16.npy")
+    codes[0, 0] ^= 1
+    np.save(tmp_path / "lean" / "int8_16.npy", codes)
+    with pytest.raises(IndexMismatchError, match="int8_16.npy"):
+        load_index(tmp_path / "lean")

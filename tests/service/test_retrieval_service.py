@@ -262,3 +262,38 @@ def test_budgets_pick_plans_from_the_calibration_table(index_dir, tmp_path):
     assert plain.health()["budgets"] is None
     with pytest.raises(RequestError, match="no calibration table"):
         plain.search({"id": 10, "budget": {"recall": 0.9}})
+
+
+def test_the_service_answers_through_a_binary_shortlist_and_code_stages(tmp_path):
+    """A memory-lean index (a binary graph on the 32-d prefix's sign bits, binary codes of 64 and int8 codes of
+    32 in memory, the full vectors memory-mapped): the service runs the configured funnel through them, and with
+    a shortlist of everything its answer is exact search's."""
+    from mrl.configio import from_dict
+    from mrl.retrieval.indexes import index_bytes
+
+    rng = np.random.default_rng(4)
+    vectors = rng.normal(size=(N, D)).astype(np.float32)
+    write_index(tmp_path / "lean", np.arange(N) * 10, np.arange(N) % 5, vectors, [32], "binary_hnsw",
+                {"model_uri": "models:/m/3", "index_run_id": "run-lean"}, codes=[(64, "binary"), (32, "int8")])
+    cfg = from_dict(ServeConfig, {"mode": "funnel", "search": {
+        "shortlist_size": 32, "shortlist_k": N, "ef_search": N,
+        "funnel": [[64, N, "binary"], [32, N, "int8"], [None, 10]]}})
+    service = RetrievalService.from_path(str(tmp_path / "lean"), cfg)
+    health = service.health()
+    assert health["index"]["kind"] == "binary_hnsw" and health["index"]["codes"] == [[64, "binary"], [32, "int8"]]
+    memory = health["memory"]
+    assert memory["vector_file_bytes"] == N * D * 4 and memory["process_rss_anon_bytes"] > 0
+    assert memory["structures_bytes"] == pytest.approx(memory["bytes_per_vector"] * N)
+    graph = index_bytes(service.engine.sources["size_32"].index)
+    assert memory["structures_bytes"] == graph + N * (64 // 8) + N * 32 + 32 * 4  # graph and codes, no float rows
+    query = rng.normal(size=D).astype(np.float32)
+    reply = service.search({"vector": query.tolist(), "k": 10})
+    assert reply["search"]["reranks"] == [[64, N, "binary"], [32, N, "int8"], [64, 10]]
+    assert reply["search"]["shortlist"]["source"] == "size_32"
+    _, exact = exact_search(vectors, query[None], 10)
+    assert reply["ids"] == (exact[0] * 10).tolist()
+    narrow = service.search({"vector": query.tolist(), "k": 10, "shortlist_k": 40})  # keeps clipped into [k, K]
+    assert narrow["search"]["reranks"] == [[64, 40, "binary"], [32, 40, "int8"], [64, 10]]
+    with pytest.raises(PlanError, match=r"\['int8@64'\], which this index lacks"):
+        RetrievalService.from_path(str(tmp_path / "lean"), from_dict(ServeConfig, {"mode": "funnel", "search": {
+            "shortlist_size": 32, "funnel": [[64, 100, "int8"], [None, 10]]}}))
