@@ -71,18 +71,22 @@ class BenchIndex:
     storage: Literal["float32", "float16", "int8"] = "float32"
     """How an HNSW graph or an IVF's lists hold their vectors."""
     nlist: int = 1024
+    train_per_cell: int = 256
+    """IVF k-means sample per cell."""
+    kmeans_iters: int = 25
     pq_m: int = 16
 
     def __post_init__(self) -> None:
         kinds = [*INDEX_KINDS, "adanns"]
         check(self.kind in kinds, f"kind {self.kind!r} is not accepted; choose one of {kinds}")
         positive("size", self.size, allow_none=True)
-        for name in ("hnsw_m", "ef_construction", "nlist", "pq_m"):
+        for name in ("hnsw_m", "ef_construction", "nlist", "pq_m", "train_per_cell", "kmeans_iters"):
             positive(name, getattr(self, name))
 
     def params(self, seed: int) -> IndexParams:
         return IndexParams(hnsw_m=self.hnsw_m, ef_construction=self.ef_construction, storage=self.storage,
-                           nlist=self.nlist, pq_m=self.pq_m, seed=seed)
+                           nlist=self.nlist, train_per_cell=self.train_per_cell, kmeans_iters=self.kmeans_iters,
+                           pq_m=self.pq_m, seed=seed)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,7 +156,7 @@ def deployment(search: BenchSearch, index: BenchIndex, dim: int, k: int) -> dict
     if index.kind in ("hnsw", "binary_hnsw"):
         idx.update({"hnsw_m": index.hnsw_m, "ef_construction": index.ef_construction})
     elif index.kind in ("ivf", "ivfpq", "binary_ivf"):
-        idx.update({"nlist": index.nlist})
+        idx.update({"nlist": index.nlist, "train_per_cell": index.train_per_cell, "kmeans_iters": index.kmeans_iters})
     if index.kind in ("hnsw", "ivf"):
         idx["storage"] = index.storage
     codes = [[st[0] or dim, stage_codes(st)] for st in search.rerank if stage_codes(st) != "float"]
@@ -161,6 +165,26 @@ def deployment(search: BenchSearch, index: BenchIndex, dim: int, k: int) -> dict
     mode = serve.pop("mode")
     return {"index": idx, "serve": {"mode": mode, "default_k": k,
                                     "search": {key: value for key, value in serve.items() if value is not None}}}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Targets:
+    """Bars a family's pick must clear against the baseline family's pick (evaluation queries, same run)."""
+
+    family: str
+    """The family held to them."""
+    resident: float = 0.125
+    """Resident bytes per vector at most this times the baseline's."""
+    qps: float = 1.0
+    """Queries/second at least this times the baseline's."""
+    single: float = 1.5
+    """Median single-query latency at most this times the baseline's."""
+    build: float = 0.125
+    """Build seconds (index and codes) at most this times the baseline's."""
+
+    def __post_init__(self) -> None:
+        for name in ("resident", "qps", "single", "build"):
+            positive(name, getattr(self, name))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,6 +219,9 @@ class RetrievalBenchConfig(JobConfig):
     """Output stem: <results>.md, .json and _pareto.png."""
     indexes: dict[str, BenchIndex] = field(default_factory=dict)
     searches: tuple[BenchSearch, ...] = ()
+    targets: Targets | None = None
+    """Targets one family's pick is held to against the baseline's (met / missed in the report); with mAP@k within
+    `map_gap` of exact search and recall@k at least the baseline's on the evaluation queries."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -221,6 +248,8 @@ class RetrievalBenchConfig(JobConfig):
         check(self.baseline is None or self.baseline in families,
                f"baseline {self.baseline!r} is not the family of any search; families: {sorted(families)}")
         check(not families or self.tune_queries is not None, "search families are tuned: set tune_queries")
+        check(self.targets is None or (self.targets.family in families and self.baseline is not None),
+              f"targets.family must be a search family and needs a baseline; families: {sorted(families)}")
 
 
 # ------------------------------------------------------------------------------------------ the run
@@ -373,6 +402,36 @@ def compare(rows: list[dict[str, Any]], picks: dict[str, str | None], baseline: 
     return out
 
 
+def judge(rows: list[dict[str, Any]], picks: dict[str, str | None], cfg: RetrievalBenchConfig) -> dict[str, Any]:
+    """Met / missed for each of `cfg.targets` (the target family's pick against the baseline's pick, evaluation
+    queries), with the figures behind each."""
+    t, k = cfg.targets, cfg.k
+    by_name = {r["config"]: r for r in rows}
+    mine, base = by_name.get(picks.get(t.family) or ""), by_name.get(picks.get(cfg.baseline) or "")
+    if mine is None or base is None:
+        return {"family": t.family, "pick": None, "rows": [
+            {"target": "a pick within the accuracy bar", "bar": f"mAP@{k} within {cfg.map_gap} of exact (tuning)",
+             "measured": "no setting qualifies", "met": False}]}
+    exact = rows[0]
+
+    def ratio(name, key, bar, most):
+        value = mine[key] / base[key] if mine.get(key) and base.get(key) else None
+        met = value is not None and (value <= bar if most else value >= bar)
+        return {"target": name, "bar": f"{'<=' if most else '>='} {bar:g}x", "measured":
+                "-" if value is None else f"{value:.3f}x ({mine[key]:,.2f} vs {base[key]:,.2f})", "met": met}
+
+    gap = 100 * (mine["map"] - exact["map"])
+    return {"family": t.family, "pick": mine["config"], "baseline_pick": base["config"], "rows": [
+        ratio("resident bytes per vector", "resident_bytes_per_vector", t.resident, True),
+        {"target": f"mAP@{k} − exact", "bar": f">= -{cfg.map_gap} points", "measured": f"{gap:+.2f}",
+         "met": gap >= -cfg.map_gap - 1e-9},
+        {"target": f"recall@{k}", "bar": f">= {cfg.baseline}'s ({100 * base['result_recall']:.1f}%)",
+         "measured": f"{100 * mine['result_recall']:.1f}%", "met": mine["result_recall"] >= base["result_recall"]},
+        ratio("queries/second", "qps", t.qps, False),
+        ratio("median single-query latency", "single_ms", t.single, True),
+        ratio("build time", "build_seconds", t.build, True)]}
+
+
 def run_benchmark(cfg: RetrievalBenchConfig) -> dict[str, Any]:
     """Build, search and measure every configuration; returns the rows and run facts (no files written).
 
@@ -452,6 +511,7 @@ def run_benchmark(cfg: RetrievalBenchConfig) -> dict[str, Any]:
     return {"rows": rows, "k": k, "dim": dim, "rows_database": len(store), "queries": len(eval_queries),
             "tune_queries": len(query_sets["tune"][0]) if "tune" in query_sets else 0, "map_gap": cfg.map_gap,
             "picks": picks, "comparison": compare(rows, picks, cfg.baseline) if picks else [],
+            "targets": judge(rows, picks, cfg) if picks and cfg.targets else None,
             "baseline": cfg.baseline,
             "dtype": str(store.vectors.dtype), "vectors": cfg.vectors, "threads": threads, "machine": machine_description(threads),
             "load_peak_rss_gib": (load_peak or 0) / 2**30, "seconds": time.perf_counter() - started,

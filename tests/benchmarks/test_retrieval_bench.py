@@ -292,3 +292,81 @@ def test_indexes_that_cannot_be_built_are_refused_before_any_search(embeddings, 
                  searches=[{"name": "a", "index": "flat_d", "shortlist": 5}])
     with pytest.raises(ConfigError, match=message):
         load_data(cfg)
+
+
+def test_a_memory_family_on_memory_mapped_vectors_is_accounted_and_judged(embeddings, tmp_path):
+    """Binary shortlists and code stages over memory-mapped vectors: results equal the chained reference,
+    resident bytes count the index and codes only, the float stage's reads are counted, the targets are judged
+    against the baseline, the memory plot is written, and the deployment settings make the same plan."""
+    from mrl.config import IndexConfig, ServeConfig
+    from mrl.configio import from_dict
+    from mrl.retrieval.codes import CodeStore
+    from mrl.retrieval.modes import make_plan
+    from mrl.retrieval.store import rerank
+    from mrlbench.retrieval_bench import deployment
+
+    emb, db, _, _ = embeddings
+    searches = [
+        {"name": "exact", "index": "flat_d", "shortlist": 5, "repeats": 1, "single": 2},
+        {"name": "graph d", "index": "hnsw_d", "ef_search": 16, "shortlist": 5, "repeats": 1, "single": 2,
+         "family": "base"},
+        {"name": "bits", "index": "bin_32", "shortlist": 1500, "rerank": [[64, 200, "binary"], [32, 40, "int8"],
+                                                                           [None, 5]], "repeats": 1, "single": 2,
+         "family": "memory"},
+    ]
+    indexes = {"flat_d": {"kind": "flat"}, "hnsw_d": {"kind": "hnsw", "hnsw_m": 8},
+               "bin_32": {"kind": "binary_flat", "size": 32}}
+    cfg = config(emb, tmp_path, queries=60, tune_queries=40, map_gap=100.0, baseline="base", vectors="mmap",
+                 indexes=indexes, searches=searches, targets={"family": "memory"})
+    result = run_benchmark(cfg)
+    assert result["vectors"] == "mmap" and (tmp_path / "out" / "vectors-float16.npy").is_file()
+    rows = {r["config"]: r for r in result["rows"]}
+    bits = rows["bits"]
+    n = len(db)
+    assert bits["resident_bytes_per_vector"] == pytest.approx((n * 4 + n * 8 + n * 32 + 32 * 4) / n)
+    assert bits["bytes_per_vector"] == pytest.approx(bits["resident_bytes_per_vector"] + 64 * 2)
+    assert bits["vector_kib_per_query"] == pytest.approx(40 * 64 * 2 / 1024)
+    assert rows["graph d"]["vector_kib_per_query"] == 0 and rows["graph d"]["resident_bytes_per_vector"] > 64 * 4
+    # the chained reference on the evaluation queries
+    from mrlbench.retrieval_bench import load_data
+
+    _, _, query_sets, _, _ = load_data(cfg)
+    q = query_sets["eval"][0]
+    shortlist = np.argsort(-brute_hamming_scores(db, q, 32), axis=1, kind="stable")[:, :1500]
+    _, step = CodeStore.build(db, "binary", 64).rerank(shortlist, q, 200, sort=False)
+    _, step = CodeStore.build(db, "int8", 32).rerank(step, q, 40, sort=False)
+    _, want = rerank(step, db.astype(np.float16), q, 64, 5)
+    assert recall_of(want, np.asarray(bits_positions(cfg, q))) == 1.0
+    targets = result["targets"]
+    assert targets["pick"] == "bits" and [t["target"] for t in targets["rows"]][:3] == [
+        "resident bytes per vector", "mAP@5 − exact", "recall@5"]
+    assert targets["rows"][0]["met"] == (bits["resident_bytes_per_vector"]
+                                         <= 0.125 * rows["graph d"]["resident_bytes_per_vector"])
+    md = write_results(cfg, result, "cmd", tmp_path).read_text()
+    assert "## Targets: memory against base" in md and "resident B / vector" in md
+    assert (tmp_path / "results" / "bench_memory.png").stat().st_size > 10_000
+    deploy = deployment(cfg.searches[2], cfg.indexes["bin_32"], 64, 5)
+    assert deploy["index"] == {"kind": "binary_flat", "sizes": [32], "codes": [[64, "binary"], [32, "int8"]]}
+    index_cfg, serve = from_dict(IndexConfig, deploy["index"]), from_dict(ServeConfig, deploy["serve"])
+    assert make_plan(serve.mode, serve.search, 64, 5).reranks == cfg.searches[2].plan(False, 64, 5).reranks
+    assert index_cfg.codes == ((64, "binary"), (32, "int8"))
+
+
+def brute_hamming_scores(db, queries, size):
+    """Minus the Hamming distance of the prefixes' sign bits (Q, N)."""
+    a, b = np.asarray(queries)[:, :size] > 0, np.asarray(db, dtype=np.float16)[:, :size] > 0
+    return -(a[:, None, :] != b[None, :, :]).sum(-1)
+
+
+def bits_positions(cfg, queries):
+    """The memory search's results, rerun through a fresh engine over the benchmark's own data."""
+    from mrl.retrieval.codes import CodeStore
+    from mrl.retrieval.engine import SearchEngine
+    from mrlbench.retrieval_bench import build_source, load_data
+
+    store, _, _, dim, _ = load_data(cfg)
+    search = cfg.searches[2]
+    source, _ = build_source(cfg.indexes["bin_32"], store, dim, cfg.seed)
+    plan = search.plan(False, dim, cfg.k)
+    engine = SearchEngine(store, {"bin_32": source}, [CodeStore.build(store.vectors, *key) for key in plan.code_stages()])
+    return engine.run(plan, queries).positions

@@ -13,7 +13,8 @@ from mrl.core.nesting import NestingError, validate_sizes
 from mrl.retrieval.codes import check_code
 from mrl.retrieval.indexes import INDEX_KINDS, IndexParams, check_index
 
-POSITIVE = ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "pq_m", "pq_bits")
+POSITIVE = ("hnsw_m", "ef_construction", "ef_search", "nlist", "nprobe", "pq_m", "pq_bits", "train_per_cell",
+            "kmeans_iters")
 
 
 def _check_size_overrides(self) -> None:
@@ -36,7 +37,8 @@ SizeIndexParams = dataclasses.make_dataclass(
 @dataclass(frozen=True, kw_only=True)
 class IndexConfig(IndexParams):
     """FAISS indexes over the database split, one per prefix size, each prefix L2-normalised: the `IndexParams`
-    fields (hnsw_m, ef_construction, ef_search, storage, nlist, nprobe, pq_m, pq_bits, seed) are every size's
+    fields (hnsw_m, ef_construction, ef_search, storage, nlist, nprobe, train_per_cell, kmeans_iters, pq_m,
+    pq_bits, seed) are every size's
     defaults; `per_size` overrides them for single sizes."""
 
     sizes: tuple[int, ...] | None = None

@@ -45,6 +45,13 @@ class IndexParams:
     """IVF cells (capped at N / 39, FAISS's minimum points per centroid)."""
     nprobe: int = 16
     """IVF cells searched."""
+    train_per_cell: int = 256
+    """IVF k-means trains on a seeded sample of at most this many rows per cell (256: FAISS's own cap). Binary
+    IVF's k-means runs on the unpacked bits (m floats a row), so fewer rows and `kmeans_iters` cut its build:
+    1M x 1024 bits into 2,048 cells trains in ~25 s from 64 rows a cell and 10 iterations, against ~5 min at
+    FAISS's defaults for 4,096 cells (2 cores)."""
+    kmeans_iters: int = 25
+    """IVF k-means iterations (FAISS's default 25)."""
     pq_m: int = 16
     """IVF-PQ sub-quantisers; must divide the prefix size."""
     pq_bits: int = 8
@@ -147,7 +154,8 @@ def _trained_ivf(database: np.ndarray, size: int, params: IndexParams, pq: bool)
     else:
         index = faiss.IndexIVFFlat(quantizer, size, cells, faiss.METRIC_INNER_PRODUCT)
     index.cp.seed = params.seed
-    cap = max(256 * cells, 256 * 2 ** params.pq_bits) if pq else 256 * cells
+    index.cp.niter = params.kmeans_iters
+    cap = max(params.train_per_cell * cells, 256 * 2 ** params.pq_bits) if pq else params.train_per_cell * cells
     sample = np.sort(np.random.default_rng(params.seed).permutation(n)[:cap]) if n > cap else slice(None)
     index.train(normalize_prefix(database[sample], size))
     index.nprobe = min(params.nprobe, cells)
@@ -187,16 +195,17 @@ def _binary_hnsw(database: np.ndarray, size: int, params: IndexParams):
 
 @INDEX_KINDS.register("binary_ivf")
 def _binary_ivf(database: np.ndarray, size: int, params: IndexParams):
-    """Inverted lists of sign bits over Hamming k-means cells (trained on a seeded sample of at most 256 rows a
-    cell, as the float IVF)."""
+    """Inverted lists of sign bits over Hamming k-means cells (trained on a seeded sample of at most
+    `train_per_cell` rows a cell, `kmeans_iters` iterations, as the float IVF)."""
     import faiss
 
     n = len(database)
     cells = max(1, min(params.nlist, n // 39))
     index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(size), size, cells)
     index.cp.seed = params.seed
-    sample = np.sort(np.random.default_rng(params.seed).permutation(n)[:256 * cells]) if n > 256 * cells \
-        else slice(None)
+    index.cp.niter = params.kmeans_iters
+    cap = params.train_per_cell * cells
+    sample = np.sort(np.random.default_rng(params.seed).permutation(n)[:cap]) if n > cap else slice(None)
     index.train(binary_codes(np.asarray(database[sample]), size))
     index.nprobe = min(params.nprobe, cells)
     return index
