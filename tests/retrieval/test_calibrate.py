@@ -72,3 +72,30 @@ def test_calibration_measures_recall_against_the_full_search(tmp_path):
         assert recalls == sorted(recalls) and recalls[-1] > recalls[0]
     assert all(r["p50_ms"] > 0 for r in table["rows"]) and table["k"] == 10 and table["queries"] == 40
     assert [r["p50_ms"] for r in table["rows"]] == sorted(r["p50_ms"] for r in table["rows"])
+
+
+def test_an_index_with_codes_calibrates_its_code_funnels_and_a_budget_can_pick_one(tmp_path):
+    """A binary graph with binary and int8 codes: the table holds, beside each adaptive plan, the same shortlist
+    funnelled through the codes, each row's recall is what that plan returns, and a budget may pick it."""
+    from mrl.retrieval.calibrate import code_funnel
+
+    assert code_funnel([("int8", 32), ("binary", 64)], 200, 10) == [[64, 50, "binary"], [32, 20, "int8"],
+                                                                    [None, 10]]
+    rng = np.random.default_rng(3)
+    vectors, queries = rng.normal(size=(600, 64)).astype(np.float32), rng.normal(size=(20, 64)).astype(np.float32)
+    write_index(tmp_path / "ix", np.arange(600), np.zeros(600, np.int64), vectors, [16, 64], "binary_hnsw", {},
+                codes=[(64, "binary"), (32, "int8")])
+    engine = load_index(tmp_path / "ix").engine
+    table = calibrate(engine, queries, [16, 64], k=5, timed=3)
+    funnels = [r for r in table["rows"] if r["setting"]["mode"] == "funnel"]
+    adaptive = [r for r in table["rows"] if r["setting"]["mode"] == "adaptive"]
+    assert len(funnels) == len(adaptive) == 5 and {"mode": "full"} in [r["setting"] for r in table["rows"]]
+    truth = exact_search(vectors, queries, 5)[1]  # not the binary graph's own Hamming ranking at d
+    for row in funnels + adaptive:
+        plan = plan_of(row["setting"], 64, 5)
+        assert plan.code_stages() == ([("binary", 64), ("int8", 32)] if row in funnels else [])
+        found = engine.run(plan, queries).positions
+        assert row["recall"] == pytest.approx(np.mean([len(set(f) & set(t)) / 5 for f, t in zip(found, truth)]),
+                                              abs=1e-4)
+    best_funnel = max(funnels, key=lambda r: (r["recall"], -r["p50_ms"]))
+    assert plan_for_budget({"k": 5, "rows": funnels}, {"recall": best_funnel["recall"]})["setting"]["mode"] == "funnel"

@@ -1,8 +1,9 @@
 """Per-request budgets: a calibration table of candidate plans, measured on held-out queries when the index is
 built, and the rule that picks a plan for a budget.
 
-The table lists adaptive plans (shortlist K on each indexed prefix below d, rerank at d) and the full-size
-search. For each: `recall`, the share of the exact full-size top-k it returns (mean over the calibration
+The table lists adaptive plans (shortlist K on each indexed prefix below d, rerank at d), for an index that
+keeps compact codes the same shortlists funnelled through its code stages before the float rerank (each stage
+keeping a quarter of the last, never below 2k: `code_funnel`), and the full-size search. For each: `recall`, the share of the exact full-size top-k it returns (mean over the calibration
 queries), and `p50_ms`, the median time the engine takes for one query alone on the machine that built the
 index (the search only: HTTP and batching come on top). The index manifest carries the table; a request's
 `{"budget": {"latency_ms": x}}` gets the most accurate plan whose p50_ms fits, `{"budget": {"recall": r}}`
@@ -17,25 +18,44 @@ from typing import Any
 
 import numpy as np
 
-from mrl.retrieval.modes import SearchSettings, make_plan
-from mrl.retrieval.topk import exact_search
+from mrl.retrieval.indexes import BINARY_KINDS
+from mrl.retrieval.modes import SearchSettings, index_source, make_plan
+from mrl.retrieval.plan import BITS
 
 SHORTLIST_FACTORS = (2, 5, 10, 20, 50)  # candidate K = factor * k
 
 
-def candidate_settings(sizes: list[int], dim: int, rows: int, k: int) -> list[dict[str, Any]]:
+def code_funnel(codes: list[tuple[str, int]], shortlist_k: int, k: int) -> list[list[Any]]:
+    """Funnel stages through the code stores (kind, size), in the order of the bits they read, each keeping a
+    quarter of the candidates before it (never below 2k), then the float rerank at d."""
+    stages, keep = [], shortlist_k
+    for kind, size in sorted(codes, key=lambda c: c[1] * BITS[c[0]]):
+        keep = max(min(keep, 2 * k), keep // 4)
+        stages.append([size, keep, kind])
+    return stages + [[None, k]]
+
+
+def candidate_settings(sizes: list[int], dim: int, rows: int, k: int,
+                       codes: list[tuple[str, int]] = ()) -> list[dict[str, Any]]:
     """Adaptive settings for every indexed prefix below d and every K in `SHORTLIST_FACTORS` * k (within the
-    corpus), then the full-size search when d is indexed."""
-    out = [{"mode": "adaptive", "shortlist_size": m, "shortlist_k": min(rows, f * k)}
-           for m in sizes if m < dim for f in SHORTLIST_FACTORS if f * k <= rows or f == SHORTLIST_FACTORS[0]]
+    corpus), the same shortlists funnelled through the code stores when there are any, then the full-size
+    search when d is indexed."""
+    shortlists = [(m, min(rows, f * k)) for m in sizes if m < dim for f in SHORTLIST_FACTORS
+                  if f * k <= rows or f == SHORTLIST_FACTORS[0]]
+    out = [{"mode": "adaptive", "shortlist_size": m, "shortlist_k": kk} for m, kk in shortlists]
+    if codes:
+        out += [{"mode": "funnel", "shortlist_size": m, "shortlist_k": kk, "funnel": code_funnel(list(codes), kk, k)}
+                for m, kk in shortlists]
     if dim in sizes:
         out.append({"mode": "full"})
-    return [dict(t) for t in {tuple(s.items()): s for s in out}]  # K capped at rows can repeat
+    return list({repr(sorted(s.items())): s for s in out}.values())  # K capped at rows can repeat
 
 
 def plan_of(setting: dict[str, Any], dim: int, k: int):
     """The `QueryPlan` of one calibration setting."""
     fields = {key: value for key, value in setting.items() if key != "mode"}
+    if fields.get("funnel") is not None:
+        fields["funnel"] = tuple(tuple(stage) for stage in fields["funnel"])
     return make_plan(setting["mode"], SearchSettings(**fields), dim, k)
 
 
@@ -54,10 +74,16 @@ def calibrate(engine, queries: np.ndarray, sizes: list[int], k: int = 10, timed:
     """
     dim = engine.dim
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    truth = (engine.run(make_plan("full", SearchSettings(), dim, k), queries).positions if dim in sizes
-             else exact_search(np.asarray(engine.store.vectors), queries, k)[1])
+    full = engine.sources.get(index_source(dim))
+    if full is not None and getattr(full, "kind", "") not in BINARY_KINDS:  # a float index at d: its own search
+        truth = engine.run(make_plan("full", SearchSettings(), dim, k), queries).positions
+    else:  # no index at d, or one that ranks sign bits: exact search of the stored vectors, in blocks
+        from mrl.retrieval.quality import exact_engine, exact_plan
+
+        truth = exact_engine(engine.store.vectors, [dim], device="cpu").run(exact_plan(index_source(dim), k),
+                                                                               queries).positions
     rows = []
-    for setting in candidate_settings(sizes, dim, len(engine), k):
+    for setting in candidate_settings(sizes, dim, len(engine), k, engine.code_keys()):
         plan = plan_of(setting, dim, k)
         found = engine.run(plan, queries).positions
         recall = float(np.mean([len(set(f[f >= 0]) & set(t[t >= 0])) / k for f, t in zip(found, truth)]))
