@@ -68,7 +68,7 @@ class BenchIndex:
     """Prefix size the index is built on; None: the full d."""
     hnsw_m: int = 32
     ef_construction: int = 40
-    storage: Literal["float32", "float16", "int8"] = "float32"
+    storage: Literal["float32", "float16", "int8", "int4"] = "float32"
     """How an HNSW graph or an IVF's lists hold their vectors."""
     nlist: int = 1024
     train_per_cell: int = 256

@@ -144,7 +144,7 @@ def test_per_size_graph_settings_reach_each_index(tmp_path):
     with pytest.raises(ConfigError, match="per_size lists a size more than once"):
         from_dict(IndexConfig, {"per_size": [{"size": 8}, {"size": 8}]})
     with pytest.raises(ConfigError, match="storage"):
-        from_dict(IndexConfig, {"per_size": [{"size": 8, "storage": "int4"}]})
+        from_dict(IndexConfig, {"per_size": [{"size": 8, "storage": "bfloat16"}]})
     with pytest.raises(ConfigError, match="per_size sets sizes \\[16\\], which are not in sizes"):
         from_dict(IndexConfig, {"sizes": [8], "per_size": [{"size": 16}]})
 

@@ -167,7 +167,9 @@ def test_batches_as_json_or_binary_answer_like_single_requests(service):
 # last: it redeploys the service with another index and config
 def test_hot_swap_to_a_new_index_loses_no_request(service, tmp_path):
     """Redeploying the app over another index version under a short bounded load: every request answers 200,
-    each reply names one index version, and once the swap is done only the new one answers."""
+    each reply names one index version, and once the swap is done only the new one answers. The new version is a
+    memory-lean one (a binary graph on the 8-d prefix's sign bits, binary and int8 codes, float rows read from
+    the memory-mapped file): its funnel answers over HTTP exactly as the engine runs it in process."""
     import threading
     import time
 
@@ -175,10 +177,12 @@ def test_hot_swap_to_a_new_index_loses_no_request(service, tmp_path):
 
     from mrl.artifacts.index import write_index
     from mrl.config import ServeConfig
+    from mrl.retrieval.indexes import IndexParams
     from mrl.service.app import build_app
 
     url, vectors = service
-    write_index(tmp_path, np.arange(500), np.arange(500) % 4, vectors, [8, 32], "flat", {"index_run_id": "v2"})
+    write_index(tmp_path, np.arange(500), np.arange(500) % 4, vectors, [8], "binary_hnsw", {"index_run_id": "v2"},
+                IndexParams(hnsw_m=8), codes=[(32, "binary"), (16, "int8")])
     statuses, versions, stop = [], [], threading.Event()
 
     def load():
@@ -193,7 +197,9 @@ def test_hot_swap_to_a_new_index_loses_no_request(service, tmp_path):
         c.start()
     time.sleep(1.0)
     port = int(url.rsplit(":", 1)[1])
-    cfg = ServeConfig(port=port, api_key_file=str(tmp_path.parent / "key"), max_k=20, search=SearchSettings(shortlist_size=8))
+    cfg = ServeConfig(port=port, api_key_file=str(tmp_path.parent / "key"), max_k=20, max_shortlist_k=500,
+                      search=SearchSettings(shortlist_size=8, funnel=((32, 100, "binary"), (16, 40, "int8"),
+                                                                      (None, 10))))
     (tmp_path.parent / "key").write_text(KEY + "\n")
     serve.run(build_app(str(tmp_path), cfg), name="mrl", route_prefix="/", blocking=False)  # waits for the new replica
     time.sleep(2.0)
@@ -203,3 +209,15 @@ def test_hot_swap_to_a_new_index_loses_no_request(service, tmp_path):
     assert len(statuses) > 20 and set(statuses) == {200}, sorted(set(statuses))
     assert versions[-1] == "v2" and set(versions) <= {versions[0], "v2"}
     assert post(url, {"id": 1}).json()["index"]["version"] == "v2"
+    from mrl.artifacts.index import load_index
+    from mrl.retrieval.modes import make_plan
+
+    query = np.random.default_rng(5).normal(size=32).astype(np.float32)
+    reply = post(url, {"vector": query.tolist(), "mode": "funnel", "shortlist_k": 300}).json()
+    assert reply["search"]["shortlist"]["source"] == "size_8"
+    assert reply["search"]["reranks"] == [[32, 100, "binary"], [16, 40, "int8"], [32, 10]]
+    engine = load_index(tmp_path).engine
+    plan = make_plan("funnel", SearchSettings(shortlist_size=8, shortlist_k=300, funnel=cfg.search.funnel), 32, 10)
+    assert reply["ids"] == engine.run(plan, query[None]).positions[0].tolist()  # ids are positions here
+    memory = requests.get(f"{url}/healthz", headers={"Authorization": f"Bearer {KEY}"}, timeout=30).json()["memory"]
+    assert memory["vector_file_bytes"] == 500 * 32 * 4 and memory["bytes_per_vector"] < 32 * 4 * 2

@@ -81,5 +81,21 @@ def test_float16_storage_halves_the_vectors_and_finds_the_same_neighbours(kind):
     for index in (half, full):
         _, found = faiss_search(index, q, 32, 10, ef_search=200)
         assert np.mean([np.isin(e, f).mean() for e, f in zip(exact, found)]) > 0.95
-    with pytest.raises(ValueError, match="storage 'int4' is not accepted"):
-        build_prefix_index(db, 32, kind, IndexParams(storage="int4"))
+    with pytest.raises(ValueError, match="storage 'bfloat16' is not accepted"):
+        build_prefix_index(db, 32, kind, IndexParams(storage="bfloat16"))
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+@pytest.mark.parametrize("storage, share, recall", [("int8", 4, 0.9), ("int4", 8, 0.6)])
+def test_scalar_quantised_storage_shrinks_the_vectors_and_still_finds_neighbours(kind, storage, share, recall):
+    from mrl.retrieval.indexes import index_bytes
+
+    rng = np.random.default_rng(9)
+    db, q = rng.normal(size=(3000, 32)).astype(np.float32), rng.normal(size=(20, 32)).astype(np.float32)
+    full = build_prefix_index(db, 32, kind, IndexParams(nlist=16, nprobe=16))
+    small = build_prefix_index(db, 32, kind, IndexParams(storage=storage, nlist=16, nprobe=16))
+    vectors = 3000 * 32 * 4
+    assert index_bytes(full) - index_bytes(small) == vectors - vectors // share  # 1 byte or half a byte a value
+    _, exact = exact_search(db, q, 10, 32)
+    _, found = faiss_search(small, q, 32, 10, ef_search=200)
+    assert np.mean([np.isin(e, f).mean() for e, f in zip(exact, found)]) > recall

@@ -37,10 +37,11 @@ class IndexParams:
     """HNSW build breadth."""
     ef_search: int = 128
     """HNSW default search breadth (a request's or a plan's ef_search still overrides it)."""
-    storage: Literal["float32", "float16", "int8"] = "float32"
+    storage: Literal["float32", "float16", "int8", "int4"] = "float32"
     """How an HNSW graph or an IVF's lists hold their vectors: float32, float16 (half the bytes per vector; the
-    query stays float32, and FAISS widens each vector as it scores it) or int8 (a quarter: FAISS's 8-bit scalar
-    quantiser, per-dimension ranges trained on a sample). IVF-PQ and the binary kinds ignore it."""
+    query stays float32, and FAISS widens each vector as it scores it), int8 or int4 (a quarter or an eighth:
+    FAISS's 8- or 4-bit scalar quantiser, per-dimension ranges trained on a sample). IVF-PQ and the binary kinds
+    ignore it."""
     nlist: int = 1024
     """IVF cells (capped at N / 39, FAISS's minimum points per centroid)."""
     nprobe: int = 16
@@ -61,7 +62,7 @@ class IndexParams:
 
 
 INDEX_KINDS: Registry = Registry("index kind")
-STORAGE_DTYPES = ("float32", "float16", "int8")
+STORAGE_DTYPES = ("float32", "float16", "int8", "int4")
 BINARY_KINDS = ("binary_flat", "binary_hnsw", "binary_ivf")
 TRAIN_SAMPLE_ROWS = 100_000  # rows an 8-bit scalar quantiser's ranges are trained on
 
@@ -118,7 +119,7 @@ def _sample_prefix(database: np.ndarray, size: int, rows: int, seed: int) -> np.
     return normalize_prefix(np.asarray(database[pick]), size)
 
 
-SQ_TYPES = {"float16": "QT_fp16", "int8": "QT_8bit"}
+SQ_TYPES = {"float16": "QT_fp16", "int8": "QT_8bit", "int4": "QT_4bit"}
 
 
 @INDEX_KINDS.register("hnsw")
