@@ -94,21 +94,20 @@ def reset_peak_rss() -> bool:
 
 def peak_rss_bytes() -> int | None:
     """VmHWM: the process's peak resident memory since start or the last reset (Linux), else None."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    return _status_bytes("VmHWM")
 
 
 def rss_anon_bytes() -> int | None:
     """RssAnon: the process's anonymous resident memory now (Linux; not file pages such as memory-mapped files),
     else None."""
+    return _status_bytes("RssAnon")
+
+
+def _status_bytes(field: str) -> int | None:
+    """A kB field of /proc/self/status in bytes (Linux), else None."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass

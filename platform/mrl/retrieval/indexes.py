@@ -258,9 +258,7 @@ def index_bytes(index) -> int:
         return _binary_bytes(index)
     index = faiss.downcast_index(index)
     if isinstance(index, faiss.IndexHNSW):
-        graph = index.hnsw
-        links = graph.neighbors.size() * 4 + graph.offsets.size() * 8 + graph.levels.size() * 4
-        return links + index_bytes(index.storage)
+        return _link_bytes(index.hnsw) + index_bytes(index.storage)
     if isinstance(index, faiss.IndexIVF):
         return index.ntotal * (index.invlists.code_size + 8) + index_bytes(index.quantizer)  # codes and ids
     if isinstance(index, faiss.IndexFlatCodes):
@@ -268,14 +266,17 @@ def index_bytes(index) -> int:
     raise TypeError(f"index_bytes does not know {type(index).__name__}")
 
 
+def _link_bytes(graph) -> int:
+    """Bytes of an HNSW graph's links: neighbour ids, per-node offsets and levels."""
+    return graph.neighbors.size() * 4 + graph.offsets.size() * 8 + graph.levels.size() * 4
+
+
 def _binary_bytes(index) -> int:
     import faiss
 
     index = faiss.downcast_IndexBinary(index)
     if isinstance(index, faiss.IndexBinaryHNSW):
-        graph = index.hnsw
-        links = graph.neighbors.size() * 4 + graph.offsets.size() * 8 + graph.levels.size() * 4
-        return links + _binary_bytes(index.storage)
+        return _link_bytes(index.hnsw) + _binary_bytes(index.storage)
     if isinstance(index, faiss.IndexBinaryIVF):
         return index.ntotal * (index.code_size + 8) + _binary_bytes(index.quantizer)
     if isinstance(index, faiss.IndexBinaryFlat):
