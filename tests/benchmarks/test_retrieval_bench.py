@@ -310,7 +310,9 @@ def test_a_memory_family_on_memory_mapped_vectors_is_accounted_and_judged(embedd
         {"name": "exact", "index": "flat_d", "shortlist": 5, "repeats": 1, "single": 2},
         {"name": "graph d", "index": "hnsw_d", "ef_search": 16, "shortlist": 5, "repeats": 1, "single": 2,
          "family": "base"},
-        {"name": "bits", "index": "bin_32", "shortlist": 1500, "rerank": [[64, 200, "binary"], [32, 40, "int8"],
+        # keeping every row through the code stages makes the float stage exact: recall 1, which the pick needs
+        # (its tuning recall must reach the baseline pick's)
+        {"name": "bits", "index": "bin_32", "shortlist": 1500, "rerank": [[64, 1500, "binary"], [32, 1500, "int8"],
                                                                            [None, 5]], "repeats": 1, "single": 2,
          "family": "memory"},
     ]
@@ -325,7 +327,8 @@ def test_a_memory_family_on_memory_mapped_vectors_is_accounted_and_judged(embedd
     n = len(db)
     assert bits["resident_bytes_per_vector"] == pytest.approx((n * 4 + n * 8 + n * 32 + 32 * 4) / n)
     assert bits["bytes_per_vector"] == pytest.approx(bits["resident_bytes_per_vector"] + 64 * 2)
-    assert bits["vector_kib_per_query"] == pytest.approx(40 * 64 * 2 / 1024)
+    assert bits["vector_kib_per_query"] == pytest.approx(1500 * 64 * 2 / 1024)
+    assert bits["result_recall"] == 1.0 and bits["tune"]["result_recall"] == 1.0
     assert rows["graph d"]["vector_kib_per_query"] == 0 and rows["graph d"]["resident_bytes_per_vector"] > 64 * 4
     # the chained reference on the evaluation queries
     from mrlbench.retrieval_bench import load_data
@@ -333,8 +336,8 @@ def test_a_memory_family_on_memory_mapped_vectors_is_accounted_and_judged(embedd
     _, _, query_sets, _, _ = load_data(cfg)
     q = query_sets["eval"][0]
     shortlist = np.argsort(-brute_hamming_scores(db, q, 32), axis=1, kind="stable")[:, :1500]
-    _, step = CodeStore.build(db, "binary", 64).rerank(shortlist, q, 200, sort=False)
-    _, step = CodeStore.build(db, "int8", 32).rerank(step, q, 40, sort=False)
+    _, step = CodeStore.build(db, "binary", 64).rerank(shortlist, q, 1500, sort=False)
+    _, step = CodeStore.build(db, "int8", 32).rerank(step, q, 1500, sort=False)
     _, want = rerank(step, db.astype(np.float16), q, 64, 5)
     assert recall_of(want, np.asarray(bits_positions(cfg, q))) == 1.0
     targets = result["targets"]
@@ -370,3 +373,18 @@ def bits_positions(cfg, queries):
     plan = search.plan(False, dim, cfg.k)
     engine = SearchEngine(store, {"bin_32": source}, [CodeStore.build(store.vectors, *key) for key in plan.code_stages()])
     return engine.run(plan, queries).positions
+
+
+def test_a_floored_family_picks_the_fastest_setting_reaching_the_baseline_picks_tuning_recall():
+    from mrlbench.retrieval_bench import pick_per_family
+
+    def row(name, family, tune_map, qps, recall):
+        return {"config": name, "family": family, "tune": {"map": tune_map, "qps": qps, "result_recall": recall}}
+
+    rows = [row("exact", None, 0.90, 10, 1.0), row("base slow", "base", 0.90, 100, 0.97),
+            row("base fast", "base", 0.899, 200, 0.93), row("lean fastest", "lean", 0.90, 900, 0.92),
+            row("lean fast", "lean", 0.899, 500, 0.95), row("lean off bar", "lean", 0.80, 990, 0.99)]
+    assert pick_per_family(rows, 0.2) == {"base": "base fast", "lean": "lean fastest"}
+    assert pick_per_family(rows, 0.2, {"lean": "base"}) == {"base": "base fast", "lean": "lean fast"}
+    rows[4]["tune"]["result_recall"] = 0.90
+    assert pick_per_family(rows, 0.2, {"lean": "base"})["lean"] is None

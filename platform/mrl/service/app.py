@@ -10,7 +10,7 @@
                   the index's model's first `dimensions` coordinates (a nesting size), L2-normalised
     GET  /v1/models  the model /v1/embeddings serves (OpenAI's list shape)
     GET  /healthz -> {"status": "ok", "rows", "dim", "model", "index", "modes", "limits", "auth", "encoder",
-                      "queries", "budgets", "modality"}
+                      "queries", "budgets", "modality", "memory"}
     GET  /docs    OpenAPI page with every request field and its limits
     GET  /items/{id}   an indexed item, read from the data the index's lineage names: a PNG for image corpora,
                        {"id", "label", "text"} for text corpora (404: not in the index; 503: data not readable here)
