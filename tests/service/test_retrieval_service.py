@@ -289,6 +289,7 @@ def test_the_service_answers_through_a_binary_shortlist_and_code_stages(tmp_path
     query = rng.normal(size=D).astype(np.float32)
     reply = service.search({"vector": query.tolist(), "k": 10})
     assert reply["search"]["reranks"] == [[64, N, "binary"], [32, N, "int8"], [64, 10]]
+    assert reply["vector_bytes"] == N * D * 4  # the float stage read every kept row's 64 float32 values
     assert reply["search"]["shortlist"]["source"] == "size_32"
     _, exact = exact_search(vectors, query[None], 10)
     assert reply["ids"] == (exact[0] * 10).tolist()

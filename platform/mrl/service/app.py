@@ -1,7 +1,7 @@
 """The HTTP face of `RetrievalService`: a FastAPI app served by a Ray Serve deployment.
 
     POST /search  `SearchRequest` (a vector, a corpus id, a base64 image or a text)
-                  -> {"ids", "scores", "labels", "model", "index", "search", "took_ms", "batch"}
+                  -> {"ids", "scores", "labels", "model", "index", "search", "vector_bytes", "took_ms", "batch"}
                   or a batch, `BatchSearchRequest` ("queries": [single requests] or "vectors": one base64
                   float32/float16 matrix) -> {"results": [{"ids", "scores", "labels", "search"} or {"index",
                   "status", "detail"}], "model", "index", "failed", "took_ms"}

@@ -388,6 +388,7 @@ class RetrievalService:
                 out[i] = {"ids": self.artifact.ids[pos].tolist(), "scores": result.scores[row][keep].tolist(),
                           "labels": self.artifact.labels[pos].tolist(), "model": self.model_info,
                           "index": self.index_info, "search": plan.describe(),
+                          "vector_bytes": int(result.vector_bytes),  # read from the full vectors for this query
                           "took_ms": 1000 * (time.perf_counter() - started), "batch": len(members)}
                 if i in budgets:
                     out[i]["budget"] = budgets[i]
