@@ -162,8 +162,9 @@ def plot(result: dict[str, Any], path: Path, title: str) -> None:
 
 def plot_memory(result: dict[str, Any], path: Path, title: str) -> None:
     """Queries/second against resident bytes per vector (both log scale), one numbered point per search,
-    coloured by recall@k; hollow markers miss the accuracy bar (exact mAP@k - map_gap on the evaluation
-    queries); the line joins the front no search beats on both (fewer bytes and more q/s)."""
+    coloured by recall@k, marker area growing with the full-vector bytes it reads per query (file reads when
+    the vectors are memory-mapped); hollow markers miss the accuracy bar (exact mAP@k - map_gap on the
+    evaluation queries); the line joins the front no search beats on both (fewer bytes and more q/s)."""
     plt = pyplot()
     rows = [r for r in result["rows"] if r.get("resident_bytes_per_vector")]
     if not rows:
@@ -175,10 +176,11 @@ def plot_memory(result: dict[str, Any], path: Path, title: str) -> None:
     lo, hi = min(r["result_recall"] for r in rows), max(r["result_recall"] for r in rows)
     norm = plt.Normalize(vmin=lo, vmax=max(hi, lo + 1e-3))
     picked = {name for name in result.get("picks", {}).values() if name}
+    most_read = max([r.get("vector_kib_per_query") or 0 for r in rows]) or 1
     for i, r in enumerate(rows, 1):
         colour = cmap(norm(r["result_recall"]))
         fits = r["map"] >= bar - 1e-12
-        ax.scatter(r["resident_bytes_per_vector"], r["qps"], s=70 if r["config"] in picked else 40,
+        ax.scatter(r["resident_bytes_per_vector"], r["qps"], s=25 + 250 * (r.get("vector_kib_per_query") or 0) / most_read,
                    facecolors=colour if fits else "none", edgecolors="black" if r["config"] in picked else colour,
                    linewidths=1.4, label=f"{i}. {r['config']} ({r['family'] or '-'})")
         ax.annotate(str(i), (r["resident_bytes_per_vector"], r["qps"]), fontsize=8, xytext=(3, 3),
@@ -193,8 +195,9 @@ def plot_memory(result: dict[str, Any], path: Path, title: str) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("resident bytes per vector (log scale; memory-mapped full vectors not counted)")
     ax.set_ylabel("queries / second (batch, log scale)")
-    ax.set_title(f"{title}\nthroughput vs resident memory; colour = recall@{k}, hollow = below exact mAP@{k} - "
-                 f"{result.get('map_gap', 0.1)}, black edge = a family's pick, line = Pareto front", fontsize=9)
+    ax.set_title(f"{title}\nthroughput vs resident memory; colour = recall@{k}, marker area = full-vector KiB "
+                 f"read per query (up to {most_read:,.0f}),\nhollow = below exact mAP@{k} - "
+                 f"{result.get('map_gap', 0.1)}, black edge = a family's pick, line = Pareto front", fontsize=8)
     fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=f"recall@{k}")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
