@@ -50,7 +50,7 @@ from mrl.retrieval.modes import index_source
 from mrl.retrieval.codes import CodeStore
 from mrl.retrieval.plan import PlanError, QueryPlan, Rerank, Shortlist, check_plan, check_stages, stage_codes
 from mrl.retrieval.quality import exact_engine, exact_plan, label_metrics
-from mrl.retrieval.store import PrefixStore, torch_device
+from mrl.retrieval.store import PAGE_BYTES, PrefixStore, save_page_aligned, torch_device
 from mrl.runtime import peak_rss_bytes, reset_peak_rss
 from mrlbench.measure import machine_description, recall_of, time_search
 
@@ -324,15 +324,15 @@ def load_data(cfg: RetrievalBenchConfig):
 
 
 def mapped_copy(db: np.ndarray, path: Path) -> np.ndarray:
-    """`db` written to `path` (once: an existing file of the same shape and dtype is reused) and memory-mapped
-    back; the in-memory array is freed by the caller dropping it."""
+    """`db` written to `path` with page-aligned rows (once: an existing such file of the same shape and dtype is
+    reused) and memory-mapped back; the in-memory array is freed by the caller dropping it."""
     if path.is_file():
         old = np.load(path, mmap_mode="r")
-        if old.shape == db.shape and old.dtype == db.dtype:
+        if old.shape == db.shape and old.dtype == db.dtype and old.offset % PAGE_BYTES == 0:
             return old
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")  # ends in .npy, which np.save would otherwise append
-    np.save(tmp, db)
+    tmp = path.with_name(f".tmp-{path.name}")
+    save_page_aligned(tmp, db)
     tmp.rename(path)
     return np.load(path, mmap_mode="r")
 

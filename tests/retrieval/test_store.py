@@ -171,3 +171,15 @@ def test_the_device_rerank_normalises_odd_queries_like_the_host():
         assert np.array_equal(got_p, want_p)
         np.testing.assert_allclose(got_s, want_s, rtol=1e-6, atol=1e-7)
     assert np.all(store.rerank(candidates, queries, 8, 10)[0][1] == 0)  # a zero query prefix scores 0
+
+
+def test_vectors_saved_page_aligned_load_as_any_npy_and_start_on_a_page(tmp_path):
+    from mrl.retrieval.store import PAGE_BYTES, PrefixStore, save_page_aligned
+
+    rows = np.random.default_rng(12).normal(size=(300, 2048)).astype(np.float32)
+    save_page_aligned(tmp_path / "v.npy", rows, np.float16)
+    mapped = np.load(tmp_path / "v.npy", mmap_mode="r")
+    assert mapped.offset == PAGE_BYTES and mapped.dtype == np.float16 and mapped.shape == (300, 2048)
+    assert np.array_equal(mapped, rows.astype(np.float16)) and np.array_equal(np.load(tmp_path / "v.npy"), mapped)
+    assert (tmp_path / "v.npy").stat().st_size == PAGE_BYTES + rows.size * 2  # each 4,096-byte row on one page
+    assert PrefixStore(mapped).mapped  # advised random access; reads as before

@@ -38,7 +38,7 @@ from mrl.retrieval.codes import CodeStore, check_code, code_files
 from mrl.retrieval.engine import CellSource, FaissSource, SearchEngine
 from mrl.retrieval.indexes import BINARY_KINDS, IndexParams, build_prefix_index, check_index, check_prefix_size
 from mrl.retrieval.modes import ADANNS_SOURCE, index_source
-from mrl.retrieval.store import PrefixStore, torch_device
+from mrl.retrieval.store import PrefixStore, save_page_aligned, torch_device
 
 METRIC = "inner product of separately L2-normalised prefixes (cosine)"
 
@@ -165,7 +165,7 @@ def _write_files(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.nda
     """The index's files: rerank vectors, ids, labels, a FAISS index per size, the AdANNS cells, the codes."""
     import faiss
 
-    np.save(out / "vectors.npy", np.ascontiguousarray(vectors, dtype=np.dtype(vector_dtype)))
+    save_page_aligned(out / "vectors.npy", vectors, np.dtype(vector_dtype))  # a float16 row at d = 2048: one page
     np.save(out / "ids.npy", ids.astype(np.int64))
     np.save(out / "labels.npy", labels.astype(np.int64))
     for m in sizes:

