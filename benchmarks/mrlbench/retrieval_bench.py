@@ -528,7 +528,8 @@ def run_benchmark(cfg: RetrievalBenchConfig) -> dict[str, Any]:
             "picks": picks, "comparison": compare(rows, picks, cfg.baseline) if picks else [],
             "targets": judge(rows, picks, cfg) if picks and cfg.targets else None,
             "baseline": cfg.baseline,
-            "dtype": str(store.vectors.dtype), "vectors": cfg.vectors, "threads": threads, "machine": machine_description(threads),
+            "dtype": str(store.vectors.dtype), "vectors": cfg.vectors, "threads": threads,
+            "machine": machine_description(threads),
             "load_peak_rss_gib": (load_peak or 0) / 2**30, "seconds": time.perf_counter() - started,
             "model_uri": manifest.get("model_uri"), "augment": manifest.get("augment"),
             "embeddings": str(Path(cfg.embeddings).resolve())}

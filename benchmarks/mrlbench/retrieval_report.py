@@ -180,7 +180,8 @@ def plot_memory(result: dict[str, Any], path: Path, title: str) -> None:
     for i, r in enumerate(rows, 1):
         colour = cmap(norm(r["result_recall"]))
         fits = r["map"] >= bar - 1e-12
-        ax.scatter(r["resident_bytes_per_vector"], r["qps"], s=25 + 250 * (r.get("vector_kib_per_query") or 0) / most_read,
+        area = 25 + 250 * (r.get("vector_kib_per_query") or 0) / most_read
+        ax.scatter(r["resident_bytes_per_vector"], r["qps"], s=area,
                    facecolors=colour if fits else "none", edgecolors="black" if r["config"] in picked else colour,
                    linewidths=1.4, label=f"{i}. {r['config']} ({r['family'] or '-'})")
         ax.annotate(str(i), (r["resident_bytes_per_vector"], r["qps"]), fontsize=8, xytext=(3, 3),

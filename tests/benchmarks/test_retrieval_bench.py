@@ -371,7 +371,8 @@ def bits_positions(cfg, queries):
     search = cfg.searches[2]
     source, _ = build_source(cfg.indexes["bin_32"], store, dim, cfg.seed)
     plan = search.plan(False, dim, cfg.k)
-    engine = SearchEngine(store, {"bin_32": source}, [CodeStore.build(store.vectors, *key) for key in plan.code_stages()])
+    codes = [CodeStore.build(store.vectors, *key) for key in plan.code_stages()]
+    engine = SearchEngine(store, {"bin_32": source}, codes)
     return engine.run(plan, queries).positions
 
 

@@ -63,7 +63,8 @@ def test_int8_stage_is_the_dequantised_dot_product_ranked_with_ties_by_lower_pos
     # the codes are the unit prefix up to half a step per dimension (inside the clipped range)
     unit = normalize_prefix(db, 32)
     inside = np.abs(unit) <= 127 * store.scale
-    assert (np.abs(unit - dequantised)[inside] <= store.scale.repeat(1)[None].repeat(len(db), 0)[inside] / 2 + 1e-6).all()
+    half_step = np.broadcast_to(store.scale / 2, unit.shape)
+    assert (np.abs(unit - dequantised)[inside] <= half_step[inside] + 1e-6).all()
 
 
 @pytest.mark.parametrize("kind", ["binary", "int8"])

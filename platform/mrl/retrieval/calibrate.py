@@ -3,13 +3,12 @@ built, and the rule that picks a plan for a budget.
 
 The table lists adaptive plans (shortlist K on each indexed prefix below d, rerank at d), for an index that
 keeps compact codes the same shortlists funnelled through its code stages before the float rerank (each stage
-keeping a quarter of the last, never below 2k: `code_funnel`), and the full-size search. For each: `recall`, the share of the exact full-size top-k it returns (mean over the calibration
-queries), and `p50_ms`, the median time the engine takes for one query alone on the machine that built the
-index (the search only: HTTP and batching come on top). The index manifest carries the table; a request's
-`{"budget": {"latency_ms": x}}` gets the most accurate plan whose p50_ms fits, `{"budget": {"recall": r}}`
-the fastest plan whose recall reaches r; when none does, the closest (fastest, or most accurate) and
-`met: false`.
-"""
+keeping a quarter of the last, never below 2k: `code_funnel`), and the full-size search. For each: `recall`,
+the share of the exact full-size top-k it returns (mean over the calibration queries), and `p50_ms`, the
+median time the engine takes for one query alone on the machine that built the index (the search only: HTTP
+and batching come on top). The index manifest carries the table; a request's `{"budget": {"latency_ms": x}}`
+gets the most accurate plan whose p50_ms fits, `{"budget": {"recall": r}}` the fastest plan whose recall
+reaches r; when none does, the closest (fastest, or most accurate) and `met: false`."""
 
 from __future__ import annotations
 

@@ -2,10 +2,10 @@
 
 `SearchEngine` holds the rerank store (full-size vectors, in memory or memory-mapped from the index's file),
 named shortlist sources (FAISS indexes on a prefix, float or binary, AdANNS cells) and compact code stores
-(`mrl.retrieval.codes.CodeStore`, binary or int8 codes of a prefix, for code rerank stages). `run(plan, queries)` shortlists, then reranks stage by stage; nothing else in the
-platform orchestrates staged search (the library-only `mrl.retrieval.sharded` merges whole-index searches):
-the service, the evaluation stage, the benchmark and the CLI all build plans and call `run`, so the benchmark
-times exactly what the service runs.
+(`mrl.retrieval.codes.CodeStore`, binary or int8 codes of a prefix, for code rerank stages). `run(plan,
+queries)` shortlists, then reranks stage by stage; nothing else in the platform orchestrates staged search
+(the library-only `mrl.retrieval.sharded` merges whole-index searches): the service, the evaluation stage, the
+benchmark and the CLI all build plans and call `run`, so the benchmark times exactly what the service runs.
 
 Every run also reports the multiply-adds per query (FAISS's own counters for graph and IVF indexes; a Hamming
 distance on m bits counts as m / 64 operations, one XOR and popcount per 64-bit word), the bytes it read

@@ -3,9 +3,10 @@
 A plan is a shortlist (a named source, e.g. the FAISS index on the 16-d prefix, returning K candidates, or
 AdANNS cells returning their members) followed by rerank stages (prefix size, candidates kept, and what the
 stage scores with: the float vectors, exactly, or compact codes of the prefix held in RAM, `binary` or `int8`,
-see `mrl.retrieval.codes`), each rescoring the survivors at a larger prefix or a finer code. Exact or graph search at full size is a shortlist at d with no
-rerank; adaptive retrieval has one rerank (D_r); the funnel has several. Search modes
-(`mrl.retrieval.modes`) are functions that make plans; `mrl.retrieval.engine.SearchEngine` runs them.
+see `mrl.retrieval.codes`), each rescoring the survivors at a larger prefix or a finer code. Exact or graph
+search at full size is a shortlist at d with no rerank; adaptive retrieval has one rerank (D_r); the funnel
+has several. Search modes (`mrl.retrieval.modes`) are functions that make plans;
+`mrl.retrieval.engine.SearchEngine` runs them.
 
 `check_stages` is the one place the shape rules of rerank stages live: configs (service funnel,
 benchmark searches) and plans all call it.
