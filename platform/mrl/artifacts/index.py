@@ -185,6 +185,16 @@ def index_files(manifest: dict[str, Any]) -> list[str]:
     return files + (["adanns.npz"] if manifest.get("adanns") else [])
 
 
+def _load_codes(path: Path, manifest: dict[str, Any]) -> list[CodeStore]:
+    """The index's code stores, read into memory, each checked against the manifest's row count."""
+    codes = [CodeStore.load(path, code, size) for size, code in manifest.get("codes") or ()]
+    for store in codes:
+        if len(store) != manifest["rows"]:
+            raise IndexMismatchError(f"index {path}: {store.name} codes hold {len(store)} rows, the manifest says "
+                                     f"{manifest['rows']}")
+    return codes
+
+
 @dataclass
 class IndexArtifact:
     """A loaded index directory: its manifest, row ids and labels, and the search engine over it."""
@@ -264,10 +274,5 @@ def load_index(path: str | Path, expect_dim: int | None = None, expect_model_uri
     if manifest.get("adanns"):
         # members scored by FAISS from IVF lists built from the vectors on first use of a rerank size
         sources[ADANNS_SOURCE] = CellSource(AdannsIVF.load(path / "adanns.npz"), vectors)
-    codes = [CodeStore.load(path, code, size) for size, code in manifest.get("codes") or ()]
-    for store in codes:
-        if len(store) != manifest["rows"]:
-            raise IndexMismatchError(f"index {path}: {store.name} codes hold {len(store)} rows, the manifest says "
-                                     f"{manifest['rows']}")
-    engine = SearchEngine(PrefixStore(vectors, device=torch_device(device)), sources, codes)
+    engine = SearchEngine(PrefixStore(vectors, device=torch_device(device)), sources, _load_codes(path, manifest))
     return IndexArtifact(path, manifest, ids, labels, engine)

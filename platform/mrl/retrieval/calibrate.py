@@ -20,6 +20,7 @@ import numpy as np
 from mrl.retrieval.indexes import BINARY_KINDS
 from mrl.retrieval.modes import SearchSettings, index_source, make_plan
 from mrl.retrieval.plan import BITS
+from mrl.retrieval.quality import exact_engine, exact_plan
 
 SHORTLIST_FACTORS = (2, 5, 10, 20, 50)  # candidate K = factor * k
 
@@ -77,8 +78,6 @@ def calibrate(engine, queries: np.ndarray, sizes: list[int], k: int = 10, timed:
     if full is not None and getattr(full, "kind", "") not in BINARY_KINDS:  # a float index at d: its own search
         truth = engine.run(make_plan("full", SearchSettings(), dim, k), queries).positions
     else:  # no index at d, or one that ranks sign bits: exact search of the stored vectors, in blocks
-        from mrl.retrieval.quality import exact_engine, exact_plan
-
         truth = exact_engine(engine.store.vectors, [dim], device="cpu").run(exact_plan(index_source(dim), k),
                                                                                queries).positions
     rows = []
