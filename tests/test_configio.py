@@ -229,7 +229,19 @@ def test_fixed_length_tuples_are_checked_item_by_item():
 
     cfg = from_dict(ServeJobConfig, {"serve": {"search": {"funnel": [[64, 100], [None, 10]]}}})
     assert cfg.serve.search.funnel == ((64, 100), (None, 10))
-    with pytest.raises(ConfigError, match=r"serve.search.funnel\[0\]: expected 2 items"):
+    with pytest.raises(ConfigError, match=r"serve.search.funnel\[0\]: expected 2 items \(.*\) or 3 items"):
         from_dict(ServeJobConfig, {"serve": {"search": {"funnel": [[64]]}}})
     with pytest.raises(ConfigError, match=r"serve.search.funnel\[0\]\[1\]: expected an integer, got None"):
         from_dict(ServeJobConfig, {"serve": {"search": {"funnel": [[64, None]]}}})
+
+
+def test_funnel_stages_take_an_optional_codes_item_checked_like_the_rest():
+    from mrl.config import ServeJobConfig
+
+    cfg = from_dict(ServeJobConfig, {"serve": {"search": {"funnel": [[1024, 100, "binary"], [512, 40, "int8"],
+                                                                      [None, 10]]}}})
+    assert cfg.serve.search.funnel == ((1024, 100, "binary"), (512, 40, "int8"), (None, 10))
+    with pytest.raises(ConfigError, match=r"funnel\[0\]\[2\]: 'int4' is not accepted; choose one of"):
+        from_dict(ServeJobConfig, {"serve": {"search": {"funnel": [[64, 100, "int4"], [None, 10]]}}})
+    with pytest.raises(ConfigError, match=r"funnel\[0\]: expected 2 items .* or 3 items .*got \[64, 100, 'int8', 1\]"):
+        from_dict(ServeJobConfig, {"serve": {"search": {"funnel": [[64, 100, "int8", 1]]}}})

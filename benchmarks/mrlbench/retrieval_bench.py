@@ -46,7 +46,7 @@ from mrl.retrieval.indexes import (
     check_prefix_size,
     index_bytes,
 )
-from mrl.retrieval.modes import index_source
+from mrl.retrieval.modes import FunnelStage, index_source
 from mrl.retrieval.codes import CodeStore
 from mrl.retrieval.plan import PlanError, QueryPlan, Rerank, Shortlist, check_plan, check_stages, stage_codes
 from mrl.retrieval.quality import exact_engine, exact_plan, label_metrics
@@ -98,7 +98,7 @@ class BenchSearch:
     """Key into `indexes`."""
     shortlist: int = 10
     """K: candidates taken from the index (ignored by adanns, whose candidates are the probed cells' members)."""
-    rerank: tuple[tuple, ...] = ()
+    rerank: tuple[FunnelStage, ...] = ()
     """(size, keep) or (size, keep, codes) stages, size None = full d, codes binary | int8 | float (default);
     sizes increasing (a repeated size only with finer codes), keeps not growing."""
     ef_search: int | None = None

@@ -127,12 +127,27 @@ def _coerce_union(value: Any, args: tuple, name: str) -> Any:
     options = [a for a in args if a is not type(None)]
     if len(options) == 1:  # Optional[X]: X's own message, which names the bad element
         return _coerce(value, options[0], name)
+    lengths = [_fixed_length(a) for a in options]
+    if isinstance(value, (list, tuple)) and None not in lengths:  # tuples told apart by length, e.g. 2 or 3 items
+        fits = [a for a, n in zip(options, lengths) if n == len(value)]
+        if len(fits) == 1:  # the one shape of that length: its own message names the bad item
+            return _coerce(value, fits[0], name)
+        if not fits:
+            shapes = " or ".join(f"{n} items ({', '.join(_describe(t) for t in typing.get_args(a))})"
+                                 for a, n in zip(options, lengths))
+            raise ConfigError(f"{name}: expected {shapes}, got {list(value)!r}")
     for arg in options:
         try:
             return _coerce(value, arg, name)
         except ConfigError:
             pass
     raise ConfigError(f"{name}: {value!r} is not accepted; expected {' or '.join(_describe(a) for a in args)}")
+
+
+def _fixed_length(tp: Any) -> int | None:
+    """The item count of a fixed-length tuple annotation (tuple[X, Y] -> 2), else None."""
+    args = typing.get_args(tp)
+    return len(args) if typing.get_origin(tp) is tuple and args and args[-1] is not Ellipsis else None
 
 
 def _coerce_sequence(value: Any, origin: type, args: tuple, name: str) -> Any:

@@ -53,7 +53,7 @@ class IndexConfig(IndexParams):
     """Also build AdANNS cells (k-means on this prefix size, `adanns_nlist` cells) for the service's adanns
     mode; None: none."""
     adanns_nlist: int = 1024
-    codes: tuple[tuple[int, str], ...] = ()
+    codes: tuple[tuple[int, Literal["binary", "int8"]], ...] = ()
     """Compact codes to keep in RAM for code rerank stages, as (size, kind) pairs with kind binary (sign bits,
     size / 8 bytes a row) or int8 (size bytes a row), e.g. `[[1024, int8]]` for a funnel stage
     `[1024, 40, int8]` before the float rerank, which then reads only the survivors from the memory-mapped

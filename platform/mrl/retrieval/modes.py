@@ -12,12 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from mrl.configio import check, positive
 from mrl.registry import Registry
 from mrl.retrieval.plan import PlanError, QueryPlan, Rerank, Shortlist, check_plan, check_stages, stage_codes
 
 SEARCH_MODES: Registry = Registry("search mode")
+FunnelStage = tuple[int | None, int] | tuple[int | None, int, Literal["binary", "int8", "float"]]
+"""A funnel stage: [size, keep] or [size, keep, codes], size null = d."""
 ADANNS_SOURCE = "adanns"
 
 
@@ -38,7 +41,7 @@ class SearchSettings:
     """K: candidates shortlisted (never below k), reranked exactly with the rerank size."""
     rerank_size: int | None = None
     """D_r: the prefix size adaptive retrieval reranks with; None: the full d."""
-    funnel: tuple[tuple, ...] | None = None
+    funnel: tuple[FunnelStage, ...] | None = None
     """Funnel rerank stages (size, keep) or (size, keep, codes) after the shortlist, size null = d, codes binary
     | int8 | float (default: exact, from the float vectors; binary and int8 need the index to keep those codes,
     `index.codes`); None: sizes double from 2 D_s to d
