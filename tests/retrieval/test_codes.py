@@ -96,6 +96,10 @@ def test_binary_indexes_find_the_brute_force_hamming_neighbours(kind, params):
     best = np.sort(distances, axis=1)[:, :12]
     assert np.array_equal(-scores, best)  # the k best distances, exactly (graph searched widely, all cells)
     assert np.array_equal(np.take_along_axis(distances, positions, 1), best)  # each id at its stated distance
+    keyed = np.take_along_axis(distances, positions, 1) * len(db) + positions
+    assert (np.diff(keyed, axis=1) > 0).all()  # sorted by (distance, position)
+    if kind == "binary_flat":  # exact: the same ids as brute force, ties by the lower position
+        assert np.array_equal(positions, ranked(-distances.astype(float), 12))
 
 
 def test_binary_kinds_need_whole_bytes():

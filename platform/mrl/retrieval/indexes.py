@@ -237,16 +237,50 @@ def faiss_search(index, queries: np.ndarray, size: int, k: int, nprobe: int | No
                  ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Search `index` (built on prefix `size`) with normalised query prefixes: (scores, positions) (Q, k).
 
+    A binary index is searched with the queries' sign bits; its scores are minus the Hamming distances, each
+    row sorted by (distance, position), and a flat binary index's top-k is exact with ties by the lower position.
+
     Args:
         nprobe, ef_search: per-call overrides of the index's own IVF / HNSW settings (None: the index's).
     """
+    import faiss
+
     k = min(k, index.ntotal)
     params = search_params(index, nprobe, ef_search)
     if is_binary(index):
-        distances, positions = index.search(binary_codes(queries, size), k, params=params)
+        codes = binary_codes(queries, size)
+        distances, positions = index.search(codes, k, params=params)
+        if isinstance(index, faiss.IndexBinaryFlat):
+            distances, positions = _with_ties_by_lower_position(index, codes, distances, positions)
+        distances, positions = _by_distance_then_position(distances, positions)
         return np.where(positions >= 0, -distances.astype(np.float32), -np.inf).astype(np.float32), positions
     unit = normalize_prefix(queries, size)
     return index.search(unit, k) if params is None else index.search(unit, k, params=params)
+
+
+def _by_distance_then_position(distances: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row of a Hamming search sorted by (distance, position), empty slots (-1) last: integer distances
+    tie often, and FAISS leaves tied candidates in heap order."""
+    key = np.where(positions >= 0, distances.astype(np.int64) * (1 << 40) + positions, np.iinfo(np.int64).max)
+    order = np.argsort(key, axis=1, kind="stable")
+    return np.take_along_axis(distances, order, 1), np.take_along_axis(positions, order, 1)
+
+
+def _with_ties_by_lower_position(index, codes: np.ndarray, distances: np.ndarray, positions: np.ndarray
+                                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact Hamming top-k with ties by the lower position: FAISS's flat search keeps an arbitrary subset of the
+    rows tied at the k-th distance, so every row within that distance is fetched (a range search per query)
+    and the best k by (distance, position) kept."""
+    k = positions.shape[1]
+    out_d, out_p = distances.copy(), positions.copy()
+    for i in range(len(codes)):
+        found = positions[i] >= 0
+        if not found.any():
+            continue
+        _, dist, ids = index.range_search(codes[i:i + 1], int(distances[i][found].max()) + 1)  # all with d <= k-th
+        best = np.lexsort((ids, dist))[:k]
+        out_d[i, :len(best)], out_p[i, :len(best)] = dist[best], ids[best]
+    return out_d, out_p
 
 
 def index_bytes(index) -> int:
