@@ -37,14 +37,13 @@ from mrl.config import ConfigError, JobConfig
 from mrl.configio import check, positive
 from mrl.retrieval import kernels
 from mrl.retrieval.adanns import AdannsIVF
-from mrl.retrieval.engine import CellSource, FaissSource, SearchEngine
+from mrl.retrieval.engine import CellSource, FaissSource, SearchEngine, source_bytes
 from mrl.retrieval.indexes import (
     INDEX_KINDS,
     IndexParams,
     build_prefix_index,
     check_index,
     check_prefix_size,
-    index_bytes,
 )
 from mrl.retrieval.modes import FunnelStage, index_source
 from mrl.retrieval.codes import CodeStore
@@ -335,13 +334,6 @@ def mapped_copy(db: np.ndarray, path: Path) -> np.ndarray:
     save_page_aligned(tmp, db)
     tmp.rename(path)
     return np.load(path, mmap_mode="r")
-
-
-def source_bytes(source) -> int | None:
-    """Bytes a shortlist source holds (None for an index on a GPU, which this does not measure)."""
-    if isinstance(source, CellSource):
-        return source.nbytes()
-    return None if source.on_gpu else index_bytes(source.index)
 
 
 def measure(engine, plan, queries, q_labels, db_labels, search: BenchSearch, k: int, threads: int,

@@ -152,6 +152,13 @@ class CellSource:
         return Candidates(positions, madds, keep, scores)
 
 
+def source_bytes(source) -> int | None:
+    """Bytes a shortlist source holds in the process's memory (None for an index on a GPU, not measured here)."""
+    if isinstance(source, CellSource):
+        return source.nbytes()
+    return None if getattr(source, "on_gpu", False) else index_bytes(source.index)
+
+
 def _kind_of(index) -> str:
     import faiss
 
@@ -230,11 +237,7 @@ class SearchEngine:
         names = [plan.shortlist.source] if plan is not None else list(self.sources)
         held = 0
         for name in names:
-            source = self.sources[name]
-            if isinstance(source, CellSource):
-                held += source.nbytes()
-            elif not getattr(source, "on_gpu", False):
-                held += index_bytes(source.index)
+            held += source_bytes(self.sources[name]) or 0
         keys = plan.code_stages() if plan is not None else list(self.codes)
         held += sum(self.codes[key].nbytes for key in keys)
         reads_vectors = plan is None or any(r.codes == "float" for r in plan.reranks)
