@@ -14,6 +14,14 @@ prefix's sign bits. What a loaded index keeps in the process's memory is its FAI
 full vectors stay a memory map of vectors.npy, read a candidate at a time.
     ids.npy, labels.npy row ids and labels, aligned with the FAISS positions
 
+A sharded index (`write_sharded_index`, index.shards > 1) is a directory of such artifacts, `shard-000/` ...,
+each complete for its rows (its own manifest, checksums, FAISS indexes, codes and vectors), under a top-level
+manifest.json that lists them: how rows were assigned (`by`: a stable hash of the id, or id ranges), how a
+plan's shortlist is shared among them (`rule`, `mrl.retrieval.sharded.shard_plan`), and per shard its
+directory, row count, id range and the sha256 of its manifest. `load_index` refuses a sharded directory;
+`load_shard` opens one shard and holds it to the top-level manifest (same index version, d, sizes, rows,
+manifest checksum).
+
 `check_index_config` holds the rules between an index config and the vectors' d (checked by the build stage
 and the pipeline's up-front check; each rule is a function of `mrl.retrieval.indexes` that the benchmark
 calls too); `load_index` verifies checksums, shapes and the format
@@ -38,6 +46,7 @@ from mrl.retrieval.codes import CodeStore, check_code, code_files
 from mrl.retrieval.engine import CellSource, FaissSource, SearchEngine
 from mrl.retrieval.indexes import BINARY_KINDS, IndexParams, build_prefix_index, check_index, check_prefix_size
 from mrl.retrieval.modes import ADANNS_SOURCE, index_source
+from mrl.retrieval.sharded import assign_shards, range_starts
 from mrl.retrieval.store import PrefixStore, save_page_aligned, torch_device
 
 METRIC = "inner product of separately L2-normalised prefixes (cosine)"
@@ -178,6 +187,97 @@ def _write_files(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.nda
         CodeStore.build(vectors, code, size).save(out)
 
 
+def shard_dir(i: int) -> str:
+    """The directory of shard i inside a sharded index."""
+    return f"shard-{i:03d}"
+
+
+def write_sharded_index(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndarray, sizes: list[int],
+                        kind: str, extra: dict[str, Any], params: IndexParams | Mapping[int, IndexParams] | None = None,
+                        vector_dtype: str = "float32", adanns: tuple[int, int] | None = None,
+                        codes: Sequence[tuple[int, str]] = (), shards: int = 2, by: str = "hash",
+                        rule: str = "each") -> dict[str, Any]:
+    """`write_index` for each of `shards` parts of the rows (assigned `by` hash of the id or id ranges), under one
+    top-level manifest; written under a temporary name and renamed at once, like a whole index. Returns the
+    top-level manifest.
+
+    Raises:
+        IndexMismatchError: settings an index cannot be built with, or a shard that would get no row.
+        FileExistsError: `out` exists and is not empty.
+    """
+    try:
+        check_build(kind, sizes, vectors.shape[1], params, None if adanns is None else adanns[0], codes)
+    except ValueError as exc:
+        raise IndexMismatchError(str(exc)) from None
+    starts = range_starts(ids, shards) if by == "range" else None
+    assign = assign_shards(ids, shards, by, starts)
+    counts = np.bincount(assign, minlength=shards)
+    if not counts.all():
+        raise IndexMismatchError(f"index.shards={shards} over {len(ids)} rows by {by} leaves shards "
+                                 f"{np.flatnonzero(counts == 0).tolist()} empty; use fewer shards")
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty: an index directory is written once; give a new one")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(out)
+    try:
+        tmp.mkdir()
+        listing = []
+        for i in range(shards):
+            rows = np.flatnonzero(assign == i)  # the rows keep their order: ties inside a shard by the lower id
+            part = write_index(tmp / shard_dir(i), ids[rows], labels[rows], vectors[rows], sizes, kind,
+                               {**extra, "shard": i, "shard_count": shards}, params, vector_dtype, adanns, codes)
+            listing.append({"path": shard_dir(i), "rows": part["rows"], "id_min": int(ids[rows].min()),
+                            "id_max": int(ids[rows].max()),
+                            "manifest_sha256": sha256(tmp / shard_dir(i) / "manifest.json")})
+        manifest = {"stage": "index", "dim": int(vectors.shape[1]), "sizes": list(sizes), "kind": kind,
+                    "metric": METRIC, "dtype": np.dtype(vector_dtype).name, "rows": int(len(ids)),
+                    "params": part["params"], "adanns": part["adanns"], "codes": part["codes"],
+                    "shards": {"by": by, "rule": rule, "starts": starts, "list": listing}, "checksums": {}, **extra}
+        write_manifest(tmp, manifest)
+        publish_dir(tmp, out)
+    finally:
+        remove_dir(tmp)
+    return read_manifest(out)
+
+
+def is_sharded(manifest: dict[str, Any]) -> bool:
+    """Whether an index manifest is a sharded index's top-level manifest."""
+    return bool(manifest.get("shards"))
+
+
+def load_shard(path: str | Path, shard: int, verify: bool = True, device: str = "cpu") -> IndexArtifact:
+    """Open shard `shard` of the sharded index at `path`, held to the top-level manifest: the shard's manifest
+    checksum, its index version, d, sizes and row count must be the ones listed there (`load_index` checks the
+    shard's own files).
+
+    Raises:
+        IndexMismatchError: not a sharded index, no such shard, or a shard that does not match the listing.
+    """
+    path = Path(path).resolve()
+    try:
+        top = read_manifest(path, stage="index")
+    except ManifestError as exc:
+        raise IndexMismatchError(str(exc)) from None
+    if not is_sharded(top):
+        raise IndexMismatchError(f"index {path} is not sharded: open it with load_index")
+    listing = top["shards"]["list"]
+    if not 0 <= shard < len(listing):
+        raise IndexMismatchError(f"index {path} has shards 0..{len(listing) - 1}, not {shard}")
+    entry = listing[shard]
+    where = path / entry["path"]
+    if entry["path"] != shard_dir(shard) or sha256(where / "manifest.json") != entry["manifest_sha256"]:
+        raise IndexMismatchError(f"{where}/manifest.json does not match the checksum the top-level manifest of "
+                                 f"{path} lists for shard {shard} (modified or from another build)")
+    artifact = load_index(where, expect_dim=top["dim"], verify=verify, device=device)
+    own = artifact.manifest
+    if (own.get("index_run_id"), own["sizes"], own["rows"], own.get("shard")) != \
+            (top.get("index_run_id"), top["sizes"], entry["rows"], shard):
+        raise IndexMismatchError(f"shard {shard} of {path} is not the one its top-level manifest lists (version "
+                                 f"{own.get('index_run_id')}, sizes {own['sizes']}, {own['rows']} rows)")
+    return artifact
+
+
 def index_files(manifest: dict[str, Any]) -> list[str]:
     """The files `load_index` opens for this manifest (each must be listed in its checksums)."""
     files = ["vectors.npy", "ids.npy", "labels.npy", *(f"{index_source(m)}.faiss" for m in manifest["sizes"])]
@@ -243,6 +343,9 @@ def load_index(path: str | Path, expect_dim: int | None = None, expect_model_uri
         manifest = read_manifest(path, stage="index")
     except ManifestError as exc:
         raise IndexMismatchError(str(exc)) from None
+    if is_sharded(manifest):
+        raise IndexMismatchError(f"index {path} is sharded ({len(manifest['shards']['list'])} shards): open a shard "
+                                 "with load_shard, or serve it (the service deploys one shard deployment each)")
     if expect_dim is not None and manifest["dim"] != expect_dim:
         raise IndexMismatchError(f"index {path} was built for d={manifest['dim']} vectors, not d={expect_dim}")
     if expect_model_uri is not None and manifest.get("model_uri") != expect_model_uri:

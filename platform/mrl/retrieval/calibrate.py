@@ -59,27 +59,27 @@ def plan_of(setting: dict[str, Any], dim: int, k: int):
     return make_plan(setting["mode"], SearchSettings(**fields), dim, k)
 
 
-def calibrate(engine, queries: np.ndarray, sizes: list[int], k: int = 10, timed: int = 200) -> dict[str, Any]:
+def calibrate(engine, queries: np.ndarray, sizes: list[int], k: int = 10, timed: int = 200,
+              truth: np.ndarray | None = None) -> dict[str, Any]:
     """Measure every candidate plan on `queries` (held-out, (Q, d)).
 
     Args:
-        engine: the index's `SearchEngine`.
+        engine: the index's `SearchEngine`, or a `mrl.retrieval.sharded.ShardedEngine` (then a query's time is
+            its slowest shard plus the merge, as shards searched in parallel take, and `truth` is required).
         queries: calibration queries (not the evaluation's, where a benchmark tunes on them).
         sizes: the indexed prefix sizes.
         k: results per query the recall is measured at.
         timed: how many of the queries are timed one at a time for p50_ms.
+        truth: the exact top-k (Q, k) in what `engine.run` returns (positions; ids for shards); None: searched
+            here.
 
     Returns:
         {"k", "queries", "rows": [{"setting", "recall", "p50_ms"}, ...] sorted by p50_ms}.
     """
     dim = engine.dim
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    full = engine.sources.get(index_source(dim))
-    if full is not None and getattr(full, "kind", "") not in BINARY_KINDS:  # a float index at d: its own search
-        truth = engine.run(make_plan("full", SearchSettings(), dim, k), queries).positions
-    else:  # no index at d, or one that ranks sign bits: exact search of the stored vectors, in blocks
-        truth = exact_engine(engine.store.vectors, [dim], device="cpu").run(exact_plan(index_source(dim), k),
-                                                                               queries).positions
+    if truth is None:
+        truth = _exact_top_k(engine, queries, k)
     rows = []
     for setting in candidate_settings(sizes, dim, len(engine), k, engine.code_keys()):
         plan = plan_of(setting, dim, k)
@@ -89,10 +89,22 @@ def calibrate(engine, queries: np.ndarray, sizes: list[int], k: int = 10, timed:
         for q in queries[:timed]:
             t0 = time.perf_counter()
             engine.run(plan, q[None])
-            times.append(time.perf_counter() - t0)
+            elapsed = time.perf_counter() - t0
+            times.append(getattr(engine, "last_critical_ms", 1000 * elapsed) / 1000)
         rows.append({"setting": setting, "recall": round(recall, 4), "p50_ms": round(1000 * float(np.median(times)), 4)})
     rows.sort(key=lambda r: (r["p50_ms"], -r["recall"]))
     return {"k": k, "queries": int(len(queries)), "rows": rows}
+
+
+def _exact_top_k(engine, queries: np.ndarray, k: int) -> np.ndarray:
+    """The exact full-size top-k positions: the engine's own float index at d, else an exact search of the
+    stored vectors, in blocks (no index at d, or one that ranks sign bits)."""
+    dim = engine.dim
+    full = engine.sources.get(index_source(dim))
+    if full is not None and getattr(full, "kind", "") not in BINARY_KINDS:
+        return engine.run(make_plan("full", SearchSettings(), dim, k), queries).positions
+    return exact_engine(engine.store.vectors, [dim], device="cpu").run(exact_plan(index_source(dim), k),
+                                                                          queries).positions
 
 
 def plan_for_budget(table: dict[str, Any], budget: dict[str, float]) -> dict[str, Any]:

@@ -239,6 +239,7 @@ def faiss_search(index, queries: np.ndarray, size: int, k: int, nprobe: int | No
 
     A binary index is searched with the queries' sign bits; its scores are minus the Hamming distances, each
     row sorted by (distance, position), and a flat binary index's top-k is exact with ties by the lower position.
+    A float index's rows are sorted by (score, position) (which tied rows make the k-th place is FAISS's).
 
     Args:
         nprobe, ef_search: per-call overrides of the index's own IVF / HNSW settings (None: the index's).
@@ -255,7 +256,16 @@ def faiss_search(index, queries: np.ndarray, size: int, k: int, nprobe: int | No
         distances, positions = _by_distance_then_position(distances, positions)
         return np.where(positions >= 0, -distances.astype(np.float32), -np.inf).astype(np.float32), positions
     unit = normalize_prefix(queries, size)
-    return index.search(unit, k) if params is None else index.search(unit, k, params=params)
+    scores, positions = index.search(unit, k) if params is None else index.search(unit, k, params=params)
+    return _by_score_then_position(scores, positions)
+
+
+def _by_score_then_position(scores: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row of a float search sorted by (score descending, position), empty slots (-1) last: FAISS leaves
+    equal scores (duplicate rows) in heap order, and shards merged by id must meet the whole index's order."""
+    found = positions >= 0
+    order = np.lexsort((np.where(found, positions, np.iinfo(np.int64).max), np.where(found, -scores, np.inf)), axis=1)
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(positions, order, 1)
 
 
 def _by_distance_then_position(distances: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
