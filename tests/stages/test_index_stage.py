@@ -50,3 +50,32 @@ def test_a_failed_artifact_copy_leaves_latest_on_the_previous_index(tmp_path):
     failed = client.search_runs([client.get_experiment_by_name("broken-store").experiment_id])
     assert [r.info.status for r in failed] == ["FAILED"]
     assert (tmp_path / "index" / failed[0].info.run_id / "manifest.json").is_file()  # written, never made latest
+
+
+def test_a_sharded_build_writes_checked_shards_and_calibrates_over_them(tmp_path):
+    """index.shards: 3 complete shard artifacts under one manifest (rows, id ranges, manifest checksums), each
+    opened only when it matches the listing; the calibration table is measured over the shards and merged, so
+    its full-size plan finds the exact top-k."""
+    from mrl.artifacts.index import IndexMismatchError, load_shard
+    from mrl.config import IndexJobConfig
+    from mrl.configio import from_dict
+    from mrl.stages.index import run
+
+    emb = embed_run(tmp_path / "embeddings" / "e1", {"train": 300, "test": 40})
+    job = {"output_dir": str(tmp_path), "embeddings": str(emb),
+           "index": {"sizes": [8, 16], "shards": 3, "shard_by": "range", "shard_rule": "split"}}
+    out = run(from_dict(IndexJobConfig, job))
+    top = read_manifest(out["path"], stage="index")
+    listing = top["shards"]["list"]
+    assert [s["rows"] for s in listing] == [100, 100, 100] and [s["id_min"] for s in listing] == [0, 100, 200]
+    assert top["shards"]["rule"] == "split" and top["rows"] == 300
+    rows = {r["setting"]["mode"]: r["recall"] for r in top["calibration"]["rows"]}
+    assert rows["full"] == 1.0
+    shard = load_shard(out["path"], 1)
+    assert shard.ids.tolist() == list(range(100, 200)) and shard.manifest["shard"] == 1
+    manifest = read_manifest(shard.path, stage="index")
+    write_manifest(shard.path, {**manifest, "note": "edited"})  # rewritten: its checksum is no longer the listed one
+    with pytest.raises(IndexMismatchError, match="does not match the checksum"):
+        load_shard(out["path"], 1)
+    with pytest.raises(IndexMismatchError, match="shards 0..2, not 3"):
+        load_shard(out["path"], 3)

@@ -66,10 +66,21 @@ class IndexConfig(IndexParams):
     (the embed run's test split) into the index manifest, so requests may ask for a latency or recall budget."""
     calibration_queries: int = 500
     """Held-out queries the calibration uses (the first 200 are also timed one by one)."""
+    shards: int = 1
+    """Split the rows into this many shards, each a complete index of its rows (indexes, codes, vectors) that
+    the service deploys as its own Ray Serve deployment with its own replicas; 1: one index."""
+    shard_by: Literal["hash", "range"] = "hash"
+    """How rows go to shards: hash = a stable hash of the id (even shards whatever the ids); range = runs of
+    sorted ids of equal length (a shard holds an id range)."""
+    shard_rule: Literal["each", "split"] = "each"
+    """The shortlist each shard takes for a plan with shortlist K: each = K on every shard (recall at least the
+    whole index's; n times the candidates); split = ceil(K / shards) each, never below k (about the whole index's
+    work in all). The calibration table is measured with it."""
 
     def __post_init__(self) -> None:
         registered("kind", self.kind, INDEX_KINDS)
         positive("calibration_queries", self.calibration_queries)
+        check(1 <= self.shards <= 1024, f"shards must be in [1, 1024], got {self.shards}")
         if self.sizes is not None:
             try:
                 validate_sizes(self.sizes, dim=10**9)

@@ -9,11 +9,14 @@ from typing import Any
 
 from mrl.artifacts import tracking
 from mrl.artifacts.embeddings import read_embeddings
-from mrl.artifacts.index import check_index_config, load_index, write_index
+from mrl.artifacts.index import check_index_config, load_index, load_shard, write_index, write_sharded_index
 from mrl.artifacts.manifest import point_latest, read_manifest, write_manifest
 from mrl.configio import to_dict
 from mrl.core.models.encoders import encoder_modality
 from mrl.retrieval.calibrate import calibrate
+from mrl.retrieval.modes import index_source
+from mrl.retrieval.quality import exact_engine, exact_plan
+from mrl.retrieval.sharded import ShardedEngine
 from mrl.stages.config import IndexJobConfig
 from mrl.stages.stage import stage_run
 
@@ -38,17 +41,22 @@ def run(job: IndexJobConfig) -> dict[str, Any]:
                  "model_version": emb.get("model_version"), "embeddings": str(emb_dir),
                  "modality": _modality(emb)}
         adanns = None if job.index.adanns_size is None else (job.index.adanns_size, job.index.adanns_nlist)
-        manifest = write_index(out, ids, labels, vectors, sizes, job.index.kind, extra,
-                               {m: job.index.params(m) for m in sizes},
-                               job.index.vector_dtype, adanns, job.index.codes)
+        build = (out, ids, labels, vectors, sizes, job.index.kind, extra, {m: job.index.params(m) for m in sizes},
+                 job.index.vector_dtype, adanns, job.index.codes)
+        if job.index.shards > 1:
+            manifest = write_sharded_index(*build, shards=job.index.shards, by=job.index.shard_by,
+                                           rule=job.index.shard_rule)
+        else:
+            manifest = write_index(*build)
         if job.index.calibrate:
-            manifest = _calibrate(out, emb_dir, manifest, job.index.calibration_queries)
+            manifest = _calibrate(out, emb_dir, manifest, job.index.calibration_queries, vectors=vectors, ids=ids)
         mlflow.log_artifacts(str(out), artifact_path="index")
         stage.wrote(out)
         mlflow.log_metrics({"rows": manifest["rows"], "index_wall_seconds": stage.seconds})
     point_latest(out)  # last: `latest` moves only to an index MLflow holds (a failed copy leaves the previous one)
-    print(f"[index] {manifest['rows']} rows, sizes {sizes}, {job.index.kind} -> {out} ({stage.seconds:.0f}s)",
-          flush=True)
+    shards = f" in {job.index.shards} shards by {job.index.shard_by}" if job.index.shards > 1 else ""
+    print(f"[index] {manifest['rows']} rows{shards}, sizes {sizes}, {job.index.kind} -> {out} "
+          f"({stage.seconds:.0f}s)", flush=True)
     return {"run_id": stage.run_id, "path": str(out), "sizes": sizes, "rows": manifest["rows"],
             "seconds": stage.seconds}
 
@@ -60,9 +68,12 @@ def _modality(embed_manifest: dict) -> str:
     return encoder_modality(spec["encoder"]) if "encoder" in spec else "image"
 
 
-def _calibrate(out: Path, emb_dir: Path, manifest: dict, n_queries: int, k: int = 10) -> dict:
+def _calibrate(out: Path, emb_dir: Path, manifest: dict, n_queries: int, k: int = 10, vectors=None,
+               ids=None) -> dict:
     """Measure the calibration table on held-out queries (the embed run's test split) and store it in the
-    index manifest; without a test split the index has no table (budget requests then get 422)."""
+    index manifest; without a test split the index has no table (budget requests then get 422). A sharded index
+    is measured over its shards in this process (`ShardedEngine`: per query, the slowest shard plus the merge),
+    against the exact top-k of all `vectors` (named by `ids`)."""
     import numpy as np
 
     if not (emb_dir / "test").is_dir():
@@ -72,7 +83,15 @@ def _calibrate(out: Path, emb_dir: Path, manifest: dict, n_queries: int, k: int 
     _, _, queries = read_embeddings(emb_dir / "test")
     pick = np.sort(np.random.default_rng(0).permutation(len(queries))[:n_queries])
     started = time.time()
-    table = calibrate(load_index(out).engine, queries[pick], manifest["sizes"], k=min(k, manifest["rows"]))
+    k = min(k, manifest["rows"])
+    shards = manifest.get("shards")
+    if shards:
+        engine = ShardedEngine([load_shard(out, i) for i in range(len(shards["list"]))], shards["rule"])
+        exact = exact_engine(vectors, [manifest["dim"]], device="cpu")
+        truth = ids[exact.run(exact_plan(index_source(manifest["dim"]), k), queries[pick]).positions]
+        table = calibrate(engine, queries[pick], manifest["sizes"], k=k, truth=truth)
+    else:
+        table = calibrate(load_index(out).engine, queries[pick], manifest["sizes"], k=k)
     manifest = {**manifest, "calibration": table}
     write_manifest(out, manifest)
     fastest, best = table["rows"][0], max(table["rows"], key=lambda r: r["recall"])
