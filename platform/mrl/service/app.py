@@ -46,12 +46,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Header, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
-from mrl.artifacts.index import load_index
+from mrl.artifacts.index import is_sharded, load_index, load_shard
 from mrl.artifacts.manifest import read_manifest
 from mrl.configio import from_dict, to_dict
 from mrl.service import guard
@@ -60,7 +61,8 @@ from mrl.service.browse import PAGE_FILES, page_asset
 from mrl.service.config import ServeConfig
 from mrl.service.encoder import QueryEncoder, check_encoder
 from mrl.service.guard import Guard
-from mrl.service.retrieval import RequestError, RetrievalService, read_api_key
+from mrl.service.retrieval import RequestError, RetrievalService, ShardedHits, read_api_key
+from mrl.service.shards import Scatter, ShardedIndex, ShardMissing, ShardService, shard_app_name
 
 app = FastAPI(title="MRL adaptive retrieval", version="1",
               description="Matryoshka retrieval: shortlist with a small prefix, rerank exactly with larger ones. "
@@ -145,10 +147,13 @@ def _page_file(name: str) -> Response:
     return Response(body, media_type=media_type, headers={"Cache-Control": "no-cache"})
 
 
-async def answer_batch(service: RetrievalService, embed, requests: list) -> list[dict[str, Any] | RequestError]:
+async def answer_batch(service: RetrievalService, embed, requests: list, scatter: Scatter | None = None
+                       ) -> list[dict[str, Any] | RequestError]:
     """A batch of requests answered by `service`, the batch's images or texts embedded with one awaited
     `embed(queries)` call (the Encoder deployment's handle, answering (embeddings, tokens)). An encoder that fails
-    answers 503 to the requests that needed it, and the batch's other requests are answered as usual."""
+    answers 503 to the requests that needed it, and the batch's other requests are answered as usual. With
+    `scatter` (a sharded index) the rows of id queries are fetched from their shards, and each plan is searched on
+    every shard at once and merged."""
     embedded, todo = service.pending_content(requests)
     if todo:
         try:
@@ -157,8 +162,57 @@ async def answer_batch(service: RetrievalService, embed, requests: list) -> list
         except Exception as exc:  # noqa: BLE001 - the encoder's fault, not the request's: 503, the rest go on
             detail = f"the encoder could not embed this query ({type(exc).__name__}); retry later"
             embedded.update({i: RequestError(503, detail) for i in todo})
-    # the search runs in a worker thread, so the replica keeps queueing the next batch meanwhile
-    return await asyncio.to_thread(service.search_batch, requests, embedded)
+    if scatter is None:  # the search runs in a worker thread, so the replica keeps queueing the next batch meanwhile
+        return await asyncio.to_thread(service.search_batch, requests, embedded)
+    started = time.perf_counter()
+    ids = service.id_queries(requests)
+    rows = await asyncio.gather(*(fetch_row(service, scatter, item_id) for item_id in ids.values()))
+    embedded.update({i: vector for i, (vector, _) in zip(ids, rows)})
+    batch = await asyncio.to_thread(service.plan_batch, requests, embedded)
+    plans = list(batch.groups)
+    found = await asyncio.gather(*(scatter.hits(plan, np.concatenate([q for _, q in batch.groups[plan]]),
+                                                service.shards["rule"]) for plan in plans))
+    return service.reply_batch(batch, {plan: ShardedHits(*f) for plan, f in zip(plans, found)}, started)
+
+
+async def fetch_row(service: RetrievalService, scatter: Scatter, item_id: int
+                    ) -> tuple[np.ndarray | RequestError, int | None]:
+    """(the vector of corpus id `item_id`, its label) from the shard that holds it; (404 or 503, None) when it is
+    not in the index or its shard does not answer."""
+    if not -2**63 <= item_id < 2**63:
+        return RequestError(404, f"id {item_id} is not in the corpus ({service.rows} items)"), None
+    shard = service.artifact.owner(item_id)
+    try:
+        vector, label = await scatter.ask(shard, "row", item_id)
+    except ShardMissing as exc:
+        return RequestError(503, f"id {item_id} is held by shard {shard}, which did not answer ({exc.reason}); "
+                                 "retry later"), None
+    if vector is None:
+        return RequestError(404, f"id {item_id} is not in the corpus ({service.rows} items)"), None
+    return vector, label
+
+
+@serve.deployment(name="Shard", health_check_period_s=10)
+class Shard:
+    """One shard of a sharded index: its searches (per-shard plans), its rows by id, its health; each answer
+    carries the shard's index version, which the Retriever checks."""
+
+    def __init__(self, index_dir: str, shard: int, device: str):
+        import faiss
+        import torch
+
+        faiss.omp_set_num_threads(1)  # one CPU per replica
+        torch.set_num_threads(1)
+        self.service = ShardService(load_shard(index_dir, shard, device=device))
+
+    async def search(self, plan, queries):
+        return await asyncio.to_thread(self.service.search, plan, queries)
+
+    def row(self, item_id: int):
+        return self.service.row(item_id)
+
+    def health(self):
+        return self.service.version, self.service.health()
 
 
 @serve.deployment(name="Encoder", health_check_period_s=10)
@@ -192,7 +246,7 @@ class Retriever:
     """One replica: a `RetrievalService` over the index directory, on one CPU thread; image and text queries go through
     the Encoder deployment when there is one."""
 
-    def __init__(self, index_dir: str, serve_cfg: dict[str, Any], encoder=None):
+    def __init__(self, index_dir: str, serve_cfg: dict[str, Any], encoder=None, shard_apps: list[str] | None = None):
         import faiss
         import torch
 
@@ -200,7 +254,13 @@ class Retriever:
         torch.set_num_threads(1)
         cfg = from_dict(ServeConfig, serve_cfg, prefix="serve.")
         self.encoder = encoder
-        artifact = load_index(index_dir, device=cfg.device)
+        self.scatter = None
+        if shard_apps:  # a sharded index: the top-level manifest here, the rows in the shards' applications
+            artifact = ShardedIndex.open(index_dir)
+            self.scatter = Scatter([serve.get_deployment_handle("Shard", app_name=app) for app in shard_apps],
+                                   artifact.version, cfg.shard_timeout_s)
+        else:
+            artifact = load_index(index_dir, device=cfg.device)
         manifest = artifact.manifest
         # the Encoder deployment checked its model against this manifest when it started (a mismatch fails the
         # deploy); a handle cannot be awaited in a constructor, so its facts are the manifest's
@@ -214,9 +274,16 @@ class Retriever:
         self._batched.set_batch_wait_timeout_s(cfg.batch_wait_ms / 1000)
 
     @app.get("/healthz")
-    def healthz(self, authorization: str | None = Header(None, description=KEY_HEADER)) -> dict[str, Any]:
+    async def healthz(self, authorization: str | None = Header(None, description=KEY_HEADER)) -> dict[str, Any]:
         # open to probes; with a key, only the key's holders learn the model, the index and the limits
-        return self.service.health() if guard.authorized(authorization) else {"status": "ok"}
+        if not guard.authorized(authorization):
+            return {"status": "ok"}
+        health = self.service.health()
+        if self.scatter is not None:  # each shard's version, rows and memory, or why it did not answer
+            health["shards"] = await self.scatter.health()
+            live = sum("status" not in shard for shard in health["shards"])
+            health["status"] = "ok" if live == len(health["shards"]) else "degraded"
+        return health
 
     @app.post("/search")
     async def search(self, request: SearchBody,
@@ -252,10 +319,15 @@ class Retriever:
 
     @app.get("/items/{item_id}", responses={200: {"content": {"image/png": {}},
                                                   "description": "a PNG (image corpora) or {id, label, text}"}})
-    def item(self, item_id: int, authorization: str | None = Header(None, description=KEY_HEADER)):
+    async def item(self, item_id: int, authorization: str | None = Header(None, description=KEY_HEADER)):
         self._authorize(authorization)
         try:
-            item = self.service.item(item_id)
+            label = None
+            if self.scatter is not None:
+                row, label = await fetch_row(self.service, self.scatter, item_id)
+                if isinstance(row, RequestError):
+                    raise row
+            item = await asyncio.to_thread(self.service.item, item_id, label)
         except RequestError as exc:
             raise HTTPException(status_code=exc.status, detail=exc.detail) from None
         if "png" in item:
@@ -299,23 +371,27 @@ class Retriever:
             singles = await asyncio.to_thread(self.service.batch_requests, request)
         except RequestError as exc:
             raise HTTPException(status_code=exc.status, detail=exc.detail) from None
-        replies = await answer_batch(self.service, self._embed, singles)
+        replies = await answer_batch(self.service, self._embed, singles, self.scatter)
         return self.service.batch_reply(replies, started)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def _batched(self, requests: list[SearchRequest]) -> list[dict[str, Any] | RequestError]:
-        return await answer_batch(self.service, self._embed, requests)
+        return await answer_batch(self.service, self._embed, requests, self.scatter)
 
     def check_health(self) -> None:
         self.service.check()
 
 
-def build_app(index_dir: str, serve_cfg, tracking_uri: str | None = None):
+def build_app(index_dir: str, serve_cfg, tracking_uri: str | None = None, shard_apps: list[str] | None = None):
     """The bound Serve application for an index directory and a `ServeConfig` (replicas or autoscaling, queue
     depth and GPUs from it). With `serve.encoder` and an index whose manifest names its model, an Encoder
-    deployment loads exactly that model version from `tracking_uri` for image or text queries."""
+    deployment loads exactly that model version from `tracking_uri` for image or text queries. A sharded index's
+    Retriever calls the Shard deployments of `shard_apps` (`deploy` starts them first)."""
 
     manifest = read_manifest(index_dir, stage="index")
+    if is_sharded(manifest) and not shard_apps:
+        raise ValueError(f"index {index_dir} is sharded: deploy it with mrl.service.app.deploy (python "
+                         "serving/app.py), which starts one Shard application per shard before the Retriever")
     encoder = None
     if serve_cfg.encoder and manifest.get("model_uri"):
         if not tracking_uri:
@@ -333,11 +409,66 @@ def build_app(index_dir: str, serve_cfg, tracking_uri: str | None = None):
     return Retriever.options(**scaling, max_ongoing_requests=serve_cfg.max_ongoing_requests,
                              max_queued_requests=serve_cfg.max_queued_requests,
                              ray_actor_options={"num_cpus": 1, "num_gpus": serve_cfg.gpus_per_replica}
-                             ).bind(str(Path(index_dir).resolve()), to_dict(serve_cfg), encoder)
+                             ).bind(str(Path(index_dir).resolve()), to_dict(serve_cfg), encoder, shard_apps)
+
+
+def build_shard_app(index_dir: str, shard: int, serve_cfg):
+    """The bound Serve application of one shard of a sharded index (`serve.shard_*` replicas and placement)."""
+    options: dict[str, Any] = {"num_replicas": serve_cfg.shard_replicas,
+                               "max_ongoing_requests": serve_cfg.max_ongoing_requests,
+                               "ray_actor_options": {"num_cpus": serve_cfg.shard_cpus,
+                                                     "num_gpus": serve_cfg.gpus_per_replica}}
+    if serve_cfg.shard_max_replicas_per_node is not None:
+        options["max_replicas_per_node"] = serve_cfg.shard_max_replicas_per_node
+    return Shard.options(**options).bind(str(Path(index_dir).resolve()), shard, serve_cfg.device)
+
+
+def deploy(index_dir: str, serve_cfg, name: str = "mrl", tracking_uri: str | None = None,
+           route_prefix: str = "/", settle_s: float = 120.0) -> list[str]:
+    """Deploy (or hot-swap to) the index at `index_dir` as Serve application `name`; returns the applications.
+
+    A whole index is one application. A sharded one is first one application per shard, named after the index
+    version (`shard_app_name`), each waited for; then the Retriever application is updated to call them (Serve
+    replaces its replicas one by one, the old ones still calling the old version's shards); once no old Retriever
+    replica is left, the shard applications of other versions under `name` are deleted. No reply mixes versions.
+    """
+    from ray import serve
+
+    manifest = read_manifest(index_dir, stage="index")
+    if not is_sharded(manifest):
+        serve.run(build_app(index_dir, serve_cfg, tracking_uri), name=name, route_prefix=route_prefix, blocking=False)
+        return [name]
+    version = str(manifest.get("index_run_id", Path(index_dir).resolve().name))
+    shard_apps = [shard_app_name(name, version, i) for i in range(len(manifest["shards"]["list"]))]
+    for i, app_name in enumerate(shard_apps):
+        serve.run(build_shard_app(index_dir, i, serve_cfg), name=app_name, route_prefix=None, blocking=False)
+    serve.run(build_app(index_dir, serve_cfg, tracking_uri, shard_apps), name=name, route_prefix=route_prefix,
+              blocking=False)
+    _wait_for_one_generation(name, settle_s)
+    stale = [app for app in serve.status().applications if app.startswith(f"{name}-") and "-shard" in app
+             and app not in shard_apps]
+    for app in stale:
+        serve.delete(app)
+    return [name, *shard_apps]
+
+
+def _wait_for_one_generation(name: str, timeout_s: float) -> None:
+    """Wait until application `name`'s Retriever runs only its new replicas (the old ones stopped)."""
+    from ray import serve
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        states = serve.status().applications[name].deployments["Retriever"].replica_states
+        if set(states) == {"RUNNING"}:
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"application {name!r}: old Retriever replicas still present after {timeout_s:.0f}s "
+                       f"({states}); the previous version's shard applications are kept")
 
 
 def app_builder(args: dict[str, Any]):
-    """Serve application builder: args = {"index_dir": path, **ServeConfig fields}."""
+    """Serve application builder: args = {"index_dir": path, **ServeConfig fields} (a whole index; a sharded one
+    is deployed by `deploy`)."""
 
     args = dict(args)
     index_dir = args.pop("index_dir", "outputs/index/latest")

@@ -88,6 +88,19 @@ class ServeConfig:
     max_queued_requests: int = 1000
     """Requests waiting for a search replica beyond its max_ongoing_requests; more get 503 at once (the
     client should back off) instead of an ever longer queue. -1: unbounded."""
+    shard_replicas: int = 1
+    """For a sharded index (index.shards > 1): replicas of each shard's deployment (2: a shard survives the loss
+    of one replica, or of its node with shard_max_replicas_per_node: 1)."""
+    shard_max_replicas_per_node: int | None = None
+    """At most this many replicas of one shard on one node (1: a node's loss takes one replica of a shard);
+    null: Ray Serve places them where it likes (spread by default)."""
+    shard_cpus: float = 1.0
+    """CPUs reserved by each shard replica (its searches run on one thread)."""
+    shard_timeout_s: float = 10.0
+    """A shard that has not answered a search within this long is missing for that request."""
+    on_missing_shard: Literal["fail", "partial"] = "fail"
+    """A request some shard did not answer: fail = 503 naming the shards; partial = the merged answer of the
+    shards that did, with "partial": true and the missing shards in the reply's "shards"."""
 
     def __post_init__(self) -> None:
         positive("default_k", self.default_k)
@@ -136,6 +149,10 @@ class ServeConfig:
         check(bool(self.image_formats) and not unknown,
               f"image_formats {list(self.image_formats)} must be a non-empty subset of {sorted(IMAGE_FORMATS)}")
         positive("request_timeout_s", self.request_timeout_s, allow_none=True)
+        positive("shard_replicas", self.shard_replicas)
+        positive("shard_max_replicas_per_node", self.shard_max_replicas_per_node, allow_none=True)
+        check(self.shard_cpus >= 0, f"shard_cpus must be >= 0, got {self.shard_cpus}")
+        check(0 < self.shard_timeout_s <= 600, f"shard_timeout_s must be in (0, 600], got {self.shard_timeout_s}")
         check(self.max_queued_requests == -1 or self.max_queued_requests >= 1,
               f"max_queued_requests must be -1 (unbounded) or >= 1, got {self.max_queued_requests}")
 

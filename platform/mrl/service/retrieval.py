@@ -31,6 +31,7 @@ from mrl.artifacts.index import IndexArtifact, load_index
 from mrl.retrieval.calibrate import plan_for_budget, plan_of
 from mrl.retrieval.modes import check_settings, make_plan
 from mrl.retrieval.plan import QueryPlan
+from mrl.retrieval.sharded import shard_hits, shard_summary
 from mrl.service import embeddings
 from mrl.service.api import (MAX_TEXT_CHARS, BatchSearchRequest, EmbeddingsRequest, SearchRequest,
                              validation_detail)
@@ -46,6 +47,27 @@ class RequestError(ValueError):
     def __init__(self, status: int, detail: Any):
         super().__init__(detail)
         self.status, self.detail = status, detail
+
+
+@dataclasses.dataclass
+class PlannedBatch:
+    """Requests validated and planned (`RetrievalService.plan_batch`): `out` holds each refused request's
+    `RequestError` (None where planned), `groups` the planned ones by plan as (position, (1, d) query), `budgets`
+    the budget choice of each request that gave one."""
+
+    out: list[Any]
+    groups: dict[QueryPlan, list[tuple[int, np.ndarray]]]
+    budgets: dict[int, dict[str, Any]]
+
+
+@dataclasses.dataclass
+class ShardedHits:
+    """A sharded search's outcome for one plan: the merged `Hits` of the shards that answered (None: none did),
+    their numbers, and missing shard -> why."""
+
+    hits: Any
+    answered: list[int]
+    missing: dict[int, str]
 
 
 class RetrievalService:
@@ -82,7 +104,11 @@ class RetrievalService:
         self.index_info = {"version": artifact.version, "path": str(artifact.path), "rows": manifest["rows"],
                            "sizes": manifest["sizes"], "kind": manifest.get("kind"),
                            "codes": manifest.get("codes") or []}
-        self._order = np.argsort(artifact.ids, kind="stable")  # id -> position lookup
+        self.shards = shard_summary(manifest)  # None: a whole index, searched here
+        if self.shards is not None:
+            self.index_info["shards"] = self.shards
+        else:
+            self._order = np.argsort(artifact.ids, kind="stable")  # id -> position lookup
         self._key = read_api_key(cfg)
         self._items: CorpusItems | None = None  # opened on the first item request (the data may be elsewhere)
         self._items_lock = threading.Lock()
@@ -94,7 +120,7 @@ class RetrievalService:
 
     @property
     def rows(self) -> int:
-        return len(self.artifact.ids)
+        return int(self.artifact.manifest["rows"])
 
     def health(self) -> dict[str, Any]:
         """GET /healthz (never needs the API key)."""
@@ -105,7 +131,7 @@ class RetrievalService:
                            "max_batch_queries": self.cfg.max_batch_queries}, "auth": self._key is not None,
                 "encoder": None if self.encoder_info is None else self.encoder_info["model_uri"],
                 "queries": self.query_kinds, "budgets": self.budgets, "modality": self.modality,
-                "memory": memory_report(self.engine)}
+                "memory": memory_report(self.engine) if self.shards is None else None}
 
     @property
     def budgets(self) -> dict[str, Any] | None:
@@ -150,8 +176,9 @@ class RetrievalService:
         if not self.rows:
             raise RuntimeError("index is empty")
 
-    def item(self, item_id: int) -> dict[str, Any]:
-        """GET /items/{id}: an indexed item, read from the data the index's lineage names.
+    def item(self, item_id: int, label: int | None = None) -> dict[str, Any]:
+        """GET /items/{id}: an indexed item, read from the data the index's lineage names (`label`: the item's label,
+        as its shard answered, for a sharded index; None there: not in the index).
 
         Returns:
             {"id", "label", "text"} for text corpora; {"id", "label", "png"} (PNG bytes) for image corpora.
@@ -160,9 +187,10 @@ class RetrievalService:
             RequestError: 404 for an id that is not in the index; 503 when the items cannot be read here (the
                 lineage names no data, the data is not on this machine, or it changed since the index was built).
         """
-        if not -2**63 <= item_id < 2**63:
+        if not -2**63 <= item_id < 2**63 or (self.shards is not None and label is None):
             raise RequestError(404, f"id {item_id} is not in the corpus ({self.rows} items)")
-        label = int(self.artifact.labels[self._position(item_id)])
+        if self.shards is None:
+            label = int(self.artifact.labels[self._position(item_id)])
         try:
             with self._items_lock:
                 if self._items is None:
@@ -356,42 +384,78 @@ class RetrievalService:
                 (the Serve deployment does, through its encoder deployment); else this service's own `encoder`.
         """
         started = time.perf_counter()
-        parsed = [self._parse_or_error(request) for request in requests]  # each request validated once
-        out: list[dict[str, Any] | RequestError | None] = [None] * len(requests)
         if embedded is None:
-            embedded, todo = self.pending_content(parsed)
+            embedded, todo = self.pending_content(requests)
             if todo:
                 embedded.update(zip(todo, self.encoder(list(todo.values()))))
-        groups: dict[QueryPlan, list[tuple[int, np.ndarray]]] = {}
-        budgets: dict[int, dict[str, Any]] = {}
+        batch = self.plan_batch(requests, embedded)
+        hits = {plan: shard_hits(self.artifact, plan, np.concatenate([q for _, q in members]))
+                for plan, members in batch.groups.items()}
+        return self.reply_batch(batch, hits, started)
+
+    def plan_batch(self, requests: list[SearchRequest | dict[str, Any]],
+                   embedded: dict[int, Any] | None = None) -> "PlannedBatch":
+        """The validation and planning half of `search_batch`: each request's error, or its plan and (1, d) query,
+        grouped by plan. `embedded`: position -> the query vector of an image or text request, or of an id request
+        whose row the caller fetched (a sharded index: its shard holds the row), or a `RequestError`."""
+        parsed = [self._parse_or_error(request) for request in requests]  # each request validated once
+        batch = PlannedBatch([None] * len(requests), {}, {})
         for i, request in enumerate(parsed):
             try:
                 if isinstance(request, RequestError):
                     raise request
-                plan, query, budget = self._prepare(request, embedded.get(i))
+                plan, query, budget = self._prepare(request, (embedded or {}).get(i))
                 if budget is not None:
-                    budgets[i] = budget
+                    batch.budgets[i] = budget
             except RequestError as exc:
-                out[i] = exc
+                batch.out[i] = exc
                 continue
             except ValueError as exc:  # a plan these request values cannot make: this request's problem alone
-                out[i] = RequestError(422, str(exc))
+                batch.out[i] = RequestError(422, str(exc))
                 continue
-            groups.setdefault(plan, []).append((i, query))
-        for plan, members in groups.items():
-            queries = np.concatenate([q for _, q in members])  # (B, d)
-            with self._gpu_lock:
-                result = self.engine.run(plan, queries)
+            batch.groups.setdefault(plan, []).append((i, query))
+        return batch
+
+    def id_queries(self, requests: list[SearchRequest | dict[str, Any]]) -> dict[int, int]:
+        """Position -> corpus id of the requests that query by id (a sharded index fetches those rows first)."""
+        out = {}
+        for i, request in enumerate(requests):
+            parsed = self._parse_or_error(request)
+            if not isinstance(parsed, RequestError) and parsed.id is not None:
+                out[i] = parsed.id
+        return out
+
+    def reply_batch(self, batch: "PlannedBatch", hits: dict[QueryPlan, Any], started: float
+                    ) -> list[dict[str, Any] | RequestError]:
+        """The search half of `search_batch`: each planned request's reply from its plan's `Hits` (or, for a sharded
+        index, a `ShardedHits`: the hits of the shards that answered, which and why the others did not)."""
+        out = list(batch.out)
+        for plan, members in batch.groups.items():
+            found = hits[plan]
+            shards = None
+            if self.shards is not None:
+                shards = {"answered": len(found.answered), "of": self.shards["count"],
+                          "missing": sorted(found.missing)}
+                if found.hits is None or (found.missing and self.cfg.on_missing_shard == "fail"):
+                    error = RequestError(503, f"shards {sorted(found.missing)} of {self.shards['count']} did not "
+                                              f"answer ({'; '.join(found.missing.values())}); retry later "
+                                              "(serve.on_missing_shard: partial answers from the others)")
+                    for i, _ in members:
+                        out[i] = error
+                    continue
+                found = found.hits
             for row, (i, _) in enumerate(members):
-                keep = result.positions[row] >= 0
-                pos = result.positions[row][keep]
-                out[i] = {"ids": self.artifact.ids[pos].tolist(), "scores": result.scores[row][keep].tolist(),
-                          "labels": self.artifact.labels[pos].tolist(), "model": self.model_info,
+                keep = found.ids[row] >= 0
+                out[i] = {"ids": found.ids[row][keep].tolist(), "scores": found.scores[row][keep].tolist(),
+                          "labels": found.labels[row][keep].tolist(), "model": self.model_info,
                           "index": self.index_info, "search": plan.describe(),
-                          "vector_bytes": int(result.vector_bytes),  # read from the full vectors for this query
+                          "vector_bytes": int(found.vector_bytes[row]),  # read from the full vectors for this query
                           "took_ms": 1000 * (time.perf_counter() - started), "batch": len(members)}
-                if i in budgets:
-                    out[i]["budget"] = budgets[i]
+                if shards is not None:
+                    out[i]["shards"] = shards
+                    out[i]["partial"] = bool(shards["missing"])
+                if i in batch.budgets:
+                    out[i]["budget"] = batch.budgets[i]
         return out
 
     def _budget_choice(self, request: SearchRequest) -> dict[str, Any]:
@@ -444,6 +508,10 @@ class RetrievalService:
             vector = embedded  # (d,) from the encoder
         if vector is not None:
             return plan, self._vector_query(vector, self.engine.smallest_prefix(plan), mode), budget
+        if self.shards is not None:  # the row, as its shard answered it (or why not)
+            if isinstance(embedded, RequestError):
+                raise embedded
+            return plan, np.asarray(embedded, dtype=np.float32)[None], budget
         return plan, np.asarray(self.artifact.vectors[self._position(request.id)], dtype=np.float32)[None], budget
 
     @staticmethod
