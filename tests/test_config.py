@@ -195,6 +195,9 @@ SECTION_RANGES = [
     (IndexConfig, IndexJobConfig, "index", {"sizes": (16, 8)}, r"sizes: nesting list \[16, 8\] is not sorted"),
     (IndexConfig, IndexJobConfig, "index", {"hnsw_m": 0}, r"hnsw_m must be > 0, got 0"),
     (ServeConfig, ServeJobConfig, "serve", {"port": 0}, r"port must be in \[1, 65535\], got 0"),
+    (IndexConfig, IndexJobConfig, "index", {"shards": 0}, r"shards must be in \[1, 1024\], got 0"),
+    (ServeConfig, ServeJobConfig, "serve", {"shard_replicas": 0}, r"shard_replicas must be > 0, got 0"),
+    (ServeConfig, ServeJobConfig, "serve", {"shard_timeout_s": 0.0}, r"shard_timeout_s must be in \(0, 600\], got 0"),
     (TuneSpace, TuneJobConfig, "space", {"schedules": ()},
      r"schedules must list at least one of \['log', 'uniform'\]"),
 ]

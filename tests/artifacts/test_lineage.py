@@ -129,3 +129,24 @@ def test_data_replaced_with_its_size_and_mtime_kept_breaks_the_dataset_link(chai
         line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("dataset"))
         assert f"BROKEN: the training data at {data} changed since training run" in line
         assert "1 changed (part-1.parquet)" in line
+
+
+def test_a_sharded_index_lists_its_shards_and_verifies_their_files(chain, capsys):
+    """A sharded index's link names its shards (rows, id ranges) and verifies every shard's files; a shard file
+    changed afterwards breaks the index link, naming the file."""
+    from mrl.artifacts.index import write_sharded_index
+    from mrl.artifacts.manifest import read_manifest
+
+    out, _, _ = chain
+    whole = read_manifest(out / "index" / "i", stage="index")
+    vectors = np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)
+    write_sharded_index(out / "index" / "s", np.arange(20), np.arange(20) % 3, vectors, [4, 8], "flat",
+                        {"embeddings": whole["embeddings"], "index_run_id": whole["index_run_id"]}, shards=2,
+                        by="range")
+    assert lineage(out, f"target={out / 'index' / 's'}") == 0
+    shown = capsys.readouterr().out
+    assert "2 by range: shard-000 10 rows ids 0..9, shard-001 10 rows ids 10..19" in shown
+    assert "files verified 10" in shown  # vectors, ids, labels and an index per size in each shard
+    (out / "index" / "s" / "shard-001" / "labels.npy").write_bytes(b"changed")
+    assert lineage(out, f"target={out / 'index' / 's'}") != 0
+    assert "shard-001/labels.npy does not match its manifest checksum" in capsys.readouterr().out

@@ -246,13 +246,12 @@ def is_sharded(manifest: dict[str, Any]) -> bool:
     return bool(manifest.get("shards"))
 
 
-def load_shard(path: str | Path, shard: int, verify: bool = True, device: str = "cpu") -> IndexArtifact:
-    """Open shard `shard` of the sharded index at `path`, held to the top-level manifest: the shard's manifest
-    checksum, its index version, d, sizes and row count must be the ones listed there (`load_index` checks the
-    shard's own files).
+def shard_manifest(path: str | Path, shard: int) -> tuple[dict[str, Any], Path, dict[str, Any]]:
+    """(the top-level manifest, the directory and the manifest of shard `shard`) of the sharded index at `path`,
+    the shard's manifest held to the sha256 the top-level one lists for it (its files are not opened).
 
     Raises:
-        IndexMismatchError: not a sharded index, no such shard, or a shard that does not match the listing.
+        IndexMismatchError: not a sharded index, no such shard, or a shard manifest that is not the listed one.
     """
     path = Path(path).resolve()
     try:
@@ -264,15 +263,27 @@ def load_shard(path: str | Path, shard: int, verify: bool = True, device: str = 
     listing = top["shards"]["list"]
     if not 0 <= shard < len(listing):
         raise IndexMismatchError(f"index {path} has shards 0..{len(listing) - 1}, not {shard}")
-    entry = listing[shard]
-    where = path / entry["path"]
-    if entry["path"] != shard_dir(shard) or sha256(where / "manifest.json") != entry["manifest_sha256"]:
+    where = path / listing[shard]["path"]
+    if listing[shard]["path"] != shard_dir(shard) or not (where / "manifest.json").is_file() or \
+            sha256(where / "manifest.json") != listing[shard]["manifest_sha256"]:
         raise IndexMismatchError(f"{where}/manifest.json does not match the checksum the top-level manifest of "
-                                 f"{path} lists for shard {shard} (modified or from another build)")
+                                 f"{path} lists for shard {shard} (missing, modified or from another build)")
+    return top, where, read_manifest(where, stage="index")
+
+
+def load_shard(path: str | Path, shard: int, verify: bool = True, device: str = "cpu") -> IndexArtifact:
+    """Open shard `shard` of the sharded index at `path`, held to the top-level manifest: the shard's manifest
+    checksum, its index version, d, sizes and row count must be the ones listed there (`load_index` checks the
+    shard's own files).
+
+    Raises:
+        IndexMismatchError: not a sharded index, no such shard, or a shard that does not match the listing.
+    """
+    top, where, _ = shard_manifest(path, shard)
     artifact = load_index(where, expect_dim=top["dim"], verify=verify, device=device)
     own = artifact.manifest
     if (own.get("index_run_id"), own["sizes"], own["rows"], own.get("shard")) != \
-            (top.get("index_run_id"), top["sizes"], entry["rows"], shard):
+            (top.get("index_run_id"), top["sizes"], top["shards"]["list"][shard]["rows"], shard):
         raise IndexMismatchError(f"shard {shard} of {path} is not the one its top-level manifest lists (version "
                                  f"{own.get('index_run_id')}, sizes {own['sizes']}, {own['rows']} rows)")
     return artifact

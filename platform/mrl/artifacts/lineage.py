@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mrl.artifacts.datasets import dataset_digest, describe_changes, file_digests
+from mrl.artifacts.index import shard_manifest
 from mrl.artifacts.manifest import format_version, read_manifest, verify_files
 from mrl.artifacts.tracking import (DATA_FILES_ARTIFACT, TAG_CHECKPOINT, TAG_DATA_DIGEST, TAG_DATA_PATH, TAG_URL,
                                     describe_model)
@@ -124,11 +125,24 @@ def _index(path: Path, client, cache: Path | None) -> list[Link]:
         manifest = read_manifest(path, stage="index")
     except (FileNotFoundError, ValueError) as exc:
         return [Link("index", str(path), problem=str(exc))]
-    files, bad = _checksums({path: manifest.get("checksums") or {}})
+    listings, shards, bad = {path: manifest.get("checksums") or {}}, None, None
+    if manifest.get("shards"):  # each shard's manifest against the top-level listing, then the shard's own files
+        try:
+            for i in range(len(manifest["shards"]["list"])):
+                _, where, own = shard_manifest(path, i)
+                listings[where] = own.get("checksums") or {}
+        except (FileNotFoundError, ValueError) as exc:
+            bad = str(exc)
+        shards = ", ".join(f"{s['path']} {s['rows']} rows ids {s['id_min']}..{s['id_max']}"
+                           for s in manifest["shards"]["list"])
+        shards = f"{len(manifest['shards']['list'])} by {manifest['shards']['by']}: {shards}"
+    files, bad_files = _checksums(listings)
     _, problem = _run(client, manifest.get("index_run_id"))
-    link = Link("index", str(path), {"run": manifest.get("index_run_id"), "rows": manifest.get("rows"),
-                                     "sizes": manifest.get("sizes"), "files verified": files},
-                problem=bad or problem)
+    details = {"run": manifest.get("index_run_id"), "rows": manifest.get("rows"), "sizes": manifest.get("sizes"),
+               "files verified": files}
+    if shards:
+        details["shards"] = shards
+    link = Link("index", str(path), details, problem=bad or bad_files or problem)
     return [link, *_embeddings(Path(manifest.get("embeddings", "")), client, cache)]
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from mrl.artifacts import tracking
 from mrl.artifacts.manifest import read_manifest
 from mrl.configio import to_dict
-from mrl.service.app import build_app
+from mrl.service.app import deploy
 from mrl.stages.config import ServeJobConfig
 from mrl.stages.stage import stage_run
 
@@ -31,10 +31,14 @@ def run(job: ServeJobConfig) -> dict[str, Any]:
     with stage_run("serve", job, input_run_id=manifest.get("index_run_id", ""), input_uri=index_dir,
                    tags={tracking.TAG_URL: url}) as stage:
         serve.start(http_options=http_options(cfg))
-        serve.run(build_app(index_dir, cfg, stage.tracking_uri), name="mrl", route_prefix="/", blocking=False)
-        tracking.log_params({"serve": to_dict(cfg), "index_dir": index_dir, "model_uri": manifest.get("model_uri")})
+        apps = deploy(index_dir, cfg, "mrl", stage.tracking_uri)  # a sharded index: one application per shard too
+        tracking.log_params({"serve": to_dict(cfg), "index_dir": index_dir, "model_uri": manifest.get("model_uri"),
+                             "applications": apps})
+    shards = manifest.get("shards")
+    sharded = (f"; {len(shards['list'])} shards x {cfg.shard_replicas} replicas, shortlist rule {shards['rule']}"
+               if shards else "")
     print(f"[serve] retrieval at {url}/search (default mode {cfg.mode}; D_s={cfg.search.shortlist_size}, "
-          f"K={cfg.search.shortlist_k}, D_r={cfg.search.rerank_size or manifest['dim']})", flush=True)
+          f"K={cfg.search.shortlist_k}, D_r={cfg.search.rerank_size or manifest['dim']}{sharded})", flush=True)
     if job.block:
         serve_until_interrupted(url)
     return {"url": url, "run_id": stage.run_id, "index_version": manifest.get("index_run_id")}
