@@ -331,6 +331,108 @@ def test_serving_survives_a_killed_node_under_load(cluster, tmp_path):
         serve.shutdown()
 
 
+def test_a_sharded_index_survives_a_killed_node_under_load(cluster, tmp_path):
+    """A 4-shard index, each shard's deployment with 2 replicas at most one per node, and 2 Retriever replicas,
+    on two worker nodes (so each node holds one replica of every shard and a Retriever). Exact answers are the
+    unsharded index's and adaptive ones the merged per-shard plan's. 8 clients query by id; once 50 are answered,
+    a node is killed and a replacement joins.
+
+    Lost: at most the requests in flight at the dead node's Retriever and those the proxy routed to it before the
+    cluster noticed (as for a whole index, at most 8 of each). Survived: every search a surviving Retriever sent to
+    a shard replica on the dead node (retried on the shard's other replica); no reply mixes versions or misses a
+    shard. Then a shard deleted outright: `partial` replies name it."""
+    import concurrent.futures
+
+    import requests
+    from ray import serve
+
+    from mrl.artifacts.index import load_index, load_shard, write_index, write_sharded_index
+    from mrl.config import ServeConfig
+    from mrl.retrieval.modes import make_plan
+    from mrl.retrieval.sharded import ShardedEngine, shard_hits
+    from mrl.service.app import deploy
+
+    rows, dim = 800, 32
+    vectors = np.random.default_rng(0).normal(size=(rows, dim)).astype(np.float32)
+    ids = np.arange(rows)
+    write_index(tmp_path / "whole", ids, ids % 4, vectors, [8, 32], "flat", {"index_run_id": "v1"})
+    write_sharded_index(tmp_path / "sharded", ids, ids % 4, vectors, [8, 32], "flat", {"index_run_id": "v1"},
+                        shards=4, by="hash")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    try:
+        cfg = ServeConfig(port=port, num_replicas=2, max_replicas_per_node=1, encoder=False, shard_replicas=2,
+                          shard_max_replicas_per_node=1, shard_cpus=0.5, shard_timeout_s=20.0,
+                          on_missing_shard="partial", search=SearchSettings(shortlist_size=8, shortlist_k=40))
+        apps = deploy(str(tmp_path / "sharded"), cfg, name="mrl")
+        for app in apps[1:]:
+            placed = wait_for(lambda: generation(cluster, set(), f"ServeReplica:{app}:Shard", 2), 60, f"{app} x2")
+            assert len({r.node_id for r in placed}) == 2, f"{app}: both replicas on one node"
+
+        queries = np.random.default_rng(1).normal(size=(10, dim)).astype(np.float32)
+        exact = shard_hits(load_index(tmp_path / "whole"), make_plan("full", SearchSettings(), dim, 10), queries)
+        reference = ShardedEngine([load_shard(tmp_path / "sharded", i) for i in range(4)]).hits(
+            make_plan("adaptive", SearchSettings(shortlist_size=8, shortlist_k=40), dim, 10), queries)
+        for q, want_exact, want_adaptive in zip(queries, exact.ids.tolist(), reference.ids.tolist()):
+            assert requests.post(f"{url}/search", json={"vector": q.tolist(), "mode": "full"},
+                                 timeout=60).json()["ids"] == want_exact
+            assert requests.post(f"{url}/search", json={"vector": q.tolist()}, timeout=60).json()["ids"] == \
+                want_adaptive
+
+        concurrency, stopping = 8, threading.Event()
+        answered: list[tuple[float, float, bool]] = []  # (sent, answered, right)
+        lock = threading.Lock()
+
+        def client(worker: int) -> None:
+            session, i = requests.Session(), worker
+            while not stopping.is_set():
+                sent = time.time()
+                try:
+                    reply = session.post(f"{url}/search", json={"id": i % rows, "k": 5, "mode": "full"}, timeout=120)
+                    body = reply.json() if reply.status_code == 200 else {}
+                    right = body.get("ids", [None])[0] == i % rows and body["index"]["version"] == "v1" and \
+                        body["shards"] == {"answered": 4, "of": 4, "missing": []}
+                except requests.RequestException:
+                    right = False
+                with lock:
+                    answered.append((sent, time.time(), right))
+                i += concurrency
+
+        with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+            clients = [pool.submit(client, w) for w in range(concurrency)]
+            try:
+                wait_for(lambda: sum(r for *_, r in answered) >= 50, 120, "50 answers before the kill",
+                         interval=0.05)
+                victim = cluster.name_of(cluster.live_actors("ServeReplica:mrl:Retriever")[0].node_id)
+                cluster.kill(victim)
+                killed_at = time.time()
+                cluster.add()
+                wait_for(lambda: sum(ok and e > killed_at for _, e, ok in answered) >= 10, 300,
+                         "10 answers after the kill", interval=0.05)
+                time.sleep(2.0)
+            finally:
+                stopping.set()
+            for c in clients:
+                c.result()
+        failed = [(round(s - killed_at, 2), round(e - killed_at, 2)) for s, e, ok in answered if not ok]
+        print(f"sharded serve: {len(answered)} requests, {len(failed)} failed (sent, ended, s from the kill): "
+              f"{failed}")
+        assert not [f for f in failed if f[1] < 0], f"requests failed before any node was killed: {failed}"
+        assert len([f for f in failed if f[0] < 0 <= f[1]]) <= concurrency, failed
+        assert len([f for f in failed if f[0] >= 0]) <= concurrency, failed
+
+        serve.delete(apps[3])  # shard 2 gone altogether: partial answers name it
+        reply = requests.post(f"{url}/search", json={"vector": queries[0].tolist(), "mode": "full"}, timeout=60)
+        body = reply.json()
+        assert reply.status_code == 200 and body["partial"] and body["shards"]["missing"] == [2], body
+        others = np.setdiff1d(ids, load_shard(tmp_path / "sharded", 2).ids)  # the exact top-10 of the other shards
+        unit = vectors[others] / np.linalg.norm(vectors[others], axis=1, keepdims=True)
+        assert body["ids"] == others[np.argsort(-(unit @ queries[0]), kind="stable")[:10]].tolist()
+    finally:
+        serve.shutdown()
+
+
 # ------------------------------------------------------------------------------------------------------ tune
 
 def test_a_sweep_retries_the_trial_whose_node_died(cluster, tmp_path, fashion_shards, gate):
