@@ -136,8 +136,8 @@ def test_a_shard_without_replicas_fails_or_answers_partially_by_config(sharded):
         from mrl.service.app import build_shard_app
 
         serve.delete("mrl-partial")
-        serve.run(build_shard_app(str(root / "v1"), 3, cfg(port)), name="mrl-v1-shard3", route_prefix=None,
-                  blocking=False)
+        serve.run(build_shard_app(str(root / "v1"), 3, cfg(port), "mrl-v1-shard3"), name="mrl-v1-shard3",
+                  route_prefix=None, blocking=False)
     assert search(url, {"vector": [1.0] * DIM}).status_code == 200
 
 

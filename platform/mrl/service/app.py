@@ -62,7 +62,8 @@ from mrl.service.config import ServeConfig
 from mrl.service.encoder import QueryEncoder, check_encoder
 from mrl.service.guard import Guard
 from mrl.service.retrieval import RequestError, RetrievalService, ShardedHits, read_api_key
-from mrl.service.shards import Scatter, ShardedIndex, ShardMissing, ShardService, shard_app_name
+from mrl.service.shards import (WORKERS_NAMESPACE, Scatter, ShardedIndex, ShardMissing, ShardService, Workers,
+                                shard_app_name, worker_name)
 
 app = FastAPI(title="MRL adaptive retrieval", version="1",
               description="Matryoshka retrieval: shortlist with a small prefix, rerank exactly with larger ones. "
@@ -192,27 +193,71 @@ async def fetch_row(service: RetrievalService, scatter: Scatter, item_id: int
     return vector, label
 
 
-@serve.deployment(name="Shard", health_check_period_s=10)
-class Shard:
-    """One shard of a sharded index: its searches (per-shard plans), its rows by id, its health; each answer
-    carries the shard's index version, which the Retriever checks."""
+# BLAS, OpenMP and Numba pools of one thread: a replica searches on one CPU (more threads, on a machine shared with
+# other replicas, spin and wait on each other: an unlimited shard worker made 4-shard queries 7x slower here)
+ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                  "NUMBA_NUM_THREADS": "1"}
+
+
+def one_thread() -> None:
+    """Search on one thread in this process: FAISS, PyTorch and the rerank kernels."""
+    import faiss
+    import torch
+
+    from mrl.retrieval import kernels  # lazy: imports Numba, which only search processes need
+
+    faiss.omp_set_num_threads(1)
+    torch.set_num_threads(1)
+    kernels.set_threads(1)
+
+
+class ShardWorker:
+    """The searches of one shard replica: a plain Ray actor its `Shard` replica starts on its own node and owns
+    (it dies with the replica), called by the Retrievers directly (`mrl.service.shards.Scatter`). Every answer
+    carries the shard's index version."""
 
     def __init__(self, index_dir: str, shard: int, device: str):
-        import faiss
-        import torch
-
-        faiss.omp_set_num_threads(1)  # one CPU per replica
-        torch.set_num_threads(1)
+        one_thread()
         self.service = ShardService(load_shard(index_dir, shard, device=device))
 
-    async def search(self, plan, queries):
-        return await asyncio.to_thread(self.service.search, plan, queries)
+    def search(self, plan, queries):
+        return self.service.search(plan, queries)
 
     def row(self, item_id: int):
         return self.service.row(item_id)
 
     def health(self):
         return self.service.version, self.service.health()
+
+    def version(self) -> str:
+        return self.service.version
+
+
+@serve.deployment(name="Shard", health_check_period_s=5)
+class Shard:
+    """One replica of one shard of a sharded index, as Serve places, health-checks and restarts it: it starts the
+    shard's `ShardWorker` on its node (the replica's CPUs are the worker's) and registers it by name for the
+    Retrievers; a worker that stops answering fails the replica's health check, and Serve replaces both."""
+
+    def __init__(self, index_dir: str, shard: int, device: str, app_name: str):
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        replica = serve.get_replica_context().replica_id.unique_id
+        self.worker = ray.remote(ShardWorker).options(
+            name=worker_name(app_name, replica), namespace=WORKERS_NAMESPACE, num_cpus=0, max_restarts=0,
+            runtime_env={"env_vars": ONE_THREAD_ENV},  # an actor of 0 CPUs gets no thread limit from Ray
+            scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        ).remote(index_dir, shard, device)
+        self.version = ray.get(self.worker.version.remote())  # the shard loaded (its checks passed) before serving
+
+    async def check_health(self) -> None:
+        if await asyncio.wait_for(_awaited(self.worker.version.remote()), 10.0) != self.version:
+            raise RuntimeError("the shard worker answers for another index version")
+
+
+async def _awaited(ref):
+    return await ref
 
 
 @serve.deployment(name="Encoder", health_check_period_s=10)
@@ -247,18 +292,13 @@ class Retriever:
     the Encoder deployment when there is one."""
 
     def __init__(self, index_dir: str, serve_cfg: dict[str, Any], encoder=None, shard_apps: list[str] | None = None):
-        import faiss
-        import torch
-
-        faiss.omp_set_num_threads(1)  # one CPU per replica
-        torch.set_num_threads(1)
+        one_thread()
         cfg = from_dict(ServeConfig, serve_cfg, prefix="serve.")
         self.encoder = encoder
         self.scatter = None
         if shard_apps:  # a sharded index: the top-level manifest here, the rows in the shards' applications
             artifact = ShardedIndex.open(index_dir)
-            self.scatter = Scatter([serve.get_deployment_handle("Shard", app_name=app) for app in shard_apps],
-                                   artifact.version, cfg.shard_timeout_s)
+            self.scatter = Scatter(Workers(shard_apps), artifact.version, cfg.shard_timeout_s)
         else:
             artifact = load_index(index_dir, device=cfg.device)
         manifest = artifact.manifest
@@ -412,15 +452,16 @@ def build_app(index_dir: str, serve_cfg, tracking_uri: str | None = None, shard_
                              ).bind(str(Path(index_dir).resolve()), to_dict(serve_cfg), encoder, shard_apps)
 
 
-def build_shard_app(index_dir: str, shard: int, serve_cfg):
-    """The bound Serve application of one shard of a sharded index (`serve.shard_*` replicas and placement)."""
+def build_shard_app(index_dir: str, shard: int, serve_cfg, app_name: str):
+    """The bound Serve application `app_name` of one shard of a sharded index (`serve.shard_*` replicas and
+    placement)."""
     options: dict[str, Any] = {"num_replicas": serve_cfg.shard_replicas,
                                "max_ongoing_requests": serve_cfg.max_ongoing_requests,
                                "ray_actor_options": {"num_cpus": serve_cfg.shard_cpus,
                                                      "num_gpus": serve_cfg.gpus_per_replica}}
     if serve_cfg.shard_max_replicas_per_node is not None:
         options["max_replicas_per_node"] = serve_cfg.shard_max_replicas_per_node
-    return Shard.options(**options).bind(str(Path(index_dir).resolve()), shard, serve_cfg.device)
+    return Shard.options(**options).bind(str(Path(index_dir).resolve()), shard, serve_cfg.device, app_name)
 
 
 def deploy(index_dir: str, serve_cfg, name: str = "mrl", tracking_uri: str | None = None,
@@ -429,26 +470,28 @@ def deploy(index_dir: str, serve_cfg, name: str = "mrl", tracking_uri: str | Non
 
     A whole index is one application. A sharded one is first one application per shard, named after the index
     version (`shard_app_name`), each waited for; then the Retriever application is updated to call them (Serve
-    replaces its replicas one by one, the old ones still calling the old version's shards); once no old Retriever
-    replica is left, the shard applications of other versions under `name` are deleted. No reply mixes versions.
+    replaces its replicas one by one, the old ones still calling the old version's shards). Once no old Retriever
+    replica is left, the shard applications of other versions under `name` (a sharded index served before) are
+    deleted. No reply mixes versions.
     """
     from ray import serve
 
     manifest = read_manifest(index_dir, stage="index")
-    if not is_sharded(manifest):
-        serve.run(build_app(index_dir, serve_cfg, tracking_uri), name=name, route_prefix=route_prefix, blocking=False)
-        return [name]
-    version = str(manifest.get("index_run_id", Path(index_dir).resolve().name))
-    shard_apps = [shard_app_name(name, version, i) for i in range(len(manifest["shards"]["list"]))]
-    for i, app_name in enumerate(shard_apps):
-        serve.run(build_shard_app(index_dir, i, serve_cfg), name=app_name, route_prefix=None, blocking=False)
-    serve.run(build_app(index_dir, serve_cfg, tracking_uri, shard_apps), name=name, route_prefix=route_prefix,
-              blocking=False)
-    _wait_for_one_generation(name, settle_s)
+    shard_apps = []
+    if is_sharded(manifest):
+        version = str(manifest.get("index_run_id", Path(index_dir).resolve().name))
+        shard_apps = [shard_app_name(name, version, i) for i in range(len(manifest["shards"]["list"]))]
+        for i, app_name in enumerate(shard_apps):
+            serve.run(build_shard_app(index_dir, i, serve_cfg, app_name), name=app_name, route_prefix=None,
+                      blocking=False)
+    serve.run(build_app(index_dir, serve_cfg, tracking_uri, shard_apps or None), name=name,
+              route_prefix=route_prefix, blocking=False)
     stale = [app for app in serve.status().applications if app.startswith(f"{name}-") and "-shard" in app
-             and app not in shard_apps]
-    for app in stale:
-        serve.delete(app)
+             and app not in shard_apps]  # shards of the versions served before
+    if stale:
+        _wait_for_one_generation(name, settle_s)
+        for app in stale:
+            serve.delete(app)
     return [name, *shard_apps]
 
 
