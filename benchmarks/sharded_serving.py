@@ -269,6 +269,8 @@ def write(cfg: ShardedBenchConfig, result: dict, command: str) -> Path:
         ax.legend()
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=120)
+    if out.parent != serve_load.RESULTS:  # results kept elsewhere (a trial run): MLflow gets docs/results' only
+        return md
     serve_load.log_to_mlflow("sharded-serving", REPO / cfg.cache_dir, {
         f"r{r['rows']}_s{r['shards']}_{key}": r[key] for r in rows for key in ("single_p50_ms", "qps", "single_ratio")},
         [md.name, out.with_suffix(".json").name, out.with_suffix(".png").name])
