@@ -195,9 +195,11 @@ def capacity(cfg: ShardedBenchConfig, rows: list[dict]) -> dict:
     plans = []
     for family, label in scale["picks"].items():
         resident = by_label[label]["resident_bytes_per_vector"]
+        # the float16 rows are a file only for plans that rerank with them (full-size HNSW holds its own vectors)
+        file_bytes = 2 * scale["dim"] if by_label[label]["vector_kib_per_query"] else 0
         for node in cfg.node_memory_gib:
             for replicas in (1, 2, 3):
-                plan = capacity_plan(10**9, resident, 2 * scale["dim"], node * GIB, replicas, process_bytes=fixed)
+                plan = capacity_plan(10**9, resident, file_bytes, node * GIB, replicas, process_bytes=fixed)
                 plans.append({"family": family, "search": label, "resident_bytes_per_row": resident,
                               "node_memory_gib": node, "replicas": replicas, **plan})
     return {"rows": 10**9, "dim": scale["dim"], "process_fixed_mib": fixed / 2**20, "plans": plans}
@@ -243,7 +245,7 @@ def write(cfg: ShardedBenchConfig, result: dict, command: str) -> Path:
               "holds its shard's structures (resident bytes per row, measured in docs/results/retrieval_scale.md) "
               f"plus {cap['process_fixed_mib']:.0f} MiB of fixed process memory (measured here: RssAnon minus "
               "structures of the shard processes); the float16 full vectors (4,096 B a row) are a file on each "
-              "replica's node. Availability assumes independent node failures at 99.9% uptime; a full answer "
+              "replica's node, for the plans that rerank from them. Availability assumes independent node failures at 99.9% uptime; a full answer "
               "needs every shard.", "",
               "| plan | B / row in RAM | node RAM (GiB) | replicas | nodes | shards | rows / shard | RAM used / node "
               "(GiB) | disk / node (TiB) | shard up | full answer up |",
@@ -252,7 +254,7 @@ def write(cfg: ShardedBenchConfig, result: dict, command: str) -> Path:
         lines.append(f"| {p['family']}: {p['search']} | {p['resident_bytes_per_row']:,.0f} | {p['node_memory_gib']} | "
                      f"{p['replicas']} | {p['nodes']} | {p['shards']} | {p['rows_per_shard']:,} | "
                      f"{p['resident_gib_per_node']:.0f} | {p['disk_tib_per_node']:.2f} | "
-                     f"{100 * p['shard_availability']:.4f}% | {100 * p['full_answer_availability']:.4f}% |")
+                     f"{100 * p['shard_availability']:.6f}% | {100 * p['full_answer_availability']:.6f}% |")
     md = out.with_suffix(".md")
     md.write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps({"command": command, "config": to_dict(cfg), **result}, indent=1))
@@ -280,6 +282,8 @@ def write(cfg: ShardedBenchConfig, result: dict, command: str) -> Path:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(REPO / "benchmarks" / "sharded_serving.yaml"))
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the report (and the capacity plan) from the last run's JSON, measuring nothing")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args(argv)
     try:
@@ -287,8 +291,13 @@ def main(argv: list[str]) -> int:
     except (ConfigError, FileNotFoundError) as exc:
         print(f"sharded_serving: config error: {exc}", file=sys.stderr)
         return 2
-    result = run(cfg)
-    md = write(cfg, result, " ".join(["python benchmarks/sharded_serving.py", *argv]))
+    command = " ".join(["python benchmarks/sharded_serving.py", *argv])
+    if args.report_only:
+        last = json.loads((REPO / cfg.results).with_suffix(".json").read_text())
+        result, command = {"rows": last["rows"], "capacity": capacity(cfg, last["rows"])}, last["command"]
+    else:
+        result = run(cfg)
+    md = write(cfg, result, command)
     print(md.read_text(), flush=True)
     return 0
 
