@@ -4,7 +4,7 @@ run; the scatter-gather's cost, the memory each shard process holds, and a capac
     python benchmarks/sharded_serving.py [--config benchmarks/sharded_serving.yaml] [key=value ...]
 
 For each corpus (the first N rows of the 1M x 2048 embeddings of docs/results/retrieval_scale.md: 60,000 and
-1,000,000) each layout is built once (kept under `cache_dir` for reruns) with the memory-first plan of that
+1,000,000) each layout is built once (kept under <output_dir>/sharded for reruns) with the memory-first plan of that
 benchmark, then deployed in turn on one local Ray cluster with `mrl.service.app.deploy` (a hot swap from the
 layout before). For each: recall@10 over HTTP against the exact top-10 of all rows, single-query latency (one
 closed-loop client) and q/s (`concurrency` clients), each client on 127.0.0.1 sharing the 2 cores with the
@@ -23,39 +23,17 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 import serve_load
 from mrl.configio import ConfigError, load_config, to_dict
-from mrl.retrieval.config import IndexConfig
-from mrl.service.config import ServeConfig
 from mrlbench.capacity import capacity_plan
+from mrlbench.sharded_bench import ShardedBenchConfig
 
 REPO = Path(__file__).resolve().parents[1]
 GIB = 2**30
-
-
-@dataclass(frozen=True, kw_only=True)
-class ShardedBenchConfig:
-    """The sharded-serving benchmark (see the module docstring)."""
-
-    embeddings: str = "outputs/scale/embeddings/latest"
-    cache_dir: str = "outputs/scale/sharded"
-    corpora: tuple[int, ...] = (60_000, 1_000_000)
-    shards: tuple[int, ...] = (1, 2, 4)
-    rounds: int = 2
-    seconds: float = 15.0
-    concurrency: int = 8
-    recall_queries: int = 200
-    index: IndexConfig = field(default_factory=IndexConfig)
-    serve: ServeConfig = field(default_factory=ServeConfig)
-    target_overhead: float = 1.5
-    """The issue's bar: 4 shards' single-query p50 at most this times the whole index's."""
-    node_memory_gib: tuple[int, ...] = (128, 256, 512)
-    results: str = "docs/results/sharded_serving"
 
 
 def free_port() -> int:
@@ -70,7 +48,7 @@ def build(cfg: ShardedBenchConfig, ids, labels, vectors, shards: int) -> tuple[P
     """The layout's index directory (built now, or kept from an earlier run) and its build seconds (0: kept)."""
     from mrl.artifacts.index import write_index, write_sharded_index
 
-    out = REPO / cfg.cache_dir / f"{len(ids)}-{shards}"
+    out = REPO / cfg.output_dir / "sharded" / f"{len(ids)}-{shards}"
     if (out / "manifest.json").is_file():
         return out, 0.0
     sizes = list(cfg.index.sizes)
@@ -273,7 +251,7 @@ def write(cfg: ShardedBenchConfig, result: dict, command: str) -> Path:
     fig.savefig(out.with_suffix(".png"), dpi=120)
     if out.parent != serve_load.RESULTS:  # results kept elsewhere (a trial run): MLflow gets docs/results' only
         return md
-    serve_load.log_to_mlflow("sharded-serving", REPO / cfg.cache_dir, {
+    serve_load.log_to_mlflow("sharded-serving", REPO / cfg.output_dir / "sharded", {
         f"r{r['rows']}_s{r['shards']}_{key}": r[key] for r in rows for key in ("single_p50_ms", "qps", "single_ratio")},
         [md.name, out.with_suffix(".json").name, out.with_suffix(".png").name])
     return md

@@ -7,6 +7,7 @@ from mrl import config as C
 from mrl.configio import ConfigError, from_dict, load_config
 from mrlbench.reproduce import ReproduceConfig
 from mrlbench.retrieval_bench import RetrievalBenchConfig
+from mrlbench.sharded_bench import ShardedBenchConfig
 from mrlbench.text_bench import TextBenchConfig
 
 from conftest import REPO
@@ -31,6 +32,7 @@ SHIPPED = {
     "jobs/train_2048.yaml": C.TrainJobConfig,
     "jobs/embed_augmented.yaml": C.EmbedJobConfig,
     "benchmarks/retrieval_scale.yaml": RetrievalBenchConfig,
+    "benchmarks/sharded_serving.yaml": ShardedBenchConfig,
     # the tune benchmark's two sweeps keep their outputs under outputs/tune-bench
     "benchmarks/tune_grid.yaml": C.TuneJobConfig,
     "benchmarks/tune_asha.yaml": C.TuneJobConfig,

@@ -392,7 +392,7 @@ def test_a_sharded_index_survives_a_killed_node_under_load(cluster, tmp_path):
                     reply = session.post(f"{url}/search", json={"id": i % rows, "k": 5, "mode": "full"}, timeout=120)
                     body = reply.json() if reply.status_code == 200 else {}
                     right = body.get("ids", [None])[0] == i % rows and body["index"]["version"] == "v1" and \
-                        body["shards"] == {"answered": 4, "of": 4, "missing": []}
+                        body["shards"]["answered"] == 4 and not body["partial"]
                 except requests.RequestException:
                     right = False
                 with lock:

@@ -282,10 +282,11 @@ def load_shard(path: str | Path, shard: int, verify: bool = True, device: str = 
     top, where, _ = shard_manifest(path, shard)
     artifact = load_index(where, expect_dim=top["dim"], verify=verify, device=device)
     own = artifact.manifest
-    if (own.get("index_run_id"), own["sizes"], own["rows"], own.get("shard")) != \
-            (top.get("index_run_id"), top["sizes"], top["shards"]["list"][shard]["rows"], shard):
+    if (own.get("index_run_id"), own.get("model_uri"), own["sizes"], own["rows"], own.get("shard")) != \
+            (top.get("index_run_id"), top.get("model_uri"), top["sizes"], top["shards"]["list"][shard]["rows"], shard):
         raise IndexMismatchError(f"shard {shard} of {path} is not the one its top-level manifest lists (version "
-                                 f"{own.get('index_run_id')}, sizes {own['sizes']}, {own['rows']} rows)")
+                                 f"{own.get('index_run_id')}, model {own.get('model_uri')}, sizes {own['sizes']}, "
+                                 f"{own['rows']} rows)")
     return artifact
 
 

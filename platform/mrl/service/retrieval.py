@@ -31,7 +31,7 @@ from mrl.artifacts.index import IndexArtifact, load_index
 from mrl.retrieval.calibrate import plan_for_budget, plan_of
 from mrl.retrieval.modes import check_settings, make_plan
 from mrl.retrieval.plan import QueryPlan
-from mrl.retrieval.sharded import shard_hits, shard_summary
+from mrl.retrieval.sharded import shard_hits, shard_plan, shard_summary
 from mrl.service import embeddings
 from mrl.service.api import (MAX_TEXT_CHARS, BatchSearchRequest, EmbeddingsRequest, SearchRequest,
                              validation_detail)
@@ -434,8 +434,10 @@ class RetrievalService:
             found = hits[plan]
             shards = None
             if self.shards is not None:
+                per_shard = shard_plan(plan, self.shards["count"], self.shards["rule"])
                 shards = {"answered": len(found.answered), "of": self.shards["count"],
-                          "missing": sorted(found.missing)}
+                          "missing": sorted(found.missing), "rule": self.shards["rule"],
+                          "shortlist_k": per_shard.shortlist.k}  # what each shard shortlisted
                 if found.hits is None or (found.missing and self.cfg.on_missing_shard == "fail"):
                     error = RequestError(503, f"shards {sorted(found.missing)} of {self.shards['count']} did not "
                                               f"answer ({'; '.join(found.missing.values())}); retry later "
