@@ -146,12 +146,8 @@ def write_index(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndar
     except ValueError as exc:
         raise IndexMismatchError(str(exc)) from None
     out = Path(out)
-    if out.is_dir() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty: an index directory is written once; give a new one")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(out)
+    tmp = _temp_dir_for(out)
     try:
-        tmp.mkdir()
         _write_files(tmp, ids, labels, vectors, sizes, kind, params, vector_dtype, adanns, codes)
         files = sorted(p.name for p in tmp.iterdir())
         manifest = {"stage": "index", "dim": dim, "sizes": list(sizes), "kind": kind, "metric": METRIC,
@@ -166,6 +162,20 @@ def write_index(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndar
     finally:
         remove_dir(tmp)  # gone after the rename; what a failed write left otherwise
     return read_manifest(out)
+
+
+def _temp_dir_for(out: Path) -> Path:
+    """A new temporary sibling directory to write the index `out` into (renamed to `out` when complete).
+
+    Raises:
+        FileExistsError: `out` exists and is not empty (an index directory is written once).
+    """
+    if out.is_dir() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty: an index directory is written once; give a new one")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(out)
+    tmp.mkdir()
+    return tmp
 
 
 def _write_files(out: Path, ids: np.ndarray, labels: np.ndarray, vectors: np.ndarray, sizes: list[int], kind: str,
@@ -216,12 +226,8 @@ def write_sharded_index(out: Path, ids: np.ndarray, labels: np.ndarray, vectors:
         raise IndexMismatchError(f"index.shards={shards} over {len(ids)} rows by {by} leaves shards "
                                  f"{np.flatnonzero(counts == 0).tolist()} empty; use fewer shards")
     out = Path(out)
-    if out.is_dir() and any(out.iterdir()):
-        raise FileExistsError(f"{out} exists and is not empty: an index directory is written once; give a new one")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(out)
+    tmp = _temp_dir_for(out)
     try:
-        tmp.mkdir()
         listing = []
         for i in range(shards):
             rows = np.flatnonzero(assign == i)  # the rows keep their order: ties inside a shard by the lower id
@@ -308,19 +314,11 @@ def _load_codes(path: Path, manifest: dict[str, Any]) -> list[CodeStore]:
 
 
 @dataclass
-class IndexArtifact:
-    """A loaded index directory: its manifest, row ids and labels, and the search engine over it."""
+class IndexDirectory:
+    """An index directory and its manifest: what every reader of an index knows of it."""
 
     path: Path
     manifest: dict[str, Any]
-    ids: np.ndarray
-    labels: np.ndarray
-    engine: SearchEngine
-
-    @property
-    def vectors(self) -> np.ndarray:
-        """(N, d) raw vectors, memory-mapped."""
-        return self.engine.store.vectors
 
     @property
     def dim(self) -> int:
@@ -330,6 +328,20 @@ class IndexArtifact:
     def version(self) -> str:
         """The index's identity: the MLflow run that built it."""
         return str(self.manifest.get("index_run_id", self.path.name))
+
+
+@dataclass
+class IndexArtifact(IndexDirectory):
+    """A loaded index directory: its manifest, row ids and labels, and the search engine over it."""
+
+    ids: np.ndarray
+    labels: np.ndarray
+    engine: SearchEngine
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """(N, d) raw vectors, memory-mapped."""
+        return self.engine.store.vectors
 
 
 def load_index(path: str | Path, expect_dim: int | None = None, expect_model_uri: str | None = None,

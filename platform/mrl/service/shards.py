@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from mrl.artifacts.index import IndexMismatchError, planned_codes, planned_sources
+from mrl.artifacts.index import IndexDirectory, IndexMismatchError, planned_codes, planned_sources
 from mrl.artifacts.manifest import ManifestError, read_manifest
 from mrl.retrieval.plan import QueryPlan
 from mrl.retrieval.sharded import Hits, assign_shards, merge_hits, shard_hits, shard_plan, shard_summary
@@ -100,11 +100,8 @@ class _Planner:
 
 
 @dataclasses.dataclass
-class ShardedIndex:
+class ShardedIndex(IndexDirectory):
     """A sharded index as the Retriever holds it: the top-level manifest only (the shards hold the rows)."""
-
-    path: Path
-    manifest: dict[str, Any]
 
     @classmethod
     def open(cls, path: str | Path) -> "ShardedIndex":
@@ -120,14 +117,6 @@ class ShardedIndex:
     def __post_init__(self):
         self.engine = _Planner(self.manifest)
         self.ids = self.labels = self.vectors = None
-
-    @property
-    def dim(self) -> int:
-        return int(self.manifest["dim"])
-
-    @property
-    def version(self) -> str:
-        return str(self.manifest.get("index_run_id", self.path.name))
 
     @property
     def count(self) -> int:
