@@ -236,17 +236,21 @@ class ShardWorker:
 @serve.deployment(name="Shard", health_check_period_s=5)
 class Shard:
     """One replica of one shard of a sharded index, as Serve places, health-checks and restarts it: it starts the
-    shard's `ShardWorker` on its node (the replica's CPUs are the worker's) and registers it by name for the
-    Retrievers; a worker that stops answering fails the replica's health check, and Serve replaces both."""
+    shard's `ShardWorker` on its node (the replica's CPUs and GPUs are the worker's) and registers it by name for
+    the Retrievers; a worker that stops answering fails the replica's health check, and Serve replaces both."""
 
     def __init__(self, index_dir: str, shard: int, device: str, app_name: str):
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         replica = serve.get_replica_context().replica_id.unique_id
+        env = dict(ONE_THREAD_ENV)  # an actor of 0 CPUs gets no thread limit from Ray
+        gpus = ray.get_gpu_ids()
+        if gpus:  # the replica's GPUs (serve.gpus_per_replica) are its worker's (not run here: no GPU machine has Ray)
+            env.update(CUDA_VISIBLE_DEVICES=",".join(map(str, gpus)), RAY_EXPERIMENTAL_NOSET_CUDA_VISIBLE_DEVICES="1")
         self.worker = ray.remote(ShardWorker).options(
             name=worker_name(app_name, replica), namespace=WORKERS_NAMESPACE, num_cpus=0, max_restarts=0,
-            runtime_env={"env_vars": ONE_THREAD_ENV},  # an actor of 0 CPUs gets no thread limit from Ray
+            runtime_env={"env_vars": env},
             scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         ).remote(index_dir, shard, device)
         self.version = ray.get(self.worker.version.remote())  # the shard loaded (its checks passed) before serving

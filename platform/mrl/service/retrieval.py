@@ -389,8 +389,10 @@ class RetrievalService:
             if todo:
                 embedded.update(zip(todo, self.encoder(list(todo.values()))))
         batch = self.plan_batch(requests, embedded)
-        hits = {plan: shard_hits(self.artifact, plan, np.concatenate([q for _, q in members]))
-                for plan, members in batch.groups.items()}
+        hits = {}
+        for plan, members in batch.groups.items():
+            with self._gpu_lock:  # FAISS GPU indexes must not be searched from two threads at once
+                hits[plan] = shard_hits(self.artifact, plan, np.concatenate([q for _, q in members]))
         return self.reply_batch(batch, hits, started)
 
     def plan_batch(self, requests: list[SearchRequest | dict[str, Any]],
