@@ -33,7 +33,7 @@ from mrl.artifacts.index import IndexDirectory, IndexMismatchError, planned_code
 from mrl.artifacts.manifest import ManifestError, read_manifest
 from mrl.retrieval.plan import QueryPlan
 from mrl.retrieval.sharded import Hits, assign_shards, merge_hits, shard_hits, shard_plan, shard_summary
-from mrl.runtime import rss_anon_bytes
+from mrl.service.retrieval import memory_report
 
 
 def shard_app_name(app: str, version: str, shard: int) -> str:
@@ -68,12 +68,8 @@ class ShardService:
     def health(self) -> dict[str, Any]:
         """The shard's version, rows and memory (what its replica holds for it; the deployment answers
         (version, this))."""
-        engine = self.artifact.engine
-        held = engine.resident_bytes()
-        return {"shard": self.shard, "version": self.version, "rows": len(engine),
-                "structures_bytes": held, "bytes_per_vector": held / max(1, len(engine)),
-                "vector_file_bytes": int(engine.store.vectors.nbytes) if engine.store.mapped else 0,
-                "process_rss_anon_bytes": rss_anon_bytes()}
+        return {"shard": self.shard, "version": self.version, "rows": len(self.artifact.engine),
+                **memory_report(self.artifact.engine)}
 
 
 class _Planner:
