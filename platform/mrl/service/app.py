@@ -194,7 +194,7 @@ async def fetch_row(service: RetrievalService, scatter: Scatter, item_id: int
 
 
 # BLAS, OpenMP and Numba pools of one thread: a replica searches on one CPU (more threads, on a machine shared with
-# other replicas, spin and wait on each other: an unlimited shard worker made 4-shard queries 7x slower here)
+# other replicas, spin and wait on each other)
 ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                   "NUMBA_NUM_THREADS": "1"}
 
