@@ -32,7 +32,7 @@ import numpy as np
 from mrl.artifacts.index import IndexDirectory, IndexMismatchError, planned_codes, planned_sources
 from mrl.artifacts.manifest import ManifestError, read_manifest
 from mrl.retrieval.plan import QueryPlan
-from mrl.retrieval.sharded import Hits, assign_shards, merge_hits, shard_hits, shard_plan, shard_summary
+from mrl.retrieval.sharded import Hits, assign_shards, merge_hits, shard_hits, shard_plan
 from mrl.service.retrieval import memory_report
 
 
@@ -114,21 +114,10 @@ class ShardedIndex(IndexDirectory):
         self.engine = _Planner(self.manifest)
         self.ids = self.labels = self.vectors = None
 
-    @property
-    def count(self) -> int:
-        return len(self.manifest["shards"]["list"])
-
-    @property
-    def rule(self) -> str:
-        return self.manifest["shards"]["rule"]
-
     def owner(self, item_id: int) -> int:
         """The shard that holds `item_id` if the index does."""
         shards = self.manifest["shards"]
-        return int(assign_shards(np.array([item_id]), self.count, shards["by"], shards["starts"])[0])
-
-    def summary(self) -> dict[str, Any]:
-        return shard_summary(self.manifest)
+        return int(assign_shards(np.array([item_id]), len(shards["list"]), shards["by"], shards["starts"])[0])
 
 
 class ShardMissing(RuntimeError):
