@@ -97,6 +97,28 @@ def test_quiet_mode_holds_where_sys_stderr_is_not_fd_2(tmp_path, capfd):
     assert "a library's chatter" in path.read_text()
 
 
+def test_worker_lines_go_to_the_log_and_platform_lines_to_the_terminal_until_the_end(tmp_path, capfd):
+    """The relay of Ray's worker lines: a worker's [stage] line prints as the driver's own, its other lines (a Serve
+    replica's access log) go to the run's log, a warning reaches the terminal too, and Ray's printer is not called
+    for a worker's lines while the capture holds (cluster events still go to it)."""
+    from mrl.runtime import _Capture, _relay
+
+    printed = []
+    capture = _Capture(tmp_path / "run.log")
+    try:
+        relay = _relay(printed.append, capture._worker_lines)
+        relay({"pid": 7, "actor_name": "ServeReplica:mrl:Retriever", "lines": [
+            "[serve] kept", "INFO 2026 -- POST /search 200 50.3ms", "2026-12-05 10:51:35,268\tWARNING x.py:1 -- act"]})
+        relay({"pid": "raylet", "lines": ["a cluster event"]})
+    finally:
+        capture.stop()
+    out, err = capfd.readouterr()
+    logged = (tmp_path / "run.log").read_text()
+    assert "[serve] kept" in out and "POST /search" not in out + err and "WARNING x.py:1 -- act" in err
+    assert "(ServeReplica:mrl:Retriever pid=7) INFO 2026 -- POST /search 200 50.3ms" in logged
+    assert printed == [{"pid": "raylet", "lines": ["a cluster event"]}]
+
+
 LOCAL_CLUSTER = """
 import os
 import ray

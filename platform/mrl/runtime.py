@@ -282,35 +282,47 @@ class _Capture:
         printer = dict(dispatcher.handlers).get("ray_print_logs")
         if printer is None or getattr(printer, "relays", None) is not None:
             return
-        relay = _relay(printer)
+        relay = _relay(printer, self._worker_lines)
         dispatcher.remove_handler("ray_print_logs")
         dispatcher.add_handler("ray_print_logs", relay)
         self.printer = relay
 
+    def _worker_lines(self, batch: dict[str, Any], lines: list[str]) -> None:
+        """A worker's lines that are not the platform's: to the log (the terminal too when actionable), named as
+        Ray names them."""
+        name = batch.get("actor_name") or batch.get("task_name") or "worker"
+        for line in lines:
+            self._stderr_line(f"({name} pid={batch.get('pid')}) {line}\n".encode("utf-8", "replace"))
+
     def stop(self) -> None:
-        """Undo everything `__init__` did; the log keeps what the pipe still held."""
+        """Undo everything `__init__` did; the log keeps what the pipe still held. Ray's printer of worker lines
+        comes back last: the reader may wait up to 2 s for the pipe (Ray's own processes, started from here,
+        hold it), and lines workers send meanwhile (a Serve replica's access log of the run's last request) go
+        to the log, not the terminal."""
         sys.stdout.flush()
         sys.stdout = self.stdout
+        sys.stderr.flush()
+        sys.stderr = self.stderr
+        os.dup2(self.saved_stderr, 2)  # the pipe's last writer gone: the reader sees its end
+        os.close(self.saved_stderr)
+        self.reader.join(timeout=2)
         if self.printer is not None:
             from ray._private.worker import global_worker_stdstream_dispatcher as dispatcher
 
             if dict(dispatcher.handlers).get("ray_print_logs") is self.printer:
                 dispatcher.remove_handler("ray_print_logs")
                 dispatcher.add_handler("ray_print_logs", self.printer.relays)
-        sys.stderr.flush()
-        sys.stderr = self.stderr
-        os.dup2(self.saved_stderr, 2)  # the pipe's last writer gone: the reader sees its end
-        os.close(self.saved_stderr)
-        self.reader.join(timeout=2)
         if not self.reader.is_alive():  # else a child still holds the pipe: the reader keeps both files
             self.terminal.close()
             self.log.close()
 
 
-def _relay(printer: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+def _relay(printer: Callable[[dict[str, Any]], None],
+           sink: Callable[[dict[str, Any], list[str]], None] | None = None) -> Callable[[dict[str, Any]], None]:
     """Ray's printer of a batch of worker lines, filtered: the platform's lines go to stdout (the terminal) as they
-    are, without Ray's worker prefix; every other line of a worker prints as stderr (the log, or the terminal when
-    `actionable`). Cluster events (raylet, autoscaler) print as Ray would."""
+    are, without Ray's worker prefix; every other line of a worker goes to `sink(batch, lines)` (the run's log, or
+    the terminal when `actionable`), or without one prints as stderr. Cluster events (raylet, autoscaler) print as
+    Ray would."""
 
     def relay(batch: dict[str, Any]) -> None:
         if not str(batch.get("pid", "")).isdigit():
@@ -322,7 +334,9 @@ def _relay(printer: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any
         if mine:  # as the driver's own lines: Ray's "(RayTrainWorker pid=...)" prefix says nothing to the reader
             sys.stdout.write("".join(line + "\n" for line in mine))
             sys.stdout.flush()
-        if rest:
+        if rest and sink is not None:
+            sink(batch, rest)
+        elif rest:
             printer({**batch, "lines": rest, "is_err": True})
 
     relay.relays = printer
