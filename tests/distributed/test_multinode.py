@@ -233,6 +233,53 @@ def test_embedding_survives_a_killed_node(cluster, tmp_path, fashion_shards, mon
     assert not leftovers, leftovers
 
 
+def node_killed_under_load(cluster, url: str, victim, body, right, concurrency: int = 8
+                           ) -> tuple[list[tuple[float, float, bool]], float, float]:
+    """`concurrency` closed-loop clients POST /search (client w sends body(i) for i = w, w + concurrency, ...; a
+    200 reply is right when right(i, reply) holds); once 50 are answered right, the node victim() names is killed
+    and a replacement joins; the clients stop 2 s after 10 right answers followed the kill.
+
+    Returns:
+        ([(sent, answered, right)] of every request, the kill's time, the time the clients were told to stop).
+    """
+    import concurrent.futures
+
+    import requests
+
+    stopping, lock = threading.Event(), threading.Lock()
+    answered: list[tuple[float, float, bool]] = []
+
+    def client(worker: int) -> None:
+        session, i = requests.Session(), worker
+        while not stopping.is_set():
+            sent = time.time()
+            try:
+                reply = session.post(f"{url}/search", json=body(i), timeout=120)
+                ok = reply.status_code == 200 and right(i, reply.json())
+            except requests.RequestException:
+                ok = False
+            with lock:
+                answered.append((sent, time.time(), ok))
+            i += concurrency
+
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        clients = [pool.submit(client, w) for w in range(concurrency)]
+        try:
+            wait_for(lambda: sum(r for *_, r in answered) >= 50, 120, "50 answers before the kill", interval=0.05)
+            cluster.kill(victim())
+            killed_at = time.time()
+            cluster.add()
+            wait_for(lambda: sum(ok and e > killed_at for _, e, ok in answered) >= 10, 300,
+                     "10 answers after the kill", interval=0.05)
+            time.sleep(2.0)  # load goes on a little while after the service came back
+        finally:
+            stopping.set()
+            stop = time.time()
+        for c in clients:
+            c.result()
+    return answered, killed_at, stop
+
+
 # ----------------------------------------------------------------------------------------------------- serve
 
 def test_serving_survives_a_killed_node_under_load(cluster, tmp_path):
@@ -246,8 +293,6 @@ def test_serving_survives_a_killed_node_under_load(cluster, tmp_path):
     went to the other replica, before and after the kill (none fails on its own: a slow answer is not a failure,
     the client waits up to 120 s), the controller starts a new replica on a live node, and afterwards both answer.
     """
-    import concurrent.futures
-
     import requests
     from ray import serve
 
@@ -268,40 +313,10 @@ def test_serving_survives_a_killed_node_under_load(cluster, tmp_path):
         replicas = wait_for(lambda: generation(cluster, set(), "ServeReplica:mrl:Retriever", 2), 60, "2 replicas")
         assert len({r.node_id for r in replicas}) == 2 and {r.node_id for r in replicas} <= cluster.live_worker_ids()
 
-        concurrency, stopping = 8, threading.Event()
-        answered: list[tuple[float, float, bool]] = []  # (sent, answered, right)
-        lock = threading.Lock()
-
-        def client(worker: int) -> None:
-            session, i = requests.Session(), worker
-            while not stopping.is_set():
-                sent = time.time()
-                try:
-                    reply = session.post(f"{url}/search", json={"id": i % 500, "k": 5}, timeout=120)
-                    right = reply.status_code == 200 and reply.json()["ids"][0] == i % 500
-                except requests.RequestException:
-                    right = False
-                with lock:
-                    answered.append((sent, time.time(), right))
-                i += concurrency
-
-        with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-            clients = [pool.submit(client, w) for w in range(concurrency)]
-            try:
-                wait_for(lambda: sum(r for *_, r in answered) >= 50, 120, "50 answers before the kill",
-                         interval=0.05)
-                victim = cluster.name_of(replicas[0].node_id)
-                cluster.kill(victim)
-                killed_at = time.time()
-                cluster.add()
-                wait_for(lambda: sum(ok and e > killed_at for _, e, ok in answered) >= 10, 300,
-                         "10 answers after the kill", interval=0.05)
-                time.sleep(2.0)  # load goes on a little while after the service came back
-            finally:
-                stopping.set()
-                stop = time.time()
-            for c in clients:
-                c.result()
+        concurrency = 8
+        answered, killed_at, stop = node_killed_under_load(
+            cluster, url, lambda: cluster.name_of(replicas[0].node_id), lambda i: {"id": i % 500, "k": 5},
+            lambda i, body: body.get("ids", [None])[0] == i % 500, concurrency)
         failed = [(round(s - killed_at, 2), round(e - killed_at, 2)) for s, e, ok in answered if not ok]
         ok_after = sorted(e for s, e, ok in answered if ok and e > killed_at)
         gaps = np.diff([killed_at, *ok_after, stop])
@@ -341,8 +356,6 @@ def test_a_sharded_index_survives_a_killed_node_under_load(cluster, tmp_path):
     cluster noticed (as for a whole index, at most 8 of each). Survived: every search a surviving Retriever sent to
     a shard replica on the dead node (retried on the shard's other replica); no reply mixes versions or misses a
     shard. Then a shard deleted outright: `partial` replies name it."""
-    import concurrent.futures
-
     import requests
     from ray import serve
 
@@ -380,41 +393,12 @@ def test_a_sharded_index_survives_a_killed_node_under_load(cluster, tmp_path):
             assert requests.post(f"{url}/search", json={"vector": q.tolist()}, timeout=60).json()["ids"] == \
                 want_adaptive
 
-        concurrency, stopping = 8, threading.Event()
-        answered: list[tuple[float, float, bool]] = []  # (sent, answered, right)
-        lock = threading.Lock()
-
-        def client(worker: int) -> None:
-            session, i = requests.Session(), worker
-            while not stopping.is_set():
-                sent = time.time()
-                try:
-                    reply = session.post(f"{url}/search", json={"id": i % rows, "k": 5, "mode": "full"}, timeout=120)
-                    body = reply.json() if reply.status_code == 200 else {}
-                    right = body.get("ids", [None])[0] == i % rows and body["index"]["version"] == "v1" and \
-                        body["shards"]["answered"] == 4 and not body["partial"]
-                except requests.RequestException:
-                    right = False
-                with lock:
-                    answered.append((sent, time.time(), right))
-                i += concurrency
-
-        with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
-            clients = [pool.submit(client, w) for w in range(concurrency)]
-            try:
-                wait_for(lambda: sum(r for *_, r in answered) >= 50, 120, "50 answers before the kill",
-                         interval=0.05)
-                victim = cluster.name_of(cluster.live_actors("ServeReplica:mrl:Retriever")[0].node_id)
-                cluster.kill(victim)
-                killed_at = time.time()
-                cluster.add()
-                wait_for(lambda: sum(ok and e > killed_at for _, e, ok in answered) >= 10, 300,
-                         "10 answers after the kill", interval=0.05)
-                time.sleep(2.0)
-            finally:
-                stopping.set()
-            for c in clients:
-                c.result()
+        concurrency = 8
+        answered, killed_at, _ = node_killed_under_load(
+            cluster, url, lambda: cluster.name_of(cluster.live_actors("ServeReplica:mrl:Retriever")[0].node_id),
+            lambda i: {"id": i % rows, "k": 5, "mode": "full"},
+            lambda i, body: body.get("ids", [None])[0] == i % rows and body["index"]["version"] == "v1"
+            and body["shards"]["answered"] == 4 and not body["partial"], concurrency)
         failed = [(round(s - killed_at, 2), round(e - killed_at, 2)) for s, e, ok in answered if not ok]
         print(f"sharded serve: {len(answered)} requests, {len(failed)} failed (sent, ended, s from the kill): "
               f"{failed}")
