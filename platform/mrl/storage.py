@@ -127,6 +127,12 @@ def is_dir(location: str | Path) -> bool:
     return _info(location).type == pafs.FileType.Directory
 
 
+def size_and_mtime(location: str | Path) -> tuple[int, int]:
+    """(size in bytes, last-modified time in ns) of a file."""
+    info = _info(location)
+    return int(info.size), int(info.mtime_ns or 0)
+
+
 def exists(location: str | Path) -> bool:
     import pyarrow.fs as pafs
 

@@ -180,3 +180,46 @@ print(json.dumps(runs))
     train, _ = train_val_indices(25, 0.2, 0)
     assert sorted(runs[0]) == train.tolist()
     assert runs[0] == runs[1] and runs[0] != runs[2] and sorted(runs[2]) == sorted(runs[0])
+
+
+def _image_folder(root, rng):
+    from PIL import Image
+
+    for wnid in ("n02", "n01"):
+        (root / "train" / wnid).mkdir(parents=True)
+        for k in range(3):
+            Image.fromarray(rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)).save(root / "train" / wnid / f"i{k}.png")
+
+
+def test_every_layout_reads_the_same_rows_from_s3_as_from_disk(fmnist, tmp_path, s3_server):
+    from mrl import storage
+    from mrl.data.readers import read_task
+
+    bucket = s3_server.bucket()
+    idx, local_shards = fmnist
+    remote = prepare_data(DataConfig(path=str(idx), shards_path=f"{bucket}/fm"), tmp_path / "unused")
+    assert remote.shards_path == f"{bucket}/fm" and f"fm/train/{COMPLETE}" in s3_server.keys(bucket)
+    here, there = (open_split(DataConfig(shards_path=p), SHAPE, "train") for p in (str(local_shards), f"{bucket}/fm"))
+    assert there.paths[0].startswith("s3://") and there.n == here.n == 25
+    assert there.read(3, 24).equals(here.read(3, 24)) and np.array_equal(there.ids(), here.ids())
+
+    _image_folder(tmp_path / "folder", np.random.default_rng(3))
+    storage.upload_dir(tmp_path / "folder", f"{bucket}/folder", last=[])
+    cfg = dict(source="image_folder", test_split="val")
+    here, there = (open_split(DataConfig(path=p, **cfg), (3, 8, 8), "train")
+                   for p in (str(tmp_path / "folder"), f"{bucket}/folder"))
+    assert [p.split("/")[-2:] for p in there.paths] == [p.split("/")[-2:] for p in here.paths]
+    assert read_task(there.tasks(rows=6)[0], (3, 8, 8)).equals(read_task(here.tasks(rows=6)[0], (3, 8, 8)))
+
+    with pytest.raises(DataError, match="no Parquet data for split 'train'"):
+        open_split(DataConfig(source="parquet", path=f"{bucket}/nothing"), SHAPE, "train")
+
+
+def test_a_data_path_with_credentials_or_a_missing_bucket_prefix_is_refused_before_work(s3_server):
+    from mrl.configio import ConfigError
+    from mrl.data.sources import check_data_paths
+
+    with pytest.raises(ConfigError, match="carries credentials"):
+        check_data_paths(DataConfig(source="parquet", path="s3://AKIA:secret@bucket/data"), "data.")
+    with pytest.raises(ConfigError, match=r"data\.path 's3://.*/absent' does not exist"):
+        check_data_paths(DataConfig(source="parquet", path=s3_server.bucket() + "/absent"), "data.")

@@ -10,6 +10,10 @@ file, `<relative path>\t<size>\t<sha256 of its bytes>`, in path order: names, si
 Each file's bytes are streamed once; with a cache file, a file's sha256 is kept under (path, size, mtime, inode,
 ctime), so a large image folder is read again only where it changed, and a file replaced with the same size and
 its mtime restored (`cp -p`, `rsync -a`) still has a new inode or ctime and is read again.
+
+A dataset in object storage (`s3://`, `gs://`) is every object under its prefix (or the one object), streamed
+once each; its cache key is (URI, size, last-modified time): an object is replaced, never changed in place, and
+a replacement gets a new last-modified time.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mrl import storage
 from mrl.artifacts.files import replace_file
 from mrl.artifacts.manifest import sha256
 
@@ -78,7 +83,9 @@ def file_digests(location: str | Path, cache: Path | None = None) -> dict[str, l
     known = _load(cache)
     found, grown = {}, False
     now = time.time_ns()
-    for name, path in dataset_files(location):
+    if storage.is_remote(location):
+        found, grown = _remote_digests(str(location), known)
+    for name, path in ([] if storage.is_remote(location) else dataset_files(location)):
         st = path.stat()
         key, stamp = str(path.resolve()), [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
         hit = known.get(key)
@@ -93,6 +100,28 @@ def file_digests(location: str | Path, cache: Path | None = None) -> dict[str, l
         cache.parent.mkdir(parents=True, exist_ok=True)
         replace_file(cache, json.dumps(known).encode())
     return found
+
+
+def _remote_digests(location: str, known: dict[str, list[Any]]) -> tuple[dict[str, list[Any]], bool]:
+    """`file_digests` of a dataset in object storage, `known` (the cache) read and grown; (digests, grown)."""
+    if storage.is_file(location):
+        listing = [(storage.name(location), location, *storage.size_and_mtime(location))]
+    else:
+        listing = [(rel, storage.join(location, rel), size, mtime) for rel, size, mtime in storage.walk(location)
+                   if not TEMPORARY.fullmatch(rel.rsplit("/", 1)[-1])]
+    if not listing:
+        raise FileNotFoundError(f"dataset {location} does not exist")
+    found, grown = {}, False
+    for rel, uri, size, mtime in listing:
+        stamp = [size, mtime]
+        hit = known.get(uri)
+        if isinstance(hit, list) and len(hit) == 3 and hit[:-1] == stamp and mtime:
+            digest = hit[-1]
+        else:
+            digest = storage.sha256(uri)
+            known[uri], grown = [*stamp, digest], True
+        found[rel] = [size, digest]
+    return found, grown
 
 
 def _load(cache: Path | None) -> dict[str, list[Any]]:

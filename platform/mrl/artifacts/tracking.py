@@ -13,6 +13,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from mrl import storage
 from mrl.artifacts.datasets import dataset_digest, file_digests
 from mrl.artifacts.model_files import SPEC_FILE, ModelFileError, load_model_dir, save_model_dir
 from mrl.configio import flatten
@@ -96,7 +97,7 @@ def log_dataset(name: str, location: str | Path, cache: Path | None = None, cont
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    location = Path(location).resolve()
+    location = storage.absolute(location) if storage.is_remote(location) else Path(location).resolve()
     files = file_digests(location, cache)
     digest = dataset_digest(files)
     with warnings.catch_warnings():  # MLflow 3.17 registers its local-file source twice and says it is ambiguous

@@ -16,6 +16,10 @@ Layouts (`data.source`):
 Positions count a split's rows in file order (shards sorted by name; images by class, then file name), cut at
 `train_limit` / `test_limit`; they are the ids wherever the data has no id column, stable across reruns as long
 as the data does not change. The held-out split is "test" to the stages and `data.test_split` on disk.
+
+Every path may be a local one or an object-storage URI (`s3://bucket/prefix`, `gs://...`; `mrl.storage`): the
+driver lists and reads footers there, and each worker opens its own files there, with the credentials of its
+node's environment.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from mrl import storage
 from mrl.data.formats import IMAGE_SUFFIXES, DataError, load_fashion_mnist, train_val_indices
 from mrl.data.preprocess import decode_image
 
@@ -106,7 +111,7 @@ class SplitReader:
         for path in self.paths:
             if left <= 0:
                 break
-            ids = pq.read_table(path, columns=["id"]).column("id").to_numpy()[:left]
+            ids = read_columns(path, ["id"]).column("id").to_numpy()[:left]
             out.append(ids.astype(np.int64))
             left -= len(ids)
         return np.concatenate(out) if out else np.zeros(0, np.int64)
@@ -153,7 +158,7 @@ def read_task(task: dict[str, Any], shape: tuple[int, ...]):
     import pyarrow.parquet as pq
 
     path = task["paths"][0]
-    file = pq.ParquetFile(path)
+    file = parquet_file(path)
     names = file.schema_arrow.names
     groups, first, offset = [], None, 0
     for g in range(file.num_row_groups):
@@ -185,6 +190,21 @@ def task_positions(task: dict[str, Any]) -> np.ndarray:
     return np.arange(int(task["pos"]), int(task["pos"]) + int(task["hi"]) - int(task["lo"]), dtype=np.int64)
 
 
+def parquet_file(path: str | Path):
+    """A `pyarrow.parquet.ParquetFile` of a local path or an object-storage URI."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(storage.open_input(path) if storage.is_remote(path) else path)
+
+
+def read_columns(path: str | Path, columns: list[str]):
+    """Columns of one Parquet file, local or in object storage, as a pyarrow table."""
+    import pyarrow.parquet as pq
+
+    fs, inner = storage.resolve(path)
+    return pq.read_table(inner, columns=columns, filesystem=fs)
+
+
 def _binary_types():
     import pyarrow as pa
 
@@ -193,16 +213,16 @@ def _binary_types():
 
 def _decode(path: str, shape: tuple[int, ...]) -> np.ndarray:
     try:
-        return decode_image(path, shape[1], shape[0])
+        return decode_image(storage.read_bytes(path) if storage.is_remote(path) else path, shape[1], shape[0])
     except ValueError as exc:
         raise DataError(f"{path}: {exc}") from None
 
 
-def open_folder(base: Path, split: str, shape: tuple[int, int, int], limit: int | None) -> SplitReader:
+def open_folder(base: str | Path, split: str, shape: tuple[int, int, int], limit: int | None) -> SplitReader:
     """The reader of an image folder `base` (<base>/<class>/<image>) holding split `split`, from its file list.
 
     Args:
-        base: the split's directory on disk.
+        base: the split's directory (a local path or a URI).
         split: "train" or "test", the stages' name of the split.
         shape: (C, H, W) the model takes.
         limit: read only the first rows (None: all).
@@ -212,13 +232,13 @@ def open_folder(base: Path, split: str, shape: tuple[int, int, int], limit: int 
     return SplitReader(split, "files", tuple(paths), (), labels, shape, n, False)
 
 
-def open_parquet(base: Path, on_disk: str, split: str, shape: tuple[int, int, int], limit: int | None
+def open_parquet(base: str | Path, on_disk: str, split: str, shape: tuple[int, int, int], limit: int | None
                  ) -> SplitReader:
     """The reader of split `on_disk` of Parquet image data under `base` (`parquet_shards`), from the shards'
     footers.
 
     Args:
-        base: the data's root.
+        base: the data's root (a local path or a URI).
         on_disk: the split's name there (<base>/<on_disk>/*.parquet or <base>/<on_disk>.parquet).
         split: "train" or "test", the stages' name of the split.
         shape: (C, H, W) the model takes.
@@ -227,12 +247,10 @@ def open_parquet(base: Path, on_disk: str, split: str, shape: tuple[int, int, in
     Raises:
         DataError: naming the path and the layout expected there.
     """
-    import pyarrow.parquet as pq
-
     shards = parquet_shards(base, on_disk)
     counts, has_id = [], True
     for path in shards:
-        meta = pq.ParquetFile(path)
+        meta = parquet_file(path)
         counts.append(meta.metadata.num_rows)
         names = meta.schema_arrow.names
         missing = {"image", "label"} - set(names)
@@ -248,11 +266,11 @@ def open_parquet(base: Path, on_disk: str, split: str, shape: tuple[int, int, in
 TEXT_COLUMNS = ("id", "label", "query", "document")
 
 
-def read_text_rows(split_dir: Path, what: str, hint: str) -> dict[str, Any]:
+def read_text_rows(split_dir: str | Path, what: str, hint: str) -> dict[str, Any]:
     """Every row of a text split, <split_dir>/*.parquet with columns id, label, query and document, sorted by id.
 
     Args:
-        split_dir: the split's directory.
+        split_dir: the split's directory (a local path or a URI).
         what: what the data is, for errors (e.g. "text_parquet split").
         hint: how to make the data, for errors.
 
@@ -262,17 +280,17 @@ def read_text_rows(split_dir: Path, what: str, hint: str) -> dict[str, Any]:
     Raises:
         DataError: the directory, its shards or a column is missing.
     """
-    import pyarrow.parquet as pq
+    import pyarrow as pa
 
-    files = sorted(split_dir.glob("*.parquet")) if split_dir.is_dir() else []
+    files = storage.files(split_dir, [".parquet"]) if storage.is_dir(split_dir) else []
     if not files:
         raise DataError(f"{what} {split_dir} not found (expected {split_dir}/*.parquet with columns "
                         f"{', '.join(TEXT_COLUMNS)}); {hint}")
     for path in files:
-        missing = set(TEXT_COLUMNS) - set(pq.ParquetFile(path).schema_arrow.names)
+        missing = set(TEXT_COLUMNS) - set(parquet_file(path).schema_arrow.names)
         if missing:
             raise DataError(f"{path}: no column {sorted(missing)}; a text split has columns {', '.join(TEXT_COLUMNS)}")
-    table = pq.read_table([str(f) for f in files], columns=list(TEXT_COLUMNS)).sort_by("id")
+    table = pa.concat_tables([read_columns(f, list(TEXT_COLUMNS)) for f in files]).sort_by("id")
     return {
         "id": table.column("id").to_numpy().astype(np.int64),
         "label": table.column("label").to_numpy().astype(np.int64),
@@ -281,31 +299,38 @@ def read_text_rows(split_dir: Path, what: str, hint: str) -> dict[str, Any]:
     }
 
 
-def parquet_shards(base: Path, split: str) -> list[Path]:
-    """<base>/<split>/*.parquet sorted by name, or [<base>/<split>.parquet]."""
-    directory, single = base / split, base / f"{split}.parquet"
-    if directory.is_dir():
-        shards = sorted(directory.glob("*.parquet"))
+def parquet_shards(base: str | Path, split: str) -> list[str]:
+    """<base>/<split>/*.parquet sorted by name, or [<base>/<split>.parquet] (local paths or URIs)."""
+    directory, single = storage.join(base, split), storage.join(base, f"{split}.parquet")
+    if storage.is_dir(directory):
+        shards = [f for f in storage.files(directory) if f.endswith(".parquet")]
         if not shards:
             raise DataError(f"{directory} holds no .parquet shards")
         return shards
-    if single.is_file():
+    if storage.is_file(single):
         return [single]
     raise DataError(f"no Parquet data for split {split!r}: expected {directory}/*.parquet or {single}, with "
                     "columns image (pixels or encoded bytes) and label")
 
 
-def list_image_folder(base: Path) -> tuple[list[str], np.ndarray]:
-    """The images under base/<class>/ in (class, file name) order, and their class indices."""
-    if not base.is_dir():
+def list_image_folder(base: str | Path) -> tuple[list[str], np.ndarray]:
+    """The images under base/<class>/ in (class, file name) order, and their class indices (a local path: one
+    directory listing a class; a URI: one listing request per 1,000 objects)."""
+    if not storage.is_dir(base):
         raise DataError(f"image folder {base} does not exist; expected <data.path>/<split>/<class>/<image>")
-    classes = sorted(p.name for p in base.iterdir() if p.is_dir())
+    if storage.is_remote(base):
+        classes = [name for name, is_directory in storage.entries(base) if is_directory]
+    else:  # a class may be a symlinked directory
+        classes = sorted(p.name for p in Path(base).iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"image folder {base} has no class sub-directories")
     paths, labels = [], []
     for label, name in enumerate(classes):
-        files = sorted(f for f in os.listdir(base / name) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
-        paths += [str(base / name / f) for f in files]
+        if storage.is_remote(base):
+            files = [storage.name(f) for f in storage.files(storage.join(base, name), IMAGE_SUFFIXES)]
+        else:
+            files = sorted(f for f in os.listdir(Path(base, name)) if Path(f).suffix.lower() in IMAGE_SUFFIXES)
+        paths += [storage.join(base, name, f) for f in files]
         labels += [label] * len(files)
     if not paths:
         raise DataError(f"image folder {base} holds no images ({sorted(IMAGE_SUFFIXES)})")
@@ -317,36 +342,50 @@ def convert_fashion_mnist(idx_root: str | Path, out_root: str | Path, rows_per_s
 
     Each split is written into a temporary directory and renamed into place with a `_complete.json` (row
     counts), so concurrent converters (Tune trials, several jobs) never see half a split; a split already
-    complete is left as it is.
+    complete is left as it is. `out_root` in object storage: each split is converted locally and uploaded, its
+    `_complete.json` last (two converters at once both upload the same bytes).
 
     Returns:
         out_root.
     """
+    if storage.is_remote(out_root):
+        import tempfile
+
+        for split in ("train", "test"):
+            if not storage.is_file(storage.join(out_root, split, COMPLETE)):
+                with tempfile.TemporaryDirectory(prefix="mrl-fashion-mnist-") as local:
+                    _convert_split(idx_root, Path(local), split, rows_per_shard)
+                    storage.upload_dir(Path(local, split), storage.join(out_root, split), last=[COMPLETE])
+        return out_root
+    out_root = Path(out_root)
+    for split in ("train", "test"):
+        if not (out_root / split / COMPLETE).is_file():
+            _convert_split(idx_root, out_root, split, rows_per_shard)
+    return out_root
+
+
+def _convert_split(idx_root: str | Path, out_root: Path, split: str, rows_per_shard: int) -> None:
+    """One split of `convert_fashion_mnist` on local disk: written under a temporary name, renamed into place."""
     import shutil
 
     import pyarrow.parquet as pq
 
-    out_root = Path(out_root)
-    for split in ("train", "test"):
-        final = out_root / split
-        if (final / COMPLETE).is_file():
-            continue
-        images, labels = load_fashion_mnist(idx_root, split)
-        tmp = out_root / f".{split}.tmp-{os.getpid()}"
+    final = out_root / split
+    images, labels = load_fashion_mnist(idx_root, split)
+    tmp = out_root / f".{split}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for i, lo in enumerate(range(0, len(labels), rows_per_shard)):
+        hi = min(len(labels), lo + rows_per_shard)
+        table = image_table(images[lo:hi], labels[lo:hi], np.arange(lo, hi, dtype=np.int64))
+        pq.write_table(table, tmp / f"part-{i:05d}.parquet", row_group_size=ROW_GROUP_ROWS)
+    (tmp / COMPLETE).write_text(json.dumps({"rows": int(len(labels)), "source": str(idx_root)}))
+    try:
+        os.rename(tmp, final)
+    except OSError:  # another converter finished first
+        if not (final / COMPLETE).is_file():
+            raise
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for i, lo in enumerate(range(0, len(labels), rows_per_shard)):
-            hi = min(len(labels), lo + rows_per_shard)
-            table = image_table(images[lo:hi], labels[lo:hi], np.arange(lo, hi, dtype=np.int64))
-            pq.write_table(table, tmp / f"part-{i:05d}.parquet", row_group_size=ROW_GROUP_ROWS)
-        (tmp / COMPLETE).write_text(json.dumps({"rows": int(len(labels)), "source": str(idx_root)}))
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another converter finished first
-            if not (final / COMPLETE).is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out_root
 
 
 @functools.lru_cache(maxsize=8)

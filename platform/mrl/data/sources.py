@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from mrl import storage
 from mrl.configio import ConfigError
 from mrl.data.formats import DataError, load_fashion_mnist
 from mrl.data.readers import SplitReader, convert_fashion_mnist, open_folder, open_parquet, read_text_rows
@@ -41,8 +42,8 @@ class DataSource:
         open: image sources: the split's reader, from metadata (data, split, (C, H, W)) -> SplitReader.
         read_text: text sources: the split's rows (data, split) -> {id, label, query, document}.
         load: image sources that read faster in memory than through `open`: (data, split) -> (images, labels).
-        location: where a split's files are, a directory or one file (data, split) -> Path (what the train stage
-            digests and `mrl lineage` re-checks); None: <data.path>/<split on disk>.
+        location: where a split's files are, a directory or one file (data, split) -> a local path or URI (what
+            the train stage digests and `mrl lineage` re-checks); None: <data.path>/<split on disk>.
     """
 
     modality: str
@@ -52,7 +53,7 @@ class DataSource:
     open: Callable[[Any, str, tuple[int, int, int]], SplitReader] | None = None
     read_text: Callable[[Any, str], dict[str, Any]] | None = None
     load: Callable[[Any, str], tuple[np.ndarray, np.ndarray]] | None = None
-    location: Callable[[Any, str], Path] | None = None
+    location: Callable[[Any, str], str] | None = None
 
 
 DATA_SOURCES: Registry[DataSource] = Registry("data source")
@@ -68,13 +69,16 @@ def _limit(data, split: str) -> int | None:
 
 
 def _root_exists(data, prefix: str) -> None:
-    if not Path(data.root).exists():
+    problem = storage.uri_problem(data.root)
+    if problem:
+        raise ConfigError(f"{prefix}path {str(data.root)!r} {problem}")
+    if not storage.exists(data.root):
         raise ConfigError(f"{prefix}path {str(data.root)!r} does not exist ({data.source} data); give an existing "
                           "directory")
 
 
 def _absolute(data, output_dir: str | Path):
-    return dataclasses.replace(data, path=str(Path(data.root).resolve()))
+    return dataclasses.replace(data, path=storage.absolute(data.root))
 
 
 # ------------------------------------------------------------------------------------------------ image sources
@@ -87,30 +91,30 @@ def _fashion_mnist_paths(data, prefix: str) -> None:
 
 def _fashion_mnist_prepare(data, output_dir: str | Path):
     """The IDX files converted once into Parquet shards (at `data.shards_path`, default
-    <output_dir>/data/fashion-mnist) that workers stream."""
-    shards = Path(data.shards_path or Path(output_dir) / "data" / "fashion-mnist").resolve()
+    <output_dir>/data/fashion-mnist; a local path or a URI) that workers stream."""
+    shards = storage.absolute(data.shards_path or storage.join(output_dir, "data", "fashion-mnist"))
     convert_fashion_mnist(data.root, shards)
-    return dataclasses.replace(data, path=str(Path(data.root).resolve()), shards_path=str(shards))
+    return dataclasses.replace(data, path=str(Path(data.root).resolve()), shards_path=shards)
 
 
 def _fashion_mnist_open(data, split: str, shape: tuple[int, int, int]) -> SplitReader:
     if data.shards_path is None:
         raise DataError("fashion_mnist data has no shards_path: prepare_data() converts the IDX files into "
                         "Parquet shards and sets it")
-    return open_parquet(Path(data.shards_path), split, split, shape, _limit(data, split))
+    return open_parquet(data.shards_path, split, split, shape, _limit(data, split))
 
 
-def _fashion_mnist_location(data, split: str) -> Path:
+def _fashion_mnist_location(data, split: str) -> str:
     """The Parquet shards workers read (the IDX files are converted once; a changed IDX file is not reread)."""
     if data.shards_path is None:
         raise DataError("fashion_mnist data has no shards_path: prepare_data() sets it")
-    return Path(data.shards_path) / split
+    return storage.join(data.shards_path, split)
 
 
-def _parquet_location(data, split: str) -> Path:
+def _parquet_location(data, split: str) -> str:
     """<root>/<split>/ or the single file <root>/<split>.parquet (the layouts `parquet_shards` reads)."""
-    directory = Path(data.root) / on_disk(data, split)
-    return directory if directory.is_dir() else directory.with_name(f"{directory.name}.parquet")
+    directory = storage.join(data.root, on_disk(data, split))
+    return directory if storage.is_dir(directory) else f"{directory}.parquet"
 
 
 DATA_SOURCES.register("fashion_mnist")(DataSource(
@@ -119,17 +123,20 @@ DATA_SOURCES.register("fashion_mnist")(DataSource(
     load=lambda data, split: load_fashion_mnist(data.root, split)))
 DATA_SOURCES.register("image_folder")(DataSource(
     modality="image", check_paths=_root_exists, prepare=_absolute,
-    open=lambda data, split, shape: open_folder(Path(data.root) / on_disk(data, split), split, shape,
+    open=lambda data, split, shape: open_folder(storage.join(data.root, on_disk(data, split)), split, shape,
                                                 _limit(data, split))))
 DATA_SOURCES.register("parquet")(DataSource(
     modality="image", check_paths=_root_exists, prepare=_absolute, location=_parquet_location,
-    open=lambda data, split, shape: open_parquet(Path(data.root), on_disk(data, split), split, shape,
+    open=lambda data, split, shape: open_parquet(data.root, on_disk(data, split), split, shape,
                                                  _limit(data, split))))
 
 
 # ------------------------------------------------------------------------------------------------- text sources
 
 def _wordnet_paths(data, prefix: str) -> None:
+    if storage.is_remote(data.root):
+        raise ConfigError(f"{prefix}path {data.root!r}: wordnet data is converted on this machine into a local "
+                          "directory; give a local path (text_parquet reads text shards from object storage)")
     if not (Path(data.wordnet_root) / "data.noun").is_file():
         raise ConfigError(f"{prefix}wordnet_root {data.wordnet_root!r} holds no WordNet database (data.noun); "
                           "install it with `apt-get install -y wordnet-base`")
@@ -148,7 +155,7 @@ DATA_SOURCES.register("wordnet")(DataSource(
 DATA_SOURCES.register("text_parquet")(DataSource(
     modality="text", check_paths=_root_exists, prepare=_absolute,
     read_text=lambda data, split: read_text_rows(
-        Path(data.root) / on_disk(data, split), "text_parquet split",
+        storage.join(data.root, on_disk(data, split)), "text_parquet split",
         "give data.path a directory holding <split>/*.parquet for train and data.test_split")))
 
 
@@ -171,13 +178,13 @@ def prepare_data(data, output_dir: str | Path):
     return source_of(data).prepare(data, output_dir)
 
 
-def split_location(data, split: str) -> Path:
+def split_location(data, split: str) -> str:
     """Where the files of `split` ("train" or "test") of a prepared `DataConfig` are: a directory (every file
     under it) or one file. The train stage records their content digest; `mrl lineage` re-checks it."""
     source = source_of(data)
     if source.location is not None:
         return source.location(data, split)
-    return Path(data.root) / on_disk(data, split)
+    return storage.join(data.root, on_disk(data, split))
 
 
 def open_split(data, shape: tuple[int, int, int], split: str) -> SplitReader:
