@@ -2,6 +2,8 @@
 killed mid-run that resumes by name with every row written exactly once, and a second run of a running name
 refused by its lock (real Ray Data and MLflow)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -16,7 +18,7 @@ def test_units_cover_the_rows_once_in_order():
 
 
 def test_a_unit_counts_as_written_only_with_exactly_its_ids(tmp_path):
-    path = unit_path(tmp_path, 3)
+    path = Path(unit_path(tmp_path, 3))
     assert path.name == "part-00003.parquet" and not unit_written(path, np.arange(4))
     write_atomically(embedding_table(np.arange(4, 8), np.zeros(4), np.ones((4, 2), np.float32), "float16"), path)
     assert unit_written(path, np.arange(4, 8))
@@ -24,6 +26,18 @@ def test_a_unit_counts_as_written_only_with_exactly_its_ids(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["part-00003.parquet"]  # no temporary file left behind
     path.write_bytes(b"PAR1 torn")  # a torn file is a unit to write again
     assert not unit_written(path, np.arange(4, 8))
+
+
+def test_units_in_object_storage_are_written_whole_and_verified_there(s3_server):
+    split = s3_server.bucket() + "/run/train"
+    table = embedding_table(np.arange(3), np.zeros(3), np.ones((3, 2), np.float32), "float32")
+    assert not unit_written(unit_path(split, 0), np.arange(3))
+    write_atomically(table, unit_path(split, 0))
+    assert unit_written(unit_path(split, 0), np.arange(3)) and s3_server.keys(split) == ["run/train/part-00000.parquet"]
+    assert verify_split(split, np.arange(3))["rows"] == 3
+    write_atomically(table.slice(1, 1), unit_path(split, 1))
+    with pytest.raises(RuntimeError, match="1 duplicate, 0 missing"):
+        verify_split(split, np.arange(3))
 
 
 def test_verification_names_duplicates_and_missing_ids(tmp_path):

@@ -12,20 +12,30 @@ reads a split's ids back before the embed stage lists its files.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mrl.artifacts.manifest import ManifestError, read_manifest, sha256, verify_files
+from mrl import storage
+from mrl.artifacts.manifest import ManifestError, read_manifest, verify_files
+from mrl.artifacts.remote import local_copy
+from mrl.data.readers import parquet_file, read_columns
 
 UNIT_GLOB = "part-*.parquet"  # the files of a split
 
 
-def embedding_files(path: Path, splits: Iterable[str]) -> dict[str, dict[str, str]]:
+def unit_files(split_dir: str | Path) -> list[str]:
+    """A split's Parquet files (`UNIT_GLOB`), local or in object storage, sorted by name."""
+    return [f for f in storage.files(split_dir, [".parquet"]) if fnmatch.fnmatch(storage.name(f), UNIT_GLOB)]
+
+
+def embedding_files(path: str | Path, splits: Iterable[str]) -> dict[str, dict[str, str]]:
     """The manifest's "files": {split: {file name: sha256}} of every split's Parquet files under `path`."""
-    return {split: {f.name: sha256(f) for f in sorted((Path(path) / split).glob(UNIT_GLOB))} for split in splits}
+    return {split: {storage.name(f): storage.sha256(f) for f in unit_files(storage.join(path, split))}
+            for split in splits}
 
 
 def read_embeddings(path: str | Path, dtype: str = "float32", verify: bool = True
@@ -33,7 +43,8 @@ def read_embeddings(path: str | Path, dtype: str = "float32", verify: bool = Tru
     """Read one split of an embed run: ids (N,), labels (N,), vectors (N, d) of `dtype`, sorted by id.
 
     Args:
-        path: <embed run directory>/<split>; the run directory's manifest lists the split's files.
+        path: <embed run directory>/<split>; the run directory's manifest lists the split's files. In object
+            storage (s3://, gs://), the split is copied into this node's cache first (`local_copy`).
         dtype: float32, or float16 (keeps a 1M x 2048 split at 4 GB); either column type is accepted.
         verify: check each file's sha256 before reading it (the files read are the listed ones either way).
 
@@ -42,6 +53,9 @@ def read_embeddings(path: str | Path, dtype: str = "float32", verify: bool = Tru
         ManifestError: the manifest lists no such split, names a file that is not a plain file name, or a
             listed file is missing or changed.
     """
+    if storage.is_remote(path):
+        split = storage.name(path)
+        path = local_copy(storage.parent(path), splits=[split]) / split
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"embeddings {path} do not exist; run the embed stage first (jobs/embed.py)")
@@ -77,7 +91,7 @@ def _arrays(table: Any, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return ids[order], labels[order], vectors[order]
 
 
-def verify_split(split_dir: Path, ids: np.ndarray) -> dict[str, Any]:
+def verify_split(split_dir: str | Path, ids: np.ndarray) -> dict[str, Any]:
     """Read back every id of a split's units: the rows must be exactly `ids`, each once.
 
     The driver's memory for this is two id arrays (the found ids, read file by file into one array, and a
@@ -86,13 +100,11 @@ def verify_split(split_dir: Path, ids: np.ndarray) -> dict[str, Any]:
     Raises:
         RuntimeError: naming how many ids are duplicated or missing.
     """
-    import pyarrow.parquet as pq
-
-    files = sorted(split_dir.glob(UNIT_GLOB))
-    found = np.empty(sum(pq.ParquetFile(f).metadata.num_rows for f in files), dtype=np.int64)
+    files = unit_files(split_dir)
+    found = np.empty(sum(parquet_file(f).metadata.num_rows for f in files), dtype=np.int64)
     at = 0
     for f in files:
-        part = pq.read_table(f, columns=["id"]).column("id").to_numpy()
+        part = read_columns(f, ["id"]).column("id").to_numpy()
         found[at:at + len(part)] = part
         at += len(part)
     found.sort()

@@ -3,7 +3,8 @@ format), checksums, and the `latest` link beside each run's directory.
 
 A manifest vouches for the files a reader opens: each is listed by a plain file name (no path separator, not
 `.` or `..`, not absolute) with its sha256, and `verify_files` refuses a file the reader opens that is not listed,
-missing, or changed. Manifests are written atomically (`mrl.artifacts.files.replace_file`).
+missing, or changed. Manifests are written atomically (`mrl.artifacts.files.replace_file`; in object storage one
+PUT). Directories may be local or object-storage URIs (`mrl.storage`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from mrl import storage
 from mrl.artifacts.files import fsync_path, replace_file, temp_name
 
 MANIFEST = "manifest.json"
@@ -70,10 +72,10 @@ def read_manifest(path: str | Path, stage: str | None = None, versions: Collecti
         FileNotFoundError: no manifest there.
         ManifestError: wrong stage or format version, or a listed name that is not a plain file name.
     """
-    file = Path(path) / MANIFEST
-    if not file.is_file():
+    file = storage.join(path, MANIFEST)
+    if not storage.is_file(file):
         raise FileNotFoundError(f"{file} does not exist: {path} is not a directory written by the platform")
-    manifest = json.loads(file.read_text())
+    manifest = json.loads(storage.read_bytes(file))
     if stage is not None:
         if manifest.get("stage") != stage:
             raise ManifestError(f"{path} holds a {manifest.get('stage')!r} manifest, not an {stage!r} one")
@@ -90,15 +92,18 @@ def format_version(manifest: dict[str, Any]) -> int:
     return manifest.get("format_version", 1)
 
 
-def write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+def write_manifest(path: str | Path, manifest: dict[str, Any]) -> None:
     """Write `manifest` (with its stage's current format version) as <path>/manifest.json, atomically."""
     _check_listing(manifest, path)
     stage = manifest["stage"]
     data = json.dumps({"format_version": FORMAT_VERSIONS[stage], **manifest}, indent=2)
-    replace_file(Path(path) / MANIFEST, data.encode())
+    if storage.is_remote(path):
+        storage.write_bytes(storage.join(path, MANIFEST), data.encode())
+    else:
+        replace_file(Path(path) / MANIFEST, data.encode())
 
 
-def verify_files(path: Path, listing: Mapping[str, str], opened: Iterable[str], verify: bool = True) -> None:
+def verify_files(path: str | Path, listing: Mapping[str, str], opened: Iterable[str], verify: bool = True) -> None:
     """Check the files a reader opens in directory `path` against the manifest's `listing` (name -> sha256).
 
     Args:
@@ -113,16 +118,16 @@ def verify_files(path: Path, listing: Mapping[str, str], opened: Iterable[str], 
         check_file_name(name, path)
     unlisted = sorted(set(opened) - set(listing))
     if unlisted:
-        raise ManifestError(f"{path / unlisted[0]} is not listed in the manifest of {path} "
+        raise ManifestError(f"{storage.join(path, unlisted[0])} is not listed in the manifest of {path} "
                             f"({len(unlisted)} unlisted file(s) the reader opens: {unlisted[:5]}); the manifest "
                             "vouches only for what it lists: rewrite the artifact")
     if not verify:
         return
     for name, digest in listing.items():
-        file = path / name
-        if not file.is_file():
+        file = storage.join(path, name)
+        if not storage.is_file(file):
             raise ManifestError(f"{file} listed in the manifest is missing")
-        if sha256(file) != digest:
+        if storage.sha256(file) != digest:
             raise ManifestError(f"{file} does not match its manifest checksum (modified or corrupt); rewrite the "
                                 "artifact")
 
@@ -135,9 +140,13 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def point_latest(target: Path) -> None:
-    """Make <parent>/latest a symlink to `target` (atomic replace). Call it last: once the artifact is complete
-    and recorded, so `latest` never names an output whose run failed."""
+def point_latest(target: str | Path) -> None:
+    """Make <parent>/latest a symlink to `target` (atomic replace; in object storage an object naming it). Call it
+    last: once the artifact is complete and recorded, so `latest` never names an output whose run failed."""
+    if storage.is_remote(target):
+        storage.point_latest(str(target))
+        return
+    target = Path(target)
     link = target.parent / "latest"
     tmp = temp_name(link)
     tmp.symlink_to(target.name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mrl import storage
 from mrl.configio import ConfigError, check, positive, registered
 from mrl.data.sources import DATA_SOURCES
 
@@ -19,7 +20,7 @@ class DataConfig:
     Text (for text encoders): wordnet (WordNet synsets converted once into text shards at <path>, see
     mrl.data.wordnet); text_parquet (<path>/<split>/*.parquet with columns id, label, query, document)."""
     path: str | None = None
-    """Data directory; fashion_mnist defaults to the Debian package's /usr/share/datasets/fashion-mnist;
+    """Data directory, a local path or an object-storage URI (s3://bucket/prefix, gs://...); fashion_mnist defaults to the Debian package's /usr/share/datasets/fashion-mnist;
     wordnet: where the converted shards go (written from `wordnet_root` on first use, reused after)."""
     wordnet_root: str = "/usr/share/wordnet"
     """wordnet: the WordNet database files (Debian package wordnet-base)."""
@@ -29,7 +30,8 @@ class DataConfig:
     """The held-out split's name on disk (<path>/<test_split>/...; ImageNet: val). Stages call it "test"."""
     shards_path: str | None = None
     """fashion_mnist: where its IDX files are converted once into Parquet shards that workers stream (default
-    <output_dir>/data/fashion-mnist; on a cluster, storage every node sees)."""
+    <artifacts_dir or output_dir>/data/fashion-mnist; on a cluster, storage every node sees: a shared path or an
+    s3:// / gs:// URI)."""
     val_fraction: float = 0.05
     """Share of the train split held out for per-epoch validation, in [0, 0.5)."""
     train_limit: int | None = None
@@ -46,6 +48,10 @@ class DataConfig:
         positive("test_limit", self.test_limit, allow_none=True)
         check(bool(self.test_split) and "/" not in self.test_split and self.test_split != "train",
                f"test_split must be a directory name other than 'train', got {self.test_split!r}")
+        for name in ("path", "shards_path"):
+            value = getattr(self, name)
+            problem = None if value is None else storage.uri_problem(value)
+            check(problem is None, f"{name} {value!r} {problem}")
         self.root  # path is required for every source but fashion_mnist
 
     @property

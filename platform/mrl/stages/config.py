@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from mrl import storage
 from mrl.artifacts.config import MlflowConfig
 from mrl.artifacts.index import check_index_config, planned_codes, planned_sources
 from mrl.configio import ConfigError, check, positive, registered
@@ -162,8 +163,14 @@ class JobConfig:
     """What every job config has: where its outputs go and where MLflow records them."""
 
     output_dir: str = "outputs"
-    """Root of every artifact (Ray Train storage, embeddings, indexes, the sqlite MLflow store). On a
-    multi-node cluster: a path every node sees (NFS)."""
+    """A local directory: the run's logs, the sqlite MLflow store, caches and reports, and the stages' artifacts
+    unless `artifacts_dir` puts them elsewhere. On a multi-node cluster without artifacts_dir: a path every node
+    sees (NFS)."""
+    artifacts_dir: str | None = None
+    """Where the stages' artifacts go: converted data (data/), Ray Train checkpoints (ray/), embeddings/ and
+    index/. A local path, or object storage every node reads: s3://bucket/prefix, gs://bucket/prefix
+    (credentials and endpoint from the environment: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a role,
+    AWS_ENDPOINT_URL; never in a config). None: output_dir."""
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     log_level: Literal["info", "debug"] = "info"
     """What a run prints (`mrl.runtime.captured_output`). info: the platform's own lines (progress, tables, where
@@ -172,13 +179,24 @@ class JobConfig:
 
     def __post_init__(self) -> None:
         check(bool(self.output_dir), "output_dir must be a non-empty path")
+        check(not storage.is_remote(self.output_dir),
+               f"output_dir {self.output_dir!r} must be a local directory (logs, the sqlite MLflow store, caches); "
+               "put the stages' artifacts in object storage with artifacts_dir")
+        check_location("artifacts_dir", self.artifacts_dir)
         check(self.log_level in LOG_LEVELS, f"log_level {self.log_level!r} is not accepted; choose one of "
                                             f"{list(LOG_LEVELS)}")
 
+    @property
+    def artifacts(self) -> str:
+        """Where the stages' artifacts go: artifacts_dir, else output_dir."""
+        return self.artifacts_dir or self.output_dir
+
     def _default(self, name: str, stage_dir: str) -> None:
-        """Field `name` left None points at the newest output of a stage: <output_dir>/<stage_dir>/latest."""
+        """Field `name` left None points at the newest output of a stage: <artifacts>/<stage_dir>/latest; a
+        given one must be a local path or an accepted URI."""
         if getattr(self, name) is None:
-            object.__setattr__(self, name, str(Path(self.output_dir) / stage_dir / "latest"))
+            object.__setattr__(self, name, storage.join(self.artifacts, stage_dir, "latest"))
+        check_location(name, getattr(self, name))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -194,15 +212,17 @@ class TrainJobConfig(JobConfig):
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     storage_path: str | None = None
-    """Where Ray Train keeps the run's checkpoints. None: <output_dir>/ray. On several nodes, storage every node
-    sees: a shared path, or a URI of pyarrow's filesystem layer (s3://bucket/prefix, gs://..., file:///mnt/...)."""
+    """Where Ray Train keeps the run's checkpoints. None: <artifacts_dir or output_dir>/ray. On several nodes,
+    storage every node sees: a shared path, or a URI of pyarrow's filesystem layer (s3://bucket/prefix, gs://...,
+    file:///mnt/...)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_modalities(self.data, self.model)
         check_sampled_sizes(self.train, self.model)
         check(self.storage_path is None or bool(self.storage_path.strip()),
-               "storage_path must be a path or URI, or null for <output_dir>/ray")
+               "storage_path must be a path or URI, or null for <artifacts_dir or output_dir>/ray")
+        check_location("storage_path", self.storage_path)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -473,7 +493,7 @@ class PipelineConfig(JobConfig):
             raise ConfigError(str(exc)) from None
 
     def train_job(self) -> TrainJobConfig:
-        return TrainJobConfig(output_dir=self.output_dir, run_name=self.run_name, data=self.data, model=self.model,
+        return TrainJobConfig(output_dir=self.output_dir, artifacts_dir=self.artifacts_dir, run_name=self.run_name, data=self.data, model=self.model,
                               train=self.train, resources=self.resources, ray=self.ray, mlflow=self.mlflow,
                               log_level=self.log_level)
 
@@ -494,6 +514,12 @@ def check_sampled_sizes(train: TrainConfig, model: ModelConfig, prefix: str = ""
     check(train.sizes_per_step <= len(model.sizes),
            f"{prefix}train.sizes_per_step={train.sizes_per_step} is above the {len(model.sizes)} sizes of the nesting "
            f"list {model.sizes}")
+
+
+def check_location(name: str, value: str | None) -> None:
+    """A path field holds a local path or an accepted URI (no credentials, a bucket named); None passes."""
+    problem = None if value is None else storage.uri_problem(value)
+    check(problem is None, f"{name} {value!r} {problem}")
 
 
 def check_paths(cfg: Any) -> None:

@@ -21,6 +21,12 @@ or not at all. Rerunning a named run (the job's `run_name`) skips every unit who
 exactly its rows, and embeds the rest: a killed job resumes with no row written twice and none missing. The
 manifest is written only after every split's ids were read back and found unique and complete.
 
+With `artifacts_dir` in object storage (s3://, gs://) the layout is the same under <artifacts_dir>/embeddings/,
+less what object storage cannot do (`mrl.storage`): a run works in `<name>/` itself, where its manifest,
+written last, says it is complete (readers open only what a manifest lists); each unit file is one PUT, whole or
+absent, so resuming works as on disk; `latest` is an object naming the run; and the lock of a named run is held
+on this machine's disk (<output_dir>/locks/), so it keeps a second run of that name off this machine only.
+
 Image models embed the split's images; text models embed its `document` texts, tokenised by the model's own
 tokenizer (the one registered with it). Ids are the data's: row positions for images, the `id` column for text.
 """
@@ -33,16 +39,18 @@ from typing import Any
 
 import numpy as np
 
+from mrl import storage
 from mrl.artifacts import tracking
 from mrl.artifacts.embeddings import embedding_files, verify_split
 from mrl.artifacts.files import create_exclusive, exclusive_lock, publish_dir, replace_with
+from mrl.artifacts.remote import cache_dir_for
 from mrl.artifacts.manifest import MANIFEST, point_latest, read_manifest, verify_files, write_manifest
 from mrl.configio import from_dict, to_dict
 from mrl.core.config import ModelConfig
 from mrl.data.augment import augment, expand_ids
 from mrl.data.config import DataConfig
 from mrl.data.preprocess import embed_images, inference_model
-from mrl.data.readers import TableRows, image_table
+from mrl.data.readers import TableRows, image_table, read_columns
 from mrl.data.sources import load_text_split, open_split
 from mrl.runtime import peak_rss_bytes, quiet_ray_data
 from mrl.stages.config import EmbedJobConfig
@@ -96,29 +104,32 @@ def plan_units(n_rows: int, rows_per_unit: int) -> list[tuple[int, int, int]]:
     return [(i, lo, min(n_rows, lo + rows_per_unit)) for i, lo in enumerate(range(0, n_rows, rows_per_unit))]
 
 
-def unit_path(split_dir: Path, unit: int) -> Path:
-    return split_dir / f"part-{unit:05d}.parquet"
+def unit_path(split_dir: str | Path, unit: int) -> str:
+    return storage.join(split_dir, f"part-{unit:05d}.parquet")
 
 
-def unit_written(path: Path, expected_ids: np.ndarray) -> bool:
+def unit_written(path: str | Path, expected_ids: np.ndarray) -> bool:
     """Whether a unit's file exists, reads, and holds exactly the ids of its rows, in order."""
-    import pyarrow.parquet as pq
-
-    if not path.is_file():
+    if not storage.is_file(path):
         return False
     try:
-        ids = pq.read_table(path, columns=["id"]).column("id").to_numpy()
+        ids = read_columns(path, ["id"]).column("id").to_numpy()
     except Exception:  # noqa: BLE001 - an unreadable file is one to write again
         return False
     return np.array_equal(ids, expected_ids)
 
 
-def write_atomically(table, path: Path) -> None:
-    """Write a Parquet file atomically (`mrl.artifacts.files.replace_with`: a temporary name unique across hosts,
-    processes and threads, fsynced, then renamed into place)."""
+def write_atomically(table, path: str | Path) -> None:
+    """Write a Parquet file atomically: on disk `mrl.artifacts.files.replace_with` (a temporary name unique across
+    hosts, processes and threads, fsynced, then renamed into place); in object storage one upload, which appears
+    whole when it completes."""
     import pyarrow.parquet as pq
 
-    replace_with(path, lambda tmp: pq.write_table(table, tmp))
+    if storage.is_remote(path):
+        with storage.open_output(path) as out:
+            pq.write_table(table, out)
+    else:
+        replace_with(Path(path), lambda tmp: pq.write_table(table, tmp))
 
 
 class UnitEmbedder:
@@ -132,7 +143,7 @@ class UnitEmbedder:
                  augment_seed: int | None = None):
         self.source, image_shape = split_source(from_dict(DataConfig, data), model_spec, split)
         self.embedder = Embedder(model_uri, tracking_uri, image_shape, threads, dtype, precision)
-        self.out, self.batch_size, self.augment_seed = Path(out_dir), batch_size, augment_seed
+        self.out, self.batch_size, self.augment_seed = out_dir, batch_size, augment_seed
 
     def rows(self, lo: int, hi: int):
         """Input rows lo..hi as a pyarrow table (id, label, image or document), read from where the data lives."""
@@ -180,14 +191,16 @@ def run(job: EmbedJobConfig) -> dict[str, Any]:
     Raises:
         LockedError: another run of the same `run_name` is running (checked before any other work).
     """
-    root = Path(job.output_dir).resolve() / "embeddings"
+    root = storage.absolute(storage.join(job.artifacts, "embeddings"))
     if job.run_name is None:  # the directory is named by this run's new MLflow run id: no other run writes it
         return _run(job, root)
-    with exclusive_lock(root / f".{job.run_name}.lock", f"embed run {job.run_name!r}"):
+    locks = Path(root) if not storage.is_remote(root) else \
+        Path(job.output_dir).resolve() / "locks" / cache_dir_for(root).name  # no locks in object storage
+    with exclusive_lock(locks / f".{job.run_name}.lock", f"embed run {job.run_name!r}"):
         return _run(job, root)
 
 
-def _run(job: EmbedJobConfig, root: Path) -> dict[str, Any]:
+def _run(job: EmbedJobConfig, root: str) -> dict[str, Any]:
     import mlflow
 
     job = prepare(job)  # paths, data and Ray before the model is looked up
@@ -204,27 +217,30 @@ def _run(job: EmbedJobConfig, root: Path) -> dict[str, Any]:
         tracking.log_params({"model_uri": model_info["model_uri"], "data": to_dict(job.data),
                              "embed": to_dict(job.embed)})
         name = job.run_name or stage.run_id
-        out = root / name
+        out = storage.join(root, name)
         mlflow.set_tag(tracking.TAG_EMBED_RUN_NAME, name)
         plan = {"model_uri": model_info["model_uri"], "splits": list(job.embed.splits),
                 "rows_per_unit": job.embed.rows_per_file, "dtype": job.embed.dtype,
                 "precision": job.embed.precision, "augment_rows": job.embed.augment_rows,
                 "augment_seed": job.embed.augment_seed, "data": to_dict(job.data)}
-        if out.exists():
+        remote = storage.is_remote(out)
+        if storage.is_file(storage.join(out, MANIFEST)) or (not remote and Path(out).exists()):
             manifest = _finished(out, plan)
+        elif remote:  # no directory rename in object storage: the manifest, written last, completes the run
+            manifest = _embed_into(job, model_info, model, stage, out, plan)
         else:
-            manifest = _embed_into(job, model_info, model, stage, root / f".{name}.partial", plan)
-            publish_dir(root / f".{name}.partial", out)
-        mlflow.log_artifact(str(out / MANIFEST))
+            manifest = _embed_into(job, model_info, model, stage, storage.join(root, f".{name}.partial"), plan)
+            publish_dir(Path(root, f".{name}.partial"), Path(out))
+        mlflow.log_text(storage.read_bytes(storage.join(out, MANIFEST)).decode(), MANIFEST)
         mlflow.log_metrics({f"rows_{s}": n for s, n in manifest["rows"].items()})
         stage.wrote(out)
         mlflow.log_metric("embed_wall_seconds", stage.seconds)
     point_latest(out)  # last: only an output whose run is recorded becomes the default input
-    return {"run_id": stage.run_id, "path": str(out), "rows": manifest["rows"], "model_uri": model_info["model_uri"],
+    return {"run_id": stage.run_id, "path": out, "rows": manifest["rows"], "model_uri": model_info["model_uri"],
             "dim": model.dim, "seconds": stage.seconds}
 
 
-def _embed_into(job: EmbedJobConfig, model_info: dict[str, Any], model, stage: StageRun, work: Path,
+def _embed_into(job: EmbedJobConfig, model_info: dict[str, Any], model, stage: StageRun, work: str,
                 plan: dict[str, Any]) -> dict[str, Any]:
     """Embed every split into the work directory `work` (resuming what a killed run of this name wrote there),
     then write its manifest listing every unit file; returns the manifest."""
@@ -242,7 +258,7 @@ def _embed_into(job: EmbedJobConfig, model_info: dict[str, Any], model, stage: S
     return manifest
 
 
-def _finished(out: Path, plan: dict[str, Any]) -> dict[str, Any]:
+def _finished(out: str, plan: dict[str, Any]) -> dict[str, Any]:
     """A finished run directory asked for again: the same settings, every listed file verified; it is left as it
     is (its manifest names the run that wrote it). Returns its manifest.
 
@@ -253,29 +269,29 @@ def _finished(out: Path, plan: dict[str, Any]) -> dict[str, Any]:
     try:
         _check_plan(out, plan)
     except FileNotFoundError:
-        raise _old_layout(out, out / "plan.json") from None
+        raise _old_layout(out, storage.join(out, "plan.json")) from None
     try:
         manifest = read_manifest(out, stage="embed")
         for split, listing in manifest["files"].items():
-            verify_files(out / split, listing, listing)
+            verify_files(storage.join(out, split), listing, listing)
     except FileNotFoundError:
-        raise _old_layout(out, out / MANIFEST) from None
+        raise _old_layout(out, storage.join(out, MANIFEST)) from None
     except (ValueError, KeyError) as exc:
         raise ValueError(f"embed run directory {out} is finished but cannot be reused ({exc}); use another "
                          "run_name") from None
-    print(f"[embed] {out.name} is finished (run {manifest['embed_run_id']}): its files verified, nothing to embed",
+    print(f"[embed] {storage.name(out)} is finished (run {manifest['embed_run_id']}): its files verified, nothing to embed",
           flush=True)
     return manifest
 
 
-def _old_layout(out: Path, missing: Path) -> ValueError:
-    return ValueError(f"embed run directory {out} has no {missing.name} ({missing}): it is from an earlier version "
+def _old_layout(out: str, missing: str) -> ValueError:
+    return ValueError(f"embed run directory {out} has no {storage.name(missing)} ({missing}): it is from an earlier version "
                       "of the platform, which wrote runs in place (an interrupted one has no manifest), and cannot be "
                       f"resumed or reused. Pick a new run_name, or move {out} out of the way (e.g. to {out}.old) and "
                       "run again")
 
 
-def _embed_splits(job: EmbedJobConfig, model_uri: str, stage: StageRun, model_spec: dict[str, Any], out: Path
+def _embed_splits(job: EmbedJobConfig, model_uri: str, stage: StageRun, model_spec: dict[str, Any], out: str
                   ) -> tuple[dict[str, int], dict[str, dict], dict[str, int]]:
     """Embed every split the job names into <out>/<split>/ and verify its ids; returns rows, verification and
     the actors' peak memory by split."""
@@ -287,27 +303,35 @@ def _embed_splits(job: EmbedJobConfig, model_uri: str, stage: StageRun, model_sp
             expand_ids(len(ids), job.embed.augment_rows)  # raises when the target is below the split's size
             ids = np.arange(job.embed.augment_rows, dtype=np.int64)
         seed = job.embed.augment_seed if augmented else None
-        peaks[split] = _embed_split(job, model_uri, stage.tracking_uri, model_spec, split, ids, out / split, seed,
+        split_dir = storage.join(out, split)
+        peaks[split] = _embed_split(job, model_uri, stage.tracking_uri, model_spec, split, ids, split_dir, seed,
                                     stage.started)
-        verified[split] = verify_split(out / split, ids)
+        verified[split] = verify_split(split_dir, ids)
         rows[split] = len(ids)
     return rows, verified, peaks
 
 
-def _claim(out: Path, plan: dict[str, Any]) -> None:
-    """Record what this run directory embeds (created exclusively, complete or not at all), or check a rerun asks
-    for the same (else its units would mix)."""
+def _claim(out: str, plan: dict[str, Any]) -> None:
+    """Record what this run directory embeds (created exclusively, complete or not at all; in object storage one
+    PUT, under the run's lock), or check a rerun asks for the same (else its units would mix)."""
     import json
 
-    out.mkdir(parents=True, exist_ok=True)
-    if not create_exclusive(out / "plan.json", json.dumps(plan, indent=1).encode()):
-        _check_plan(out, plan)
+    data = json.dumps(plan, indent=1).encode()
+    if storage.is_remote(out):
+        if not storage.is_file(storage.join(out, "plan.json")):
+            storage.write_bytes(storage.join(out, "plan.json"), data)
+            return
+    else:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        if create_exclusive(Path(out, "plan.json"), data):
+            return
+    _check_plan(out, plan)
 
 
-def _check_plan(out: Path, plan: dict[str, Any]) -> None:
+def _check_plan(out: str, plan: dict[str, Any]) -> None:
     import json
 
-    before = json.loads((out / "plan.json").read_text())
+    before = json.loads(storage.read_bytes(storage.join(out, "plan.json")))
     changed = sorted(key for key in set(plan) | set(before) if plan.get(key) != before.get(key))
     if changed:
         raise ValueError(f"embed run directory {out} was started with other settings ({', '.join(changed)} "
@@ -315,14 +339,12 @@ def _check_plan(out: Path, plan: dict[str, Any]) -> None:
 
 
 def _embed_split(job, model_uri: str, tracking_uri: str, model_spec: dict[str, Any], split: str, ids: np.ndarray,
-                 split_dir: Path, augment_seed: int | None, started: float) -> int:
+                 split_dir: str, augment_seed: int | None, started: float) -> int:
     """Embed the units of `split` not yet written (and verified), on an actor pool, one progress line per unit.
     Returns the largest peak resident memory an actor reported (0 when nothing was left to embed)."""
     import ray
 
-    split_dir.mkdir(parents=True, exist_ok=True)
-    for stale in split_dir.glob(".part-*.tmp-*"):  # a unit cut short by a kill: written again below
-        stale.unlink()
+    _remove_stale(split_dir)  # a unit cut short by a kill: written again below
     units = plan_units(len(ids), job.embed.rows_per_file)
     pending = [(u, lo, hi) for u, lo, hi in units if not unit_written(unit_path(split_dir, u), ids[lo:hi])]
     todo = sum(hi - lo for _, lo, hi in pending)
@@ -336,7 +358,7 @@ def _embed_split(job, model_uri: str, tracking_uri: str, model_spec: dict[str, A
     ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         UnitEmbedder, batch_size=1, batch_format="numpy",
         fn_constructor_kwargs={"model_uri": model_uri, "tracking_uri": tracking_uri, "data": to_dict(job.data),
-                               "model_spec": model_spec, "split": split, "out_dir": str(split_dir),
+                               "model_spec": model_spec, "split": split, "out_dir": split_dir,
                                "batch_size": job.embed.batch_size, "threads": int(job.embed.cpus_per_actor),
                                "dtype": job.embed.dtype, "precision": job.embed.precision,
                                "augment_seed": augment_seed},
@@ -351,9 +373,16 @@ def _embed_split(job, model_uri: str, tracking_uri: str, model_spec: dict[str, A
         eta = (todo - done) / rate if rate > 0 else float("inf")
         print(f"[embed] {split}: {done:,} / {todo:,} rows ({units_done}/{len(pending)} units), {rate:,.0f} rows/s, "
               f"ETA {eta:.0f}s ({time.time() - started:.0f}s so far)", flush=True)
-    for stale in split_dir.glob(".part-*.tmp-*"):  # an actor lost mid-unit (its unit was written again)
-        stale.unlink()
+    _remove_stale(split_dir)  # an actor lost mid-unit (its unit was written again)
     return actor_peak
+
+
+def _remove_stale(split_dir: str) -> None:
+    """Remove the temporary files of units cut short, on disk (an upload cut short leaves no object)."""
+    if not storage.is_remote(split_dir):
+        Path(split_dir).mkdir(parents=True, exist_ok=True)
+        for stale in Path(split_dir).glob(".part-*.tmp-*"):
+            stale.unlink()
 
 
 def _split_ids(data, model_spec: dict[str, Any], split: str) -> np.ndarray:

@@ -52,7 +52,7 @@ def prepare(job: Any) -> Any:
     (absolute paths, conversions done), and Ray is up when the job names a cluster. Before any Ray work."""
     check_paths(job)
     if isinstance(getattr(job, "data", None), DataConfig):
-        job = dataclasses.replace(job, data=prepare_data(job.data, job.output_dir))
+        job = dataclasses.replace(job, data=prepare_data(job.data, getattr(job, "artifacts", job.output_dir)))
     if getattr(job, "ray", None) is not None:
         ensure_ray(job.ray)
     return job

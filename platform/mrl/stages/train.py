@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from mrl import storage
 from mrl.artifacts import tracking
 from mrl.artifacts.datasets import digest_cache
 from mrl.artifacts.model_files import ModelFileError
@@ -283,7 +284,7 @@ def fit(job: TrainJobConfig, *, mlflow_run_id: str | None = None, tracking_uri: 
     Args:
         job: the validated training config.
         mlflow_run_id, tracking_uri: rank 0 logs per-epoch metrics to this run.
-        storage_path: where Ray Train keeps checkpoints (default job.storage_path, else <output_dir>/ray; on a
+        storage_path: where Ray Train keeps checkpoints (default job.storage_path, else <artifacts>/ray; on a
             multi-node cluster it must be shared storage such as s3:// or NFS).
         callbacks: Ray Train callbacks (e.g. Tune's TuneReportCallback).
     """
@@ -292,7 +293,7 @@ def fit(job: TrainJobConfig, *, mlflow_run_id: str | None = None, tracking_uri: 
 
     if job.run_name is None:
         raise ValueError("fit() needs a run_name; run() picks one per invocation")
-    storage = storage_path or job.storage_path or str(Path(job.output_dir).resolve() / "ray")
+    checkpoints = storage_path or job.storage_path or storage.absolute(storage.join(job.artifacts, "ray"))
     use_gpu = resolve_use_gpu(job.resources.use_gpu)
     datasets, rows = streamed_datasets(job) if job.model.modality == "image" else (None, None)
     trainer = TorchTrainer(
@@ -303,7 +304,7 @@ def fit(job: TrainJobConfig, *, mlflow_run_id: str | None = None, tracking_uri: 
         scaling_config=ScalingConfig(num_workers=job.resources.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": job.resources.cpus_per_worker,
                                                            **({"GPU": 1} if use_gpu else {})}),
-        run_config=RunConfig(name=job.run_name, storage_path=storage,
+        run_config=RunConfig(name=job.run_name, storage_path=checkpoints,
                              failure_config=FailureConfig(max_failures=job.resources.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
                              callbacks=callbacks or None),
