@@ -39,8 +39,10 @@ from typing import Any
 
 import numpy as np
 
+from mrl import storage
 from mrl.artifacts.files import publish_dir, remove_dir, temp_name
 from mrl.artifacts.manifest import ManifestError, read_manifest, sha256, verify_files, write_manifest
+from mrl.artifacts.remote import artifact_location
 from mrl.retrieval.adanns import AdannsIVF
 from mrl.retrieval.codes import CodeStore, check_code, code_files
 from mrl.retrieval.engine import CellSource, FaissSource, SearchEngine
@@ -252,14 +254,14 @@ def is_sharded(manifest: dict[str, Any]) -> bool:
     return bool(manifest.get("shards"))
 
 
-def shard_manifest(path: str | Path, shard: int) -> tuple[dict[str, Any], Path, dict[str, Any]]:
+def shard_manifest(path: str | Path, shard: int) -> tuple[dict[str, Any], str, dict[str, Any]]:
     """(the top-level manifest, the directory and the manifest of shard `shard`) of the sharded index at `path`,
     the shard's manifest held to the sha256 the top-level one lists for it (its files are not opened).
 
     Raises:
         IndexMismatchError: not a sharded index, no such shard, or a shard manifest that is not the listed one.
     """
-    path = Path(path).resolve()
+    path = artifact_location(path)  # local, or in object storage (`mrl lineage` checks shards there)
     try:
         top = read_manifest(path, stage="index")
     except ManifestError as exc:
@@ -269,9 +271,10 @@ def shard_manifest(path: str | Path, shard: int) -> tuple[dict[str, Any], Path, 
     listing = top["shards"]["list"]
     if not 0 <= shard < len(listing):
         raise IndexMismatchError(f"index {path} has shards 0..{len(listing) - 1}, not {shard}")
-    where = path / listing[shard]["path"]
-    if listing[shard]["path"] != shard_dir(shard) or not (where / "manifest.json").is_file() or \
-            sha256(where / "manifest.json") != listing[shard]["manifest_sha256"]:
+    where = storage.join(path, listing[shard]["path"])
+    own = storage.join(where, "manifest.json")
+    if listing[shard]["path"] != shard_dir(shard) or not storage.is_file(own) or \
+            storage.sha256(own) != listing[shard]["manifest_sha256"]:
         raise IndexMismatchError(f"{where}/manifest.json does not match the checksum the top-level manifest of "
                                  f"{path} lists for shard {shard} (missing, modified or from another build)")
     return top, where, read_manifest(where, stage="index")

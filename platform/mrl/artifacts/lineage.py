@@ -21,11 +21,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mrl import storage
 from mrl.artifacts.datasets import dataset_digest, describe_changes, file_digests
 from mrl.artifacts.index import shard_manifest
 from mrl.artifacts.manifest import format_version, read_manifest, verify_files
-from mrl.artifacts.tracking import (DATA_FILES_ARTIFACT, TAG_CHECKPOINT, TAG_DATA_DIGEST, TAG_DATA_PATH, TAG_URL,
-                                    describe_model)
+from mrl.artifacts.remote import artifact_location
+from mrl.artifacts.tracking import (
+    DATA_FILES_ARTIFACT,
+    TAG_CHECKPOINT,
+    TAG_DATA_DIGEST,
+    TAG_DATA_PATH,
+    TAG_URL,
+    describe_model,
+)
 
 EMBED_VERSIONS = (1, 2)  # lineage reads what every embed format records; format 1 lists no files to verify
 
@@ -58,7 +66,7 @@ def _run(client, run_id: str | None) -> tuple[Any, str | None]:
     return run, None
 
 
-def _checksums(listings: dict[Path, dict[str, str]]) -> tuple[int, str | None]:
+def _checksums(listings: dict[str, dict[str, str]]) -> tuple[int, str | None]:
     """(files verified, the first problem) over {directory: {file name: sha256}}."""
     try:
         for directory, listing in listings.items():
@@ -84,13 +92,14 @@ def trace(target: str, client, cache: Path | None = None, api_key: str | None = 
         return _model(target, client, cache)
 
     try:
+        target = artifact_location(target)  # a `latest` followed, local or in object storage
         stage = read_manifest(target).get("stage")
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, OSError) as exc:
         return [Link("artifact", target, problem=str(exc))]
     if stage == "index":
-        return _index(Path(target).resolve(), client, cache)
+        return _index(target, client, cache)
     if stage == "embed":
-        return _embeddings(Path(target).resolve(), client, cache)
+        return _embeddings(target, client, cache)
     return [Link("artifact", target, problem=f"manifest of stage {stage!r}: not an index or embeddings directory")]
 
 
@@ -117,10 +126,10 @@ def _deployment(url: str, client, cache: Path | None, api_key: str | None = None
                     **link.details}
     if not runs:
         link.problem = f"no MLflow serve run records {url}"
-    return [link, *_index(Path(index["path"]), client, cache)]
+    return [link, *_index(str(index["path"]), client, cache)]
 
 
-def _index(path: Path, client, cache: Path | None) -> list[Link]:
+def _index(path: str, client, cache: Path | None) -> list[Link]:
     try:
         manifest = read_manifest(path, stage="index")
     except (FileNotFoundError, ValueError) as exc:
@@ -143,10 +152,10 @@ def _index(path: Path, client, cache: Path | None) -> list[Link]:
     if shards:
         details["shards"] = shards
     link = Link("index", str(path), details, problem=bad or bad_files or problem)
-    return [link, *_embeddings(Path(manifest.get("embeddings", "")), client, cache)]
+    return [link, *_embeddings(str(manifest.get("embeddings", "")), client, cache)]
 
 
-def _embeddings(path: Path, client, cache: Path | None) -> list[Link]:
+def _embeddings(path: str, client, cache: Path | None) -> list[Link]:
     try:
         manifest = read_manifest(path, stage="embed", versions=EMBED_VERSIONS)
     except (FileNotFoundError, ValueError) as exc:
@@ -154,7 +163,8 @@ def _embeddings(path: Path, client, cache: Path | None) -> list[Link]:
     if format_version(manifest) == 1:  # written before manifests listed their files: nothing to verify them by
         files, bad = "not verified (format 1: the manifest lists none; rerunning the embed stage lists them)", None
     else:
-        files, bad = _checksums({path / split: listing for split, listing in (manifest.get("files") or {}).items()})
+        files, bad = _checksums({storage.join(path, split): listing
+                                 for split, listing in (manifest.get("files") or {}).items()})
     _, problem = _run(client, manifest.get("embed_run_id"))
     link = Link("embeddings", str(path), {"run": manifest.get("embed_run_id"), "rows": manifest.get("rows"),
                                           "dim": manifest.get("dim"), "files verified": files}, problem=bad or problem)

@@ -31,6 +31,14 @@ from mrl.artifacts.manifest import MANIFEST, sha256
 CACHE_ENV = "MRL_CACHE_DIR"
 
 
+def artifact_location(path: str | Path) -> str:
+    """Where an artifact named by a config is, for records and other nodes: a URI with its `latest` pointer
+    followed, or an absolute local path with its symlinks (a local `latest`) resolved."""
+    if storage.is_remote(path):
+        return storage.resolve_latest(str(path))
+    return str(Path(path).resolve())
+
+
 def cache_root() -> Path:
     """Where copies of remote artifacts go on this node: $MRL_CACHE_DIR, else ~/.cache/mrl."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "mrl")

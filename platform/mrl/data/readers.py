@@ -105,7 +105,6 @@ class SplitReader:
         """Every row's id in position order: the id columns alone where the shards have one, else positions."""
         if not self.has_id:
             return np.arange(self.n, dtype=np.int64)
-        import pyarrow.parquet as pq
 
         out, left = [], self.n
         for path in self.paths:
@@ -155,7 +154,6 @@ def read_task(task: dict[str, Any], shape: tuple[int, ...]):
             else np.zeros((0, *shape), np.uint8)
         return image_table(images, np.asarray(task["labels"][lo:hi], np.int64), positions)
 
-    import pyarrow.parquet as pq
 
     path = task["paths"][0]
     file = parquet_file(path)

@@ -43,7 +43,6 @@ class, not a string, inside Ray Serve's ingress wrapper, or it reads the body as
 import asyncio
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,8 +51,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
+from mrl import storage
 from mrl.artifacts.index import is_sharded, load_index, load_shard
 from mrl.artifacts.manifest import read_manifest
+from mrl.artifacts.remote import artifact_location, local_copy
 from mrl.configio import from_dict, to_dict
 from mrl.service import guard
 from mrl.service.api import BatchSearchRequest, EmbeddingsRequest, SearchBody, SearchRequest, validation_detail
@@ -62,8 +63,16 @@ from mrl.service.config import ServeConfig
 from mrl.service.encoder import QueryEncoder, check_encoder
 from mrl.service.guard import Guard
 from mrl.service.retrieval import RequestError, RetrievalService, ShardedHits, read_api_key
-from mrl.service.shards import (WORKERS_NAMESPACE, Scatter, ShardedIndex, ShardMissing, ShardService, Workers,
-                                shard_app_name, worker_name)
+from mrl.service.shards import (
+    WORKERS_NAMESPACE,
+    Scatter,
+    ShardedIndex,
+    ShardMissing,
+    ShardService,
+    Workers,
+    shard_app_name,
+    worker_name,
+)
 
 app = FastAPI(title="MRL adaptive retrieval", version="1",
               description="Matryoshka retrieval: shortlist with a small prefix, rerank exactly with larger ones. "
@@ -218,7 +227,7 @@ class ShardWorker:
 
     def __init__(self, index_dir: str, shard: int, device: str):
         one_thread()
-        self.service = ShardService(load_shard(index_dir, shard, device=device))
+        self.service = ShardService(load_shard(local_copy(index_dir, shards=[shard]), shard, device=device))
 
     def search(self, plan, queries):
         return self.service.search(plan, queries)
@@ -301,10 +310,10 @@ class Retriever:
         self.encoder = encoder
         self.scatter = None
         if shard_apps:  # a sharded index: the top-level manifest here, the rows in the shards' applications
-            artifact = ShardedIndex.open(index_dir)
+            artifact = ShardedIndex.open(local_copy(index_dir, shards=()))
             self.scatter = Scatter(Workers(shard_apps), artifact.version, cfg.shard_timeout_s)
         else:
-            artifact = load_index(index_dir, device=cfg.device)
+            artifact = load_index(local_copy(index_dir), device=cfg.device)
         manifest = artifact.manifest
         # the Encoder deployment checked its model against this manifest when it started (a mismatch fails the
         # deploy); a handle cannot be awaited in a constructor, so its facts are the manifest's
@@ -432,6 +441,7 @@ def build_app(index_dir: str, serve_cfg, tracking_uri: str | None = None, shard_
     deployment loads exactly that model version from `tracking_uri` for image or text queries. A sharded index's
     Retriever calls the Shard deployments of `shard_apps` (`deploy` starts them first)."""
 
+    index_dir = artifact_location(index_dir)  # a `latest` in object storage followed
     manifest = read_manifest(index_dir, stage="index")
     if is_sharded(manifest) and not shard_apps:
         raise ValueError(f"index {index_dir} is sharded: deploy it with mrl.service.app.deploy (python "
@@ -453,7 +463,7 @@ def build_app(index_dir: str, serve_cfg, tracking_uri: str | None = None, shard_
     return Retriever.options(**scaling, max_ongoing_requests=serve_cfg.max_ongoing_requests,
                              max_queued_requests=serve_cfg.max_queued_requests,
                              ray_actor_options={"num_cpus": 1, "num_gpus": serve_cfg.gpus_per_replica}
-                             ).bind(str(Path(index_dir).resolve()), to_dict(serve_cfg), encoder, shard_apps)
+                             ).bind(artifact_location(index_dir), to_dict(serve_cfg), encoder, shard_apps)
 
 
 def build_shard_app(index_dir: str, shard: int, serve_cfg, app_name: str):
@@ -465,7 +475,7 @@ def build_shard_app(index_dir: str, shard: int, serve_cfg, app_name: str):
                                                      "num_gpus": serve_cfg.gpus_per_replica}}
     if serve_cfg.shard_max_replicas_per_node is not None:
         options["max_replicas_per_node"] = serve_cfg.shard_max_replicas_per_node
-    return Shard.options(**options).bind(str(Path(index_dir).resolve()), shard, serve_cfg.device, app_name)
+    return Shard.options(**options).bind(artifact_location(index_dir), shard, serve_cfg.device, app_name)
 
 
 def deploy(index_dir: str, serve_cfg, name: str = "mrl", tracking_uri: str | None = None,
@@ -480,10 +490,11 @@ def deploy(index_dir: str, serve_cfg, name: str = "mrl", tracking_uri: str | Non
     """
     from ray import serve
 
+    index_dir = artifact_location(index_dir)  # a `latest` in object storage followed
     manifest = read_manifest(index_dir, stage="index")
     shard_apps = []
     if is_sharded(manifest):
-        version = str(manifest.get("index_run_id", Path(index_dir).resolve().name))
+        version = str(manifest.get("index_run_id", storage.name(index_dir)))
         shard_apps = [shard_app_name(name, version, i) for i in range(len(manifest["shards"]["list"]))]
         for i, app_name in enumerate(shard_apps):
             serve.run(build_shard_app(index_dir, i, serve_cfg, app_name), name=app_name, route_prefix=None,

@@ -28,16 +28,16 @@ from typing import Any
 import numpy as np
 
 from mrl.artifacts.index import IndexArtifact, load_index
+from mrl.artifacts.remote import local_copy
 from mrl.retrieval.calibrate import plan_for_budget, plan_of
 from mrl.retrieval.modes import check_settings, make_plan
 from mrl.retrieval.plan import QueryPlan
 from mrl.retrieval.sharded import shard_hits, shard_plan, shard_summary
+from mrl.runtime import rss_anon_bytes
 from mrl.service import embeddings
-from mrl.service.api import (MAX_TEXT_CHARS, BatchSearchRequest, EmbeddingsRequest, SearchRequest,
-                             validation_detail)
+from mrl.service.api import MAX_TEXT_CHARS, BatchSearchRequest, EmbeddingsRequest, SearchRequest, validation_detail
 from mrl.service.browse import CorpusItems, ItemsUnavailable
 from mrl.service.encoder import check_encoder
-from mrl.runtime import rss_anon_bytes
 from mrl.service.guard import presented_key
 
 
@@ -116,7 +116,7 @@ class RetrievalService:
     @classmethod
     def from_path(cls, index_dir: str, cfg) -> "RetrievalService":
         """Load the index directory (checksums verified; on the GPU when `cfg.device` asks) and serve it."""
-        return cls(load_index(index_dir, device=cfg.device), cfg)
+        return cls(load_index(local_copy(index_dir), device=cfg.device), cfg)
 
     @property
     def rows(self) -> int:

@@ -191,12 +191,14 @@ class JobConfig:
         """Where the stages' artifacts go: artifacts_dir, else output_dir."""
         return self.artifacts_dir or self.output_dir
 
-    def _default(self, name: str, stage_dir: str) -> None:
+    def _default(self, name: str, stage_dir: str, location: bool = True) -> None:
         """Field `name` left None points at the newest output of a stage: <artifacts>/<stage_dir>/latest; a
-        given one must be a local path or an accepted URI."""
+        given one must be a local path or an accepted URI (unless `location` is False: it may be a URL or a
+        model URI too)."""
         if getattr(self, name) is None:
             object.__setattr__(self, name, storage.join(self.artifacts, stage_dir, "latest"))
-        check_location(name, getattr(self, name))
+        if location:
+            check_location(name, getattr(self, name))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -318,7 +320,7 @@ class LineageJobConfig(JobConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self._default("target", "index")
+        self._default("target", "index", location=False)
         check(bool(self.target), "target must name a URL, a directory or a model URI")
         check(self.api_key_env is None or bool(self.api_key_env.strip()), "api_key_env must name a variable")
 

@@ -43,8 +43,8 @@ from mrl import storage
 from mrl.artifacts import tracking
 from mrl.artifacts.embeddings import embedding_files, verify_split
 from mrl.artifacts.files import create_exclusive, exclusive_lock, publish_dir, replace_with
-from mrl.artifacts.remote import cache_dir_for
 from mrl.artifacts.manifest import MANIFEST, point_latest, read_manifest, verify_files, write_manifest
+from mrl.artifacts.remote import cache_dir_for
 from mrl.configio import from_dict, to_dict
 from mrl.core.config import ModelConfig
 from mrl.data.augment import augment, expand_ids

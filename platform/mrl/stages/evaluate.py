@@ -20,6 +20,7 @@ import numpy as np
 from mrl.artifacts import tracking
 from mrl.artifacts.embeddings import read_embeddings
 from mrl.artifacts.manifest import read_manifest
+from mrl.artifacts.remote import artifact_location, local_copy
 from mrl.configio import from_dict, to_dict
 from mrl.core.metrics import top1_accuracy
 from mrl.core.models.model import head_logits
@@ -98,15 +99,16 @@ def run(job: EvaluateJobConfig) -> dict[str, Any]:
     """
     import mlflow
 
-    emb_dir = Path(job.embeddings).resolve()
-    emb = read_manifest(emb_dir, stage="embed")
+    emb_uri = artifact_location(job.embeddings)
+    emb = read_manifest(emb_uri, stage="embed")
     missing = [s for s in ("train", "test") if s not in emb["rows"]]
     if missing:
-        raise FileNotFoundError(f"embeddings {emb_dir} lack split(s) {missing}; embed both train and test")
-    with stage_run("evaluate", job, input_run_id=emb["embed_run_id"], input_uri=str(emb_dir)) as stage:
+        raise FileNotFoundError(f"embeddings {emb_uri} lack split(s) {missing}; embed both train and test")
+    with stage_run("evaluate", job, input_run_id=emb["embed_run_id"], input_uri=emb_uri) as stage:
         model = tracking.load_model(emb["model_uri"])
-        tracking.log_params({"evaluate": to_dict(job.evaluate), "embeddings": str(emb_dir),
+        tracking.log_params({"evaluate": to_dict(job.evaluate), "embeddings": emb_uri,
                              "model_uri": emb["model_uri"]})
+        emb_dir = local_copy(emb_uri, splits=["train", "test"])  # the run itself when local
         _, db_labels, db_vectors = read_embeddings(emb_dir / "train")
         q_ids, q_labels, q_vectors = read_embeddings(emb_dir / "test")
         if job.evaluate.max_queries:

@@ -1,16 +1,23 @@
 """The index stage: FAISS indexes per prefix size over an embed run's database (train) split, written as
-an index artifact (`mrl.artifacts.index`) and recorded in MLflow."""
+an index artifact (`mrl.artifacts.index`) and recorded in MLflow.
+
+Embeddings in object storage are copied into this node's cache to be read (`mrl.artifacts.remote.local_copy`);
+with `artifacts_dir` in object storage the index is built in a local directory and uploaded to
+<artifacts_dir>/index/<run id>, its manifests last, then `latest` names it."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from mrl import storage
 from mrl.artifacts import tracking
 from mrl.artifacts.embeddings import read_embeddings
 from mrl.artifacts.index import check_index_config, load_index, load_shard, write_index, write_sharded_index
 from mrl.artifacts.manifest import point_latest, read_manifest, write_manifest
+from mrl.artifacts.remote import artifact_location, local_copy, publish
 from mrl.configio import to_dict
 from mrl.core.models.encoders import encoder_modality
 from mrl.retrieval.calibrate import calibrate
@@ -29,16 +36,19 @@ def run(job: IndexJobConfig) -> dict[str, Any]:
     """
     import mlflow
 
-    emb_dir = Path(job.embeddings).resolve()
-    emb = read_manifest(emb_dir, stage="embed")
+    emb_uri = artifact_location(job.embeddings)
+    emb = read_manifest(emb_uri, stage="embed")
     sizes = check_index_config(job.index, emb["dim"], emb["sizes"])
-    with stage_run("index", job, input_run_id=emb["embed_run_id"], input_uri=str(emb_dir)) as stage:
-        tracking.log_params({"index": to_dict(job.index), "embeddings": str(emb_dir), "sizes": sizes})
+    with stage_run("index", job, input_run_id=emb["embed_run_id"], input_uri=emb_uri) as stage, \
+            tempfile.TemporaryDirectory(prefix="mrl-index-") as staging:
+        tracking.log_params({"index": to_dict(job.index), "embeddings": emb_uri, "sizes": sizes})
+        emb_dir = local_copy(emb_uri)  # the run itself when local
         ids, labels, vectors = read_embeddings(emb_dir / "train", job.index.vector_dtype)
-        out = Path(job.output_dir).resolve() / "index" / stage.run_id
+        final = storage.absolute(storage.join(job.artifacts, "index", stage.run_id))
+        out = Path(staging, stage.run_id) if storage.is_remote(final) else Path(final)
         extra = {"index_run_id": stage.run_id, "embed_run_id": emb["embed_run_id"],
                  "model_uri": emb.get("model_uri"), "model_name": emb.get("model_name"),
-                 "model_version": emb.get("model_version"), "embeddings": str(emb_dir),
+                 "model_version": emb.get("model_version"), "embeddings": emb_uri,
                  "modality": _modality(emb)}
         adanns = None if job.index.adanns_size is None else (job.index.adanns_size, job.index.adanns_nlist)
         build = (out, ids, labels, vectors, sizes, job.index.kind, extra, {m: job.index.params(m) for m in sizes},
@@ -51,13 +61,15 @@ def run(job: IndexJobConfig) -> dict[str, Any]:
         if job.index.calibrate:
             manifest = _calibrate(out, emb_dir, manifest, job.index.calibration_queries, vectors=vectors, ids=ids)
         mlflow.log_artifacts(str(out), artifact_path="index")
-        stage.wrote(out)
+        if storage.is_remote(final):
+            publish(out, final)
+        stage.wrote(final)
         mlflow.log_metrics({"rows": manifest["rows"], "index_wall_seconds": stage.seconds})
-    point_latest(out)  # last: `latest` moves only to an index MLflow holds (a failed copy leaves the previous one)
+    point_latest(final)  # last: `latest` moves only to an index MLflow holds (a failed copy leaves the previous one)
     shards = f" in {job.index.shards} shards by {job.index.shard_by}" if job.index.shards > 1 else ""
-    print(f"[index] {manifest['rows']} rows{shards}, sizes {sizes}, {job.index.kind} -> {out} "
+    print(f"[index] {manifest['rows']} rows{shards}, sizes {sizes}, {job.index.kind} -> {final} "
           f"({stage.seconds:.0f}s)", flush=True)
-    return {"run_id": stage.run_id, "path": str(out), "sizes": sizes, "rows": manifest["rows"],
+    return {"run_id": stage.run_id, "path": final, "sizes": sizes, "rows": manifest["rows"],
             "seconds": stage.seconds}
 
 

@@ -4,11 +4,11 @@ deployment in MLflow (a `serve` run whose input is the index run)."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from mrl.artifacts import tracking
 from mrl.artifacts.manifest import read_manifest
+from mrl.artifacts.remote import artifact_location
 from mrl.configio import to_dict
 from mrl.service.app import deploy
 from mrl.stages.config import ServeJobConfig
@@ -24,7 +24,7 @@ def run(job: ServeJobConfig) -> dict[str, Any]:
     """
     from ray import serve
 
-    index_dir = str(Path(job.index_dir).resolve())
+    index_dir = artifact_location(job.index_dir)
     manifest = read_manifest(index_dir, stage="index")
     cfg = job.serve
     url = f"http://{cfg.host}:{cfg.port}"
