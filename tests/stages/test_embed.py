@@ -77,12 +77,60 @@ def start_embed_job(tmp_path, overrides):
                             stdout=log, stderr=subprocess.STDOUT)
 
 
-def wait_for_units(proc, split, n: int, timeout: float = 300) -> None:
+def wait_for_units(proc, split, n: int, timeout: float = 300, count=None) -> None:
+    """Until `n` unit files are in the local directory `split` (or `count()` says so), or the job ended."""
     import time
 
+    count = count or (lambda: len(list(split.glob("part-*.parquet"))))
     deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None and len(list(split.glob("part-*.parquet"))) < n:
+    while time.time() < deadline and proc.poll() is None and count() < n:
         time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_killed_embed_job_resumes_against_the_bucket_with_every_row_once(tmp_path, s3_server, monkeypatch):
+    """The resume drill with the run in object storage (artifacts_dir on moto's S3 server): the job is killed
+    after a few units are uploaded; the rerun leaves those objects as they were (same ETag and time), uploads
+    the rest, and the run holds every id once; until then it has no manifest and `latest` names nothing."""
+    import os
+    import signal
+
+    from mrl import storage
+    from mrl.artifacts.embeddings import read_embeddings
+    from mrl.config import EmbedJobConfig
+    from mrl.configio import load_config
+    from mrl.stages.embed import run as run_embed
+
+    monkeypatch.setenv("MRL_CACHE_DIR", str(tmp_path / "cache"))
+    tiny_model_store(tmp_path)
+    art = s3_server.bucket() + "/art"
+    run_dir = f"{art}/embeddings/resumable"
+    overrides = [f"output_dir={tmp_path}", f"artifacts_dir={art}", "model_uri=models:/tiny/1", "run_name=resumable",
+                 f"data.shards_path={tmp_path}/shards", "embed.splits=[train]", "embed.rows_per_file=500",
+                 "embed.augment_rows=20000", "embed.batch_size=250", "data.train_limit=5000", "ray.num_cpus=4"]
+
+    def units() -> dict[str, tuple[str, str]]:
+        bucket, _, prefix = f"{run_dir}/train/"[len("s3://"):].partition("/")
+        listed = s3_server.client().list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+        return {o["Key"]: (o["ETag"], str(o["LastModified"])) for o in listed if o["Key"].endswith(".parquet")}
+
+    proc = start_embed_job(tmp_path, overrides)  # inherits the endpoint and credentials from the environment
+    wait_for_units(proc, None, 3, count=lambda: len(units()))
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = units()
+    assert 3 <= len(before) < 40, f"{len(before)} of 40 units uploaded when the job was killed"
+    assert not storage.exists(f"{run_dir}/manifest.json") and not storage.exists(f"{art}/embeddings/latest")
+
+    result = run_embed(load_config(EmbedJobConfig, REPO / "jobs" / "embed.yaml", overrides))
+    after = units()
+    assert len(after) == 40 and all(after[key] == stamp for key, stamp in before.items())
+    assert result["path"] == run_dir and storage.resolve_latest(f"{art}/embeddings/latest") == run_dir
+    ids, _, vectors = read_embeddings(f"{run_dir}/train")  # copied into the cache, checked against the manifest
+    assert np.array_equal(ids, np.arange(20000)) and vectors.shape == (20000, 16)
+    import ray
+
+    ray.shutdown()
 
 
 @pytest.mark.slow
