@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mrl import storage
 from mrl.artifacts import tracking
 from mrl.artifacts.embeddings import read_embeddings
 from mrl.data.sources import load_text_split
@@ -26,7 +27,7 @@ def example_query(url: str, embeddings_dir: str, k: int = 5, text: str | None = 
     else the embedding of the first test item."""
     import requests
 
-    ids, labels, vectors = read_embeddings(Path(embeddings_dir) / "test")
+    ids, labels, vectors = read_embeddings(storage.join(embeddings_dir, "test"))
     body = {"text": text, "k": k} if text is not None else {"vector": [round(float(v), 6) for v in vectors[0]], "k": k}
     reply = requests.post(f"{url}/search", json=body, timeout=30)
     reply.raise_for_status()
@@ -78,7 +79,8 @@ def run_stages(cfg: PipelineConfig, timings: dict[str, float]) -> dict[str, dict
         return out
 
     trained = stage("train", train.run, cfg.train_job())
-    common = {"output_dir": cfg.output_dir, "mlflow": cfg.mlflow, "log_level": cfg.log_level}
+    common = {"output_dir": cfg.output_dir, "artifacts_dir": cfg.artifacts_dir, "mlflow": cfg.mlflow,
+              "log_level": cfg.log_level}
     embedded = stage("embed", embed.run, EmbedJobConfig(
         model_uri=trained["model_uri"], data=cfg.data, embed=cfg.embed, ray=cfg.ray, **common))
     indexed = stage("index", index.run, IndexJobConfig(embeddings=embedded["path"], index=cfg.index, **common))
