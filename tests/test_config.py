@@ -152,6 +152,29 @@ def test_check_paths_names_nested_sections(tmp_path):
     assert "apt-get" not in str(info.value)
 
 
+@pytest.mark.parametrize("cls, override, match", [
+    (TrainJobConfig, "output_dir=s3://bucket/out", r"^output_dir 's3://bucket/out' must be a local directory .*"
+                                                   r"artifacts_dir"),
+    (EmbedJobConfig, "artifacts_dir=s3://AKIA:secret@bucket/mrl", r"^artifacts_dir .* carries credentials; give them "
+                                                                  r"in the environment"),
+    (IndexJobConfig, "embeddings=s3://bucket/e?endpoint_override=x", r"^embeddings .* has query options"),
+    (ServeJobConfig, "index_dir=ftp://host/index", r"^index_dir 'ftp://host/index' has scheme 'ftp'"),
+    (TrainJobConfig, "data.path=s3:///no-bucket", r"^data\.path 's3:///no-bucket' names no bucket"),
+    (TrainJobConfig, "storage_path=gs://u:p@bucket/ray", r"^storage_path .* carries credentials"),
+])
+def test_a_location_that_cannot_be_used_is_refused_when_the_config_loads(cls, override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(cls, overrides=[override])
+
+
+def test_artifacts_dir_moves_every_stages_default_input_into_the_bucket():
+    assert load_config(IndexJobConfig, overrides=["artifacts_dir=s3://b/mrl"]).embeddings == \
+        "s3://b/mrl/embeddings/latest"
+    assert load_config(ServeJobConfig, overrides=["artifacts_dir=s3://b/mrl/"]).index_dir == "s3://b/mrl/index/latest"
+    assert load_config(PipelineConfig, overrides=["artifacts_dir=s3://b/mrl"]).train_job().artifacts == "s3://b/mrl"
+    assert load_config(IndexJobConfig, overrides=["output_dir=out"]).embeddings == "out/embeddings/latest"
+
+
 def test_data_path_required_for_non_default_sources():
     with pytest.raises(ConfigError, match=r"^path is required when source is 'parquet'"):
         DataConfig(source="parquet")

@@ -10,6 +10,7 @@ from the command to the verified manifest, Ray's start included.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -18,6 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from mrl import storage
 from mrl.artifacts.tracking import load_model, resolve_tracking_uri
 from mrl.config import DataConfig, MlflowConfig, ModelConfig
 from mrl.configio import from_dict
@@ -57,9 +61,11 @@ def plain_loop(model_uri: str, tracking_uri: str, rows: int | None, batch_size: 
 
 
 def stage_run(repo: Path, output_dir: Path, model_uri: str, run_name: str, rows: int | None, batch_size: int,
-              rows_per_file: int, actors: int, train_limit: int | None = None) -> tuple[float, dict[str, Any]]:
-    """Seconds for `jobs/embed.py` on the train split (grown to `rows` when given), and its manifest."""
-    overrides = [f"output_dir={output_dir}", f"model_uri={model_uri}", f"run_name={run_name}",
+              rows_per_file: int, actors: int, train_limit: int | None = None, extra: list[str] | None = None
+              ) -> tuple[float, dict[str, Any]]:
+    """Seconds for `jobs/embed.py` on the train split (grown to `rows` when given), and its manifest; `extra`:
+    more overrides (artifacts_dir, data.shards_path)."""
+    overrides = [*(extra or []), f"output_dir={output_dir}", f"model_uri={model_uri}", f"run_name={run_name}",
                  "embed.splits=[train]", f"embed.batch_size={batch_size}", f"embed.rows_per_file={rows_per_file}",
                  f"embed.num_actors={actors}", "embed.cpus_per_actor=1"]
     if rows:
@@ -70,7 +76,8 @@ def stage_run(repo: Path, output_dir: Path, model_uri: str, run_name: str, rows:
     subprocess.run([sys.executable, str(repo / "jobs" / "embed.py"), "--config", str(repo / "jobs" / "embed.yaml"),
                     *overrides], check=True, stdout=sys.stderr)
     seconds = time.perf_counter() - t0
-    manifest = json.loads((output_dir / "embeddings" / run_name / "manifest.json").read_text())
+    artifacts = next((o.split("=", 1)[1] for o in extra or [] if o.startswith("artifacts_dir=")), str(output_dir))
+    manifest = json.loads(storage.read_bytes(storage.join(artifacts, "embeddings", run_name, "manifest.json")))
     return seconds, manifest
 
 
@@ -118,4 +125,169 @@ def render(result: dict[str, Any], command: str) -> str:
         lines += ["", f"Peak RSS, {b['rows']:,} rows against {a['rows']:,}: driver "
                   f"{b['driver_peak_rss'] / a['driver_peak_rss']:.2f}x, actor "
                   f"{b['actor_peak_rss'] / a['actor_peak_rss']:.2f}x."]
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def local_s3():
+    """An S3 API on 127.0.0.1 (moto's server, a process of its own) with this process's environment pointed at it
+    (jobs started from here inherit it); yields its endpoint."""
+    import socket
+
+    import requests
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {k: os.environ.get(k) for k in env}
+    try:
+        for _ in range(300):
+            try:
+                requests.get(endpoint, timeout=2)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        os.environ.update(env)
+        yield endpoint
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _alternating(ways: dict[str, Any], rounds: int) -> dict[str, list[float]]:
+    """Seconds of each way (a callable), once each untimed to warm up, then `rounds` times in alternation."""
+    for fn in ways.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(rounds):
+        for name, fn in ways.items():
+            times[name].append(_timed(fn))
+    return times
+
+
+def _read_all(shards: str, shape: tuple[int, int, int], rows_per_unit: int) -> int:
+    """Every train row read by position, a unit at a time, as the stage's actors read them."""
+    from mrl.data.sources import open_split
+
+    reader = open_split(DataConfig(shards_path=shards), shape, "train")
+    return sum(reader.read(lo, min(reader.n, lo + rows_per_unit)).num_rows for lo in range(0, reader.n, rows_per_unit))
+
+
+def _stream_rows(shards: str, shape: tuple[int, int, int], ours: bool) -> int:
+    """Rows of the train split streamed through Ray Data: the platform's read tasks (`ray_dataset`, what training
+    streams) or Ray Data's own `read_parquet` over the same shards."""
+    import ray
+
+    from mrl.data.datasource import ray_dataset
+    from mrl.data.sources import open_split
+
+    reader = open_split(DataConfig(shards_path=shards), shape, "train")
+    ds = ray_dataset(reader, "train", 0.05, 0, 0) if ours else ray.data.read_parquet(list(reader.paths))
+    return sum(len(b["label"]) for b in ds.iter_batches(batch_size=4096, batch_format="numpy"))
+
+
+def run_storage(repo: Path, output_dir: Path, model_uri: str, rounds: int = 2, batch_size: int = 512,
+                rows_per_file: int = 10_000, actors: int = 2) -> dict[str, Any]:
+    """The embed stage on the Fashion-MNIST train split with its data and output on local disk, and with both on
+    an S3 endpoint on this machine (moto), alternating for `rounds`; then where the difference goes (reading
+    the rows by unit, uploading the unit files) and the training stream's reader against Ray Data's
+    `read_parquet` on the same shards."""
+    import ray
+
+    from mrl import storage
+    from mrl.data.readers import convert_fashion_mnist
+    from mrl.data.sources import FASHION_MNIST_DIR
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    local_shards = str(output_dir / "bench-data" / "fashion-mnist")
+    convert_fashion_mnist(FASHION_MNIST_DIR, local_shards)
+    shape = (1, 28, 28)
+    with local_s3():
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket="bench")
+        upload_s = _timed(lambda: convert_fashion_mnist(FASHION_MNIST_DIR, "s3://bench/fm"))
+        times: dict[str, list[float]] = {"local": [], "s3": []}
+        for i in range(rounds):
+            for where in ("local", "s3"):
+                extra = [f"data.shards_path={local_shards}"] if where == "local" else \
+                    ["data.shards_path=s3://bench/fm", "artifacts_dir=s3://bench/art"]
+                seconds, manifest = stage_run(repo, output_dir, model_uri, f"storage-{where}-{stamp}-{i}", None,
+                                              batch_size, rows_per_file, actors, extra=extra)
+                times[where].append(seconds)
+                print(f"[embed_bench] round {i + 1}: {where} {seconds:.0f}s", flush=True)
+        where = {"local": local_shards, "s3": "s3://bench/fm"}
+        read = _alternating({w: lambda s=s: _read_all(s, shape, rows_per_file) for w, s in where.items()}, rounds)
+        local_run = output_dir / "embeddings" / f"storage-local-{stamp}-0" / "train"
+        upload = [_timed(lambda: storage.upload_dir(local_run, f"s3://bench/copy-{j}", last=[]))
+                  for j in range(rounds)]
+        files = sorted(f.name for f in local_run.glob("*.parquet"))
+        checksums = _alternating({w: lambda base=base: [storage.sha256(f"{base}/{f}") for f in files]
+                                  for w, base in (("local", str(local_run)), ("s3", "s3://bench/copy-0"))}, rounds)
+        written = sum(f.stat().st_size for f in local_run.glob("*.parquet"))
+    ray.init(address="local", num_cpus=actors, include_dashboard=False, log_to_driver=False)
+    try:
+        stream = _alternating({name: lambda name=name: _stream_rows(local_shards, shape, name == "ours")
+                               for name in ("ours", "read_parquet")}, rounds)
+    finally:
+        ray.shutdown()
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    return {"rows": manifest["rows"]["train"], "stage_seconds": times, "median": med,
+            "s3_over_local": med["s3"] / med["local"], "read_seconds": read, "upload_seconds": upload,
+            "checksum_seconds": checksums, "written_bytes": written, "data_upload_seconds": upload_s,
+            "stream_seconds": stream,
+            "rounds": rounds, "actors": actors, "batch_size": batch_size, "rows_per_file": rows_per_file,
+            "model_uri": model_uri, "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+
+
+def render_storage(r: dict[str, Any], command: str) -> str:
+    med = lambda xs: float(np.median(xs))  # noqa: E731
+    units = r["rows"] // r["rows_per_file"] + (r["rows"] % r["rows_per_file"] > 0)
+    lines = ["# Embed stage: local disk against an S3 endpoint", "",
+             f"Command: `{command}`. Date: {r['date']}. {r['cpus']} CPUs. Model {r['model_uri']}; "
+             f"{r['rows']:,} rows (the Fashion-MNIST train split); {r['actors']} actors; {r['rows_per_file']:,} "
+             f"rows a unit. The S3 endpoint is moto's server on 127.0.0.1 (a real HTTP S3 API, in-memory, on the "
+             f"same 2 cores), so network latency is a loopback's and the server's CPU competes with the stage's; "
+             f"a cloud bucket adds round trips and removes that CPU. Medians of {r['rounds']} alternating rounds.",
+             "", "| run | data | output | stage seconds (each round) | median | rows/s |",
+             "|---|---|---|---|---:|---:|"]
+    for where, data, out in (("local", "local Parquet shards", "local disk"),
+                             ("s3", "s3://bench/fm", "s3://bench/art")):
+        xs = r["stage_seconds"][where]
+        lines.append(f"| {where} | {data} | {out} | {', '.join(f'{x:.0f}' for x in xs)} | {med(xs):.0f} | "
+                     f"{r['rows'] / med(xs):,.0f} |")
+    lines += ["", f"**S3 / local: {r['s3_over_local']:.2f}x the local stage's time** (same rows, same model).", "",
+              "Where the difference goes (each measured alone, in this process, after one untimed warm-up, medians "
+              f"of {r['rounds']} alternating rounds):", "",
+              f"- reading the {r['rows']:,} rows a unit at a time, as the actors do: local "
+              f"{med(r['read_seconds']['local']):.2f} s, S3 {med(r['read_seconds']['s3']):.2f} s",
+              f"- uploading the run's {units} unit files ({r['written_bytes'] / 2**20:.0f} MiB): "
+              f"{med(r['upload_seconds']):.2f} s",
+              f"- reading them back for the manifest's checksums: local {med(r['checksum_seconds']['local']):.2f} s, "
+              f"S3 {med(r['checksum_seconds']['s3']):.2f} s",
+              f"- not in the stage's time: converting and uploading the data once, "
+              f"{r['data_upload_seconds']:.0f} s", "",
+              "## The training stream's reader against Ray Data's `read_parquet`", "",
+              "Rows of the same local shards through Ray Data on a local cluster of "
+              f"{r['actors']} CPUs, iterated to the end, after one untimed warm-up (seconds, each round): the "
+              "platform's read tasks as a Datasource (`mrl.data.datasource.ray_dataset`: by position, the "
+              "training part of the seeded train/validation split) "
+              f"{', '.join(f'{x:.2f}' for x in r['stream_seconds']['ours'])}, median "
+              f"{med(r['stream_seconds']['ours']):.2f}; `ray.data.read_parquet` (every row, no split) "
+              f"{', '.join(f'{x:.2f}' for x in r['stream_seconds']['read_parquet'])}, median "
+              f"{med(r['stream_seconds']['read_parquet']):.2f}: "
+              f"{med(r['stream_seconds']['ours']) / med(r['stream_seconds']['read_parquet']):.2f}x."]
     return "\n".join(lines) + "\n"

@@ -4,9 +4,10 @@ Readers of an artifact (the index stage reading embeddings, evaluation, a servic
 want local files: FAISS reads a file, numpy memory-maps one. `local_copy` gives them one for any location: a
 local directory as it is; an `s3://` / `gs://` one copied into a cache directory on this node, only what its
 manifest lists (an embed run's splits, an index's files, a sharded index's top-level manifest and the shards
-asked for). A file already in the cache with the listed sha256 is not downloaded again; the caller's reader then
-checks every file against the manifest as it would on local disk, so a copy cut short or a changed object is
-caught there.
+asked for). A file already in the cache with the listed sha256 is not downloaded again (that copy is the one
+the manifest vouches for, even if the bucket's object changed since: `mrl lineage` checks the bucket itself); the
+caller's reader then checks every file against the manifest as it would on local disk, so a copy cut short or an
+object changed before it was copied is caught there.
 
 Writers (`publish`) build an artifact in a local directory and upload it, the manifest last: in object storage
 the manifest's presence is what says the artifact is complete.

@@ -20,7 +20,8 @@ class DataConfig:
     Text (for text encoders): wordnet (WordNet synsets converted once into text shards at <path>, see
     mrl.data.wordnet); text_parquet (<path>/<split>/*.parquet with columns id, label, query, document)."""
     path: str | None = None
-    """Data directory, a local path or an object-storage URI (s3://bucket/prefix, gs://...); fashion_mnist defaults to the Debian package's /usr/share/datasets/fashion-mnist;
+    """Data directory: a local path or an object-storage URI (s3://bucket/prefix, gs://...). fashion_mnist
+    defaults to the Debian package's /usr/share/datasets/fashion-mnist;
     wordnet: where the converted shards go (written from `wordnet_root` on first use, reused after)."""
     wordnet_root: str = "/usr/share/wordnet"
     """wordnet: the WordNet database files (Debian package wordnet-base)."""

@@ -4,8 +4,9 @@ The driver opens a split (`mrl.data.sources.open_split`, through the source's en
 `open_folder`) from metadata alone: the Parquet footers of its shards (row counts) or
 the file list of an image folder; no image is read there. Work is described by read tasks, small dicts (a shard
 and a row range in it, or a chunk of the file list) that ship to any worker, and each worker reads its own rows:
-`read_task` (one task), `SplitReader.read(lo, hi)` (rows by position: the embed stage's units) or `ray_dataset`
-(the split as a Ray Data dataset, one read task per block: the training stream).
+`read_task` (one task), `SplitReader.read(lo, hi)` (rows by position: the embed stage's units) or
+`mrl.data.datasource.ray_dataset` (the split as a Ray Data dataset, one read task per block: the training stream;
+why not Ray Data's `read_parquet` / `read_images` is said there).
 
 Layouts (`data.source`):
 - parquet: <path>/<split>/*.parquet, or one <path>/<split>.parquet; columns `label`, `image` (flattened uint8
@@ -402,14 +403,12 @@ def select_rows(positions: np.ndarray, part: str, n: int, val_fraction: float, s
     return is_val if part == "val" else ~is_val
 
 
-def read_block(batch: dict[str, Any], shape: tuple[int, ...], part: str | None = None, n: int = 0,
-               val_fraction: float = 0.0, seed: int = 0) -> dict[str, np.ndarray]:
-    """Ray Data map_batches function: read tasks (one a row) -> their rows as numpy columns id, label, image
-    (N, C, H, W) uint8, keeping only the training or validation part when `part` is given."""
+def read_rows(tasks: list[dict[str, Any]], shape: tuple[int, ...], part: str | None = None, n: int = 0,
+              val_fraction: float = 0.0, seed: int = 0) -> dict[str, np.ndarray]:
+    """Read tasks -> their rows as numpy columns id, label, image (N, C, H, W) uint8, keeping only the training
+    or validation part when `part` is given (of a split of n rows, `select_rows`)."""
     import pyarrow as pa
 
-    keys = list(batch)
-    tasks = [{k: batch[k][i] for k in keys} for i in range(len(batch[keys[0]]))]
     table = pa.concat_tables([read_task(task, shape) for task in tasks])
     ids = table.column("id").to_numpy()
     labels = table.column("label").to_numpy()
@@ -419,24 +418,3 @@ def read_block(batch: dict[str, Any], shape: tuple[int, ...], part: str | None =
         keep = select_rows(positions, part, n, val_fraction, seed)
         ids, labels, images = ids[keep], labels[keep], images[keep]
     return {"id": ids, "label": labels, "image": images}
-
-
-def ray_dataset(reader: SplitReader, part: str | None = None, val_fraction: float = 0.0, split_seed: int = 0,
-                order_seed: int = 0, rows_per_task: int = TASK_ROWS):
-    """The split, or its training or validation part (the split seeded by `split_seed`), as a Ray Data dataset
-    of id, label, image (C, H, W uint8), read by Ray Data's workers one read task a block, the blocks in an
-    order shuffled with `order_seed`. An image folder's part reads only its own files; a part of Parquet shards
-    reads their row groups and keeps its rows."""
-    import ray
-
-    positions = None
-    if part is not None and reader.kind == "files":  # open only this part's files
-
-        positions = train_val_indices(reader.n, val_fraction, split_seed)[0 if part == "train" else 1]
-    tasks = reader.tasks(rows=rows_per_task, shuffle_seed=order_seed, positions=positions)
-    if not tasks:
-        raise DataError(f"split {reader.name!r} has no rows")
-    ds = ray.data.from_items(tasks, override_num_blocks=len(tasks)).randomize_block_order(seed=order_seed)
-    return ds.map_batches(read_block, batch_size=1, batch_format="numpy",
-                          fn_kwargs={"shape": reader.shape, "part": part, "n": reader.n,
-                                     "val_fraction": val_fraction, "seed": split_seed})

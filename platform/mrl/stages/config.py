@@ -417,7 +417,8 @@ class TuneJobConfig(JobConfig):
     """tuning/tune.py"""
 
     base: TrainJobConfig = field(default_factory=TrainJobConfig)
-    """The training run every trial starts from (its output_dir and mlflow are replaced by the sweep's)."""
+    """The training run every trial starts from (its output_dir, artifacts_dir and mlflow are replaced by the
+    sweep's)."""
     space: TuneSpace = field(default_factory=TuneSpace)
     search: TuneSearch = field(default_factory=TuneSearch)
     max_concurrent_trials: int = 1

@@ -26,7 +26,6 @@ from mrl.artifacts.datasets import digest_cache
 from mrl.artifacts.model_files import ModelFileError
 from mrl.configio import from_dict, to_dict
 from mrl.core.models import build_model
-from mrl.data.readers import ray_dataset
 from mrl.data.sources import open_split, split_location
 from mrl.data.tokenize import TextTokenizer
 from mrl.runtime import quiet_ray_data
@@ -323,6 +322,8 @@ def streamed_datasets(job: TrainJobConfig) -> tuple[dict[str, Any], dict[str, in
     Parquet shards).
     """
     import ray
+
+    from mrl.data.datasource import ray_dataset  # lazy: imports ray.data, which only a streamed image run needs
 
     quiet_ray_data()  # one line per unit / quarter epoch instead of Ray Data's operator dumps
     shape = (job.model.in_channels, job.model.image_size, job.model.image_size)

@@ -244,7 +244,8 @@ def run(job: TuneJobConfig) -> dict[str, Any]:
     """
     # the trials' base job, prepared once here as every stage's job is (paths, data shards, Ray), not by
     # concurrent trials
-    base = prepare(dataclasses.replace(job.base, output_dir=job.output_dir, mlflow=job.mlflow))
+    base = prepare(dataclasses.replace(job.base, output_dir=job.output_dir, artifacts_dir=job.artifacts_dir,
+                                       mlflow=job.mlflow))
     tracking.setup(job.mlflow, job.output_dir)
     name = job.sweep_name or time.strftime("tune-%Y%m%d-%H%M%S")
     small, full = small_metric(job), full_metric(job)
