@@ -119,7 +119,7 @@ def held_embedder(gate: Gate, after_units: int) -> type:
 
     class HeldUnitEmbedder(UnitEmbedder):
         def __call__(self, batch: dict) -> dict:
-            if len(list(self.out.glob("part-*.parquet"))) >= after_units:
+            if len(list(Path(self.out).glob("part-*.parquet"))) >= after_units:  # a local run directory
                 gate.arrive("unit", units=[int(u) for u in batch["unit"]])
             return super().__call__(batch)
 

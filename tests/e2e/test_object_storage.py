@@ -64,7 +64,8 @@ def test_every_artifact_is_in_the_bucket_and_none_in_output_dir(s3_pipeline, s3_
     keys = s3_server.keys(f"{bucket}/mrl")
     embed_run, index_run = summary["embed_run_id"], summary["index_run_id"]
     assert storage.resolve_latest(f"{bucket}/mrl/index/latest") == f"{bucket}/mrl/index/{index_run}"
-    assert f"mrl/index/{index_run}/manifest.json" in keys and "mrl/embeddings/latest" in keys
+    assert f"mrl/index/{index_run}/manifest.json" in keys and f"mrl/embeddings/{embed_run}/manifest.json" in keys
+    assert storage.resolve_latest(f"{bucket}/mrl/embeddings/latest") == f"{bucket}/mrl/embeddings/{embed_run}"
     assert any(k.startswith("mrl/ray/s3/") for k in keys)  # Ray Train's checkpoints
     assert any(k.startswith("mrl/embeddings/") and k.endswith("/train/part-00003.parquet") for k in keys)
     assert not (out / "embeddings").exists() and not (out / "index").exists() and not (out / "ray").exists()
@@ -81,6 +82,8 @@ def test_the_service_loaded_its_index_from_the_bucket_and_answers(s3_pipeline):
     assert body["index"]["version"] == summary["index_run_id"]
     cached = list((out / "node-cache" / "remote").glob(f"{summary['index_run_id']}-*/manifest.json"))
     assert cached, "the replica's copy of the index is not in the node's cache"
+    health = requests.get(f"{summary['url']}/healthz", timeout=30).json()
+    assert health["index"]["path"] == f"{bucket}/mrl/index/{summary['index_run_id']}"  # where it is, not the cache
 
 
 def test_lineage_verifies_the_chain_in_the_bucket_and_flags_a_changed_object(s3_pipeline, capsys):
@@ -88,6 +91,8 @@ def test_lineage_verifies_the_chain_in_the_bucket_and_flags_a_changed_object(s3_
     assert main(["lineage", f"output_dir={out}", f"artifacts_dir={bucket}/mrl"]) == 0
     printed = capsys.readouterr().out
     assert f"{bucket}/mrl/index/{summary['index_run_id']}" in printed and f"{bucket}/data/train" in printed
+    assert main(["lineage", f"output_dir={out}", f"target={summary['url']}"]) == 0  # from the running service
+    assert f"{bucket}/mrl/index/{summary['index_run_id']}" in capsys.readouterr().out
     shard = f"{bucket}/data/train/part-00001.parquet"
     original = storage.read_bytes(shard)
     try:

@@ -71,7 +71,7 @@ def _checksums(listings: dict[str, dict[str, str]]) -> tuple[int, str | None]:
     try:
         for directory, listing in listings.items():
             verify_files(directory, listing, listing)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:  # OSError: an object store that cannot be read
         return sum(map(len, listings.values())), str(exc)
     return sum(map(len, listings.values())), None
 
@@ -94,7 +94,7 @@ def trace(target: str, client, cache: Path | None = None, api_key: str | None = 
     try:
         target = artifact_location(target)  # a `latest` followed, local or in object storage
         stage = read_manifest(target).get("stage")
-    except (FileNotFoundError, ValueError, OSError) as exc:
+    except (OSError, ValueError) as exc:  # OSError: missing, or a store that cannot be read
         return [Link("artifact", target, problem=str(exc))]
     if stage == "index":
         return _index(target, client, cache)
@@ -132,7 +132,7 @@ def _deployment(url: str, client, cache: Path | None, api_key: str | None = None
 def _index(path: str, client, cache: Path | None) -> list[Link]:
     try:
         manifest = read_manifest(path, stage="index")
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # OSError: missing, or a store that cannot be read
         return [Link("index", str(path), problem=str(exc))]
     listings, shards, bad = {path: manifest.get("checksums") or {}}, None, None
     if manifest.get("shards"):  # each shard's manifest against the top-level listing, then the shard's own files
@@ -140,7 +140,7 @@ def _index(path: str, client, cache: Path | None) -> list[Link]:
             for i in range(len(manifest["shards"]["list"])):
                 _, where, own = shard_manifest(path, i)
                 listings[where] = own.get("checksums") or {}
-        except (FileNotFoundError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # OSError: missing, or a store that cannot be read
             bad = str(exc)
         shards = ", ".join(f"{s['path']} {s['rows']} rows ids {s['id_min']}..{s['id_max']}"
                            for s in manifest["shards"]["list"])
@@ -158,7 +158,7 @@ def _index(path: str, client, cache: Path | None) -> list[Link]:
 def _embeddings(path: str, client, cache: Path | None) -> list[Link]:
     try:
         manifest = read_manifest(path, stage="embed", versions=EMBED_VERSIONS)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # OSError: missing, or a store that cannot be read
         return [Link("embeddings", str(path), problem=str(exc))]
     if format_version(manifest) == 1:  # written before manifests listed their files: nothing to verify them by
         files, bad = "not verified (format 1: the manifest lists none; rerunning the embed stage lists them)", None

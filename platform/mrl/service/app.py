@@ -320,7 +320,7 @@ class Retriever:
         info = None if encoder is None else {"model_uri": manifest.get("model_uri"), "dim": manifest["dim"],
                                               "sizes": manifest["sizes"],
                                               "modality": manifest.get("modality", "image")}
-        self.service = RetrievalService(artifact, cfg, encoder_info=info)
+        self.service = RetrievalService(artifact, cfg, encoder_info=info, location=index_dir)
         os.environ[BODY_LIMIT_ENV] = str(cfg.max_body_bytes)
         guard.configure(read_api_key(cfg), cfg.docs)
         self._batched.set_max_batch_size(cfg.batch_max_size)

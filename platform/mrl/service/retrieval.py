@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from mrl.artifacts.index import IndexArtifact, load_index
-from mrl.artifacts.remote import local_copy
+from mrl.artifacts.remote import artifact_location, local_copy
 from mrl.retrieval.calibrate import plan_for_budget, plan_of
 from mrl.retrieval.modes import check_settings, make_plan
 from mrl.retrieval.plan import QueryPlan
@@ -82,10 +82,13 @@ class RetrievalService:
             index lacks); the message names the setting and the modes the index can serve.
     """
 
-    def __init__(self, artifact: IndexArtifact, cfg, encoder=None, encoder_info: dict[str, Any] | None = None):
+    def __init__(self, artifact: IndexArtifact, cfg, encoder=None, encoder_info: dict[str, Any] | None = None,
+                 location: str | None = None):
         """`encoder`: a callable list[bytes | str] -> list[(d,) array | error str] for image (bytes) and text
         (str) queries (a `QueryEncoder`); `encoder_info`: its `describe()`, checked against the index manifest (a
-        caller that embeds queries itself, like the Serve deployment, passes only this)."""
+        caller that embeds queries itself, like the Serve deployment, passes only this); `location`: where the
+        index is, as deployed (an s3:// URI for an index read through this node's cache), for /healthz and
+        `mrl lineage`; None: the artifact's directory."""
 
         self.artifact, self.cfg = artifact, cfg
         self.encoder = encoder
@@ -101,8 +104,8 @@ class RetrievalService:
         manifest = artifact.manifest
         self.model_info = {"uri": manifest.get("model_uri"), "name": manifest.get("model_name"),
                            "version": manifest.get("model_version")}
-        self.index_info = {"version": artifact.version, "path": str(artifact.path), "rows": manifest["rows"],
-                           "sizes": manifest["sizes"], "kind": manifest.get("kind"),
+        self.index_info = {"version": artifact.version, "path": location or str(artifact.path),
+                           "rows": manifest["rows"], "sizes": manifest["sizes"], "kind": manifest.get("kind"),
                            "codes": manifest.get("codes") or []}
         self.shards = shard_summary(manifest)  # None: a whole index, searched here
         if self.shards is not None:
@@ -116,7 +119,7 @@ class RetrievalService:
     @classmethod
     def from_path(cls, index_dir: str, cfg) -> "RetrievalService":
         """Load the index directory (checksums verified; on the GPU when `cfg.device` asks) and serve it."""
-        return cls(load_index(local_copy(index_dir), device=cfg.device), cfg)
+        return cls(load_index(local_copy(index_dir), device=cfg.device), cfg, location=artifact_location(index_dir))
 
     @property
     def rows(self) -> int:
