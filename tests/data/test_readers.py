@@ -234,6 +234,8 @@ def test_a_data_path_with_credentials_or_a_missing_bucket_prefix_is_refused_befo
     from mrl.configio import ConfigError
     from mrl.data.sources import check_data_paths
 
+    with pytest.raises(ConfigError, match="fashion_mnist reads its IDX files from a local directory"):
+        check_data_paths(DataConfig(path="s3://bucket/idx"), "data.")
     with pytest.raises(ConfigError, match="carries credentials"):
         check_data_paths(DataConfig(source="parquet", path="s3://AKIA:secret@bucket/data"), "data.")
     with pytest.raises(ConfigError, match=r"data\.path 's3://.*/absent' does not exist"):

@@ -84,6 +84,10 @@ def _absolute(data, output_dir: str | Path):
 # ------------------------------------------------------------------------------------------------ image sources
 
 def _fashion_mnist_paths(data, prefix: str) -> None:
+    if storage.is_remote(data.root):
+        raise ConfigError(f"{prefix}path {data.root!r}: fashion_mnist reads its IDX files from a local directory; "
+                          "put the converted shards in a bucket with data.shards_path, or Parquet shards with "
+                          "data.source=parquet")
     if not Path(data.root).exists():
         raise ConfigError(f"{prefix}path {str(data.root)!r} does not exist ({data.source} data); install it with "
                           "`apt-get install -y dataset-fashion-mnist`, or give a directory holding the four IDX files")
