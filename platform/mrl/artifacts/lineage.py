@@ -26,14 +26,8 @@ from mrl.artifacts.datasets import dataset_digest, describe_changes, file_digest
 from mrl.artifacts.index import shard_manifest
 from mrl.artifacts.manifest import format_version, read_manifest, verify_files
 from mrl.artifacts.remote import artifact_location
-from mrl.artifacts.tracking import (
-    DATA_FILES_ARTIFACT,
-    TAG_CHECKPOINT,
-    TAG_DATA_DIGEST,
-    TAG_DATA_PATH,
-    TAG_URL,
-    describe_model,
-)
+from mrl.artifacts.tracking import (DATA_FILES_ARTIFACT, TAG_CHECKPOINT, TAG_DATA_DIGEST, TAG_DATA_PATH, TAG_URL,
+                                    describe_model)
 
 EMBED_VERSIONS = (1, 2)  # lineage reads what every embed format records; format 1 lists no files to verify
 

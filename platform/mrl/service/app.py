@@ -63,16 +63,8 @@ from mrl.service.config import ServeConfig
 from mrl.service.encoder import QueryEncoder, check_encoder
 from mrl.service.guard import Guard
 from mrl.service.retrieval import RequestError, RetrievalService, ShardedHits, read_api_key
-from mrl.service.shards import (
-    WORKERS_NAMESPACE,
-    Scatter,
-    ShardedIndex,
-    ShardMissing,
-    ShardService,
-    Workers,
-    shard_app_name,
-    worker_name,
-)
+from mrl.service.shards import (WORKERS_NAMESPACE, Scatter, ShardedIndex, ShardMissing, ShardService, Workers,
+                                shard_app_name, worker_name)
 
 app = FastAPI(title="MRL adaptive retrieval", version="1",
               description="Matryoshka retrieval: shortlist with a small prefix, rerank exactly with larger ones. "
@@ -463,7 +455,7 @@ def build_app(index_dir: str, serve_cfg, tracking_uri: str | None = None, shard_
     return Retriever.options(**scaling, max_ongoing_requests=serve_cfg.max_ongoing_requests,
                              max_queued_requests=serve_cfg.max_queued_requests,
                              ray_actor_options={"num_cpus": 1, "num_gpus": serve_cfg.gpus_per_replica}
-                             ).bind(artifact_location(index_dir), to_dict(serve_cfg), encoder, shard_apps)
+                             ).bind(index_dir, to_dict(serve_cfg), encoder, shard_apps)
 
 
 def build_shard_app(index_dir: str, shard: int, serve_cfg, app_name: str):
