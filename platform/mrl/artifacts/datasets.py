@@ -81,11 +81,19 @@ def file_digests(location: str | Path, cache: Path | None = None) -> dict[str, l
             None: hash every file (what `mrl lineage` does by default).
     """
     known = _load(cache)
+    digests = _remote_digests if storage.is_remote(location) else _local_digests
+    found, grown = digests(location, known)
+    if cache is not None and grown:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        replace_file(cache, json.dumps(known).encode())
+    return found
+
+
+def _local_digests(location: str | Path, known: dict[str, list[Any]]) -> tuple[dict[str, list[Any]], bool]:
+    """`file_digests` of a dataset on disk, `known` (the cache) read and grown; (digests, grown)."""
     found, grown = {}, False
     now = time.time_ns()
-    if storage.is_remote(location):
-        found, grown = _remote_digests(str(location), known)
-    for name, path in ([] if storage.is_remote(location) else dataset_files(location)):
+    for name, path in dataset_files(location):
         st = path.stat()
         key, stamp = str(path.resolve()), [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
         hit = known.get(key)
@@ -96,14 +104,12 @@ def file_digests(location: str | Path, cache: Path | None = None) -> dict[str, l
             if now - max(st.st_mtime_ns, st.st_ctime_ns) > RACY_NS:
                 known[key], grown = [*stamp, digest], True
         found[name] = [st.st_size, digest]
-    if cache is not None and grown:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        replace_file(cache, json.dumps(known).encode())
-    return found
+    return found, grown
 
 
-def _remote_digests(location: str, known: dict[str, list[Any]]) -> tuple[dict[str, list[Any]], bool]:
+def _remote_digests(location: str | Path, known: dict[str, list[Any]]) -> tuple[dict[str, list[Any]], bool]:
     """`file_digests` of a dataset in object storage, `known` (the cache) read and grown; (digests, grown)."""
+    location = str(location)
     if storage.is_file(location):
         listing = [(storage.name(location), location, *storage.size_and_mtime(location))]
     else:

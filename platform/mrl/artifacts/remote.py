@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from mrl import storage
-from mrl.artifacts.manifest import MANIFEST, sha256
+from mrl.artifacts.files import replace_file, replace_with
+from mrl.artifacts.manifest import MANIFEST, check_file_name, sha256
 
 CACHE_ENV = "MRL_CACHE_DIR"
 
@@ -67,59 +68,46 @@ def local_copy(location: str | Path, splits: Iterable[str] | None = None, shards
         return Path(location)
     location = storage.resolve_latest(location)
     local = cache_dir_for(location)
-    manifest = _fetch_manifest(location, local)
-    for rel, digest in _listed(manifest, splits):
-        _fetch(storage.join(location, *rel.split("/")), local / rel, digest)
+    manifest = _copy_listed(location, local, splits)
     shard_list = (manifest.get("shards") or {}).get("list") or []
     for i in (range(len(shard_list)) if shards is None else shards):
         if 0 <= i < len(shard_list):  # an unknown shard is refused by the reader, which names the listing
-            local_copy_into(storage.join(location, shard_list[i]["path"]), local / shard_list[i]["path"])
+            where = check_file_name(shard_list[i]["path"], location)
+            _copy_listed(storage.join(location, where), local / where, None)
     return local
 
 
-def local_copy_into(location: str, local: Path) -> Path:
-    """Copy the (unsharded) artifact at `location` into the local directory `local`: its manifest and listed files."""
-    manifest = _fetch_manifest(location, local)
-    for rel, digest in _listed(manifest, None):
-        _fetch(storage.join(location, *rel.split("/")), local / rel, digest)
-    return local
-
-
-def _fetch_manifest(location: str, local: Path) -> dict[str, Any]:
+def _copy_listed(location: str, local: Path, splits: Iterable[str] | None) -> dict[str, Any]:
+    """Copy the artifact at `location` into the local directory `local`: every file its manifest lists (of an
+    embed run, the files of `splits` only; None: all) that is not there with the listed sha256 already, each
+    written aside and renamed into place (`replace_with`), then the manifest. Returns the manifest."""
     source = storage.join(location, MANIFEST)
     if not storage.is_file(source):
         raise FileNotFoundError(f"{source} does not exist: {location} is not an artifact written by the platform "
                                 "(or it is still being written: its manifest is uploaded last)")
     data = storage.read_bytes(source)
+    manifest = json.loads(data)
+    for rel, digest in _listed(manifest, splits, location):
+        target = local / rel
+        if target.is_file() and sha256(target) == digest:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        replace_with(target, lambda tmp, rel=rel: storage.copy_file(storage.join(location, *rel.split("/")), tmp))
     local.mkdir(parents=True, exist_ok=True)
-    storage.write_bytes(local / MANIFEST, data)
-    return json.loads(data)
+    replace_file(local / MANIFEST, data)
+    return manifest
 
 
-def _listed(manifest: dict[str, Any], splits: Iterable[str] | None) -> list[tuple[str, str]]:
-    """(relative path, sha256) of the files a manifest lists: an index's checksums, an embed run's split files."""
-    found = [(name, digest) for name, digest in (manifest.get("checksums") or {}).items()]
+def _listed(manifest: dict[str, Any], splits: Iterable[str] | None, where: str) -> list[tuple[str, str]]:
+    """(relative path, sha256) of the files a manifest lists: an index's checksums, an embed run's split files;
+    every name a plain file name (`check_file_name`), so nothing is written outside the copy."""
+    found = [(check_file_name(name, where), digest) for name, digest in (manifest.get("checksums") or {}).items()]
     wanted = None if splits is None else set(splits)
     for split, listing in (manifest.get("files") or {}).items():
         if wanted is None or split in wanted:
-            found += [(f"{split}/{name}", digest) for name, digest in listing.items()]
-    for rel, _ in found:
-        if rel.startswith("/") or ".." in rel.split("/"):
-            raise ValueError(f"a manifest lists {rel!r}: not a file inside the artifact; refusing to copy it")
+            found += [(f"{check_file_name(split, where)}/{check_file_name(name, where)}", digest)
+                      for name, digest in listing.items()]
     return found
-
-
-def _fetch(source: str, target: Path, digest: str) -> None:
-    """Download `source` to `target` unless a copy with sha256 `digest` is there (a temporary name, renamed)."""
-    if target.is_file() and sha256(target) == digest:
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{os.urandom(8).hex()}")
-    try:
-        storage.copy_file(source, tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def publish(local: Path, target: str) -> None:
