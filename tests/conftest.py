@@ -23,22 +23,18 @@ def repo() -> Path:
 
 
 class S3Server:
-    """A real S3 HTTP API on 127.0.0.1 (moto in server mode, its own process): what the platform's object-storage
-    paths are tested against, no AWS account existing here. `env` is what a process needs to reach it (the
-    credentials moto accepts, its endpoint); `bucket()` makes a fresh bucket and returns its s3:// URI."""
+    """A real S3 HTTP API on 127.0.0.1 (moto in server mode, its own process: `mrlbench.local_s3`): what the
+    platform's object-storage paths are tested against, no AWS account existing here. `bucket()` makes a fresh
+    bucket and returns its s3:// URI."""
 
-    def __init__(self, port: int):
-        self.endpoint = f"http://127.0.0.1:{port}"
-        self.env = {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "testing",
-                    "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                    "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
         self.made = 0
 
     def client(self):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="testing",
-                            aws_secret_access_key="testing", region_name="us-east-1")
+        return boto3.client("s3", endpoint_url=self.endpoint)  # credentials: the environment `local_s3` set
 
     def bucket(self) -> str:
         self.made += 1
@@ -57,36 +53,10 @@ class S3Server:
 def s3_server():
     """The session's S3 server (moto), with this process's environment pointed at it (workers of a Ray cluster
     started afterwards inherit it)."""
-    import subprocess
-    import sys
-    import time
+    from mrlbench.local_s3 import local_s3
 
-    import requests
-
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = S3Server(port)
-    deadline = time.time() + 60
-    while True:
-        try:
-            requests.get(server.endpoint, timeout=2)
-            break
-        except requests.ConnectionError:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError(f"moto's S3 server did not start on port {port}") from None
-            time.sleep(0.2)
-    saved = {key: os.environ.get(key) for key in server.env}
-    os.environ.update(server.env)
-    yield server
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    proc.terminate()
-    proc.wait(timeout=30)
+    with local_s3() as endpoint:
+        yield S3Server(endpoint)
 
 
 def run_isolated(code: str, timeout: float = 300) -> str:

@@ -10,7 +10,6 @@ from the command to the verified manifest, Ray's start included.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -29,6 +28,7 @@ from mrl.data.preprocess import inference_model
 from mrl.data.readers import TableRows, image_table
 from mrl.data.sources import load_split
 from mrl.stages.embed import augmented_rows, embed_rows
+from mrlbench.local_s3 import local_s3
 
 
 def plain_loop(model_uri: str, tracking_uri: str, rows: int | None, batch_size: int, rows_per_file: int,
@@ -126,39 +126,6 @@ def render(result: dict[str, Any], command: str) -> str:
                   f"{b['driver_peak_rss'] / a['driver_peak_rss']:.2f}x, actor "
                   f"{b['actor_peak_rss'] / a['actor_peak_rss']:.2f}x."]
     return "\n".join(lines) + "\n"
-
-
-@contextlib.contextmanager
-def local_s3():
-    """An S3 API on 127.0.0.1 (moto's server, a process of its own) with this process's environment pointed at it
-    (jobs started from here inherit it); yields its endpoint."""
-    import socket
-
-    import requests
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
-    saved = {k: os.environ.get(k) for k in env}
-    try:
-        for _ in range(300):
-            try:
-                requests.get(endpoint, timeout=2)
-                break
-            except requests.ConnectionError:
-                time.sleep(0.2)
-        os.environ.update(env)
-        yield endpoint
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def _timed(fn) -> float:
