@@ -22,6 +22,7 @@ SHIPPED = {
     "tuning/search_space.yaml": C.TuneJobConfig,
     "tuning/search_space_text.yaml": C.TuneJobConfig,
     "benchmarks/text_tune_quick.yaml": C.TuneJobConfig,
+    "benchmarks/text_tune.yaml": C.TuneJobConfig,
     "serving/serve.yaml": C.ServeJobConfig,
     "benchmarks/reproduce.yaml": ReproduceConfig,
     "benchmarks/reproduce_quick.yaml": ReproduceConfig,

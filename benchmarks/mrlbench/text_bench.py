@@ -110,8 +110,8 @@ class TextBenchConfig(JobConfig):
     targets: TextTargets = field(default_factory=TextTargets)
     tuned: str | None = None
     """A text sweep's winner.yaml (e.g. of benchmarks/text_tune_quick.yaml): its nesting weights, InfoNCE
-    temperature and sizes per step train one more model per seed, MRL-tuned, at this benchmark's data and budget
-    (epochs, batch, lr); its nesting sizes must be model.nesting's."""
+    temperature (and its power over the prefixes) and sizes per step train one more model per seed, MRL-tuned,
+    at this benchmark's data and budget (epochs, batch, lr); its nesting sizes must be model.nesting's."""
     results_name: str = "text"
     """Files are named <results_name>.{md,csv,json} and <results_name>_*.png."""
     mlflow: MlflowConfig = field(default_factory=lambda: MlflowConfig(experiment="text-bench"))
@@ -152,7 +152,7 @@ def bench_jobs(cfg: TextBenchConfig, seed: int) -> dict[str, TrainJobConfig]:
 
 def tuned_job(cfg: TextBenchConfig, mrl: TrainJobConfig) -> TrainJobConfig:
     """MRL-tuned's training config: the benchmark's MRL job (data, encoder, epochs, batch, lr, seed) with the
-    winner's nesting weights, temperature and sizes per step.
+    winner's nesting weights, temperatures and sizes per step.
 
     Raises:
         ConfigError: `tuned` is not a readable training config, or its nesting sizes are not the benchmark's.
@@ -168,6 +168,7 @@ def tuned_job(cfg: TextBenchConfig, mrl: TrainJobConfig) -> TrainJobConfig:
         raise ConfigError(f"tuned: the winner in {cfg.tuned} trains sizes {winner.model.sizes}, this benchmark "
                           f"{cfg.sizes}; sweep with the benchmark's nesting list (space.schedules, min_sizes)")
     train = dataclasses.replace(mrl.train, temperature=winner.train.temperature,
+                                temperature_power=winner.train.temperature_power,
                                 sizes_per_step=winner.train.sizes_per_step,
                                 full_size_every_step=winner.train.full_size_every_step)
     return dataclasses.replace(mrl, model=dataclasses.replace(mrl.model, nesting=winner.model.nesting), train=train)
@@ -396,6 +397,7 @@ def run_text_bench(cfg: TextBenchConfig, results_dir: str | Path, command: str =
                 "train_seconds": round(train_seconds, 1), "mlflow_run_id": run.info.run_id,
                 "train_rows": len(train_split["id"]), "test_rows": len(test["id"]), "database_rows": len(pick),
                 **({"tuned": {"weights": tuned_model.model.weights, "temperature": tuned_model.train.temperature,
+                              "temperature_power": tuned_model.train.temperature_power,
                               "sizes_per_step": tuned_model.train.sizes_per_step}} if tuned_model else {})}
         out = Path(results_dir)
         out.mkdir(parents=True, exist_ok=True)

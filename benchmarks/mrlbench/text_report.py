@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from mrl.core.losses import prefix_temperatures
 from mrl.plots import pyplot, size_axis
 from mrlbench.comparison import (
     by_method_size,
@@ -119,7 +120,7 @@ def write_report(out: Path, name: str, summary: list[dict[str, Any]], rows: list
     if cfg.get("tuned"):
         tuned = meta.get("tuned", {})
         methods += (f"\n- MRL-tuned: prefix m of an MRL model trained at the same budget with a text sweep's winner "
-                    f"(`{cfg['tuned']}`): weights {tuned.get('weights')}, temperature {tuned.get('temperature')}, "
+                    f"(`{cfg['tuned']}`): weights {tuned.get('weights')}, {temperatures(tuned, sizes)}, "
                     f"sizes per step {tuned.get('sizes_per_step') or 'all'}. The sweep's own cost is not in this "
                     "run's wall time.")
     lines = [title, "", run, "", setup, "", pair, cls, methods, ""]
@@ -178,6 +179,15 @@ def write_report(out: Path, name: str, summary: list[dict[str, Any]], rows: list
     js.write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows, "adaptive": adaptive,
                               "targets": targets, "models": trained}, indent=1))
     return [md, csv, js]
+
+
+def temperatures(tuned: dict[str, Any], sizes: list[int]) -> str:
+    """The tuned model's InfoNCE temperature, or each prefix's when it has a power over them."""
+    if not tuned.get("temperature_power"):
+        return f"temperature {tuned.get('temperature')}"
+    each = prefix_temperatures(sizes, tuned["temperature"], tuned["temperature_power"])
+    shown = ", ".join(f"{m}: {t:.3g}" for m, t in zip(sizes, each))
+    return f"temperature {tuned['temperature']:.3g} at d with power {tuned['temperature_power']:.3g} ({shown})"
 
 
 def _mean_adaptive(adaptive: list[dict[str, Any]]) -> dict[str, Any]:

@@ -189,7 +189,7 @@ def winner_yaml(path, sizes=(8, 16, 32), weights=(0.5, 1.0, 1.5)) -> str:
     winner = from_dict(TrainJobConfig, {
         "data": {"source": "wordnet", "path": "/tmp/unused-wordnet"},
         "model": {**TINY_MODEL, "nesting": {"schedule": "list", "sizes": list(sizes), "weights": list(weights)}},
-        "train": {"temperature": 0.1, "sizes_per_step": 2, "epochs": 9, "lr": 0.5}})
+        "train": {"temperature": 0.1, "temperature_power": 0.5, "sizes_per_step": 2, "epochs": 9, "lr": 0.5}})
     path.write_text(yaml.safe_dump(to_dict(winner)))
     return str(path)
 
@@ -202,7 +202,8 @@ def test_the_tuned_model_takes_the_winners_loss_and_the_benchmarks_budget(tmp_pa
     assert list(jobs)[:2] == ["mrl", "mrl_tuned"] and len(jobs) == 5  # MRL, MRL-tuned, FF-8, FF-16, FF-32
     tuned = jobs["mrl_tuned"]
     assert tuned.model.weights == [0.5, 1.0, 1.5] and jobs["mrl"].model.weights == [1.0, 1.0, 1.0]
-    assert (tuned.train.temperature, tuned.train.sizes_per_step) == (0.1, 2)
+    assert (tuned.train.temperature, tuned.train.temperature_power, tuned.train.sizes_per_step) == (0.1, 0.5, 2)
+    assert jobs["mrl"].train.temperature_power == 0 and jobs["ff_8"].train.temperature_power == 0
     assert (tuned.train.epochs, tuned.train.lr, tuned.train.seed) == (1, 0.003, 3)  # the benchmark's budget
     with pytest.raises(ConfigError, match=r"trains sizes \[8, 32\], this benchmark \[8, 16, 32\]"):
         bench_jobs(config(tuned=winner_yaml(tmp_path / "other.yaml", (8, 32), (1.0, 1.0))), 0)
@@ -236,10 +237,12 @@ def test_a_tiny_run_writes_every_method_and_size(tmp_path, monkeypatch):
         assert all(0 <= row[m] <= 1 for m in METRICS)
     js = json.loads((tmp_path / "tiny.json").read_text())
     assert len(js["targets"]) == 6 and js["meta"]["database_rows"] == 600 and len(js["models"]) == 5
-    assert js["meta"]["tuned"] == {"weights": [0.5, 1.0, 1.5], "temperature": 0.1, "sizes_per_step": 2}
+    assert js["meta"]["tuned"] == {"weights": [0.5, 1.0, 1.5], "temperature": 0.1, "temperature_power": 0.5,
+                                   "sizes_per_step": 2}
     md = (tmp_path / "tiny.md").read_text()
     assert "## Targets" in md and "pytest tiny" in md and "BM25" in md and "| size | MRL | MRL-tuned | FF-m |" in md
     assert "MRL-tuned: prefix m of an MRL model trained at the same budget" in md
+    assert "temperature 0.1 at d with power 0.5 (8: 0.2, 16: 0.141, 32: 0.1)" in md
     assert "chosen per seed on 150 held-out test queries" in md and "the other 150 queries" in md
     import mlflow
 

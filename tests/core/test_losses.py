@@ -139,6 +139,27 @@ def test_embedding_loss_sees_only_normalised_prefixes():
 def test_embedding_loss_rejects_length_mismatch():
     with pytest.raises(ValueError, match=r"1 weights for 2 sizes"):
         MatryoshkaEmbeddingLoss([4, 8], [1.0], info_nce)
+    with pytest.raises(ValueError, match=r"1 loss functions for 2 sizes"):
+        MatryoshkaEmbeddingLoss([4, 8], [1.0, 1.0], [info_nce])
+
+
+def test_each_prefix_can_have_its_own_temperature():
+    from functools import partial
+
+    from mrl.core.losses import prefix_temperatures
+
+    assert prefix_temperatures([8, 32, 128], 0.05) == [0.05, 0.05, 0.05]
+    assert prefix_temperatures([8, 32, 128], 0.05, 0.5) == pytest.approx([0.2, 0.1, 0.05])
+    torch.manual_seed(4)
+    sizes, weights = [2, 4, 8], [1.0, 2.0, 0.5]
+    temps = prefix_temperatures(sizes, 0.05, 1.0)  # 0.2, 0.1, 0.05
+    a, b = torch.randn(6, 8), torch.randn(6, 8)
+    total, per_size = MatryoshkaEmbeddingLoss(sizes, weights, [partial(info_nce, temperature=t) for t in temps])(a, b)
+    expected = [info_nce(shrink(a, m), shrink(b, m), temperature=t) for m, t in zip(sizes, temps)]
+    torch.testing.assert_close(per_size, torch.stack(expected))
+    torch.testing.assert_close(total, sum(w * e for w, e in zip(weights, expected)))
+    _, shared = MatryoshkaEmbeddingLoss(sizes, weights, info_nce)(a, b)
+    assert not torch.allclose(per_size[:2], shared[:2]) and torch.allclose(per_size[2], shared[2])  # d keeps 0.05
 
 
 def test_info_nce_identical_separated_pairs_is_small():

@@ -229,3 +229,50 @@ def test_sampled_sizes_are_for_text_models_and_at_most_the_nesting_list():
                                    "train": {"sizes_per_step": 9}})
     with pytest.raises(ConfigError, match="sizes_per_step must be >= 0"):
         from_dict(TrainJobConfig, {"train": {"sizes_per_step": -1}})
+
+
+def test_a_temperature_power_is_for_text_models_and_keeps_every_temperature_at_most_1():
+    from mrl.configio import ConfigError
+
+    text = {"data": {"source": "wordnet", "path": "/tmp/x"}, "model": TINY_TEXT_MODEL}
+    with pytest.raises(ConfigError, match=r"train.temperature_power=0.5 sets the temperatures of the contrastive "
+                                          r"text loss; image models have none"):
+        from_dict(TrainJobConfig, {"train": {"temperature_power": 0.5}})
+    with pytest.raises(ConfigError, match="temperature_power must be in \\[0, 2\\], got 3"):
+        from_dict(TrainJobConfig, {**text, "train": {"temperature_power": 3}})
+    sizes = from_dict(TrainJobConfig, text).model.sizes
+    with pytest.raises(ConfigError, match=rf"gives size {sizes[0]} the temperature .* it must be at most 1"):
+        from_dict(TrainJobConfig, {**text, "train": {"temperature": 0.5, "temperature_power": 2}})
+    job = from_dict(TrainJobConfig, {**text, "train": {"temperature": 0.05, "temperature_power": 0.5}})
+    assert job.train.temperature_power == 0.5
+
+
+def test_the_text_objective_trains_each_prefix_at_its_own_temperature(tmp_path):
+    """train.temperature_power: the step's loss is the weighted sum of InfoNCE at temperature * (d / m) ** power
+    on each normalised prefix of the model's embeddings (power 0: the one temperature)."""
+    from mrl.core.losses import info_nce, prefix_temperatures, shrink
+    from mrl.core.models import build_model
+    from mrl.data.sources import load_text_split
+    from mrl.core.tokens import trim_padding
+    from mrl.data.tokenize import TextTokenizer, train_tokenizer
+    from mrl.stages.objectives import ContrastivePairs
+
+    job = _text_job(tmp_path, temperature=0.05, temperature_power=1.0)
+    rows = load_text_split(job.data, "train")
+    text = job.model.text
+    tokenizer_json = train_tokenizer(rows["query"] + rows["document"], text.vocab_size, text.max_tokens).to_json()
+    batch = np.arange(16)
+    loss, _ = _loss_and_grads(job, tokenizer_json, batch)
+    flat, _ = _loss_and_grads(_text_job(tmp_path, temperature=0.05), tokenizer_json, batch)
+
+    torch.manual_seed(0)
+    model = build_model(TINY_TEXT_MODEL).eval()
+    objective = ContrastivePairs(job, 0, 1, torch.device("cpu"), TextTokenizer.from_json(tokenizer_json, 32))
+    with torch.no_grad():
+        z = model(trim_padding(torch.cat([objective.queries[batch], objective.documents[batch]])), embed_only=True)
+    sizes = job.model.sizes
+    temps = prefix_temperatures(sizes, 0.05, 1.0)
+    assert temps[-1] == 0.05 and temps[0] == 0.05 * sizes[-1] / sizes[0]
+    expected = sum(w * info_nce(shrink(z[:16], m), shrink(z[16:], m), temperature=t).item()
+                   for m, w, t in zip(sizes, job.model.weights, temps))
+    assert loss == pytest.approx(expected, rel=1e-5) and abs(loss - flat) > 1e-3

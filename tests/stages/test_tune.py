@@ -76,6 +76,26 @@ def test_a_text_sweep_trades_pair_recall_at_10_and_searches_temperature_and_samp
     assert kept.train.temperature == 0.05 and kept.train.sizes_per_step == 0  # base's values
     combos = grid(from_dict(TuneJobConfig, {**_as_dict(text_job), "search": {"algorithm": "grid"}}))
     assert {(c["temperature"], c["sizes_per_step"]) for c in combos} == {(0.02, 0), (0.02, 3), (0.1, 0), (0.1, 3)}
+    assert {c["temperature_power"] for c in combos} == {text_job.base.train.temperature_power}  # not searched
+
+
+def test_a_text_sweep_searches_the_temperature_power_and_keeps_every_temperature_at_most_1(text_job):
+    from mrl.configio import ConfigError
+
+    space = {**_as_dict(text_job)["space"], "temperature_power": [0.0, 0.5]}
+    job = from_dict(TuneJobConfig, {**_as_dict(text_job), "space": space, "search": {"algorithm": "grid"}})
+    assert {(c["temperature"], c["temperature_power"]) for c in grid(job) if c["sizes_per_step"] == 0} == {
+        (0.02, 0.0), (0.02, 0.5), (0.1, 0.0), (0.1, 0.5)}
+    params = {"schedule": "log", "min_size": 8, "smallest_weight": 1.0, "temperature": 0.1, "temperature_power": 0.5}
+    trial = trial_job(job.base, params, "t")
+    assert trial.train.temperature == 0.1 and trial.train.temperature_power == 0.5
+    unset = {k: v for k, v in params.items() if k != "temperature_power"}
+    assert trial_job(job.base, unset, "t").train.temperature_power == 0  # base's
+    with pytest.raises(ConfigError, match=r"space.temperature_power up to 1.5 gives size 8 the temperature 6.4; "
+                                          r"every prefix's must be at most 1"):
+        from_dict(TuneJobConfig, {**_as_dict(text_job), "space": {**space, "temperature_power": [0.0, 1.5]}})
+    with pytest.raises(ConfigError, match=r"temperature_power values must be in \[0, 2\]"):
+        from_dict(TuneJobConfig, {**_as_dict(text_job), "space": {**space, "temperature_power": [-1.0]}})
 
 
 def _as_dict(job):

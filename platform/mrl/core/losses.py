@@ -59,31 +59,44 @@ class MatryoshkaLoss(nn.Module):
         return weighted_sum(per_size, self.weights), torch.stack(per_size).detach()
 
 
+PairLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 class MatryoshkaEmbeddingLoss(nn.Module):
     """An embedding loss over pairs (a, b) applied to every L2-normalised prefix and summed with weights.
 
     Args:
         sizes: the nesting list.
         weights: c_m per size.
-        loss_fn: takes normalised (B, m) embeddings a, b and returns a scalar (e.g. `info_nce`).
+        loss_fn: takes normalised (B, m) embeddings a, b and returns a scalar (e.g. `info_nce`); or one such
+            function per size (e.g. InfoNCE at each prefix's own temperature, `prefix_temperatures`).
     """
 
-    def __init__(self, sizes: Sequence[int], weights: Sequence[float],
-                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+    def __init__(self, sizes: Sequence[int], weights: Sequence[float], loss_fn: PairLoss | Sequence[PairLoss]):
         super().__init__()
         if len(sizes) != len(weights):
             raise ValueError(f"{len(weights)} weights for {len(sizes)} sizes")
         self.sizes = list(sizes)
         self.register_buffer("weights", torch.tensor(list(weights), dtype=torch.float32), persistent=False)
-        self.loss_fn = loss_fn
+        self.loss_fns = list(loss_fn) if isinstance(loss_fn, Sequence) else [loss_fn] * len(self.sizes)
+        if len(self.loss_fns) != len(self.sizes):
+            raise ValueError(f"{len(self.loss_fns)} loss functions for {len(sizes)} sizes")
 
     def forward(self, a: torch.Tensor, b: torch.Tensor, active: Sequence[int] | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """`active`: positions in the nesting list trained this step (`sample_sizes`; None: all). The total is
         the weighted sum over them, per_size their losses in that order."""
         active = range(len(self.sizes)) if active is None else active
-        per_size = [self.loss_fn(shrink(a, self.sizes[i]), shrink(b, self.sizes[i])) for i in active]
+        per_size = [self.loss_fns[i](shrink(a, self.sizes[i]), shrink(b, self.sizes[i])) for i in active]
         return weighted_sum(per_size, self.weights[list(active)]), torch.stack(per_size).detach()
+
+
+def prefix_temperatures(sizes: Sequence[int], temperature: float, power: float = 0.0) -> list[float]:
+    """The InfoNCE temperature of each prefix: temperature * (d / m) ** power, d the largest size. power 0: one
+    temperature for all; power > 0 softens the small prefixes' logits (a short normalised prefix spreads its
+    cosines wider, and a shared low temperature makes its loss the sharpest of the sum)."""
+    d = max(sizes)
+    return [temperature * (d / m) ** power for m in sizes]
 
 
 def sample_sizes(count: int, per_step: int, seed: Sequence[int], keep_last: bool = True) -> list[int]:

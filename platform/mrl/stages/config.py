@@ -18,7 +18,7 @@ from mrl.artifacts.config import MlflowConfig
 from mrl.artifacts.index import check_index_config, planned_codes, planned_sources
 from mrl.configio import ConfigError, check, positive, registered
 from mrl.core.config import ModelConfig, NestingConfig
-from mrl.core.losses import LOSSES
+from mrl.core.losses import LOSSES, prefix_temperatures
 from mrl.data.config import DataConfig
 from mrl.data.sources import check_data_paths
 from mrl.retrieval.config import IndexConfig
@@ -42,7 +42,11 @@ class TrainConfig:
     """Per-size classification loss, a name in `mrl.core.losses.LOSSES` (summed over the nesting sizes with
     their weights). Text models are trained contrastively instead (in-batch InfoNCE on every prefix)."""
     temperature: float = 0.05
-    """Text models: InfoNCE temperature of the contrastive Matryoshka loss, in (0, 1]."""
+    """Text models: InfoNCE temperature of the contrastive Matryoshka loss, in (0, 1] (at d, with
+    temperature_power)."""
+    temperature_power: float = 0.0
+    """Text models: prefix m's temperature is temperature * (d / m) ** temperature_power, in [0, 2]; > 0 gives
+    the small prefixes softer logits than d's (0: one temperature for every size)."""
     negatives: Literal["global", "local"] = "global"
     """Text models with several workers: global: every worker's batch is a negative for every query (all-gather,
     the gradient reaching each worker's own part), so W workers of batch B train as one worker of batch W*B;
@@ -66,6 +70,7 @@ class TrainConfig:
         registered("loss", self.loss, LOSSES)
         check(0 < self.temperature <= 1, f"temperature must be in (0, 1], got {self.temperature}")
         check(self.sizes_per_step >= 0, f"sizes_per_step must be >= 0 (0: every size), got {self.sizes_per_step}")
+        check(0 <= self.temperature_power <= 2, f"temperature_power must be in [0, 2], got {self.temperature_power}")
         positive("epochs", self.epochs)
         positive("batch_size", self.batch_size)
         positive("shuffle_buffer", self.shuffle_buffer)
@@ -221,7 +226,7 @@ class TrainJobConfig(JobConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_modalities(self.data, self.model)
-        check_sampled_sizes(self.train, self.model)
+        check_text_loss(self.train, self.model)
         check(self.storage_path is None or bool(self.storage_path.strip()),
                "storage_path must be a path or URI, or null for <artifacts_dir or output_dir>/ray")
         check_location("storage_path", self.storage_path)
@@ -367,6 +372,9 @@ class TuneSpace:
     temperature: tuple[float, ...] = ()
     """Text models: InfoNCE temperatures (grid: the values; random / optuna: the log range); empty keeps
     base.train.temperature."""
+    temperature_power: tuple[float, ...] = ()
+    """Text models: train.temperature_power, each prefix's temperature relative to d's (grid: the values; random /
+    optuna: the range); empty keeps base.train.temperature_power."""
     sizes_per_step: tuple[int, ...] = ()
     """Text models: nesting sizes trained per step (train.sizes_per_step; 0: all), sampled as choices; empty keeps
     base.train.sizes_per_step."""
@@ -385,6 +393,8 @@ class TuneSpace:
         check(all(m >= 1 for m in self.deploy_sizes), f"deploy_sizes must be >= 1, got {list(self.deploy_sizes)}")
         check(all(0 < t <= 1 for t in self.temperature), f"temperature values must be in (0, 1], got "
                                                           f"{list(self.temperature)}")
+        check(all(0 <= p <= 2 for p in self.temperature_power), f"temperature_power values must be in [0, 2], got "
+                                                                 f"{list(self.temperature_power)}")
         check(all(n >= 0 for n in self.sizes_per_step), f"sizes_per_step values must be >= 0 (0: all), got "
                                                         f"{list(self.sizes_per_step)}")
 
@@ -445,10 +455,12 @@ class TuneJobConfig(JobConfig):
         dim = self.base.model.dim
         too_big = [m for m in self.space.deploy_sizes if m > dim]
         check(not too_big, f"space.deploy_sizes {too_big} go above base.model.dim {dim}")
-        text_only = [name for name in ("temperature", "sizes_per_step") if getattr(self.space, name)]
+        text_only = [name for name in ("temperature", "temperature_power", "sizes_per_step")
+                     if getattr(self.space, name)]
         check(not text_only or self.base.model.modality == "text",
                f"space.{text_only[0] if text_only else ''} searches a text model's contrastive loss, but "
                f"base.model.encoder {self.base.model.encoder!r} is an image encoder (leave it empty)")
+        self._check_temperatures()
         check(self.search.scheduler != "asha" or self.search.grace_period <= self.base.train.epochs,
                f"search.grace_period {self.search.grace_period} is more than base.train.epochs "
                f"{self.base.train.epochs}: ASHA could stop nothing")
@@ -460,6 +472,19 @@ class TuneJobConfig(JobConfig):
                     except ConfigError as exc:
                         raise ConfigError(f"space (schedule {schedule!r}, min_size {min_size}, count {count}) with "
                                           f"base.model: {exc}") from None
+
+    def _check_temperatures(self) -> None:
+        """Every trial's prefixes get a temperature of at most 1: the hottest is the largest temperature at the
+        smallest size a trial can train, with the largest power."""
+        space, train = self.space, self.base.train
+        if not space.temperature_power:
+            return
+        smallest = min([*space.min_sizes, *space.deploy_sizes, self.base.model.dim])
+        hottest = prefix_temperatures([smallest, self.base.model.dim], max(space.temperature or (train.temperature,)),
+                                      max(space.temperature_power))[0]
+        check(hottest <= 1, f"space.temperature_power up to {max(space.temperature_power)} gives size {smallest} the "
+                            f"temperature {hottest:.3g}; every prefix's must be at most 1: lower the powers or "
+                            "space.temperature")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -483,7 +508,7 @@ class PipelineConfig(JobConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_modalities(self.data, self.model)
-        check_sampled_sizes(self.train, self.model)
+        check_text_loss(self.train, self.model)
         # The same rules the index stage and the service apply to the real artifacts, applied to the
         # index this pipeline will build (model.dim, its sizes and AdANNS cells).
 
@@ -496,7 +521,8 @@ class PipelineConfig(JobConfig):
             raise ConfigError(str(exc)) from None
 
     def train_job(self) -> TrainJobConfig:
-        return TrainJobConfig(output_dir=self.output_dir, artifacts_dir=self.artifacts_dir, run_name=self.run_name, data=self.data, model=self.model,
+        return TrainJobConfig(output_dir=self.output_dir, artifacts_dir=self.artifacts_dir, run_name=self.run_name,
+                              data=self.data, model=self.model,
                               train=self.train, resources=self.resources, ray=self.ray, mlflow=self.mlflow,
                               log_level=self.log_level)
 
@@ -508,15 +534,23 @@ def check_modalities(data: DataConfig, model: ModelConfig, prefix: str = "") -> 
            f"{model.encoder!r} is a{'n' if model.modality == 'image' else ''} {model.modality} encoder")
 
 
-def check_sampled_sizes(train: TrainConfig, model: ModelConfig, prefix: str = "") -> None:
-    """train.sizes_per_step is for the contrastive (text) loss, and at most the nesting list's length."""
-    if train.sizes_per_step == 0:
-        return
-    check(model.modality == "text", f"{prefix}train.sizes_per_step={train.sizes_per_step} samples the sizes of the "
-                                    "contrastive text loss; image models train every size's head each step (set 0)")
-    check(train.sizes_per_step <= len(model.sizes),
-           f"{prefix}train.sizes_per_step={train.sizes_per_step} is above the {len(model.sizes)} sizes of the nesting "
-           f"list {model.sizes}")
+def check_text_loss(train: TrainConfig, model: ModelConfig, prefix: str = "") -> None:
+    """train.sizes_per_step and train.temperature_power are for the contrastive (text) loss; sizes_per_step is at
+    most the nesting list's length, and every prefix's temperature is at most 1."""
+    if train.sizes_per_step:
+        check(model.modality == "text", f"{prefix}train.sizes_per_step={train.sizes_per_step} samples the sizes of "
+                                        "the contrastive text loss; image models train every size's head each step "
+                                        "(set 0)")
+        check(train.sizes_per_step <= len(model.sizes),
+               f"{prefix}train.sizes_per_step={train.sizes_per_step} is above the {len(model.sizes)} sizes of the "
+               f"nesting list {model.sizes}")
+    if train.temperature_power:
+        check(model.modality == "text", f"{prefix}train.temperature_power={train.temperature_power} sets the "
+                                        "temperatures of the contrastive text loss; image models have none (set 0)")
+        hottest = prefix_temperatures(model.sizes, train.temperature, train.temperature_power)[0]
+        check(hottest <= 1, f"{prefix}train.temperature_power={train.temperature_power} gives size {model.sizes[0]} "
+                            f"the temperature {hottest:.3g} (train.temperature * (d / m) ** power); it must be at "
+                            "most 1: lower the power or the temperature")
 
 
 def check_location(name: str, value: str | None) -> None:
@@ -535,7 +569,8 @@ def check_paths(cfg: Any) -> None:
     def walk(node: Any, prefix: str) -> None:
         if isinstance(node, DataConfig):
             check_data_paths(node, prefix)
-        if isinstance(node, ModelConfig) and node.pretrained_path is not None and not Path(node.pretrained_path).is_dir():
+        pretrained = node.pretrained_path if isinstance(node, ModelConfig) else None
+        if pretrained is not None and not Path(pretrained).is_dir():
             raise ConfigError(f"{prefix}pretrained_path {node.pretrained_path!r} is not a directory; weights load "
                               "only from a local path (a directory saved with save_pretrained)")
         if dataclasses.is_dataclass(node):

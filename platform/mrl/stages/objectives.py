@@ -16,7 +16,8 @@ this rank, the batches of an epoch, the loss of a batch and the per-size validat
 With several workers, a text model's negatives are every worker's batch (`train.negatives: global`, an
 all-gather whose gradient reaches each rank's own part: W workers of batch B train exactly as one of batch
 W*B), or each rank's own (`local`). `train.sizes_per_step` trains a seeded draw of the nesting sizes per step
-(`mrl.core.losses.sample_sizes`).
+(`mrl.core.losses.sample_sizes`); `train.temperature_power` gives each prefix its own InfoNCE temperature
+(`mrl.core.losses.prefix_temperatures`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from mrl.core.losses import (MatryoshkaEmbeddingLoss, MatryoshkaLoss, gather_across_workers, info_nce,
-                             sample_sizes, shrink)
+                             prefix_temperatures, sample_sizes, shrink)
 from mrl.core.tokens import trim_padding
 from mrl.data.formats import to_float, train_val_indices
 from mrl.data.preprocess import standardize
@@ -213,8 +214,9 @@ class ContrastivePairs:
         self.train_idx, val_idx = train_val_indices(n, job.data.val_fraction, job.data.seed)
         chunks = [val_idx[i:i + VAL_CHUNK] for i in range(0, len(val_idx), VAL_CHUNK)]
         self.val_chunks = chunks[rank::world]
+        temperatures = prefix_temperatures(job.model.sizes, job.train.temperature, job.train.temperature_power)
         self.criterion = MatryoshkaEmbeddingLoss(job.model.sizes, job.model.weights,
-                                                 partial(info_nce, temperature=job.train.temperature)).to(device)
+                                                 [partial(info_nce, temperature=t) for t in temperatures]).to(device)
         self.lengths = np.maximum((self.queries != 0).sum(1).numpy(), (self.documents != 0).sum(1).numpy())
         self.device, self.train = device, job.train
 

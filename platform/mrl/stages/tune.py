@@ -62,8 +62,8 @@ def nesting_weights(sizes: list[int], dim: int, alpha: float, smallest_boost: fl
 def trial_job(base: TrainJobConfig, params: dict[str, Any], run_name: str,
               deploy_sizes: tuple[int, ...] = ()) -> TrainJobConfig:
     """The training config of one trial: the base config with the trial's nesting list (the schedule's sizes
-    plus the deploy sizes and d), its weights, lr and, for text models, InfoNCE temperature and sizes trained
-    per step (capped at the trial's nesting list)."""
+    plus the deploy sizes and d), its weights, lr and, for text models, InfoNCE temperature (at d, and its power
+    over the prefixes) and sizes trained per step (capped at the trial's nesting list)."""
     dim = base.model.dim
     scheduled = NestingConfig(schedule=params["schedule"], min_size=params["min_size"],
                               count=params.get("count", base.model.nesting.count)).resolve(dim)
@@ -73,6 +73,7 @@ def trial_job(base: TrainJobConfig, params: dict[str, Any], run_name: str,
     model = dataclasses.replace(base.model, nesting=nesting)
     train = dataclasses.replace(base.train, lr=params.get("lr") or base.train.lr,
                                 temperature=params.get("temperature") or base.train.temperature,
+                                temperature_power=params.get("temperature_power", base.train.temperature_power),
                                 sizes_per_step=min(len(sizes), params.get("sizes_per_step", base.train.sizes_per_step)))
     return dataclasses.replace(base, model=model, train=train, run_name=run_name)
 
@@ -82,12 +83,14 @@ def grid(job: TuneJobConfig) -> list[dict[str, Any]]:
     space = job.space
     train = job.base.train
     combos = []
-    for schedule, min_size, w, alpha, lr, temperature, per_step in itertools.product(
+    for schedule, min_size, w, alpha, lr, temperature, power, per_step in itertools.product(
             space.schedules, space.min_sizes, space.smallest_weight, space.weight_alpha, space.lr or (train.lr,),
-            space.temperature or (train.temperature,), space.sizes_per_step or (train.sizes_per_step,)):
+            space.temperature or (train.temperature,), space.temperature_power or (train.temperature_power,),
+            space.sizes_per_step or (train.sizes_per_step,)):
         for count in space.counts if schedule == "uniform" else space.counts[:1]:
             combos.append({"schedule": schedule, "min_size": min_size, "count": count, "smallest_weight": w,
-                           "weight_alpha": alpha, "lr": lr, "temperature": temperature, "sizes_per_step": per_step})
+                           "weight_alpha": alpha, "lr": lr, "temperature": temperature, "temperature_power": power,
+                           "sizes_per_step": per_step})
     return combos
 
 
@@ -108,6 +111,7 @@ def param_space(job: TuneJobConfig) -> dict[str, Any]:
             "count": tune.choice(list(space.counts)), "smallest_weight": span(space.smallest_weight),
             "weight_alpha": span(space.weight_alpha), "lr": span(space.lr, log=True) if space.lr else train.lr,
             "temperature": span(space.temperature, log=True) if space.temperature else train.temperature,
+            "temperature_power": span(space.temperature_power) if space.temperature_power else train.temperature_power,
             "sizes_per_step": (tune.choice(list(space.sizes_per_step)) if space.sizes_per_step
                                else train.sizes_per_step)}
 
