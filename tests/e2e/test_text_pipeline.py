@@ -137,7 +137,7 @@ def test_a_text_sweep_runs_on_ray_tune_and_picks_by_pair_recall(text_pipeline, c
                  "base.model.backbone.intermediate_size=64", "base.resources.num_workers=1", "search.algorithm=grid",
                  "search.num_samples=1", "search.scheduler=fifo", "space.schedules=[log]", "space.deploy_sizes=[8]",
                  "space.smallest_weight=[1.0]", "space.weight_alpha=[0.0]", "space.temperature=[0.05, 1.0]",
-                 "space.sizes_per_step=[2]"]
+                 "space.temperature_power=[0.0]", "space.sizes_per_step=[2]"]
     result = run_tune(load_config(TuneJobConfig, REPO / "tuning" / "search_space_text.yaml", overrides))
     trials = sorted(result["trials"], key=lambda t: t["params"]["temperature"])
     assert [t["error"] for t in trials] == [None, None] and [t["params"]["sizes_per_step"] for t in trials] == [2, 2]

@@ -76,14 +76,15 @@ def test_a_text_sweep_trades_pair_recall_at_10_and_searches_temperature_and_samp
     assert kept.train.temperature == 0.05 and kept.train.sizes_per_step == 0  # base's values
     combos = grid(from_dict(TuneJobConfig, {**_as_dict(text_job), "search": {"algorithm": "grid"}}))
     assert {(c["temperature"], c["sizes_per_step"]) for c in combos} == {(0.02, 0), (0.02, 3), (0.1, 0), (0.1, 3)}
-    assert {c["temperature_power"] for c in combos} == {text_job.base.train.temperature_power}  # not searched
+    assert len(combos) == 2 ** 6  # schedules x smallest_weight x alpha x temperature x power x sizes per step
+    assert {c["temperature_power"] for c in combos} == {0.0, 0.5}
 
 
 def test_a_text_sweep_searches_the_temperature_power_and_keeps_every_temperature_at_most_1(text_job):
     from mrl.configio import ConfigError
 
-    space = {**_as_dict(text_job)["space"], "temperature_power": [0.0, 0.5]}
-    job = from_dict(TuneJobConfig, {**_as_dict(text_job), "space": space, "search": {"algorithm": "grid"}})
+    space = _as_dict(text_job)["space"]
+    job = from_dict(TuneJobConfig, {**_as_dict(text_job), "search": {"algorithm": "grid"}})
     assert {(c["temperature"], c["temperature_power"]) for c in grid(job) if c["sizes_per_step"] == 0} == {
         (0.02, 0.0), (0.02, 0.5), (0.1, 0.0), (0.1, 0.5)}
     params = {"schedule": "log", "min_size": 8, "smallest_weight": 1.0, "temperature": 0.1, "temperature_power": 0.5}
