@@ -33,12 +33,12 @@ from mrl.retrieval.calibrate import plan_for_budget, plan_of
 from mrl.retrieval.modes import check_settings, make_plan
 from mrl.retrieval.plan import QueryPlan
 from mrl.retrieval.sharded import shard_hits, shard_plan, shard_summary
+from mrl.runtime import rss_anon_bytes
 from mrl.service import embeddings
 from mrl.service.api import (MAX_TEXT_CHARS, BatchSearchRequest, EmbeddingsRequest, SearchRequest,
                              validation_detail)
 from mrl.service.browse import CorpusItems, ItemsUnavailable
 from mrl.service.encoder import check_encoder
-from mrl.runtime import rss_anon_bytes
 from mrl.service.guard import presented_key
 
 
