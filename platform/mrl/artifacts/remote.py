@@ -105,8 +105,8 @@ def _listed(manifest: dict[str, Any], splits: Iterable[str] | None, where: str) 
     wanted = None if splits is None else set(splits)
     for split, listing in (manifest.get("files") or {}).items():
         if wanted is None or split in wanted:
-            found += [(f"{check_file_name(split, where)}/{check_file_name(name, where)}", digest)
-                      for name, digest in listing.items()]
+            folder = check_file_name(split, where)
+            found += [(f"{folder}/{check_file_name(name, where)}", digest) for name, digest in listing.items()]
     return found
 
 
